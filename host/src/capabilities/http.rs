@@ -1,0 +1,172 @@
+//! The `http` capability: outbound requests through the shared reqwest client.
+//!
+//! Every request and every redirect hop is checked by [`super::policy::HttpPolicy`] before any
+//! connection is made; bodies are capped both ways; the timeout is the smaller of what the
+//! plugin asked and what is left of the calling export's deadline.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use super::policy::Egress;
+use crate::runtime::bindings::switchboard::channel::http::{Error, Host, Request, Response};
+use crate::runtime::state::{Activity, HostState};
+
+/// Headers a plugin may not set: they belong to the connection, not the request.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+impl Host for HostState {
+    async fn send(&mut self, req: Request) -> Result<Response, Error> {
+        let Some(policy) = self.grants.http.clone() else {
+            return Err(Error::NotAllowed(
+                "the http capability is not granted".into(),
+            ));
+        };
+        let url = Url::parse(&req.url)
+            .map_err(|e| Error::InvalidRequest(format!("url {:?}: {e}", req.url)))?;
+        let mut target = match policy.check(&url) {
+            Egress::Allow(target) => target,
+            Egress::Deny(why) => {
+                tracing::warn!(plugin = %self.plugin, installation = %self.installation.id, "http request refused: {why}");
+                return Err(Error::NotAllowed(why));
+            }
+        };
+        let limits = self.services.limits.clone();
+        if req.body.len() as u64 > limits.http_max_request_bytes {
+            return Err(Error::TooLarge(limits.http_max_request_bytes));
+        }
+        let mut method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::InvalidRequest(format!("method {:?}", req.method)))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &req.headers {
+            if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::InvalidRequest(format!("header name {name:?}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| Error::InvalidRequest(format!("value of header {name}")))?;
+            headers.append(name, value);
+        }
+        let wanted = req.timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+        let remaining = Duration::from_millis(self.remaining_ms());
+        let timeout = wanted.map_or(remaining, |w| w.min(remaining));
+        if timeout.is_zero() {
+            return Err(Error::Timeout);
+        }
+        let mut body = req.body;
+        let client = self.services.http.clone();
+        self.set_activity(Activity::HostImport("http.send"));
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let mut hops = 0;
+            loop {
+                let left = timeout.saturating_sub(started.elapsed());
+                let response = client
+                    .request(method.clone(), target.clone())
+                    .headers(headers.clone())
+                    .body(body.clone())
+                    .timeout(left)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                if response.status().is_redirection() {
+                    if let Some(location) = response
+                        .headers()
+                        .get(LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                    {
+                        hops += 1;
+                        if hops > limits.http_max_redirects {
+                            return Err(Error::Transport(format!(
+                                "more than {} redirects",
+                                limits.http_max_redirects
+                            )));
+                        }
+                        let next = target.join(location).map_err(|e| {
+                            Error::Transport(format!("bad redirect location {location:?}: {e}"))
+                        })?;
+                        if !policy.allows_redirect(&next) {
+                            return Err(Error::NotAllowed(format!(
+                                "redirect to {next} leaves the plugin's allow-list"
+                            )));
+                        }
+                        // 303 (and 301/302 after a POST, as browsers do) continue as GET.
+                        let status = response.status();
+                        if status == StatusCode::SEE_OTHER
+                            || ((status == StatusCode::MOVED_PERMANENTLY
+                                || status == StatusCode::FOUND)
+                                && method == Method::POST)
+                        {
+                            method = Method::GET;
+                            body = Vec::new();
+                        }
+                        target = next;
+                        continue;
+                    }
+                }
+                return read_capped(response, limits.http_max_response_bytes).await;
+            }
+        }
+        .await;
+        self.set_activity(Activity::Guest);
+        if let Err(error) = &outcome {
+            tracing::debug!(plugin = %self.plugin, installation = %self.installation.id, url = %redact(&url), ?error, "plugin http request failed");
+        }
+        outcome
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: u64) -> Result<Response, Error> {
+    if response.content_length().is_some_and(|len| len > cap) {
+        return Err(Error::TooLarge(cap));
+    }
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(Error::TooLarge(cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn transport_error(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else {
+        // The URL may carry credentials (Lark's WebSocket URL does): report without it.
+        Error::Transport(e.without_url().to_string())
+    }
+}
+
+/// The URL without its query, for logs.
+fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}

@@ -1,0 +1,74 @@
+//! The `kv` capability: a key/value store scoped to (plugin, installation), with TTLs and the
+//! quota granted to the plugin, stored in the host database (`store::KvStore`).
+
+use crate::runtime::bindings::switchboard::channel::kv::{Error, Host};
+use crate::runtime::state::{Activity, HostState};
+use crate::store::{KvScope, KvSetError, KvStore};
+
+/// Longest key accepted.
+const MAX_KEY_BYTES: usize = 256;
+
+impl HostState {
+    fn kv_target(&self, key: &str) -> Result<(KvStore, KvScope), Error> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::InvalidKey(format!(
+                "keys must be 1..={MAX_KEY_BYTES} bytes, got {}",
+                key.len()
+            )));
+        }
+        let store = self
+            .services
+            .kv
+            .clone()
+            .ok_or_else(|| Error::Unavailable("this host runs without a database".into()))?;
+        let scope = KvScope {
+            plugin: self.plugin.to_string(),
+            installation: self.installation.id.clone(),
+        };
+        Ok((store, scope))
+    }
+
+    fn kv_unavailable(&self, op: &str, error: impl std::fmt::Display) -> Error {
+        tracing::error!(plugin = %self.plugin, installation = %self.installation.id, "kv {op} failed: {error}");
+        Error::Unavailable(format!("kv {op} failed; retry later"))
+    }
+}
+
+impl Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let (store, scope) = self.kv_target(&key)?;
+        let now = self.services.clock.now_ms();
+        self.set_activity(Activity::HostImport("kv.get"));
+        let result = store.get(&scope, &key, now).await;
+        self.set_activity(Activity::Guest);
+        result.map_err(|e| self.kv_unavailable("get", e))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
+        let (store, scope) = self.kv_target(&key)?;
+        let Some(quota) = self.grants.kv else {
+            return Err(Error::Unavailable(
+                "the kv capability is not granted".into(),
+            ));
+        };
+        let now = self.services.clock.now_ms();
+        let expires = ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+        self.set_activity(Activity::HostImport("kv.set"));
+        let result = store.set(&scope, &key, &value, expires, now, quota).await;
+        self.set_activity(Activity::Guest);
+        match result {
+            Ok(()) => Ok(()),
+            Err(KvSetError::ValueTooLarge { max, .. }) => Err(Error::ValueTooLarge(max)),
+            Err(KvSetError::QuotaExceeded { what }) => Err(Error::QuotaExceeded(what)),
+            Err(KvSetError::Store(e)) => Err(self.kv_unavailable("set", e)),
+        }
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        let (store, scope) = self.kv_target(&key)?;
+        self.set_activity(Activity::HostImport("kv.delete"));
+        let result = store.delete(&scope, &key).await;
+        self.set_activity(Activity::Guest);
+        result.map_err(|e| self.kv_unavailable("delete", e))
+    }
+}

@@ -1,0 +1,200 @@
+//! Host capabilities offered to plugins: `log`, `http`, `kv`, `clock` and the per-call
+//! `installation` context.
+//!
+//! This module owns the import implementations and decides what gets linked (through
+//! [`policy`]); it must not call into plugins or know about channels. Each plugin gets exactly the
+//! interfaces its manifest requests: an interface that is not granted is not linked, so the
+//! plugin cannot even instantiate if it imports it (the runtime reports that before linking).
+
+pub mod clock;
+pub mod http;
+pub mod installation;
+pub mod kv;
+pub mod log;
+pub mod policy;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::runtime::bindings::switchboard::channel as wit;
+use crate::runtime::manifest::Manifest;
+use crate::runtime::state::HostState;
+use crate::store::{KvQuota, KvStore};
+pub use clock::{Clock, SystemClock};
+pub use policy::{BaseUrlOverride, HttpPolicy};
+
+/// The capabilities one plugin was granted: its manifest's requests under the operator's policy.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// `log` import.
+    pub log: bool,
+    /// `clock` import.
+    pub clock: bool,
+    /// `http` import and its destinations.
+    pub http: Option<HttpPolicy>,
+    /// `kv` import and its quota.
+    pub kv: Option<KvQuota>,
+}
+
+/// What the operator decides for every plugin.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorPolicy {
+    /// Base-URL overrides (e.g. a channel's API origin → a local fake).
+    pub base_url_overrides: Vec<BaseUrlOverride>,
+}
+
+impl Grants {
+    /// Resolves a manifest's requests under the operator policy and the host limits.
+    pub fn resolve(
+        manifest: &Manifest,
+        operator: &OperatorPolicy,
+        limits: &ServiceLimits,
+    ) -> Grants {
+        let caps = &manifest.capabilities;
+        Grants {
+            log: caps.log,
+            clock: caps.clock,
+            http: caps
+                .http
+                .clone()
+                .map(|allow| HttpPolicy::new(allow, operator.base_url_overrides.clone())),
+            kv: caps.kv.map(|kv| KvQuota {
+                max_keys: kv.max_keys,
+                max_bytes: kv.max_bytes,
+                max_value_bytes: limits.kv_max_value_bytes.min(kv.max_bytes),
+            }),
+        }
+    }
+
+    /// Capability names, for listings (`log`, `clock`, `http`, `kv`).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.log {
+            names.push("log");
+        }
+        if self.clock {
+            names.push("clock");
+        }
+        if self.http.is_some() {
+            names.push("http");
+        }
+        if self.kv.is_some() {
+            names.push("kv");
+        }
+        names
+    }
+
+    /// Whether the WIT interface `name` (`http`, `kv`, …) is granted. `types` and
+    /// `installation` are always available.
+    pub fn allows_interface(&self, name: &str) -> bool {
+        match name {
+            "types" | "installation" => true,
+            "log" => self.log,
+            "clock" => self.clock,
+            "http" => self.http.is_some(),
+            "kv" => self.kv.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// Host-wide limits on what capabilities move.
+#[derive(Debug, Clone)]
+pub struct ServiceLimits {
+    /// Largest HTTP request body a plugin may send.
+    pub http_max_request_bytes: u64,
+    /// Largest HTTP response body a plugin may receive.
+    pub http_max_response_bytes: u64,
+    /// Redirect hops followed (each one checked against the allow-list).
+    pub http_max_redirects: u32,
+    /// Largest single kv value.
+    pub kv_max_value_bytes: u64,
+    /// Log records per call before the rest are dropped.
+    pub log_max_records_per_call: u32,
+    /// Longest log message kept (longer ones are truncated).
+    pub log_max_message_bytes: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            http_max_request_bytes: 1 << 20,
+            http_max_response_bytes: 8 << 20,
+            http_max_redirects: 5,
+            kv_max_value_bytes: 64 << 10,
+            log_max_records_per_call: 100,
+            log_max_message_bytes: 4096,
+        }
+    }
+}
+
+/// The host-side implementations behind the imports, shared by all plugins.
+pub struct Services {
+    /// Shared HTTP client (redirects are followed by hand so every hop is checked).
+    pub(crate) http: reqwest::Client,
+    /// Plugin kv on the host database; `None` when the host runs without one.
+    pub(crate) kv: Option<KvStore>,
+    /// Wall clock.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Limits.
+    pub(crate) limits: ServiceLimits,
+    /// Operator policy applied to every plugin's grants.
+    pub(crate) operator: OperatorPolicy,
+}
+
+impl Services {
+    /// Builds the services. `kv` is the host database's kv store, if any.
+    pub fn new(kv: Option<KvStore>, operator: OperatorPolicy, limits: ServiceLimits) -> Services {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        Services {
+            http,
+            kv,
+            clock: Arc::new(SystemClock),
+            limits,
+            operator,
+        }
+    }
+
+    /// Replaces the clock (tests inject one).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Services {
+        self.clock = clock;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ServiceLimits {
+        &self.limits
+    }
+
+    /// The operator policy in force.
+    pub fn operator(&self) -> &OperatorPolicy {
+        &self.operator
+    }
+}
+
+/// Links WASI (with an empty context) and exactly the granted host interfaces.
+pub(crate) fn link(linker: &mut Linker<HostState>, grants: &Grants) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wit::types::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    wit::installation::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    if grants.log {
+        wit::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    }
+    if grants.clock {
+        wit::clock::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    }
+    if grants.http.is_some() {
+        wit::http::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    }
+    if grants.kv.is_some() {
+        wit::kv::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    }
+    Ok(())
+}
+
+impl wit::types::Host for HostState {}

@@ -1,0 +1,298 @@
+//! The one place capability checks happen: which interfaces a plugin gets, which HTTP
+//! destinations it may reach, and how operator overrides rewrite them.
+//!
+//! Deny by default: a plugin gets exactly what its manifest requests, narrowed by the operator's
+//! policy; anything else is not linked at all. This module decides; it performs no I/O.
+
+use std::fmt;
+
+use url::Url;
+
+/// One allow-list entry: `scheme://host[:port]`, where host may be `*.suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: HostPattern,
+    port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+    Suffix(String),
+}
+
+/// Why an allow-list entry was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AllowListError {
+    /// The entry is not `scheme://host[:port]`.
+    #[error(
+        "entry {entry:?} {problem}; write it as scheme://host[:port], e.g. \"https://open.feishu.cn\""
+    )]
+    Entry {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+impl Origin {
+    /// Parses an entry. Bare `*`, paths, queries, credentials and non-HTTP schemes are refused.
+    pub fn parse(entry: &str) -> Result<Origin, AllowListError> {
+        let bad = |problem| AllowListError::Entry {
+            entry: entry.to_string(),
+            problem,
+        };
+        let (scheme, rest) = entry
+            .split_once("://")
+            .ok_or_else(|| bad("has no scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(bad("is not http or https"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("has a path, query or credentials"));
+        }
+        let wildcard = rest.starts_with("*.");
+        // Parse through `url` so hosts and ports are normalised exactly as requests will be.
+        let probe = format!("{scheme}://{}", if wildcard { &rest[2..] } else { rest });
+        let url = Url::parse(&probe).map_err(|_| bad("is not a valid origin"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| bad("has no host"))?
+            .to_string();
+        if host.is_empty() || rest == "*" || host == "*" {
+            return Err(bad("allows every host"));
+        }
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| bad("has no port"))?;
+        let host = if wildcard {
+            HostPattern::Suffix(host)
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(Origin { scheme, host, port })
+    }
+
+    /// Whether `url` is inside this origin.
+    pub fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        url.scheme() == self.scheme
+            && url.port_or_known_default() == Some(self.port)
+            && match &self.host {
+                HostPattern::Exact(h) => host == h,
+                HostPattern::Suffix(s) => {
+                    host.len() > s.len() + 1 && host.ends_with(s.as_str()) && {
+                        let dot = host.len() - s.len() - 1;
+                        host.as_bytes()[dot] == b'.'
+                    }
+                }
+            }
+    }
+
+    fn of_url(url: &Url) -> Option<Origin> {
+        Some(Origin {
+            scheme: url.scheme().to_string(),
+            host: HostPattern::Exact(url.host_str()?.to_string()),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match &self.host {
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Suffix(s) => format!("*.{s}"),
+        };
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        if self.port == default {
+            write!(f, "{}://{host}", self.scheme)
+        } else {
+            write!(f, "{}://{host}:{}", self.scheme, self.port)
+        }
+    }
+}
+
+/// A plugin's HTTP destinations. Empty = deny all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    origins: Vec<Origin>,
+}
+
+impl AllowList {
+    /// Parses manifest entries.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<AllowList, AllowListError> {
+        let origins = entries
+            .iter()
+            .map(|e| Origin::parse(e.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(AllowList { origins })
+    }
+
+    /// Whether a URL may be requested.
+    pub fn allows(&self, url: &Url) -> bool {
+        self.origins.iter().any(|o| o.matches(url))
+    }
+
+    /// The entries, for `plugins inspect`.
+    pub fn entries(&self) -> impl Iterator<Item = &Origin> {
+        self.origins.iter()
+    }
+}
+
+/// An operator rule that sends requests for one origin somewhere else (e.g. a local fake Lark).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrlOverride {
+    from: Origin,
+    to: Url,
+}
+
+impl BaseUrlOverride {
+    /// `from` is an origin the plugin uses (`https://open.feishu.cn`); `to` is where requests go
+    /// instead (`http://127.0.0.1:9300`).
+    pub fn new(from: &str, to: &str) -> Result<BaseUrlOverride, AllowListError> {
+        let from = Origin::parse(from)?;
+        let to_origin = Origin::parse(to.trim_end_matches('/'))?;
+        if matches!(from.host, HostPattern::Suffix(_))
+            || matches!(to_origin.host, HostPattern::Suffix(_))
+        {
+            return Err(AllowListError::Entry {
+                entry: format!("{from} -> {to}"),
+                problem: "uses a wildcard; overrides map one origin to one origin",
+            });
+        }
+        let to = Url::parse(to).map_err(|_| AllowListError::Entry {
+            entry: to.to_string(),
+            problem: "is not a valid URL",
+        })?;
+        Ok(BaseUrlOverride { from, to })
+    }
+}
+
+/// Outcome of checking a request URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// Send to this URL (rewritten when an operator override applies).
+    Allow(Url),
+    /// Refused; the string says which entry to add.
+    Deny(String),
+}
+
+/// The effective HTTP policy of one plugin: its allow-list plus operator overrides.
+#[derive(Debug, Clone, Default)]
+pub struct HttpPolicy {
+    allow: AllowList,
+    overrides: Vec<BaseUrlOverride>,
+}
+
+impl HttpPolicy {
+    /// Builds the policy from the manifest's allow-list and the operator's overrides.
+    pub fn new(allow: AllowList, overrides: Vec<BaseUrlOverride>) -> HttpPolicy {
+        HttpPolicy { allow, overrides }
+    }
+
+    /// Checks a request URL as the plugin wrote it and applies overrides.
+    pub fn check(&self, url: &Url) -> Egress {
+        if !self.allow.allows(url) {
+            let wanted = Origin::of_url(url)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| url.to_string());
+            return Egress::Deny(format!(
+                "{wanted} is not in the plugin's allow-list; add \"{wanted}\" to capabilities.http in its manifest"
+            ));
+        }
+        for rule in &self.overrides {
+            if rule.from.matches(url) {
+                let mut rewritten = rule.to.clone();
+                let base = rule.to.path().trim_end_matches('/');
+                rewritten.set_path(&format!("{base}{}", url.path()));
+                rewritten.set_query(url.query());
+                return Egress::Allow(rewritten);
+            }
+        }
+        Egress::Allow(url.clone())
+    }
+
+    /// Checks a redirect hop: allowed when inside the allow-list or an override's target.
+    pub fn allows_redirect(&self, url: &Url) -> bool {
+        self.allow.allows(url)
+            || self
+                .overrides
+                .iter()
+                .any(|rule| Origin::of_url(&rule.to).is_some_and(|o| o.matches(url)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn entries_match_scheme_host_and_port() {
+        let list = AllowList::parse(&["https://open.feishu.cn", "http://127.0.0.1:8080"]).unwrap();
+        assert!(list.allows(&url("https://open.feishu.cn/open-apis/x")));
+        assert!(list.allows(&url("https://open.feishu.cn:443/")));
+        assert!(!list.allows(&url("http://open.feishu.cn/")));
+        assert!(!list.allows(&url("https://open.feishu.cn:8443/")));
+        assert!(!list.allows(&url("https://open.feishu.cn.evil.com/")));
+        assert!(list.allows(&url("http://127.0.0.1:8080/a")));
+        assert!(!list.allows(&url("http://127.0.0.1:8081/a")));
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only() {
+        let list = AllowList::parse(&["https://*.larksuite.com"]).unwrap();
+        assert!(list.allows(&url("https://open.larksuite.com/")));
+        assert!(list.allows(&url("https://a.b.larksuite.com/")));
+        assert!(!list.allows(&url("https://larksuite.com/")));
+        assert!(!list.allows(&url("https://evillarksuite.com/")));
+    }
+
+    #[test]
+    fn unsafe_entries_are_refused() {
+        for entry in [
+            "*",
+            "https://*",
+            "open.feishu.cn",
+            "ftp://x.org",
+            "https://x.org/path",
+            "https://u:p@x.org",
+        ] {
+            assert!(Origin::parse(entry).is_err(), "{entry} should be refused");
+        }
+        assert!(AllowList::parse::<&str>(&[]).unwrap().origins.is_empty());
+    }
+
+    #[test]
+    fn overrides_rewrite_after_the_allow_list_check() {
+        let policy = HttpPolicy::new(
+            AllowList::parse(&["https://open.feishu.cn"]).unwrap(),
+            vec![BaseUrlOverride::new("https://open.feishu.cn", "http://127.0.0.1:9300").unwrap()],
+        );
+        assert_eq!(
+            policy.check(&url("https://open.feishu.cn/open-apis/a?b=1")),
+            Egress::Allow(url("http://127.0.0.1:9300/open-apis/a?b=1"))
+        );
+        // The override target itself is not something the plugin may name directly.
+        assert!(matches!(
+            policy.check(&url("http://127.0.0.1:9300/x")),
+            Egress::Deny(_)
+        ));
+        assert!(policy.allows_redirect(&url("http://127.0.0.1:9300/y")));
+        let Egress::Deny(why) = policy.check(&url("https://evil.example:444/")) else {
+            panic!()
+        };
+        assert!(why.contains("https://evil.example:444"), "{why}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The `switchboard` command line: argument parsing, logging setup and the subcommands.
+//!
+//! This module is the binary's edge (errors are `anyhow` here); it wires the runtime, services
+//! and store together and prints results. It must not hold business logic of its own.
+
+mod plugins;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::capabilities::{OperatorPolicy, ServiceLimits, Services};
+use crate::runtime::{Runtime, RuntimeSettings};
+
+/// switchboard: a WebAssembly-pluggable host connecting chat channels (Lark/Feishu first) to AI
+/// agents.
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Also load every `*.wasm` plugin in this directory (manifest embedded or `<stem>.toml`
+    /// beside it).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_PLUGINS_DIR",
+        value_name = "DIR"
+    )]
+    plugins_dir: Option<PathBuf>,
+
+    /// Where precompiled plugin artifacts are cached.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_CACHE_DIR",
+        value_name = "DIR",
+        default_value = ".switchboard/cache"
+    )]
+    cache_dir: PathBuf,
+
+    /// Compile plugins at every start instead of using the artifact cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// Log format.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,switchboard=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_LOG",
+        default_value = "warn,switchboard=info"
+    )]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Readable lines on stderr.
+    Human,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List or inspect the loaded plugins.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+    /// Run the main job on the embedded defaults: load the bundled plugins and exercise them.
+    Demo,
+}
+
+impl GlobalArgs {
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
+        let settings = RuntimeSettings {
+            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
+            ..RuntimeSettings::default()
+        };
+        let runtime = Runtime::new(settings, services)?;
+        runtime.load_bundled()?;
+        if let Some(dir) = &self.plugins_dir {
+            let results = runtime.load_dir(dir).map_err(|e| {
+                anyhow::anyhow!("{e} (check --plugins-dir / SWITCHBOARD_PLUGINS_DIR)")
+            })?;
+            for (path, result) in results {
+                if let Err(e) = result {
+                    eprintln!("warning: skipped {}: {e}", path.display());
+                }
+            }
+        }
+        Ok(runtime)
+    }
+}
+
+fn init_logging(global: &GlobalArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
+        .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", global.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match global.log_format {
+        LogFormat::Human => builder.compact().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
+        Command::Demo => plugins::demo(&cli.global.runtime()?).await,
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli.global) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

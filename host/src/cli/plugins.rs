@@ -1,0 +1,198 @@
+//! `switchboard plugins list|inspect` and the current `demo`.
+
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use crate::runtime::{InstallationContext, Plugin, Runtime, decoder};
+
+/// Plugin subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// One line per plugin: name, version, channel, contract, capabilities, state, source.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A plugin's manifest, grants, budgets, exports and imports.
+    Inspect {
+        /// Plugin name (see `switchboard plugins list`).
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn summary(plugin: &Plugin) -> serde_json::Value {
+    let m = plugin.manifest();
+    let stats = plugin.stats();
+    serde_json::json!({
+        "name": m.name,
+        "version": m.version.to_string(),
+        "channel": m.channel,
+        "contract": m.contract.to_string(),
+        "capabilities": plugin.grants().names(),
+        "state": stats.state.to_string(),
+        "source": plugin.source().to_string(),
+    })
+}
+
+fn details(plugin: &Plugin) -> serde_json::Value {
+    let m = plugin.manifest();
+    let g = plugin.grants();
+    let b = &m.budgets;
+    let stats = plugin.stats();
+    serde_json::json!({
+        "name": m.name,
+        "version": m.version.to_string(),
+        "channel": m.channel,
+        "contract": m.contract.to_string(),
+        "description": m.description,
+        "source": plugin.source().to_string(),
+        "sha256": plugin.sha256(),
+        "loaded_from_cache": plugin.load_path() == crate::runtime::LoadPath::Cached,
+        "capabilities": {
+            "log": g.log,
+            "clock": g.clock,
+            "http": g.http.as_ref().map(|_| m.capabilities.http.as_ref().map(|a| a.entries().map(|o| o.to_string()).collect::<Vec<_>>())),
+            "kv": g.kv.map(|q| serde_json::json!({"max_keys": q.max_keys, "max_bytes": q.max_bytes, "max_value_bytes": q.max_value_bytes})),
+        },
+        "budgets_ms": {
+            "transport": b.transport.as_millis() as u64,
+            "decoder": b.decoder.as_millis() as u64,
+            "enricher": b.enricher.as_millis() as u64,
+            "commands": b.commands.as_millis() as u64,
+            "outbound": b.outbound.as_millis() as u64,
+        },
+        "memory_mib": b.memory_bytes >> 20,
+        "exports": plugin.exports(),
+        "imports": plugin.imports(),
+        "state": stats.state.to_string(),
+        "calls": stats.calls,
+        "failures": stats.failures,
+    })
+}
+
+/// Runs a plugins subcommand.
+pub async fn run(runtime: &Runtime, command: PluginsCommand) -> anyhow::Result<()> {
+    match command {
+        PluginsCommand::List { json } => {
+            let plugins = runtime.plugins();
+            if json {
+                let rows: Vec<_> = plugins.iter().map(|p| summary(p)).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<9} {:<10} {:<9} {:<22} {:<9} SOURCE",
+                "NAME", "VERSION", "CHANNEL", "CONTRACT", "CAPABILITIES", "STATE"
+            );
+            for p in &plugins {
+                let m = p.manifest();
+                println!(
+                    "{:<16} {:<9} {:<10} {:<9} {:<22} {:<9} {}",
+                    m.name,
+                    m.version,
+                    m.channel,
+                    m.contract,
+                    p.grants().names().join(","),
+                    p.stats().state,
+                    p.source()
+                );
+            }
+            Ok(())
+        }
+        PluginsCommand::Inspect { name, json } => {
+            let Some(plugin) = runtime.plugin(&name) else {
+                let known: Vec<_> = runtime
+                    .plugins()
+                    .iter()
+                    .map(|p| p.name().to_string())
+                    .collect();
+                anyhow::bail!(
+                    "no plugin named `{name}` is loaded (loaded: {}); use --plugins-dir to load more",
+                    known.join(", ")
+                );
+            };
+            let d = details(&plugin);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_details(&d);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_details(d: &serde_json::Value) {
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    println!("{} {} — {}", s("name"), s("version"), s("description"));
+    println!("  channel:      {}", s("channel"));
+    println!("  contract:     switchboard:channel@{}", s("contract"));
+    println!("  source:       {}", s("source"));
+    println!("  sha256:       {}", s("sha256"));
+    println!("  from cache:   {}", d["loaded_from_cache"]);
+    println!(
+        "  state:        {} ({} calls, {} failures)",
+        s("state"),
+        d["calls"],
+        d["failures"]
+    );
+    println!("  capabilities: {}", d["capabilities"]);
+    println!(
+        "  budgets (ms): {}   memory cap: {} MiB",
+        d["budgets_ms"], d["memory_mib"]
+    );
+    println!("  exports:");
+    for e in d["exports"].as_array().into_iter().flatten() {
+        println!("    {}", e.as_str().unwrap_or_default());
+    }
+    println!("  imports:");
+    for i in d["imports"].as_array().into_iter().flatten() {
+        println!("    {}", i.as_str().unwrap_or_default());
+    }
+}
+
+/// The demo at this stage: load the bundled plugins and run a command parse and a decode through
+/// each of them, printing what happened.
+pub async fn demo(runtime: &Runtime) -> anyhow::Result<()> {
+    let installation = Arc::new(InstallationContext::new("demo"));
+    println!(
+        "switchboard demo: {} plugin(s) loaded ({:?} allocator)",
+        runtime.plugins().len(),
+        runtime.allocator()
+    );
+    let mut calls = 0;
+    for plugin in runtime.plugins() {
+        let m = plugin.manifest();
+        println!(
+            "- {} {} (channel {}, contract {}, {})",
+            m.name,
+            m.version,
+            m.channel,
+            m.contract,
+            plugin.source()
+        );
+        let command = plugin.parse_command(&installation, "/new").await?;
+        println!("    commands.parse(\"/new\") -> {command:?}");
+        let decoded = plugin.decode(&installation, b"{}").await?;
+        match decoded {
+            Ok(decoder::Decoded::Ignored(reason)) => {
+                println!("    decoder.decode({{}}) -> ignored: {reason}")
+            }
+            Ok(decoder::Decoded::Message(m)) => {
+                println!("    decoder.decode({{}}) -> message {:?}", m.body)
+            }
+            Err(e) => println!("    decoder.decode({{}}) -> plugin error {e:?}"),
+        }
+        calls += 2;
+    }
+    println!(
+        "demo: {} plugins, {calls} calls, 0 failures",
+        runtime.plugins().len()
+    );
+    Ok(())
+}

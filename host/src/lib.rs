@@ -1,0 +1,13 @@
+//! switchboard: a WebAssembly-pluggable integration host that connects chat channels to AI
+//! agents.
+//!
+//! The host owns timers, storage and networking; channel plugins (wasm components implementing
+//! the `switchboard:channel` WIT contract in `wit/`) decode, enrich, parse commands and render
+//! replies. Start with [`runtime::Runtime`] (loading and calling plugins) and
+//! [`capabilities`] (what plugins may touch). `ARCHITECTURE.md` maps the whole data flow.
+
+pub mod capabilities;
+pub mod cli;
+pub mod ingest;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,17 @@
+//! Host-side bindings of the `switchboard:channel` world, generated from `wit/`.
+//!
+//! Exports are called with `call_async`; the `http` and `kv` imports are async because they wait
+//! on the network and the database. Everything else is plain synchronous code.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "channel-plugin",
+    imports: {
+        "switchboard:channel/http": async,
+        "switchboard:channel/kv": async,
+    },
+    exports: { default: async },
+});
+
+pub use exports::switchboard::channel::{commands, decoder, enricher, outbound, transport};
+pub use switchboard::channel::types;

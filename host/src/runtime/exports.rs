@@ -1,0 +1,226 @@
+//! Typed entry points for the five plugin exports. Each one is a thin wrapper over
+//! [`Plugin::call`](super::plugin::Plugin), which owns deadlines, limits and recycling.
+//!
+//! Results are two-layered: the outer `Result` is the runtime's (trap, timeout, limit), the inner
+//! one is what the plugin itself answered.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::bindings::{commands, decoder, enricher, outbound, transport, types};
+use super::error::CallError;
+use super::plugin::{Export, GuestCall, Plugin, Warm};
+use super::state::InstallationContext;
+
+fn boxed<'a, R, F>(call: F) -> GuestCall<'a, R>
+where
+    F: Future<Output = (Warm, wasmtime::Result<R>)> + Send + 'a,
+{
+    Box::pin(call)
+}
+
+/// Calls `interface.function(args…)` on the warm instance and hands the instance back.
+macro_rules! guest {
+    ($interface:ident . $function:ident ( $($arg:expr),* )) => {
+        |mut warm: Warm| boxed(async move {
+            let result = warm.bindings.$interface().$function(&mut warm.store, $($arg),*).await;
+            (warm, result)
+        })
+    };
+}
+
+/// The outcome of a call: the runtime's error outside, the plugin's answer inside.
+pub type CallResult<T, E> = Result<Result<T, E>, CallError>;
+
+impl Plugin {
+    /// `transport.classify-frame`: what an inbound WebSocket frame is.
+    pub async fn classify_frame(
+        &self,
+        cx: &Arc<InstallationContext>,
+        frame: &[u8],
+    ) -> CallResult<transport::FrameClass, types::PluginError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.classify-frame",
+            guest!(switchboard_channel_transport.call_classify_frame(frame)),
+        )
+        .await
+    }
+
+    /// `transport.build-ack`: the acknowledgement for a completed data message.
+    pub async fn build_ack(
+        &self,
+        cx: &Arc<InstallationContext>,
+        frame: &[u8],
+        status: transport::AckStatus,
+        processing_ms: u32,
+        response: Option<&[u8]>,
+    ) -> CallResult<Vec<u8>, types::PluginError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.build-ack",
+            guest!(switchboard_channel_transport.call_build_ack(
+                frame,
+                status,
+                processing_ms,
+                response
+            )),
+        )
+        .await
+    }
+
+    /// `transport.plan-connection`: endpoint discovery for a new connection.
+    pub async fn connect_plan(
+        &self,
+        cx: &Arc<InstallationContext>,
+    ) -> CallResult<transport::ConnectPlan, transport::ConnectError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.plan-connection",
+            guest!(switchboard_channel_transport.call_plan_connection()),
+        )
+        .await
+    }
+
+    /// `transport.classify-handshake-failure`: retry or give up after a refused upgrade.
+    pub async fn classify_handshake_failure(
+        &self,
+        cx: &Arc<InstallationContext>,
+        status: u16,
+        headers: &[(String, String)],
+    ) -> Result<transport::ConnectError, CallError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.classify-handshake-failure",
+            guest!(switchboard_channel_transport.call_classify_handshake_failure(status, headers)),
+        )
+        .await
+    }
+
+    /// `transport.verify-webhook`: signature, decryption and token checks of a webhook request.
+    pub async fn verify_webhook(
+        &self,
+        cx: &Arc<InstallationContext>,
+        request: &transport::WebhookRequest,
+    ) -> CallResult<transport::WebhookVerdict, transport::WebhookRejection> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.verify-webhook",
+            guest!(switchboard_channel_transport.call_verify_webhook(request)),
+        )
+        .await
+    }
+
+    /// `transport.routing-key`: the installation key (Lark app_id) carried by an event payload.
+    pub async fn routing_key(
+        &self,
+        cx: &Arc<InstallationContext>,
+        payload: &[u8],
+    ) -> Result<Option<String>, CallError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.routing-key",
+            guest!(switchboard_channel_transport.call_routing_key(payload)),
+        )
+        .await
+    }
+
+    /// `decoder.decode`: an event payload to a message (or an ignore reason).
+    pub async fn decode(
+        &self,
+        cx: &Arc<InstallationContext>,
+        payload: &[u8],
+    ) -> CallResult<decoder::Decoded, types::PluginError> {
+        self.call(
+            cx,
+            Export::Decoder,
+            "decoder.decode",
+            guest!(switchboard_channel_decoder.call_decode(payload)),
+        )
+        .await
+    }
+
+    /// `enricher.enrich`: quoted parents, forwarded bundles and context, within `budget`.
+    pub async fn enrich(
+        &self,
+        cx: &Arc<InstallationContext>,
+        message: &types::InboundMessage,
+        budget: enricher::Budget,
+    ) -> Result<enricher::Enrichment, CallError> {
+        self.call(
+            cx,
+            Export::Enricher,
+            "enricher.enrich",
+            guest!(switchboard_channel_enricher.call_enrich(message, budget)),
+        )
+        .await
+    }
+
+    /// `commands.parse`: a channel command from the user's own text.
+    pub async fn parse_command(
+        &self,
+        cx: &Arc<InstallationContext>,
+        text: &str,
+    ) -> Result<Option<commands::Command>, CallError> {
+        self.call(
+            cx,
+            Export::Commands,
+            "commands.parse",
+            guest!(switchboard_channel_commands.call_parse(text)),
+        )
+        .await
+    }
+
+    /// `outbound.flush`: what a debounced batch leads to.
+    pub async fn flush(
+        &self,
+        cx: &Arc<InstallationContext>,
+        batch: &outbound::FlushBatch,
+    ) -> CallResult<Vec<outbound::FlushAction>, types::PluginError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.flush",
+            guest!(switchboard_channel_outbound.call_flush(batch)),
+        )
+        .await
+    }
+
+    /// `outbound.deliver`: render and send a reply, error or notice.
+    pub async fn deliver(
+        &self,
+        cx: &Arc<InstallationContext>,
+        delivery: &outbound::Delivery,
+    ) -> CallResult<outbound::Receipt, outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.deliver",
+            guest!(switchboard_channel_outbound.call_deliver(delivery)),
+        )
+        .await
+    }
+
+    /// `outbound.set-typing`: add or clear a typing indicator.
+    pub async fn set_typing(
+        &self,
+        cx: &Arc<InstallationContext>,
+        target: &types::SessionTarget,
+        change: &outbound::TypingChange,
+        handle: Option<&str>,
+    ) -> CallResult<Option<String>, outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.set-typing",
+            guest!(switchboard_channel_outbound.call_set_typing(target, change, handle)),
+        )
+        .await
+    }
+}

@@ -1,0 +1,341 @@
+//! Plugin manifests: what a plugin is, which contract it implements, which capabilities it asks
+//! for and its per-call budgets.
+//!
+//! A manifest is TOML, embedded in the component as the `switchboard-manifest` custom section (the
+//! guest SDK's `manifest!` macro) or placed beside the `.wasm` file as `<stem>.toml`. This module
+//! only parses and validates; granting capabilities is `capabilities::policy`'s job.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::capabilities::policy::{AllowList, AllowListError};
+
+/// Name of the custom section holding an embedded manifest.
+pub const MANIFEST_SECTION: &str = "switchboard-manifest";
+
+/// The contract version this host implements (the `switchboard:channel` WIT package).
+pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 0);
+
+/// Budget used for an export whose manifest names none.
+const DEFAULT_CALL_BUDGET_MS: u64 = 1_000;
+/// Memory cap used when the manifest names none.
+const DEFAULT_MEMORY_MIB: u64 = 64;
+/// Hard ceiling on any plugin's memory, whatever its manifest asks for.
+pub const MAX_MEMORY_MIB: u64 = 1_024;
+
+/// A validated plugin manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Unique plugin name (`lark`).
+    pub name: String,
+    /// The plugin's own version.
+    pub version: semver::Version,
+    /// Channel type it serves (`lark`).
+    pub channel: String,
+    /// WIT contract version it was built against.
+    pub contract: semver::Version,
+    /// One-line description.
+    pub description: String,
+    /// Requested capabilities.
+    pub capabilities: Capabilities,
+    /// Per-call budgets.
+    pub budgets: Budgets,
+}
+
+/// Capabilities a plugin requests. Anything not requested is not linked.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// Structured logging through the host.
+    pub log: bool,
+    /// Wall-clock time.
+    pub clock: bool,
+    /// Outbound HTTP destinations (`scheme://host[:port]`, `*.suffix` wildcards). `None` = no http.
+    pub http: Option<AllowList>,
+    /// Scoped key/value store quota. `None` = no kv.
+    pub kv: Option<KvRequest>,
+}
+
+/// The kv quota a plugin asks for.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KvRequest {
+    /// Live keys per (plugin, installation).
+    pub max_keys: u64,
+    /// Total value bytes per (plugin, installation).
+    pub max_bytes: u64,
+}
+
+/// Per-export deadlines and the memory cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// `transport` calls (frames, ACKs, webhook verification, connect plan).
+    pub transport: Duration,
+    /// `decoder` calls.
+    pub decoder: Duration,
+    /// `enricher` calls (they wait on the network).
+    pub enricher: Duration,
+    /// `commands` calls.
+    pub commands: Duration,
+    /// `outbound` calls (they wait on the network).
+    pub outbound: Duration,
+    /// Linear memory cap in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The TOML does not parse or has unknown fields.
+    #[error("manifest of {origin} is not valid TOML for a plugin manifest: {message}")]
+    Syntax {
+        /// Where the manifest came from.
+        origin: String,
+        /// The parser's message (names the offending line and key).
+        message: String,
+    },
+    /// A field has an unusable value.
+    #[error("manifest of {origin}: `{field}` {problem}")]
+    Invalid {
+        /// Where the manifest came from.
+        origin: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+    /// The http allow-list has an unusable entry.
+    #[error("manifest of {origin}: capabilities.http: {source}")]
+    AllowList {
+        /// Where the manifest came from.
+        origin: String,
+        /// The entry problem.
+        #[source]
+        source: AllowListError,
+    },
+    /// Neither an embedded section nor a file beside the component.
+    #[error(
+        "{origin} has no manifest: embed one with `switchboard_plugin_sdk::manifest!(\"manifest.toml\")` \
+         or put `{beside}` next to it"
+    )]
+    Missing {
+        /// The component.
+        origin: String,
+        /// The file name that would have been read.
+        beside: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: String,
+    channel: String,
+    contract: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+    #[serde(default)]
+    budgets: RawBudgets,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    #[serde(default)]
+    log: bool,
+    #[serde(default)]
+    clock: bool,
+    http: Option<Vec<String>>,
+    kv: Option<KvRequest>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudgets {
+    transport_ms: Option<u64>,
+    decoder_ms: Option<u64>,
+    enricher_ms: Option<u64>,
+    commands_ms: Option<u64>,
+    outbound_ms: Option<u64>,
+    memory_mib: Option<u64>,
+}
+
+impl Manifest {
+    /// Parses and validates manifest TOML. `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field: &'static str, problem: String| ManifestError::Invalid {
+            origin: origin.to_string(),
+            field,
+            problem,
+        };
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "name",
+                format!(
+                    "is {:?}; use lowercase letters, digits, `-` and `_`",
+                    raw.name
+                ),
+            ));
+        }
+        if raw.channel.is_empty() {
+            return Err(invalid(
+                "channel",
+                "must name the channel type, e.g. \"lark\"".into(),
+            ));
+        }
+        let version = semver::Version::parse(&raw.version)
+            .map_err(|e| invalid("version", format!("is {:?}, not semver: {e}", raw.version)))?;
+        let contract = semver::Version::parse(&raw.contract).map_err(|e| {
+            invalid(
+                "contract",
+                format!(
+                    "is {:?}, not a version like \"{CONTRACT_VERSION}\": {e}",
+                    raw.contract
+                ),
+            )
+        })?;
+        let http = raw
+            .capabilities
+            .http
+            .map(|entries| AllowList::parse(&entries))
+            .transpose()
+            .map_err(|source| ManifestError::AllowList {
+                origin: origin.to_string(),
+                source,
+            })?;
+        if let Some(kv) = raw.capabilities.kv {
+            if kv.max_keys == 0 || kv.max_bytes == 0 {
+                return Err(invalid(
+                    "capabilities.kv",
+                    "quotas must be greater than zero".into(),
+                ));
+            }
+        }
+        let ms = |value: Option<u64>, field: &'static str| -> Result<Duration, ManifestError> {
+            match value {
+                None => Ok(Duration::from_millis(DEFAULT_CALL_BUDGET_MS)),
+                Some(0) => Err(invalid(field, "must be at least 1 millisecond".into())),
+                Some(v) if v > 600_000 => Err(invalid(
+                    field,
+                    format!("is {v} ms; the ceiling is 600000 (10 minutes)"),
+                )),
+                Some(v) => Ok(Duration::from_millis(v)),
+            }
+        };
+        let memory_mib = raw.budgets.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if memory_mib == 0 || memory_mib > MAX_MEMORY_MIB {
+            return Err(invalid(
+                "budgets.memory_mib",
+                format!("is {memory_mib}; use 1..={MAX_MEMORY_MIB}"),
+            ));
+        }
+        Ok(Manifest {
+            name: raw.name,
+            version,
+            channel: raw.channel,
+            contract,
+            description: raw.description,
+            capabilities: Capabilities {
+                log: raw.capabilities.log,
+                clock: raw.capabilities.clock,
+                http,
+                kv: raw.capabilities.kv,
+            },
+            budgets: Budgets {
+                transport: ms(raw.budgets.transport_ms, "budgets.transport_ms")?,
+                decoder: ms(raw.budgets.decoder_ms, "budgets.decoder_ms")?,
+                enricher: ms(raw.budgets.enricher_ms, "budgets.enricher_ms")?,
+                commands: ms(raw.budgets.commands_ms, "budgets.commands_ms")?,
+                outbound: ms(raw.budgets.outbound_ms, "budgets.outbound_ms")?,
+                memory_bytes: memory_mib * 1024 * 1024,
+            },
+        })
+    }
+
+    /// Reads the embedded manifest section of a component, if it has one.
+    pub fn embedded_text(component_bytes: &[u8]) -> Option<String> {
+        // `parse_all` walks nested core modules too: the SDK's section lives inside the core
+        // module that the component wraps.
+        for payload in wasmparser::Parser::new(0).parse_all(component_bytes) {
+            if let Ok(wasmparser::Payload::CustomSection(section)) = payload {
+                if section.name() == MANIFEST_SECTION {
+                    return String::from_utf8(section.data().to_vec()).ok();
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "lark"
+version = "0.1.0"
+channel = "lark"
+contract = "0.1.0"
+[capabilities]
+log = true
+http = ["https://open.feishu.cn"]
+kv = { max_keys = 10, max_bytes = 100 }
+[budgets]
+decoder_ms = 50
+memory_mib = 32
+"#;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(GOOD, "test").unwrap();
+        assert_eq!(m.name, "lark");
+        assert_eq!(m.contract, CONTRACT_VERSION);
+        assert!(m.capabilities.log && !m.capabilities.clock);
+        assert_eq!(
+            m.capabilities.kv,
+            Some(KvRequest {
+                max_keys: 10,
+                max_bytes: 100
+            })
+        );
+        assert_eq!(m.budgets.decoder, Duration::from_millis(50));
+        assert_eq!(
+            m.budgets.transport,
+            Duration::from_millis(DEFAULT_CALL_BUDGET_MS)
+        );
+        assert_eq!(m.budgets.memory_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_key_named() {
+        let err = Manifest::parse(&GOOD.replace("log = true", "logs = true"), "test").unwrap_err();
+        assert!(err.to_string().contains("logs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err =
+            Manifest::parse(&GOOD.replace("memory_mib = 32", "memory_mib = 0"), "x").unwrap_err();
+        assert!(err.to_string().contains("budgets.memory_mib"), "{err}");
+        let err = Manifest::parse(
+            &GOOD.replace("contract = \"0.1.0\"", "contract = \"one\""),
+            "x",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("contract"), "{err}");
+        let err = Manifest::parse(&GOOD.replace("https://open.feishu.cn", "*"), "x").unwrap_err();
+        assert!(err.to_string().contains("capabilities.http"), "{err}");
+    }
+}

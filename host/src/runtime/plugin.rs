@@ -1,0 +1,469 @@
+//! A loaded plugin: its manifest, grants, the `InstancePre` shared by all its instances, the warm
+//! instance pool and its health. Every export call goes through [`Plugin::call`], which applies
+//! the deadline (epoch interruption + an outer timeout that also covers host imports), the memory
+//! cap, failure classification and recycling.
+//!
+//! Instances are kept warm per installation and never shared between concurrent calls or between
+//! installations; any failure discards the instance.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use super::bindings::{ChannelPlugin, ChannelPluginPre};
+use super::cache::LoadPath;
+use super::error::{Blame, CallError, Cause};
+use super::manifest::Manifest;
+use super::state::{Activity, HostState, InstallationContext};
+use crate::capabilities::{Grants, Services};
+
+/// The five exports, each with its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Export {
+    /// `transport`
+    Transport,
+    /// `decoder`
+    Decoder,
+    /// `enricher`
+    Enricher,
+    /// `commands`
+    Commands,
+    /// `outbound`
+    Outbound,
+}
+
+impl Export {
+    fn budget(self, manifest: &Manifest) -> Duration {
+        let b = &manifest.budgets;
+        match self {
+            Export::Transport => b.transport,
+            Export::Decoder => b.decoder,
+            Export::Enricher => b.enricher,
+            Export::Commands => b.commands,
+            Export::Outbound => b.outbound,
+        }
+    }
+}
+
+/// Pool and failure-policy settings shared by all plugins.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// A warm instance is discarded after this many calls.
+    pub recycle_after_calls: u32,
+    /// Idle warm instances kept per (plugin, installation).
+    pub max_idle_per_installation: usize,
+    /// Consecutive guest failures after which the plugin is reported degraded.
+    pub degraded_after_failures: u32,
+    /// Extra time the outer timeout allows beyond the budget before it cancels the call.
+    pub timeout_grace: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            recycle_after_calls: 10_000,
+            max_idle_per_installation: 4,
+            degraded_after_failures: 5,
+            timeout_grace: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A plugin's health as shown by `plugins list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Serving.
+    Healthy,
+    /// Failing repeatedly; still called, and recovers on the next success.
+    Degraded,
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+        })
+    }
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_failures: AtomicU32,
+    degraded: AtomicBool,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    instantiations: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+/// Counters for one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginStats {
+    /// Healthy or degraded.
+    pub state: HealthState,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed (trap, timeout, limit, host failure).
+    pub failures: u64,
+    /// Current run of failures.
+    pub consecutive_failures: u32,
+    /// Instances created.
+    pub instantiations: u64,
+    /// Text of the last failure.
+    pub last_failure: Option<String>,
+}
+
+/// A warm instance: a store and the bindings instantiated in it.
+pub(crate) struct Warm {
+    pub(crate) store: Store<HostState>,
+    pub(crate) bindings: ChannelPlugin,
+    calls: u32,
+    activity: Arc<Mutex<Activity>>,
+}
+
+/// The future a guest call runs in; it hands the instance back with the result.
+pub(crate) type GuestCall<'a, R> =
+    Pin<Box<dyn Future<Output = (Warm, wasmtime::Result<R>)> + Send + 'a>>;
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Embedded in the host binary.
+    Bundled,
+    /// Loaded from a file.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Bundled => f.write_str("bundled"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A loaded, linked plugin.
+pub struct Plugin {
+    name: Arc<str>,
+    manifest: Manifest,
+    source: Source,
+    sha256: String,
+    load_path: LoadPath,
+    exports: Vec<String>,
+    imports: Vec<String>,
+    grants: Arc<Grants>,
+    engine: Engine,
+    pre: ChannelPluginPre<HostState>,
+    services: Arc<Services>,
+    settings: PoolSettings,
+    idle: Mutex<HashMap<String, Vec<Warm>>>,
+    health: Health,
+}
+
+/// Everything needed to build a [`Plugin`] (produced by the runtime's loader).
+pub(crate) struct PluginParts {
+    pub manifest: Manifest,
+    pub source: Source,
+    pub sha256: String,
+    pub load_path: LoadPath,
+    pub component: Component,
+    pub grants: Grants,
+    pub pre: ChannelPluginPre<HostState>,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        parts: PluginParts,
+        engine: Engine,
+        services: Arc<Services>,
+        settings: PoolSettings,
+    ) -> Plugin {
+        let ty = parts.component.component_type();
+        let exports = ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let imports = ty
+            .imports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Plugin {
+            name: Arc::from(parts.manifest.name.as_str()),
+            manifest: parts.manifest,
+            source: parts.source,
+            sha256: parts.sha256,
+            load_path: parts.load_path,
+            exports,
+            imports,
+            grants: Arc::new(parts.grants),
+            engine,
+            pre: parts.pre,
+            services,
+            settings,
+            idle: Mutex::new(HashMap::new()),
+            health: Health::default(),
+        }
+    }
+
+    /// Plugin name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// Where it was loaded from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+    /// sha256 of the component bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    /// Whether it came from the precompiled cache.
+    pub fn load_path(&self) -> LoadPath {
+        self.load_path
+    }
+    /// Names the component exports (with versions).
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+    /// Names the component imports (with versions).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+    /// Capabilities granted.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Health and counters.
+    pub fn stats(&self) -> PluginStats {
+        let h = &self.health;
+        PluginStats {
+            state: if h.degraded.load(Ordering::Relaxed) {
+                HealthState::Degraded
+            } else {
+                HealthState::Healthy
+            },
+            calls: h.calls.load(Ordering::Relaxed),
+            failures: h.failures.load(Ordering::Relaxed),
+            consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
+            instantiations: h.instantiations.load(Ordering::Relaxed),
+            last_failure: h.last_failure.lock().expect("health lock").clone(),
+        }
+    }
+
+    /// Drops every idle instance (used on reload and by tests).
+    pub fn recycle_all(&self) {
+        self.idle.lock().expect("pool lock").clear();
+    }
+
+    /// Creates a fresh instance for `installation`, under the budget of `export`.
+    pub(crate) async fn instantiate(
+        &self,
+        installation: &Arc<InstallationContext>,
+        budget: Duration,
+    ) -> Result<Warm, CallError> {
+        let started = Instant::now();
+        let deadline = started + budget;
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(
+                self.name.clone(),
+                self.grants.clone(),
+                self.services.clone(),
+                self.manifest.budgets.memory_bytes,
+            ),
+        );
+        store.limiter(|state| &mut state.limiter);
+        // Yield to the executor every tick so a busy guest cannot hog a worker thread, and trap
+        // once the call's deadline has passed. A new store's deadline is 0: set it before
+        // instantiating, because instantiation runs guest code too.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let activity = store.data().activity_probe();
+        store.data_mut().begin_call(installation.clone(), deadline);
+        store.set_epoch_deadline(1);
+        self.health.instantiations.fetch_add(1, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(
+            budget + self.settings.timeout_grace,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(bindings)) => Ok(Warm {
+                store,
+                bindings,
+                calls: 0,
+                activity,
+            }),
+            Ok(Err(error)) => {
+                let mut failure = self.classify("instantiate", error, store.data(), budget);
+                if let Cause::Trap(what) | Cause::Host(what) = &failure.cause {
+                    failure.cause = Cause::Instantiate(what.clone());
+                }
+                Err(self.record_failure(failure))
+            }
+            Err(_) => {
+                Err(self.record_failure(self.timeout_error("instantiate", budget, &activity)))
+            }
+        }
+    }
+
+    /// Runs one export call: warm instance (or a new one), deadline, classification, recycling.
+    pub(crate) async fn call<'a, R>(
+        &self,
+        installation: &Arc<InstallationContext>,
+        export: Export,
+        export_name: &'static str,
+        invoke: impl FnOnce(Warm) -> GuestCall<'a, R>,
+    ) -> Result<R, CallError> {
+        let budget = export.budget(&self.manifest);
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
+        let idle = self
+            .idle
+            .lock()
+            .expect("pool lock")
+            .get_mut(&installation.id)
+            .and_then(Vec::pop);
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => self.instantiate(installation, budget).await?,
+        };
+        warm.store
+            .data_mut()
+            .begin_call(installation.clone(), Instant::now() + budget);
+        warm.store.set_epoch_deadline(1);
+        let activity = warm.activity.clone();
+        let span = tracing::trace_span!("plugin_call", plugin = %self.name, export = export_name, installation = %installation.id);
+        let _entered = span.enter();
+        match tokio::time::timeout(budget + self.settings.timeout_grace, invoke(warm)).await {
+            Ok((mut warm, Ok(value))) => {
+                self.record_success();
+                warm.calls += 1;
+                if warm.calls < self.settings.recycle_after_calls {
+                    let mut idle = self.idle.lock().expect("pool lock");
+                    let slot = idle.entry(installation.id.clone()).or_default();
+                    if slot.len() < self.settings.max_idle_per_installation {
+                        slot.push(warm);
+                    }
+                }
+                Ok(value)
+            }
+            // The instance is dropped here: after a trap wasmtime refuses to enter it again.
+            Ok((warm, Err(error))) => Err(self.record_failure(self.classify(
+                export_name,
+                error,
+                warm.store.data(),
+                budget,
+            ))),
+            Err(_) => Err(self.record_failure(self.timeout_error(export_name, budget, &activity))),
+        }
+    }
+
+    fn timeout_error(
+        &self,
+        export: &'static str,
+        budget: Duration,
+        activity: &Mutex<Activity>,
+    ) -> CallError {
+        let (phase, blame) = match *activity.lock().expect("activity lock") {
+            Activity::Guest => ("guest code".to_string(), Blame::Guest),
+            Activity::HostImport(import) => (format!("host import {import}"), Blame::Host),
+        };
+        CallError {
+            plugin: self.name.to_string(),
+            export,
+            cause: Cause::Timeout { budget, phase },
+            blame,
+            guest_message: None,
+        }
+    }
+
+    fn classify(
+        &self,
+        export: &'static str,
+        error: wasmtime::Error,
+        state: &HostState,
+        budget: Duration,
+    ) -> CallError {
+        let guest_message = state
+            .guest_panic
+            .clone()
+            .or_else(|| state.stderr_since_call());
+        let (cause, blame) = if let Some(requested) = state.limiter.refused {
+            (
+                Cause::MemoryLimit {
+                    cap_bytes: self.manifest.budgets.memory_bytes,
+                    requested_bytes: requested as u64,
+                },
+                Blame::Guest,
+            )
+        } else if let Some(trap) = error.downcast_ref::<Trap>() {
+            let cause = match trap {
+                Trap::Interrupt => Cause::Timeout {
+                    budget,
+                    phase: "guest code".into(),
+                },
+                Trap::UnreachableCodeReached => Cause::Panic,
+                Trap::StackOverflow => {
+                    Cause::Trap("stack overflow (deep recursion in the guest)".into())
+                }
+                Trap::MemoryOutOfBounds => {
+                    Cause::Trap("out-of-bounds memory access (a guest memory bug)".into())
+                }
+                Trap::IntegerDivisionByZero => Cause::Trap("integer division by zero".into()),
+                other => Cause::Trap(other.to_string()),
+            };
+            (cause, Blame::Guest)
+        } else {
+            (Cause::Host(format!("{error:#}")), Blame::Host)
+        };
+        CallError {
+            plugin: self.name.to_string(),
+            export,
+            cause,
+            blame,
+            guest_message,
+        }
+    }
+
+    fn record_success(&self) {
+        self.health.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.health.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(plugin = %self.name, "plugin recovered: calls succeed again");
+        }
+    }
+
+    fn record_failure(&self, error: CallError) -> CallError {
+        let h = &self.health;
+        h.failures.fetch_add(1, Ordering::Relaxed);
+        *h.last_failure.lock().expect("health lock") = Some(error.to_string());
+        tracing::warn!(plugin = %self.name, export = error.export, blame = %error.blame, "{error}");
+        if error.blame == Blame::Guest {
+            let run = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if run >= self.settings.degraded_after_failures
+                && !h.degraded.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!(plugin = %self.name, consecutive_failures = run,
+                    "plugin degraded after {run} consecutive failures; it stays loaded and recovers on the next successful call");
+            }
+        }
+        error
+    }
+}

@@ -1,0 +1,31 @@
+//! Lark / Feishu channel plugin for switchboard.
+//!
+//! The logic modules are plain Rust with no host calls, so they compile and test natively and
+//! the host can call them directly (e.g. to benchmark the decoder outside wasm):
+//!
+//! - [`frame`]: the `pbbp2.Frame` protobuf codec of the long connection.
+//! - [`transport`]: frame classification, ACK and ping frames, endpoint discovery, handshake
+//!   failure classification.
+//! - [`webhook`]: webhook signature, decryption, token and URL-verification handling.
+//! - [`decode`]: `im.message.receive_v1` → inbound message.
+//! - [`content`]: readable text for every message type; [`mentions`]: mention resolution.
+//! - [`commands`]: `/new` and `/issue`.
+//! - [`rest`]: REST answers (tenant token, bot info, messages, errors).
+//! - [`outbound`]: flush decisions (delivery itself is pending).
+//!
+//! In a wasm build, `component` implements the `switchboard:channel` exports on top of them.
+
+pub mod commands;
+pub mod content;
+pub mod decode;
+pub mod frame;
+pub mod mentions;
+pub mod outbound;
+pub mod rest;
+pub mod transport;
+pub mod webhook;
+
+#[cfg(target_family = "wasm")]
+mod component;
+
+switchboard_plugin_sdk::manifest!("../manifest.toml");

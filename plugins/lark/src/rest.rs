@@ -1,0 +1,382 @@
+//! Open Platform REST answers the plugin reads (lark-protocol §5): the tenant access token,
+//! the bot identity, message objects and error envelopes.
+//!
+//! These are the parsing halves of the calls the enricher and outbound delivery make through
+//! host `http`; building requests and choosing retries stays with the callers.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::content::render_content;
+use crate::mentions::{BotIdentity, Mention, resolve_mentions};
+use crate::transport::{DEFAULT_BASE_URL, HttpRequestSpec};
+
+/// Path of the internal tenant access token call.
+pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+/// Seconds a cached token is given up before its expiry (SDK behaviour).
+pub const TOKEN_EXPIRY_MARGIN_S: u64 = 180;
+
+/// What a failed REST call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// Gateway (99991400, HTTP 429) or IM (230020) frequency limit: back off, then retry.
+    RateLimited,
+    /// Tenant/app token invalid or expired (99991663, 99991664, 99991671): drop the cached
+    /// token, fetch a new one and retry once.
+    TokenInvalid,
+    /// Scope, availability or allow-list problems: the operator must act.
+    Permission,
+    /// Anything else.
+    Other,
+}
+
+/// A failed REST call: a non-2xx status or a non-zero `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status of the response.
+    pub http_status: u16,
+    /// Lark `code` (0 when the body carried none).
+    pub code: i64,
+    /// Lark `msg`, or a description of what was wrong with the response.
+    pub msg: String,
+    /// Seconds to wait, from `x-ogw-ratelimit-reset`.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// Classifies the error by its code (and HTTP 429).
+    pub fn kind(&self) -> ApiErrorKind {
+        match self.code {
+            99_991_400 | 230_020 => ApiErrorKind::RateLimited,
+            99_991_663 | 99_991_664 | 99_991_671 => ApiErrorKind::TokenInvalid,
+            99_991_401 | 99_991_672 | 99_991_673 | 230_006 | 230_013 | 230_027 => {
+                ApiErrorKind::Permission
+            }
+            _ if self.http_status == 429 => ApiErrorKind::RateLimited,
+            _ => ApiErrorKind::Other,
+        }
+    }
+
+    /// Whether retrying (after a backoff or a token refresh) may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ApiErrorKind::RateLimited | ApiErrorKind::TokenInvalid
+        ) || (self.code == 0 && self.http_status >= 500)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lark api http {} code={} msg={}",
+            self.http_status, self.code, self.msg
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Checks a REST response envelope and returns its JSON body when `code == 0` and the status is
+/// 2xx.
+pub fn check_response(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let retry_after_s = headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case("x-ogw-ratelimit-reset"))
+        .and_then(|(_, value)| value.trim().parse().ok());
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|value| value.get("code"))
+        .and_then(Value::as_i64);
+    let msg = parsed
+        .as_ref()
+        .and_then(|value| value.get("msg"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match (parsed, code) {
+        (Some(value), Some(0)) if (200..300).contains(&status) => Ok(value),
+        (Some(_), Some(code)) => Err(ApiError {
+            http_status: status,
+            code,
+            msg,
+            retry_after_s,
+        }),
+        _ => Err(ApiError {
+            http_status: status,
+            code: 0,
+            msg: if (200..300).contains(&status) {
+                "response body is not a Lark JSON envelope".into()
+            } else {
+                format!("http {status}")
+            },
+            retry_after_s,
+        }),
+    }
+}
+
+/// A tenant access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantToken {
+    /// The bearer token (`t-…`).
+    pub token: String,
+    /// Lifetime in seconds as returned by Lark.
+    pub expire_s: u64,
+}
+
+impl TenantToken {
+    /// How long the token may be cached: its lifetime minus [`TOKEN_EXPIRY_MARGIN_S`].
+    pub fn cache_ttl_ms(&self) -> u64 {
+        self.expire_s.saturating_sub(TOKEN_EXPIRY_MARGIN_S) * 1000
+    }
+}
+
+/// The token request: `POST {base}/open-apis/auth/v3/tenant_access_token/internal`.
+pub fn tenant_token_request(base_url: &str, app_id: &str, app_secret: &str) -> HttpRequestSpec {
+    let base = base_url.trim().trim_end_matches('/');
+    let base = if base.is_empty() {
+        DEFAULT_BASE_URL
+    } else {
+        base
+    };
+    HttpRequestSpec {
+        method: "POST",
+        url: format!("{base}{TENANT_TOKEN_PATH}"),
+        headers: vec![(
+            "Content-Type".into(),
+            "application/json; charset=utf-8".into(),
+        )],
+        body: serde_json::json!({ "app_id": app_id, "app_secret": app_secret })
+            .to_string()
+            .into_bytes(),
+    }
+}
+
+/// Reads the token answer (top-level `tenant_access_token` and `expire`, not under `data`).
+pub fn parse_tenant_token(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<TenantToken, ApiError> {
+    let value = check_response(status, headers, body)?;
+    let token = value
+        .get("tenant_access_token")
+        .and_then(Value::as_str)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| missing(status, "tenant_access_token"))?;
+    let expire_s = value
+        .get("expire")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| missing(status, "expire"))?;
+    Ok(TenantToken {
+        token: token.to_string(),
+        expire_s,
+    })
+}
+
+/// The bot's identity from `GET /open-apis/bot/v3/info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotInfo {
+    /// The bot's `open_id`, used to recognise @bot mentions.
+    pub open_id: String,
+    /// The app's display name.
+    pub app_name: String,
+}
+
+/// Reads `GET /open-apis/bot/v3/info` (top-level `bot` object, not `data`).
+pub fn parse_bot_info(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<BotInfo, ApiError> {
+    let value = check_response(status, headers, body)?;
+    let bot = value.get("bot").ok_or_else(|| missing(status, "bot"))?;
+    let open_id = bot
+        .get("open_id")
+        .and_then(Value::as_str)
+        .filter(|open_id| !open_id.is_empty())
+        .ok_or_else(|| missing(status, "bot.open_id"))?;
+    Ok(BotInfo {
+        open_id: open_id.to_string(),
+        app_name: bot
+            .get("app_name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// A message object of the REST API (flat sender and mention ids, `msg_type`, `body.content`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestMessage {
+    /// `message_id`.
+    pub message_id: String,
+    /// `msg_type`.
+    pub msg_type: String,
+    /// `create_time` in milliseconds (0 when absent).
+    pub create_time_ms: i64,
+    /// Whether the message was recalled.
+    pub deleted: bool,
+    /// `chat_id` (children of a forward keep their source chat).
+    pub chat_id: String,
+    /// `sender.id` (`ou_…` for users, `cli_…` for apps).
+    pub sender_id: String,
+    /// `sender.sender_type` (`user`, `app`, …).
+    pub sender_type: String,
+    /// Raw `body.content` (JSON string, or plain text for forward containers and recalls).
+    pub content: String,
+    /// `mentions[]` with the flat id mapped to `open_id`.
+    pub mentions: Vec<Mention>,
+    /// `upper_message_id`: the direct parent container of a forwarded child.
+    pub upper_message_id: Option<String>,
+    /// `parent_id`.
+    pub parent_id: Option<String>,
+    /// `root_id`.
+    pub root_id: Option<String>,
+    /// `thread_id`.
+    pub thread_id: Option<String>,
+}
+
+impl RestMessage {
+    /// Readable text of the message with every mention (the bot's included) as `@name`.
+    pub fn render_body(&self) -> String {
+        let rendered = render_content(&self.msg_type, &self.content, &self.mentions);
+        resolve_mentions(&rendered, &self.mentions, &BotIdentity::default())
+    }
+
+    fn from_value(item: &Value) -> Self {
+        let text = |pointer: &str| {
+            item.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let optional = |pointer: &str| Some(text(pointer)).filter(|value| !value.is_empty());
+        let mentions = item
+            .get("mentions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|mention| {
+                let field = |name: &str| mention.get(name).and_then(Value::as_str).unwrap_or("");
+                let open_id = match field("id_type") {
+                    "" | "open_id" => Some(field("id").to_string()).filter(|id| !id.is_empty()),
+                    _ => None,
+                };
+                Mention {
+                    key: field("key").to_string(),
+                    name: field("name").to_string(),
+                    open_id,
+                    union_id: None,
+                }
+            })
+            .collect();
+        RestMessage {
+            message_id: text("/message_id"),
+            msg_type: text("/msg_type"),
+            create_time_ms: text("/create_time").trim().parse().unwrap_or(0),
+            deleted: item
+                .get("deleted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            chat_id: text("/chat_id"),
+            sender_id: text("/sender/id"),
+            sender_type: text("/sender/sender_type"),
+            content: text("/body/content"),
+            mentions,
+            upper_message_id: optional("/upper_message_id"),
+            parent_id: optional("/parent_id"),
+            root_id: optional("/root_id"),
+            thread_id: optional("/thread_id"),
+        }
+    }
+}
+
+/// Reads `data.items[]` of `GET /open-apis/im/v1/messages/{id}` (or a message list).
+pub fn parse_message_items(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<RestMessage>, ApiError> {
+    let value = check_response(status, headers, body)?;
+    let items = value
+        .pointer("/data/items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| missing(status, "data.items"))?;
+    Ok(items.iter().map(RestMessage::from_value).collect())
+}
+
+/// Reads the `data` message object of a send or reply answer.
+pub fn parse_sent_message(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<RestMessage, ApiError> {
+    let value = check_response(status, headers, body)?;
+    let data = value.get("data").ok_or_else(|| missing(status, "data"))?;
+    let message = RestMessage::from_value(data);
+    if message.message_id.is_empty() {
+        return Err(missing(status, "data.message_id"));
+    }
+    Ok(message)
+}
+
+fn missing(status: u16, field: &str) -> ApiError {
+    ApiError {
+        http_status: status,
+        code: 0,
+        msg: format!("response has no `{field}`"),
+        retry_after_s: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_json_error_bodies_keep_the_status() {
+        let err = check_response(502, &[], b"<html>bad gateway</html>").unwrap_err();
+        assert_eq!(err.http_status, 502);
+        assert_eq!(err.msg, "http 502");
+        assert!(err.is_retryable());
+        let err = check_response(200, &[], b"{}").unwrap_err();
+        assert!(err.msg.contains("envelope"));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn token_cache_ttl_keeps_a_margin() {
+        let token = TenantToken {
+            token: "t-1".into(),
+            expire_s: 100,
+        };
+        assert_eq!(token.cache_ttl_ms(), 0);
+        let token = TenantToken {
+            token: "t-1".into(),
+            expire_s: 7200,
+        };
+        assert_eq!(token.cache_ttl_ms(), 7_020_000);
+    }
+
+    #[test]
+    fn token_request_shape() {
+        let request = tenant_token_request("https://open.larksuite.com/", "cli_1", "s");
+        assert_eq!(
+            request.url,
+            "https://open.larksuite.com/open-apis/auth/v3/tenant_access_token/internal"
+        );
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"app_id": "cli_1", "app_secret": "s"})
+        );
+    }
+}
