@@ -52,7 +52,7 @@ impl Drop for Guard {
         // the database from a helper thread with its own small runtime. Best effort: a leftover
         // `sbtest_*` database does not affect other tests.
         let admin_url = admin_url.clone();
-        let name = name.clone();
+        let database = name.clone();
         let dropper = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -61,7 +61,7 @@ impl Drop for Guard {
             runtime.block_on(async {
                 let mut conn = PgConnection::connect(&admin_url).await.ok()?;
                 // FORCE ends the test pool's connections, which may still be open.
-                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let sql = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
                 sqlx::query(&sql).execute(&mut conn).await.ok()?;
                 conn.close().await.ok()
             })

@@ -63,8 +63,11 @@ impl Host for HostState {
             headers.append(name, value);
         }
         let wanted = req.timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+        // Leave the guest a slice of its budget to handle the answer (including `timeout`).
         let remaining = Duration::from_millis(self.remaining_ms());
-        let timeout = wanted.map_or(remaining, |w| w.min(remaining));
+        let reserve = (remaining / 10).min(Duration::from_millis(50));
+        let available = remaining - reserve;
+        let timeout = wanted.map_or(available, |w| w.min(available));
         if timeout.is_zero() {
             return Err(Error::Timeout);
         }

@@ -168,6 +168,17 @@ pub struct Plugin {
     health: Health,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.manifest.version.to_string())
+            .field("source", &self.source)
+            .field("state", &self.stats().state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything needed to build a [`Plugin`] (produced by the runtime's loader).
 pub(crate) struct PluginParts {
     pub manifest: Manifest,

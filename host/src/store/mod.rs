@@ -18,7 +18,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -31,6 +32,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_READERS: u32 = 4;
 /// Connections per PostgreSQL pool.
 const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// How long opening the first PostgreSQL connection may take.
+const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which database engine a [`Database`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -255,10 +258,10 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePools, sqlx::Error> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal);
-    if let Some(parent) = options.get_filename().parent() {
-        if !parent.as_os_str().is_empty() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
+    if let Some(parent) = options.get_filename().parent()
+        && !parent.as_os_str().is_empty()
+    {
+        tokio::fs::create_dir_all(parent).await?;
     }
     // The writer connects first: it creates the file and switches it to WAL before any reader
     // opens it.
@@ -275,6 +278,23 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePools, sqlx::Error> {
 
 async fn connect_postgres(url: &str) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
+    // One plain connection first: sqlx's pool retries a refused connection until its acquire
+    // timeout and then reports only "pool timed out", while a direct attempt fails at once with
+    // the real reason (refused, unknown host, authentication, missing database).
+    match tokio::time::timeout(
+        POSTGRES_CONNECT_TIMEOUT,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    {
+        Ok(first) => first?.close().await?,
+        Err(_) => {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", POSTGRES_CONNECT_TIMEOUT.as_secs()),
+            )));
+        }
+    }
     PgPoolOptions::new()
         .max_connections(POSTGRES_MAX_CONNECTIONS)
         .connect_with(options)
