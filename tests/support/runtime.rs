@@ -23,22 +23,12 @@ pub fn shared_cache_dir() -> PathBuf {
 }
 
 /// Builder for a runtime with the testing plugin loaded.
+#[derive(Default)]
 pub struct TestRuntime {
     pub kv: Option<KvStore>,
     pub overrides: Vec<BaseUrlOverride>,
     pub pool: PoolSettings,
     pub load_bundled: bool,
-}
-
-impl Default for TestRuntime {
-    fn default() -> Self {
-        TestRuntime {
-            kv: None,
-            overrides: Vec::new(),
-            pool: PoolSettings::default(),
-            load_bundled: false,
-        }
-    }
 }
 
 impl TestRuntime {

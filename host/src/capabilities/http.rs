@@ -87,40 +87,39 @@ impl Host for HostState {
                     .send()
                     .await
                     .map_err(transport_error)?;
-                if response.status().is_redirection() {
-                    if let Some(location) = response
+                if response.status().is_redirection()
+                    && let Some(location) = response
                         .headers()
                         .get(LOCATION)
                         .and_then(|l| l.to_str().ok())
-                    {
-                        hops += 1;
-                        if hops > limits.http_max_redirects {
-                            return Err(Error::Transport(format!(
-                                "more than {} redirects",
-                                limits.http_max_redirects
-                            )));
-                        }
-                        let next = target.join(location).map_err(|e| {
-                            Error::Transport(format!("bad redirect location {location:?}: {e}"))
-                        })?;
-                        if !policy.allows_redirect(&next) {
-                            return Err(Error::NotAllowed(format!(
-                                "redirect to {next} leaves the plugin's allow-list"
-                            )));
-                        }
-                        // 303 (and 301/302 after a POST, as browsers do) continue as GET.
-                        let status = response.status();
-                        if status == StatusCode::SEE_OTHER
-                            || ((status == StatusCode::MOVED_PERMANENTLY
-                                || status == StatusCode::FOUND)
-                                && method == Method::POST)
-                        {
-                            method = Method::GET;
-                            body = Vec::new();
-                        }
-                        target = next;
-                        continue;
+                {
+                    hops += 1;
+                    if hops > limits.http_max_redirects {
+                        return Err(Error::Transport(format!(
+                            "more than {} redirects",
+                            limits.http_max_redirects
+                        )));
                     }
+                    let next = target.join(location).map_err(|e| {
+                        Error::Transport(format!("bad redirect location {location:?}: {e}"))
+                    })?;
+                    if !policy.allows_redirect(&next) {
+                        return Err(Error::NotAllowed(format!(
+                            "redirect to {next} leaves the plugin's allow-list"
+                        )));
+                    }
+                    // 303 (and 301/302 after a POST, as browsers do) continue as GET.
+                    let status = response.status();
+                    if status == StatusCode::SEE_OTHER
+                        || ((status == StatusCode::MOVED_PERMANENTLY
+                            || status == StatusCode::FOUND)
+                            && method == Method::POST)
+                    {
+                        method = Method::GET;
+                        body = Vec::new();
+                    }
+                    target = next;
+                    continue;
                 }
                 return read_capped(response, limits.http_max_response_bytes).await;
             }

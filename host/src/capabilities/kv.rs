@@ -16,6 +16,12 @@ impl HostState {
                 key.len()
             )));
         }
+        if key.contains('\0') {
+            // PostgreSQL TEXT cannot hold NUL; refuse it on every backend alike.
+            return Err(Error::InvalidKey(
+                "keys may not contain NUL characters".into(),
+            ));
+        }
         let store = self
             .services
             .kv

@@ -21,10 +21,10 @@ fn truncate(text: &str, max: usize) -> &str {
 
 impl Host for HostState {
     fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        if message == PANIC_RECORD {
-            if let Some((_, panic)) = fields.iter().find(|(k, _)| k == "panic") {
-                self.guest_panic = Some(panic.clone());
-            }
+        if message == PANIC_RECORD
+            && let Some((_, panic)) = fields.iter().find(|(k, _)| k == "panic")
+        {
+            self.guest_panic = Some(panic.clone());
         }
         self.log_records += 1;
         let limits = &self.services.limits;

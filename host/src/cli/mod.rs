@@ -3,7 +3,9 @@
 //! This module is the binary's edge (errors are `anyhow` here); it wires the runtime, services
 //! and store together and prints results. It must not hold business logic of its own.
 
+mod bench;
 mod plugins;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +87,12 @@ enum Command {
     Plugins(plugins::PluginsCommand),
     /// Run the main job on the embedded defaults: load the bundled plugins and exercise them.
     Demo,
+    /// Replay recorded event payloads, WebSocket frames and webhook requests through a plugin
+    /// and print the decoded messages as JSON lines (the integrator's offline harness).
+    Replay(replay::ReplayArgs),
+    /// Benchmarks (issue 3): inbound events through the wasm plugin and natively, in the SDK
+    /// peers' JSON line format.
+    Bench(bench::BenchArgs),
 }
 
 impl GlobalArgs {
@@ -127,6 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
         Command::Demo => plugins::demo(&cli.global.runtime()?).await,
+        Command::Replay(args) => replay::run(&cli.global, args).await,
+        Command::Bench(args) => bench::run(&cli.global, args).await,
     }
 }
 
@@ -151,7 +161,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Unusable arguments exit like clap's own usage errors.
+            if e.is::<replay::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

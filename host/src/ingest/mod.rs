@@ -1,4 +1,6 @@
 //! Inbound path pieces that the host owns between the socket and the dispatcher: fragment
-//! reassembly of multi-frame events. Must not decode payloads (that is the plugin's job).
+//! reassembly of multi-frame events, and the decode step that drives a plugin over one inbound
+//! unit (`pipeline`). Must not decode payloads itself (that is the plugin's job).
 
+pub mod pipeline;
 pub mod reassembly;

@@ -215,13 +215,13 @@ impl Manifest {
                 origin: origin.to_string(),
                 source,
             })?;
-        if let Some(kv) = raw.capabilities.kv {
-            if kv.max_keys == 0 || kv.max_bytes == 0 {
-                return Err(invalid(
-                    "capabilities.kv",
-                    "quotas must be greater than zero".into(),
-                ));
-            }
+        if let Some(kv) = raw.capabilities.kv
+            && (kv.max_keys == 0 || kv.max_bytes == 0)
+        {
+            return Err(invalid(
+                "capabilities.kv",
+                "quotas must be greater than zero".into(),
+            ));
         }
         let ms = |value: Option<u64>, field: &'static str| -> Result<Duration, ManifestError> {
             match value {
@@ -269,10 +269,10 @@ impl Manifest {
         // `parse_all` walks nested core modules too: the SDK's section lives inside the core
         // module that the component wraps.
         for payload in wasmparser::Parser::new(0).parse_all(component_bytes) {
-            if let Ok(wasmparser::Payload::CustomSection(section)) = payload {
-                if section.name() == MANIFEST_SECTION {
-                    return String::from_utf8(section.data().to_vec()).ok();
-                }
+            if let Ok(wasmparser::Payload::CustomSection(section)) = payload
+                && section.name() == MANIFEST_SECTION
+            {
+                return String::from_utf8(section.data().to_vec()).ok();
             }
         }
         None

@@ -37,6 +37,9 @@ use crate::capabilities::{self, Grants, Services};
 use engine::EpochTicker;
 use plugin::PluginParts;
 
+/// The outcome of loading one file of a plugins directory.
+pub type DirEntryLoad = (PathBuf, Result<Arc<Plugin>, LoadError>);
+
 /// Runtime settings; the defaults suit the bundled plugins.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeSettings {
@@ -190,16 +193,16 @@ impl Runtime {
         }
         let grants = Grants::resolve(&manifest, &self.services.operator, &self.services.limits);
         for (name, _) in ty.imports(&self.engine) {
-            if let Some((interface, _)) = channel_interface(name) {
-                if !grants.allows_interface(interface) {
-                    return Err(LoadError::Mismatch {
-                        origin,
-                        problem: format!(
-                            "it imports `{name}` but its manifest does not request the `{interface}` capability; \
+            if let Some((interface, _)) = channel_interface(name)
+                && !grants.allows_interface(interface)
+            {
+                return Err(LoadError::Mismatch {
+                    origin,
+                    problem: format!(
+                        "it imports `{name}` but its manifest does not request the `{interface}` capability; \
                              add `{interface}` under [capabilities] in the manifest (or stop using it)"
-                        ),
-                    });
-                }
+                    ),
+                });
             }
         }
         let mut linker = Linker::new(&self.engine);
@@ -279,10 +282,7 @@ impl Runtime {
     }
 
     /// Loads every `*.wasm` in `dir`; each file succeeds or fails on its own.
-    pub fn load_dir(
-        &self,
-        dir: &Path,
-    ) -> Result<Vec<(PathBuf, Result<Arc<Plugin>, LoadError>)>, LoadError> {
+    pub fn load_dir(&self, dir: &Path) -> Result<Vec<DirEntryLoad>, LoadError> {
         let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Read {
             path: dir.display().to_string(),
             source,

@@ -279,6 +279,20 @@ impl Plugin {
         self.idle.lock().expect("pool lock").clear();
     }
 
+    /// Instantiates one instance for `installation` ahead of its first call and parks it in the
+    /// warm pool (if the pool has room), so the first real call skips instantiation.
+    pub async fn prewarm(&self, installation: &Arc<InstallationContext>) -> Result<(), CallError> {
+        let warm = self
+            .instantiate(installation, self.manifest.budgets.transport)
+            .await?;
+        let mut idle = self.idle.lock().expect("pool lock");
+        let slot = idle.entry(installation.id.clone()).or_default();
+        if slot.len() < self.settings.max_idle_per_installation {
+            slot.push(warm);
+        }
+        Ok(())
+    }
+
     /// Creates a fresh instance for `installation`, under the budget of `export`.
     pub(crate) async fn instantiate(
         &self,

@@ -27,6 +27,10 @@ const SQLITE: &[Embedded] = &[(
     1,
     "plugin_kv",
     include_str!("../../../migrations/sqlite/0001_plugin_kv.sql"),
+), (
+    2,
+    "ingest",
+    include_str!("../../../migrations/sqlite/0002_ingest.sql"),
 )];
 
 /// PostgreSQL migrations, in version order.
@@ -34,6 +38,10 @@ const POSTGRES: &[Embedded] = &[(
     1,
     "plugin_kv",
     include_str!("../../../migrations/postgres/0001_plugin_kv.sql"),
+), (
+    2,
+    "ingest",
+    include_str!("../../../migrations/postgres/0002_ingest.sql"),
 )];
 
 /// The embedded migrations of one backend, as a sqlx migration source.

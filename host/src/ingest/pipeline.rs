@@ -1,0 +1,258 @@
+//! The inbound decode step: one inbound unit (a WebSocket frame, a webhook request or an event
+//! payload) → a decoded outcome, through a channel plugin.
+//!
+//! Owns: the order of plugin calls for one unit (classify → host reassembly → decode → command
+//! parse; or verify → payloads), and turning the plugin's answers into small typed outcomes that
+//! the replay harness (`switchboard replay`), the long-connection connector and the dispatcher
+//! share.
+//!
+//! Must not touch: storage (no dedup, sessions or audit rows), sockets, sending ACKs or HTTP
+//! answers (it hands back the bytes to send), or the clock: time is passed in as an [`Instant`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
+use crate::runtime::commands::Command;
+use crate::runtime::transport::{
+    ConnectionHints, FrameClass, WebhookRejection, WebhookRequest, WebhookResponse, WebhookVerdict,
+};
+use crate::runtime::types::{InboundMessage, PluginError};
+use crate::runtime::{CallError, InstallationContext, Plugin};
+
+/// What one complete event payload decoded to.
+// Produced once per payload and consumed at once; boxing the message would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum DecodeOutcome {
+    /// A chat message, with the command its `command_body` carries (if any).
+    Message {
+        /// The decoded message.
+        message: InboundMessage,
+        /// The plugin's `commands.parse` of `message.command_body`; `None` for plain text.
+        command: Option<Command>,
+    },
+    /// Not a chat message for the host; the plugin's reason (logged and audited).
+    Ignored(String),
+    /// The plugin refused the payload (`invalid-input` for malformed JSON; `retryable` asks the
+    /// channel to redeliver).
+    Invalid(PluginError),
+}
+
+/// Decodes one complete event payload and, for a message, parses its command text.
+///
+/// The outer `Err` is a runtime failure of a plugin call (trap, timeout, limit).
+pub async fn decode_payload(
+    plugin: &Plugin,
+    cx: &Arc<InstallationContext>,
+    payload: &[u8],
+) -> Result<DecodeOutcome, CallError> {
+    use crate::runtime::decoder::Decoded;
+    match plugin.decode(cx, payload).await? {
+        Ok(Decoded::Message(message)) => {
+            // Nothing the user did not type can be a command: skip the call for empty text.
+            let command = if message.command_body.trim().is_empty() {
+                None
+            } else {
+                plugin.parse_command(cx, &message.command_body).await?
+            };
+            Ok(DecodeOutcome::Message { message, command })
+        }
+        Ok(Decoded::Ignored(reason)) => Ok(DecodeOutcome::Ignored(reason)),
+        Err(error) => Ok(DecodeOutcome::Invalid(error)),
+    }
+}
+
+/// A plugin error in plain words (`invalid input: …`, `retryable: …`).
+pub fn describe_plugin_error(error: &PluginError) -> String {
+    match error {
+        PluginError::InvalidInput(reason) => format!("invalid input: {reason}"),
+        PluginError::Unauthorized(reason) => format!("unauthorized: {reason}"),
+        PluginError::Retryable(reason) => format!("retryable: {reason}"),
+        PluginError::Fatal(reason) => format!("fatal: {reason}"),
+    }
+}
+
+/// What one inbound WebSocket frame led to.
+#[derive(Debug, Clone)]
+pub enum FrameOutcome {
+    /// A control frame (ping, pong, …).
+    Control {
+        /// `ping`, `pong`, ….
+        kind: String,
+        /// Frame to send back, if the protocol wants one.
+        reply: Option<Vec<u8>>,
+        /// New connection tuning carried by the frame.
+        hints: Option<ConnectionHints>,
+    },
+    /// Not for the host (the plugin's reason); no ACK.
+    Ignored(String),
+    /// A fragment of a larger message was buffered; no ACK yet.
+    Partial {
+        /// Transport message id shared by the fragments.
+        message_id: String,
+        /// Distinct fragments received so far.
+        received: u32,
+        /// Fragments expected.
+        total: u32,
+    },
+    /// A data message is complete: decode `payload`, then ACK once, built from `ack_frame`.
+    Complete {
+        /// Data kind (`event`, `callback`, …).
+        kind: String,
+        /// The reassembled payload (the fragments' bytes in `seq` order).
+        payload: Vec<u8>,
+        /// The raw frame that completed the message: the one to build the ACK from.
+        ack_frame: Vec<u8>,
+        /// Number of fragments the message had.
+        fragments: u32,
+        /// Channel trace id, for logs.
+        trace_id: Option<String>,
+    },
+    /// The frame could not be used (the plugin's error or a reassembly guard rail); no ACK.
+    Invalid(String),
+}
+
+/// The frame intake of one connection: classifies raw frames through the plugin and reassembles
+/// fragmented data messages in the host. Keep one per socket and drop it when the socket closes
+/// (fragments belong to the socket that received them).
+#[derive(Debug)]
+pub struct FrameIntake {
+    connection_id: String,
+    reassembler: Reassembler,
+}
+
+impl FrameIntake {
+    /// An intake for `connection_id` with the default reassembly limits.
+    pub fn new(connection_id: impl Into<String>) -> FrameIntake {
+        FrameIntake::with_limits(connection_id, Limits::default())
+    }
+
+    /// An intake for `connection_id` with the given reassembly limits.
+    pub fn with_limits(connection_id: impl Into<String>, limits: Limits) -> FrameIntake {
+        FrameIntake {
+            connection_id: connection_id.into(),
+            reassembler: Reassembler::new(limits),
+        }
+    }
+
+    /// The connection this intake serves.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    /// Number of incomplete messages buffered.
+    pub fn pending_messages(&self) -> usize {
+        self.reassembler.pending_messages()
+    }
+
+    /// Drops incomplete messages whose last fragment is a TTL older than `now`; returns how many.
+    pub fn purge_expired(&mut self, now: Instant) -> usize {
+        self.reassembler.purge_expired(now)
+    }
+
+    /// Feeds one raw frame received at `now`. The outer `Err` is a runtime failure of the
+    /// classify call.
+    pub async fn push(
+        &mut self,
+        plugin: &Plugin,
+        cx: &Arc<InstallationContext>,
+        frame: &[u8],
+        now: Instant,
+    ) -> Result<FrameOutcome, CallError> {
+        let data = match plugin.classify_frame(cx, frame).await? {
+            Err(error) => return Ok(FrameOutcome::Invalid(describe_plugin_error(&error))),
+            Ok(FrameClass::Ignore(reason)) => return Ok(FrameOutcome::Ignored(reason)),
+            Ok(FrameClass::Control(control)) => {
+                return Ok(FrameOutcome::Control {
+                    kind: control.kind,
+                    reply: control.reply,
+                    hints: control.hints,
+                });
+            }
+            Ok(FrameClass::Data(data)) => data,
+        };
+        let fragment = Fragment {
+            connection_id: &self.connection_id,
+            message_id: &data.fragment.message_id,
+            seq: data.fragment.seq,
+            total: data.fragment.total,
+            bytes: &data.payload,
+        };
+        Ok(match self.reassembler.push(fragment, now) {
+            Ok(Push::Pending { received, total }) => FrameOutcome::Partial {
+                message_id: data.fragment.message_id,
+                received,
+                total,
+            },
+            Ok(Push::Complete(completed)) => FrameOutcome::Complete {
+                kind: data.kind,
+                payload: completed.payload,
+                ack_frame: frame.to_vec(),
+                fragments: completed.total,
+                trace_id: data.trace_id,
+            },
+            Err(error) => {
+                FrameOutcome::Invalid(format!("reassembly refused the fragment: {error}"))
+            }
+        })
+    }
+}
+
+/// Why a webhook request was rejected; the host answers 401 and stores nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRejected {
+    /// `bad-signature`, `bad-token`, `decrypt-failed` or `malformed`.
+    pub kind: &'static str,
+    /// The plugin's explanation.
+    pub reason: String,
+}
+
+impl fmt::Display for WebhookRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.reason)
+    }
+}
+
+/// What one webhook request led to.
+#[derive(Debug, Clone)]
+pub enum WebhookOutcome {
+    /// URL verification: send this answer at once; nothing to ingest.
+    Challenge(WebhookResponse),
+    /// Verified events: decode each payload, then send `response` once they are durable.
+    Events {
+        /// Plaintext event payloads, ready for [`decode_payload`].
+        payloads: Vec<Vec<u8>>,
+        /// The answer the channel expects.
+        response: WebhookResponse,
+    },
+    /// The request failed verification.
+    Rejected(WebhookRejected),
+}
+
+/// Verifies (signature, decryption, token) and unwraps one webhook request through the plugin.
+/// The outer `Err` is a runtime failure of the call.
+pub async fn verify_webhook(
+    plugin: &Plugin,
+    cx: &Arc<InstallationContext>,
+    request: &WebhookRequest,
+) -> Result<WebhookOutcome, CallError> {
+    Ok(match plugin.verify_webhook(cx, request).await? {
+        Ok(WebhookVerdict::Challenge(response)) => WebhookOutcome::Challenge(response),
+        Ok(WebhookVerdict::Events(events)) => WebhookOutcome::Events {
+            payloads: events.payloads,
+            response: events.response,
+        },
+        Err(rejection) => {
+            let (kind, reason) = match rejection {
+                WebhookRejection::BadSignature(reason) => ("bad-signature", reason),
+                WebhookRejection::BadToken(reason) => ("bad-token", reason),
+                WebhookRejection::DecryptFailed(reason) => ("decrypt-failed", reason),
+                WebhookRejection::Malformed(reason) => ("malformed", reason),
+            };
+            WebhookOutcome::Rejected(WebhookRejected { kind, reason })
+        }
+    })
+}
