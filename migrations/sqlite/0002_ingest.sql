@@ -62,6 +62,7 @@ CREATE TABLE sessions (
     run_state           TEXT    NOT NULL DEFAULT 'idle' CHECK (run_state IN ('idle', 'pending', 'running', 'error')),
     flush_due_at_ms     BIGINT  NULL,                     -- durable debounce window end
     flush_generation    BIGINT  NOT NULL DEFAULT 0,       -- fences superseded timers
+    flushed_message_id  BIGINT  NOT NULL DEFAULT 0,       -- messages with a larger id are pending
     created_at_ms       BIGINT  NOT NULL,
     updated_at_ms       BIGINT  NOT NULL,
     UNIQUE (installation_id, chat_key)
