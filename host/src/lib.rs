@@ -6,8 +6,13 @@
 //! replies. Start with [`runtime::Runtime`] (loading and calling plugins) and
 //! [`capabilities`] (what plugins may touch). `ARCHITECTURE.md` maps the whole data flow.
 
+pub mod api;
+pub mod app;
+pub mod batch;
 pub mod capabilities;
 pub mod cli;
+pub mod config;
+pub mod dispatch;
 pub mod ingest;
 pub mod runtime;
 pub mod store;

@@ -3,9 +3,11 @@
 //! This module is the binary's edge (errors are `anyhow` here); it wires the runtime, services
 //! and store together and prints results. It must not hold business logic of its own.
 
+mod admin;
 mod bench;
 mod plugins;
 mod replay;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,11 @@ pub struct Cli {
 /// Options every command accepts.
 #[derive(Debug, Args)]
 struct GlobalArgs {
+    /// Configuration file (TOML). Default: `switchboard.toml` in the working directory, if it
+    /// exists. Environment variables `SWITCHBOARD_<SECTION>__<KEY>` override it.
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Also load every `*.wasm` plugin in this directory (manifest embedded or `<stem>.toml`
     /// beside it).
     #[arg(
@@ -93,9 +100,31 @@ enum Command {
     /// Benchmarks (issue 3): inbound events through the wasm plugin and natively, in the SDK
     /// peers' JSON line format.
     Bench(bench::BenchArgs),
+    /// Serve webhooks and the admin API (config: --config, env SWITCHBOARD_<SECTION>__<KEY>).
+    Serve(serve::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a fresh secrets key (32 bytes, hex) for `secrets.key`.
+    Keygen,
+    /// Create, list and revoke channel installations.
+    #[command(subcommand)]
+    Installations(admin::InstallationsCommand),
+    /// Manage user bindings and binding links.
+    #[command(subcommand)]
+    Bindings(admin::BindingsCommand),
 }
 
 impl GlobalArgs {
+    /// The configuration: file and environment, then these flags.
+    fn config(&self) -> anyhow::Result<crate::config::Config> {
+        let mut config = crate::config::Config::load(self.config.as_deref())?;
+        if let Some(dir) = &self.plugins_dir {
+            config.plugins.dir = Some(dir.clone());
+        }
+        config.plugins.cache_dir = (!self.no_cache).then(|| self.cache_dir.clone());
+        Ok(config)
+    }
+
     fn runtime(&self) -> anyhow::Result<Runtime> {
         let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
         let settings = RuntimeSettings {
@@ -137,6 +166,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => plugins::demo(&cli.global.runtime()?).await,
         Command::Replay(args) => replay::run(&cli.global, args).await,
         Command::Bench(args) => bench::run(&cli.global, args).await,
+        Command::Serve(args) => serve::run(cli.global.config()?, args).await,
+        Command::Migrate => serve::migrate(cli.global.config()?).await,
+        Command::Keygen => {
+            println!("{}", crate::store::SecretCipher::generate_key_hex());
+            Ok(())
+        }
+        Command::Installations(command) => {
+            admin::installations(cli.global.config()?, command).await
+        }
+        Command::Bindings(command) => admin::bindings(cli.global.config()?, command).await,
     }
 }
 

@@ -4,3 +4,4 @@
 
 pub mod pipeline;
 pub mod reassembly;
+pub mod service;

@@ -23,26 +23,32 @@ use super::Backend;
 type Embedded = (i64, &'static str, &'static str);
 
 /// SQLite migrations, in version order.
-const SQLITE: &[Embedded] = &[(
-    1,
-    "plugin_kv",
-    include_str!("../../../migrations/sqlite/0001_plugin_kv.sql"),
-), (
-    2,
-    "ingest",
-    include_str!("../../../migrations/sqlite/0002_ingest.sql"),
-)];
+const SQLITE: &[Embedded] = &[
+    (
+        1,
+        "plugin_kv",
+        include_str!("../../../migrations/sqlite/0001_plugin_kv.sql"),
+    ),
+    (
+        2,
+        "ingest",
+        include_str!("../../../migrations/sqlite/0002_ingest.sql"),
+    ),
+];
 
 /// PostgreSQL migrations, in version order.
-const POSTGRES: &[Embedded] = &[(
-    1,
-    "plugin_kv",
-    include_str!("../../../migrations/postgres/0001_plugin_kv.sql"),
-), (
-    2,
-    "ingest",
-    include_str!("../../../migrations/postgres/0002_ingest.sql"),
-)];
+const POSTGRES: &[Embedded] = &[
+    (
+        1,
+        "plugin_kv",
+        include_str!("../../../migrations/postgres/0001_plugin_kv.sql"),
+    ),
+    (
+        2,
+        "ingest",
+        include_str!("../../../migrations/postgres/0002_ingest.sql"),
+    ),
+];
 
 /// The embedded migrations of one backend, as a sqlx migration source.
 #[derive(Debug, Clone, Copy)]

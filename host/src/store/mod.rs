@@ -11,8 +11,12 @@
 //! also does not read the clock: times are passed in as Unix epoch milliseconds so that callers
 //! and tests control "now".
 
+mod flush;
+mod ingest;
+mod installations;
 mod kv;
 mod migrate;
+mod secrets;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,7 +28,18 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use flush::{BatchMessage, FlushBatch, FlushTicket};
+pub use ingest::{
+    AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, AuditRow, BINDING_TOKEN_TTL_MS,
+    BindingError, ChatKind, CommandRecord, DedupClaim, IngestStore, Message, RECLAIM_AFTER_MS,
+    Session, SessionHistory, SessionKey, TurnKind, UserBinding,
+};
+pub use installations::{
+    AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
+    NewInstallation,
+};
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
+pub use secrets::{SecretCipher, SecretError};
 
 /// How long a SQLite connection waits for another connection's lock before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +110,27 @@ pub enum StoreError {
         /// What sqlx reported.
         #[source]
         source: sqlx::Error,
+    },
+    /// Installation secrets could not be opened (wrong key, corrupted value).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// A write would break a uniqueness rule, e.g. a second installation for one routing key.
+    #[error("{what}")]
+    Conflict {
+        /// What clashed, in plain words.
+        what: String,
+    },
+    /// The caller passed a value the store refuses.
+    #[error("invalid {what}")]
+    Invalid {
+        /// Which value and why.
+        what: String,
+    },
+    /// A stored row holds a value this binary cannot read.
+    #[error("corrupt stored data: {what}")]
+    Corrupt {
+        /// Which row and value.
+        what: String,
     },
 }
 
@@ -224,6 +260,16 @@ impl Database {
     /// The plugin key/value store on this database (a cheap handle sharing its pools).
     pub fn kv(&self) -> KvStore {
         KvStore::new(self.clone())
+    }
+
+    /// The installations store on this database; secrets are sealed and opened with `cipher`.
+    pub fn installations(&self, cipher: SecretCipher) -> InstallationStore {
+        InstallationStore::new(self.clone(), cipher)
+    }
+
+    /// The ingest store (bindings, dedup, audit, sessions, messages) on this database.
+    pub fn ingest(&self) -> IngestStore {
+        IngestStore::new(self.clone())
     }
 }
 

@@ -1,0 +1,326 @@
+//! The admin API (JSON, bearer token): installations, user bindings and binding links, sessions
+//! with their messages, and the inbound audit. Secrets are accepted on create and never returned.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::store::{AccessPolicy, BindingError, Installation, NewInstallation};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/installations",
+            get(list_installations).post(create_installation),
+        )
+        .route("/installations/{id}", get(show_installation))
+        .route("/installations/{id}/revoke", post(revoke_installation))
+        .route(
+            "/installations/{id}/bindings",
+            get(list_bindings).post(add_binding),
+        )
+        .route(
+            "/installations/{id}/bindings/{open_id}",
+            delete(remove_binding),
+        )
+        .route(
+            "/installations/{id}/binding-tokens",
+            post(mint_binding_token),
+        )
+        .route("/binding-tokens/redeem", post(redeem_binding_token))
+        .route("/sessions", get(list_sessions))
+        .route("/audit", get(list_audit))
+}
+
+/// An installation as the API shows it: secrets reduced to their names.
+pub(crate) fn installation_json(i: &Installation) -> Value {
+    json!({
+        "id": i.id,
+        "channel": i.channel,
+        "routing_key": i.routing_key,
+        "name": i.name,
+        "config": i.config,
+        "secrets": i.secrets.keys().collect::<Vec<_>>(),
+        "bot_open_id": i.bot_open_id,
+        "bot_union_id": i.bot_union_id,
+        "access_policy": i.access_policy.as_str(),
+        "status": i.status.as_str(),
+        "agent": i.agent,
+        "debounce_ms": i.debounce_ms,
+        "created_at_ms": i.created_at_ms,
+        "updated_at_ms": i.updated_at_ms,
+    })
+}
+
+/// Body of `POST /api/installations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateInstallation {
+    channel: String,
+    routing_key: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    bot_open_id: Option<String>,
+    bot_union_id: Option<String>,
+    #[serde(default)]
+    access_policy: Option<String>,
+    agent: Option<String>,
+    debounce_ms: Option<i64>,
+}
+
+impl CreateInstallation {
+    pub(crate) fn into_new(self) -> Result<NewInstallation, ApiError> {
+        let defaults = NewInstallation::default();
+        let access_policy = match self.access_policy.as_deref() {
+            None | Some("open") => AccessPolicy::Open,
+            Some("bound") => AccessPolicy::Bound,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("access_policy {other:?}: use \"open\" or \"bound\""),
+                ));
+            }
+        };
+        Ok(NewInstallation {
+            channel: self.channel,
+            routing_key: self.routing_key,
+            name: self.name,
+            config: self.config,
+            secrets: self.secrets,
+            bot_open_id: self.bot_open_id,
+            bot_union_id: self.bot_union_id,
+            access_policy,
+            agent: self.agent.unwrap_or(defaults.agent),
+            debounce_ms: self.debounce_ms.unwrap_or(defaults.debounce_ms),
+        })
+    }
+}
+
+async fn list_installations(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let all = s.installations.list().await.map_err(ApiError::internal)?;
+    Ok(Json(Value::Array(
+        all.iter().map(installation_json).collect(),
+    )))
+}
+
+async fn create_installation(
+    State(s): State<AppState>,
+    Json(body): Json<CreateInstallation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if s.runtime.plugin_for_channel(&body.channel).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no loaded plugin serves channel `{}`", body.channel),
+        ));
+    }
+    let new = body.into_new()?;
+    let created = s
+        .installations
+        .create(&new, s.clock.now_ms())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(installation_json(&created))))
+}
+
+async fn find(s: &AppState, id: &str) -> Result<Installation, ApiError> {
+    s.installations
+        .get(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no installation `{id}`")))
+}
+
+async fn show_installation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(installation_json(&find(&s, &id).await?)))
+}
+
+async fn revoke_installation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    find(&s, &id).await?;
+    s.installations
+        .revoke(&id, s.clock.now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(installation_json(&find(&s, &id).await?)))
+}
+
+async fn list_bindings(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    find(&s, &id).await?;
+    let bindings = s
+        .records
+        .list_bindings(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        serde_json::to_value(bindings).map_err(ApiError::internal)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBinding {
+    open_id: String,
+    user_ref: String,
+    union_id: Option<String>,
+}
+
+fn binding_error(e: BindingError) -> ApiError {
+    match e {
+        BindingError::Store(e) => ApiError::internal(e),
+        other => ApiError::new(StatusCode::CONFLICT, other.to_string()),
+    }
+}
+
+async fn add_binding(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<AddBinding>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    find(&s, &id).await?;
+    let binding = s
+        .records
+        .bind_user(
+            &id,
+            &body.open_id,
+            &body.user_ref,
+            body.union_id.as_deref(),
+            s.clock.now_ms(),
+        )
+        .await
+        .map_err(binding_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(binding).map_err(ApiError::internal)?),
+    ))
+}
+
+async fn remove_binding(
+    State(s): State<AppState>,
+    Path((id, open_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let removed = s
+        .records
+        .unbind_user(&id, &open_id)
+        .await
+        .map_err(ApiError::internal)?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no binding of `{open_id}` in `{id}`"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintToken {
+    open_id: String,
+}
+
+async fn mint_binding_token(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<MintToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    find(&s, &id).await?;
+    let token = s
+        .records
+        .mint_binding_token(&id, &body.open_id, s.clock.now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    let url = binding_url(&s.public_url, &token);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "url": url, "expires_in_minutes": 15 })),
+    ))
+}
+
+/// The link a user opens to bind their account.
+pub fn binding_url(public_url: &str, token: &str) -> String {
+    format!("{}/bind?token={token}", public_url.trim_end_matches('/'))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemToken {
+    token: String,
+    user_ref: String,
+    union_id: Option<String>,
+}
+
+async fn redeem_binding_token(
+    State(s): State<AppState>,
+    Json(body): Json<RedeemToken>,
+) -> Result<Json<Value>, ApiError> {
+    let binding = s
+        .records
+        .redeem_binding_token(
+            &body.token,
+            &body.user_ref,
+            body.union_id.as_deref(),
+            s.clock.now_ms(),
+        )
+        .await
+        .map_err(binding_error)?;
+    Ok(Json(
+        serde_json::to_value(binding).map_err(ApiError::internal)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionsQuery {
+    installation: String,
+}
+
+async fn list_sessions(
+    State(s): State<AppState>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let histories = s
+        .records
+        .list_session_histories(&q.installation)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        serde_json::to_value(histories).map_err(ApiError::internal)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    installation: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_audit(
+    State(s): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = s
+        .records
+        .list_audit(q.installation.as_deref(), q.limit.unwrap_or(100).min(1000))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        serde_json::to_value(rows).map_err(ApiError::internal)?,
+    ))
+}

@@ -1,0 +1,125 @@
+//! The HTTP surface (axum): channel webhooks, the admin API, health.
+//!
+//! Owns routing, authentication of the admin API, request limits and the mapping of outcomes and
+//! errors to HTTP statuses. It must not hold SQL or plugin logic: handlers call `ingest`,
+//! `dispatch` and `store`.
+
+mod admin;
+mod hooks;
+
+pub use admin::binding_url;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::capabilities::Clock;
+use crate::ingest::service::Ingest;
+use crate::runtime::Runtime;
+use crate::store::{Database, IngestStore, InstallationStore};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Loaded plugins.
+    pub runtime: Arc<Runtime>,
+    /// The inbound service.
+    pub ingest: Arc<Ingest>,
+    /// The database.
+    pub db: Database,
+    /// Installations (secrets sealed with the operator key).
+    pub installations: InstallationStore,
+    /// Sessions, bindings, audit.
+    pub records: IngestStore,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Bearer token of the admin API (`None` = admin API disabled).
+    pub admin_token: Option<Arc<str>>,
+    /// Public URL used in binding links.
+    pub public_url: Arc<str>,
+}
+
+/// An error answered as JSON `{"error": …}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status and a message for the client.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 404.
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+    /// 500, logged; the client sees a generic message.
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!("request failed: {error}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the host log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Builds the router. `max_body_bytes` caps every request body (larger → 413).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let admin =
+        admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(hooks::routes())
+        .nest("/api", admin)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.admin_token else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the admin API is disabled: set server.admin_token (SWITCHBOARD_SERVER__ADMIN_TOKEN)",
+        )
+        .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <admin token>`",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

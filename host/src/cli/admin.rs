@@ -1,0 +1,215 @@
+//! `switchboard installations …` and `switchboard bindings …`: operator commands working
+//! directly on the configured database (no running server needed).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::app::load_secret_key;
+use crate::capabilities::{Clock, SystemClock};
+use crate::config::Config;
+use crate::store::{AccessPolicy, Database, NewInstallation};
+
+/// Installation subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InstallationsCommand {
+    /// Register a channel installation (e.g. a Lark bot).
+    Add {
+        /// Channel type (a loaded plugin's channel, e.g. `lark`).
+        #[arg(long, default_value = "lark")]
+        channel: String,
+        /// Routing key: for Lark, the app id (`cli_…`).
+        #[arg(long)]
+        app_id: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The bot's open_id (mention detection).
+        #[arg(long)]
+        bot_open_id: Option<String>,
+        /// The bot's union_id (preferred for mention detection).
+        #[arg(long)]
+        bot_union_id: Option<String>,
+        /// Secret as KEY=VALUE (repeatable): app_secret, encrypt_key, verification_token.
+        #[arg(long = "secret", value_name = "KEY=VALUE")]
+        secrets: Vec<String>,
+        /// Config value as KEY=VALUE (repeatable), e.g. base_url=https://open.larksuite.com.
+        #[arg(long = "config-value", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Identity policy: `open` (anyone) or `bound` (senders must bind their account).
+        #[arg(long, default_value = "open", value_parser = ["open", "bound"])]
+        policy: String,
+        /// The bound agent.
+        #[arg(long, default_value = "echo")]
+        agent: String,
+        /// Debounce window in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        debounce_ms: i64,
+    },
+    /// List installations (secrets are never printed).
+    List,
+    /// Revoke an installation: its events are dropped from now on.
+    Revoke {
+        /// Installation id.
+        id: String,
+    },
+}
+
+/// Binding subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BindingsCommand {
+    /// Bind a channel user (Lark open_id) to a host user.
+    Add {
+        /// Installation id.
+        installation: String,
+        /// Channel user id (Lark open_id).
+        open_id: String,
+        /// Host-side user reference.
+        user_ref: String,
+    },
+    /// List the bindings of an installation.
+    List {
+        /// Installation id.
+        installation: String,
+    },
+    /// Mint a one-time binding link (15 minutes) for a channel user.
+    Token {
+        /// Installation id.
+        installation: String,
+        /// Channel user id (Lark open_id).
+        open_id: String,
+    },
+}
+
+fn pairs(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .with_context(|| format!("{flag} {item:?}: write it as KEY=VALUE"))
+        })
+        .collect()
+}
+
+async fn open(config: &Config) -> anyhow::Result<Database> {
+    let db = Database::connect(&config.database.url).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// Runs an installations subcommand.
+pub async fn installations(config: Config, command: InstallationsCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    let store = db.installations(load_secret_key(&config)?);
+    let now = SystemClock.now_ms();
+    match command {
+        InstallationsCommand::Add {
+            channel,
+            app_id,
+            name,
+            bot_open_id,
+            bot_union_id,
+            secrets,
+            config: values,
+            policy,
+            agent,
+            debounce_ms,
+        } => {
+            let new = NewInstallation {
+                channel,
+                routing_key: app_id,
+                name,
+                config: pairs(&values, "--config-value")?,
+                secrets: pairs(&secrets, "--secret")?,
+                bot_open_id,
+                bot_union_id,
+                access_policy: if policy == "bound" {
+                    AccessPolicy::Bound
+                } else {
+                    AccessPolicy::Open
+                },
+                agent,
+                debounce_ms,
+            };
+            let created = store.create(&new, now).await?;
+            println!("{}", created.id);
+            eprintln!(
+                "created {} installation {} (routing key {}); webhook URL path: /hooks/{}/{}",
+                created.channel, created.id, created.routing_key, created.channel, created.id
+            );
+        }
+        InstallationsCommand::List => {
+            println!(
+                "{:<36} {:<8} {:<24} {:<8} {:<7} {:<8} NAME",
+                "ID", "CHANNEL", "ROUTING KEY", "STATUS", "POLICY", "AGENT"
+            );
+            for i in store.list().await? {
+                println!(
+                    "{:<36} {:<8} {:<24} {:<8} {:<7} {:<8} {}",
+                    i.id,
+                    i.channel,
+                    i.routing_key,
+                    i.status.as_str(),
+                    i.access_policy.as_str(),
+                    i.agent,
+                    i.name
+                );
+            }
+        }
+        InstallationsCommand::Revoke { id } => {
+            anyhow::ensure!(
+                store.revoke(&id, now).await?,
+                "no installation `{id}` (see `switchboard installations list`)"
+            );
+            println!("revoked {id}");
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Runs a bindings subcommand.
+pub async fn bindings(config: Config, command: BindingsCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    let records = db.ingest();
+    let installations = db.installations(load_secret_key(&config)?);
+    let now = SystemClock.now_ms();
+    let installation = match &command {
+        BindingsCommand::Add { installation, .. }
+        | BindingsCommand::List { installation }
+        | BindingsCommand::Token { installation, .. } => installation.clone(),
+    };
+    anyhow::ensure!(
+        installations.get(&installation).await?.is_some(),
+        "no installation `{installation}` (see `switchboard installations list`)"
+    );
+    match command {
+        BindingsCommand::Add {
+            open_id, user_ref, ..
+        } => {
+            records
+                .bind_user(&installation, &open_id, &user_ref, None, now)
+                .await?;
+            println!("bound {open_id} to {user_ref}");
+        }
+        BindingsCommand::List { .. } => {
+            for b in records.list_bindings(&installation).await? {
+                println!("{}\t{}", b.channel_user_id, b.user_ref);
+            }
+        }
+        BindingsCommand::Token { open_id, .. } => {
+            let token = records
+                .mint_binding_token(&installation, &open_id, now)
+                .await?;
+            println!(
+                "{}",
+                crate::api::binding_url(&config.server.public_url, &token)
+            );
+            eprintln!("single use; expires in 15 minutes");
+        }
+    }
+    db.close().await;
+    Ok(())
+}

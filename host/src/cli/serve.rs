@@ -1,0 +1,73 @@
+//! `switchboard serve` and `switchboard migrate`.
+
+use clap::Args;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::store::Database;
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+/// Runs the host until Ctrl-C / SIGTERM, then shuts down gracefully.
+pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let app = App::from_config(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (change server.listen or pass --listen)",
+                config.server.listen
+            )
+        })?;
+    eprintln!(
+        "switchboard listening on http://{} (database {}, {} plugin(s)); Ctrl-C stops it",
+        listener.local_addr()?,
+        crate::store::redact_url(&config.database.url),
+        app.state.runtime.plugins().len()
+    );
+    app.serve(listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Applies migrations.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let db = Database::connect(&config.database.url).await?;
+    db.migrate().await?;
+    println!(
+        "migrated {} ({})",
+        crate::store::redact_url(&config.database.url),
+        db.backend()
+    );
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Host configuration: one TOML file with environment overrides, every default usable as is.
+//!
+//! Precedence: built-in defaults < the TOML file (`--config`, default `switchboard.toml` when it
+//! exists) < environment variables `SWITCHBOARD_<SECTION>__<KEY>` (e.g.
+//! `SWITCHBOARD_DATABASE__URL`) < command-line flags. This module only reads and validates; it
+//! opens nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Secrets-at-rest key.
+    pub secrets: SecretsConfig,
+    /// Plugins.
+    pub plugins: PluginsConfig,
+    /// Inbound processing.
+    pub ingest: IngestConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API (`/api/…`). Unset = the admin API answers 503.
+    pub admin_token: Option<String>,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Public base URL of this host, used in binding links.
+    pub public_url: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            max_body_bytes: 1 << 20,
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://file.db` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://switchboard.db".into(),
+        }
+    }
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// 32-byte key, hex or base64. Takes precedence over `key_file`.
+    pub key: Option<String>,
+    /// File holding the key; created with a fresh key on first start when `key` is unset.
+    pub key_file: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            key: None,
+            key_file: PathBuf::from(".switchboard/secret.key"),
+        }
+    }
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Extra plugins directory (`*.wasm`); `--plugins-dir` overrides it.
+    pub dir: Option<PathBuf>,
+    /// Precompiled-artifact cache; set from `--cache-dir` / `--no-cache` (not read from the file).
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
+    /// Operator base-URL overrides: origin a plugin uses → where requests go instead.
+    pub base_urls: BTreeMap<String, String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: None,
+            cache_dir: Some(PathBuf::from(".switchboard/cache")),
+            base_urls: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Time the enricher may spend per message, from arrival.
+    pub enrich_budget_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enrich_budget_ms: 2_000,
+        }
+    }
+}
+
+/// The file read when `--config` is not given (only if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
+
+impl Config {
+    /// Loads defaults, then `file` (required to exist when given explicitly), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.exists(),
+                    "config file {} does not exist",
+                    path.display()
+                );
+                figment = figment.merge(Toml::file(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        // Only sectioned variables (`SWITCHBOARD_DATABASE__URL`) are config; flat ones such as
+        // `SWITCHBOARD_PLUGINS_DIR` belong to command-line flags.
+        let sectioned = Env::prefixed("SWITCHBOARD_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(sectioned);
+        figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        let c = Config::default();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.database.url.starts_with("sqlite://"));
+        assert_eq!(c.ingest.enrich_budget_ms, 2000);
+    }
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://open.feishu.cn\" = \"http://127.0.0.1:9\"\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.database.url, "postgres://x@127.0.0.1/db");
+        assert_eq!(
+            c.plugins
+                .base_urls
+                .get("https://open.feishu.cn")
+                .map(String::as_str),
+            Some("http://127.0.0.1:9")
+        );
+        std::fs::write(&path, "[database]\nurll = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+}

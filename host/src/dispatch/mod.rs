@@ -1,0 +1,637 @@
+//! The inbound dispatcher (SPEC §3, matching `reference/multica-lark.md` §H–J).
+//!
+//! Owns the ordered, durable pipeline one decoded message goes through before the channel gets
+//! its ACK: installation → dedup claim → group filter → identity policy → session → command
+//! handling and append (with the in-transaction dedup Mark and the durable debounce arm) →
+//! outcome. Every drop writes an audit row without message content. Product outcomes are
+//! [`Outcome`]s; only infrastructure failures are [`DispatchError`]s (the channel should
+//! redeliver), and they release the dedup claim first so the redelivery is processed.
+//!
+//! Must not touch wasm or HTTP: the caller decodes, enriches and parses commands through the
+//! plugin, hands the results in, and renders the outcome (reply, notice, binding link) itself.
+//! SQL lives in `crate::store`; time comes from an injectable [`Clock`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::capabilities::Clock;
+use crate::runtime::commands::Command;
+use crate::runtime::types::{ChatType, InboundMessage};
+use crate::store::{
+    AccessPolicy, AppendOutcome, AppendRequest, AuditEntry, ChatKind, DedupClaim, FlushTicket,
+    IngestStore, Installation, InstallationStore, SessionKey, StoreError, TurnKind,
+};
+
+/// The event type recorded in audit rows when the caller does not know a better one.
+pub const DEFAULT_EVENT_TYPE: &str = "message";
+
+/// Why an inbound event was dropped (the audit's `drop_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No installation for the event's routing key (no dedup claim is made).
+    InvalidEvent,
+    /// The installation is revoked.
+    RevokedInstallation,
+    /// Already processed, or being processed right now.
+    Duplicate,
+    /// A group message that does not address the bot.
+    NotAddressedInGroup,
+    /// The sender cannot be bound (no channel user id) under the `bound` policy.
+    UnboundUser,
+}
+
+impl DropReason {
+    /// The snake_case name stored in the audit.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::InvalidEvent => "invalid_event",
+            DropReason::RevokedInstallation => "revoked_installation",
+            DropReason::Duplicate => "duplicate",
+            DropReason::NotAddressedInGroup => "not_addressed_in_group",
+            DropReason::UnboundUser => "unbound_user",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What became of one inbound message. Never an error: the channel gets its ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Dropped (and audited) for the given reason.
+    Dropped(DropReason),
+    /// The sender must bind their account first (`bound` policy); the caller sends the link.
+    NeedsBinding {
+        /// The sender's channel user id (the link goes to them directly).
+        open_id: String,
+        /// The freshly minted one-time token (raw; only its hash is stored).
+        token: String,
+    },
+    /// The message is stored; its session's debounced run is scheduled.
+    Ingested {
+        /// The session.
+        session_id: String,
+        /// The stored message row.
+        message_id: i64,
+        /// The debounce window to arm (durable already; the caller starts the timer).
+        flush: Option<FlushTicket>,
+    },
+    /// A bare `/new`: the session's next message starts a fresh context.
+    FreshPending {
+        /// The session.
+        session_id: String,
+    },
+    /// A bare `/issue`: the caller sends the usage notice. No run.
+    IssueUsage {
+        /// The session.
+        session_id: String,
+    },
+    /// `/issue <title>`: a command record was created. No run.
+    IssueCreated {
+        /// The session.
+        session_id: String,
+        /// The command record.
+        command_id: i64,
+        /// The issue title.
+        title: String,
+    },
+}
+
+impl Outcome {
+    /// The snake_case name of the outcome kind (`dropped`, `needs_binding`, `ingested`,
+    /// `fresh_pending`, `issue_usage`, `issue_created`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Dropped(_) => "dropped",
+            Outcome::NeedsBinding { .. } => "needs_binding",
+            Outcome::Ingested { .. } => "ingested",
+            Outcome::FreshPending { .. } => "fresh_pending",
+            Outcome::IssueUsage { .. } => "issue_usage",
+            Outcome::IssueCreated { .. } => "issue_created",
+        }
+    }
+}
+
+/// An infrastructure failure: nothing durable was promised, the claim was released (best
+/// effort), and the channel should redeliver (NACK / 5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pipeline task ended without an answer (panic or runtime shutdown). A claim it held
+    /// becomes re-claimable after 60 s.
+    #[error("the dispatch task ended without an answer: {0}")]
+    Aborted(String),
+}
+
+/// The identifying fields of an inbound event, for audit rows (never content).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The channel's event type (e.g. `im.message.receive_v1`).
+    pub event_type: String,
+    /// Channel event id.
+    pub event_id: String,
+    /// Channel message id.
+    pub message_id: String,
+    /// Chat id.
+    pub chat_id: String,
+}
+
+impl EventMeta {
+    /// The ids of a decoded message, with event type [`DEFAULT_EVENT_TYPE`].
+    pub fn of(message: &InboundMessage) -> EventMeta {
+        EventMeta::of_event(message, DEFAULT_EVENT_TYPE)
+    }
+
+    /// The ids of a decoded message delivered as `event_type`.
+    pub fn of_event(message: &InboundMessage, event_type: &str) -> EventMeta {
+        EventMeta {
+            event_type: event_type.to_owned(),
+            event_id: message.event_id.clone(),
+            message_id: message.message_id.clone(),
+            chat_id: message.chat_id.clone(),
+        }
+    }
+}
+
+/// A point of the pipeline at which a [`StepHook`] is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Right after the dedup claim was won (not reached without a message id).
+    Claimed,
+    /// Right before the append transaction.
+    BeforeAppend,
+}
+
+/// A callback awaited at each [`Step`] (for tests and diagnostics; it runs on the pipeline
+/// task, so it can delay, but not cancel, the pipeline).
+pub type StepHook = Arc<dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Looks up the installation for an event of `channel` with `routing_key`.
+///
+/// Unknown (or no routing key) → audit `invalid_event` with no installation and
+/// `Err(Outcome::Dropped(InvalidEvent))`; revoked → audit `revoked_installation` and
+/// `Err(Outcome::Dropped(RevokedInstallation))`. No dedup claim is made either way. The outer
+/// error is an infrastructure failure (including secrets that do not decrypt).
+pub async fn resolve_installation(
+    installations: &InstallationStore,
+    channel: &str,
+    routing_key: Option<&str>,
+    event: &EventMeta,
+    now_ms: i64,
+) -> Result<Result<Installation, Outcome>, DispatchError> {
+    let found = match routing_key.filter(|k| !k.is_empty()) {
+        Some(key) => installations.get_by_routing_key(channel, key).await?,
+        None => None,
+    };
+    let ingest = installations.database().ingest();
+    let (installation_id, reason) = match found {
+        Some(installation) if installation.is_active() => return Ok(Ok(installation)),
+        Some(installation) => (Some(installation.id), DropReason::RevokedInstallation),
+        None => (None, DropReason::InvalidEvent),
+    };
+    let entry = AuditEntry {
+        installation_id,
+        channel: channel.to_owned(),
+        chat_id: event.chat_id.clone(),
+        event_type: event.event_type.clone(),
+        event_id: event.event_id.clone(),
+        message_id: event.message_id.clone(),
+        drop_reason: reason.as_str().to_owned(),
+    };
+    write_audit(&ingest, &entry, now_ms).await;
+    tracing::info!(
+        channel,
+        routing_key = routing_key.unwrap_or(""),
+        reason = reason.as_str(),
+        "inbound event dropped"
+    );
+    Ok(Err(Outcome::Dropped(reason)))
+}
+
+/// Writes an audit row; a failure is logged and otherwise ignored (the drop stands).
+async fn write_audit(ingest: &IngestStore, entry: &AuditEntry, now_ms: i64) {
+    if let Err(e) = ingest.insert_audit(entry, now_ms).await {
+        tracing::warn!(reason = %entry.drop_reason, "writing the inbound audit row failed: {e}");
+    }
+}
+
+/// How the claim is finalized once the pipeline body is done.
+enum Finalize {
+    /// Mark it processed (drops after the claim, binding links).
+    Mark,
+    /// Nothing to do: marked inside the append transaction, or lost.
+    Done,
+}
+
+/// The dispatcher: a cheap, cloneable handle (stores and clock).
+#[derive(Clone)]
+pub struct Dispatcher {
+    installations: InstallationStore,
+    ingest: IngestStore,
+    clock: Arc<dyn Clock>,
+    hook: Option<StepHook>,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("backend", &self.installations.database().backend())
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `installations` (and its database) reading time from `clock`.
+    pub fn new(installations: InstallationStore, clock: Arc<dyn Clock>) -> Dispatcher {
+        let ingest = installations.database().ingest();
+        Dispatcher {
+            installations,
+            ingest,
+            clock,
+            hook: None,
+        }
+    }
+
+    /// The same dispatcher with `hook` awaited at every [`Step`].
+    pub fn with_step_hook(mut self, hook: StepHook) -> Dispatcher {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The installations store.
+    pub fn installations(&self) -> &InstallationStore {
+        &self.installations
+    }
+
+    /// [`resolve_installation`] with this dispatcher's store and clock.
+    pub async fn resolve_installation(
+        &self,
+        channel: &str,
+        routing_key: Option<&str>,
+        event: &EventMeta,
+    ) -> Result<Result<Installation, Outcome>, DispatchError> {
+        resolve_installation(
+            &self.installations,
+            channel,
+            routing_key,
+            event,
+            self.clock.now_ms(),
+        )
+        .await
+    }
+
+    /// The active installation for `(channel, routing_key)`, if any; writes no audit row (use
+    /// [`Dispatcher::reject_installation`] for events it cannot serve).
+    pub async fn installation(
+        &self,
+        channel: &str,
+        routing_key: Option<&str>,
+    ) -> Result<Option<Installation>, DispatchError> {
+        let Some(key) = routing_key.filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .installations
+            .get_by_routing_key(channel, key)
+            .await?
+            .filter(Installation::is_active))
+    }
+
+    /// Drops an event that [`Dispatcher::installation`] found no active installation for:
+    /// audits `invalid_event` (unknown) or `revoked_installation`. Should the installation have
+    /// become active in between, the event is still dropped as `invalid_event` (audited with
+    /// the installation id).
+    pub async fn reject_installation(
+        &self,
+        channel: &str,
+        routing_key: Option<&str>,
+        event: &EventMeta,
+    ) -> Result<Outcome, DispatchError> {
+        match self
+            .resolve_installation(channel, routing_key, event)
+            .await?
+        {
+            Err(outcome) => Ok(outcome),
+            Ok(installation) => {
+                let entry = audit_entry(&installation, event, DropReason::InvalidEvent);
+                write_audit(&self.ingest, &entry, self.clock.now_ms()).await;
+                Ok(Outcome::Dropped(DropReason::InvalidEvent))
+            }
+        }
+    }
+
+    /// Runs SPEC §3 steps 2–8 for one decoded (and enriched) message of an active
+    /// `installation`: dedup claim → group filter → identity policy → session → command /
+    /// append (+ in-transaction Mark) → outcome. `command` is the plugin's parse of the
+    /// message's `command_body`; `event_type` goes into audit rows.
+    ///
+    /// The pipeline runs on its own task, so dropping the returned future (a cancelled
+    /// request) does not stop it halfway: the claim is always finalized (Mark, or Release on
+    /// an infrastructure failure, which is then returned as the error).
+    pub async fn dispatch(
+        &self,
+        installation: &Installation,
+        message: &InboundMessage,
+        command: Option<&Command>,
+        event_type: &str,
+    ) -> Result<Outcome, DispatchError> {
+        let this = self.clone();
+        let installation = installation.clone();
+        let message = message.clone();
+        let command = command.cloned();
+        let event_type = event_type.to_owned();
+        let task = tokio::spawn(async move {
+            this.run(&installation, &message, command.as_ref(), &event_type)
+                .await
+        });
+        task.await
+            .map_err(|e| DispatchError::Aborted(e.to_string()))?
+    }
+
+    async fn step(&self, step: Step) {
+        if let Some(hook) = &self.hook {
+            hook(step).await;
+        }
+    }
+
+    async fn audit(
+        &self,
+        installation: &Installation,
+        event: &EventMeta,
+        reason: DropReason,
+        now_ms: i64,
+    ) {
+        write_audit(
+            &self.ingest,
+            &audit_entry(installation, event, reason),
+            now_ms,
+        )
+        .await;
+        tracing::info!(
+            installation = %installation.id,
+            message_id = %event.message_id,
+            reason = reason.as_str(),
+            "inbound message dropped"
+        );
+    }
+
+    /// The pipeline with its claim handling; runs on the dispatch task.
+    async fn run(
+        &self,
+        installation: &Installation,
+        message: &InboundMessage,
+        command: Option<&Command>,
+        event_type: &str,
+    ) -> Result<Outcome, DispatchError> {
+        let now_ms = self.clock.now_ms();
+        let event = EventMeta::of_event(message, event_type);
+
+        // Step 2: dedup claim (none without a message id).
+        let claim = if message.message_id.is_empty() {
+            None
+        } else {
+            match self
+                .ingest
+                .claim_dedup(&installation.id, &message.message_id, now_ms)
+                .await?
+            {
+                Some(claim) => Some(claim),
+                None => {
+                    self.audit(installation, &event, DropReason::Duplicate, now_ms)
+                        .await;
+                    return Ok(Outcome::Dropped(DropReason::Duplicate));
+                }
+            }
+        };
+        if claim.is_some() {
+            self.step(Step::Claimed).await;
+        }
+
+        match self
+            .after_claim(
+                installation,
+                message,
+                command,
+                &event,
+                claim.as_ref(),
+                now_ms,
+            )
+            .await
+        {
+            Ok((outcome, finalize)) => {
+                if let (Finalize::Mark, Some(claim)) = (finalize, &claim) {
+                    self.mark(claim).await;
+                }
+                Ok(outcome)
+            }
+            Err(error) => {
+                if let Some(claim) = &claim {
+                    self.release(claim).await;
+                }
+                tracing::warn!(
+                    installation = %installation.id,
+                    message_id = %message.message_id,
+                    "dispatch failed, the channel should redeliver: {error}"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Marks the claim processed after a product outcome decided outside the append
+    /// transaction. A failure is logged: the outcome stands, and the claim becomes
+    /// re-claimable after 60 s.
+    async fn mark(&self, claim: &DedupClaim) {
+        match self.ingest.mark_dedup(claim, self.clock.now_ms()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                message_id = %claim.message_id,
+                "dedup claim was taken over before it could be marked"
+            ),
+            Err(e) => tracing::warn!(
+                message_id = %claim.message_id,
+                "marking the dedup claim failed: {e}"
+            ),
+        }
+    }
+
+    /// Releases the claim after an infrastructure failure so a redelivery is processed.
+    async fn release(&self, claim: &DedupClaim) {
+        if let Err(e) = self.ingest.release_dedup(claim).await {
+            tracing::warn!(
+                message_id = %claim.message_id,
+                "releasing the dedup claim failed (re-claimable after 60 s): {e}"
+            );
+        }
+    }
+
+    /// Steps 3–8, once the claim (if any) is held.
+    async fn after_claim(
+        &self,
+        installation: &Installation,
+        message: &InboundMessage,
+        command: Option<&Command>,
+        event: &EventMeta,
+        claim: Option<&DedupClaim>,
+        now_ms: i64,
+    ) -> Result<(Outcome, Finalize), DispatchError> {
+        // Step 3: group chats must address the bot.
+        if message.chat_type == ChatType::Group && !message.addressed_to_bot {
+            let reason = DropReason::NotAddressedInGroup;
+            self.audit(installation, event, reason, now_ms).await;
+            return Ok((Outcome::Dropped(reason), Finalize::Mark));
+        }
+
+        // Step 4: identity policy.
+        if installation.access_policy == AccessPolicy::Bound {
+            let open_id = message.sender.open_id.as_str();
+            let bound = if open_id.is_empty() {
+                None
+            } else {
+                self.ingest.get_binding(&installation.id, open_id).await?
+            };
+            if bound.is_none() {
+                self.audit(installation, event, DropReason::UnboundUser, now_ms)
+                    .await;
+                if open_id.is_empty() {
+                    // Nobody to send a link to.
+                    return Ok((Outcome::Dropped(DropReason::UnboundUser), Finalize::Mark));
+                }
+                let token = self
+                    .ingest
+                    .mint_binding_token(&installation.id, open_id, now_ms)
+                    .await?;
+                return Ok((
+                    Outcome::NeedsBinding {
+                        open_id: open_id.to_owned(),
+                        token,
+                    },
+                    Finalize::Mark,
+                ));
+            }
+        }
+
+        // Step 5: the session.
+        let chat_kind = match message.chat_type {
+            ChatType::Direct => ChatKind::Direct,
+            ChatType::Group => ChatKind::Group,
+        };
+        let key = SessionKey::new(&message.chat_id, chat_kind, message.thread_id.as_deref());
+        let title = session_title(&installation.channel, &key);
+        let session = self
+            .ingest
+            .ensure_session(&installation.id, &key, &title, now_ms)
+            .await?;
+
+        // Steps 6–7: the turn, appended with the in-transaction Mark.
+        let (turn, body) = match command {
+            None => (TurnKind::Plain, message.body.clone()),
+            Some(Command::NewContext(text)) => match text.as_deref().map(str::trim) {
+                Some(text) if !text.is_empty() => (TurnKind::FreshStart, text.to_owned()),
+                _ => (TurnKind::MarkFresh, String::new()),
+            },
+            Some(Command::Issue(request)) if !request.title.trim().is_empty() => (
+                TurnKind::Issue {
+                    title: request.title.trim().to_owned(),
+                    description: request.description.clone().filter(|d| !d.trim().is_empty()),
+                },
+                message.body.clone(),
+            ),
+            Some(Command::Issue(_) | Command::IssueUsage) => {
+                (TurnKind::IssueUsage, message.body.clone())
+            }
+        };
+        let request = AppendRequest {
+            session_id: session.id.clone(),
+            installation_id: installation.id.clone(),
+            body,
+            command_body: message.command_body.clone(),
+            channel_message_id: message.message_id.clone(),
+            thread_id: message.thread_id.clone(),
+            sender_id: message.sender.open_id.clone(),
+            turn: turn.clone(),
+            debounce_ms: installation.debounce_ms,
+        };
+        self.step(Step::BeforeAppend).await;
+        let appended = match self.ingest.append(&request, claim, now_ms).await? {
+            AppendOutcome::ClaimLost => {
+                self.audit(installation, event, DropReason::Duplicate, now_ms)
+                    .await;
+                return Ok((Outcome::Dropped(DropReason::Duplicate), Finalize::Done));
+            }
+            AppendOutcome::FreshPending => {
+                return Ok((
+                    Outcome::FreshPending {
+                        session_id: session.id,
+                    },
+                    Finalize::Done,
+                ));
+            }
+            AppendOutcome::Appended(appended) => appended,
+        };
+
+        // Step 8: the outcome.
+        let session_id = session.id;
+        let outcome = match turn {
+            TurnKind::Issue { title, .. } => match appended.command_id {
+                Some(command_id) => Outcome::IssueCreated {
+                    session_id,
+                    command_id,
+                    title,
+                },
+                None => {
+                    return Err(DispatchError::Store(StoreError::Corrupt {
+                        what: "an /issue append returned no command record".into(),
+                    }));
+                }
+            },
+            TurnKind::IssueUsage => Outcome::IssueUsage { session_id },
+            TurnKind::Plain | TurnKind::FreshStart | TurnKind::MarkFresh => {
+                let flush = appended.flush.map(|(generation, due_at_ms)| FlushTicket {
+                    session_id: session_id.clone(),
+                    generation,
+                    due_at_ms,
+                });
+                Outcome::Ingested {
+                    session_id,
+                    message_id: appended.message_id,
+                    flush,
+                }
+            }
+        };
+        Ok((outcome, Finalize::Done))
+    }
+}
+
+/// The audit row for a drop of `event` on `installation`.
+fn audit_entry(installation: &Installation, event: &EventMeta, reason: DropReason) -> AuditEntry {
+    AuditEntry {
+        installation_id: Some(installation.id.clone()),
+        channel: installation.channel.clone(),
+        chat_id: event.chat_id.clone(),
+        event_type: event.event_type.clone(),
+        event_id: event.event_id.clone(),
+        message_id: event.message_id.clone(),
+        drop_reason: reason.as_str().to_owned(),
+    }
+}
+
+/// A new session's title, by chat type.
+fn session_title(channel: &str, key: &SessionKey) -> String {
+    match (key.chat_type, &key.thread_id) {
+        (ChatKind::Direct, _) => format!("{channel} direct chat {}", key.chat_id),
+        (ChatKind::Group, None) => format!("{channel} group chat {}", key.chat_id),
+        (ChatKind::Group, Some(thread)) => {
+            format!("{channel} topic {thread} in group {}", key.chat_id)
+        }
+    }
+}

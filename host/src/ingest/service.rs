@@ -1,0 +1,154 @@
+//! One inbound event payload, end to end: routing key → installation → decode → enrich (bounded)
+//! → command → dispatcher (durable) → arm the debounce window. Shared by the webhook endpoint and
+//! the long-connection connector, so both answer the channel only after the message is durable.
+//!
+//! Owns the order of plugin calls around the dispatcher; must not hold SQL (that is `store`) or
+//! decide product outcomes (that is `dispatch`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Debouncer;
+use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
+use crate::ingest::pipeline::{self, DecodeOutcome};
+use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
+
+/// Limits the enricher runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrichLimits {
+    /// Budget from the event's arrival; what is left when enrichment starts is what it gets.
+    pub budget: Duration,
+    /// Outbound requests per message.
+    pub max_requests: u32,
+    /// Context messages per message.
+    pub max_context_messages: u32,
+}
+
+impl Default for EnrichLimits {
+    fn default() -> Self {
+        EnrichLimits {
+            budget: Duration::from_secs(2),
+            max_requests: 8,
+            max_context_messages: 20,
+        }
+    }
+}
+
+/// What became of one payload.
+#[derive(Debug)]
+pub enum PayloadOutcome {
+    /// The dispatcher's product outcome (the message is durable, or deliberately dropped).
+    Dispatched(Outcome),
+    /// Not a chat message (the plugin said why); acknowledged, not audited.
+    Ignored(String),
+    /// The plugin could not understand the payload; acknowledged so it is not redelivered forever.
+    Invalid(String),
+}
+
+/// Why a payload could not be processed; the channel should redeliver.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A plugin call failed (trap, timeout, limit).
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The database failed.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+/// The inbound service.
+pub struct Ingest {
+    dispatcher: Arc<Dispatcher>,
+    debouncer: Debouncer,
+    enrich: EnrichLimits,
+}
+
+impl Ingest {
+    /// Wires the dispatcher and the debouncer.
+    pub fn new(dispatcher: Arc<Dispatcher>, debouncer: Debouncer, enrich: EnrichLimits) -> Ingest {
+        Ingest {
+            dispatcher,
+            debouncer,
+            enrich,
+        }
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Processes one complete event payload that arrived at `arrived`.
+    pub async fn payload(
+        &self,
+        plugin: &Plugin,
+        payload: &[u8],
+        arrived: Instant,
+    ) -> Result<PayloadOutcome, IngestError> {
+        let anonymous = Arc::new(InstallationContext::default());
+        let routing_key = plugin.routing_key(&anonymous, payload).await?;
+        let channel = plugin.manifest().channel.clone();
+        let installation = match self
+            .dispatcher
+            .installation(&channel, routing_key.as_deref())
+            .await?
+        {
+            Some(installation) => installation,
+            None => {
+                // Unknown or revoked: decode without installation context only to fill the audit
+                // row (ids, chat); the body is never stored.
+                let meta = match pipeline::decode_payload(plugin, &anonymous, payload).await? {
+                    DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
+                    DecodeOutcome::Ignored(reason) => return Ok(PayloadOutcome::Ignored(reason)),
+                    DecodeOutcome::Invalid(e) => {
+                        return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)));
+                    }
+                };
+                let outcome = self
+                    .dispatcher
+                    .reject_installation(&channel, routing_key.as_deref(), &meta)
+                    .await?;
+                return Ok(PayloadOutcome::Dispatched(outcome));
+            }
+        };
+        let cx = Arc::new(installation.context());
+        let span =
+            tracing::info_span!("ingest", plugin = plugin.name(), installation = %installation.id);
+        let _entered = span.enter();
+        let (mut message, command) = match pipeline::decode_payload(plugin, &cx, payload).await? {
+            DecodeOutcome::Message { message, command } => (message, command),
+            DecodeOutcome::Ignored(reason) => return Ok(PayloadOutcome::Ignored(reason)),
+            DecodeOutcome::Invalid(e) => {
+                return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)));
+            }
+        };
+        let left = self.enrich.budget.saturating_sub(arrived.elapsed());
+        if !left.is_zero() {
+            let budget = enricher::Budget {
+                deadline_ms: left.as_millis() as u64,
+                max_requests: self.enrich.max_requests,
+                max_context_messages: self.enrich.max_context_messages,
+            };
+            match plugin.enrich(&cx, &message, budget).await {
+                Ok(enriched) => message.body = enriched.body,
+                // Enrichment degrades, never drops: keep the decoded body.
+                Err(e) => {
+                    tracing::warn!(message_id = %message.message_id, "enrichment failed, keeping the plain body: {e}")
+                }
+            }
+        }
+        let outcome = self
+            .dispatcher
+            .dispatch(&installation, &message, command.as_ref(), "message")
+            .await?;
+        if let Outcome::Ingested {
+            flush: Some(ticket),
+            ..
+        } = &outcome
+        {
+            self.debouncer.arm(ticket.clone()).await;
+        }
+        tracing::debug!(message_id = %message.message_id, ?outcome, "dispatched");
+        Ok(PayloadOutcome::Dispatched(outcome))
+    }
+}

@@ -1,0 +1,231 @@
+//! End to end over real HTTP: encrypted, signed Lark webhook deliveries to `serve` land as session
+//! messages; a redelivery is dropped as a duplicate; a tampered one gets 401 and stores nothing;
+//! an oversized body gets 413. Runs on SQLite and PostgreSQL.
+
+#[path = "support/db.rs"]
+mod db;
+#[path = "support/lark.rs"]
+mod lark;
+#[path = "support/runtime.rs"]
+mod support;
+
+use serde_json::{Value, json};
+use switchboard::app::App;
+use switchboard::config::Config;
+
+const ADMIN: &str = "e2e-admin-token";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start(database_url: &str) -> Server {
+        let mut config = Config::default();
+        config.database.url = database_url.to_string();
+        config.secrets.key = Some(switchboard::store::SecretCipher::generate_key_hex());
+        config.plugins.cache_dir = Some(support::shared_cache_dir());
+        config.server.admin_token = Some(ADMIN.into());
+        let app = App::from_config(&config).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/api{path}", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn hook(&self, path: &str, headers: &[(String, String)], body: Vec<u8>) -> (u16, String) {
+        let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap().expect("clean shutdown");
+    }
+}
+
+fn message_bodies(sessions: &Value) -> Vec<String> {
+    sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
+    for test_db in db::test_databases().await {
+        let server = Server::start(&test_db.url).await;
+        let name = &test_db.name;
+
+        let (status, _) = server
+            .client
+            .get(format!("{}/api/installations", server.base))
+            .send()
+            .await
+            .map(|r| (r.status().as_u16(), ()))
+            .unwrap();
+        assert_eq!(status, 401, "{name}: the admin API needs the token");
+
+        let (status, created) = server
+            .admin(
+                reqwest::Method::POST,
+                "/installations",
+                Some(json!({
+                    "channel": "lark",
+                    "routing_key": lark::APP_ID,
+                    "name": "e2e bot",
+                    "bot_open_id": lark::BOT_OPEN_ID,
+                    "secrets": { "encrypt_key": lark::ENCRYPT_KEY, "verification_token": lark::VERIFICATION_TOKEN },
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{name}: {created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            created["secrets"],
+            json!(["encrypt_key", "verification_token"]),
+            "{name}: only secret names are shown"
+        );
+        let hook = format!("/hooks/lark/{id}");
+
+        for i in 0..3u8 {
+            let event = lark::text_event(&format!("om_e2e_{i}"), &format!("hello number {i}"));
+            let (headers, body) = lark::encrypted_delivery(&event, [i; 16]);
+            let (status, answer) = server.hook(&hook, &headers, body).await;
+            assert_eq!(status, 200, "{name}: delivery {i}: {answer}");
+        }
+        // Redelivery of the first message: answered, not stored again.
+        let (headers, body) =
+            lark::encrypted_delivery(&lark::text_event("om_e2e_0", "hello number 0"), [9; 16]);
+        assert_eq!(server.hook(&hook, &headers, body).await.0, 200);
+        // Tampered body: the signature no longer matches.
+        let (headers, mut body) =
+            lark::encrypted_delivery(&lark::text_event("om_e2e_tampered", "evil"), [7; 16]);
+        let last = body.len() - 3;
+        body[last] ^= 0x01;
+        let (status, answer) = server.hook(&hook, &headers, body).await;
+        assert_eq!(status, 401, "{name}: {answer}");
+        // Oversized body.
+        let (status, _) = server.hook(&hook, &headers, vec![b'x'; 2 << 20]).await;
+        assert_eq!(status, 413, "{name}");
+        // The recorded fixture delivery verbatim.
+        let fixture: Value = serde_json::from_slice(
+            &std::fs::read(lark::fixture("webhook_event_encrypted_signed.json")).unwrap(),
+        )
+        .unwrap();
+        let headers: Vec<(String, String)> = fixture["request"]["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let (status, answer) = server
+            .hook(
+                &hook,
+                &headers,
+                fixture["request"]["raw_body"]
+                    .as_str()
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec(),
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&answer).unwrap(),
+            fixture["expected_response"]["body"],
+            "{name}"
+        );
+
+        let (status, sessions) = server
+            .admin(
+                reqwest::Method::GET,
+                &format!("/sessions?installation={id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{name}: {sessions}");
+        let bodies = message_bodies(&sessions);
+        assert_eq!(
+            bodies.len(),
+            4,
+            "{name}: three deliveries + the fixture, redelivery and tampered not stored: {bodies:?}"
+        );
+        for i in 0..3 {
+            assert_eq!(
+                bodies
+                    .iter()
+                    .filter(|b| **b == format!("hello number {i}"))
+                    .count(),
+                1,
+                "{name}: {bodies:?}"
+            );
+        }
+        assert!(!bodies.iter().any(|b| b.contains("evil")), "{name}");
+
+        let (_, audit) = server
+            .admin(
+                reqwest::Method::GET,
+                &format!("/audit?installation={id}"),
+                None,
+            )
+            .await;
+        let reasons: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["drop_reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons, vec!["duplicate"], "{name}: {audit}");
+        assert!(
+            !audit.to_string().contains("hello number"),
+            "{name}: audit rows never contain content"
+        );
+
+        server.stop().await;
+    }
+}
