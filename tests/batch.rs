@@ -316,7 +316,7 @@ async fn claim_flush_fences_and_batches_user_messages_only() {
 
         assert_eq!(
             db.pending_flushes().await.unwrap(),
-            [first.clone()],
+            std::slice::from_ref(&first),
             "{}",
             t.name
         );
@@ -330,7 +330,7 @@ async fn claim_flush_fences_and_batches_user_messages_only() {
         );
         assert_eq!(
             db.overdue_flushes(first.due_at_ms).await.unwrap(),
-            [first.clone()],
+            std::slice::from_ref(&first),
             "{}",
             t.name
         );

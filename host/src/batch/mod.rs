@@ -524,3 +524,47 @@ fn flush_span(ticket: &FlushTicket) -> tracing::Span {
         due_at_ms = ticket.due_at_ms,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::SystemClock;
+    use tokio::sync::mpsc;
+
+    #[tokio::test]
+    async fn tokio_timers_fire_at_due_time_unless_cancelled() {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let timers = TokioTimers::new(Arc::clone(&clock));
+        let (fired, mut fired_rx) = mpsc::unbounded_channel();
+        let schedule = |name: &'static str, due_at_ms: i64| {
+            let fired = fired.clone();
+            let clock = Arc::clone(&clock);
+            timers.schedule(
+                due_at_ms,
+                Box::new(move || {
+                    let _ = fired.send((name, clock.now_ms() >= due_at_ms));
+                }),
+            )
+        };
+        let start = clock.now_ms();
+        let cancelled = schedule("cancelled", start + 10);
+        let kept = schedule("kept", start + 30);
+        let past = schedule("past", start - 1_000);
+        cancelled.cancel();
+
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let next = tokio::time::timeout(Duration::from_secs(10), fired_rx.recv()).await;
+            seen.push(next.expect("timer fires").expect("channel open"));
+        }
+        assert_eq!(seen, [("past", true), ("kept", true)]);
+        kept.disarm();
+        past.disarm();
+        drop(fired);
+        assert_eq!(
+            fired_rx.recv().await,
+            None,
+            "the cancelled timer never fired"
+        );
+    }
+}

@@ -96,7 +96,7 @@ macro_rules! claim_in_tx {
         // waits for this claim and then arms a fresh window for its message.
         let row: Option<SessionRow> = sqlx::query_as(
             "UPDATE sessions SET flush_due_at_ms = NULL, updated_at_ms = $4
-             WHERE id = $1 AND flush_generation >= $2
+             WHERE id = $1 AND flush_generation = $2
                AND flush_due_at_ms IS NOT NULL AND flush_due_at_ms <= $3
              RETURNING installation_id, chat_id, chat_type, thread_id, reply_to_message_id,
                        reply_thread_id, context_revision, flushed_message_id",
