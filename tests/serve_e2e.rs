@@ -66,12 +66,31 @@ impl Server {
     }
 
     async fn hook(&self, path: &str, headers: &[(String, String)], body: Vec<u8>) -> (u16, String) {
+        let (status, _, text) = self.hook_with_outcome(path, headers, body).await;
+        (status, text)
+    }
+
+    async fn hook_with_outcome(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> (u16, String, String) {
         let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
         for (k, v) in headers {
             request = request.header(k, v);
         }
         let response = request.send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        let outcome = response
+            .headers()
+            .get(switchboard::api::OUTCOME_HEADER)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (
+            response.status().as_u16(),
+            outcome,
+            response.text().await.unwrap(),
+        )
     }
 
     async fn stop(mut self) {
@@ -135,13 +154,19 @@ async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
         for i in 0..3u8 {
             let event = lark::text_event(&format!("om_e2e_{i}"), &format!("hello number {i}"));
             let (headers, body) = lark::encrypted_delivery(&event, [i; 16]);
-            let (status, answer) = server.hook(&hook, &headers, body).await;
+            let (status, outcome, answer) = server.hook_with_outcome(&hook, &headers, body).await;
             assert_eq!(status, 200, "{name}: delivery {i}: {answer}");
+            assert_eq!(outcome, "ingested", "{name}: delivery {i}");
         }
         // Redelivery of the first message: answered, not stored again.
         let (headers, body) =
             lark::encrypted_delivery(&lark::text_event("om_e2e_0", "hello number 0"), [9; 16]);
-        assert_eq!(server.hook(&hook, &headers, body).await.0, 200);
+        let (status, outcome, _) = server.hook_with_outcome(&hook, &headers, body).await;
+        assert_eq!(
+            (status, outcome.as_str()),
+            (200, "dropped:duplicate"),
+            "{name}"
+        );
         // Tampered body: the signature no longer matches.
         let (headers, mut body) =
             lark::encrypted_delivery(&lark::text_event("om_e2e_tampered", "evil"), [7; 16]);

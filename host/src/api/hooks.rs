@@ -11,13 +11,16 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{ApiError, AppState};
 use crate::ingest::pipeline::{self, WebhookOutcome};
 use crate::runtime::{InstallationContext, transport};
+
+/// Response header listing the outcome of each event of a delivery, comma-separated.
+pub const OUTCOME_HEADER: &str = "x-switchboard-outcome";
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -102,14 +105,21 @@ async fn deliver(
             ))
         }
         WebhookOutcome::Events { payloads, response } => {
+            let mut labels = Vec::with_capacity(payloads.len());
             for payload in &payloads {
-                state
+                let outcome = state
                     .ingest
                     .payload(&plugin, payload, arrived)
                     .await
                     .map_err(ApiError::internal)?;
+                labels.push(outcome.label());
             }
-            Ok(plugin_response(response))
+            let mut answer = plugin_response(response);
+            // What became of each event, for operators and integration tests (no content).
+            if let Ok(value) = HeaderValue::from_str(&labels.join(",")) {
+                answer.headers_mut().insert(OUTCOME_HEADER, value);
+            }
+            Ok(answer)
         }
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod hooks;
 
 pub use admin::binding_url;
+pub use hooks::OUTCOME_HEADER;
 
 use std::sync::Arc;
 

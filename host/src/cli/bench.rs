@@ -1,5 +1,8 @@
-//! `switchboard bench decode`: the inbound benchmark of issue 3, side by side with the official
-//! SDK peers in `shared/peers/` (`run_peers.sh`).
+//! `switchboard bench`: `decode`, the inbound benchmark of issue 3 (below), and `ingest`, the
+//! webhook → durable → response benchmark of issue 4 ([`ingest`]).
+//!
+//! `switchboard bench decode` runs side by side with the official SDK peers in `shared/peers/`
+//! (`run_peers.sh`).
 //!
 //! It feeds the peers' inputs (the same `events/*.json` templates turned into the same 256-body
 //! pool, byte for byte: `input_sha256` matches theirs) through the four peer cases, and prints one
@@ -32,6 +35,8 @@ use sha2::{Digest, Sha256};
 use switchboard_lark::{
     decode as lark_decode, transport as lark_transport, webhook as lark_webhook,
 };
+
+mod ingest;
 
 use super::GlobalArgs;
 use crate::ingest::reassembly::{Fragment, Push, Reassembler};
@@ -71,6 +76,9 @@ enum BenchCommand {
     /// Inbound events (webhook and WebSocket) through the wasm plugin and natively, printing the
     /// SDK peers' JSON lines (shared/peers/RESULTS.md).
     Decode(DecodeArgs),
+    /// Webhook deliveries over loopback to an in-process host on a fresh SQLite or PostgreSQL
+    /// database: sustained messages per second and latency percentiles (issue 4).
+    Ingest(ingest::IngestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -140,13 +148,15 @@ impl PeerChoice {
     }
 }
 
-/// Runs a bench subcommand (on a thread of its own: the wasm path builds a current-thread
-/// executor, which cannot be started inside the CLI's runtime).
+/// Runs a bench subcommand (on a thread of its own: both build their own executors, which
+/// cannot be started inside the CLI's runtime).
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Decode(args) = args.command;
     std::thread::scope(|scope| {
         scope
-            .spawn(|| decode_command(global, args))
+            .spawn(|| match args.command {
+                BenchCommand::Decode(args) => decode_command(global, args),
+                BenchCommand::Ingest(args) => ingest::ingest_command(global, args),
+            })
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the benchmark thread panicked")))
     })

@@ -5,6 +5,8 @@
 
 mod admin;
 mod bench;
+mod demo;
+mod lark_wire;
 mod plugins;
 mod replay;
 mod serve;
@@ -69,12 +71,13 @@ struct GlobalArgs {
     #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
 
-    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,switchboard=debug`).
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,switchboard=debug`). By default
+    /// `serve` logs at info; commands that print a transcript or table log warnings only.
     #[arg(
         long,
         global = true,
         env = "SWITCHBOARD_LOG",
-        default_value = "warn,switchboard=info"
+        default_value = DEFAULT_LOG
     )]
     log: String,
 }
@@ -92,7 +95,8 @@ enum Command {
     /// List or inspect the loaded plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
-    /// Run the main job on the embedded defaults: load the bundled plugins and exercise them.
+    /// Run the main job on the embedded defaults: a fresh SQLite host with the bundled Lark
+    /// plugin receives a scripted conversation as signed webhook deliveries over loopback.
     Demo,
     /// Replay recorded event payloads, WebSocket frames and webhook requests through a plugin
     /// and print the decoded messages as JSON lines (the integrator's offline harness).
@@ -147,9 +151,16 @@ impl GlobalArgs {
     }
 }
 
-fn init_logging(global: &GlobalArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
-        .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", global.log))?;
+/// Default `--log` filter.
+const DEFAULT_LOG: &str = "warn,switchboard=info";
+
+fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
+    // Info logs would interleave with what these commands print; keep them to warnings unless
+    // the operator asked for a filter.
+    let quiet = !matches!(command, Command::Serve(_)) && global.log == DEFAULT_LOG;
+    let wanted = if quiet { "warn" } else { global.log.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_new(wanted)
+        .map_err(|e| anyhow::anyhow!("invalid --log filter {wanted:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -163,7 +174,9 @@ fn init_logging(global: &GlobalArgs) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
-        Command::Demo => plugins::demo(&cli.global.runtime()?).await,
+        Command::Demo => {
+            demo::run((!cli.global.no_cache).then(|| cli.global.cache_dir.clone())).await
+        }
         Command::Replay(args) => replay::run(&cli.global, args).await,
         Command::Bench(args) => bench::run(&cli.global, args).await,
         Command::Serve(args) => serve::run(cli.global.config()?, args).await,
@@ -182,7 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli.global) {
+    if let Err(e) = init_logging(&cli.global, &cli.command) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
     }

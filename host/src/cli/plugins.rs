@@ -1,10 +1,8 @@
 //! `switchboard plugins list|inspect` and the current `demo`.
 
-use std::sync::Arc;
-
 use clap::Subcommand;
 
-use crate::runtime::{InstallationContext, Plugin, Runtime, decoder};
+use crate::runtime::{Plugin, Runtime};
 
 /// Plugin subcommands.
 #[derive(Debug, Subcommand)]
@@ -154,45 +152,4 @@ fn print_details(d: &serde_json::Value) {
     for i in d["imports"].as_array().into_iter().flatten() {
         println!("    {}", i.as_str().unwrap_or_default());
     }
-}
-
-/// The demo at this stage: load the bundled plugins and run a command parse and a decode through
-/// each of them, printing what happened.
-pub async fn demo(runtime: &Runtime) -> anyhow::Result<()> {
-    let installation = Arc::new(InstallationContext::new("demo"));
-    println!(
-        "switchboard demo: {} plugin(s) loaded ({:?} allocator)",
-        runtime.plugins().len(),
-        runtime.allocator()
-    );
-    let mut calls = 0;
-    for plugin in runtime.plugins() {
-        let m = plugin.manifest();
-        println!(
-            "- {} {} (channel {}, contract {}, {})",
-            m.name,
-            m.version,
-            m.channel,
-            m.contract,
-            plugin.source()
-        );
-        let command = plugin.parse_command(&installation, "/new").await?;
-        println!("    commands.parse(\"/new\") -> {command:?}");
-        let decoded = plugin.decode(&installation, b"{}").await?;
-        match decoded {
-            Ok(decoder::Decoded::Ignored(reason)) => {
-                println!("    decoder.decode({{}}) -> ignored: {reason}")
-            }
-            Ok(decoder::Decoded::Message(m)) => {
-                println!("    decoder.decode({{}}) -> message {:?}", m.body)
-            }
-            Err(e) => println!("    decoder.decode({{}}) -> plugin error {e:?}"),
-        }
-        calls += 2;
-    }
-    println!(
-        "demo: {} plugins, {calls} calls, 0 failures",
-        runtime.plugins().len()
-    );
-    Ok(())
 }

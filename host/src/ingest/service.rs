@@ -45,6 +45,21 @@ pub enum PayloadOutcome {
     Invalid(String),
 }
 
+impl PayloadOutcome {
+    /// A short label for logs and the `x-switchboard-outcome` header: `ingested`,
+    /// `dropped:duplicate`, `needs_binding`, `ignored`, `invalid`, ….
+    pub fn label(&self) -> String {
+        match self {
+            PayloadOutcome::Dispatched(Outcome::Dropped(reason)) => {
+                format!("dropped:{}", reason.as_str())
+            }
+            PayloadOutcome::Dispatched(outcome) => outcome.as_str().to_string(),
+            PayloadOutcome::Ignored(_) => "ignored".into(),
+            PayloadOutcome::Invalid(_) => "invalid".into(),
+        }
+    }
+}
+
 /// Why a payload could not be processed; the channel should redeliver.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

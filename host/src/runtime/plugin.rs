@@ -285,12 +285,21 @@ impl Plugin {
         let warm = self
             .instantiate(installation, self.manifest.budgets.transport)
             .await?;
-        let mut idle = self.idle.lock().expect("pool lock");
-        let slot = idle.entry(installation.id.clone()).or_default();
-        if slot.len() < self.settings.max_idle_per_installation {
-            slot.push(warm);
-        }
+        self.park(&installation.id, warm);
         Ok(())
+    }
+
+    /// Returns an instance to the idle pool of its installation (dropped if the pool is full).
+    fn park(&self, installation_id: &str, warm: Warm) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        // Look up before inserting: the common case must not allocate a key per call.
+        if let Some(slot) = idle.get_mut(installation_id) {
+            if slot.len() < self.settings.max_idle_per_installation {
+                slot.push(warm);
+            }
+        } else if self.settings.max_idle_per_installation > 0 {
+            idle.insert(installation_id.to_string(), vec![warm]);
+        }
     }
 
     /// Creates a fresh instance for `installation`, under the budget of `export`.
@@ -376,17 +385,13 @@ impl Plugin {
         warm.store.set_epoch_deadline(1);
         let activity = warm.activity.clone();
         let span = tracing::trace_span!("plugin_call", plugin = %self.name, export = export_name, installation = %installation.id);
-        let _entered = span.enter();
-        match tokio::time::timeout(budget + self.settings.timeout_grace, invoke(warm)).await {
+        let call = tokio::time::timeout(budget + self.settings.timeout_grace, invoke(warm));
+        match tracing::Instrument::instrument(call, span).await {
             Ok((mut warm, Ok(value))) => {
                 self.record_success();
                 warm.calls += 1;
                 if warm.calls < self.settings.recycle_after_calls {
-                    let mut idle = self.idle.lock().expect("pool lock");
-                    let slot = idle.entry(installation.id.clone()).or_default();
-                    if slot.len() < self.settings.max_idle_per_installation {
-                        slot.push(warm);
-                    }
+                    self.park(&installation.id, warm);
                 }
                 Ok(value)
             }

@@ -1,0 +1,45 @@
+//! `switchboard demo` — the README's main command — runs the whole inbound pipeline on a fresh
+//! SQLite database and prints its transcript and summary line.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("demo")
+        .env(
+            "SWITCHBOARD_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"),
+        )
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "p2p text                             → ingested",
+        "group chatter, bot not mentioned     → dropped:not_addressed_in_group",
+        "redelivery of the first message      → dropped:duplicate",
+        "unbound sender (bound policy)        → needs_binding",
+        "/new                                 → fresh_pending",
+        "/issue with a description            → issue_created",
+        "/issue without a title               → issue_usage",
+        "#12  message  r1 three",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("demo: "))
+        .expect("summary line");
+    assert_eq!(
+        summary,
+        "demo: 16 events, 12 messages stored, 5 runs, 0 replies delivered, 3 dropped"
+    );
+}
