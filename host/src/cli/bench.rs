@@ -152,15 +152,20 @@ impl PeerChoice {
 /// cannot be started inside the CLI's runtime).
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<()> {
     std::thread::scope(|scope| {
-        scope
-            .spawn(|| match args.command {
+        std::thread::Builder::new()
+            .name(BENCH_THREAD.into())
+            .spawn_scoped(scope, || match args.command {
                 BenchCommand::Decode(args) => decode_command(global, args),
                 BenchCommand::Ingest(args) => ingest::ingest_command(global, args),
             })
+            .context("starting the benchmark thread")?
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the benchmark thread panicked")))
     })
 }
+
+/// Name of the thread a bench subcommand runs on (`bench ingest`'s load generator).
+const BENCH_THREAD: &str = "bench";
 
 fn decode_command(global: &GlobalArgs, args: DecodeArgs) -> anyhow::Result<()> {
     let warmup = args.warmup.unwrap_or(args.count.min(2000));

@@ -72,8 +72,8 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> wasmtime::Result<(Engin
             .max_tables_per_component(8)
             .total_stacks(n)
             .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
         let mut config = base_config(settings);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {

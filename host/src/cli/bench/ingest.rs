@@ -39,12 +39,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 
 use super::{Json, aes_encrypt, build_profile};
 use crate::app::App;
-use crate::cli::{GlobalArgs, LogFormat};
+use crate::cli::{DEFAULT_LOG, GlobalArgs, LogFormat};
 use crate::config::Config;
 use crate::store::{NewInstallation, SecretCipher};
 
-/// The CLI's default `--log` filter; replaced by [`QUIET_LOG`] for the bench.
-const CLI_DEFAULT_LOG: &str = "warn,switchboard=info";
 /// The host's log filter during the bench unless `--log` is given.
 const QUIET_LOG: &str = "warn";
 /// Most requests in flight in the open-loop phase. A late request waits for a slot, and that
@@ -133,7 +131,7 @@ pub(super) fn ingest_command(global: &GlobalArgs, args: IngestArgs) -> anyhow::R
     let _quiet = tracing::dispatcher::set_default(&dispatch);
     let server = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("bench-host")
+        .thread_name(HOST_THREAD)
         .on_thread_start(move || {
             let guard = tracing::dispatcher::set_default(&dispatch);
             THREAD_DISPATCH.with(|slot| *slot.borrow_mut() = Some(guard));
@@ -179,13 +177,13 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// The host's subscriber: `--log` (or [`QUIET_LOG`] when it is the CLI default) to stderr, plus
+/// The host's subscriber: `--log` (or [`QUIET_LOG`] when it is the default) to stderr, plus
 /// the flush counter.
 fn host_dispatch(
     global: &GlobalArgs,
     counter: Arc<FlushCounter>,
 ) -> anyhow::Result<tracing::Dispatch> {
-    let text = if global.log == CLI_DEFAULT_LOG {
+    let text = if global.log == DEFAULT_LOG {
         QUIET_LOG
     } else {
         global.log.as_str()
@@ -700,6 +698,166 @@ async fn open_loop(
     LoopResult::new(samples, last.saturating_duration_since(start), false)
 }
 
+// ------------------------------------------------------------------ CPU accounting
+
+/// CPU time consumers, by thread or process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CpuGroup {
+    /// The host's Tokio runtime (HTTP, wasm plugin calls, dispatcher, debouncer).
+    Host,
+    /// SQLite connection threads (statement execution, WAL writes).
+    Sqlite,
+    /// PostgreSQL server processes on this machine.
+    Postgres,
+    /// The load generator (the bench thread).
+    Client,
+    /// Everything else in this process.
+    Other,
+}
+
+impl CpuGroup {
+    const ALL: [CpuGroup; 5] = [
+        CpuGroup::Host,
+        CpuGroup::Sqlite,
+        CpuGroup::Postgres,
+        CpuGroup::Client,
+        CpuGroup::Other,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            CpuGroup::Host => "host",
+            CpuGroup::Sqlite => "sqlite",
+            CpuGroup::Postgres => "postgres",
+            CpuGroup::Client => "client",
+            CpuGroup::Other => "other",
+        }
+    }
+
+    /// The group of a thread of this process, by name (`comm`, at most 15 bytes).
+    fn of_thread(comm: &str) -> CpuGroup {
+        if comm.starts_with(HOST_THREAD) {
+            CpuGroup::Host
+        } else if comm.starts_with("sqlx-sqlite") {
+            CpuGroup::Sqlite
+        } else if comm == super::BENCH_THREAD {
+            CpuGroup::Client
+        } else {
+            CpuGroup::Other
+        }
+    }
+}
+
+/// Name of the host runtime's threads.
+const HOST_THREAD: &str = "bench-host";
+
+/// Cumulative CPU time (clock ticks) per group, and the machine's busy and total ticks.
+#[derive(Debug, Clone, Default)]
+struct CpuSnapshot {
+    ticks: [u64; 5],
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+/// `(comm, utime + stime)` of a `/proc/…/stat` line.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = &stat[open + 1..close];
+    let mut fields = stat[close + 1..].split_whitespace();
+    // After the comm: state(3) … utime(14) stime(15), numbered from 1 with pid and comm.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+fn cpu_snapshot(postgres: bool) -> CpuSnapshot {
+    let mut snapshot = CpuSnapshot::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, ticks)) = parse_stat(&stat) {
+                snapshot.ticks[CpuGroup::of_thread(comm) as usize] += ticks;
+            }
+        }
+    }
+    if postgres && let Ok(processes) = std::fs::read_dir("/proc") {
+        for process in processes.flatten() {
+            let Ok(stat) = std::fs::read_to_string(process.path().join("stat")) else {
+                continue;
+            };
+            if let Some(("postgres", ticks)) = parse_stat(&stat) {
+                snapshot.ticks[CpuGroup::Postgres as usize] += ticks;
+            }
+        }
+    }
+    if let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+    {
+        // cpu user nice system idle iowait irq softirq steal …
+        let values: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        snapshot.machine_total = values.iter().take(8).sum();
+        let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+        snapshot.machine_busy = snapshot.machine_total.saturating_sub(idle);
+    }
+    snapshot
+}
+
+/// CPU spent between two snapshots.
+#[derive(Debug, Clone, Default)]
+struct CpuUse {
+    /// Seconds per group.
+    seconds: [f64; 5],
+    /// Share of the machine's CPU time that was busy (any process), 0–100.
+    machine_busy_pct: f64,
+}
+
+impl CpuUse {
+    fn between(before: &CpuSnapshot, after: &CpuSnapshot) -> CpuUse {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut seconds = [0.0; 5];
+        for (i, s) in seconds.iter_mut().enumerate() {
+            *s = after.ticks[i].saturating_sub(before.ticks[i]) as f64 / hz;
+        }
+        let total = after.machine_total.saturating_sub(before.machine_total) as f64;
+        let busy = after.machine_busy.saturating_sub(before.machine_busy) as f64;
+        CpuUse {
+            seconds,
+            machine_busy_pct: if total > 0.0 {
+                100.0 * busy / total
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// CPU µs per message of `group`.
+    fn per_message_us(&self, group: CpuGroup, messages: u64) -> f64 {
+        self.seconds[group as usize] * 1e6 / messages.max(1) as f64
+    }
+
+    fn describe(&self, messages: u64) -> String {
+        let parts: Vec<String> = CpuGroup::ALL
+            .iter()
+            .filter(|g| self.seconds[**g as usize] > 0.0)
+            .map(|g| format!("{} {:.0}", g.name(), self.per_message_us(*g, messages)))
+            .collect();
+        format!(
+            "CPU µs/msg: {}; machine {:.0}% busy",
+            parts.join(", "),
+            self.machine_busy_pct
+        )
+    }
+}
+
 // ------------------------------------------------------------------ statistics and report
 
 /// The `p`-th percentile (0–100] of sorted `values`, nearest-rank: the smallest value with at
@@ -727,6 +885,8 @@ struct PhaseReport {
     stored: u64,
     /// Debounce flushes during the phase.
     flushes: u64,
+    /// CPU used during the phase.
+    cpu: CpuUse,
 }
 
 impl PhaseReport {
@@ -795,6 +955,19 @@ impl PhaseReport {
                 Json::float(self.result.elapsed.as_secs_f64(), 3),
             ),
         ];
+        let accepted = self.result.accepted();
+        for group in CpuGroup::ALL {
+            if self.cpu.seconds[group as usize] > 0.0 && group != CpuGroup::Other {
+                fields.push((
+                    format!("cpu_us_per_msg_{}", group.name()),
+                    Json::float(self.cpu.per_message_us(group, accepted), 1),
+                ));
+            }
+        }
+        fields.push((
+            "machine_busy_pct".into(),
+            Json::float(self.cpu.machine_busy_pct, 1),
+        ));
         match self.phase {
             "sustained" => fields.push(("concurrency".into(), Json::uint(args.concurrency as u64))),
             _ => fields.push(("target_rate".into(), Json::float(args.rate, 1))),
@@ -893,6 +1066,7 @@ fn run(
     counter: &FlushCounter,
 ) -> anyhow::Result<()> {
     let backend = target.backend;
+    let postgres = backend == "postgres";
     let webhook = args.webhook.name();
     eprintln!(
         "# switchboard bench ingest: {} build, nproc={} loadavg={}",
@@ -997,6 +1171,7 @@ fn run(
             continue;
         }
         let flushes_before = counter.snapshot().0;
+        let cpu_before = cpu_snapshot(postgres);
         let (name, load, result) = match phase {
             Phase::Sustained => {
                 let range = next..next + sustained_n;
@@ -1018,8 +1193,10 @@ fn run(
                 ("rate", format!("r={}", args.rate), result)
             }
         };
+        let cpu = CpuUse::between(&cpu_before, &cpu_snapshot(postgres));
         let stored_after = stored_now()?;
         let report = PhaseReport {
+            cpu,
             phase: name,
             load,
             stored: stored_after - stored_before,
@@ -1036,6 +1213,7 @@ fn run(
                 sustained_n, args.duration_s
             );
         }
+        eprintln!("#   {}", report.cpu.describe(report.result.accepted()));
         for sample in &report.result.error_samples {
             eprintln!("#   error: {sample}");
         }
