@@ -12,6 +12,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{Backend, Database, Inner, StoreError};
+use super::installations::{on_reader, on_writer};
 
 /// Whose data a kv operation touches: one plugin's view of one channel installation.
 ///
@@ -83,39 +84,6 @@ pub enum KvSetError {
 #[derive(Debug, Clone)]
 pub struct KvStore {
     db: Database,
-}
-
-/// Runs `$body` with `$pool` bound to a pool suitable for reads (SQLite: the reader pool).
-/// The body is compiled once per backend, so the same sqlx calls serve both.
-macro_rules! with_reader {
-    ($db:expr, |$pool:ident| $body:expr) => {
-        match &$db.inner {
-            Inner::Sqlite(pools) => {
-                let $pool = &pools.reader;
-                $body
-            }
-            Inner::Postgres(pool) => {
-                let $pool = pool;
-                $body
-            }
-        }
-    };
-}
-
-/// Runs `$body` with `$pool` bound to a pool suitable for writes (SQLite: the single writer).
-macro_rules! with_writer {
-    ($db:expr, |$pool:ident| $body:expr) => {
-        match &$db.inner {
-            Inner::Sqlite(pools) => {
-                let $pool = &pools.writer;
-                $body
-            }
-            Inner::Postgres(pool) => {
-                let $pool = pool;
-                $body
-            }
-        }
-    };
 }
 
 /// The body of `set` once the scope is locked inside transaction `$tx` (either backend).
@@ -210,7 +178,7 @@ impl KvStore {
         now_ms: i64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let fail = StoreError::query("kv get", self.backend());
-        with_reader!(self.db, |pool| {
+        on_reader!(self.db, |pool| {
             sqlx::query_scalar::<_, Vec<u8>>(
                 "SELECT value FROM plugin_kv
                  WHERE plugin = $1 AND installation = $2 AND key = $3
@@ -310,7 +278,7 @@ impl KvStore {
         op: &'static str,
     ) -> Result<bool, StoreError> {
         let fail = StoreError::query(op, self.backend());
-        let result = with_writer!(self.db, |pool| {
+        let result = on_writer!(self.db, |pool| {
             sqlx::query(
                 "DELETE FROM plugin_kv WHERE plugin = $1 AND installation = $2 AND key = $3",
             )
@@ -328,7 +296,7 @@ impl KvStore {
     /// Counts the keys and value bytes of `scope` that are live at `now_ms`.
     pub async fn usage(&self, scope: &KvScope, now_ms: i64) -> Result<KvUsage, StoreError> {
         let fail = StoreError::query("kv usage", self.backend());
-        let (keys, bytes): (i64, i64) = with_reader!(self.db, |pool| {
+        let (keys, bytes): (i64, i64) = on_reader!(self.db, |pool| {
             sqlx::query_as(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0)
                  FROM plugin_kv
@@ -351,7 +319,7 @@ impl KvStore {
     /// Deletes every row, in every scope, that is expired at `now_ms`; returns how many.
     pub async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
         let fail = StoreError::query("kv purge_expired", self.backend());
-        let purged = with_writer!(self.db, |pool| {
+        let purged = on_writer!(self.db, |pool| {
             sqlx::query(
                 "DELETE FROM plugin_kv WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1",
             )
