@@ -11,8 +11,8 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{Backend, Database, Inner, StoreError};
 use super::installations::{on_reader, on_writer};
+use super::{Backend, Database, Inner, StoreError};
 
 /// Whose data a kv operation touches: one plugin's view of one channel installation.
 ///

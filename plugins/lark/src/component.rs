@@ -15,7 +15,8 @@ use crate::commands::Command;
 use crate::decode::{self, DecodeContext, Decoded};
 use crate::outbound::{DELIVERY_UNAVAILABLE, FlushAction};
 use crate::transport::{
-    AckStatus, ConnectError, ConnectPlan, ConnectionHints, FrameClass, HttpRequestSpec,
+    AckStatus, ConnectError, ConnectPlan, ConnectionHints, DATA_KIND_EVENT, FrameClassRef,
+    HttpRequestSpec,
 };
 use crate::webhook::{self, WebhookRejection, WebhookSecrets, WebhookVerdict};
 use crate::{commands as command_logic, outbound as outbound_logic, transport as transport_logic};
@@ -40,29 +41,38 @@ fn secret(key: &str) -> Option<String> {
 }
 
 impl transport::Guest for LarkPlugin {
-    fn classify_frame(frame: Vec<u8>) -> Result<transport::FrameClass, PluginError> {
+    fn classify_frame(mut frame: Vec<u8>) -> Result<transport::FrameClass, PluginError> {
         install_panic_hook();
-        let class = transport_logic::classify_frame(&frame)
+        let class = transport_logic::classify_frame_ref(&frame)
             .map_err(|err| PluginError::InvalidInput(err.to_string()))?;
         Ok(match class {
-            FrameClass::Control(control) => {
+            FrameClassRef::Control(control) => {
                 transport::FrameClass::Control(transport::ControlFrame {
                     kind: control.kind,
                     reply: control.reply,
                     hints: control.hints.map(wit_hints),
                 })
             }
-            FrameClass::Data(data) => transport::FrameClass::Data(transport::DataFrame {
-                kind: data.kind,
-                fragment: transport::Fragment {
+            FrameClassRef::Data(data) => {
+                let fragment = transport::Fragment {
                     message_id: data.fragment.message_id,
                     seq: data.fragment.seq,
                     total: data.fragment.total,
-                },
-                payload: data.payload,
-                trace_id: data.trace_id,
-            }),
-            FrameClass::Ignore(reason) => transport::FrameClass::Ignore(reason),
+                };
+                let trace_id = data.trace_id.map(str::to_string);
+                // The payload is moved to the front of the frame's own buffer rather than
+                // copied into a new one.
+                let payload = subslice_range(&frame, data.payload);
+                frame.copy_within(payload.clone(), 0);
+                frame.truncate(payload.len());
+                transport::FrameClass::Data(transport::DataFrame {
+                    kind: DATA_KIND_EVENT.to_string(),
+                    fragment,
+                    payload: frame,
+                    trace_id,
+                })
+            }
+            FrameClassRef::Ignore(reason) => transport::FrameClass::Ignore(reason),
         })
     }
 
@@ -273,6 +283,20 @@ fn send(request: &HttpRequestSpec) -> Result<HttpAnswer, ConnectError> {
             "endpoint discovery failed: {reason}"
         ))),
     }
+}
+
+/// The position of `inner` within `outer` (`0..0` for an empty `inner`, which may not point
+/// into `outer`).
+fn subslice_range(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
+    if inner.is_empty() {
+        return 0..0;
+    }
+    let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    let end = start
+        .checked_add(inner.len())
+        .filter(|end| *end <= outer.len())
+        .expect("the payload is a slice of the frame");
+    start..end
 }
 
 fn wit_hints(hints: ConnectionHints) -> transport::ConnectionHints {

@@ -7,8 +7,15 @@
 //! refer to a known mention are rendered as that mention's placeholder so the bot's own mention
 //! is removed the same way in text, post and card content.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::json::{
+    JsonStr, Key, List, Millis, Obj, ObjectFields, Scalar, Skip, json_object, visit_rest_as,
+};
 use crate::mentions::{MENTION_ALL_KEY, Mention};
 
 /// Placeholder for an image (message or post element).
@@ -25,103 +32,108 @@ pub const FORWARDED: &str = "[Forwarded messages]";
 /// yields an empty string, except for `merge_forward`, whose content is a meaningless sentinel
 /// that REST sometimes returns as plain text.
 pub fn render_content(message_type: &str, content: &str, mentions: &[Mention]) -> String {
+    render(message_type, content, mentions).into_owned()
+}
+
+/// [`render_content`], borrowing from `content` where the body is one of its strings (`text`).
+///
+/// The content is parsed once, into the typed fields its `message_type` uses; only the open
+/// schemas (`interactive` cards and `system` templates) are read into a [`Value`].
+pub(crate) fn render<'c>(
+    message_type: &str,
+    content: &'c str,
+    mentions: &[Mention],
+) -> Cow<'c, str> {
     if message_type == "merge_forward" {
-        return FORWARDED.to_string();
+        return Cow::Borrowed(FORWARDED);
     }
-    let Ok(value) = serde_json::from_str::<Value>(content) else {
-        return String::new();
-    };
     let renderer = Renderer { mentions };
-    let fields = value.as_object();
-    let field = |name: &str| fields.and_then(|fields| fields.get(name));
-    let text_of = |name: &str| field(name).and_then(Value::as_str).unwrap_or("");
-    match message_type {
-        "text" => text_of("text").to_string(),
-        "post" => renderer.post(&value),
-        "image" => IMAGE.to_string(),
-        "file" => labelled("[File]", text_of("file_name")),
-        "folder" => labelled("[Folder]", text_of("file_name")),
-        "audio" => labelled(
-            "[Audio]",
-            &field("duration").map(format_duration).unwrap_or_default(),
-        ),
-        "media" | "video" => {
-            let name = text_of("file_name");
+    let rendered = match message_type {
+        "text" => fields::<TextContent<'_>>(content).map(|text| text.text.0.unwrap_or_default()),
+        "post" => renderer.post_json(content).map(Cow::Owned),
+        "image" => valid(content).map(|()| Cow::Borrowed(IMAGE)),
+        "file" => fields::<FileContent<'_>>(content)
+            .map(|file| labelled("[File]", file.file_name.as_str()).into()),
+        "folder" => fields::<FileContent<'_>>(content)
+            .map(|folder| labelled("[Folder]", folder.file_name.as_str()).into()),
+        "audio" => fields::<AudioContent>(content)
+            .map(|audio| labelled("[Audio]", &format_duration(audio.duration)).into()),
+        "media" | "video" => fields::<VideoContent<'_>>(content).map(|video| {
+            let name = video.file_name.as_str();
             let name = if name.is_empty() {
-                text_of("name")
+                video.name.as_str()
             } else {
                 name
             };
-            let duration = field("duration").map(format_duration).unwrap_or_default();
+            let duration = format_duration(video.duration);
             match (name.is_empty(), duration.is_empty()) {
                 (false, false) => format!("{VIDEO} {name} ({duration})"),
                 _ => labelled(VIDEO, if name.is_empty() { &duration } else { name }),
             }
-        }
-        "sticker" => "[Sticker]".to_string(),
-        "interactive" => renderer.card(&value),
-        "share_chat" => labelled("[Shared chat]", text_of("chat_id")),
-        "share_user" => labelled("[Shared user]", text_of("user_id")),
-        "location" => {
-            let name = text_of("name");
-            let latitude = scalar_text(field("latitude"));
-            let longitude = scalar_text(field("longitude"));
+            .into()
+        }),
+        "sticker" => valid(content).map(|()| Cow::Borrowed("[Sticker]")),
+        "interactive" => value(content).map(|card| renderer.card(&card).into()),
+        "share_chat" => fields::<ShareChatContent<'_>>(content)
+            .map(|share| labelled("[Shared chat]", share.chat_id.as_str()).into()),
+        "share_user" => fields::<ShareUserContent<'_>>(content)
+            .map(|share| labelled("[Shared user]", share.user_id.as_str()).into()),
+        "location" => fields::<LocationContent<'_>>(content).map(|location| {
+            let (latitude, longitude) = (&location.latitude.0, &location.longitude.0);
             let coordinates = if latitude.is_empty() || longitude.is_empty() {
                 String::new()
             } else {
                 format!("({latitude}, {longitude})")
             };
-            labelled("[Location]", &join_non_empty(&[name, &coordinates], " "))
-        }
-        "todo" => {
-            let summary = field("summary")
-                .map(|summary| renderer.post(summary))
-                .unwrap_or_default();
-            let due = field("due_time")
-                .and_then(timestamp_ms)
+            labelled(
+                "[Location]",
+                &join_non_empty(&[location.name.as_str(), &coordinates], " "),
+            )
+            .into()
+        }),
+        "todo" => renderer.todo_json(content).map(|(summary, due)| {
+            let due = due
                 .map(|ms| format!("(due {})", format_utc(ms)))
                 .unwrap_or_default();
-            labelled("[Todo]", &join_non_empty(&[summary.as_str(), &due], " "))
-        }
-        "vote" => {
-            let mut out = labelled("[Vote]", text_of("topic"));
-            for option in field("options")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let option = scalar_text(Some(option));
-                if !option.is_empty() {
+            labelled("[Todo]", &join_non_empty(&[summary.as_str(), &due], " ")).into()
+        }),
+        "vote" => fields::<VoteContent<'_>>(content).map(|vote| {
+            let mut out = labelled("[Vote]", vote.topic.as_str());
+            for option in &vote.options.0 {
+                if !option.0.is_empty() {
                     out.push_str("\n- ");
-                    out.push_str(&option);
+                    out.push_str(&option.0);
                 }
             }
-            out
-        }
-        "hongbao" => "[Red packet]".to_string(),
-        "share_calendar_event" => calendar("[Calendar event]", fields),
-        "calendar" => calendar("[Calendar invitation]", fields),
-        "general_calendar" => calendar("[Calendar]", fields),
-        "video_chat" => {
-            let start = field("start_time")
-                .and_then(timestamp_ms)
+            out.into()
+        }),
+        "hongbao" => valid(content).map(|()| Cow::Borrowed("[Red packet]")),
+        "share_calendar_event" => fields::<CalendarContent<'_>>(content)
+            .map(|event| calendar("[Calendar event]", &event).into()),
+        "calendar" => fields::<CalendarContent<'_>>(content)
+            .map(|event| calendar("[Calendar invitation]", &event).into()),
+        "general_calendar" => fields::<CalendarContent<'_>>(content)
+            .map(|event| calendar("[Calendar]", &event).into()),
+        "video_chat" => fields::<VideoChatContent<'_>>(content).map(|call| {
+            let start = call
+                .start_time
+                .0
                 .map(|ms| format!("(started {})", format_utc(ms)))
                 .unwrap_or_default();
             labelled(
                 "[Video call]",
-                &join_non_empty(&[text_of("topic"), &start], " "),
+                &join_non_empty(&[call.topic.as_str(), &start], " "),
             )
-        }
-        "system" => labelled("[System]", &system_text(fields)),
-        other => {
-            let text = text_of("text");
-            if text.is_empty() {
-                format!("[{other}]")
-            } else {
-                text.to_string()
-            }
-        }
-    }
+            .into()
+        }),
+        "system" => value(content)
+            .map(|system| labelled("[System]", &system_text(system.as_object())).into()),
+        other => fields::<TextContent<'_>>(content).map(|content| match content.text.0 {
+            Some(text) if !text.is_empty() => text,
+            _ => Cow::Owned(format!("[{other}]")),
+        }),
+    };
+    rendered.unwrap_or_default()
 }
 
 /// Renders content without mention context: `at` elements become `@user_name`.
@@ -132,7 +144,119 @@ pub fn flatten_content(message_type: &str, content: &str) -> String {
 /// Flattens a `post` body (flat `{title, content}` or locale-wrapped `{"zh_cn": {…}}`): the title
 /// on its own first line when present, then one line per paragraph. Returns "" when malformed.
 pub fn flatten_post(post: &Value, mentions: &[Mention]) -> String {
-    Renderer { mentions }.post(post)
+    let renderer = Renderer { mentions };
+    PostSeed {
+        renderer: &renderer,
+        capacity: 0,
+    }
+    .deserialize(post)
+    .unwrap_or_default()
+}
+
+/// The typed fields of `content` when it is valid JSON (any non-object reads as no fields).
+fn fields<'c, T: ObjectFields<'c>>(content: &'c str) -> Option<T> {
+    serde_json::from_str::<Obj<T>>(content)
+        .ok()
+        .map(|fields| fields.0)
+}
+
+/// `Some(())` when `content` is valid JSON (for types whose body ignores the content).
+fn valid(content: &str) -> Option<()> {
+    serde_json::from_str::<Skip>(content).ok().map(|_| ())
+}
+
+/// `content` as a [`Value`], for the open schemas only.
+fn value(content: &str) -> Option<Value> {
+    serde_json::from_str(content).ok()
+}
+
+json_object! {
+    /// `text` content, and the `text` fallback of unknown types.
+    struct TextContent<'a> {
+        text: JsonStr<'a> = "text",
+    }
+}
+
+json_object! {
+    /// `file` and `folder` content.
+    struct FileContent<'a> {
+        file_name: JsonStr<'a> = "file_name",
+    }
+}
+
+json_object! {
+    /// `audio` content.
+    struct AudioContent {
+        duration: Millis = "duration",
+    }
+}
+
+json_object! {
+    /// `media` and `video` content.
+    struct VideoContent<'a> {
+        file_name: JsonStr<'a> = "file_name",
+        name: JsonStr<'a> = "name",
+        duration: Millis = "duration",
+    }
+}
+
+json_object! {
+    /// `share_chat` content.
+    struct ShareChatContent<'a> {
+        chat_id: JsonStr<'a> = "chat_id",
+    }
+}
+
+json_object! {
+    /// `share_user` content.
+    struct ShareUserContent<'a> {
+        user_id: JsonStr<'a> = "user_id",
+    }
+}
+
+json_object! {
+    /// `location` content.
+    struct LocationContent<'a> {
+        name: JsonStr<'a> = "name",
+        latitude: Scalar<'a> = "latitude",
+        longitude: Scalar<'a> = "longitude",
+    }
+}
+
+json_object! {
+    /// `vote` content.
+    struct VoteContent<'a> {
+        topic: JsonStr<'a> = "topic",
+        options: List<Scalar<'a>> = "options",
+    }
+}
+
+json_object! {
+    /// The calendar-card family (`share_calendar_event`, `calendar`, `general_calendar`).
+    struct CalendarContent<'a> {
+        summary: JsonStr<'a> = "summary",
+        start_time: Millis = "start_time",
+        end_time: Millis = "end_time",
+    }
+}
+
+json_object! {
+    /// `video_chat` content.
+    struct VideoChatContent<'a> {
+        topic: JsonStr<'a> = "topic",
+        start_time: Millis = "start_time",
+    }
+}
+
+json_object! {
+    /// One element of a post paragraph.
+    struct PostElement<'a> {
+        tag: JsonStr<'a> = "tag",
+        text: JsonStr<'a> = "text",
+        href: JsonStr<'a> = "href",
+        user_id: JsonStr<'a> = "user_id",
+        user_name: JsonStr<'a> = "user_name",
+    }
 }
 
 struct Renderer<'m> {
@@ -140,80 +264,87 @@ struct Renderer<'m> {
 }
 
 impl Renderer<'_> {
-    fn post(&self, post: &Value) -> String {
-        let Some(body) = post_body(post) else {
-            return String::new();
-        };
-        let mut lines: Vec<String> = Vec::new();
-        if let Some(title) = body.get("title").and_then(Value::as_str)
-            && !title.is_empty()
-        {
-            lines.push(title.to_string());
+    /// A post given as JSON text; `None` when it is not valid JSON.
+    fn post_json(&self, content: &str) -> Option<String> {
+        let mut deserializer = serde_json::Deserializer::from_str(content);
+        let post = PostSeed {
+            renderer: self,
+            capacity: content.len(),
         }
-        for paragraph in body
-            .get("content")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(elements) = paragraph.as_array() else {
-                continue;
-            };
-            let mut line = String::new();
-            for element in elements {
-                if let Some(piece) = self.post_element(element) {
-                    push_piece(&mut line, &piece);
-                }
-            }
-            lines.push(line);
-        }
-        let mut out = lines.join("\n");
-        out.truncate(out.trim_end_matches('\n').len());
-        out
+        .deserialize(&mut deserializer)
+        .ok()?;
+        deserializer.end().ok()?;
+        Some(post)
     }
 
-    /// One post element; `None` when it renders to nothing.
-    fn post_element(&self, element: &Value) -> Option<String> {
-        let element = element.as_object()?;
-        let text = |name: &str| element.get(name).and_then(Value::as_str).unwrap_or("");
-        let piece = match text("tag") {
-            "text" | "code_block" | "md" => text("text").to_string(),
-            "a" => {
-                let (label, href) = (text("text"), text("href"));
-                match (label.is_empty(), href.is_empty()) {
-                    (false, false) if label != href => format!("{label} ({href})"),
-                    (false, _) => label.to_string(),
-                    (true, _) => href.to_string(),
-                }
-            }
-            "at" => self.at(text("user_id"), text("user_name")),
-            "img" => IMAGE.to_string(),
-            "media" => VIDEO.to_string(),
-            "emotion" => String::new(),
-            "hr" => "---".to_string(),
-            _ => text("text").to_string(),
+    /// `todo` content given as JSON text: the rendered `summary` post and `due_time`.
+    fn todo_json(&self, content: &str) -> Option<(String, Option<i64>)> {
+        let mut deserializer = serde_json::Deserializer::from_str(content);
+        let todo = TodoSeed { renderer: self }
+            .deserialize(&mut deserializer)
+            .ok()?;
+        deserializer.end().ok()?;
+        Some(todo)
+    }
+
+    /// One post element (`tag` and its string fields); `None` when it renders to nothing.
+    fn post_piece<'e>(
+        &self,
+        tag: &str,
+        text: &'e str,
+        href: &'e str,
+        user_id: &'e str,
+        user_name: &'e str,
+    ) -> Option<Cow<'e, str>> {
+        let piece = match tag {
+            "text" | "code_block" | "md" => Cow::Borrowed(text),
+            "a" => match (text.is_empty(), href.is_empty()) {
+                (false, false) if text != href => Cow::Owned(format!("{text} ({href})")),
+                (false, _) => Cow::Borrowed(text),
+                (true, _) => Cow::Borrowed(href),
+            },
+            "at" => self.at(user_id, user_name),
+            "img" => Cow::Borrowed(IMAGE),
+            "media" => Cow::Borrowed(VIDEO),
+            "emotion" => return None,
+            "hr" => Cow::Borrowed("---"),
+            _ => Cow::Borrowed(text),
         };
         (!piece.is_empty()).then_some(piece)
     }
 
+    /// A post element given as a [`Value`] (card content).
+    fn post_element(&self, element: &Value) -> Option<String> {
+        let element = element.as_object()?;
+        let text = |name: &str| element.get(name).and_then(Value::as_str).unwrap_or("");
+        self.post_piece(
+            text("tag"),
+            text("text"),
+            text("href"),
+            text("user_id"),
+            text("user_name"),
+        )
+        .map(Cow::into_owned)
+    }
+
     /// An `at` element: a known mention keeps its placeholder (resolved later), `all` is @all,
     /// otherwise the user name, otherwise the raw id.
-    fn at(&self, user_id: &str, user_name: &str) -> String {
+    fn at<'e>(&self, user_id: &'e str, user_name: &str) -> Cow<'e, str> {
         if !user_id.is_empty() {
             if let Some(mention) = self.mentions.iter().find(|mention| {
                 !mention.key.is_empty()
                     && (mention.key == user_id || mention.open_id.as_deref() == Some(user_id))
             }) {
-                return mention.key.clone();
+                return Cow::Owned(mention.key.clone());
             }
             if user_id == "all" || user_id == MENTION_ALL_KEY {
-                return "@all".to_string();
+                return Cow::Borrowed("@all");
             }
         }
         if !user_name.is_empty() {
-            format!("@{user_name}")
+            Cow::Owned(format!("@{user_name}"))
         } else {
-            user_id.to_string()
+            Cow::Borrowed(user_id)
         }
     }
 
@@ -352,36 +483,316 @@ fn collect_texts(fields: &Map<String, Value>, renderer: &Renderer<'_>, out: &mut
     }
 }
 
-/// The `{title, content}` object of a post, unwrapping a locale wrapper if needed.
-fn post_body(post: &Value) -> Option<&Map<String, Value>> {
-    let fields = post.as_object()?;
-    if fields.contains_key("content") || fields.contains_key("title") {
-        return Some(fields);
+/// Renders a post (any JSON value; only objects render to text) while it is being parsed.
+///
+/// A post is a flat body `{title, content}` or a locale wrapper. As with a parsed map: an object
+/// with a `content` or `title` key is the body itself; otherwise the `zh_cn`, `en_us` or `ja_jp`
+/// object (in that order) is; otherwise the first other object with a `content` key, in key
+/// order. A later duplicate key replaces an earlier one.
+struct PostSeed<'r> {
+    renderer: &'r Renderer<'r>,
+    /// Bytes to reserve for the rendered paragraphs (the size of the post's JSON, when known).
+    capacity: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for PostSeed<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_any(self)
     }
-    ["zh_cn", "en_us", "ja_jp"]
-        .iter()
-        .find_map(|locale| fields.get(*locale).and_then(Value::as_object))
-        .or_else(|| {
-            fields
-                .values()
-                .filter_map(Value::as_object)
-                .find(|inner| inner.contains_key("content"))
-        })
+}
+
+impl<'de> Visitor<'de> for PostSeed<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a post")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<String, A::Error> {
+        const LOCALES: [&str; 3] = ["zh_cn", "en_us", "ja_jp"];
+        let mut own = PostBody::default();
+        let mut locales: [Option<PostBody>; 3] = Default::default();
+        // Other keys whose value is an object with `content`, rendered (`None`: it is not).
+        let mut wrapped: Vec<(Cow<'de, str>, Option<PostBody>)> = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if own.read_field(&key, &mut map, self.renderer, self.capacity)? {
+                continue;
+            }
+            let body = map.next_value_seed(BodySeed {
+                renderer: self.renderer,
+                capacity: self.capacity,
+            })?;
+            if let Some(index) = LOCALES.iter().position(|locale| *locale == key) {
+                locales[index] = body;
+            } else {
+                let body = body.filter(|body| body.has_content);
+                match wrapped.iter_mut().find(|(seen, _)| *seen == key) {
+                    Some((_, seen)) => *seen = body,
+                    None => wrapped.push((key, body)),
+                }
+            }
+        }
+        let body = if own.has_content || own.has_title {
+            Some(own)
+        } else {
+            locales.into_iter().flatten().next().or_else(|| {
+                wrapped
+                    .into_iter()
+                    .filter_map(|(key, body)| Some((key, body?)))
+                    .min_by(|(a, _), (b, _)| a.cmp(b))
+                    .map(|(_, body)| body)
+            })
+        };
+        Ok(body.map(PostBody::into_text).unwrap_or_default())
+    }
+
+    visit_rest_as!(Skip => String::new(); bool, i64, u64, f64, str, unit, seq);
+}
+
+/// A post body (`{title, content}`) being rendered.
+#[derive(Default)]
+struct PostBody {
+    has_title: bool,
+    has_content: bool,
+    /// `title` when it is a string.
+    title: Option<String>,
+    /// The rendered paragraph lines, joined by `\n`.
+    paragraphs: Paragraphs,
+}
+
+impl PostBody {
+    /// Reads `key` into the body if it is `title` or `content`; `false` for other keys (their
+    /// value is left unread).
+    fn read_field<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        renderer: &Renderer<'_>,
+        capacity: usize,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "title" => {
+                self.has_title = true;
+                self.title = map.next_value::<JsonStr<'de>>()?.0.map(Cow::into_owned);
+            }
+            "content" => {
+                self.has_content = true;
+                self.paragraphs = map.next_value_seed(ParagraphsSeed { renderer, capacity })?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The title on its own first line when non-empty, then the paragraph lines; trailing
+    /// newlines removed.
+    fn into_text(self) -> String {
+        let mut out = match self.title.filter(|title| !title.is_empty()) {
+            Some(mut title) => {
+                if self.paragraphs.count > 0 {
+                    title.reserve(1 + self.paragraphs.text.len());
+                    title.push('\n');
+                    title.push_str(&self.paragraphs.text);
+                }
+                title
+            }
+            None => self.paragraphs.text,
+        };
+        out.truncate(out.trim_end_matches('\n').len());
+        out
+    }
+}
+
+/// A post body inside a locale wrapper: `Some` for an object, `None` for anything else.
+struct BodySeed<'r> {
+    renderer: &'r Renderer<'r>,
+    capacity: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Option<PostBody>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_> {
+    type Value = Option<PostBody>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a post body")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = PostBody::default();
+        while let Some(Key(key)) = map.next_key()? {
+            if !body.read_field(&key, &mut map, self.renderer, self.capacity)? {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(Some(body))
+    }
+
+    visit_rest_as!(Skip => None; bool, i64, u64, f64, str, unit, seq);
+}
+
+/// Rendered paragraphs: one line per paragraph array, joined by `\n`.
+#[derive(Default)]
+struct Paragraphs {
+    text: String,
+    /// Number of lines (a paragraph that renders to nothing still counts).
+    count: usize,
+}
+
+/// The `content` of a post body: an array of paragraph arrays (anything else: no lines).
+struct ParagraphsSeed<'r> {
+    renderer: &'r Renderer<'r>,
+    capacity: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ParagraphsSeed<'_> {
+    type Value = Paragraphs;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Paragraphs, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParagraphsSeed<'_> {
+    type Value = Paragraphs;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("post paragraphs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Paragraphs, A::Error> {
+        let mut paragraphs = Paragraphs {
+            text: String::with_capacity(self.capacity),
+            count: 0,
+        };
+        while seq
+            .next_element_seed(LineSeed {
+                renderer: self.renderer,
+                paragraphs: &mut paragraphs,
+            })?
+            .is_some()
+        {}
+        Ok(paragraphs)
+    }
+
+    visit_rest_as!(Skip => Paragraphs::default(); bool, i64, u64, f64, str, unit, map);
+}
+
+/// One paragraph: an array of elements rendered as one line; anything else adds no line.
+struct LineSeed<'r, 'p> {
+    renderer: &'r Renderer<'r>,
+    paragraphs: &'p mut Paragraphs,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a post paragraph")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let paragraphs = self.paragraphs;
+        if paragraphs.count > 0 {
+            paragraphs.text.push('\n');
+        }
+        paragraphs.count += 1;
+        let line_start = paragraphs.text.len();
+        while let Some(Obj(element)) = seq.next_element::<Obj<PostElement<'de>>>()? {
+            let piece = self.renderer.post_piece(
+                element.tag.as_str(),
+                element.text.as_str(),
+                element.href.as_str(),
+                element.user_id.as_str(),
+                element.user_name.as_str(),
+            );
+            if let Some(piece) = piece {
+                push_piece_from(&mut paragraphs.text, line_start, &piece);
+            }
+        }
+        Ok(())
+    }
+
+    visit_rest_as!(Skip => (); bool, i64, u64, f64, str, unit, map);
+}
+
+/// `todo` content: the `summary` post rendered and `due_time`.
+struct TodoSeed<'r> {
+    renderer: &'r Renderer<'r>,
+}
+
+impl<'de> DeserializeSeed<'de> for TodoSeed<'_> {
+    type Value = (String, Option<i64>);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TodoSeed<'_> {
+    type Value = (String, Option<i64>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("todo content")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut summary, mut due) = (String::new(), None);
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "summary" => {
+                    summary = map.next_value_seed(PostSeed {
+                        renderer: self.renderer,
+                        capacity: 0,
+                    })?;
+                }
+                "due_time" => due = map.next_value::<Millis>()?.0,
+                _ => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok((summary, due))
+    }
+
+    visit_rest_as!(Skip => (String::new(), None); bool, i64, u64, f64, str, unit, seq);
 }
 
 /// Appends `piece` to `line`, separated by one space unless either side already has whitespace
 /// at the boundary (post elements usually carry their own spacing).
 fn push_piece(line: &mut String, piece: &str) {
+    push_piece_from(line, 0, piece);
+}
+
+/// [`push_piece`] for the line of `out` that starts at byte `line_start`.
+fn push_piece_from(out: &mut String, line_start: usize, piece: &str) {
     if piece.is_empty() {
         return;
     }
+    let line = &out[line_start..];
     let needs_space = !line.is_empty()
         && !line.ends_with(char::is_whitespace)
         && !piece.starts_with(char::is_whitespace);
     if needs_space {
-        line.push(' ');
+        out.push(' ');
     }
-    line.push_str(piece);
+    out.push_str(piece);
 }
 
 /// `label` alone, or `label detail` when `detail` is non-empty.
@@ -426,8 +837,8 @@ fn text_or_content(value: Option<&Value>) -> String {
 }
 
 /// A duration in milliseconds (number or numeric string) as `4.2s` or `2m05s`.
-fn format_duration(value: &Value) -> String {
-    let Some(ms) = timestamp_ms(value).filter(|ms| *ms > 0) else {
+fn format_duration(duration: Millis) -> String {
+    let Some(ms) = duration.0.filter(|ms| *ms > 0) else {
         return String::new();
     };
     let total_seconds = ms / 1000;
@@ -440,29 +851,17 @@ fn format_duration(value: &Value) -> String {
     }
 }
 
-/// A millisecond value given as a JSON number or a numeric string.
-fn timestamp_ms(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(number) => number
-            .as_i64()
-            .or_else(|| number.as_f64().map(|float| float as i64)),
-        Value::String(text) => text.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 /// `[label] summary (start–end)` for the calendar-card family.
-fn calendar(label: &str, fields: Option<&Map<String, Value>>) -> String {
-    let field = |name: &str| fields.and_then(|fields| fields.get(name));
-    let summary = field("summary").and_then(Value::as_str).unwrap_or("");
-    let start = field("start_time").and_then(timestamp_ms);
-    let end = field("end_time").and_then(timestamp_ms);
-    let when = match (start, end) {
+fn calendar(label: &str, event: &CalendarContent<'_>) -> String {
+    let when = match (event.start_time.0, event.end_time.0) {
         (Some(start), Some(end)) => format!("({})", format_utc_range(start, end)),
         (Some(start), None) => format!("({})", format_utc(start)),
         _ => String::new(),
     };
-    labelled(label, &join_non_empty(&[summary, &when], " "))
+    labelled(
+        label,
+        &join_non_empty(&[event.summary.as_str(), &when], " "),
+    )
 }
 
 /// Substitutes `{name}` placeholders of a system message template: lists are joined with ", ",
@@ -582,11 +981,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(format_duration(&Value::from(4200)), "4.2s");
-        assert_eq!(format_duration(&Value::from(2000)), "2s");
-        assert_eq!(format_duration(&Value::from("125000")), "2m05s");
-        assert_eq!(format_duration(&Value::from(0)), "");
-        assert_eq!(format_duration(&Value::Null), "");
+        let duration = |json: &str| format_duration(serde_json::from_str(json).unwrap());
+        assert_eq!(duration("4200"), "4.2s");
+        assert_eq!(duration("2000"), "2s");
+        assert_eq!(duration("\"125000\""), "2m05s");
+        assert_eq!(duration("0"), "");
+        assert_eq!(duration("null"), "");
     }
 
     #[test]
@@ -603,6 +1003,24 @@ mod tests {
     fn locale_wrapped_post_is_unwrapped() {
         let content = r#"{"en_us":{"title":"T","content":[[{"tag":"md","text":"**x**"}]]}}"#;
         assert_eq!(flatten_content("post", content), "T\n**x**");
+    }
+
+    #[test]
+    fn content_reads_like_a_parsed_map() {
+        // No locale key: the first object with `content`, in key order.
+        let wrapped = r#"{"zz":{"content":[[{"tag":"text","text":"z"}]]},"aa":{"content":[[{"tag":"text","text":"a"}]]}}"#;
+        assert_eq!(flatten_content("post", wrapped), "a");
+        // A later duplicate key replaces an earlier one.
+        let duplicated = r#"{"title":"T","content":[[{"tag":"text","text":"x"}]],"title":"U"}"#;
+        assert_eq!(flatten_content("post", duplicated), "U\nx");
+        // Valid JSON that is not an object has no fields; invalid JSON renders nothing.
+        assert_eq!(flatten_content("text", r#"["hi"]"#), "");
+        assert_eq!(flatten_content("image", "[]"), IMAGE);
+        assert_eq!(flatten_content("image", "{"), "");
+        assert_eq!(
+            flatten_content("location", r#"{"latitude":31.23,"longitude":"121.50"}"#),
+            "[Location] (31.23, 121.50)"
+        );
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! - [`rest`]: REST answers (tenant token, bot info, messages, errors).
 //! - [`outbound`]: flush decisions (delivery itself is pending).
 //!
+//! The hot paths (webhook verification, decoding, frame classification and ACKs) read each
+//! payload once, into typed structs that borrow from the input (`json` holds the lenient JSON
+//! readers they share); `serde_json::Value` is only built for the open card and system-message
+//! schemas.
+//!
 //! In a wasm build, `component` implements the `switchboard:channel` exports on top of them.
 
 pub mod commands;
@@ -25,7 +30,17 @@ pub mod rest;
 pub mod transport;
 pub mod webhook;
 
+mod json;
+
 #[cfg(target_family = "wasm")]
 mod component;
+
+#[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
+mod alloc;
+
+/// The guest allocator (see `alloc`): size-class free lists over wasi-libc's dlmalloc.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 switchboard_plugin_sdk::manifest!("../manifest.toml");

@@ -60,29 +60,52 @@ pub fn resolve_mentions(text: &str, mentions: &[Mention], bot: &BotIdentity<'_>)
         Name(&'m str),
         Keep,
     }
-    let mut keys: Vec<(&str, Rewrite<'_>)> = mentions
-        .iter()
-        .filter(|mention| !mention.key.is_empty())
-        .map(|mention| {
-            let rewrite = if bot.is_mentioned_by(mention) {
-                Rewrite::RemoveBot
-            } else if mention.name.is_empty() {
-                Rewrite::Keep
-            } else {
-                Rewrite::Name(&mention.name)
-            };
-            (mention.key.as_str(), rewrite)
-        })
-        .collect();
+    let mut keys: Vec<(&str, Rewrite<'_>)> = Vec::with_capacity(mentions.len() + 1);
+    keys.extend(
+        mentions
+            .iter()
+            .filter(|mention| !mention.key.is_empty())
+            .map(|mention| {
+                let rewrite = if bot.is_mentioned_by(mention) {
+                    Rewrite::RemoveBot
+                } else if mention.name.is_empty() {
+                    Rewrite::Keep
+                } else {
+                    Rewrite::Name(&mention.name)
+                };
+                (mention.key.as_str(), rewrite)
+            }),
+    );
     if !keys.iter().any(|(key, _)| *key == MENTION_ALL_KEY) {
         keys.push((MENTION_ALL_KEY, Rewrite::Name("all")));
     }
     // Stable sort: for duplicate keys the first mention wins.
     keys.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
 
-    let mut out = String::with_capacity(text.len());
+    // Keys are non-empty, so a key can only start where `text` has one of their first bytes
+    // (a UTF-8 leading byte, hence a char boundary): copy everything up to such a byte at once.
+    let mut starts = [false; 256];
+    for (key, _) in &keys {
+        starts[usize::from(key.as_bytes()[0])] = true;
+    }
+
+    // Room for each name once (a rewrite may be longer than its placeholder).
+    let growth: usize = keys
+        .iter()
+        .map(|(_, rewrite)| match rewrite {
+            Rewrite::Name(name) => name.len() + 1,
+            _ => 0,
+        })
+        .sum();
+    let mut out = String::with_capacity(text.len() + growth);
     let mut rest = text;
-    'scan: while let Some(ch) = rest.chars().next() {
+    'scan: while !rest.is_empty() {
+        let Some(at) = rest.bytes().position(|byte| starts[usize::from(byte)]) else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
         for (key, rewrite) in &keys {
             if let Some(after) = rest.strip_prefix(key) {
                 match rewrite {
@@ -109,8 +132,10 @@ pub fn resolve_mentions(text: &str, mentions: &[Mention], bot: &BotIdentity<'_>)
                 continue 'scan;
             }
         }
-        out.push(ch);
-        rest = &rest[ch.len_utf8()..];
+        // No key matches here: keep this character and scan on.
+        let ch_len = rest.chars().next().map_or(1, char::len_utf8);
+        out.push_str(&rest[..ch_len]);
+        rest = &rest[ch_len..];
     }
     out
 }

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::frame::{
-    Frame, FrameError, HEADER_BIZ_RT, HEADER_MESSAGE_ID, HEADER_SEQ, HEADER_SUM, HEADER_TRACE_ID,
-    Header, METHOD_CONTROL, METHOD_DATA,
+    Frame, FrameError, FrameRef, HEADER_BIZ_RT, HEADER_MESSAGE_ID, HEADER_SEQ, HEADER_SUM,
+    HEADER_TRACE_ID, HeaderRef, METHOD_CONTROL, METHOD_DATA,
 };
 
 /// Default Open Platform base URL (Feishu, mainland China).
@@ -88,81 +88,130 @@ pub enum FrameClass {
 
 /// Classifies one inbound binary WebSocket message.
 pub fn classify_frame(bytes: &[u8]) -> Result<FrameClass, FrameError> {
-    let frame = Frame::decode_bytes(bytes)?;
-    let kind = frame.kind().to_string();
-    match frame.method {
-        METHOD_CONTROL => Ok(classify_control(frame, kind)),
-        METHOD_DATA => Ok(classify_data(frame, kind)),
-        other => Ok(FrameClass::Ignore(format!(
-            "frame with unknown method {other} (type `{kind}`)"
-        ))),
+    Ok(match classify_frame_ref(bytes)? {
+        FrameClassRef::Control(control) => FrameClass::Control(control),
+        FrameClassRef::Data(data) => FrameClass::Data(data.to_owned_frame()),
+        FrameClassRef::Ignore(reason) => FrameClass::Ignore(reason),
+    })
+}
+
+/// A data frame whose payload still borrows from the frame bytes (see [`classify_frame_ref`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFrameRef<'a> {
+    /// Where this fragment belongs.
+    pub fragment: Fragment,
+    /// This fragment's bytes, a slice of the classified frame.
+    pub payload: &'a [u8],
+    /// Server trace id, for logs.
+    pub trace_id: Option<&'a str>,
+}
+
+impl DataFrameRef<'_> {
+    /// The owned [`DataFrame`] (the payload is copied once).
+    pub fn to_owned_frame(&self) -> DataFrame {
+        DataFrame {
+            kind: DATA_KIND_EVENT.to_string(),
+            fragment: self.fragment.clone(),
+            payload: self.payload.to_vec(),
+            trace_id: self.trace_id.map(str::to_string),
+        }
     }
 }
 
-fn classify_control(frame: Frame, kind: String) -> FrameClass {
-    match kind.as_str() {
+/// [`FrameClass`] with the data payload borrowed from the frame bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameClassRef<'a> {
+    /// Ping or pong.
+    Control(ControlFrame),
+    /// Event data; its kind is always `event`.
+    Data(DataFrameRef<'a>),
+    /// Not for us; the reason is logged and no ACK is sent.
+    Ignore(String),
+}
+
+/// The `type` of the data frames that carry events.
+pub const DATA_KIND_EVENT: &str = "event";
+
+/// Classifies one inbound binary WebSocket message without copying its payload.
+pub fn classify_frame_ref(bytes: &[u8]) -> Result<FrameClassRef<'_>, FrameError> {
+    let frame = FrameRef::parse(bytes)?;
+    let kind = frame.kind();
+    Ok(match frame.method {
+        METHOD_CONTROL => classify_control(&frame, kind),
+        METHOD_DATA => classify_data(&frame, kind),
+        other => {
+            FrameClassRef::Ignore(format!("frame with unknown method {other} (type `{kind}`)"))
+        }
+    })
+}
+
+fn classify_control<'a>(frame: &FrameRef<'a>, kind: &str) -> FrameClassRef<'a> {
+    match kind {
         // A server-sent ping is not answered (lark-protocol §1.6; the SDKs ignore it).
-        "ping" => FrameClass::Control(ControlFrame {
-            kind,
+        "ping" => FrameClassRef::Control(ControlFrame {
+            kind: kind.to_string(),
             reply: None,
             hints: None,
         }),
         "pong" => {
             let hints = frame
                 .payload
-                .as_deref()
                 .filter(|payload| !payload.is_empty())
                 .and_then(|payload| serde_json::from_slice::<ClientConfig>(payload).ok())
                 .map(|config| config.to_hints())
                 .filter(|hints| !hints.is_empty());
-            FrameClass::Control(ControlFrame {
-                kind,
+            FrameClassRef::Control(ControlFrame {
+                kind: kind.to_string(),
                 reply: None,
                 hints,
             })
         }
-        "" => FrameClass::Ignore("control frame without a `type` header".into()),
-        other => FrameClass::Ignore(format!("control frame of unknown type `{other}`")),
+        "" => FrameClassRef::Ignore("control frame without a `type` header".into()),
+        other => FrameClassRef::Ignore(format!("control frame of unknown type `{other}`")),
     }
 }
 
-fn classify_data(frame: Frame, kind: String) -> FrameClass {
-    match kind.as_str() {
-        "event" => {
-            let fragment = fragment_of(&frame);
-            let trace_id = frame
+fn classify_data<'a>(frame: &FrameRef<'a>, kind: &str) -> FrameClassRef<'a> {
+    match kind {
+        DATA_KIND_EVENT => FrameClassRef::Data(DataFrameRef {
+            fragment: fragment_fields(
+                frame.header(HEADER_SUM),
+                frame.header(HEADER_SEQ),
+                frame.header(HEADER_MESSAGE_ID),
+            ),
+            payload: frame.payload.unwrap_or_default(),
+            trace_id: frame
                 .header(HEADER_TRACE_ID)
-                .filter(|value| !value.is_empty())
-                .map(str::to_string);
-            FrameClass::Data(DataFrame {
-                kind,
-                fragment,
-                payload: frame.payload.unwrap_or_default(),
-                trace_id,
-            })
-        }
-        "card" => FrameClass::Ignore(
+                .filter(|value| !value.is_empty()),
+        }),
+        "card" => FrameClassRef::Ignore(
             "data frame of type `card` (legacy card channel) is dropped without ACK".into(),
         ),
-        "" => FrameClass::Ignore("data frame without a `type` header".into()),
-        other => FrameClass::Ignore(format!("data frame of unknown type `{other}`")),
+        "" => FrameClassRef::Ignore("data frame without a `type` header".into()),
+        other => FrameClassRef::Ignore(format!("data frame of unknown type `{other}`")),
     }
 }
 
 /// Reads the fragment headers leniently: a missing or unparsable `sum` (or one that is not
 /// positive) means a single frame, a missing or unparsable `seq` means index 0.
 pub fn fragment_of(frame: &Frame) -> Fragment {
-    let total = frame
-        .header(HEADER_SUM)
+    fragment_fields(
+        frame.header(HEADER_SUM),
+        frame.header(HEADER_SEQ),
+        frame.header(HEADER_MESSAGE_ID),
+    )
+}
+
+fn fragment_fields(sum: Option<&str>, seq: Option<&str>, message_id: Option<&str>) -> Fragment {
+    let total = sum
         .and_then(|value| value.trim().parse::<u32>().ok())
         .filter(|total| *total > 0)
         .unwrap_or(1);
-    let seq = frame
-        .header(HEADER_SEQ)
+    let seq = seq
         .and_then(|value| value.trim().parse::<u32>().ok())
         .unwrap_or(0);
     Fragment {
-        message_id: frame.header(HEADER_MESSAGE_ID).unwrap_or("").to_string(),
+        message_id: message_id.unwrap_or("").to_string(),
         seq,
         total,
     }
@@ -199,42 +248,61 @@ pub fn build_ack(
     processing_ms: u32,
     response: Option<&[u8]>,
 ) -> Result<Vec<u8>, FrameError> {
-    let inbound = Frame::decode_bytes(completing_frame)?;
+    // The inbound payload is validated as a length-delimited field but never copied or read.
+    let inbound = FrameRef::parse(completing_frame)?;
     if inbound.method != METHOD_DATA {
         return Err(FrameError(format!(
             "only data frames are acknowledged; this frame has method {}",
             inbound.method
         )));
     }
-    let mut headers = inbound.headers;
-    headers.push(Header::new(HEADER_BIZ_RT, processing_ms.to_string()));
-    let ack = Frame {
-        seq_id: inbound.seq_id,
-        log_id: inbound.log_id,
-        service: inbound.service,
-        method: inbound.method,
-        headers,
-        payload_encoding: inbound.payload_encoding.filter(|value| !value.is_empty()),
-        payload_type: inbound.payload_type.filter(|value| !value.is_empty()),
-        payload: Some(ack_payload(status, response)),
-        log_id_new: inbound.log_id_new.filter(|value| !value.is_empty()),
+    let mut digits = itoa_buffer();
+    let biz_rt = HeaderRef {
+        key: HEADER_BIZ_RT,
+        value: format_u32(processing_ms, &mut digits),
     };
-    Ok(ack.encode_bytes())
+    Ok(inbound.encode_ack(biz_rt, &ack_payload(status, response)))
 }
 
 /// The ACK payload JSON: `{"code":…,"headers":null,"data":<base64 or null>}`.
 pub fn ack_payload(status: AckStatus, response: Option<&[u8]>) -> Vec<u8> {
-    let data = match response {
+    // Field order matters for byte-exact output; build the JSON by hand. Base64 needs no JSON
+    // escaping.
+    let data_len = response.map_or(4, |bytes| bytes.len().div_ceil(3) * 4 + 2);
+    let mut out = String::with_capacity(40 + data_len);
+    out.push_str("{\"code\":");
+    let mut digits = itoa_buffer();
+    out.push_str(format_u32(u32::from(status.code()), &mut digits));
+    out.push_str(",\"headers\":null,\"data\":");
+    match response {
         Some(bytes) => {
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
+            out.push('"');
         }
-        None => serde_json::Value::Null,
-    };
-    // Field order matters for byte-exact output; build the JSON by hand.
-    let mut out = format!("{{\"code\":{},\"headers\":null,\"data\":", status.code());
-    out.push_str(&data.to_string());
+        None => out.push_str("null"),
+    }
     out.push('}');
     out.into_bytes()
+}
+
+/// Room for the decimal digits of a `u32`.
+fn itoa_buffer() -> [u8; 10] {
+    [0; 10]
+}
+
+/// `value` in decimal, written into `buffer` (no allocation).
+fn format_u32(mut value: u32, buffer: &mut [u8; 10]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).expect("ASCII digits")
 }
 
 /// The encoded application-level ping for a connection's `service_id`.
@@ -536,6 +604,7 @@ fn truncate_for_log(body: &[u8], limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Header;
 
     #[test]
     fn fragment_headers_are_lenient() {

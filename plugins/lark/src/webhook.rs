@@ -1,17 +1,21 @@
 //! Webhook (HTTP callback) verification (lark-protocol §2): signature, AES-256-CBC decryption,
 //! verification token, URL-verification challenge and the v1/v2 event envelopes.
 //!
-//! Order of checks: signature over the raw body (when present) → decrypt → parse → token. A URL
+//! Order of checks: signature over the raw body (when present) → decrypt → read → token. A URL
 //! verification request is not signed by Lark, so an encrypted request without a signature is
 //! only accepted when it decrypts to a `url_verification`. Hostile input never panics: every
 //! failure is a [`WebhookRejection`] with a reason.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 
-use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+use aes::cipher::{BlockDecryptMut, InnerIvInit, KeyInit, block_padding::Pkcs7};
 use base64::Engine as _;
-use serde_json::Value;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::json::{JsonStr, MaybeObj, Obj, Present, json_object};
 
 /// Header carrying the request timestamp used in the signature.
 pub const HEADER_TIMESTAMP: &str = "X-Lark-Request-Timestamp";
@@ -20,7 +24,7 @@ pub const HEADER_NONCE: &str = "X-Lark-Request-Nonce";
 /// Header carrying the lowercase hex SHA-256 signature.
 pub const HEADER_SIGNATURE: &str = "X-Lark-Signature";
 
-type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256>;
+type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256Dec>;
 
 /// The installation's webhook secrets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,6 +102,9 @@ impl fmt::Display for WebhookRejection {
 impl std::error::Error for WebhookRejection {}
 
 /// Verifies and unwraps one webhook request.
+///
+/// The body (and the decrypted envelope) is read once into a small typed probe of the fields
+/// verification needs; the event payload is handed on as the exact bytes received or decrypted.
 pub fn verify_webhook(
     request: &WebhookRequest<'_>,
     secrets: &WebhookSecrets<'_>,
@@ -116,11 +123,8 @@ pub fn verify_webhook(
     if let (Some(key), Some(signature)) = (encrypt_key, signature) {
         let timestamp = header(request.headers, HEADER_TIMESTAMP).unwrap_or("");
         let nonce = header(request.headers, HEADER_NONCE).unwrap_or("");
-        let expected = signature_hex(timestamp, nonce, key, request.body);
-        if !constant_time_eq(
-            expected.as_bytes(),
-            signature.trim().to_ascii_lowercase().as_bytes(),
-        ) {
+        let expected = signature_hex_bytes(timestamp, nonce, key, request.body);
+        if !hex_eq_ignore_case(&expected, signature.trim().as_bytes()) {
             return Err(WebhookRejection::BadSignature(
                 "X-Lark-Signature does not match sha256(timestamp + nonce + encrypt_key + body)"
                     .into(),
@@ -129,91 +133,156 @@ pub fn verify_webhook(
         signature_verified = true;
     }
 
-    let outer: Value = serde_json::from_slice(request.body)
-        .map_err(|err| WebhookRejection::Malformed(format!("body is not JSON: {err}")))?;
-    let Value::Object(outer_fields) = &outer else {
-        return Err(WebhookRejection::Malformed(
-            "body is not a JSON object".into(),
-        ));
+    let outer = read_probe(request.body)
+        .map_err(|err| WebhookRejection::Malformed(format!("body is not JSON: {err}")))?
+        .ok_or_else(|| WebhookRejection::Malformed("body is not a JSON object".into()))?;
+    let checks = Checks {
+        verification_token,
+        needs_signature: encrypt_key.is_some() && !signature_verified,
     };
-
-    let (plaintext, envelope) = match outer_fields.get("encrypt") {
-        Some(Value::String(ciphertext)) => {
+    let (plaintext, outcome) = match outer.encrypt {
+        Encrypt::Text(ciphertext) => {
             let key = encrypt_key.ok_or_else(|| {
                 WebhookRejection::DecryptFailed(
                     "the request is encrypted but the installation has no `encrypt_key`".into(),
                 )
             })?;
-            let plaintext = decrypt(key, ciphertext).map_err(WebhookRejection::DecryptFailed)?;
-            let envelope: Value = serde_json::from_slice(&plaintext).map_err(|_| {
+            let plaintext = decrypt(key, &ciphertext).map_err(WebhookRejection::DecryptFailed)?;
+            let envelope = read_probe(&plaintext).map_err(|_| {
                 WebhookRejection::DecryptFailed(
                     "the decrypted body is not JSON (wrong encrypt key?)".into(),
                 )
             })?;
-            (plaintext, envelope)
+            let outcome = checks.envelope(&envelope.unwrap_or_default())?;
+            (Some(plaintext), outcome)
         }
-        Some(_) => {
+        Encrypt::NotText => {
             return Err(WebhookRejection::Malformed(
                 "`encrypt` is not a string".into(),
             ));
         }
-        None => (request.body.to_vec(), outer),
+        Encrypt::Absent => (None, checks.envelope(&outer)?),
     };
-
-    if envelope.get("type").and_then(Value::as_str) == Some("url_verification")
-        && envelope.get("schema").is_none()
-    {
-        // Lark does not sign URL verification requests; the token is the check.
-        check_token(verification_token, envelope.get("token"))?;
-        let challenge = envelope
-            .get("challenge")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                WebhookRejection::Malformed("url_verification without a string `challenge`".into())
-            })?;
-        let body = serde_json::json!({ "challenge": challenge }).to_string();
-        return Ok(WebhookVerdict::Challenge(WebhookResponse {
-            status: 200,
-            content_type: "application/json".into(),
-            body: body.into_bytes(),
-        }));
-    }
-
-    if encrypt_key.is_some() && !signature_verified {
-        return Err(WebhookRejection::BadSignature(
-            "an Encrypt Key is configured but the request carries no X-Lark-Signature".into(),
-        ));
-    }
-
-    let token = if envelope.get("schema").is_some() {
-        envelope
-            .get("header")
-            .and_then(|header| header.get("token"))
-    } else if envelope.get("uuid").is_some() {
-        envelope.get("token")
-    } else {
-        return Err(WebhookRejection::Malformed(
-            "neither a v2 (`schema`) nor a v1 (`uuid`) event envelope nor a url_verification"
-                .into(),
-        ));
-    };
-    check_token(verification_token, token)?;
-
-    Ok(WebhookVerdict::Events(WebhookEvents {
-        payloads: vec![plaintext],
-        response: WebhookResponse {
-            status: 200,
-            content_type: "application/json; charset=utf-8".into(),
-            body: br#"{"msg":"success"}"#.to_vec(),
-        },
-    }))
+    Ok(match outcome {
+        Outcome::Challenge(response) => WebhookVerdict::Challenge(response),
+        Outcome::Event => WebhookVerdict::Events(WebhookEvents {
+            // The plain body or the decrypted envelope, as is: never re-serialized.
+            payloads: vec![plaintext.unwrap_or_else(|| request.body.to_vec())],
+            response: WebhookResponse {
+                status: 200,
+                content_type: "application/json; charset=utf-8".into(),
+                body: br#"{"msg":"success"}"#.to_vec(),
+            },
+        }),
+    })
 }
 
-fn check_token(expected: Option<&str>, actual: Option<&Value>) -> Result<(), WebhookRejection> {
+json_object! {
+    /// The fields of a webhook body (or of its decrypted envelope) that verification reads; the
+    /// rest is validated as a full parse would, but not kept.
+    struct Probe<'a> {
+        encrypt: Encrypt<'a> = "encrypt",
+        kind: JsonStr<'a> = "type",
+        challenge: JsonStr<'a> = "challenge",
+        token: JsonStr<'a> = "token",
+        schema: Present = "schema",
+        uuid: Present = "uuid",
+        header: Obj<ProbeHeader<'a>> = "header",
+    }
+}
+
+json_object! {
+    /// The v2 envelope header: only its token.
+    struct ProbeHeader<'a> {
+        token: JsonStr<'a> = "token",
+    }
+}
+
+/// The `encrypt` field: absent, a string, or present with another JSON type.
+#[derive(Default)]
+enum Encrypt<'a> {
+    #[default]
+    Absent,
+    Text(Cow<'a, str>),
+    NotText,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Encrypt<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match JsonStr::deserialize(deserializer)?.0 {
+            Some(text) => Encrypt::Text(text),
+            None => Encrypt::NotText,
+        })
+    }
+}
+
+/// Reads a body: `Ok(None)` when it is JSON but not an object. The whole document is validated
+/// (UTF-8 at once, then the JSON; the fields that are not read are skipped with
+/// [`crate::json::Skip`]).
+fn read_probe(bytes: &[u8]) -> Result<Option<Probe<'_>>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|err| format!("invalid UTF-8: {err}"))?;
+    serde_json::from_str::<MaybeObj<Probe<'_>>>(text)
+        .map(|probe| probe.0)
+        .map_err(|err| err.to_string())
+}
+
+/// What a verified envelope is.
+enum Outcome {
+    /// URL verification, answered at once.
+    Challenge(WebhookResponse),
+    /// An event to ingest.
+    Event,
+}
+
+/// The checks that depend on the envelope.
+struct Checks<'s> {
+    verification_token: Option<&'s str>,
+    /// An Encrypt Key is configured but no signature was verified.
+    needs_signature: bool,
+}
+
+impl Checks<'_> {
+    fn envelope(&self, envelope: &Probe<'_>) -> Result<Outcome, WebhookRejection> {
+        if envelope.kind.0.as_deref() == Some("url_verification") && !envelope.schema.0 {
+            // Lark does not sign URL verification requests; the token is the check.
+            check_token(self.verification_token, envelope.token.0.as_deref())?;
+            let challenge = envelope.challenge.0.as_deref().ok_or_else(|| {
+                WebhookRejection::Malformed("url_verification without a string `challenge`".into())
+            })?;
+            let challenge = serde_json::to_string(challenge).expect("a string serializes");
+            return Ok(Outcome::Challenge(WebhookResponse {
+                status: 200,
+                content_type: "application/json".into(),
+                body: format!("{{\"challenge\":{challenge}}}").into_bytes(),
+            }));
+        }
+
+        if self.needs_signature {
+            return Err(WebhookRejection::BadSignature(
+                "an Encrypt Key is configured but the request carries no X-Lark-Signature".into(),
+            ));
+        }
+
+        let token = if envelope.schema.0 {
+            envelope.header.0.token.0.as_deref()
+        } else if envelope.uuid.0 {
+            envelope.token.0.as_deref()
+        } else {
+            return Err(WebhookRejection::Malformed(
+                "neither a v2 (`schema`) nor a v1 (`uuid`) event envelope nor a url_verification"
+                    .into(),
+            ));
+        };
+        check_token(self.verification_token, token)?;
+        Ok(Outcome::Event)
+    }
+}
+
+fn check_token(expected: Option<&str>, actual: Option<&str>) -> Result<(), WebhookRejection> {
     let Some(expected) = expected else {
         return Ok(());
     };
-    match actual.and_then(Value::as_str) {
+    match actual {
         Some(actual) if constant_time_eq(actual.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(WebhookRejection::BadToken(
             "the verification token does not match the installation's".into(),
@@ -226,18 +295,28 @@ fn check_token(expected: Option<&str>, actual: Option<&Value>) -> Result<(), Web
 
 /// `lowercase_hex(sha256(timestamp + nonce + encrypt_key + body))`.
 pub fn signature_hex(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8]) -> String {
+    let hex = signature_hex_bytes(timestamp, nonce, encrypt_key, body);
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
+}
+
+/// [`signature_hex`] without allocating.
+fn signature_hex_bytes(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8]) -> [u8; 64] {
     let mut hasher = Sha256::new();
     hasher.update(timestamp.as_bytes());
     hasher.update(nonce.as_bytes());
     hasher.update(encrypt_key.as_bytes());
     hasher.update(body);
-    to_hex(&hasher.finalize())
+    to_hex(&hasher.finalize().into())
 }
 
 /// Decrypts an `encrypt` field: base64 → IV (first 16 bytes) + AES-256-CBC ciphertext with key
 /// `sha256(encrypt_key)` → PKCS#7-unpadded plaintext.
+///
+/// The plaintext is decrypted in place in the decoded buffer (one allocation). The expanded AES
+/// key of the most recent `encrypt_key` is kept per thread, so the key schedule runs once per
+/// key rather than once per request.
 pub fn decrypt(encrypt_key: &str, ciphertext_base64: &str) -> Result<Vec<u8>, String> {
-    let raw = base64::engine::general_purpose::STANDARD
+    let mut raw = base64::engine::general_purpose::STANDARD
         .decode(ciphertext_base64.trim())
         .map_err(|err| format!("`encrypt` is not valid base64: {err}"))?;
     if raw.len() < 32 || raw.len() % 16 != 0 {
@@ -246,13 +325,34 @@ pub fn decrypt(encrypt_key: &str, ciphertext_base64: &str) -> Result<Vec<u8>, St
             raw.len()
         ));
     }
-    let key = Sha256::digest(encrypt_key.as_bytes());
-    let (iv, ciphertext) = raw.split_at(16);
-    let decryptor = Aes256CbcDecryptor::new_from_slices(&key, iv)
-        .map_err(|_| "invalid AES key or IV length".to_string())?;
-    decryptor
-        .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
-        .map_err(|_| "bad PKCS#7 padding after decryption (wrong encrypt key?)".to_string())
+    let (iv, ciphertext) = raw.split_at_mut(16);
+    let decryptor = Aes256CbcDecryptor::inner_iv_slice_init(cipher_for(encrypt_key), iv)
+        .map_err(|_| "invalid AES IV length".to_string())?;
+    let len = decryptor
+        .decrypt_padded_mut::<Pkcs7>(ciphertext)
+        .map_err(|_| "bad PKCS#7 padding after decryption (wrong encrypt key?)".to_string())?
+        .len();
+    raw.copy_within(16..16 + len, 0);
+    raw.truncate(len);
+    Ok(raw)
+}
+
+/// The AES-256 decryption key schedule for `sha256(encrypt_key)`, cached per thread.
+fn cipher_for(encrypt_key: &str) -> aes::Aes256Dec {
+    thread_local! {
+        static CACHE: RefCell<Option<(String, aes::Aes256Dec)>> = const { RefCell::new(None) };
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((key, cipher)) = cache.as_ref()
+            && key == encrypt_key
+        {
+            return cipher.clone();
+        }
+        let cipher = aes::Aes256Dec::new(&Sha256::digest(encrypt_key.as_bytes()));
+        *cache = Some((encrypt_key.to_owned(), cipher.clone()));
+        cipher
+    })
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -262,12 +362,12 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+fn to_hex(bytes: &[u8; 32]) -> [u8; 64] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    let mut out = [0; 64];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
     out
 }
@@ -278,6 +378,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Compares lowercase hex with a signature given in any case, without an early exit.
+fn hex_eq_ignore_case(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase()))
+        == 0
 }
 
 #[cfg(test)]

@@ -751,10 +751,15 @@ impl CpuGroup {
 /// Name of the host runtime's threads.
 const HOST_THREAD: &str = "bench-host";
 
-/// Cumulative CPU time (clock ticks) per group, and the machine's busy and total ticks.
-#[derive(Debug, Clone, Default)]
+/// Cumulative CPU time (clock ticks) per group and per SQLite connection thread, and the
+/// machine's busy and total ticks.
+#[derive(Debug, Clone)]
 struct CpuSnapshot {
+    at: Instant,
     ticks: [u64; 5],
+    sqlite_threads: std::collections::HashMap<String, u64>,
+    /// Context switches (voluntary and not) of this process's threads.
+    switches: u64,
     machine_busy: u64,
     machine_total: u64,
 }
@@ -771,15 +776,45 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
     Some((comm, utime + stime))
 }
 
+/// Voluntary plus involuntary context switches in a `/proc/…/status` text.
+fn context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            matches!(
+                key,
+                "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches"
+            )
+            .then(|| value.trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 fn cpu_snapshot(postgres: bool) -> CpuSnapshot {
-    let mut snapshot = CpuSnapshot::default();
+    let mut snapshot = CpuSnapshot {
+        at: Instant::now(),
+        ticks: [0; 5],
+        sqlite_threads: Default::default(),
+        switches: 0,
+        machine_busy: 0,
+        machine_total: 0,
+    };
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
             if let Some((comm, ticks)) = parse_stat(&stat) {
-                snapshot.ticks[CpuGroup::of_thread(comm) as usize] += ticks;
+                let group = CpuGroup::of_thread(comm);
+                snapshot.ticks[group as usize] += ticks;
+                if group == CpuGroup::Sqlite {
+                    let tid = task.file_name().to_string_lossy().into_owned();
+                    snapshot.sqlite_threads.insert(tid, ticks);
+                }
+            }
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                snapshot.switches += context_switches(&status);
             }
         }
     }
@@ -817,6 +852,11 @@ struct CpuUse {
     seconds: [f64; 5],
     /// Share of the machine's CPU time that was busy (any process), 0–100.
     machine_busy_pct: f64,
+    /// Context switches of this process's threads.
+    switches: u64,
+    /// CPU time of the busiest SQLite connection thread (the single writer, under write load)
+    /// as a share of the wall time, 0–100.
+    busiest_sqlite_pct: f64,
 }
 
 impl CpuUse {
@@ -829,10 +869,25 @@ impl CpuUse {
         }
         let total = after.machine_total.saturating_sub(before.machine_total) as f64;
         let busy = after.machine_busy.saturating_sub(before.machine_busy) as f64;
+        let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
+        let busiest = after
+            .sqlite_threads
+            .iter()
+            .map(|(tid, ticks)| {
+                ticks.saturating_sub(before.sqlite_threads.get(tid).copied().unwrap_or(0))
+            })
+            .max()
+            .unwrap_or(0) as f64;
         CpuUse {
             seconds,
+            switches: after.switches.saturating_sub(before.switches),
             machine_busy_pct: if total > 0.0 {
                 100.0 * busy / total
+            } else {
+                0.0
+            },
+            busiest_sqlite_pct: if wall > 0.0 {
+                100.0 * busiest / hz / wall
             } else {
                 0.0
             },
@@ -850,9 +905,18 @@ impl CpuUse {
             .filter(|g| self.seconds[**g as usize] > 0.0)
             .map(|g| format!("{} {:.0}", g.name(), self.per_message_us(*g, messages)))
             .collect();
+        let writer = if self.busiest_sqlite_pct > 0.0 {
+            format!(
+                "; busiest SQLite connection thread {:.0}% of wall time",
+                self.busiest_sqlite_pct
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "CPU µs/msg: {}; machine {:.0}% busy",
+            "CPU µs/msg: {}; {:.0} context switches/msg; machine {:.0}% busy{writer}",
             parts.join(", "),
+            self.switches as f64 / messages.max(1) as f64,
             self.machine_busy_pct
         )
     }
@@ -965,9 +1029,19 @@ impl PhaseReport {
             }
         }
         fields.push((
+            "switches_per_msg".into(),
+            Json::float(self.cpu.switches as f64 / accepted.max(1) as f64, 1),
+        ));
+        fields.push((
             "machine_busy_pct".into(),
             Json::float(self.cpu.machine_busy_pct, 1),
         ));
+        if self.cpu.busiest_sqlite_pct > 0.0 {
+            fields.push((
+                "busiest_sqlite_thread_pct".into(),
+                Json::float(self.cpu.busiest_sqlite_pct, 1),
+            ));
+        }
         match self.phase {
             "sustained" => fields.push(("concurrency".into(), Json::uint(args.concurrency as u64))),
             _ => fields.push(("target_rate".into(), Json::float(args.rate, 1))),
@@ -1272,6 +1346,22 @@ mod tests {
         assert_eq!(percentile(&[7], 99.0), Some(7));
         assert_eq!(percentile(&[1, 2, 3], 50.0), Some(2));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn proc_stat_lines_parse() {
+        let line = "4242 (sqlx-sqlite-wor) S 1 2 3 0 -1 4194368 10 0 0 0 250 75 0 0 20 0 1 0";
+        assert_eq!(parse_stat(line), Some(("sqlx-sqlite-wor", 325)));
+        // The comm may hold spaces and parentheses: it ends at the last `)`.
+        let line = "7 (a (b) c) R 1 2 3 0 -1 0 0 0 0 0 3 4 0";
+        assert_eq!(parse_stat(line), Some(("a (b) c", 7)));
+        assert_eq!(parse_stat("garbage"), None);
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(context_switches(status), 127);
+        assert_eq!(CpuGroup::of_thread("bench-host"), CpuGroup::Host);
+        assert_eq!(CpuGroup::of_thread("sqlx-sqlite-wor"), CpuGroup::Sqlite);
+        assert_eq!(CpuGroup::of_thread("bench"), CpuGroup::Client);
+        assert_eq!(CpuGroup::of_thread("tokio-runtime-w"), CpuGroup::Other);
     }
 
     #[test]
