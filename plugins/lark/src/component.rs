@@ -3,17 +3,20 @@
 //! generated WIT types. No protocol logic lives here.
 //!
 //! Installation config keys: `app_id`, `bot_open_id`, `bot_union_id`, `base_url` (default
-//! `https://open.feishu.cn`). Secrets: `app_secret`, `encrypt_key`, `verification_token`.
+//! `https://open.feishu.cn`), `agent_name` (card headers, default "Multica"). Secrets:
+//! `app_secret`, `encrypt_key`, `verification_token`.
 
 use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
     commands, decoder, enricher, outbound, transport,
 };
-use switchboard_plugin_sdk::types::{ChatType, InboundMessage, Mention, PluginError, Sender};
-use switchboard_plugin_sdk::{http, install_panic_hook, installation};
+use switchboard_plugin_sdk::types::{self, ChatType, InboundMessage, Mention, PluginError, Sender};
+use switchboard_plugin_sdk::{clock, http, install_panic_hook, installation, kv, log, log_write};
 
 use crate::commands::Command;
 use crate::decode::{self, DecodeContext, Decoded};
-use crate::outbound::{DELIVERY_UNAVAILABLE, FlushAction};
+use crate::outbound::{
+    Credentials, DeliveryFailure, FlushAction, LarkClient, LarkHost, TransportFailure,
+};
 use crate::transport::{
     AckStatus, ConnectError, ConnectPlan, ConnectionHints, DATA_KIND_EVENT, FrameClassRef,
     HttpRequestSpec,
@@ -24,6 +27,10 @@ use crate::{commands as command_logic, outbound as outbound_logic, transport as 
 /// Timeout asked of the host for the endpoint discovery call (the host clamps it to the call's
 /// remaining deadline).
 const ENDPOINT_TIMEOUT_MS: u32 = 10_000;
+
+/// Timeout asked of the host for each outbound REST call (the host clamps it to the call's
+/// remaining deadline).
+const OUTBOUND_TIMEOUT_MS: u32 = 10_000;
 
 /// The exported plugin type.
 struct LarkPlugin;
@@ -205,43 +212,237 @@ impl commands::Guest for LarkPlugin {
 impl outbound::Guest for LarkPlugin {
     fn flush(batch: outbound::FlushBatch) -> Result<Vec<outbound::FlushAction>, PluginError> {
         install_panic_hook();
-        let last_message_id = batch
+        let agent = match batch.agent {
+            outbound::AgentState::Online => outbound_logic::AgentState::Online,
+            outbound::AgentState::Offline => outbound_logic::AgentState::Offline,
+            outbound::AgentState::Archived => outbound_logic::AgentState::Archived,
+        };
+        let messages: Vec<outbound_logic::BatchMessage> = batch
             .messages
-            .last()
-            .map(|message| message.message_id.as_str());
-        Ok(outbound_logic::flush_actions(last_message_id)
             .into_iter()
-            .map(|action| match action {
-                FlushAction::StartRun => outbound::FlushAction::StartRun,
-                FlushAction::Typing { message_id, on } => {
-                    outbound::FlushAction::Typing(outbound::TypingChange { message_id, on })
-                }
+            .map(|message| outbound_logic::BatchMessage {
+                message_id: message.message_id,
+                create_time_ms: message.create_time_ms,
             })
-            .collect())
+            .collect();
+        Ok(
+            outbound_logic::flush_actions(agent, &messages, clock::now_ms())
+                .into_iter()
+                .map(|action| match action {
+                    FlushAction::StartRun => outbound::FlushAction::StartRun,
+                    FlushAction::Notice(notice) => {
+                        outbound::FlushAction::Notice(wit_notice(notice))
+                    }
+                    FlushAction::Typing { message_id, on } => {
+                        outbound::FlushAction::Typing(outbound::TypingChange { message_id, on })
+                    }
+                })
+                .collect(),
+        )
     }
 
-    fn deliver(
-        _delivery: outbound::Delivery,
-    ) -> Result<outbound::Receipt, outbound::DeliveryError> {
+    fn deliver(delivery: outbound::Delivery) -> Result<outbound::Receipt, outbound::DeliveryError> {
         install_panic_hook();
-        Err(delivery_unavailable())
+        let target = logic_target(delivery.target);
+        let content = match delivery.content {
+            outbound::Content::Reply(text) => outbound_logic::Content::Reply(text),
+            outbound::Content::RunError(error) => outbound_logic::Content::RunError(error),
+            outbound::Content::Notice(notice) => {
+                outbound_logic::Content::Notice(logic_notice(notice))
+            }
+        };
+        let header = config("agent_name").unwrap_or_else(|| crate::render::DEFAULT_HEADER.into());
+        let credentials = credentials();
+        let mut host = ImportHost;
+        LarkClient::new(&mut host, &credentials)
+            .deliver(&target, &content, &header)
+            .map(|message_id| outbound::Receipt { message_id })
+            .map_err(|failure| reported(failure, "deliver", &target.session_id))
     }
 
     fn set_typing(
-        _target: outbound::SessionTarget,
-        _change: outbound::TypingChange,
-        _handle: Option<String>,
+        target: outbound::SessionTarget,
+        change: outbound::TypingChange,
+        handle: Option<String>,
     ) -> Result<Option<String>, outbound::DeliveryError> {
         install_panic_hook();
-        Err(delivery_unavailable())
+        let credentials = credentials();
+        let mut host = ImportHost;
+        let mut client = LarkClient::new(&mut host, &credentials);
+        let result = if change.on {
+            client.add_typing(&change.message_id)
+        } else {
+            client
+                .remove_typing(&change.message_id, handle.as_deref().unwrap_or(""))
+                .map(|()| None)
+        };
+        result.map_err(|failure| reported(failure, "set-typing", &target.session_id))
     }
 }
 
-fn delivery_unavailable() -> outbound::DeliveryError {
+/// The installation's Open Platform credentials.
+fn credentials() -> Credentials {
+    Credentials {
+        base_url: config("base_url").unwrap_or_default(),
+        app_id: config("app_id").unwrap_or_default(),
+        app_secret: secret("app_secret").unwrap_or_default(),
+    }
+}
+
+/// Logs a failed outbound call with its Lark code and converts it to the WIT error.
+fn reported(failure: DeliveryFailure, export: &str, session: &str) -> outbound::DeliveryError {
+    let code = failure
+        .code
+        .map(|code| code.to_string())
+        .unwrap_or_default();
+    let retryable = failure.retryable.to_string();
+    log_write(
+        log::Level::Warn,
+        &failure.message,
+        &[
+            ("export", export),
+            ("session", session),
+            ("lark_code", &code),
+            ("retryable", &retryable),
+        ],
+    );
     outbound::DeliveryError {
-        code: None,
-        message: DELIVERY_UNAVAILABLE.to_string(),
-        retryable: false,
+        code: failure.code,
+        message: failure.message,
+        retryable: failure.retryable,
+    }
+}
+
+/// [`LarkHost`] on the host imports. kv failures are logged and treated as a cache miss.
+struct ImportHost;
+
+impl LarkHost for ImportHost {
+    fn send(
+        &mut self,
+        request: &HttpRequestSpec,
+    ) -> Result<crate::outbound::HttpAnswer, TransportFailure> {
+        let wire = http::Request {
+            method: request.method.to_string(),
+            url: request.url.clone(),
+            headers: request.headers.clone(),
+            body: request.body.clone(),
+            timeout_ms: Some(OUTBOUND_TIMEOUT_MS),
+        };
+        http::send(&wire)
+            .map(|response| crate::outbound::HttpAnswer {
+                status: response.status,
+                headers: response.headers,
+                body: response.body,
+            })
+            .map_err(|err| match err {
+                http::Error::NotAllowed(destination) => TransportFailure {
+                    message: format!("{destination} is outside the plugin's http allow-list"),
+                    retryable: false,
+                },
+                http::Error::InvalidRequest(reason) => TransportFailure {
+                    message: format!("invalid request: {reason}"),
+                    retryable: false,
+                },
+                http::Error::TooLarge(limit) => TransportFailure {
+                    message: format!("body exceeded the host's {limit}-byte cap"),
+                    retryable: false,
+                },
+                http::Error::Timeout => TransportFailure {
+                    message: "request timed out".into(),
+                    retryable: true,
+                },
+                http::Error::Transport(reason) => TransportFailure {
+                    message: format!("transport failure: {reason}"),
+                    retryable: true,
+                },
+            })
+    }
+
+    fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        match kv::get(key) {
+            Ok(value) => value,
+            Err(err) => {
+                self.warn(
+                    "kv get failed; fetching a new token",
+                    &[("error", &format!("{err:?}"))],
+                );
+                None
+            }
+        }
+    }
+
+    fn kv_set(&mut self, key: &str, value: &[u8], ttl_ms: u64) {
+        if let Err(err) = kv::set(key, value, Some(ttl_ms)) {
+            self.warn(
+                "kv set failed; the token is not cached",
+                &[("error", &format!("{err:?}"))],
+            );
+        }
+    }
+
+    fn kv_delete(&mut self, key: &str) {
+        if let Err(err) = kv::delete(key) {
+            self.warn("kv delete failed", &[("error", &format!("{err:?}"))]);
+        }
+    }
+
+    fn warn(&mut self, message: &str, fields: &[(&str, &str)]) {
+        log_write(log::Level::Warn, message, fields);
+    }
+}
+
+fn logic_target(target: types::SessionTarget) -> outbound_logic::SessionTarget {
+    outbound_logic::SessionTarget {
+        session_id: target.session_id,
+        chat_id: target.chat_id,
+        chat_type: match target.chat_type {
+            ChatType::Direct => decode::ChatType::Direct,
+            ChatType::Group => decode::ChatType::Group,
+        },
+        thread_id: target.thread_id,
+        reply_to: target.reply_to,
+        in_thread: target.in_thread,
+    }
+}
+
+fn logic_notice(notice: types::Notice) -> outbound_logic::Notice {
+    match notice {
+        types::Notice::AgentOffline => outbound_logic::Notice::AgentOffline,
+        types::Notice::AgentArchived => outbound_logic::Notice::AgentArchived,
+        types::Notice::NeedsBinding(link) => {
+            outbound_logic::Notice::NeedsBinding(outbound_logic::BindingLink {
+                url: link.url,
+                open_id: link.open_id,
+                expires_in_minutes: link.expires_in_minutes,
+            })
+        }
+        types::Notice::FreshPending => outbound_logic::Notice::FreshPending,
+        types::Notice::IssueUsage => outbound_logic::Notice::IssueUsage,
+        types::Notice::IssueCreated(issue) => outbound_logic::Notice::IssueCreated {
+            title: issue.title,
+            reference: issue.reference,
+        },
+        types::Notice::Text(text) => outbound_logic::Notice::Text(text),
+    }
+}
+
+fn wit_notice(notice: outbound_logic::Notice) -> types::Notice {
+    match notice {
+        outbound_logic::Notice::AgentOffline => types::Notice::AgentOffline,
+        outbound_logic::Notice::AgentArchived => types::Notice::AgentArchived,
+        outbound_logic::Notice::NeedsBinding(link) => {
+            types::Notice::NeedsBinding(types::BindingLink {
+                url: link.url,
+                open_id: link.open_id,
+                expires_in_minutes: link.expires_in_minutes,
+            })
+        }
+        outbound_logic::Notice::FreshPending => types::Notice::FreshPending,
+        outbound_logic::Notice::IssueUsage => types::Notice::IssueUsage,
+        outbound_logic::Notice::IssueCreated { title, reference } => {
+            types::Notice::IssueCreated(types::IssueCreated { title, reference })
+        }
+        outbound_logic::Notice::Text(text) => types::Notice::Text(text),
     }
 }
 

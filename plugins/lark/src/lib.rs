@@ -10,8 +10,12 @@
 //! - [`decode`]: `im.message.receive_v1` → inbound message.
 //! - [`content`]: readable text for every message type; [`mentions`]: mention resolution.
 //! - [`commands`]: `/new` and `/issue`.
-//! - [`rest`]: REST answers (tenant token, bot info, messages, errors).
-//! - [`outbound`]: flush decisions (delivery itself is pending).
+//! - [`rest`]: REST answers (tenant token, bot info, messages, errors) and the outbound
+//!   requests (send, threaded reply, reactions).
+//! - [`outbound`]: flush decisions, delivery (token cache, thread fallback, error
+//!   classification) and the typing reaction, over a small host trait.
+//! - [`render`]: message content (text, markdown card, notice/error/binding cards, size limits);
+//!   [`markdown`]: the text-or-card detector.
 //!
 //! The hot paths (webhook verification, decoding, frame classification and ACKs) read each
 //! payload once, into typed structs that borrow from the input (`json` holds the lenient JSON
@@ -24,8 +28,10 @@ pub mod commands;
 pub mod content;
 pub mod decode;
 pub mod frame;
+pub mod markdown;
 pub mod mentions;
 pub mod outbound;
+pub mod render;
 pub mod rest;
 pub mod transport;
 pub mod webhook;

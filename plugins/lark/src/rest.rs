@@ -2,7 +2,8 @@
 //! the bot identity, message objects and error envelopes.
 //!
 //! These are the parsing halves of the calls the enricher and outbound delivery make through
-//! host `http`; building requests and choosing retries stays with the callers.
+//! host `http`, plus the request builders of the outbound calls (send, reply, reactions) and the
+//! error-code sets those calls act on. Choosing retries stays with the callers.
 
 use std::fmt;
 
@@ -14,8 +15,15 @@ use crate::transport::{DEFAULT_BASE_URL, HttpRequestSpec};
 
 /// Path of the internal tenant access token call.
 pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-/// Seconds a cached token is given up before its expiry (SDK behaviour).
-pub const TOKEN_EXPIRY_MARGIN_S: u64 = 180;
+/// Seconds a cached token is given up before its expiry (multica-lark §S1).
+pub const TOKEN_EXPIRY_MARGIN_S: u64 = 60;
+/// A token lifetime below this many seconds is treated as this long before the margin is taken
+/// (multica-lark §S1), so a short `expire` still caches the token for a minute.
+pub const TOKEN_MIN_EXPIRE_S: u64 = 120;
+/// Path of the send-message call (`?receive_id_type=…` is appended).
+pub const SEND_MESSAGE_PATH: &str = "/open-apis/im/v1/messages";
+/// Emoji of the typing-indicator reaction (multica-lark §M1).
+pub const TYPING_EMOJI: &str = "Typing";
 
 /// What a failed REST call means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,20 +140,179 @@ pub struct TenantToken {
 }
 
 impl TenantToken {
-    /// How long the token may be cached: its lifetime minus [`TOKEN_EXPIRY_MARGIN_S`].
+    /// How long the token may be cached: its lifetime (at least [`TOKEN_MIN_EXPIRE_S`]) minus
+    /// [`TOKEN_EXPIRY_MARGIN_S`].
     pub fn cache_ttl_ms(&self) -> u64 {
-        self.expire_s.saturating_sub(TOKEN_EXPIRY_MARGIN_S) * 1000
+        (self.expire_s.max(TOKEN_MIN_EXPIRE_S) - TOKEN_EXPIRY_MARGIN_S) * 1000
     }
+}
+
+/// Whether a failed threaded reply may be retried once as a chat-level send (multica-lark §L6):
+/// the target was recalled (230011), its topic is gone (230019), it is invisible (230050), the
+/// chat does not support thread replies (230071), the target is an aggregated message (230072)
+/// or a self-destructing one (230111). Rate limits (230020), "being sent" (230049), transport
+/// errors and 5xx are ambiguous and never fall back.
+pub fn is_thread_reply_unsupported(code: i64) -> bool {
+    matches!(
+        code,
+        230_011 | 230_019 | 230_050 | 230_071 | 230_072 | 230_111
+    )
+}
+
+/// Who a send addresses (`receive_id_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveIdType {
+    /// A chat (`oc_…`).
+    ChatId,
+    /// A user's DM (`ou_…`).
+    OpenId,
+}
+
+impl ReceiveIdType {
+    /// The query value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiveIdType::ChatId => "chat_id",
+            ReceiveIdType::OpenId => "open_id",
+        }
+    }
+}
+
+/// `POST {base}/open-apis/im/v1/messages?receive_id_type=…` with
+/// `{receive_id, msg_type, content}` (`content` is the JSON-encoded string).
+pub fn send_message_request(
+    base_url: &str,
+    token: &str,
+    receive_id_type: ReceiveIdType,
+    receive_id: &str,
+    msg_type: &str,
+    content: &str,
+) -> HttpRequestSpec {
+    authorized(
+        "POST",
+        format!(
+            "{}{SEND_MESSAGE_PATH}?receive_id_type={}",
+            api_base(base_url),
+            receive_id_type.as_str()
+        ),
+        token,
+        serde_json::json!({ "receive_id": receive_id, "msg_type": msg_type, "content": content }),
+    )
+}
+
+/// `POST {base}/open-apis/im/v1/messages/{message_id}/reply` with
+/// `{msg_type, content, reply_in_thread}` (no `receive_id`).
+pub fn reply_message_request(
+    base_url: &str,
+    token: &str,
+    message_id: &str,
+    msg_type: &str,
+    content: &str,
+    reply_in_thread: bool,
+) -> HttpRequestSpec {
+    authorized(
+        "POST",
+        format!(
+            "{}{SEND_MESSAGE_PATH}/{}/reply",
+            api_base(base_url),
+            path_segment(message_id)
+        ),
+        token,
+        serde_json::json!({
+            "msg_type": msg_type,
+            "content": content,
+            "reply_in_thread": reply_in_thread,
+        }),
+    )
+}
+
+/// `POST {base}/open-apis/im/v1/messages/{message_id}/reactions` with
+/// `{"reaction_type":{"emoji_type":…}}`.
+pub fn add_reaction_request(
+    base_url: &str,
+    token: &str,
+    message_id: &str,
+    emoji_type: &str,
+) -> HttpRequestSpec {
+    authorized(
+        "POST",
+        format!(
+            "{}{SEND_MESSAGE_PATH}/{}/reactions",
+            api_base(base_url),
+            path_segment(message_id)
+        ),
+        token,
+        serde_json::json!({ "reaction_type": { "emoji_type": emoji_type } }),
+    )
+}
+
+/// `DELETE {base}/open-apis/im/v1/messages/{message_id}/reactions/{reaction_id}` (no body).
+pub fn delete_reaction_request(
+    base_url: &str,
+    token: &str,
+    message_id: &str,
+    reaction_id: &str,
+) -> HttpRequestSpec {
+    let mut request = authorized(
+        "DELETE",
+        format!(
+            "{}{SEND_MESSAGE_PATH}/{}/reactions/{}",
+            api_base(base_url),
+            path_segment(message_id),
+            path_segment(reaction_id)
+        ),
+        token,
+        Value::Null,
+    );
+    request.body.clear();
+    request
+        .headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+    request
+}
+
+/// The configured base URL without a trailing slash, or [`DEFAULT_BASE_URL`] when blank.
+pub fn api_base(base_url: &str) -> &str {
+    let base = base_url.trim().trim_end_matches('/');
+    if base.is_empty() {
+        DEFAULT_BASE_URL
+    } else {
+        base
+    }
+}
+
+fn authorized(method: &'static str, url: String, token: &str, body: Value) -> HttpRequestSpec {
+    HttpRequestSpec {
+        method,
+        url,
+        headers: vec![
+            ("Authorization".into(), format!("Bearer {token}")),
+            (
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            ),
+        ],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (ids are `om_…`, so this is
+/// normally the identity).
+fn path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The token request: `POST {base}/open-apis/auth/v3/tenant_access_token/internal`.
 pub fn tenant_token_request(base_url: &str, app_id: &str, app_secret: &str) -> HttpRequestSpec {
-    let base = base_url.trim().trim_end_matches('/');
-    let base = if base.is_empty() {
-        DEFAULT_BASE_URL
-    } else {
-        base
-    };
+    let base = api_base(base_url);
     HttpRequestSpec {
         method: "POST",
         url: format!("{base}{TENANT_TOKEN_PATH}"),
@@ -353,17 +520,115 @@ mod tests {
     }
 
     #[test]
-    fn token_cache_ttl_keeps_a_margin() {
-        let token = TenantToken {
-            token: "t-1".into(),
-            expire_s: 100,
+    fn token_cache_ttl_keeps_a_margin_and_clamps_short_lifetimes() {
+        let ttl = |expire_s| {
+            TenantToken {
+                token: "t-1".into(),
+                expire_s,
+            }
+            .cache_ttl_ms()
         };
-        assert_eq!(token.cache_ttl_ms(), 0);
-        let token = TenantToken {
-            token: "t-1".into(),
-            expire_s: 7200,
-        };
-        assert_eq!(token.cache_ttl_ms(), 7_020_000);
+        assert_eq!(ttl(7200), 7_140_000, "expire − 60 s");
+        assert_eq!(ttl(121), 61_000);
+        assert_eq!(ttl(120), 60_000);
+        assert_eq!(ttl(10), 60_000, "clamped to 120 s, then − 60 s");
+        assert_eq!(ttl(0), 60_000);
+    }
+
+    #[test]
+    fn thread_fallback_codes() {
+        for code in [230_011, 230_019, 230_050, 230_071, 230_072, 230_111] {
+            assert!(is_thread_reply_unsupported(code), "{code}");
+        }
+        for code in [0, 230_020, 230_049, 230_001, 99_991_663, 99_991_400] {
+            assert!(!is_thread_reply_unsupported(code), "{code}");
+        }
+    }
+
+    fn body(request: &HttpRequestSpec) -> Value {
+        serde_json::from_slice(&request.body).unwrap()
+    }
+
+    #[test]
+    fn send_request_shape() {
+        let request = send_message_request(
+            "https://open.feishu.cn/",
+            "t-abc",
+            ReceiveIdType::ChatId,
+            "oc_1",
+            "text",
+            r#"{"text":"hi"}"#,
+        );
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages?receive_id_type=chat_id"
+        );
+        assert_eq!(
+            request.headers,
+            vec![
+                ("Authorization".to_string(), "Bearer t-abc".to_string()),
+                (
+                    "Content-Type".to_string(),
+                    "application/json; charset=utf-8".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            body(&request),
+            serde_json::json!({"receive_id": "oc_1", "msg_type": "text", "content": "{\"text\":\"hi\"}"})
+        );
+        let dm = send_message_request("", "t", ReceiveIdType::OpenId, "ou_1", "interactive", "{}");
+        assert_eq!(
+            dm.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages?receive_id_type=open_id"
+        );
+    }
+
+    #[test]
+    fn reply_request_shape() {
+        let request = reply_message_request(
+            "http://127.0.0.1:9",
+            "t-abc",
+            "om_1",
+            "interactive",
+            "{}",
+            true,
+        );
+        assert_eq!(
+            request.url,
+            "http://127.0.0.1:9/open-apis/im/v1/messages/om_1/reply"
+        );
+        assert_eq!(
+            body(&request),
+            serde_json::json!({"msg_type": "interactive", "content": "{}", "reply_in_thread": true})
+        );
+        assert!(body(&request).get("receive_id").is_none());
+    }
+
+    #[test]
+    fn reaction_request_shapes() {
+        let add = add_reaction_request("https://open.feishu.cn", "t", "om_1", TYPING_EMOJI);
+        assert_eq!(add.method, "POST");
+        assert_eq!(
+            add.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages/om_1/reactions"
+        );
+        assert_eq!(
+            body(&add),
+            serde_json::json!({"reaction_type": {"emoji_type": "Typing"}})
+        );
+        let delete = delete_reaction_request("https://open.feishu.cn", "t", "om_1", "r/1 x");
+        assert_eq!(delete.method, "DELETE");
+        assert_eq!(
+            delete.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages/om_1/reactions/r%2F1%20x"
+        );
+        assert!(delete.body.is_empty());
+        assert_eq!(
+            delete.headers,
+            vec![("Authorization".to_string(), "Bearer t".to_string())]
+        );
     }
 
     #[test]
