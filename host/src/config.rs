@@ -27,6 +27,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Inbound processing.
     pub ingest: IngestConfig,
+    /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
+    pub agents: crate::agents::AgentsConfig,
 }
 
 /// `[server]`
@@ -155,9 +157,12 @@ impl Config {
             .filter(|key| key.as_str().contains("__"))
             .split("__");
         figment = figment.merge(sectioned);
-        figment
+        let config: Config = figment
             .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        crate::agents::AgentRegistry::from_config(&config.agents)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
     }
 }
 

@@ -6,6 +6,7 @@
 //! replies. Start with [`runtime::Runtime`] (loading and calling plugins) and
 //! [`capabilities`] (what plugins may touch). `ARCHITECTURE.md` maps the whole data flow.
 
+pub mod agents;
 pub mod api;
 pub mod app;
 pub mod batch;
