@@ -16,6 +16,7 @@ mod ingest;
 mod installations;
 mod kv;
 mod migrate;
+mod notify;
 mod secrets;
 
 use std::fmt;
@@ -39,6 +40,7 @@ pub use installations::{
     NewInstallation,
 };
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
+pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
 pub use secrets::{SecretCipher, SecretError};
 
 /// How long a SQLite connection waits for another connection's lock before failing.
