@@ -18,6 +18,7 @@
 
 pub mod echo;
 pub mod openai;
+pub mod presence;
 pub mod registry;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ pub use tokio_util::sync::CancellationToken;
 
 pub use echo::EchoAgent;
 pub use openai::OpenAiAgent;
+pub use presence::{AgentPresence, agent_state};
 pub use registry::{
     AgentConfig, AgentConfigError, AgentKind, AgentRegistry, AgentSpec, AgentState, AgentsConfig,
     CompactionSettings, DEFAULT_AGENT, OpenAiSettings, WorkerSettings,

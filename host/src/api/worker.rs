@@ -1,0 +1,891 @@
+//! The worker HTTP API (SPEC §6): external processes run the runs of `worker` agents.
+//!
+//! Every endpoint lives under `/api/agents/{agent}/` and is authenticated with
+//! `Authorization: Bearer <token>` of THAT agent (`[agents.<agent>] token`). A worker:
+//!
+//! 1. `POST runs/claim?wait_ms=N` — long-polls (default 25 s, at most 60 s) for the oldest
+//!    pending run of the agent; `200` with the run and its context, or `204` when nothing became
+//!    pending in time. The worker id comes from the `x-switchboard-worker` header or the body's
+//!    `worker_id` (default `anonymous`).
+//! 2. `GET runs/{session}/{run}/context` — the run's context again.
+//! 3. `POST runs/{session}/{run}/heartbeat` every `heartbeat_interval_ms` — `{"continue": true}`,
+//!    or `409 {"continue": false}`: the run was interrupted, edited away or recovered as stale,
+//!    and the worker must stop.
+//! 4. `POST runs/{session}/{run}/parts {"text"}` — streams a piece of the reply to subscribers.
+//! 5. `POST runs/{session}/{run}/complete {"reply", "usage"?}` or `…/fail {"error"}`.
+//!
+//! Every call is fenced by the run id: a worker that lost the run gets `409` and changes nothing.
+//! Every authenticated call also records the worker as seen ([`AgentPresence`]): an agent whose
+//! workers stop polling goes offline after its `offline_after_ms`.
+//!
+//! Waking: a waiting claim is woken by the run service's [`PendingSignal`] (every `pending`
+//! status it publishes in this process) and, for pending runs made elsewhere (another replica,
+//! code bypassing the service), re-checks every [`WorkerApiSettings::repoll_interval`].
+//!
+//! Known limit: a worker that disconnects during a long-poll is not noticed until the answer is
+//! written; a run claimed in that instant stays `running` until stale recovery returns it to
+//! pending (the run service's stale window).
+//!
+//! Owns request parsing, authentication and the mapping to HTTP; holds no SQL (it calls
+//! [`RunService`], [`AgentPresence`] and [`WorkerStore`]). Errors are JSON
+//! `{"error": …, "hint": …}`: what went wrong and what to do.
+//!
+//! [`PendingSignal`]: crate::runs::PendingSignal
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use crate::agents::{
+    AgentKind, AgentPresence, AgentRegistry, AgentSpec, ContextMessage, Role, Usage,
+};
+use crate::runs::{NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
+use crate::store::{Message, ReleaseOutcome, RunClaim, RunEnd, RunOwner, StoreError, WorkerStore};
+
+/// Header naming the worker (recorded as the run's owner; for logs and the admin API).
+pub const WORKER_HEADER: &str = "x-switchboard-worker";
+/// Worker id used when the worker names itself neither in the header nor in the body.
+pub const ANONYMOUS_WORKER: &str = "anonymous";
+/// Longest accepted worker id, in bytes.
+pub const MAX_WORKER_ID_BYTES: usize = 128;
+/// Long-poll wait of a claim without `wait_ms`.
+pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_millis(25_000);
+/// Longest long-poll wait; larger `wait_ms` values are clamped to it.
+pub const MAX_CLAIM_WAIT: Duration = Duration::from_millis(60_000);
+/// Default interval at which a waiting claim re-checks for pending runs without a wake-up.
+pub const DEFAULT_REPOLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest accepted request body of the worker API (a whole reply fits).
+pub const WORKER_MAX_BODY_BYTES: usize = 4 << 20;
+/// Longest stored `last_error` of a failed run, in bytes (longer errors are cut).
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// Runs whose owner this process verified, before the cache is reset.
+const VERIFIED_RUNS_CAP: usize = 4096;
+
+/// Tunables of the worker API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerApiSettings {
+    /// How often a waiting claim looks for pending runs when nothing woke it.
+    pub repoll_interval: Duration,
+}
+
+impl Default for WorkerApiSettings {
+    fn default() -> Self {
+        WorkerApiSettings {
+            repoll_interval: DEFAULT_REPOLL_INTERVAL,
+        }
+    }
+}
+
+/// A run this process knows to belong to `agent` (and `session`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VerifiedRun {
+    session_id: String,
+    agent: String,
+}
+
+/// What the worker endpoints need. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerApi {
+    runs: RunService,
+    agents: Arc<AgentRegistry>,
+    presence: AgentPresence,
+    workers: WorkerStore,
+    observer: Arc<dyn RunEndObserver>,
+    settings: WorkerApiSettings,
+    stop: CancellationToken,
+    /// run id → owner facts checked against the database (so streamed parts need no read).
+    verified: Arc<Mutex<HashMap<String, VerifiedRun>>>,
+}
+
+impl std::fmt::Debug for WorkerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerApi")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerApi {
+    /// The worker API over `runs` (its database also holds presence), authenticating against
+    /// `agents`, recording sightings in `presence`. Ended runs go to a [`NoopObserver`] until
+    /// [`WorkerApi::with_observer`].
+    pub fn new(runs: RunService, agents: Arc<AgentRegistry>, presence: AgentPresence) -> WorkerApi {
+        let workers = runs.store().database().workers();
+        WorkerApi {
+            runs,
+            agents,
+            presence,
+            workers,
+            observer: Arc::new(NoopObserver),
+            settings: WorkerApiSettings::default(),
+            stop: CancellationToken::new(),
+            verified: Arc::default(),
+        }
+    }
+
+    /// Tells `observer` about every run a worker completes, fails or finds lost.
+    pub fn with_observer(mut self, observer: Arc<dyn RunEndObserver>) -> WorkerApi {
+        self.observer = observer;
+        self
+    }
+
+    /// Other tunables.
+    pub fn with_settings(mut self, settings: WorkerApiSettings) -> WorkerApi {
+        self.settings = settings;
+        self
+    }
+
+    /// The run service.
+    pub fn runs(&self) -> &RunService {
+        &self.runs
+    }
+
+    /// The agents.
+    pub fn agents(&self) -> &Arc<AgentRegistry> {
+        &self.agents
+    }
+
+    /// Worker presence.
+    pub fn presence(&self) -> &AgentPresence {
+        &self.presence
+    }
+
+    /// Ends every waiting claim now with `204` and answers later claims at once (call when the
+    /// host starts shutting down, so long-polls do not hold the graceful shutdown).
+    pub fn stop_long_polls(&self) {
+        self.stop.cancel();
+    }
+
+    fn verified(&self) -> MutexGuard<'_, HashMap<String, VerifiedRun>> {
+        // Single inserts/removes only: a poisoned lock is still consistent.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, run_id: &str, session_id: &str, agent: &str) {
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_RUNS_CAP {
+            verified.clear(); // entries are re-verified from the database on demand
+        }
+        verified.insert(
+            run_id.to_owned(),
+            VerifiedRun {
+                session_id: session_id.to_owned(),
+                agent: agent.to_owned(),
+            },
+        );
+    }
+
+    fn forget(&self, run_id: &str) {
+        self.verified().remove(run_id);
+    }
+
+    fn is_verified(&self, run_id: &str, session_id: &str, agent: &str) -> bool {
+        self.verified()
+            .get(run_id)
+            .is_some_and(|v| v.session_id == session_id && v.agent == agent)
+    }
+
+    /// Heartbeat period suggested to workers: a tenth of the stale window (≥ 1 ms).
+    fn heartbeat_interval_ms(&self) -> u64 {
+        (millis(self.runs.settings().stale_after) / 10).max(1)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The routes, with their full `/api/agents/…` paths (merged at the router's root: they are
+/// not behind the admin token).
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/agents/{agent}/runs/claim", post(claim))
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/context",
+            get(context),
+        )
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/heartbeat",
+            post(heartbeat),
+        )
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/parts",
+            post(parts),
+        )
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/complete",
+            post(complete),
+        )
+        .route("/api/agents/{agent}/runs/{session}/{run}/fail", post(fail))
+        .layer(DefaultBodyLimit::max(WORKER_MAX_BODY_BYTES))
+}
+
+// ------------------------------------------------------------------------------------ errors
+
+/// An error answered as JSON `{"error": …, "hint": …}` (plus any extra fields).
+#[derive(Debug)]
+struct WorkerError {
+    status: StatusCode,
+    error: String,
+    hint: String,
+    extra: Option<(&'static str, Value)>,
+}
+
+impl WorkerError {
+    fn new(status: StatusCode, error: impl Into<String>, hint: impl Into<String>) -> WorkerError {
+        WorkerError {
+            status,
+            error: error.into(),
+            hint: hint.into(),
+            extra: None,
+        }
+    }
+
+    fn with(mut self, key: &'static str, value: Value) -> WorkerError {
+        self.extra = Some((key, value));
+        self
+    }
+
+    fn internal(error: impl std::fmt::Display) -> WorkerError {
+        tracing::error!("worker API request failed: {error}");
+        WorkerError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the host log",
+            "retry later; the run is unchanged unless a later call says otherwise",
+        )
+    }
+
+    /// The run is not (or no longer) owned by the caller: nothing changed.
+    fn not_owner(session_id: &str, run_id: &str) -> WorkerError {
+        WorkerError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run {run_id} of session {session_id} is no longer owned by this worker \
+                 (interrupted, edited, recovered as stale or already ended); nothing changed"
+            ),
+            "stop working on this run and claim the next one",
+        )
+    }
+
+    fn no_such_run(agent: &str, session_id: &str, run_id: &str) -> WorkerError {
+        WorkerError::new(
+            StatusCode::NOT_FOUND,
+            format!("agent {agent} has no run {run_id} in session {session_id}"),
+            "use the session_id and run_id of a claim made with this agent's token",
+        )
+    }
+
+    fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> WorkerError {
+        WorkerError::new(StatusCode::BAD_REQUEST, error, hint)
+    }
+}
+
+impl From<StoreError> for WorkerError {
+    fn from(e: StoreError) -> Self {
+        WorkerError::internal(e)
+    }
+}
+
+impl From<JsonRejection> for WorkerError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let hint = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request bodies are limited to {WORKER_MAX_BODY_BYTES} bytes")
+        } else {
+            "send a JSON body with `Content-Type: application/json` as the API describes".into()
+        };
+        WorkerError::new(status, rejection.body_text(), hint)
+    }
+}
+
+impl From<PathRejection> for WorkerError {
+    fn from(rejection: PathRejection) -> Self {
+        WorkerError::bad_request(
+            rejection.body_text(),
+            "use /api/agents/{agent}/runs/{session_id}/{run_id}/…",
+        )
+    }
+}
+
+impl From<QueryRejection> for WorkerError {
+    fn from(rejection: QueryRejection) -> Self {
+        WorkerError::bad_request(
+            rejection.body_text(),
+            format!(
+                "wait_ms is a number of milliseconds, at most {}",
+                millis(MAX_CLAIM_WAIT)
+            ),
+        )
+    }
+}
+
+impl IntoResponse for WorkerError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.error, "hint": self.hint });
+        if let Some((key, value)) = self.extra {
+            body[key] = value;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type WorkerResult<T> = Result<T, WorkerError>;
+
+// ------------------------------------------------------------------------------ auth
+
+/// The worker API of the host, or 503 when this host does not serve one.
+fn api(state: &AppState) -> WorkerResult<&WorkerApi> {
+    state.workers.as_ref().ok_or_else(|| {
+        WorkerError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host does not serve the worker API",
+            "run the host with the run service enabled (switchboard serve)",
+        )
+    })
+}
+
+/// Authenticates a request for `agent` and records the worker as seen. Refuses unknown agents
+/// (404), agents the host runs itself (409), a missing or wrong token (401) and archived agents
+/// (410).
+async fn authorize<'a>(
+    api: &'a WorkerApi,
+    agent: &str,
+    headers: &HeaderMap,
+) -> WorkerResult<&'a AgentSpec> {
+    let Some(spec) = api.agents.get(agent) else {
+        return Err(WorkerError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agent named {agent} is configured"),
+            "check the agent name in the URL against the host's [agents.<name>] sections",
+        ));
+    };
+    if !matches!(spec.kind, AgentKind::Worker(_)) {
+        return Err(WorkerError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "agent {agent} is kind = \"{}\": the host runs it itself, workers cannot claim \
+                 its runs",
+                spec.kind_name()
+            ),
+            format!(
+                "configure [agents.{agent}] kind = \"worker\" with a token to run it externally"
+            ),
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None | Some("") => {
+            return Err(WorkerError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing `Authorization: Bearer <worker token>`",
+                format!("send the token configured as [agents.{agent}] token"),
+            ));
+        }
+        Some(token) if !api.agents.verify_worker_token(agent, token) => {
+            tracing::warn!(agent, "worker API request with a wrong token");
+            return Err(WorkerError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("wrong worker token for agent {agent}"),
+                format!(
+                    "send the token configured as [agents.{agent}] token (each agent has its own)"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    if spec.archived {
+        return Err(WorkerError::new(
+            StatusCode::GONE,
+            format!("agent {agent} is archived; archived agents are refused"),
+            format!(
+                "stop this worker, or set [agents.{agent}] archived = false and restart the host"
+            ),
+        ));
+    }
+    if let Err(e) = api.presence.seen(agent).await {
+        // Presence is best effort: the request itself still works.
+        tracing::warn!(agent, "worker presence not recorded: {e}");
+    }
+    Ok(spec)
+}
+
+/// The session's run facts if the session's installation is bound to `agent`: 404 for
+/// another agent's session (one agent's token never learns about another agent's runs), 409
+/// (nothing changed, stop) for a session that was deleted.
+async fn owner_for_agent(
+    api: &WorkerApi,
+    agent: &str,
+    session_id: &str,
+    run_id: &str,
+) -> WorkerResult<RunOwner> {
+    match api.workers.run_owner(session_id).await? {
+        Some(owner) if owner.agent == agent => Ok(owner),
+        Some(_) => Err(WorkerError::no_such_run(agent, session_id, run_id)),
+        None => {
+            api.forget(run_id);
+            Err(WorkerError::not_owner(session_id, run_id))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- context
+
+/// A run's context as workers get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerContext {
+    /// The agent's system prompt, to send first (as a `system` message), if configured.
+    pub system_prompt: Option<String>,
+    /// The session's messages the run works on, oldest first.
+    pub messages: Vec<ContextMessage>,
+}
+
+fn context_of(spec: &AgentSpec, messages: &[Message]) -> WorkerContext {
+    WorkerContext {
+        system_prompt: spec.system_prompt.clone(),
+        messages: messages
+            .iter()
+            .map(|m| {
+                let role = match m.role.as_str() {
+                    "assistant" => Role::Assistant,
+                    "system" => Role::System,
+                    _ => Role::User,
+                };
+                ContextMessage::new(role, m.body.clone())
+            })
+            .collect(),
+    }
+}
+
+/// The answer to a successful claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedRun {
+    /// The session.
+    pub session_id: String,
+    /// The run: present it (in the URL) to every later call.
+    pub run_id: String,
+    /// The session's installation.
+    pub installation_id: String,
+    /// The agent.
+    pub agent: String,
+    /// The worker id recorded as the owner.
+    pub worker_id: String,
+    /// `direct` or `group`.
+    pub chat_type: String,
+    /// When the run started (epoch ms).
+    pub started_at_ms: i64,
+    /// What to answer.
+    pub context: WorkerContext,
+    /// Send a heartbeat at least this often (ms).
+    pub heartbeat_interval_ms: u64,
+    /// A run without a heartbeat for this long goes back to pending (ms).
+    pub stale_after_ms: u64,
+}
+
+// ------------------------------------------------------------------------------ claim
+
+/// Query of `POST …/runs/claim`.
+#[derive(Debug, Deserialize)]
+struct ClaimQuery {
+    wait_ms: Option<u64>,
+}
+
+/// Optional body of `POST …/runs/claim`.
+#[derive(Debug, Default, Deserialize)]
+struct ClaimBody {
+    worker_id: Option<String>,
+}
+
+fn worker_id(headers: &HeaderMap, body: &Bytes) -> WorkerResult<String> {
+    let from_header = match headers.get(WORKER_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+            WorkerError::bad_request(
+                format!("the {WORKER_HEADER} header is not visible ASCII"),
+                "name the worker with letters, digits and punctuation",
+            )
+        })?),
+    };
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<ClaimBody>(body)
+            .map_err(|e| {
+                WorkerError::bad_request(
+                    format!("the claim body is not valid JSON: {e}"),
+                    "send no body, or {\"worker_id\": \"<name>\"}",
+                )
+            })?
+            .worker_id
+    };
+    let id = from_header
+        .or(from_body)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| ANONYMOUS_WORKER.to_owned());
+    if id.len() > MAX_WORKER_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(WorkerError::bad_request(
+            format!(
+                "worker id is longer than {MAX_WORKER_ID_BYTES} bytes or has control characters"
+            ),
+            "use a short name such as the host name and process id",
+        ));
+    }
+    Ok(id)
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ClaimQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WorkerResult<Response> {
+    let api = api(&state)?;
+    let Path(agent) = path?;
+    let Query(query) = query?;
+    let spec = authorize(api, &agent, &headers).await?;
+    let worker = worker_id(&headers, &body)?;
+    let wait = query
+        .wait_ms
+        .map_or(DEFAULT_CLAIM_WAIT, Duration::from_millis)
+        .min(MAX_CLAIM_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look, so a run made pending in between wakes us.
+    let mut waiter = api.runs.pending_signal().subscribe();
+    let mut first = true;
+    loop {
+        if !first && let Err(e) = api.presence.seen(&agent).await {
+            tracing::warn!(agent, "worker presence not recorded: {e}");
+        }
+        first = false;
+        if let Some(claim) = api.runs.acquire(&agent, &worker).await? {
+            match claimed_run(api, spec, &claim).await {
+                Ok(Some(run)) => return Ok(Json(run).into_response()),
+                // Lost between the acquisition and the read (interrupted): look again.
+                Ok(None) => continue,
+                Err(e) => {
+                    // Do not strand the run: back to pending for the next claim.
+                    let _ = api
+                        .runs
+                        .release(&claim.session_id, &claim.run_id, RunEnd::Shutdown)
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline || api.stop.is_cancelled() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let next_look = (now + api.settings.repoll_interval).min(deadline);
+        tokio::select! {
+            _ = waiter.notified() => {}
+            _ = tokio::time::sleep_until(next_look) => {}
+            _ = api.stop.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+/// The claim's answer; `None` if the run was lost before its context could be read.
+async fn claimed_run(
+    api: &WorkerApi,
+    spec: &AgentSpec,
+    claim: &RunClaim,
+) -> WorkerResult<Option<ClaimedRun>> {
+    let Some(messages) = api
+        .runs
+        .run_context(&claim.session_id, &claim.run_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    api.remember(&claim.run_id, &claim.session_id, &claim.agent);
+    tracing::info!(agent = %claim.agent, worker = %claim.worker_id, session = %claim.session_id, run = %claim.run_id, messages = messages.len(), "run claimed by a worker");
+    Ok(Some(ClaimedRun {
+        session_id: claim.session_id.clone(),
+        run_id: claim.run_id.clone(),
+        installation_id: claim.installation_id.clone(),
+        agent: claim.agent.clone(),
+        worker_id: claim.worker_id.clone(),
+        chat_type: claim.chat_type.clone(),
+        started_at_ms: claim.started_at_ms,
+        context: context_of(spec, &messages),
+        heartbeat_interval_ms: api.heartbeat_interval_ms(),
+        stale_after_ms: millis(api.runs.settings().stale_after),
+    }))
+}
+
+// ------------------------------------------------------------------------ run calls
+
+type RunPath = Result<Path<(String, String, String)>, PathRejection>;
+
+async fn context(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+) -> WorkerResult<Json<WorkerContext>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    let spec = authorize(api, &agent, &headers).await?;
+    owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    match api.runs.run_context(&session_id, &run_id).await? {
+        Some(messages) => Ok(Json(context_of(spec, &messages))),
+        None => Err(WorkerError::not_owner(&session_id, &run_id)),
+    }
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let owner = owner_for_agent(api, &agent, &session_id, &run_id)
+        .await
+        .map_err(|e| match e.status {
+            StatusCode::CONFLICT => e.with("continue", Value::Bool(false)),
+            _ => e,
+        })?;
+    if api.runs.heartbeat(&session_id, &run_id).await? {
+        return Ok(Json(json!({ "continue": true })));
+    }
+    api.forget(&run_id);
+    api.observer.run_ended(RunEnded {
+        session_id: session_id.clone(),
+        run_id: run_id.clone(),
+        installation_id: owner.installation_id,
+        agent,
+        outcome: RunOutcome::Lost,
+    });
+    Err(WorkerError::not_owner(&session_id, &run_id).with("continue", Value::Bool(false)))
+}
+
+/// Body of `POST …/parts`.
+#[derive(Debug, Deserialize)]
+struct PartBody {
+    text: String,
+}
+
+async fn parts(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+    body: Result<Json<PartBody>, JsonRejection>,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let Json(part) = body?;
+    // Fast path: a run this process verified and is streaming.
+    if api.is_verified(&run_id, &session_id, &agent)
+        && api.runs.publish_part(&session_id, &run_id, &part.text)
+    {
+        return Ok(Json(json!({ "ok": true })));
+    }
+    let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    if !owner.owns(&run_id) {
+        api.forget(&run_id);
+        return Err(WorkerError::not_owner(&session_id, &run_id));
+    }
+    // The run is the session's and still running, but this process is not streaming it (it
+    // was claimed through another replica, or before a restart): stream it from here too.
+    api.remember(&run_id, &session_id, &agent);
+    if !api.runs.publish_part(&session_id, &run_id, &part.text) {
+        api.runs.hub().begin_parts(&session_id, &run_id);
+        api.runs.publish_part(&session_id, &run_id, &part.text);
+    }
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// Token usage as workers report it (missing counts are 0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WorkerUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: Option<u64>,
+}
+
+/// Body of `POST …/complete`.
+#[derive(Debug, Deserialize)]
+struct CompleteBody {
+    #[serde(default)]
+    reply: String,
+    usage: Option<WorkerUsage>,
+}
+
+async fn complete(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+    body: Result<Json<CompleteBody>, JsonRejection>,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let Json(body) = body?;
+    let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    if !owner.owns(&run_id) {
+        api.forget(&run_id);
+        return Err(WorkerError::not_owner(&session_id, &run_id));
+    }
+    let usage = body.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u
+            .total_tokens
+            .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+    });
+    let reply = if body.reply.trim().is_empty() {
+        None
+    } else {
+        match api
+            .runs
+            .append_reply(&session_id, &run_id, &body.reply)
+            .await?
+        {
+            Some(message) => Some(message),
+            None => {
+                api.forget(&run_id);
+                return Err(WorkerError::not_owner(&session_id, &run_id));
+            }
+        }
+    };
+    let released = api
+        .runs
+        .release(&session_id, &run_id, RunEnd::Completed)
+        .await?;
+    api.forget(&run_id);
+    let state_now = match &released {
+        ReleaseOutcome::Released(released) => Some(released.state),
+        // Lost between storing the reply and the release (interrupted in that instant).
+        ReleaseOutcome::NotOwner if reply.is_none() => {
+            return Err(WorkerError::not_owner(&session_id, &run_id));
+        }
+        ReleaseOutcome::NotOwner => None,
+    };
+    tracing::info!(agent, session = %session_id, run = %run_id, reply = ?reply.as_ref().map(|m| m.id), ?usage, "run completed by a worker");
+    let message_id = reply.as_ref().map(|m| m.id);
+    api.observer.run_ended(RunEnded {
+        session_id,
+        run_id,
+        installation_id: owner.installation_id,
+        agent,
+        outcome: RunOutcome::Completed { reply, usage },
+    });
+    Ok(Json(json!({
+        "ok": true,
+        "message_id": message_id,
+        "released": state_now.is_some(),
+        "state": state_now,
+    })))
+}
+
+/// Body of `POST …/fail`.
+#[derive(Debug, Deserialize)]
+struct FailBody {
+    #[serde(default)]
+    error: String,
+}
+
+/// `error` cut to at most [`MAX_ERROR_BYTES`] on a character boundary.
+fn clip_error(error: &str) -> String {
+    let error = error.trim();
+    if error.is_empty() {
+        return "the worker reported a failure without a message".into();
+    }
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
+}
+
+async fn fail(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+    body: Result<Json<FailBody>, JsonRejection>,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let Json(body) = body?;
+    let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    let error = clip_error(&body.error);
+    let released = api
+        .runs
+        .release(&session_id, &run_id, RunEnd::Failed(error.clone()))
+        .await?;
+    api.forget(&run_id);
+    let ReleaseOutcome::Released(released) = released else {
+        return Err(WorkerError::not_owner(&session_id, &run_id));
+    };
+    tracing::info!(agent, session = %session_id, run = %run_id, %error, "run failed by its worker");
+    api.observer.run_ended(RunEnded {
+        session_id,
+        run_id,
+        installation_id: owner.installation_id,
+        agent,
+        outcome: RunOutcome::Failed { error },
+    });
+    Ok(Json(json!({ "ok": true, "state": released.state })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let clipped = clip_error(&long);
+        assert!(clipped.len() <= MAX_ERROR_BYTES + '…'.len_utf8());
+        assert!(clipped.ends_with('…'));
+        assert_eq!(
+            clip_error("  "),
+            "the worker reported a failure without a message"
+        );
+        assert_eq!(clip_error(" boom "), "boom");
+    }
+
+    #[test]
+    fn the_worker_id_comes_from_the_header_then_the_body() {
+        let mut headers = HeaderMap::new();
+        let body = Bytes::from_static(br#"{"worker_id": "from-body"}"#);
+        assert_eq!(worker_id(&headers, &body).unwrap(), "from-body");
+        assert_eq!(
+            worker_id(&headers, &Bytes::new()).unwrap(),
+            ANONYMOUS_WORKER
+        );
+        headers.insert(WORKER_HEADER, "from-header".parse().unwrap());
+        assert_eq!(worker_id(&headers, &body).unwrap(), "from-header");
+        assert!(worker_id(&HeaderMap::new(), &Bytes::from_static(b"{not json")).is_err());
+        let long = format!(
+            r#"{{"worker_id": "{}"}}"#,
+            "w".repeat(MAX_WORKER_ID_BYTES + 1)
+        );
+        assert!(worker_id(&HeaderMap::new(), &Bytes::from(long)).is_err());
+    }
+}
