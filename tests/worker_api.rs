@@ -72,6 +72,11 @@ struct Host {
 
 impl Host {
     async fn start(test_db: &db::TestDb) -> Host {
+        Host::start_with(test_db, Duration::from_secs(3600)).await
+    }
+
+    /// A host whose waiting claims re-check for pending runs every `repoll_interval`.
+    async fn start_with(test_db: &db::TestDb, repoll_interval: Duration) -> Host {
         let mut config = Config::default();
         config.database.url = test_db.url.clone();
         config.secrets.key = Some(switchboard::store::SecretCipher::generate_key_hex());
@@ -95,9 +100,7 @@ impl Host {
         .with_observer(Arc::new(move |e: RunEnded| {
             recorder.lock().unwrap().push(e)
         }))
-        .with_settings(WorkerApiSettings {
-            repoll_interval: Duration::from_secs(3600),
-        });
+        .with_settings(WorkerApiSettings { repoll_interval });
         app.state.workers = Some(workers);
         let router = app.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -354,6 +357,69 @@ async fn a_waiting_claim_wakes_when_a_run_becomes_pending() {
         assert_eq!(claim["worker_id"], "test-worker", "{name}");
         assert_eq!(claim["context"]["messages"][0]["body"], "wake up", "{name}");
         assert_eq!(host.state(&session).await.0, RunState::Running, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_claim_finds_runs_made_pending_elsewhere_by_re_polling() {
+    for test_db in db::test_databases().await {
+        let name = test_db.name.clone();
+        let host = Arc::new(Host::start_with(&test_db, Duration::from_millis(50)).await);
+        let session = host.session("bot").await;
+        let waiting = {
+            let host = host.clone();
+            tokio::spawn(async move { host.claim("bot", TOKEN, 60_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "{name}: the claim returned early");
+        // Straight through the store (as another replica would): no in-process signal.
+        host.app_state
+            .runs
+            .store()
+            .enqueue_api(&session, "from elsewhere", 20, T0)
+            .await
+            .unwrap();
+        let (status, claim) = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the re-poll found the run")
+            .unwrap();
+        assert_eq!(status, 200, "{name}: {claim}");
+        assert_eq!(
+            claim["context"]["messages"][0]["body"], "from elsewhere",
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_a_json_error() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let host = Host::start(&test_db).await;
+        let session = host.session("bot").await;
+        host.submit(&session, "hello").await;
+        let (_, claim) = host.claim("bot", TOKEN, 0).await;
+        let huge = "x".repeat(switchboard::api::worker::WORKER_MAX_BODY_BYTES + 1);
+        let (status, body) = host
+            .run_call(&claim, "complete", json!({ "reply": huge }))
+            .await;
+        assert_eq!(status, 413, "{name}: {body}");
+        assert!(
+            body["hint"].as_str().unwrap().contains("bytes"),
+            "{name}: {body}"
+        );
+        assert_eq!(
+            host.bodies(&session).await.len(),
+            1,
+            "{name}: nothing stored"
+        );
+        assert_eq!(host.state(&session).await.0, RunState::Running, "{name}");
+        // Within the cap (larger than the host's general body limit) it is accepted.
+        let big = "y".repeat(2 << 20);
+        let (status, body) = host
+            .run_call(&claim, "complete", json!({ "reply": big }))
+            .await;
+        assert_eq!(status, 200, "{name}: {body}");
     }
 }
 

@@ -8,6 +8,8 @@
 //! - **The run interface**: a run's context goes in as a [`RunInput`]; text deltas stream out
 //!   through a `tokio::sync::mpsc::Sender<String>`; the outcome is an [`AgentReply`] or an
 //!   [`AgentError`]; a [`CancellationToken`] stops the run promptly.
+//! - **Worker presence** ([`presence`]): when workers of each `worker` agent last polled
+//!   (shared through the database) and [`agent_state`], the registry's answer fed with it.
 //! - **The built-in agents** ([`BuiltinAgent`]): [`echo::EchoAgent`] and
 //!   [`openai::OpenAiAgent`] (any OpenAI-compatible `/v1/chat/completions`, streamed).
 //!
