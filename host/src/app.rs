@@ -17,6 +17,8 @@ use crate::capabilities::{
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
+use crate::runs::relay::Relay;
+use crate::runs::{EventHub, RunService, RunSettings};
 use crate::runtime::{Runtime, RuntimeSettings, outbound, types};
 use crate::store::{Database, FlushBatch, InstallationStore, SecretCipher};
 
@@ -26,6 +28,8 @@ pub struct App {
     pub state: AppState,
     /// Debounce timers (flushed on shutdown).
     pub debouncer: Debouncer,
+    /// The cross-replica event relay (PostgreSQL only; stopped on shutdown).
+    relay: Option<Relay>,
     max_body_bytes: usize,
 }
 
@@ -201,10 +205,28 @@ impl App {
             ..Default::default()
         };
         let ingest = Arc::new(Ingest::new(dispatcher, debouncer.clone(), enrich));
+        let run_settings = RunSettings::with_stale_after(std::time::Duration::from_millis(
+            config.runs.stale_after_ms,
+        ));
+        let runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings)
+            .with_debouncer(debouncer.clone());
+        runs.recover_at_boot().await?;
+        let relay = Relay::start(&db, runs.hub()).await?;
+        let agents = Arc::new(
+            crate::agents::AgentRegistry::from_config(&config.agents)
+                .context("invalid [agents] configuration")?,
+        );
+        let workers = api::WorkerApi::new(
+            runs.clone(),
+            agents,
+            crate::agents::AgentPresence::new(db.workers(), clock.clone()),
+        );
         let state = AppState {
             runtime,
             ingest,
             records: db.ingest(),
+            runs,
+            workers: Some(workers),
             db,
             installations,
             clock,
@@ -214,6 +236,7 @@ impl App {
         Ok(App {
             state,
             debouncer,
+            relay,
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -237,12 +260,33 @@ impl App {
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, plugins = self.state.runtime.plugins().len(), "serving");
+        let (stop_recovery, recovery_stopped) = tokio::sync::oneshot::channel::<()>();
+        let recovery = self.state.runs.spawn_recovery_loop(async {
+            let _ = recovery_stopped.await;
+        });
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown({
+                // Waiting worker claims end (204) and open event streams end as soon as
+                // shutdown starts.
+                let workers = self.state.workers.clone();
+                let hub = self.state.runs.hub().clone();
+                async move {
+                    shutdown.await;
+                    hub.close_streams();
+                    if let Some(workers) = workers {
+                        workers.stop_long_polls();
+                    }
+                }
+            })
             .await
             .context("HTTP server")?;
+        let _ = stop_recovery.send(());
+        let _ = recovery.await;
         tracing::info!("inbound stopped; flushing pending debounce windows");
         self.debouncer.flush_all().await;
+        if let Some(relay) = self.relay {
+            relay.stop().await;
+        }
         self.state.db.close().await;
         tracing::info!("stopped");
         Ok(())

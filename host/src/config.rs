@@ -27,6 +27,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Inbound processing.
     pub ingest: IngestConfig,
+    /// Session runs.
+    pub runs: RunsConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
 }
@@ -126,6 +128,23 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             enrich_budget_ms: 2_000,
+        }
+    }
+}
+
+/// `[runs]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunsConfig {
+    /// A running run whose last heartbeat is older than this goes back to pending (checked at
+    /// boot and every fifth of this window).
+    pub stale_after_ms: u64,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        RunsConfig {
+            stale_after_ms: 5 * 60_000,
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod ingest;
+pub mod runs;
 pub mod runtime;
 pub mod store;

@@ -1,14 +1,19 @@
-//! The HTTP surface (axum): channel webhooks, the admin API, health.
+//! The HTTP surface (axum): channel webhooks, the admin API, session event streams (SSE),
+//! health.
 //!
 //! Owns routing, authentication of the admin API, request limits and the mapping of outcomes and
 //! errors to HTTP statuses. It must not hold SQL or plugin logic: handlers call `ingest`,
 //! `dispatch` and `store`.
 
 mod admin;
+pub mod events;
 mod hooks;
+mod runs;
+pub mod worker;
 
 pub use admin::binding_url;
 pub use hooks::OUTCOME_HEADER;
+pub use worker::WorkerApi;
 
 use std::sync::Arc;
 
@@ -23,6 +28,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::capabilities::Clock;
 use crate::ingest::service::Ingest;
+use crate::runs::RunService;
 use crate::runtime::Runtime;
 use crate::store::{Database, IngestStore, InstallationStore};
 
@@ -39,6 +45,10 @@ pub struct AppState {
     pub installations: InstallationStore,
     /// Sessions, bindings, audit.
     pub records: IngestStore,
+    /// Run lifecycle and the session event hub (SSE streams).
+    pub runs: RunService,
+    /// The worker API (`/api/agents/{agent}/…`; `None` = answered with 503).
+    pub workers: Option<WorkerApi>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Bearer token of the admin API (`None` = admin API disabled).
@@ -84,11 +94,14 @@ impl IntoResponse for ApiError {
 
 /// Builds the router. `max_body_bytes` caps every request body (larger → 413).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let admin =
-        admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let admin = admin::routes()
+        .merge(events::routes())
+        .merge(runs::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(hooks::routes())
+        .merge(worker::routes())
         .nest("/api", admin)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())

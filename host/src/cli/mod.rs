@@ -10,6 +10,7 @@ mod lark_wire;
 mod plugins;
 mod replay;
 mod serve;
+mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,9 @@ enum Command {
     /// Manage user bindings and binding links.
     #[command(subcommand)]
     Bindings(admin::BindingsCommand),
+    /// Inspect and operate session runs: list, show, interrupt, promote, dequeue, edit, delete.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
 }
 
 impl GlobalArgs {
@@ -189,6 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin::installations(cli.global.config()?, command).await
         }
         Command::Bindings(command) => admin::bindings(cli.global.config()?, command).await,
+        Command::Sessions(command) => sessions::sessions(cli.global.config()?, command).await,
     }
 }
 

@@ -133,17 +133,24 @@ macro_rules! claim_in_tx {
                 .await
                 .map_err($fail)?;
                 if let Some(last) = rows.last() {
-                    // A run already in progress keeps its state: the new messages wait for the
-                    // next run (SPEC §5), which the run system schedules when this one ends.
+                    // A run already in progress keeps its state (never 'running' → 'pending'):
+                    // the new messages wait for the next run (SPEC §5), which the run system
+                    // schedules when this one ends. Becoming pending stamps the acquisition
+                    // order and clears the last error.
                     sqlx::query(
                         "UPDATE sessions
                          SET flushed_message_id = $2,
-                             run_state = CASE WHEN run_state = 'running' THEN run_state
-                                              ELSE 'pending' END
+                             pending_since_ms = CASE WHEN run_state IN ('idle', 'error')
+                                                     THEN $3 ELSE pending_since_ms END,
+                             last_error = CASE WHEN run_state IN ('idle', 'error')
+                                               THEN NULL ELSE last_error END,
+                             run_state = CASE WHEN run_state IN ('idle', 'error') THEN 'pending'
+                                              ELSE run_state END
                          WHERE id = $1",
                     )
                     .bind($session_id)
                     .bind(last.0)
+                    .bind($now_ms)
                     .execute(&mut *$tx)
                     .await
                     .map_err($fail)?;

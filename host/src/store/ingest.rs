@@ -14,6 +14,8 @@ use base64::Engine as _;
 use rand::RngCore;
 
 use super::installations::{from_row_both, in_write_tx, is_unique_violation, on_reader, on_writer};
+use super::runs::QUEUE_CAP;
+use super::runs::{CLEAR_OWNERSHIP, promote_queue_and_arm};
 use super::{Backend, Database, Inner, StoreError};
 
 /// Inserts or refreshes a user binding inside transaction `$tx`; evaluates to the
@@ -447,6 +449,22 @@ pub struct AppendedMessage {
     pub flush: Option<(i64, i64)>,
     /// For `/issue <title>`: the command record id.
     pub command_id: Option<i64>,
+    /// Set when the session was running: the turn went to the session's queue instead of the
+    /// history (see [`QueuedTurn`]). `message_id` is then 0 and `flush` `None`, unless the queue
+    /// was over the cap and got promoted at once.
+    pub queued: Option<QueuedTurn>,
+}
+
+/// A turn that arrived while a run was active (SPEC §5): it waits in the session's queue and is
+/// promoted into the history when the run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedTurn {
+    /// The queued row's id.
+    pub queued_id: i64,
+    /// Set when the queue was over [`QUEUE_CAP`](super::QUEUE_CAP): this run (its id) was
+    /// interrupted, the whole queue — this turn included — was promoted into the history
+    /// (`message_id` is this turn's message) and the debounce window armed (`flush`).
+    pub interrupted_run: Option<String>,
 }
 
 /// The ingest store: a cheap, cloneable handle on the [`Database`]'s pools.
@@ -955,6 +973,9 @@ impl IngestStore {
     /// recorded on the session; `/issue <title>` inserts a command record; turns that run arm
     /// the durable debounce (`flush_due_at_ms = now + debounce`, `flush_generation + 1`).
     /// [`TurnKind::MarkFresh`] only sets the session's fresh flag.
+    ///
+    /// While the session's run is `running`, turns that run go to the session's queue instead
+    /// (no debounce; [`AppendedMessage::queued`]); commands and `/new` flags are applied as usual.
     pub async fn append(
         &self,
         request: &AppendRequest,
@@ -982,16 +1003,18 @@ impl IngestStore {
 
             // Lock the session row (SQLite: BEGIN IMMEDIATE already holds the write lock).
             let lock = if pg {
-                "SELECT context_revision, fresh_pending FROM sessions WHERE id = $1 FOR UPDATE"
+                "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
+                 WHERE id = $1 FOR UPDATE"
             } else {
-                "SELECT context_revision, fresh_pending FROM sessions WHERE id = $1"
+                "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
+                 WHERE id = $1"
             };
-            let state: Option<(i64, bool)> = sqlx::query_as(lock)
+            let state: Option<(i64, bool, String, Option<String>)> = sqlx::query_as(lock)
                 .bind(&request.session_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(fail)?;
-            let Some((revision, fresh_pending)) = state else {
+            let Some((revision, fresh_pending, run_state, run_id)) = state else {
                 return Err(StoreError::Conflict {
                     what: format!(
                         "session {} was deleted before the message could be stored",
@@ -1000,7 +1023,95 @@ impl IngestStore {
                 });
             };
 
-            if request.turn == TurnKind::MarkFresh {
+            // (No early `return Ok(…)` below: leaving the body early rolls the transaction back.)
+            let queued_outcome = if run_state == "running" && request.turn.runs() {
+                // A run is active: the turn waits in the queue (not in the running run's
+                // context, no debounce). It is promoted when the run ends. At the cap it is
+                // still queued, and the run is interrupted so the backlog runs next.
+                let queued_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO queued_messages (session_id, body, command_body,
+                         channel_message_id, thread_id, sender_id, source, fresh_start,
+                         created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'channel', $7, $8)
+                     RETURNING id",
+                )
+                .bind(&request.session_id)
+                .bind(&request.body)
+                .bind(non_empty(&request.command_body))
+                .bind(non_empty(&request.channel_message_id))
+                .bind(request.thread_id.as_deref().and_then(non_empty))
+                .bind(non_empty(&request.sender_id))
+                .bind(request.turn == TurnKind::FreshStart)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail)?;
+                let queued: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM queued_messages WHERE session_id = $1",
+                )
+                .bind(&request.session_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail)?;
+                sqlx::query("UPDATE sessions SET updated_at_ms = $2 WHERE id = $1")
+                    .bind(&request.session_id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                if queued <= QUEUE_CAP as i64 {
+                    Some(AppendOutcome::Appended(AppendedMessage {
+                        message_id: 0,
+                        context_revision: revision,
+                        flush: None,
+                        command_id: None,
+                        queued: Some(QueuedTurn {
+                            queued_id,
+                            interrupted_run: None,
+                        }),
+                    }))
+                } else {
+                    // Over the cap: interrupt (running → idle, ownership cleared: the worker's
+                    // heartbeat and release now fail), promote the whole queue in order and arm the
+                    // debounce; its claim makes the session pending, so the backlog runs next.
+                    sqlx::query(&format!(
+                        "UPDATE sessions SET run_state = 'idle', last_error = NULL,
+                         pending_since_ms = NULL, {CLEAR_OWNERSHIP}, updated_at_ms = $2
+                     WHERE id = $1"
+                    ))
+                    .bind(&request.session_id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                    let (promoted, flush) =
+                        promote_queue_and_arm!(tx, fail, &request.session_id, now_ms);
+                    let Some(mine) = promoted.last() else {
+                        return Err(StoreError::Corrupt {
+                            what: format!(
+                                "session {}: the queue was empty right after a message was queued",
+                                request.session_id
+                            ),
+                        });
+                    };
+                    Some(AppendOutcome::Appended(AppendedMessage {
+                        message_id: mine.id,
+                        context_revision: mine.context_revision,
+                        flush: flush.map(|ticket| (ticket.generation, ticket.due_at_ms)),
+                        command_id: None,
+                        queued: Some(QueuedTurn {
+                            queued_id,
+                            interrupted_run: run_id,
+                        }),
+                    }))
+                }
+            } else {
+                None
+            };
+
+            if let Some(outcome) = queued_outcome {
+                outcome
+            } else if request.turn == TurnKind::MarkFresh {
                 sqlx::query(
                     "UPDATE sessions SET fresh_pending = TRUE, updated_at_ms = $2 WHERE id = $1",
                 )
@@ -1108,6 +1219,7 @@ impl IngestStore {
                     context_revision: revision,
                     flush,
                     command_id,
+                    queued: None,
                 })
             }
         });

@@ -34,6 +34,16 @@ const SQLITE: &[Embedded] = &[
         "ingest",
         include_str!("../../../migrations/sqlite/0002_ingest.sql"),
     ),
+    (
+        3,
+        "runs",
+        include_str!("../../../migrations/sqlite/0003_runs.sql"),
+    ),
+    (
+        4,
+        "agent_presence",
+        include_str!("../../../migrations/sqlite/0004_agent_presence.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -47,6 +57,16 @@ const POSTGRES: &[Embedded] = &[
         2,
         "ingest",
         include_str!("../../../migrations/postgres/0002_ingest.sql"),
+    ),
+    (
+        3,
+        "runs",
+        include_str!("../../../migrations/postgres/0003_runs.sql"),
+    ),
+    (
+        4,
+        "agent_presence",
+        include_str!("../../../migrations/postgres/0004_agent_presence.sql"),
     ),
 ];
 

@@ -17,7 +17,9 @@ mod installations;
 mod kv;
 mod migrate;
 mod notify;
+mod runs;
 mod secrets;
+mod workers;
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,7 +35,7 @@ pub use flush::{BatchMessage, FlushBatch, FlushTicket};
 pub use ingest::{
     AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, AuditRow, BINDING_TOKEN_TTL_MS,
     BindingError, ChatKind, CommandRecord, DedupClaim, IngestStore, Message, RECLAIM_AFTER_MS,
-    Session, SessionHistory, SessionKey, TurnKind, UserBinding,
+    QueuedTurn, Session, SessionHistory, SessionKey, TurnKind, UserBinding,
 };
 pub use installations::{
     AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
@@ -41,7 +43,12 @@ pub use installations::{
 };
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
+pub use runs::{
+    Edited, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd, RunError, RunState,
+    RunStatus, RunStore, Submitted, Transition,
+};
 pub use secrets::{SecretCipher, SecretError};
+pub use workers::{RunOwner, WorkerStore};
 
 /// How long a SQLite connection waits for another connection's lock before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -272,6 +279,16 @@ impl Database {
     /// The ingest store (bindings, dedup, audit, sessions, messages) on this database.
     pub fn ingest(&self) -> IngestStore {
         IngestStore::new(self.clone())
+    }
+
+    /// The run store (run lifecycle, queue, operator operations) on this database.
+    pub fn runs(&self) -> RunStore {
+        RunStore::new(self.clone())
+    }
+
+    /// The worker store (agent presence, run ownership lookups) on this database.
+    pub fn workers(&self) -> WorkerStore {
+        WorkerStore::new(self.clone())
     }
 }
 
