@@ -27,7 +27,13 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "/new                                 → fresh_pending",
         "/issue with a description            → issue_created",
         "/issue without a title               → issue_usage",
-        "#12  message  r1 three",
+        "#12  user      message  r1 three",
+        // The echo agent's replies, delivered to the local stand-in for Lark.
+        "send  oc_demo_p2p_dave           text        echo: one ⏎ two ⏎ three",
+        "send  oc_demo_team               text        echo: what is the status of the deploy?",
+        // Notices for the outcomes that ask for one.
+        "Created #1 — Login times out after 5 minutes",
+        "send  ou_demo_bob                interactive",
     ] {
         assert!(
             stdout.contains(expected),
@@ -40,6 +46,6 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         .expect("summary line");
     assert_eq!(
         summary,
-        "demo: 16 events, 12 messages stored, 5 runs, 0 replies delivered, 3 dropped"
+        "demo: 16 events, 17 messages stored, 5 runs, 9 messages sent, 3 dropped"
     );
 }

@@ -9,18 +9,24 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::agents::{AgentPresence, AgentRegistry, AgentState, CancellationToken, agent_state};
 use crate::api::{self, AppState};
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
 use crate::capabilities::{
     BaseUrlOverride, Clock, OperatorPolicy, ServiceLimits, Services, SystemClock,
 };
 use crate::config::Config;
+use crate::delivery::{ChannelReplies, Delivery, RetryPolicy};
 use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
+use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{EventHub, RunService, RunSettings};
 use crate::runtime::{Runtime, RuntimeSettings, outbound, types};
 use crate::store::{Database, FlushBatch, InstallationStore, SecretCipher};
+
+/// How long a graceful shutdown waits for built-in agent runs in flight.
+const SHUTDOWN_RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A built host, ready to serve.
 pub struct App {
@@ -30,6 +36,8 @@ pub struct App {
     pub debouncer: Debouncer,
     /// The cross-replica event relay (PostgreSQL only; stopped on shutdown).
     relay: Option<Relay>,
+    /// Runs the built-in agents (`echo`, `openai`).
+    executor: Executor,
     max_body_bytes: usize,
 }
 
@@ -99,21 +107,24 @@ pub fn build_runtime(
     Ok(runtime)
 }
 
-/// The flush action: ask the channel plugin what the batch leads to and carry it out. (The store
-/// already marked the session's run pending when it claimed the batch; runs and delivery are
-/// carried out by later stages.)
+/// The flush action (SPEC §4): ask the channel plugin what the batch leads to, given the bound
+/// agent's state, and carry its actions out — the run (the store already made it pending when
+/// it claimed the batch; an archived agent takes that back), notices and the typing indicator.
+#[derive(Clone)]
 struct PluginFlush {
     runtime: Arc<Runtime>,
     installations: InstallationStore,
+    runs: RunService,
+    agents: Arc<AgentRegistry>,
+    presence: AgentPresence,
+    delivery: Delivery,
+    clock: Arc<dyn Clock>,
 }
 
 impl PluginFlush {
-    async fn flush(
-        runtime: Arc<Runtime>,
-        installations: InstallationStore,
-        batch: FlushBatch,
-    ) -> anyhow::Result<()> {
-        let installation = installations
+    async fn flush(self, batch: FlushBatch) -> anyhow::Result<()> {
+        let installation = self
+            .installations
             .get(&batch.installation_id)
             .await?
             .with_context(|| {
@@ -122,23 +133,31 @@ impl PluginFlush {
                     batch.installation_id, batch.session_id
                 )
             })?;
-        let plugin = runtime
+        let plugin = self
+            .runtime
             .plugin_for_channel(&installation.channel)
             .with_context(|| format!("no plugin serves channel {}", installation.channel))?;
-        let chat_type = if batch.chat_type == "group" {
-            types::ChatType::Group
-        } else {
-            types::ChatType::Direct
+        let now = self.clock.now_ms();
+        let agent = match agent_state(&self.agents, &self.presence, &installation.agent, now).await
+        {
+            AgentState::Online => outbound::AgentState::Online,
+            AgentState::Offline => outbound::AgentState::Offline,
+            AgentState::Archived => outbound::AgentState::Archived,
+            AgentState::Unknown => {
+                tracing::error!(installation = %installation.id, agent = %installation.agent, "the installation's agent is not configured: add [agents.{}] to the config; its runs wait as pending", installation.agent);
+                outbound::AgentState::Offline
+            }
+        };
+        let target = types::SessionTarget {
+            session_id: batch.session_id.clone(),
+            chat_id: batch.chat_id.clone(),
+            chat_type: crate::delivery::chat_type(&batch.chat_type),
+            thread_id: batch.thread_id.clone(),
+            reply_to: batch.reply_to_message_id.clone(),
+            in_thread: batch.reply_thread_id.is_some(),
         };
         let request = outbound::FlushBatch {
-            target: types::SessionTarget {
-                session_id: batch.session_id.clone(),
-                chat_id: batch.chat_id.clone(),
-                chat_type,
-                thread_id: batch.thread_id.clone(),
-                reply_to: batch.reply_to_message_id.clone(),
-                in_thread: batch.reply_thread_id.is_some(),
-            },
+            target: target.clone(),
             messages: batch
                 .messages
                 .iter()
@@ -149,28 +168,62 @@ impl PluginFlush {
                     create_time_ms: m.created_at_ms,
                 })
                 .collect(),
-            agent: outbound::AgentState::Online,
+            agent,
         };
         let cx = Arc::new(installation.context());
-        match plugin.flush(&cx, &request).await? {
-            Ok(actions) => {
-                tracing::info!(session = %batch.session_id, messages = batch.messages.len(), ?actions, "flushed")
+        let actions = match plugin.flush(&cx, &request).await {
+            Ok(Ok(actions)) => actions,
+            Ok(Err(e)) => {
+                tracing::warn!(session = %batch.session_id, "plugin refused the flush ({e:?}); starting the run without notices");
+                default_flush_actions(agent)
             }
             Err(e) => {
-                tracing::warn!(session = %batch.session_id, "plugin refused the flush: {e:?}")
+                tracing::warn!(session = %batch.session_id, "plugin flush failed ({e}); starting the run without notices");
+                default_flush_actions(agent)
+            }
+        };
+        tracing::info!(session = %batch.session_id, messages = batch.messages.len(), ?agent, ?actions, "flushed");
+        let starts_run = actions
+            .iter()
+            .any(|a| matches!(a, outbound::FlushAction::StartRun));
+        if !starts_run && !batch.messages.is_empty() {
+            self.runs
+                .store()
+                .settle_pending(&batch.session_id, self.clock.now_ms())
+                .await?;
+        }
+        self.runs.publish_session_state(&batch.session_id).await;
+        for action in actions {
+            match action {
+                outbound::FlushAction::StartRun => {}
+                outbound::FlushAction::Notice(notice) => {
+                    self.delivery.notice(&installation, &target, notice).await;
+                }
+                outbound::FlushAction::Typing(change) if change.on => {
+                    self.delivery
+                        .typing_on(&installation, &target, &change.message_id)
+                        .await;
+                }
+                outbound::FlushAction::Typing(_) => {
+                    self.delivery.typing_off(&installation, &target).await;
+                }
             }
         }
         Ok(())
     }
 }
 
+/// What a flush does when the plugin cannot say: start the run unless the agent is archived.
+fn default_flush_actions(agent: outbound::AgentState) -> Vec<outbound::FlushAction> {
+    match agent {
+        outbound::AgentState::Archived => Vec::new(),
+        _ => vec![outbound::FlushAction::StartRun],
+    }
+}
+
 impl FlushHandler for PluginFlush {
     fn flush(&self, batch: FlushBatch) -> crate::batch::BoxFuture<anyhow::Result<()>> {
-        Box::pin(PluginFlush::flush(
-            self.runtime.clone(),
-            self.installations.clone(),
-            batch,
-        ))
+        Box::pin(self.clone().flush(batch))
     }
 }
 
@@ -182,9 +235,25 @@ impl App {
         let cipher = load_secret_key(config)?;
         let installations = db.installations(cipher);
         let runtime = Arc::new(build_runtime(config, Some(db.kv()))?);
+        let agents = Arc::new(
+            AgentRegistry::from_config(&config.agents).context("invalid [agents] configuration")?,
+        );
+        let presence = AgentPresence::new(db.workers(), clock.clone());
+        let run_settings = RunSettings::with_stale_after(std::time::Duration::from_millis(
+            config.runs.stale_after_ms,
+        ));
+        // The flush handler needs the run service and the run service the debouncer: the
+        // handler's copy only settles and publishes states, which need no debouncer.
+        let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings);
+        let delivery = Delivery::new(runtime.clone(), RetryPolicy::default());
         let handler = Arc::new(PluginFlush {
             runtime: runtime.clone(),
             installations: installations.clone(),
+            runs: unarmed_runs.clone(),
+            agents: agents.clone(),
+            presence: presence.clone(),
+            delivery: delivery.clone(),
+            clock: clock.clone(),
         });
         let debouncer = Debouncer::new(
             db.clone(),
@@ -192,6 +261,8 @@ impl App {
             Arc::new(TokioTimers::new(clock.clone())),
             handler,
         );
+        let runs = unarmed_runs.with_debouncer(debouncer.clone());
+        runs.recover_at_boot().await?;
         let recovered = debouncer.recover().await?;
         if recovered > 0 {
             tracing::info!(
@@ -199,27 +270,30 @@ impl App {
                 "re-armed durable debounce windows from before the last stop"
             );
         }
+        let public_url: Arc<str> = Arc::from(config.server.public_url.as_str());
+        let replies = Arc::new(ChannelReplies::new(
+            delivery.clone(),
+            installations.clone(),
+            db.ingest(),
+            public_url.clone(),
+        ));
         let dispatcher = Arc::new(Dispatcher::new(installations.clone(), clock.clone()));
         let enrich = EnrichLimits {
             budget: std::time::Duration::from_millis(config.ingest.enrich_budget_ms),
             ..Default::default()
         };
-        let ingest = Arc::new(Ingest::new(dispatcher, debouncer.clone(), enrich));
-        let run_settings = RunSettings::with_stale_after(std::time::Duration::from_millis(
-            config.runs.stale_after_ms,
-        ));
-        let runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings)
-            .with_debouncer(debouncer.clone());
-        runs.recover_at_boot().await?;
-        let relay = Relay::start(&db, runs.hub()).await?;
-        let agents = Arc::new(
-            crate::agents::AgentRegistry::from_config(&config.agents)
-                .context("invalid [agents] configuration")?,
+        let ingest = Arc::new(
+            Ingest::new(dispatcher, debouncer.clone(), enrich).with_observer(replies.clone()),
         );
-        let workers = api::WorkerApi::new(
+        let relay = Relay::start(&db, runs.hub()).await?;
+        let workers =
+            api::WorkerApi::new(runs.clone(), agents.clone(), presence).with_observer(replies);
+        let executor = Executor::new(
             runs.clone(),
             agents,
-            crate::agents::AgentPresence::new(db.workers(), clock.clone()),
+            delivery,
+            installations.clone(),
+            ExecutorSettings::default(),
         );
         let state = AppState {
             runtime,
@@ -231,12 +305,13 @@ impl App {
             installations,
             clock,
             admin_token: config.server.admin_token.as_deref().map(Arc::from),
-            public_url: Arc::from(config.server.public_url.as_str()),
+            public_url,
         };
         Ok(App {
             state,
             debouncer,
             relay,
+            executor,
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -260,6 +335,9 @@ impl App {
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, plugins = self.state.runtime.plugins().len(), "serving");
+        let drain = CancellationToken::new();
+        let stop_runs = CancellationToken::new();
+        let executor = self.executor.spawn(drain.clone(), stop_runs.clone());
         let (stop_recovery, recovery_stopped) = tokio::sync::oneshot::channel::<()>();
         let recovery = self.state.runs.spawn_recovery_loop(async {
             let _ = recovery_stopped.await;
@@ -284,6 +362,21 @@ impl App {
         let _ = recovery.await;
         tracing::info!("inbound stopped; flushing pending debounce windows");
         self.debouncer.flush_all().await;
+        // Replies to what was flushed still go out; runs still going after the grace period
+        // are cancelled and return to pending for the next start.
+        drain.cancel();
+        let mut executor = executor;
+        if tokio::time::timeout(SHUTDOWN_RUN_GRACE, &mut executor)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = SHUTDOWN_RUN_GRACE.as_secs(),
+                "runs still in flight after the grace period: cancelling them (they return to pending)"
+            );
+            stop_runs.cancel();
+            let _ = executor.await;
+        }
         if let Some(relay) = self.relay {
             relay.stop().await;
         }

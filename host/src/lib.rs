@@ -13,6 +13,7 @@ pub mod batch;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod ingest;
 pub mod runs;

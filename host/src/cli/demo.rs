@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
+use super::demo_lark::DemoLark;
 use super::lark_wire::{Event, Mention, seal};
 use crate::api::OUTCOME_HEADER;
 use crate::app::App;
@@ -209,17 +210,25 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
     config.database.url = format!("sqlite://{}", dir.join("demo.db").display());
     config.secrets.key = Some(SecretCipher::generate_key_hex());
     config.plugins.cache_dir = cache_dir;
+    // Replies go to a local stand-in for the Lark REST API instead of open.feishu.cn.
+    let lark = DemoLark::start().await?;
+    config
+        .plugins
+        .base_urls
+        .insert("https://open.feishu.cn".into(), lark.origin.clone());
     let app = App::from_config(&config).await?;
     let state = app.state.clone();
     let now = SystemClock.now_ms();
     let secrets = BTreeMap::from([
         ("encrypt_key".to_string(), ENCRYPT_KEY.to_string()),
         ("verification_token".to_string(), TOKEN.to_string()),
+        ("app_secret".to_string(), "demo-app-secret".to_string()),
     ]);
     let new = |app_id: &str, name: &str, policy| NewInstallation {
         channel: "lark".into(),
         routing_key: app_id.into(),
         name: name.into(),
+        config: BTreeMap::from([("app_id".to_string(), app_id.to_string())]),
         secrets: secrets.clone(),
         bot_open_id: Some(BOT.into()),
         access_policy: policy,
@@ -314,6 +323,27 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Let the echo agent's runs finish and their replies go out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut busy = 0;
+        for installation in [&open, &bound] {
+            busy += state
+                .records
+                .list_sessions(&installation.id)
+                .await?
+                .iter()
+                .filter(|s| s.run_state == "pending" || s.run_state == "running")
+                .count();
+        }
+        if busy == 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deliveries run in their own tasks; give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     println!("\nsessions:");
     let (mut stored, mut runs) = (0, 0);
     for installation in [&open, &bound] {
@@ -323,18 +353,19 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
             .await?
         {
             let s = &history.session;
-            if s.run_state == "pending" {
-                runs += 1;
-            }
             println!(
                 "  {} {} ({}, context revision {}, run {})",
                 installation.name, s.chat_key, s.chat_type, s.context_revision, s.run_state
             );
             for m in &history.messages {
                 stored += 1;
+                if m.role == "assistant" {
+                    runs += 1;
+                }
                 println!(
-                    "      #{:<3} {:<8} r{} {}",
+                    "      #{:<3} {:<9} {:<8} r{} {}",
                     m.id,
+                    m.role,
                     m.kind,
                     m.context_revision,
                     preview(&m.body)
@@ -353,11 +384,25 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
     }
     let _ = stop.send(());
     server.await.context("demo server task")??;
+    let sent = lark.sent();
     println!(
-        "\ndemo: {} events, {stored} messages stored, {runs} runs, 0 replies delivered, {} dropped",
+        "\nsent by the bot to (fake) Lark ({} typing reactions):",
+        lark.reactions()
+    );
+    for message in &sent {
+        println!(
+            "  {:<5} {:<26} {:<11} {}",
+            message.how,
+            message.to,
+            message.msg_type,
+            preview(&message.text)
+        );
+    }
+    println!(
+        "\ndemo: {} events, {stored} messages stored, {runs} runs, {} messages sent, {} dropped",
         steps.len(),
+        sent.len(),
         audit.len()
     );
-    println!("(runs are left pending: agents and reply delivery arrive with the run system)");
     Ok(())
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use crate::batch::Debouncer;
 use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
+use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
+use crate::store::Installation;
 
 /// Limits the enricher runs under.
 #[derive(Debug, Clone, Copy)]
@@ -71,11 +73,19 @@ pub enum IngestError {
     Dispatch(#[from] DispatchError),
 }
 
+/// Told about every dispatched message, after it is durable (notices, typing indicators).
+/// Must not block: spawn anything slow, the channel's ACK waits for this call.
+pub trait OutcomeObserver: Send + Sync {
+    /// `message` of `installation` was dispatched with `outcome`.
+    fn dispatched(&self, installation: &Installation, message: &InboundMessage, outcome: &Outcome);
+}
+
 /// The inbound service.
 pub struct Ingest {
     dispatcher: Arc<Dispatcher>,
     debouncer: Debouncer,
     enrich: EnrichLimits,
+    observer: Option<Arc<dyn OutcomeObserver>>,
 }
 
 impl Ingest {
@@ -85,7 +95,14 @@ impl Ingest {
             dispatcher,
             debouncer,
             enrich,
+            observer: None,
         }
+    }
+
+    /// Also tells `observer` about every dispatched message.
+    pub fn with_observer(mut self, observer: Arc<dyn OutcomeObserver>) -> Ingest {
+        self.observer = Some(observer);
+        self
     }
 
     /// The dispatcher.
@@ -162,6 +179,9 @@ impl Ingest {
         } = &outcome
         {
             self.debouncer.arm(ticket.clone()).await;
+        }
+        if let Some(observer) = &self.observer {
+            observer.dispatched(&installation, &message, &outcome);
         }
         tracing::debug!(message_id = %message.message_id, ?outcome, "dispatched");
         Ok(PayloadOutcome::Dispatched(outcome))

@@ -14,6 +14,7 @@
 
 pub mod events;
 pub mod observer;
+pub mod executor;
 pub mod relay;
 
 use std::future::Future;

@@ -712,8 +712,9 @@ impl RunStore {
     }
 
     /// The messages run `run_id` works on: the run's context revision up to its
-    /// [`RunClaim::context_upto`], oldest first, notices excluded. `None` if the caller does not
-    /// own the run.
+    /// [`RunClaim::context_upto`], oldest first. Only conversation turns: notices and commands
+    /// (`/issue` records, which are for the host, not the agent) are excluded. `None` if the
+    /// caller does not own the run.
     pub async fn run_context(
         &self,
         session_id: &str,
@@ -736,7 +737,7 @@ impl RunStore {
         };
         let sql = format!(
             "SELECT {MESSAGE_COLS} FROM messages
-             WHERE session_id = $1 AND id <= $2 AND context_revision = $3 AND kind <> 'notice'
+             WHERE session_id = $1 AND id <= $2 AND context_revision = $3 AND kind = 'message'
              ORDER BY id"
         );
         let messages: Vec<Message> = on_reader!(self.db, |pool| {
@@ -1269,5 +1270,27 @@ fn interrupted(locked: &Locked) -> Option<String> {
 fn not_found_session(session_id: &str) -> RunError {
     RunError::NotFound {
         what: format!("session {session_id}"),
+    }
+}
+
+impl RunStore {
+    /// Takes back a `pending` state that no run will serve (the flush found the agent archived):
+    /// `pending` → `idle`. Any other state is left alone. Returns whether it changed.
+    pub async fn settle_pending(&self, session_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let fail = StoreError::query("run settle pending", self.backend());
+        let changed = in_write_tx!(self.db, fail, |tx, _pg| {
+            sqlx::query(
+                "UPDATE sessions SET run_state = 'idle', pending_since_ms = NULL, updated_at_ms = $2
+                 WHERE id = $1 AND run_state = 'pending'",
+            )
+            .bind(session_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?
+            .rows_affected()
+                > 0
+        });
+        Ok(changed)
     }
 }

@@ -1,0 +1,438 @@
+//! Outbound delivery (SPEC §6): replies, run errors, notices and typing indicators, carried out
+//! through the channel plugin's `outbound` export.
+//!
+//! Owns *how* something reaches the channel: finding the installation's plugin, retrying a
+//! failure only when the plugin classified it retryable (with backoff), logging every failure
+//! with the channel's error code, and remembering the typing indicator of each session's pending
+//! run so that it can be cleared on reply, failure or interrupt.
+//!
+//! Must not decide *what* is said (the dispatcher decides outcomes, runs and agents decide
+//! replies) and holds no SQL: callers pass installations and sessions in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::dispatch::Outcome;
+use crate::ingest::service::OutcomeObserver;
+use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
+use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
+use crate::store::{IngestStore, Installation, InstallationStore, Session};
+
+/// How often and how patiently a retryable delivery failure is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each further attempt.
+    pub first_backoff: Duration,
+    /// Upper bound of one wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why something could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryFailure {
+    /// No loaded plugin serves the installation's channel.
+    #[error(
+        "no plugin serves channel {channel:?}: load one (switchboard plugins list) or revoke the installation"
+    )]
+    NoPlugin {
+        /// The installation's channel type.
+        channel: String,
+    },
+    /// The plugin call itself failed (trap, timeout, limit).
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The channel refused the delivery, after `attempts` attempts.
+    #[error("channel refused the delivery (code {code:?}, {attempts} attempt(s)): {message}")]
+    Refused {
+        /// The channel's error code, if any.
+        code: Option<i64>,
+        /// The plugin's description.
+        message: String,
+        /// Whether the last failure was still classified retryable.
+        retryable: bool,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// The typing indicator shown on one message while its run is pending or running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TypingIndicator {
+    message_id: String,
+    handle: Option<String>,
+}
+
+/// Delivers content through channel plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    runtime: Arc<Runtime>,
+    retry: RetryPolicy,
+    /// Session id → its indicator. In memory: after a restart a stale indicator stays on the
+    /// message (cosmetic), which is what the reference does too.
+    typing: Arc<Mutex<HashMap<String, TypingIndicator>>>,
+}
+
+/// Where replies to `session` go: the channel chat, its topic thread, and the last inbound
+/// message as the reply anchor.
+pub fn session_target(session: &Session) -> types::SessionTarget {
+    types::SessionTarget {
+        session_id: session.id.clone(),
+        chat_id: session.chat_id.clone(),
+        chat_type: chat_type(&session.chat_type),
+        thread_id: session.thread_id.clone(),
+        reply_to: session.reply_to_message_id.clone(),
+        in_thread: session.reply_thread_id.is_some(),
+    }
+}
+
+/// `"group"` → group, anything else → direct.
+pub fn chat_type(text: &str) -> types::ChatType {
+    if text == "group" {
+        types::ChatType::Group
+    } else {
+        types::ChatType::Direct
+    }
+}
+
+/// The notice an ingest outcome asks for, if any (SPEC §3 outcomes; `multica-lark.md` §J).
+/// `binding_url` turns a raw binding token into the link the user opens.
+pub fn outcome_notice(
+    outcome: &Outcome,
+    binding_url: impl Fn(&str) -> String,
+) -> Option<types::Notice> {
+    match outcome {
+        Outcome::NeedsBinding { open_id, token } => {
+            Some(types::Notice::NeedsBinding(types::BindingLink {
+                url: binding_url(token),
+                open_id: open_id.clone(),
+                expires_in_minutes: (crate::store::BINDING_TOKEN_TTL_MS / 60_000) as u32,
+            }))
+        }
+        Outcome::FreshPending { .. } => Some(types::Notice::FreshPending),
+        Outcome::IssueUsage { .. } => Some(types::Notice::IssueUsage),
+        Outcome::IssueCreated {
+            command_id, title, ..
+        } => Some(types::Notice::IssueCreated(types::IssueCreated {
+            title: title.clone(),
+            reference: format!("#{command_id}"),
+        })),
+        Outcome::Dropped(_) | Outcome::Ingested { .. } => None,
+    }
+}
+
+/// The target of an ingest notice: the chat the message came from, anchored on it.
+pub fn message_target(session_id: &str, message: &types::InboundMessage) -> types::SessionTarget {
+    types::SessionTarget {
+        session_id: session_id.to_string(),
+        chat_id: message.chat_id.clone(),
+        chat_type: message.chat_type,
+        thread_id: message.thread_id.clone(),
+        reply_to: Some(message.message_id.clone()).filter(|id| !id.is_empty()),
+        in_thread: message.thread_id.is_some(),
+    }
+}
+
+impl Delivery {
+    /// Delivery through `runtime`'s plugins.
+    pub fn new(runtime: Arc<Runtime>, retry: RetryPolicy) -> Delivery {
+        Delivery {
+            runtime,
+            retry,
+            typing: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn plugin(&self, installation: &Installation) -> Result<Arc<Plugin>, DeliveryFailure> {
+        self.runtime
+            .plugin_for_channel(&installation.channel)
+            .ok_or_else(|| DeliveryFailure::NoPlugin {
+                channel: installation.channel.clone(),
+            })
+    }
+
+    /// Delivers `content` to `target`, retrying retryable refusals. Returns the channel's id of
+    /// the sent message, if it reported one.
+    pub async fn send(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        content: outbound::Content,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let plugin = self.plugin(installation)?;
+        let cx = Arc::new(installation.context());
+        let delivery = outbound::Delivery {
+            target: target.clone(),
+            content,
+        };
+        let kind = content_kind(&delivery.content);
+        let mut backoff = self.retry.first_backoff;
+        let attempts = self.retry.attempts.max(1);
+        for attempt in 1..=attempts {
+            match plugin.deliver(&cx, &delivery).await {
+                Ok(Ok(receipt)) => {
+                    tracing::info!(installation = %installation.id, session = %target.session_id, kind, attempt, sent = ?receipt.message_id, "delivered");
+                    return Ok(receipt.message_id);
+                }
+                Ok(Err(refused)) => {
+                    tracing::warn!(installation = %installation.id, session = %target.session_id, kind, attempt, code = ?refused.code, retryable = refused.retryable, "delivery refused: {}", refused.message);
+                    if !refused.retryable || attempt == attempts {
+                        return Err(DeliveryFailure::Refused {
+                            code: refused.code,
+                            message: refused.message,
+                            retryable: refused.retryable,
+                            attempts: attempt,
+                        });
+                    }
+                }
+                Err(call) => {
+                    tracing::error!(installation = %installation.id, session = %target.session_id, kind, "delivery call failed: {call}");
+                    return Err(call.into());
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.retry.max_backoff);
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Delivers a notice; failures are logged and swallowed (a notice is best effort).
+    pub async fn notice(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        notice: types::Notice,
+    ) -> bool {
+        match self
+            .send(installation, target, outbound::Content::Notice(notice))
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(installation = %installation.id, session = %target.session_id, "notice not delivered: {e}");
+                false
+            }
+        }
+    }
+
+    /// Shows the typing indicator on `message_id` for the session of `target`, replacing the
+    /// session's previous indicator. Failures are logged, never fatal.
+    pub async fn typing_on(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        message_id: &str,
+    ) {
+        if message_id.is_empty() {
+            return;
+        }
+        let current = self.indicator(&target.session_id);
+        if current.as_ref().is_some_and(|t| t.message_id == message_id) {
+            return;
+        }
+        if current.is_some() {
+            self.typing_off(installation, target).await;
+        }
+        let Ok(plugin) = self.plugin(installation) else {
+            return;
+        };
+        let cx = Arc::new(installation.context());
+        let change = outbound::TypingChange {
+            message_id: message_id.to_string(),
+            on: true,
+        };
+        match plugin.set_typing(&cx, target, &change, None).await {
+            Ok(Ok(handle)) => {
+                self.typing.lock().expect("typing map").insert(
+                    target.session_id.clone(),
+                    TypingIndicator {
+                        message_id: message_id.to_string(),
+                        handle,
+                    },
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(installation = %installation.id, session = %target.session_id, code = ?e.code, "typing indicator not shown: {}", e.message)
+            }
+            Err(e) => {
+                tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")
+            }
+        }
+    }
+
+    /// Clears the session's typing indicator, if one is shown.
+    pub async fn typing_off(&self, installation: &Installation, target: &types::SessionTarget) {
+        let Some(indicator) = self
+            .typing
+            .lock()
+            .expect("typing map")
+            .remove(&target.session_id)
+        else {
+            return;
+        };
+        let Ok(plugin) = self.plugin(installation) else {
+            return;
+        };
+        let cx = Arc::new(installation.context());
+        let change = outbound::TypingChange {
+            message_id: indicator.message_id,
+            on: false,
+        };
+        match plugin
+            .set_typing(&cx, target, &change, indicator.handle.as_deref())
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(installation = %installation.id, session = %target.session_id, code = ?e.code, "typing indicator not cleared: {}", e.message)
+            }
+            Err(e) => {
+                tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")
+            }
+        }
+    }
+
+    /// The message carrying the session's typing indicator, if one is shown.
+    pub fn typing_message(&self, session_id: &str) -> Option<String> {
+        self.indicator(session_id).map(|t| t.message_id)
+    }
+
+    fn indicator(&self, session_id: &str) -> Option<TypingIndicator> {
+        self.typing
+            .lock()
+            .expect("typing map")
+            .get(session_id)
+            .cloned()
+    }
+}
+
+fn content_kind(content: &outbound::Content) -> &'static str {
+    match content {
+        outbound::Content::Reply(_) => "reply",
+        outbound::Content::RunError(_) => "run_error",
+        outbound::Content::Notice(_) => "notice",
+    }
+}
+
+/// Carries ingest outcomes and worker run ends to the channel: notices for outcomes, the typing
+/// indicator for messages that will run, replies and error cards for runs external workers
+/// ended. Every delivery runs in its own task, so callers (the ACK path, the worker API) never
+/// wait for the channel.
+#[derive(Clone)]
+pub struct ChannelReplies {
+    delivery: Delivery,
+    installations: InstallationStore,
+    sessions: IngestStore,
+    public_url: Arc<str>,
+}
+
+impl ChannelReplies {
+    /// Replies through `delivery`; binding links are built on `public_url`.
+    pub fn new(
+        delivery: Delivery,
+        installations: InstallationStore,
+        sessions: IngestStore,
+        public_url: Arc<str>,
+    ) -> ChannelReplies {
+        ChannelReplies {
+            delivery,
+            installations,
+            sessions,
+            public_url,
+        }
+    }
+
+    /// The delivery it uses.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    async fn run_ended(self, ended: RunEnded) {
+        let installation = match self.installations.get(&ended.installation_id).await {
+            Ok(Some(installation)) => installation,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(session = %ended.session_id, "reading the installation failed; run result not delivered: {e}");
+                return;
+            }
+        };
+        let session = match self.sessions.get_session(&ended.session_id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(session = %ended.session_id, "reading the session failed; run result not delivered: {e}");
+                return;
+            }
+        };
+        let target = session_target(&session);
+        let content = match ended.outcome {
+            RunOutcome::Completed {
+                reply: Some(message),
+                ..
+            } => Some(outbound::Content::Reply(message.body)),
+            RunOutcome::Completed { reply: None, .. } | RunOutcome::Lost => None,
+            RunOutcome::Failed { error } => Some(outbound::Content::RunError(error)),
+        };
+        if let Some(content) = content {
+            if let Err(e) = self.delivery.send(&installation, &target, content).await {
+                tracing::warn!(session = %ended.session_id, run = %ended.run_id, "run result not delivered: {e}");
+            }
+        }
+        self.delivery.typing_off(&installation, &target).await;
+    }
+}
+
+impl OutcomeObserver for ChannelReplies {
+    fn dispatched(
+        &self,
+        installation: &Installation,
+        message: &types::InboundMessage,
+        outcome: &Outcome,
+    ) {
+        let public_url = self.public_url.clone();
+        let notice = outcome_notice(outcome, |token| crate::api::binding_url(&public_url, token));
+        let session_id = match outcome {
+            Outcome::Ingested { session_id, .. }
+            | Outcome::FreshPending { session_id }
+            | Outcome::IssueUsage { session_id }
+            | Outcome::IssueCreated { session_id, .. } => session_id.clone(),
+            Outcome::NeedsBinding { .. } | Outcome::Dropped(_) => String::new(),
+        };
+        let typing = matches!(outcome, Outcome::Ingested { flush: Some(_), .. });
+        if notice.is_none() && !typing {
+            return;
+        }
+        let target = message_target(&session_id, message);
+        let delivery = self.delivery.clone();
+        let installation = installation.clone();
+        let message_id = message.message_id.clone();
+        tokio::spawn(async move {
+            if let Some(notice) = notice {
+                delivery.notice(&installation, &target, notice).await;
+            }
+            if typing {
+                delivery
+                    .typing_on(&installation, &target, &message_id)
+                    .await;
+            }
+        });
+    }
+}
+
+impl RunEndObserver for ChannelReplies {
+    fn run_ended(&self, ended: RunEnded) {
+        tokio::spawn(self.clone().run_ended(ended));
+    }
+}

@@ -1,0 +1,383 @@
+//! The built-in agent executor: this host acts as the worker for `echo` and `openai` agents.
+//!
+//! A loop acquires pending runs of every built-in, non-archived agent (the same fenced
+//! acquisition external workers use), and runs each one in its own task: context → agent →
+//! streamed parts → stored reply → release → delivery through the channel plugin. While a run
+//! streams, an ownership-checked heartbeat keeps it alive and a status subscription cancels it
+//! promptly when the session is interrupted, edited or promoted (any state other than
+//! `running`); a run that lost its ownership stores nothing and delivers nothing.
+//!
+//! Owns the order of those steps. Must not hold SQL (`crate::store`), speak HTTP
+//! (`crate::api`) or render channel messages (the plugin's `outbound`, via
+//! [`crate::delivery`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{RunService, SessionEvent};
+use crate::agents::{
+    AgentError, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
+};
+use crate::delivery::{Delivery, chat_type};
+use crate::runtime::{outbound, types};
+use crate::store::{
+    InstallationStore, Message, ReleaseOutcome, RunClaim, RunEnd, RunState, StoreError,
+};
+
+/// Tunables of the executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    /// This replica's worker id (recorded on the runs it owns).
+    pub worker_id: String,
+    /// How often to look for pending runs when not woken earlier.
+    pub poll_interval: Duration,
+    /// Ownership-checked heartbeat period of a running run.
+    pub heartbeat_interval: Duration,
+    /// Runs executed at the same time (further pending runs wait).
+    pub max_concurrent_runs: usize,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            worker_id: format!("host-{}", uuid::Uuid::new_v4().simple()),
+            poll_interval: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_secs(10),
+            max_concurrent_runs: 16,
+        }
+    }
+}
+
+/// Runs built-in agents. Cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    runs: RunService,
+    agents: Arc<AgentRegistry>,
+    delivery: Delivery,
+    installations: InstallationStore,
+    settings: ExecutorSettings,
+    http: reqwest::Client,
+    wake: Arc<Notify>,
+}
+
+/// How one run ended, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunResult {
+    /// The reply was stored (and delivery attempted).
+    Replied {
+        /// The stored assistant message.
+        message_id: i64,
+    },
+    /// The agent failed; the session is in `error` (and the error card was attempted).
+    Failed(String),
+    /// The run was interrupted or lost its ownership: nothing stored, nothing delivered.
+    Abandoned,
+    /// The host is stopping: the run went back to pending for another worker.
+    ShutDown,
+}
+
+impl Executor {
+    /// An executor for the built-in agents of `agents`.
+    pub fn new(
+        runs: RunService,
+        agents: Arc<AgentRegistry>,
+        delivery: Delivery,
+        installations: InstallationStore,
+        settings: ExecutorSettings,
+    ) -> Executor {
+        Executor {
+            runs,
+            agents,
+            delivery,
+            installations,
+            settings,
+            http: openai::http_client(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes the acquisition loop now (a run just became pending).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The built-in agents runs are taken for.
+    fn builtin_agents(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|spec| spec.is_builtin() && !spec.archived)
+            .map(|spec| spec.name.clone())
+            .collect()
+    }
+
+    /// Acquires and starts as many pending runs as capacity allows; returns how many started.
+    async fn acquire_some(
+        &self,
+        tasks: &mut JoinSet<RunResult>,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let mut started = 0;
+        for agent in self.builtin_agents() {
+            while tasks.len() < self.settings.max_concurrent_runs {
+                match self.runs.acquire(&agent, &self.settings.worker_id).await {
+                    Ok(Some(claim)) => {
+                        let executor = self.clone();
+                        let shutdown = shutdown.clone();
+                        let span = tracing::info_span!("run", session = %claim.session_id, run = %claim.run_id, installation = %claim.installation_id, agent = %claim.agent);
+                        tasks.spawn(
+                            async move { executor.execute(claim, shutdown).await }.instrument(span),
+                        );
+                        started += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(
+                            agent,
+                            "acquiring a run failed (retrying at the next poll): {e}"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        started
+    }
+
+    /// Spawns the acquisition loop. When `drain` is cancelled it stops once nothing is pending
+    /// and no run is in flight (graceful shutdown: the flushed windows still get their replies);
+    /// when `shutdown` is cancelled it stops taking runs and cancels the runs in flight, which go
+    /// back to pending. Await the handle to join them.
+    pub fn spawn(
+        &self,
+        drain: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let executor = self.clone();
+        tokio::spawn(
+            async move {
+                let mut tasks = JoinSet::new();
+                let mut pending = executor.runs.pending_signal().subscribe();
+                loop {
+                    let started = executor.acquire_some(&mut tasks, &shutdown).await;
+                    if drain.is_cancelled() && started == 0 && tasks.is_empty() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = executor.wake.notified() => {}
+                        _ = pending.notified() => {}
+                        _ = drain.cancelled(), if !drain.is_cancelled() => {}
+                        _ = tokio::time::sleep(executor.settings.poll_interval) => {}
+                        Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    }
+                }
+                while tasks.join_next().await.is_some() {}
+                tracing::debug!("built-in agent executor stopped");
+            }
+            .instrument(tracing::info_span!("executor")),
+        )
+    }
+
+    /// Runs one acquired run to its end.
+    pub async fn execute(&self, claim: RunClaim, shutdown: CancellationToken) -> RunResult {
+        match self.try_execute(&claim, shutdown).await {
+            Ok(result) => result,
+            Err(e) => {
+                // The database failed mid-run: leave the run to stale recovery, which returns
+                // it to pending once its heartbeat ages out.
+                tracing::error!(
+                    "run aborted by a storage failure (stale recovery will retry it): {e}"
+                );
+                RunResult::Abandoned
+            }
+        }
+    }
+
+    async fn try_execute(
+        &self,
+        claim: &RunClaim,
+        shutdown: CancellationToken,
+    ) -> Result<RunResult, StoreError> {
+        let session = claim.session_id.as_str();
+        let run = claim.run_id.as_str();
+        let Some(spec) = self.agents.get(&claim.agent).cloned() else {
+            return self
+                .fail(claim, format!("agent {:?} is not configured", claim.agent))
+                .await;
+        };
+        let Some(agent) = BuiltinAgent::from_spec(&spec, &self.http) else {
+            return self
+                .fail(
+                    claim,
+                    format!("agent {:?} is not a built-in agent", claim.agent),
+                )
+                .await;
+        };
+        // Subscribe before reading the context, so an interrupt in between is seen.
+        let (_, mut events) = self.runs.hub().subscribe(session);
+        let Some(messages) = self.runs.run_context(session, run).await? else {
+            return Ok(RunResult::Abandoned);
+        };
+        let input = RunInput {
+            session_id: session.to_string(),
+            run_id: run.to_string(),
+            system_prompt: spec.system_prompt.clone(),
+            messages: messages.iter().filter_map(context_message).collect(),
+        };
+
+        let cancel = CancellationToken::new();
+        let (parts_tx, mut parts_rx) = mpsc::channel::<String>(64);
+        let agent_run = {
+            let cancel = cancel.clone();
+            async move { agent.run(&input, parts_tx, cancel).await }
+        };
+        tokio::pin!(agent_run);
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat_interval);
+        heartbeat.tick().await; // the first tick is immediate; the acquisition was the first beat
+        let mut lost = false;
+        let mut stopping = false;
+        let mut parts_open = true;
+        let outcome = loop {
+            tokio::select! {
+                result = &mut agent_run => break result,
+                part = parts_rx.recv(), if parts_open => match part {
+                    Some(text) => { self.runs.publish_part(session, run, &text); }
+                    None => parts_open = false,
+                },
+                _ = heartbeat.tick() => {
+                    if !self.runs.heartbeat(session, run).await.unwrap_or(true) {
+                        lost = true;
+                        cancel.cancel();
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(SessionEvent::Status { state, .. }) if state != RunState::Running => {
+                        lost = true;
+                        cancel.cancel();
+                    }
+                    // A missed status (lag) is caught by the next heartbeat.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                },
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    cancel.cancel();
+                }
+            }
+        };
+        // Forward parts the agent sent just before finishing.
+        while let Ok(text) = parts_rx.try_recv() {
+            self.runs.publish_part(session, run, &text);
+        }
+
+        match outcome {
+            Ok(reply) => {
+                let Some(message) = self.runs.append_reply(session, run, &reply.text).await? else {
+                    tracing::info!("reply discarded: the run lost its ownership");
+                    return Ok(RunResult::Abandoned);
+                };
+                if let ReleaseOutcome::NotOwner =
+                    self.runs.release(session, run, RunEnd::Completed).await?
+                {
+                    return Ok(RunResult::Abandoned);
+                }
+                self.deliver(claim, outbound::Content::Reply(reply.text))
+                    .await;
+                Ok(RunResult::Replied {
+                    message_id: message.id,
+                })
+            }
+            Err(AgentError::Cancelled) if stopping && !lost => {
+                self.runs.release(session, run, RunEnd::Shutdown).await?;
+                Ok(RunResult::ShutDown)
+            }
+            Err(AgentError::Cancelled) => {
+                // Interrupted (or ownership lost): release is fenced, so it only changes
+                // something if this run still owns the session.
+                self.runs.release(session, run, RunEnd::Interrupted).await?;
+                self.clear_typing(claim).await;
+                Ok(RunResult::Abandoned)
+            }
+            Err(e) => self.fail(claim, e.to_string()).await,
+        }
+    }
+
+    /// Ends the run as failed and tells the chat.
+    async fn fail(&self, claim: &RunClaim, error: String) -> Result<RunResult, StoreError> {
+        tracing::warn!("run failed: {error}");
+        match self
+            .runs
+            .release(
+                &claim.session_id,
+                &claim.run_id,
+                RunEnd::Failed(error.clone()),
+            )
+            .await?
+        {
+            ReleaseOutcome::NotOwner => Ok(RunResult::Abandoned),
+            ReleaseOutcome::Released(_) => {
+                self.deliver(claim, outbound::Content::RunError(error.clone()))
+                    .await;
+                Ok(RunResult::Failed(error))
+            }
+        }
+    }
+
+    /// Delivers the run's reply or error to the chat and clears the typing indicator.
+    async fn deliver(&self, claim: &RunClaim, content: outbound::Content) {
+        let installation = match self.installations.get(&claim.installation_id).await {
+            Ok(Some(installation)) => installation,
+            Ok(None) => {
+                tracing::warn!("installation is gone; reply not delivered");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("reading the installation failed; reply not delivered: {e}");
+                return;
+            }
+        };
+        let target = claim_target(claim);
+        if let Err(e) = self.delivery.send(&installation, &target, content).await {
+            tracing::warn!("reply not delivered: {e}");
+        }
+        self.delivery.typing_off(&installation, &target).await;
+    }
+
+    async fn clear_typing(&self, claim: &RunClaim) {
+        if let Ok(Some(installation)) = self.installations.get(&claim.installation_id).await {
+            self.delivery
+                .typing_off(&installation, &claim_target(claim))
+                .await;
+        }
+    }
+}
+
+/// Where a run's reply goes.
+pub fn claim_target(claim: &RunClaim) -> types::SessionTarget {
+    types::SessionTarget {
+        session_id: claim.session_id.clone(),
+        chat_id: claim.chat_id.clone(),
+        chat_type: chat_type(&claim.chat_type),
+        thread_id: claim.thread_id.clone(),
+        reply_to: claim.reply_to_message_id.clone(),
+        in_thread: claim.reply_thread_id.is_some(),
+    }
+}
+
+/// A stored message as agent context (notices are not context).
+fn context_message(message: &Message) -> Option<ContextMessage> {
+    if message.kind == "notice" {
+        return None;
+    }
+    let role = match message.role.as_str() {
+        "assistant" => Role::Assistant,
+        "system" => Role::System,
+        _ => Role::User,
+    };
+    Some(ContextMessage::new(role, message.body.clone()))
+}
