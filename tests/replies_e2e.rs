@@ -398,6 +398,21 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
             "{name}"
         );
 
+        // A subscriber of the session's event stream sees channel messages arrive live.
+        let session_id = session["session"]["id"].as_str().unwrap().to_string();
+        let last_id = session["messages"][1]["id"].as_i64().unwrap();
+        let mut stream = world
+            .client
+            .get(format!(
+                "{}/api/sessions/{session_id}/events?after={last_id}",
+                world.base
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200, "{name}");
+
         // A failing model: the session goes to error and the chat gets the error card.
         world
             .message(
@@ -408,6 +423,17 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
                 "please fail now",
             )
             .await;
+        let mut received = String::new();
+        while !received.contains("\"body\":\"please fail now\"") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no message event; stream so far: {received}"))
+                .unwrap()
+                .expect("the stream stays open");
+            received.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(received.contains("event: message"), "{name}: {received}");
+        drop(stream);
         let lark = world.lark.clone();
         let card = eventually("the error card", || {
             sends_to(&lark.all(), "oc_gpt_chat")

@@ -271,12 +271,15 @@ impl App {
             );
         }
         let public_url: Arc<str> = Arc::from(config.server.public_url.as_str());
-        let replies = Arc::new(ChannelReplies::new(
-            delivery.clone(),
-            installations.clone(),
-            db.ingest(),
-            public_url.clone(),
-        ));
+        let replies = Arc::new(
+            ChannelReplies::new(
+                delivery.clone(),
+                installations.clone(),
+                db.ingest(),
+                public_url.clone(),
+            )
+            .with_runs(runs.clone()),
+        );
         let dispatcher = Arc::new(Dispatcher::new(installations.clone(), clock.clone()));
         let enrich = EnrichLimits {
             budget: std::time::Duration::from_millis(config.ingest.enrich_budget_ms),

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::dispatch::Outcome;
 use crate::ingest::service::OutcomeObserver;
+use crate::runs::RunService;
 use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
 use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
 use crate::store::{IngestStore, Installation, InstallationStore, Session};
@@ -333,6 +334,7 @@ fn content_kind(content: &outbound::Content) -> &'static str {
 #[derive(Clone)]
 pub struct ChannelReplies {
     delivery: Delivery,
+    runs: Option<RunService>,
     installations: InstallationStore,
     sessions: IngestStore,
     public_url: Arc<str>,
@@ -348,10 +350,18 @@ impl ChannelReplies {
     ) -> ChannelReplies {
         ChannelReplies {
             delivery,
+            runs: None,
             installations,
             sessions,
             public_url,
         }
+    }
+
+    /// Also publishes each ingested message (and the session's state) to `runs`' event
+    /// stream: the dispatcher stores turns without going through the run service.
+    pub fn with_runs(mut self, runs: RunService) -> ChannelReplies {
+        self.runs = Some(runs);
+        self
     }
 
     /// The delivery it uses.
@@ -410,6 +420,18 @@ impl OutcomeObserver for ChannelReplies {
             | Outcome::IssueCreated { session_id, .. } => session_id.clone(),
             Outcome::NeedsBinding { .. } | Outcome::Dropped(_) => String::new(),
         };
+        if let (
+            Some(runs),
+            Outcome::Ingested {
+                session_id,
+                message_id,
+                ..
+            },
+        ) = (&self.runs, outcome)
+        {
+            let (runs, session_id, message_id) = (runs.clone(), session_id.clone(), *message_id);
+            tokio::spawn(async move { runs.publish_ingested(&session_id, message_id).await });
+        }
         let typing = matches!(outcome, Outcome::Ingested { flush: Some(_), .. });
         if notice.is_none() && !typing {
             return;

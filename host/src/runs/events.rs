@@ -183,6 +183,12 @@ impl EventHub {
         *self.tap.write().unwrap_or_else(|e| e.into_inner()) = tap;
     }
 
+    /// Whether a tap is installed (durable events then matter beyond this process's
+    /// subscribers: other replicas may have some).
+    pub fn is_tapped(&self) -> bool {
+        self.tap.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     fn tap(&self) -> Option<Arc<dyn EventTap>> {
         self.tap.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -453,6 +453,29 @@ impl RunService {
         self.store.list_queue(session_id).await
     }
 
+    /// Publishes what the dispatcher just did to a session outside this service — message
+    /// `message_id` stored (0: the turn was queued instead), and the status and queue that may
+    /// have changed with it — if anyone can be listening (subscribers here, or other replicas
+    /// through the relay). Best effort, like every publication.
+    pub async fn publish_ingested(&self, session_id: &str, message_id: i64) {
+        if self.hub.subscriber_count(session_id) == 0 && !self.hub.is_tapped() {
+            return;
+        }
+        if message_id > 0 {
+            match self.store.messages_after(session_id, message_id - 1).await {
+                Ok(messages) => {
+                    if let Some(message) = messages.iter().find(|m| m.id == message_id) {
+                        self.hub.publish(session_id, SessionEvent::message(message));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(session = %session_id, "reading an ingested message back for its event failed: {e}")
+                }
+            }
+        }
+        self.publish_session_state(session_id).await;
+    }
+
     /// Publishes the session's current status and queue as read from the database — for
     /// changes made outside this service (the dispatcher queueing a channel message, another
     /// replica).
