@@ -36,7 +36,7 @@ struct Seen {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Seen>>>);
+struct Recorder(Arc<Mutex<Vec<Seen>>>, Arc<std::sync::atomic::AtomicU32>);
 
 impl Recorder {
     fn all(&self) -> Vec<Seen> {
@@ -61,6 +61,24 @@ async fn fake_lark(
             .map(str::to_string),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });
+    let is_send = method == Method::POST && path == "/open-apis/im/v1/messages";
+    if is_send
+        && seen
+            .1
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    {
+        // A scripted server error: retryable, so the host tries again.
+        return (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"code": 0, "msg": "bad gateway"})),
+        )
+            .into_response();
+    }
     let answer = if path.ends_with("/tenant_access_token/internal") {
         json!({"code": 0, "msg": "ok", "tenant_access_token": "t-e2e", "expire": 7200})
     } else if path.ends_with("/reactions") {
@@ -310,6 +328,8 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
         let name = &test_db.name;
         let world = World::start(&test_db.url).await;
         let id = world.installation("cli_e2e_gpt", "gpt").await;
+        // The first send fails with a 502: the delivery is retried and lands.
+        world.lark.1.store(1, std::sync::atomic::Ordering::SeqCst);
         world
             .message(&id, "cli_e2e_gpt", "oc_gpt_chat", "om_gpt_1", "hello there")
             .await;
@@ -322,6 +342,16 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
         assert_eq!(
             send.uri, "/open-apis/im/v1/messages?receive_id_type=chat_id",
             "{name}"
+        );
+        let lark = world.lark.clone();
+        let attempts = eventually("the retried send", || {
+            let sends = sends_to(&lark.all(), "oc_gpt_chat");
+            (sends.len() >= 2).then_some(sends)
+        })
+        .await;
+        assert_eq!(
+            attempts[0].body, attempts[1].body,
+            "{name}: the same message again"
         );
         assert_eq!(
             send.authorization.as_deref(),
