@@ -1,6 +1,7 @@
 //! Runtime overheads, measured side by side in one run (issue: foundation):
 //! - a small decode through the wasm plugin vs the same decoder called natively, and a no-op
-//!   echo call through the plugin (pure call overhead);
+//!   echo call through the plugin (pure call overhead), once with a `block_on` per call and once
+//!   with the calls back to back in one task (how the host calls plugins);
 //! - instantiation from the plugin's `InstancePre` (pooling allocator);
 //! - loading the Lark component precompiled (verified + memory-mapped) vs compiling it.
 //!
@@ -102,6 +103,19 @@ fn bench(c: &mut Criterion) {
             rt.block_on(testing.decode(&cx, b"echo:x"))
                 .unwrap()
                 .unwrap()
+        })
+    });
+    // The same calls back to back inside one task, as the host makes them: without the
+    // executor entry and exit that `block_on` adds to every iteration above.
+    group.bench_function("wasm_echo_in_task", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(testing.decode(&cx, b"echo:x").await.unwrap().unwrap());
+                }
+                started.elapsed()
+            })
         })
     });
     group.finish();

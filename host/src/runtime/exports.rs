@@ -4,28 +4,19 @@
 //! Results are two-layered: the outer `Result` is the runtime's (trap, timeout, limit), the inner
 //! one is what the plugin itself answered.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use super::bindings::{commands, decoder, enricher, outbound, transport, types};
 use super::error::CallError;
-use super::plugin::{Export, GuestCall, Plugin, Warm};
+use super::plugin::{Export, Plugin, WarmInstance};
 use super::state::InstallationContext;
 
-fn boxed<'a, R, F>(call: F) -> GuestCall<'a, R>
-where
-    F: Future<Output = (Warm, wasmtime::Result<R>)> + Send + 'a,
-{
-    Box::pin(call)
-}
-
-/// Calls `interface.function(args…)` on the warm instance and hands the instance back.
+/// Calls `interface.function(args…)` on the warm instance lent for the call.
 macro_rules! guest {
     ($interface:ident . $function:ident ( $($arg:expr),* )) => {
-        |mut warm: Warm| boxed(async move {
-            let result = warm.bindings.$interface().$function(&mut warm.store, $($arg),*).await;
-            (warm, result)
-        })
+        async |warm: &mut WarmInstance| {
+            warm.bindings.$interface().$function(&mut warm.store, $($arg),*).await
+        }
     };
 }
 

@@ -1,16 +1,24 @@
 //! Per-store host state: the installation context of the current call, its deadline, the memory
 //! limiter and the guest's captured stderr. One `HostState` lives inside each wasmtime `Store`.
 //!
-//! Owns nothing durable: anything that must outlive a call lives in the host's services.
+//! Owns nothing durable: anything that must outlive a call lives in the host's services. The
+//! per-call bookkeeping here is on the warm-call path, so resetting it costs a few plain stores
+//! and atomic loads: no locks, no allocation.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::Bytes;
+use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::Grants;
@@ -125,28 +133,134 @@ pub(crate) enum Activity {
     HostImport(&'static str),
 }
 
+/// The guest's stderr, captured per call (Rust guests print panic messages there) and read
+/// only when a call fails.
+///
+/// Writes beyond [`STDERR_CAPTURE_BYTES`] per call are dropped rather than failing the guest's
+/// write. A byte count kept beside the buffer lets the start of every call skip the lock when
+/// nothing was written (the common case).
+#[derive(Clone)]
+pub(crate) struct StderrCapture {
+    inner: Arc<CaptureInner>,
+}
+
+struct CaptureInner {
+    /// Bytes in `buffer`; only changed with `buffer` locked.
+    len: AtomicUsize,
+    buffer: Mutex<Vec<u8>>,
+}
+
+impl StderrCapture {
+    fn new() -> StderrCapture {
+        StderrCapture {
+            inner: Arc::new(CaptureInner {
+                len: AtomicUsize::new(0),
+                buffer: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Forgets what earlier calls wrote.
+    fn clear(&self) {
+        if self.inner.len.load(Ordering::Relaxed) != 0 {
+            let mut buffer = self.inner.buffer.lock().expect("stderr lock");
+            buffer.clear();
+            self.inner.len.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends what fits under the cap.
+    fn append(&self, bytes: &[u8]) {
+        let mut buffer = self.inner.buffer.lock().expect("stderr lock");
+        let room = STDERR_CAPTURE_BYTES.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.inner.len.store(buffer.len(), Ordering::Relaxed);
+    }
+
+    /// What was written since the last [`clear`](Self::clear) (trimmed, lossy UTF-8).
+    fn text(&self) -> Option<String> {
+        if self.inner.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let buffer = self.inner.buffer.lock().expect("stderr lock");
+        let text = String::from_utf8_lossy(&buffer);
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_string())
+    }
+}
+
+impl IsTerminal for StderrCapture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StderrCapture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for StderrCapture {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always writable: what does not fit is dropped.
+        Ok(STDERR_CAPTURE_BYTES)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for StderrCapture {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for StderrCapture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The data of one plugin store.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    stderr: MemoryOutputPipe,
-    stderr_mark: usize,
+    stderr: StderrCapture,
     /// Plugin name, for logs.
     pub(crate) plugin: Arc<str>,
     pub(crate) grants: Arc<Grants>,
     pub(crate) services: Arc<Services>,
     pub(crate) installation: Arc<InstallationContext>,
     pub(crate) deadline: Instant,
-    /// Shared with the caller, which reads it when the outer timeout fires (the store is gone).
-    activity: Arc<Mutex<Activity>>,
+    /// Read by the caller when the outer timeout fires (after the call's future is dropped).
+    activity: Activity,
     /// Panic message forwarded by the guest SDK's hook during the current call.
     pub(crate) guest_panic: Option<String>,
     /// Log records written during the current call (rate limit).
     pub(crate) log_records: u32,
 }
 
-/// Captured guest stderr per store (Rust prints panic messages there).
+/// Captured guest stderr per call (Rust prints panic messages there).
 const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
 impl HostState {
@@ -156,7 +270,7 @@ impl HostState {
         services: Arc<Services>,
         memory_cap: u64,
     ) -> HostState {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let stderr = StderrCapture::new();
         // A WASI context that grants nothing: no files, no env, no args, no sockets, empty stdin.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -169,45 +283,47 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_cap),
             stderr,
-            stderr_mark: 0,
             plugin,
             grants,
             services,
             installation: Arc::new(InstallationContext::default()),
             deadline: Instant::now(),
-            activity: Arc::new(Mutex::new(Activity::Guest)),
+            activity: Activity::Guest,
             guest_panic: None,
             log_records: 0,
         }
     }
 
     /// Prepares the state for a call (or an instantiation) for `installation` until `deadline`.
-    pub(crate) fn begin_call(&mut self, installation: Arc<InstallationContext>, deadline: Instant) {
-        self.installation = installation;
+    pub(crate) fn begin_call(
+        &mut self,
+        installation: &Arc<InstallationContext>,
+        deadline: Instant,
+    ) {
+        if !Arc::ptr_eq(&self.installation, installation) {
+            self.installation = installation.clone();
+        }
         self.deadline = deadline;
-        self.set_activity(Activity::Guest);
+        self.activity = Activity::Guest;
         self.guest_panic = None;
         self.limiter.refused = None;
         self.log_records = 0;
-        self.stderr_mark = self.stderr.contents().len();
+        self.stderr.clear();
     }
 
     /// Records whether the store is in guest code or waiting in a host import.
-    pub(crate) fn set_activity(&self, activity: Activity) {
-        *self.activity.lock().expect("activity lock") = activity;
+    pub(crate) fn set_activity(&mut self, activity: Activity) {
+        self.activity = activity;
     }
 
-    /// The activity cell, for the caller's timeout report.
-    pub(crate) fn activity_probe(&self) -> Arc<Mutex<Activity>> {
-        self.activity.clone()
+    /// What the store was doing last: guest code, or waiting in a host import.
+    pub(crate) fn activity(&self) -> Activity {
+        self.activity
     }
 
     /// What the guest wrote to stderr since the current call started (trimmed, lossy UTF-8).
     pub(crate) fn stderr_since_call(&self) -> Option<String> {
-        let all = self.stderr.contents();
-        let text = String::from_utf8_lossy(all.get(self.stderr_mark..).unwrap_or_default());
-        let text = text.trim();
-        (!text.is_empty()).then(|| text.to_string())
+        self.stderr.text()
     }
 
     /// Milliseconds left before the call's deadline.
@@ -224,5 +340,32 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_is_captured_per_call_and_capped() {
+        let capture = StderrCapture::new();
+        assert_eq!(capture.text(), None);
+        capture.append(b"  thread 'main' panicked at boom\n");
+        assert_eq!(
+            capture.text().as_deref(),
+            Some("thread 'main' panicked at boom")
+        );
+        // The next call starts empty.
+        capture.clear();
+        assert_eq!(capture.text(), None);
+        // Output past the cap is dropped, not an error.
+        capture.append(&vec![b'x'; STDERR_CAPTURE_BYTES + 100]);
+        capture.append(b"more");
+        assert_eq!(capture.text().map(|t| t.len()), Some(STDERR_CAPTURE_BYTES));
+        // Whitespace only counts as nothing.
+        capture.clear();
+        capture.append(b" \n\t");
+        assert_eq!(capture.text(), None);
     }
 }
