@@ -46,6 +46,6 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         .expect("summary line");
     assert_eq!(
         summary,
-        "demo: 16 events, 17 messages stored, 5 runs, 9 messages sent, 3 dropped"
+        "demo: 16 events, 17 messages stored, 5 runs, 5 replies delivered, 3 dropped"
     );
 }

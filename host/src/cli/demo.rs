@@ -398,10 +398,11 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
             preview(&message.text)
         );
     }
+    // Replies are the echo agent's answers; the rest of what the bot sent are notices.
+    let replies = sent.iter().filter(|m| m.text.starts_with("echo: ")).count();
     println!(
-        "\ndemo: {} events, {stored} messages stored, {runs} runs, {} messages sent, {} dropped",
+        "\ndemo: {} events, {stored} messages stored, {runs} runs, {replies} replies delivered, {} dropped",
         steps.len(),
-        sent.len(),
         audit.len()
     );
     Ok(())
