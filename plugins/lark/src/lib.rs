@@ -12,6 +12,9 @@
 //! - [`commands`]: `/new` and `/issue`.
 //! - [`rest`]: REST answers (tenant token, bot info, messages, errors) and the outbound
 //!   requests (send, threaded reply, reactions).
+//! - [`enrich`]: the enricher (quoted parents, forwarded transcripts, recent group context,
+//!   speaker names) over a small host trait, within the host's budget; [`enrich_render`]: its
+//!   blocks, speaker labels and failure classification.
 //! - [`outbound`]: flush decisions, delivery (token cache, thread fallback, error
 //!   classification) and the typing reaction, over a small host trait.
 //! - [`render`]: message content (text, markdown card, notice/error/binding cards, size limits);
@@ -27,6 +30,8 @@
 pub mod commands;
 pub mod content;
 pub mod decode;
+pub mod enrich;
+pub mod enrich_render;
 pub mod frame;
 pub mod markdown;
 pub mod mentions;
