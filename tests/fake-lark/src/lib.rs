@@ -1,0 +1,919 @@
+//! A local fake of the Lark Open Platform, for tests and `switchboard demo`.
+//!
+//! One [`FakeLark`] listens on two loopback ports:
+//!
+//! - **HTTP** ([`FakeLark::origin`]): endpoint discovery (`POST /callback/ws/endpoint`, answering
+//!   a single-use `ws://` URL and a `ClientConfig`) and the REST calls the host makes — tenant
+//!   token, bot info, send, reply, reactions, get message, list messages, batch users — with
+//!   switchable failures ([`FakeLark::set_failure`]: rate limit, token expired, permission denied,
+//!   5xx, slow, or any code).
+//! - **WebSocket**: the long connection speaking `pbbp2` frames (lark-protocol §1): answers every
+//!   client ping with a pong carrying the `ClientConfig`, delivers events pushed with
+//!   [`FakeLark::push_event`] as data frames (split into several fragments above
+//!   [`FakeOptions::max_frame_payload`]), expects the ACK within [`FakeOptions::ack_timeout`] and
+//!   redelivers the event when the ACK is missing or says 500, like the platform does.
+//!
+//! Frames are encoded and decoded with the Lark plugin's own codec (`switchboard_lark::frame`).
+//!
+//! Owns only its sockets and its in-memory record of what it saw; it knows nothing about the
+//! host. Everything runs on the caller's tokio runtime; dropping the fake stops it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State as Extract;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_lark::frame::{
+    Frame, HEADER_MESSAGE_ID, HEADER_SEQ, HEADER_SUM, HEADER_TRACE_ID, HEADER_TYPE, Header,
+    METHOD_CONTROL, METHOD_DATA,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request, Response as WsResponse,
+};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Tunables of a [`FakeLark`].
+#[derive(Debug, Clone)]
+pub struct FakeOptions {
+    /// How long the fake waits for an event's ACK before it redelivers it (the platform: 3 s).
+    pub ack_timeout: Duration,
+    /// Delay before an event whose ACK said 500 (or whose connection closed) is delivered again.
+    pub redeliver_after: Duration,
+    /// Largest payload of one data frame; bigger events are split into fragments.
+    pub max_frame_payload: usize,
+    /// `ClientConfig.PingInterval` in seconds, sent at discovery and in every pong.
+    pub ping_interval_s: i64,
+    /// `service_id` of the WebSocket URL.
+    pub service_id: i32,
+    /// Deliveries of one event before the fake gives up on it.
+    pub max_deliveries: u32,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            ack_timeout: Duration::from_secs(3),
+            redeliver_after: Duration::from_millis(50),
+            max_frame_payload: 64 * 1024,
+            ping_interval_s: 120,
+            service_id: 4921,
+            max_deliveries: 20,
+        }
+    }
+}
+
+/// One ACK frame the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Transport message id (the `message_id` header), as returned by [`FakeLark::push_event`].
+    pub message_id: String,
+    /// The `code` of the ACK payload (200 handled, 500 failed).
+    pub code: i64,
+    /// The connection (1-based, in accept order) it arrived on.
+    pub connection: u64,
+    /// The fragment index of the acknowledged frame (the completing fragment).
+    pub seq: u32,
+    /// The `biz_rt` header (processing time in ms) if present.
+    pub biz_rt: Option<String>,
+}
+
+/// One REST request the fake received.
+#[derive(Debug, Clone)]
+pub struct RestRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The JSON body (`Null` when empty or not JSON).
+    pub body: Value,
+}
+
+/// Which REST calls a failure applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Every call below except [`Route::Endpoint`] and [`Route::TenantToken`].
+    Api,
+    /// `POST /callback/ws/endpoint`.
+    Endpoint,
+    /// `POST /open-apis/auth/v3/tenant_access_token/internal`.
+    TenantToken,
+    /// `GET /open-apis/im/v1/messages/{id}`.
+    GetMessage,
+    /// `GET /open-apis/im/v1/messages?container_id_type=…`.
+    ListMessages,
+    /// `GET /open-apis/contact/v3/users/batch`.
+    BatchUsers,
+    /// `POST /open-apis/im/v1/messages?receive_id_type=…`.
+    Send,
+    /// `POST /open-apis/im/v1/messages/{id}/reply`.
+    Reply,
+    /// `POST`/`DELETE …/reactions`.
+    Reactions,
+}
+
+/// How a REST call fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// HTTP 429, code 99991400, `x-ogw-ratelimit-reset: 1`.
+    RateLimit,
+    /// HTTP 400, code 99991663 (tenant token invalid or expired).
+    TokenExpired,
+    /// HTTP 400, code 99991672 (scope not granted).
+    PermissionDenied,
+    /// HTTP 500 with a JSON error body.
+    ServerError,
+    /// Answers normally after this delay.
+    Slow(Duration),
+    /// Any HTTP status and Lark code.
+    Code {
+        /// HTTP status.
+        status: u16,
+        /// Lark `code`.
+        code: i64,
+        /// Lark `msg`.
+        msg: String,
+    },
+}
+
+struct FailureRule {
+    route: Route,
+    failure: Failure,
+    /// Remaining uses; `None` = until cleared.
+    remaining: Option<u32>,
+}
+
+/// An event being delivered.
+#[derive(Debug, Clone)]
+struct Delivery {
+    transport_id: String,
+    app_id: String,
+    payload: Vec<u8>,
+    deliveries: u32,
+    /// Not before this instant (redelivery delay).
+    not_before: Instant,
+}
+
+struct InFlight {
+    delivery: Delivery,
+    connection: u64,
+    deadline: Instant,
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close,
+}
+
+struct Connection {
+    app_id: String,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Unused discovery tickets → app id.
+    tickets: HashMap<String, String>,
+    connections: HashMap<u64, Connection>,
+    accepted: u64,
+    refused: u64,
+    discoveries: u64,
+    pings: u64,
+    pending: VecDeque<Delivery>,
+    inflight: HashMap<String, InFlight>,
+    acks: Vec<Ack>,
+    acks_to_lose: u32,
+    lost_acks: u64,
+    frames_sent: u64,
+    deliveries: u64,
+    next_seq_id: u64,
+    next_id: u64,
+    requests: Vec<RestRequest>,
+    failures: Vec<FailureRule>,
+    messages: HashMap<String, Vec<Value>>,
+    chat_messages: Vec<Value>,
+    users: HashMap<String, String>,
+}
+
+struct Shared {
+    options: FakeOptions,
+    state: Mutex<State>,
+    wake: Notify,
+    ws_origin: String,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The running fake. Dropping it stops every task and closes every socket.
+pub struct FakeLark {
+    shared: Arc<Shared>,
+    origin: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FakeLark {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for connection in self.shared.state().connections.values() {
+            let _ = connection.tx.send(Outgoing::Close);
+        }
+    }
+}
+
+impl FakeLark {
+    /// Starts with [`FakeOptions::default`] on ephemeral loopback ports. Panics if it cannot bind.
+    pub async fn start() -> FakeLark {
+        FakeLark::start_with(FakeOptions::default()).await
+    }
+
+    /// Starts with `options`. Panics if it cannot bind a loopback port.
+    pub async fn start_with(options: FakeOptions) -> FakeLark {
+        FakeLark::try_start(options)
+            .await
+            .unwrap_or_else(|e| panic!("fake Lark: binding a loopback port failed: {e}"))
+    }
+
+    /// Starts with `options`; fails only if a loopback port cannot be bound.
+    pub async fn try_start(options: FakeOptions) -> std::io::Result<FakeLark> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let ws = TcpListener::bind("127.0.0.1:0").await?;
+        let origin = format!("http://{}", http.local_addr()?);
+        let shared = Arc::new(Shared {
+            options,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            ws_origin: format!("ws://{}", ws.local_addr()?),
+        });
+        let app = axum::Router::new()
+            .fallback(rest)
+            .with_state(shared.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                let _ = axum::serve(http, app).await;
+            }),
+            tokio::spawn(accept_loop(ws, shared.clone())),
+            tokio::spawn(delivery_loop(shared.clone())),
+        ];
+        Ok(FakeLark {
+            shared,
+            origin,
+            tasks,
+        })
+    }
+
+    /// The HTTP origin, `http://127.0.0.1:<port>`: point the host's `https://open.feishu.cn`
+    /// (plugins.base_urls) or an installation's `base_url` at it.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Queues `event` (an event envelope, e.g. `im.message.receive_v1`) for app `app_id`; it is
+    /// delivered on a live connection of that app (now, or when one connects) until ACKed with
+    /// 200. Returns the transport message id (the `message_id` header of its frames).
+    pub fn push_event(&self, app_id: &str, event: &Value) -> String {
+        self.push_payload(app_id, serde_json::to_vec(event).expect("JSON serializes"))
+    }
+
+    /// Like [`FakeLark::push_event`] with raw payload bytes (e.g. malformed JSON).
+    pub fn push_payload(&self, app_id: &str, payload: Vec<u8>) -> String {
+        let transport_id = {
+            let mut state = self.shared.state();
+            state.next_id += 1;
+            let transport_id = format!("tm_{:08}", state.next_id);
+            state.pending.push_back(Delivery {
+                transport_id: transport_id.clone(),
+                app_id: app_id.to_string(),
+                payload,
+                deliveries: 0,
+                not_before: Instant::now(),
+            });
+            transport_id
+        };
+        self.shared.wake.notify_one();
+        transport_id
+    }
+
+    /// Every ACK received so far, in arrival order (500s included; lost ones excluded).
+    pub fn acks(&self) -> Vec<Ack> {
+        self.shared.state().acks.clone()
+    }
+
+    /// Pretends the next `n` ACKs never arrived: the events are redelivered after the ACK timeout.
+    pub fn lose_acks(&self, n: u32) {
+        self.shared.state().acks_to_lose += n;
+    }
+
+    /// Events pushed but not yet ACKed with 200 (queued or in flight).
+    pub fn unacked(&self) -> usize {
+        let state = self.shared.state();
+        state.pending.len() + state.inflight.len()
+    }
+
+    /// Messages the bot sent (send and reply calls), in order.
+    pub fn sent_messages(&self) -> Vec<RestRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "POST"
+                    && r.uri.starts_with("/open-apis/im/v1/messages")
+                    && (r.uri.contains("receive_id_type=") || r.uri.ends_with("/reply"))
+            })
+            .collect()
+    }
+
+    /// Every REST request (discovery excluded), in order.
+    pub fn requests(&self) -> Vec<RestRequest> {
+        self.shared.state().requests.clone()
+    }
+
+    /// Makes every call of `route` fail with `failure` until [`FakeLark::clear_failures`].
+    pub fn set_failure(&self, route: Route, failure: Failure) {
+        self.shared.state().failures.push(FailureRule {
+            route,
+            failure,
+            remaining: None,
+        });
+    }
+
+    /// Makes the next `times` calls of `route` fail with `failure`.
+    pub fn fail_next(&self, route: Route, failure: Failure, times: u32) {
+        self.shared.state().failures.push(FailureRule {
+            route,
+            failure,
+            remaining: Some(times),
+        });
+    }
+
+    /// Removes every failure rule.
+    pub fn clear_failures(&self) {
+        self.shared.state().failures.clear();
+    }
+
+    /// Closes every open WebSocket (close code 1011); un-ACKed events are redelivered on the next
+    /// connection.
+    pub fn close_connections(&self) {
+        for connection in self.shared.state().connections.values() {
+            let _ = connection.tx.send(Outgoing::Close);
+        }
+    }
+
+    /// WebSocket connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.state().accepted
+    }
+
+    /// WebSocket connections open now.
+    pub fn live_connections(&self) -> usize {
+        self.shared.state().connections.len()
+    }
+
+    /// WebSocket upgrades refused (unknown or reused ticket).
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.state().refused
+    }
+
+    /// Endpoint discovery calls answered with a URL.
+    pub fn discoveries(&self) -> u64 {
+        self.shared.state().discoveries
+    }
+
+    /// Application pings received.
+    pub fn pings(&self) -> u64 {
+        self.shared.state().pings
+    }
+
+    /// Event deliveries made (a fragmented event counts once per delivery).
+    pub fn deliveries(&self) -> u64 {
+        self.shared.state().deliveries
+    }
+
+    /// Makes `GET /open-apis/im/v1/messages/{id}` answer `items` (a merge_forward: the container
+    /// first, then its descendants) and lists the first item in its chat for list calls.
+    pub fn add_message(&self, id: &str, items: Vec<Value>) {
+        let mut state = self.shared.state();
+        if let Some(first) = items.first() {
+            state.chat_messages.push(first.clone());
+        }
+        state.messages.insert(id.to_string(), items);
+    }
+
+    /// Makes batch user lookups know `open_id` as `name`.
+    pub fn add_user(&self, open_id: &str, name: &str) {
+        self.shared
+            .state()
+            .users
+            .insert(open_id.to_string(), name.to_string());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket side.
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(serve_socket(stream, shared.clone()));
+    }
+}
+
+fn refusal(status: u16, code: &str, msg: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(msg.to_string()));
+    *response.status_mut() =
+        tokio_tungstenite::tungstenite::http::StatusCode::from_u16(status).expect("valid status");
+    let headers = response.headers_mut();
+    headers.insert("Handshake-Status", code.parse().expect("header value"));
+    headers.insert("Handshake-Msg", msg.parse().expect("header value"));
+    response
+}
+
+async fn serve_socket(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let mut app_id = None;
+    let callback = |request: &Request, response: WsResponse| {
+        let ticket = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == "ticket")
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_default();
+        let mut state = shared.state();
+        match state.tickets.remove(&ticket) {
+            Some(app) => {
+                app_id = Some(app);
+                Ok(response)
+            }
+            None => {
+                state.refused += 1;
+                Err(refusal(514, "514", "ticket unknown or already used"))
+            }
+        }
+    };
+    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let Some(app_id) = app_id else { return };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let id = {
+        let mut state = shared.state();
+        state.accepted += 1;
+        let id = state.accepted;
+        state.connections.insert(id, Connection { app_id, tx });
+        id
+    };
+    shared.wake.notify_one();
+    loop {
+        tokio::select! {
+            outgoing = rx.recv() => match outgoing {
+                Some(Outgoing::Frame(bytes)) => {
+                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outgoing::Close) | None => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Error,
+                            reason: "fake Lark closes the connection".into(),
+                        })))
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                    break;
+                }
+            },
+            inbound = socket.next() => match inbound {
+                Some(Ok(Message::Binary(bytes))) => on_frame(&shared, id, &bytes),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let mut state = shared.state();
+    state.connections.remove(&id);
+    // Un-ACKed events of a dead connection are delivered again elsewhere.
+    let orphans: Vec<String> = state
+        .inflight
+        .iter()
+        .filter(|(_, f)| f.connection == id)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in orphans {
+        if let Some(flight) = state.inflight.remove(&key) {
+            let mut delivery = flight.delivery;
+            delivery.not_before = Instant::now() + shared.options.redeliver_after;
+            state.pending.push_back(delivery);
+        }
+    }
+    drop(state);
+    shared.wake.notify_one();
+}
+
+fn client_config(options: &FakeOptions) -> Value {
+    json!({
+        "ReconnectCount": -1,
+        "ReconnectInterval": 120,
+        "ReconnectNonce": 30,
+        "PingInterval": options.ping_interval_s,
+    })
+}
+
+fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
+    let Ok(frame) = Frame::decode_bytes(bytes) else {
+        return;
+    };
+    let mut state = shared.state();
+    if frame.method == METHOD_CONTROL {
+        if frame.kind() == "ping" {
+            state.pings += 1;
+            let pong = Frame {
+                service: frame.service,
+                method: METHOD_CONTROL,
+                headers: vec![Header::new(HEADER_TYPE, "pong")],
+                payload: Some(client_config(&shared.options).to_string().into_bytes()),
+                ..Frame::default()
+            };
+            if let Some(c) = state.connections.get(&connection) {
+                let _ = c.tx.send(Outgoing::Frame(pong.encode_bytes()));
+            }
+        }
+        return;
+    }
+    if frame.method != METHOD_DATA {
+        return;
+    }
+    let message_id = frame.header(HEADER_MESSAGE_ID).unwrap_or("").to_string();
+    let code = frame
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        .and_then(|v| v["code"].as_i64())
+        .unwrap_or(0);
+    if state.acks_to_lose > 0 {
+        state.acks_to_lose -= 1;
+        state.lost_acks += 1;
+        return;
+    }
+    state.acks.push(Ack {
+        message_id: message_id.clone(),
+        code,
+        connection,
+        seq: frame
+            .header(HEADER_SEQ)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        biz_rt: frame.header("biz_rt").map(str::to_string),
+    });
+    if let Some(flight) = state.inflight.remove(&message_id) {
+        if code != 200 {
+            let mut delivery = flight.delivery;
+            delivery.not_before = Instant::now() + shared.options.redeliver_after;
+            state.pending.push_back(delivery);
+            drop(state);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// Sends pending events on live connections and takes back the ones whose ACK timed out.
+async fn delivery_loop(shared: Arc<Shared>) {
+    loop {
+        let next_wake = {
+            let mut state = shared.state();
+            let now = Instant::now();
+            // Timed-out ACKs: redeliver.
+            let expired: Vec<String> = state
+                .inflight
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                if let Some(flight) = state.inflight.remove(&key) {
+                    state.pending.push_back(flight.delivery);
+                }
+            }
+            let mut waiting = VecDeque::new();
+            while let Some(mut delivery) = state.pending.pop_front() {
+                if delivery.deliveries >= shared.options.max_deliveries {
+                    continue; // given up, like the platform after its retries
+                }
+                let target = (delivery.not_before <= now)
+                    .then(|| {
+                        state
+                            .connections
+                            .iter()
+                            .filter(|(_, c)| c.app_id == delivery.app_id)
+                            .map(|(id, _)| *id)
+                            .min()
+                    })
+                    .flatten();
+                let Some(connection) = target else {
+                    waiting.push_back(delivery);
+                    continue;
+                };
+                let frames = data_frames(&mut state, &shared.options, &delivery);
+                let tx = state.connections[&connection].tx.clone();
+                let sent = frames
+                    .into_iter()
+                    .all(|frame| tx.send(Outgoing::Frame(frame)).is_ok());
+                if !sent {
+                    waiting.push_back(delivery);
+                    continue;
+                }
+                delivery.deliveries += 1;
+                state.deliveries += 1;
+                state.inflight.insert(
+                    delivery.transport_id.clone(),
+                    InFlight {
+                        delivery,
+                        connection,
+                        deadline: now + shared.options.ack_timeout,
+                    },
+                );
+            }
+            state.pending = waiting;
+            state
+                .inflight
+                .values()
+                .map(|f| f.deadline)
+                .chain(state.pending.iter().map(|d| d.not_before))
+                .filter(|at| *at > now)
+                .min()
+        };
+        let sleep = next_wake
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// The data frames of one delivery (fragments above `max_frame_payload`).
+fn data_frames(state: &mut State, options: &FakeOptions, delivery: &Delivery) -> Vec<Vec<u8>> {
+    let chunk = options.max_frame_payload.max(1);
+    let pieces: Vec<&[u8]> = if delivery.payload.is_empty() {
+        vec![&[][..]]
+    } else {
+        delivery.payload.chunks(chunk).collect()
+    };
+    let sum = pieces.len();
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(seq, piece)| {
+            state.next_seq_id += 1;
+            state.frames_sent += 1;
+            Frame {
+                seq_id: state.next_seq_id,
+                log_id: 7_000_000 + state.next_seq_id,
+                service: options.service_id,
+                method: METHOD_DATA,
+                headers: vec![
+                    Header::new(HEADER_TYPE, "event"),
+                    Header::new(HEADER_MESSAGE_ID, delivery.transport_id.clone()),
+                    Header::new(HEADER_SUM, sum.to_string()),
+                    Header::new(HEADER_SEQ, seq.to_string()),
+                    Header::new(
+                        HEADER_TRACE_ID,
+                        format!("trace-{}-{}", delivery.transport_id, delivery.deliveries),
+                    ),
+                    Header::new("instance_id", "fake-instance"),
+                ],
+                payload: Some(piece.to_vec()),
+                ..Frame::default()
+            }
+            .encode_bytes()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP side.
+
+fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
+    const MESSAGES: &str = "/open-apis/im/v1/messages";
+    Some(match (method.as_str(), path) {
+        ("POST", "/callback/ws/endpoint") => Route::Endpoint,
+        ("POST", "/open-apis/auth/v3/tenant_access_token/internal") => Route::TenantToken,
+        ("GET", "/open-apis/contact/v3/users/batch") => Route::BatchUsers,
+        ("POST", MESSAGES) if query.contains("receive_id_type=") => Route::Send,
+        ("GET", MESSAGES) => Route::ListMessages,
+        (_, p) if p.starts_with(MESSAGES) && p.contains("/reactions") => Route::Reactions,
+        ("POST", p) if p.starts_with(MESSAGES) && p.ends_with("/reply") => Route::Reply,
+        ("GET", p) if p.starts_with(MESSAGES) => Route::GetMessage,
+        _ => return None,
+    })
+}
+
+/// The failure that applies to `route` now, if any (uses up one counted use).
+fn take_failure(state: &mut State, route: Route) -> Option<Failure> {
+    let applies = |rule: &FailureRule| {
+        rule.route == route
+            || (rule.route == Route::Api && !matches!(route, Route::Endpoint | Route::TenantToken))
+    };
+    let at = state
+        .failures
+        .iter()
+        .position(|rule| applies(rule) && rule.remaining != Some(0))?;
+    let rule = &mut state.failures[at];
+    if let Some(left) = &mut rule.remaining {
+        *left -= 1;
+    }
+    Some(rule.failure.clone())
+}
+
+fn lark_error(status: u16, code: i64, msg: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(json!({"code": code, "msg": msg})),
+    )
+        .into_response()
+}
+
+fn ok(data: Value) -> Response {
+    axum::Json(json!({"code": 0, "msg": "success", "data": data})).into_response()
+}
+
+fn query_values<'a>(query: &'a str, name: &str) -> Vec<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .collect()
+}
+
+async fn rest(
+    Extract(shared): Extract<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or("").to_string();
+    let Some(route) = route_of(&method, &path, &query) else {
+        return lark_error(404, 404, &format!("fake Lark has no {method} {path}"));
+    };
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let failure = {
+        let mut state = shared.state();
+        if route != Route::Endpoint {
+            state.requests.push(RestRequest {
+                method: method.to_string(),
+                uri: uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str().to_string())
+                    .unwrap_or_default(),
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: body.clone(),
+            });
+        }
+        take_failure(&mut state, route)
+    };
+    match failure {
+        None => {}
+        Some(Failure::Slow(delay)) => tokio::time::sleep(delay).await,
+        Some(Failure::RateLimit) => {
+            let mut response = lark_error(429, 99_991_400, "request trigger frequency limit");
+            response
+                .headers_mut()
+                .insert("x-ogw-ratelimit-reset", "1".parse().expect("header"));
+            return response;
+        }
+        Some(Failure::TokenExpired) => {
+            return lark_error(
+                400,
+                99_991_663,
+                "Invalid access token for authorization. Please make a request with token attached.",
+            );
+        }
+        Some(Failure::PermissionDenied) => {
+            return lark_error(
+                400,
+                99_991_672,
+                "Access denied. One of the following scopes is required: [im:message]",
+            );
+        }
+        Some(Failure::ServerError) => return lark_error(500, 1, "internal server error"),
+        Some(Failure::Code { status, code, msg }) => return lark_error(status, code, &msg),
+    }
+    let mut state = shared.state();
+    state.next_id += 1;
+    let n = state.next_id;
+    match route {
+        Route::Endpoint => {
+            let app_id = body["AppID"].as_str().unwrap_or("").to_string();
+            if app_id.is_empty() || body["AppSecret"].as_str().unwrap_or("").is_empty() {
+                return axum::Json(
+                    json!({"code": 1_000_040_344, "msg": "AppID or AppSecret is empty"}),
+                )
+                .into_response();
+            }
+            let ticket = format!("tk{n:08}");
+            state.tickets.insert(ticket.clone(), app_id.clone());
+            state.discoveries += 1;
+            let url = format!(
+                "{}/ws/v2?fpid=493&aid={app_id}&device_id={n}&access_key=ak{n}&service_id={}&ticket={ticket}",
+                shared.ws_origin, shared.options.service_id
+            );
+            axum::Json(json!({
+                "code": 0, "msg": "ok",
+                "data": {"URL": url, "ClientConfig": client_config(&shared.options)},
+            }))
+            .into_response()
+        }
+        Route::TenantToken => axum::Json(json!({
+            "code": 0, "msg": "ok", "tenant_access_token": format!("t-fake{n}"), "expire": 7200,
+        }))
+        .into_response(),
+        Route::Send | Route::Reply => ok(json!({"message_id": format!("om_sent_{n}")})),
+        Route::Reactions if method == Method::DELETE => {
+            axum::Json(json!({"code": 0, "msg": "success"})).into_response()
+        }
+        Route::Reactions => ok(json!({"reaction_id": format!("r_{n}")})),
+        Route::GetMessage => {
+            let id = path.trim_start_matches("/open-apis/im/v1/messages/");
+            match state.messages.get(id) {
+                Some(items) => ok(json!({"items": items})),
+                None => lark_error(400, 230_011, "The message was withdrawn or does not exist."),
+            }
+        }
+        Route::ListMessages => {
+            let kind = query_values(&query, "container_id_type").first().copied();
+            let container = query_values(&query, "container_id")
+                .first()
+                .copied()
+                .unwrap_or("");
+            let field = if kind == Some("thread") {
+                "thread_id"
+            } else {
+                "chat_id"
+            };
+            let end_ms = query_values(&query, "end_time")
+                .first()
+                .and_then(|s| s.parse::<i64>().ok())
+                .map(|s| s * 1000);
+            let page = query_values(&query, "page_size")
+                .first()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(20);
+            let create_time = |v: &Value| {
+                v["create_time"]
+                    .as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            let mut items: Vec<Value> = state
+                .chat_messages
+                .iter()
+                .filter(|m| m[field].as_str() == Some(container))
+                .filter(|m| end_ms.is_none_or(|end| create_time(m) <= end))
+                .cloned()
+                .collect();
+            items.sort_by_key(|m| std::cmp::Reverse(create_time(m)));
+            items.truncate(page);
+            ok(json!({"items": items, "has_more": false}))
+        }
+        Route::BatchUsers => {
+            let items: Vec<Value> = query_values(&query, "user_ids")
+                .into_iter()
+                .filter_map(|id| {
+                    state
+                        .users
+                        .get(id)
+                        .map(|name| json!({"open_id": id, "name": name}))
+                })
+                .collect();
+            ok(json!({"items": items}))
+        }
+        Route::Api => lark_error(404, 404, "unreachable route"),
+    }
+}
