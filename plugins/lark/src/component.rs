@@ -3,7 +3,8 @@
 //! generated WIT types. No protocol logic lives here.
 //!
 //! Installation config keys: `app_id`, `bot_open_id`, `bot_union_id`, `base_url` (default
-//! `https://open.feishu.cn`), `agent_name` (card headers, default "Multica"). Secrets:
+//! `https://open.feishu.cn`), `agent_name` (card headers, default "Multica"),
+//! `recent_context_size` (enricher, default 10, 0 = off). Secrets:
 //! `app_secret`, `encrypt_key`, `verification_token`.
 
 use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
@@ -22,7 +23,10 @@ use crate::transport::{
     HttpRequestSpec,
 };
 use crate::webhook::{self, WebhookRejection, WebhookSecrets, WebhookVerdict};
-use crate::{commands as command_logic, outbound as outbound_logic, transport as transport_logic};
+use crate::{
+    commands as command_logic, enrich as enrich_logic, outbound as outbound_logic,
+    transport as transport_logic,
+};
 
 /// Timeout asked of the host for the endpoint discovery call (the host clamps it to the call's
 /// remaining deadline).
@@ -186,13 +190,105 @@ impl decoder::Guest for LarkPlugin {
 }
 
 impl enricher::Guest for LarkPlugin {
-    /// Pending (see README): the body is returned unchanged.
-    fn enrich(message: InboundMessage, _budget: enricher::Budget) -> enricher::Enrichment {
+    /// Quoted parents, forwarded transcripts, recent group context and speaker names (see
+    /// `enrich`), within the host's budget; failures become placeholders, never errors.
+    fn enrich(message: InboundMessage, budget: enricher::Budget) -> enricher::Enrichment {
         install_panic_hook();
+        let settings = enrich_logic::Settings {
+            recent_context_size: config("recent_context_size")
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(enrich_logic::DEFAULT_RECENT_CONTEXT_SIZE),
+        };
+        let budget = enrich_logic::Budget {
+            deadline_ms: budget.deadline_ms,
+            max_requests: budget.max_requests,
+            max_context_messages: budget.max_context_messages,
+        };
+        let credentials = credentials();
+        let message = logic_message(message);
+        let enriched = enrich_logic::enrich(
+            &mut EnrichImportHost,
+            &credentials,
+            &settings,
+            &message,
+            budget,
+        );
         enricher::Enrichment {
-            body: message.body,
-            notes: Vec::new(),
+            body: enriched.body,
+            notes: enriched.notes,
         }
+    }
+}
+
+/// [`enrich_logic::EnrichHost`] on the host imports: requests with the timeout the enricher
+/// asks for, the call's remaining deadline, kv and logs as in delivery.
+struct EnrichImportHost;
+
+impl enrich_logic::EnrichHost for EnrichImportHost {
+    fn send(
+        &mut self,
+        request: &HttpRequestSpec,
+        timeout_ms: u32,
+    ) -> Result<crate::outbound::HttpAnswer, TransportFailure> {
+        send_rest(request, timeout_ms)
+    }
+
+    fn remaining_ms(&mut self) -> u64 {
+        installation::remaining_ms()
+    }
+
+    fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        ImportHost.kv_get(key)
+    }
+
+    fn kv_set(&mut self, key: &str, value: &[u8], ttl_ms: u64) {
+        ImportHost.kv_set(key, value, ttl_ms)
+    }
+
+    fn kv_delete(&mut self, key: &str) {
+        ImportHost.kv_delete(key)
+    }
+
+    fn warn(&mut self, message: &str, fields: &[(&str, &str)]) {
+        log_write(log::Level::Warn, message, fields);
+    }
+}
+
+/// The WIT message as the logic modules' type (the routing key is not needed after decoding).
+fn logic_message(message: InboundMessage) -> decode::InboundMessage {
+    decode::InboundMessage {
+        app_id: String::new(),
+        event_id: message.event_id,
+        message_id: message.message_id,
+        chat_id: message.chat_id,
+        chat_type: match message.chat_type {
+            ChatType::Direct => decode::ChatType::Direct,
+            ChatType::Group => decode::ChatType::Group,
+        },
+        sender: decode::Sender {
+            open_id: message.sender.open_id,
+            union_id: message.sender.union_id,
+            user_id: message.sender.user_id,
+            kind: message.sender.kind,
+        },
+        message_type: message.message_type,
+        body: message.body,
+        command_body: message.command_body,
+        addressed_to_bot: message.addressed_to_bot,
+        parent_id: message.parent_id,
+        root_id: message.root_id,
+        thread_id: message.thread_id,
+        create_time_ms: message.create_time_ms,
+        mentions: message
+            .mentions
+            .into_iter()
+            .map(|mention| crate::mentions::Mention {
+                key: mention.key,
+                name: mention.name,
+                open_id: mention.open_id,
+                union_id: mention.union_id,
+            })
+            .collect(),
     }
 }
 
@@ -321,41 +417,7 @@ impl LarkHost for ImportHost {
         &mut self,
         request: &HttpRequestSpec,
     ) -> Result<crate::outbound::HttpAnswer, TransportFailure> {
-        let wire = http::Request {
-            method: request.method.to_string(),
-            url: request.url.clone(),
-            headers: request.headers.clone(),
-            body: request.body.clone(),
-            timeout_ms: Some(OUTBOUND_TIMEOUT_MS),
-        };
-        http::send(&wire)
-            .map(|response| crate::outbound::HttpAnswer {
-                status: response.status,
-                headers: response.headers,
-                body: response.body,
-            })
-            .map_err(|err| match err {
-                http::Error::NotAllowed(destination) => TransportFailure {
-                    message: format!("{destination} is outside the plugin's http allow-list"),
-                    retryable: false,
-                },
-                http::Error::InvalidRequest(reason) => TransportFailure {
-                    message: format!("invalid request: {reason}"),
-                    retryable: false,
-                },
-                http::Error::TooLarge(limit) => TransportFailure {
-                    message: format!("body exceeded the host's {limit}-byte cap"),
-                    retryable: false,
-                },
-                http::Error::Timeout => TransportFailure {
-                    message: "request timed out".into(),
-                    retryable: true,
-                },
-                http::Error::Transport(reason) => TransportFailure {
-                    message: format!("transport failure: {reason}"),
-                    retryable: true,
-                },
-            })
+        send_rest(request, OUTBOUND_TIMEOUT_MS)
     }
 
     fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
@@ -389,6 +451,50 @@ impl LarkHost for ImportHost {
     fn warn(&mut self, message: &str, fields: &[(&str, &str)]) {
         log_write(log::Level::Warn, message, fields);
     }
+}
+
+/// Sends a REST request through host `http` with `timeout_ms` (the host clamps it to the call's
+/// remaining deadline). A destination outside the allow-list, an invalid request and an
+/// oversized answer are not retryable; timeouts and transport failures are.
+fn send_rest(
+    request: &HttpRequestSpec,
+    timeout_ms: u32,
+) -> Result<crate::outbound::HttpAnswer, TransportFailure> {
+    let wire = http::Request {
+        method: request.method.to_string(),
+        url: request.url.clone(),
+        headers: request.headers.clone(),
+        body: request.body.clone(),
+        timeout_ms: Some(timeout_ms),
+    };
+    http::send(&wire)
+        .map(|response| crate::outbound::HttpAnswer {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        })
+        .map_err(|err| match err {
+            http::Error::NotAllowed(destination) => TransportFailure {
+                message: format!("{destination} is outside the plugin's http allow-list"),
+                retryable: false,
+            },
+            http::Error::InvalidRequest(reason) => TransportFailure {
+                message: format!("invalid request: {reason}"),
+                retryable: false,
+            },
+            http::Error::TooLarge(limit) => TransportFailure {
+                message: format!("body exceeded the host's {limit}-byte cap"),
+                retryable: false,
+            },
+            http::Error::Timeout => TransportFailure {
+                message: "request timed out".into(),
+                retryable: true,
+            },
+            http::Error::Transport(reason) => TransportFailure {
+                message: format!("transport failure: {reason}"),
+                retryable: true,
+            },
+        })
 }
 
 fn logic_target(target: types::SessionTarget) -> outbound_logic::SessionTarget {
