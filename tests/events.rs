@@ -71,7 +71,10 @@ impl Replica {
     /// Opens `GET /api/sessions/{id}/events` (with `query`, e.g. `?after=3`).
     async fn events(&self, session_id: &str, query: &str) -> reqwest::Response {
         self.client
-            .get(format!("{}/api/sessions/{session_id}/events{query}", self.base))
+            .get(format!(
+                "{}/api/sessions/{session_id}/events{query}",
+                self.base
+            ))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -120,7 +123,10 @@ impl Sse {
         self.data["text"].as_str().unwrap()
     }
     fn queue(&self) -> Vec<String> {
-        assert_eq!(self.event, "queue_update", "expected a queue update: {self:?}");
+        assert_eq!(
+            self.event, "queue_update",
+            "expected a queue update: {self:?}"
+        );
         self.data["queue"]
             .as_array()
             .unwrap()
@@ -180,7 +186,11 @@ fn parse_block(block: &str) -> Option<Sse> {
     }
     let event = event?; // keep-alive comments carry no event
     let data: Value = serde_json::from_str(&data).expect("event data is JSON");
-    assert_eq!(data["event"], event.as_str(), "data tag matches the SSE name");
+    assert_eq!(
+        data["event"],
+        event.as_str(),
+        "data tag matches the SSE name"
+    );
     Some(Sse { event, id, data })
 }
 
@@ -397,7 +407,11 @@ async fn a_subscriber_that_never_reads_does_not_block_publishing_and_resyncs() {
             }
         }
         assert_eq!(seen, ids, "{}: every message once, in order", t.name);
-        assert!(slow.resyncs() >= 1, "{}: the slow subscriber lagged", t.name);
+        assert!(
+            slow.resyncs() >= 1,
+            "{}: the slow subscriber lagged",
+            t.name
+        );
         assert_eq!(slow.cursor(), *ids.last().unwrap());
 
         assert_eq!(http.expect().await.status(), "idle");
@@ -408,7 +422,11 @@ async fn a_subscriber_that_never_reads_does_not_block_publishing_and_resyncs() {
                 seen.push(event.id.unwrap().parse::<i64>().unwrap());
             }
         }
-        assert_eq!(seen, ids, "{}: the HTTP subscriber gets the latest messages", t.name);
+        assert_eq!(
+            seen, ids,
+            "{}: the HTTP subscriber gets the latest messages",
+            t.name
+        );
 
         replica.shutdown().await;
     }
@@ -422,6 +440,12 @@ async fn shutdown_ends_open_event_streams() {
         let mut sse = replica.subscribe(&s, "").await;
         assert_eq!(sse.expect().await.status(), "idle", "{}", t.name);
         replica.shutdown().await; // would hang on the open stream otherwise
+        let last = sse.expect().await;
+        assert_eq!(last.event, "error", "{}", t.name);
+        assert_eq!(
+            last.data["message"],
+            switchboard::runs::events::SHUTDOWN_MESSAGE
+        );
         assert!(sse.next().await.is_none(), "{}: the stream ended", t.name);
     }
 }
@@ -449,7 +473,12 @@ async fn durable_events_reach_a_subscriber_on_another_replica() {
 
     // A run on A: parts stay on A; B gets the stored reply and the statuses. (B reads the
     // state when a notice arrives, so the test waits for each step before the next.)
-    let claim = a.runs.acquire(AGENT, "worker-a").await.unwrap().expect("run");
+    let claim = a
+        .runs
+        .acquire(AGENT, "worker-a")
+        .await
+        .unwrap()
+        .expect("run");
     assert_eq!(on_b.expect().await.status(), "running");
     assert!(a.runs.publish_part(&s, &claim.run_id, "partial"));
     a.runs.submit(&s, "queued on A").await.unwrap();

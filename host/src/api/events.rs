@@ -17,7 +17,9 @@
 //! falls more than the hub's channel capacity behind (`broadcast` lag) is never waited for:
 //! when it reads again it resynchronises from the database — the status, the messages after
 //! the last one it was sent, the queue — and continues live; parts missed meanwhile are not
-//! repeated (the stored reply supersedes them). Unknown session → 404 JSON error.
+//! repeated (the stored reply supersedes them). Unknown session → 404 JSON error. At host
+//! shutdown every stream gets an `error` event ("the host is shutting down; reconnect to
+//! resume") and ends, so the graceful shutdown does not wait on open streams.
 //!
 //! Owns the snapshot order, de-duplication and resync; it must not hold SQL (reads go through
 //! `RunStore`) or publish events.
@@ -33,7 +35,6 @@ use axum::routing::get;
 use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::watch;
 
 use super::{ApiError, AppState};
 use crate::runs::relay::message_fingerprint;
@@ -114,8 +115,8 @@ pub struct Subscription {
     /// id → content fingerprint.
     read: HashMap<i64, u64>,
     resyncs: u64,
-    /// `true` once the host shuts down: the stream ends.
-    closed: watch::Receiver<bool>,
+    /// Says when the host shuts down: the stream ends.
+    hub: EventHub,
 }
 
 impl Subscription {
@@ -127,7 +128,6 @@ impl Subscription {
         session_id: &str,
         after: i64,
     ) -> Result<Option<Subscription>, StoreError> {
-        let closed = hub.streams_closed();
         let (parts, receiver) = hub.subscribe(session_id);
         let Some(status) = store.get_run_state(session_id).await? else {
             return Ok(None);
@@ -142,7 +142,7 @@ impl Subscription {
             cursor: after,
             read: HashMap::new(),
             resyncs: 0,
-            closed,
+            hub: hub.clone(),
         };
         subscription.pending.push_back(SessionEvent::Status {
             state: status.state,
@@ -158,26 +158,20 @@ impl Subscription {
         Ok(Some(subscription))
     }
 
-    /// The next event; `None` when the stream ends (host shutdown: [`EventHub::close_streams`]).
+    /// The next event; `None` when the stream ends (host shutdown: [`EventHub::close_streams`],
+    /// whose `error` event is the last one handed out).
     pub async fn next(&mut self) -> Option<SessionEvent> {
         loop {
-            if *self.closed.borrow() {
-                return None;
-            }
             if let Some(event) = self.pending.pop_front() {
                 if let SessionEvent::Message { id, .. } = &event {
                     self.cursor = self.cursor.max(*id);
                 }
                 return Some(event);
             }
-            let received = tokio::select! {
-                biased;
-                changed = self.closed.changed() => match changed {
-                    Ok(()) => continue,
-                    Err(_) => return None, // the hub is gone
-                },
-                received = self.receiver.recv() => received,
-            };
+            if self.hub.streams_closed() {
+                return None;
+            }
+            let received = self.receiver.recv().await;
             match received {
                 Ok(event) => {
                     if self.admit(&event) {
@@ -216,6 +210,12 @@ impl Subscription {
     /// Whether a live event goes out: drops a `message` that was already read from the
     /// database with the same content.
     fn admit(&mut self, event: &SessionEvent) -> bool {
+        if self.read.is_empty() {
+            if let SessionEvent::Message { id, .. } = event {
+                self.cursor = self.cursor.max(*id);
+            }
+            return true;
+        }
         let Some((id, fingerprint)) = message_fingerprint(event) else {
             return true;
         };

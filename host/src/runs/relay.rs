@@ -105,6 +105,11 @@ impl Notice {
             SessionEvent::QueueUpdate { .. } => (NoticeKind::Queue, None),
             SessionEvent::Error { .. } => (NoticeKind::Error, None),
             SessionEvent::MessagePart { .. } => return None,
+            // Compaction progress is not re-readable from the database: it stays on the replica
+            // that ran it (its durable result, the notice message, is relayed as a message).
+            SessionEvent::CompactionStart { .. }
+            | SessionEvent::CompactionDone { .. }
+            | SessionEvent::CompactionFailed { .. } => return None,
         };
         Some(Notice {
             session: session_id.to_owned(),
@@ -282,7 +287,9 @@ impl Receiver {
                 }
                 Err(e) if Listener::is_closed_error(&e) => break,
                 Err(e) => {
-                    tracing::warn!("event relay lost its listening connection (retrying in {RELISTEN_BACKOFF:?}): {e}");
+                    tracing::warn!(
+                        "event relay lost its listening connection (retrying in {RELISTEN_BACKOFF:?}): {e}"
+                    );
                     tokio::select! {
                         _ = stop.changed() => break,
                         _ = tokio::time::sleep(RELISTEN_BACKOFF) => {}
@@ -393,5 +400,62 @@ impl Receiver {
                 self.relay_messages(session, high).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunState;
+
+    #[test]
+    fn notices_name_what_to_reread_and_never_carry_parts() {
+        let message = SessionEvent::Message {
+            id: 42,
+            role: "user".into(),
+            kind: "message".into(),
+            body: "a long body that is never put in a notice".into(),
+            created_at_ms: 1,
+        };
+        let notice = Notice::of("s1", &message, "me").unwrap();
+        assert_eq!(notice.kind, NoticeKind::Message);
+        assert_eq!(notice.after_message_id, Some(41));
+        let json = serde_json::to_string(&notice).unwrap();
+        assert_eq!(
+            json,
+            r#"{"session":"s1","kind":"message","after_message_id":41,"origin":"me"}"#
+        );
+        let status = SessionEvent::Status {
+            state: RunState::Running,
+            last_error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&Notice::of("s1", &status, "me").unwrap()).unwrap(),
+            r#"{"session":"s1","kind":"status","origin":"me"}"#
+        );
+        let part = SessionEvent::MessagePart {
+            run_id: "r".into(),
+            text: "t".into(),
+        };
+        assert_eq!(Notice::of("s1", &part, "me"), None);
+    }
+
+    #[test]
+    fn a_row_is_relayed_again_only_when_it_changed() {
+        let mut relayed = Relayed::default();
+        assert!(relayed.record(5, 1));
+        assert!(relayed.record(6, 2));
+        assert!(!relayed.record(6, 2), "same row again");
+        assert!(!relayed.record(5, 1));
+        assert_eq!(relayed.high, 6);
+        assert!(relayed.record(5, 9), "edited: same id, new content");
+        assert!(
+            relayed.record(6, 2),
+            "the edit truncated 6; a row 6 is new again"
+        );
+        for id in 100..100 + REMEMBERED_MESSAGES as i64 {
+            assert!(relayed.record(id, 0));
+        }
+        assert_eq!(relayed.recent.len(), REMEMBERED_MESSAGES);
     }
 }
