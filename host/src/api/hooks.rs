@@ -64,7 +64,7 @@ async fn deliver(
         .ok_or_else(|| ApiError::not_found(format!("no plugin serves channel `{channel}`")))?;
     // Verification secrets come from the installation named in the path (encrypted channels need
     // it: the routing key is inside the ciphertext).
-    let cx = match installation_id {
+    let (installation, cx) = match installation_id {
         Some(id) => {
             let installation = state
                 .installations
@@ -73,9 +73,10 @@ async fn deliver(
                 .map_err(ApiError::internal)?
                 .filter(|i| i.channel == channel)
                 .ok_or_else(|| ApiError::not_found(format!("no {channel} installation `{id}`")))?;
-            Arc::new(installation.context())
+            let cx = Arc::new(installation.context());
+            (Some(installation), cx)
         }
-        None => Arc::new(InstallationContext::default()),
+        None => (None, Arc::new(InstallationContext::default())),
     };
     let request = transport::WebhookRequest {
         method: "POST".into(),
@@ -107,9 +108,12 @@ async fn deliver(
         WebhookOutcome::Events { payloads, response } => {
             let mut labels = Vec::with_capacity(payloads.len());
             for payload in &payloads {
+                // The installation the request was verified for is reused when the event is
+                // its own (no second lookup); anything else is routed by its key.
+                let known = installation.as_ref().map(|i| (i, &cx));
                 let outcome = state
                     .ingest
-                    .payload(&plugin, payload, arrived)
+                    .payload_of(&plugin, payload, arrived, known)
                     .await
                     .map_err(ApiError::internal)?;
                 labels.push(outcome.label());

@@ -117,33 +117,63 @@ impl Ingest {
         payload: &[u8],
         arrived: Instant,
     ) -> Result<PayloadOutcome, IngestError> {
+        self.payload_of(plugin, payload, arrived, None).await
+    }
+
+    /// [`Ingest::payload`] for a payload that arrived for a known installation (a webhook
+    /// verified with that installation's secrets): when the payload's routing key is that
+    /// installation's, it is used as is (with its context) instead of being looked up again.
+    /// A payload carrying another routing key is routed by its key, as usual.
+    pub async fn payload_of(
+        &self,
+        plugin: &Plugin,
+        payload: &[u8],
+        arrived: Instant,
+        known: Option<(&Installation, &Arc<InstallationContext>)>,
+    ) -> Result<PayloadOutcome, IngestError> {
         let anonymous = Arc::new(InstallationContext::default());
         let routing_key = plugin.routing_key(&anonymous, payload).await?;
-        let channel = plugin.manifest().channel.clone();
-        let installation = match self
-            .dispatcher
-            .installation(&channel, routing_key.as_deref())
-            .await?
-        {
-            Some(installation) => installation,
-            None => {
-                // Unknown or revoked: decode without installation context only to fill the audit
-                // row (ids, chat); the body is never stored.
-                let meta = match pipeline::decode_payload(plugin, &anonymous, payload).await? {
-                    DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
-                    DecodeOutcome::Ignored(reason) => return Ok(PayloadOutcome::Ignored(reason)),
-                    DecodeOutcome::Invalid(e) => {
-                        return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)));
-                    }
-                };
-                let outcome = self
-                    .dispatcher
-                    .reject_installation(&channel, routing_key.as_deref(), &meta)
-                    .await?;
-                return Ok(PayloadOutcome::Dispatched(outcome));
-            }
+        let channel = &plugin.manifest().channel;
+        let known = known.filter(|(installation, _)| {
+            installation.is_active()
+                && installation.channel == *channel
+                && routing_key
+                    .as_deref()
+                    .is_some_and(|key| !key.is_empty() && key == installation.routing_key)
+        });
+        let (installation, cx) = match known {
+            Some((installation, cx)) => (installation.clone(), cx.clone()),
+            None => match self
+                .dispatcher
+                .installation(channel, routing_key.as_deref())
+                .await?
+            {
+                Some(installation) => {
+                    let cx = Arc::new(installation.context());
+                    (installation, cx)
+                }
+                None => {
+                    // Unknown or revoked: decode without installation context only to fill the audit
+                    // row (ids, chat); the body is never stored.
+                    let meta = match pipeline::decode_payload(plugin, &anonymous, payload).await? {
+                        DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
+                        DecodeOutcome::Ignored(reason) => {
+                            return Ok(PayloadOutcome::Ignored(reason));
+                        }
+                        DecodeOutcome::Invalid(e) => {
+                            return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(
+                                &e,
+                            )));
+                        }
+                    };
+                    let outcome = self
+                        .dispatcher
+                        .reject_installation(channel, routing_key.as_deref(), &meta)
+                        .await?;
+                    return Ok(PayloadOutcome::Dispatched(outcome));
+                }
+            },
         };
-        let cx = Arc::new(installation.context());
         let span =
             tracing::info_span!("ingest", plugin = plugin.name(), installation = %installation.id);
         let _entered = span.enter();

@@ -15,10 +15,12 @@
 //! 3. `rate`: an open loop at `--rate` msg/s. Sends are on a fixed timeline, and latency is
 //!    measured from the scheduled send time, so queueing shows up in the figures.
 //!
-//! After each phase the stored messages are counted and compared with the accepted deliveries
-//! (HTTP 200): every acknowledged message must be durable. Debounce windows (3 s) flush during
-//! the run as they would in production; a tracing layer on the host's threads counts the flushes.
-//! One JSON line per phase goes to stdout, and a table to stderr.
+//! Before each timed phase the bench waits for the debounce windows armed so far to flush
+//! ([`SETTLE`]). Windows (3 s) still flush during a phase, as they would in production, whenever
+//! a chat stays silent that long; a tracing layer on the host's threads counts the flushes. After
+//! each phase the stored messages are counted and compared with the accepted deliveries (HTTP
+//! 200): every acknowledged message must be durable. One JSON line per phase goes to stdout, and
+//! a table and a CPU breakdown (per thread group, context switches) to stderr.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -41,15 +43,19 @@ use super::{Json, aes_encrypt, build_profile};
 use crate::app::App;
 use crate::cli::{DEFAULT_LOG, GlobalArgs, LogFormat};
 use crate::config::Config;
-use crate::store::{NewInstallation, SecretCipher};
+use crate::store::{DEFAULT_DEBOUNCE_MS, NewInstallation, SecretCipher};
 
-/// The host's log filter during the bench unless `--log` is given.
-const QUIET_LOG: &str = "warn";
+/// The host's log filter during the bench unless `--log` is given. The bench installations have
+/// no Lark credentials, so every agent reply the debounced runs produce fails to deliver (and
+/// typing indicators fail): those expected warnings would flood stderr and cost CPU.
+const QUIET_LOG: &str = "warn,switchboard::runs=error,switchboard::delivery=error,plugin=error";
 /// Most requests in flight in the open-loop phase. A late request waits for a slot, and that
 /// wait counts in its latency.
 const MAX_IN_FLIGHT: usize = 1024;
 /// Error descriptions kept per phase.
 const ERROR_SAMPLES: usize = 5;
+/// Pause before each timed phase: the debounce window plus a margin.
+const SETTLE: Duration = Duration::from_millis(DEFAULT_DEBOUNCE_MS as u64 + 1_000);
 /// Default size of the sustained phase's pool, per second of `--duration-s`.
 const POOL_PER_SECOND: usize = 20_000;
 
@@ -78,7 +84,7 @@ pub(super) struct IngestArgs {
     rate: f64,
     /// Plain events to `/hooks/lark`, or encrypted and signed ones to
     /// `/hooks/lark/{installation}`.
-    #[arg(long, value_enum, default_value_t = WebhookMode::Plain)]
+    #[arg(long, value_enum, default_value_t = WebhookMode::Encrypted)]
     webhook: WebhookMode,
     /// Phases to run, comma-separated.
     #[arg(
@@ -407,12 +413,33 @@ impl Counts {
         })
     }
 
+    /// Channel messages that are durable: user turns in the history plus turns waiting in a
+    /// session's queue (a turn that arrives while the session's run is active is queued, and
+    /// promoted into the history when the run ends). Counted by distinct channel message id in
+    /// one statement, so a promotion in between cannot count a turn twice or not at all.
+    /// Agent replies (assistant rows) are not channel deliveries and are not counted.
+    async fn durable_messages(&self) -> anyhow::Result<u64> {
+        self.scalar(
+            "SELECT COUNT(*) FROM (
+                 SELECT channel_message_id FROM messages
+                 WHERE role = 'user' AND channel_message_id IS NOT NULL
+                 UNION
+                 SELECT channel_message_id FROM queued_messages
+                 WHERE channel_message_id IS NOT NULL
+             ) AS durable",
+        )
+        .await
+    }
+
     /// `SELECT COUNT(*) FROM table`.
     async fn rows(&self, table: &str) -> anyhow::Result<u64> {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    async fn scalar(&self, sql: &str) -> anyhow::Result<u64> {
         let n: i64 = match self {
-            Counts::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await?,
-            Counts::Postgres(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await?,
+            Counts::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Counts::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
         };
         Ok(n.max(0) as u64)
     }
@@ -852,6 +879,9 @@ struct CpuUse {
     seconds: [f64; 5],
     /// Share of the machine's CPU time that was busy (any process), 0–100.
     machine_busy_pct: f64,
+    /// Share of the machine's CPU time used by other processes (not this one, not PostgreSQL),
+    /// 0–100: a run where it is high was disturbed.
+    foreign_pct: f64,
     /// Context switches of this process's threads.
     switches: u64,
     /// CPU time of the busiest SQLite connection thread (the single writer, under write load)
@@ -878,11 +908,19 @@ impl CpuUse {
             })
             .max()
             .unwrap_or(0) as f64;
+        let own: u64 = (0..5)
+            .map(|i| after.ticks[i].saturating_sub(before.ticks[i]))
+            .sum();
         CpuUse {
             seconds,
             switches: after.switches.saturating_sub(before.switches),
             machine_busy_pct: if total > 0.0 {
                 100.0 * busy / total
+            } else {
+                0.0
+            },
+            foreign_pct: if total > 0.0 {
+                (100.0 * (busy - own as f64) / total).max(0.0)
             } else {
                 0.0
             },
@@ -914,10 +952,11 @@ impl CpuUse {
             String::new()
         };
         format!(
-            "CPU µs/msg: {}; {:.0} context switches/msg; machine {:.0}% busy{writer}",
+            "CPU µs/msg: {}; {:.0} context switches/msg; machine {:.0}% busy ({:.0}% by other processes){writer}",
             parts.join(", "),
             self.switches as f64 / messages.max(1) as f64,
-            self.machine_busy_pct
+            self.machine_busy_pct,
+            self.foreign_pct
         )
     }
 }
@@ -1035,6 +1074,10 @@ impl PhaseReport {
         fields.push((
             "machine_busy_pct".into(),
             Json::float(self.cpu.machine_busy_pct, 1),
+        ));
+        fields.push((
+            "foreign_cpu_pct".into(),
+            Json::float(self.cpu.foreign_pct, 1),
         ));
         if self.cpu.busiest_sqlite_pct > 0.0 {
             fields.push((
@@ -1210,7 +1253,7 @@ fn run(
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
-    let stored_now = || server.block_on(host.counts.rows("messages"));
+    let stored_now = || server.block_on(host.counts.durable_messages());
 
     // Warm-up: creates every session, opens the connections, fills the plugin's instance pool.
     let warm = client_rt.block_on(closed_loop(
@@ -1244,6 +1287,9 @@ fn run(
         if !args.phases.contains(&phase) {
             continue;
         }
+        // Let the windows armed so far flush before the clock starts, so that a phase measures
+        // its own steady state rather than the previous phase's burst of flushes.
+        std::thread::sleep(SETTLE);
         let flushes_before = counter.snapshot().0;
         let cpu_before = cpu_snapshot(postgres);
         let (name, load, result) = match phase {
@@ -1312,7 +1358,7 @@ fn run(
         .context("the host")?;
     let (flushes, flushed_messages, failed) = counter.snapshot();
     let (stored, audit) = server.block_on(async {
-        let stored = host.counts.rows("messages").await?;
+        let stored = host.counts.durable_messages().await?;
         let audit = host.counts.rows("inbound_audit").await?;
         host.counts.close().await;
         anyhow::Ok((stored, audit))
