@@ -1,6 +1,8 @@
-//! The demo's stand-in for the Lark Open Platform REST API: just the calls reply delivery
-//! makes (tenant token, send, reply, reactions), answering success and recording what the bot
-//! sent, so `switchboard demo` can show replies without network access or credentials.
+//! The demo's stand-in for the Lark Open Platform REST API: the calls enrichment and reply
+//! delivery make (tenant token, get message — a quoted parent or a merge_forward's children —,
+//! list recent messages, batch users, send, reply, reactions), answering success and recording
+//! what the bot sent, so `switchboard demo` can show replies without network access or
+//! credentials.
 //!
 //! Not a test fake (that is `tests/`'s job, with switchable failures); it only listens on
 //! loopback for the demo's lifetime.
@@ -100,6 +102,9 @@ async fn answer(
         }
         return Json(json!({"code": 0, "msg": "success"}));
     }
+    if method == Method::GET {
+        return Json(read_answer(path));
+    }
     if method == Method::POST && path.starts_with("/open-apis/im/v1/messages") {
         let (how, to) = match path.strip_suffix("/reply") {
             Some(prefix) => (
@@ -127,6 +132,72 @@ async fn answer(
         );
     }
     Json(json!({"code": 0, "msg": "success"}))
+}
+
+/// A text message item as `GET /open-apis/im/v1/messages/{id}` lists it.
+fn text_item(id: &str, upper: Option<&str>, sender: &str, create_time: u64, text: &str) -> Value {
+    let mut item = json!({
+        "message_id": id, "msg_type": "text", "create_time": create_time.to_string(),
+        "deleted": false, "chat_id": "oc_demo_source",
+        "sender": {"id": sender, "id_type": "open_id", "sender_type": "user"},
+        "body": {"content": json!({"text": text}).to_string()},
+    });
+    if let Some(upper) = upper {
+        item["upper_message_id"] = json!(upper);
+    }
+    item
+}
+
+/// Answers to the enricher's reads: the quoted parent, a forwarded transcript, no recent
+/// group history, and the demo users' names.
+fn read_answer(path: &str) -> Value {
+    if path == "/open-apis/contact/v3/users/batch" {
+        let users = [
+            ("ou_demo_alice", "Alice"),
+            ("ou_demo_bob", "Bob"),
+            ("ou_demo_carol", "Carol"),
+            ("ou_demo_dave", "Dave"),
+        ];
+        let items: Vec<Value> = users
+            .iter()
+            .map(|(id, name)| json!({"open_id": id, "name": name}))
+            .collect();
+        return json!({"code": 0, "msg": "success", "data": {"items": items}});
+    }
+    let items = match path.strip_prefix("/open-apis/im/v1/messages/") {
+        Some("om_demo_forward") => vec![
+            json!({
+                "message_id": "om_demo_forward", "msg_type": "merge_forward",
+                "create_time": "1731300013000", "deleted": false, "chat_id": "oc_demo_p2p_alice",
+                "sender": {"id": "ou_demo_alice", "id_type": "open_id", "sender_type": "user"},
+                "body": {"content": "Merged and Forwarded Message"},
+            }),
+            text_item(
+                "om_demo_fwd_1",
+                Some("om_demo_forward"),
+                "ou_demo_dave",
+                1731299400000,
+                "the canary is failing on eu-west",
+            ),
+            text_item(
+                "om_demo_fwd_2",
+                Some("om_demo_forward"),
+                "ou_demo_carol",
+                1731299460000,
+                "rolling back now",
+            ),
+        ],
+        Some(id) => vec![text_item(
+            id,
+            None,
+            "ou_demo_alice",
+            1731300000000,
+            "Can you summarise yesterday's design review?",
+        )],
+        // Listing a chat's recent messages: nothing older than the message itself.
+        None => Vec::new(),
+    };
+    json!({"code": 0, "msg": "success", "data": {"items": items, "has_more": false}})
 }
 
 /// The text of a `text` content or the markdown/plain texts of a card, joined.
