@@ -30,7 +30,9 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "#12  user      message  r1 three",
         // The echo agent's replies, delivered to the local stand-in for Lark.
         "send  oc_demo_p2p_dave           text        echo: one ⏎ two ⏎ three",
-        "send  oc_demo_team               text        echo: what is the status of the deploy?",
+        "send  oc_demo_team               text        echo: [Alice]: what is the status of the deploy?",
+        // Enrichment through the stand-in: the forwarded transcript.
+        "<forwarded_messages count=\"2\">",
         // Notices for the outcomes that ask for one.
         "Created #1 — Login times out after 5 minutes",
         "send  ou_demo_bob                interactive",
