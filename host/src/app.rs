@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::delivery::{ChannelReplies, Delivery, RetryPolicy};
 use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
+use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
 use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{EventHub, RunService, RunSettings};
@@ -38,6 +39,8 @@ pub struct App {
     relay: Option<Relay>,
     /// Runs the built-in agents (`echo`, `openai`).
     executor: Executor,
+    /// Long connections (none when `[connections] enabled = false`).
+    supervisor: Option<Supervisor>,
     max_body_bytes: usize,
 }
 
@@ -289,6 +292,21 @@ impl App {
             Ingest::new(dispatcher, debouncer.clone(), enrich).with_observer(replies.clone()),
         );
         let relay = Relay::start(&db, runs.hub()).await?;
+        let supervisor = if config.connections.enabled {
+            let settings = SupervisorSettings::from_config(&config.connections);
+            settings
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid [connections] configuration: {e}"))?;
+            Some(Supervisor::new(
+                installations.clone(),
+                runtime.clone(),
+                ingest.clone(),
+                clock.clone(),
+                settings,
+            ))
+        } else {
+            None
+        };
         let workers =
             api::WorkerApi::new(runs.clone(), agents.clone(), presence).with_observer(replies);
         let executor = Executor::new(
@@ -315,6 +333,7 @@ impl App {
             debouncer,
             relay,
             executor,
+            supervisor,
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -332,7 +351,7 @@ impl App {
     /// Serves until `shutdown` resolves, then stops inbound, flushes every pending window once
     /// and closes the database.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -345,6 +364,12 @@ impl App {
         let recovery = self.state.runs.spawn_recovery_loop(async {
             let _ = recovery_stopped.await;
         });
+        // Long connections run alongside the HTTP server and stop with it (inbound first).
+        let stop_connections = CancellationToken::new();
+        let connections = self
+            .supervisor
+            .take()
+            .map(|supervisor| supervisor.spawn(stop_connections.clone()));
         axum::serve(listener, self.router())
             .with_graceful_shutdown({
                 // Waiting worker claims end (204) and open event streams end as soon as
@@ -361,6 +386,10 @@ impl App {
             })
             .await
             .context("HTTP server")?;
+        if let Some(connections) = connections {
+            stop_connections.cancel();
+            let _ = connections.await;
+        }
         let _ = stop_recovery.send(());
         let _ = recovery.await;
         tracing::info!("inbound stopped; flushing pending debounce windows");

@@ -27,6 +27,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Inbound processing.
     pub ingest: IngestConfig,
+    /// Long connections (installations with `connection = "websocket"`).
+    pub connections: ConnectionsConfig,
     /// Session runs.
     pub runs: RunsConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
@@ -128,6 +130,53 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             enrich_budget_ms: 2_000,
+        }
+    }
+}
+
+/// `[connections]`: long connections and their ownership leases (multica-lark §O).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Hold long connections at all (off: webhook-only host).
+    pub enabled: bool,
+    /// How often installations are checked for connections to start, stop or restart.
+    pub poll_interval_ms: u64,
+    /// Lease lifetime; another replica can take an installation over this long after its owner
+    /// stopped renewing.
+    pub lease_ttl_ms: u64,
+    /// Lease renewal period (jittered ±10 %); must be below the TTL.
+    pub lease_renew_interval_ms: u64,
+    /// The connection closes this long before an unrenewed lease could expire.
+    pub lease_safety_margin_ms: u64,
+    /// First reconnect delay (doubles, jittered ×0.5–1.5).
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// A connection that lived this long resets the reconnect delay.
+    pub backoff_reset_after_ms: u64,
+    /// Application ping period when the server does not say.
+    pub ping_interval_ms: u64,
+    /// Deadline of every socket write.
+    pub write_timeout_ms: u64,
+    /// Deadline of the WebSocket handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            enabled: true,
+            poll_interval_ms: 5_000,
+            lease_ttl_ms: 60_000,
+            lease_renew_interval_ms: 20_000,
+            lease_safety_margin_ms: 5_000,
+            backoff_initial_ms: 2_000,
+            backoff_max_ms: 60_000,
+            backoff_reset_after_ms: 60_000,
+            ping_interval_ms: 120_000,
+            write_timeout_ms: 10_000,
+            handshake_timeout_ms: 15_000,
         }
     }
 }

@@ -595,6 +595,112 @@ impl InstallationStore {
         .await
     }
 
+    /// Takes the long-connection lease of installation `id` for `token` until `now_ms + ttl_ms`
+    /// (compare-and-set): succeeds only if the installation is active and the lease is free,
+    /// expired, or already `token`'s. Returns whether `token` holds the lease now.
+    pub async fn acquire_lease(
+        &self,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.lease_update(
+            "installation lease acquire",
+            "UPDATE installations SET lease_token = $2, lease_expires_at_ms = $3 + $4
+             WHERE id = $1 AND status = 'active'
+               AND (lease_token IS NULL OR lease_expires_at_ms IS NULL
+                    OR lease_expires_at_ms <= $3 OR lease_token = $2)",
+            id,
+            token,
+            now_ms,
+            ttl_ms,
+        )
+        .await
+    }
+
+    /// Extends `token`'s lease of installation `id` to `now_ms + ttl_ms`. False when the token
+    /// no longer holds it (another owner took it over) or the installation was revoked: the
+    /// caller must close its connection.
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.lease_update(
+            "installation lease renew",
+            "UPDATE installations SET lease_expires_at_ms = $3 + $4
+             WHERE id = $1 AND status = 'active' AND lease_token = $2",
+            id,
+            token,
+            now_ms,
+            ttl_ms,
+        )
+        .await
+    }
+
+    /// Gives the lease of installation `id` up if `token` holds it; returns whether it did.
+    pub async fn release_lease(&self, id: &str, token: &str) -> Result<bool, StoreError> {
+        let fail = StoreError::query("installation lease release", self.backend());
+        let affected = on_writer!(self.db, |pool| {
+            sqlx::query(
+                "UPDATE installations SET lease_token = NULL, lease_expires_at_ms = NULL
+                 WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(token)
+            .execute(pool)
+            .await
+            .map_err(fail)?
+            .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
+    /// The current lease of installation `id`: `(token, expires_at_ms)`, if any.
+    pub async fn lease(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let fail = StoreError::query("installation lease read", self.backend());
+        let row: Option<(Option<String>, Option<i64>)> = on_reader!(self.db, |pool| {
+            sqlx::query_as(
+                "SELECT lease_token, lease_expires_at_ms FROM installations WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(fail)?
+        });
+        Ok(match row {
+            Some((Some(token), Some(expires))) => Some((token, expires)),
+            _ => None,
+        })
+    }
+
+    async fn lease_update(
+        &self,
+        op: &'static str,
+        sql: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let fail = StoreError::query(op, self.backend());
+        let affected = on_writer!(self.db, |pool| {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(token)
+                .bind(now_ms)
+                .bind(ttl_ms)
+                .execute(pool)
+                .await
+                .map_err(fail)?
+                .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
     /// Runs a one-row update `sql` with `$1` = id, `$2` = now and an optional `$3`.
     async fn update(
         &self,

@@ -1,0 +1,558 @@
+//! The long-connection connector (SPEC §3, multica-lark §A, lark-protocol §1): one installation's
+//! WebSocket to the channel, driven by the plugin's `transport` exports.
+//!
+//! Per connection: endpoint discovery through the plugin's connect plan (host `http`; a fresh
+//! single-use URL every time) → dial (tokio-tungstenite, handshake deadline; a refused upgrade is
+//! classified by the plugin) → one writer task that owns the socket's sending half (every write
+//! has a deadline) → an application ping right away and then at the server's interval (pongs may
+//! change it) → the read loop: any inbound message is proof of life (nothing for
+//! `2 × ping interval + 10 s` drops the socket), frames go through [`FrameIntake`] (plugin
+//! classification + host reassembly), every complete event through [`Ingest::payload`], and the
+//! ACK (`build-ack`, code 200) is queued only after the outcome is durable — also for payloads the
+//! plugin could not decode or ignored, so they are not redelivered forever. An infrastructure
+//! failure ([`IngestError`]) is answered with a NACK (500) and the connection is closed, so the
+//! channel redelivers on a fresh one.
+//!
+//! [`Connector::run`] reconnects with jittered backoff (2 s → 60 s, reset after a connection that
+//! lived ≥ 60 s, [`backoff`]) until its stop token fires (shutdown or a lost lease); an event
+//! being processed when it fires is finished and ACKed first.
+//!
+//! Owns sockets, timers and the connection's reassembly buffers. Must not decide ownership (that
+//! is the supervisor's lease), hold SQL, or parse frames itself (the plugin does).
+
+pub mod backoff;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::backoff::{Backoff, BackoffPolicy};
+use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
+use crate::ingest::reassembly::Limits;
+use crate::ingest::service::{Ingest, IngestError};
+use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
+use crate::runtime::{CallError, InstallationContext, Plugin};
+use crate::store::Installation;
+
+/// Tunables of a connector.
+#[derive(Debug, Clone)]
+pub struct ConnectorSettings {
+    /// Reconnect backoff.
+    pub backoff: BackoffPolicy,
+    /// Ping interval when the server does not say (Lark's SDK default: 120 s).
+    pub default_ping_interval: Duration,
+    /// Drop the socket when nothing arrived for this long; `None` = 2 × ping interval + 10 s.
+    pub read_timeout: Option<Duration>,
+    /// Deadline of every socket write.
+    pub write_timeout: Duration,
+    /// Deadline of the TCP + TLS + WebSocket handshake.
+    pub handshake_timeout: Duration,
+    /// Fragment reassembly limits (per connection).
+    pub reassembly: Limits,
+}
+
+impl Default for ConnectorSettings {
+    fn default() -> Self {
+        ConnectorSettings {
+            backoff: BackoffPolicy::default(),
+            default_ping_interval: Duration::from_secs(120),
+            read_timeout: None,
+            write_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(15),
+            reassembly: Limits::default(),
+        }
+    }
+}
+
+/// Why a connection attempt or a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Discovery or the upgrade failed in a way that may pass (server busy, 5xx, network).
+    #[error("could not connect, will retry: {0}")]
+    Retryable(String),
+    /// The channel refused for a reason that needs the operator (bad credentials, app banned,
+    /// connection limit): retried only at the longest backoff.
+    #[error(
+        "the channel refused the connection; fix the installation's credentials or app settings: {0}"
+    )]
+    Terminal(String),
+    /// A plugin call failed (trap, timeout, limit).
+    #[error("plugin call failed: {0}")]
+    Plugin(#[from] CallError),
+    /// The WebSocket handshake did not finish in time.
+    #[error("the WebSocket handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The server closed the connection abnormally or the stream ended.
+    #[error("the server closed the connection: {0}")]
+    Closed(String),
+    /// Reading from the socket failed.
+    #[error("reading from the socket failed: {0}")]
+    Read(String),
+    /// Nothing arrived within the read deadline.
+    #[error("nothing received for {0:?}: the connection is presumed dead")]
+    Idle(Duration),
+    /// Writing to the socket failed or timed out.
+    #[error("writing to the socket failed: {0}")]
+    Write(String),
+    /// An event could not be made durable: a NACK was sent and the connection is closed so the
+    /// channel redelivers the event on a fresh one.
+    #[error("an event could not be stored (NACK sent; reconnecting for redelivery): {0}")]
+    Ingest(#[source] IngestError),
+}
+
+impl ConnectionError {
+    /// Whether retrying soon is pointless until the operator acts.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ConnectionError::Terminal(_))
+    }
+}
+
+/// What the writer task sends.
+enum Outgoing {
+    Frame(Vec<u8>),
+}
+
+/// One installation's long connection with reconnects.
+pub struct Connector {
+    plugin: Arc<Plugin>,
+    installation: Installation,
+    ingest: Arc<Ingest>,
+    settings: ConnectorSettings,
+}
+
+impl Connector {
+    /// A connector for `installation` through `plugin`, ingesting through `ingest`.
+    pub fn new(
+        plugin: Arc<Plugin>,
+        installation: Installation,
+        ingest: Arc<Ingest>,
+        settings: ConnectorSettings,
+    ) -> Connector {
+        Connector {
+            plugin,
+            installation,
+            ingest,
+            settings,
+        }
+    }
+
+    /// Connects and reconnects with backoff until `stop` fires; returns once the last connection
+    /// is closed (an event in progress is finished and acknowledged first).
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.backoff);
+        let mut attempt: u64 = 0;
+        while !stop.is_cancelled() {
+            attempt += 1;
+            let span = tracing::info_span!(
+                "connection",
+                installation = %self.installation.id,
+                channel = %self.installation.channel,
+                attempt,
+                connection = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let result = self.connect_once(&stop).instrument(span.clone()).await;
+            let _entered = span.enter();
+            if stop.is_cancelled() {
+                match result {
+                    Ok(()) => tracing::info!("connection closed (stopping)"),
+                    Err(e) => tracing::info!("connection ended while stopping: {e}"),
+                }
+                break;
+            }
+            backoff.connection_ended(started.elapsed());
+            if let Err(e) = &result
+                && e.is_terminal()
+            {
+                backoff.saturate();
+            }
+            let delay = backoff.next_delay();
+            match result {
+                Ok(()) => tracing::info!(
+                    lived_ms = started.elapsed().as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the server closed the connection normally; reconnecting"
+                ),
+                Err(e) if e.is_terminal() => {
+                    tracing::error!(retry_in_ms = delay.as_millis() as u64, "{e}")
+                }
+                Err(e) => tracing::warn!(
+                    lived_ms = started.elapsed().as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "connection lost: {e}"
+                ),
+            }
+            drop(_entered);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection: discover, dial, serve until it ends. `Ok` = closed normally (by the
+    /// server with 1000/1001, or by `stop`).
+    pub async fn connect_once(&self, stop: &CancellationToken) -> Result<(), ConnectionError> {
+        let cx = Arc::new(self.installation.context());
+        let plan = match self.plugin.connect_plan(&cx).await? {
+            Ok(plan) => plan,
+            Err(ConnectError::Retryable(reason)) => {
+                return Err(ConnectionError::Retryable(format!(
+                    "endpoint discovery: {reason}"
+                )));
+            }
+            Err(ConnectError::Terminal(reason)) => {
+                return Err(ConnectionError::Terminal(format!(
+                    "endpoint discovery: {reason}"
+                )));
+            }
+        };
+        tracing::Span::current().record("connection", plan.connection_id.as_str());
+        let socket = self.dial(&cx, &plan).await?;
+        tracing::info!("connected");
+        self.serve(cx, plan, socket, stop).await
+    }
+
+    /// Opens the WebSocket; a refused upgrade is classified by the plugin. The URL carries
+    /// credentials and is never logged.
+    async fn dial(
+        &self,
+        cx: &Arc<InstallationContext>,
+        plan: &ConnectPlan,
+    ) -> Result<Socket, ConnectionError> {
+        let dial = tokio_tungstenite::connect_async(plan.url.as_str());
+        let error = match tokio::time::timeout(self.settings.handshake_timeout, dial).await {
+            Err(_) => {
+                return Err(ConnectionError::HandshakeTimeout(
+                    self.settings.handshake_timeout,
+                ));
+            }
+            Ok(Ok((socket, _response))) => return Ok(socket),
+            Ok(Err(error)) => error,
+        };
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let WsError::Http(response) = error else {
+            return Err(ConnectionError::Retryable(format!(
+                "WebSocket dial: {}",
+                redact(&error.to_string(), &plan.url)
+            )));
+        };
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Err(
+            match self
+                .plugin
+                .classify_handshake_failure(cx, status, &headers)
+                .await?
+            {
+                ConnectError::Retryable(reason) => ConnectionError::Retryable(format!(
+                    "WebSocket upgrade refused (HTTP {status}): {reason}"
+                )),
+                ConnectError::Terminal(reason) => ConnectionError::Terminal(format!(
+                    "WebSocket upgrade refused (HTTP {status}): {reason}"
+                )),
+            },
+        )
+    }
+
+    /// Serves one open socket until it ends.
+    async fn serve(
+        &self,
+        cx: Arc<InstallationContext>,
+        plan: ConnectPlan,
+        socket: Socket,
+        stop: &CancellationToken,
+    ) -> Result<(), ConnectionError> {
+        let (sink, mut stream) = socket.split();
+        let (out, outgoing) = mpsc::channel::<Outgoing>(64);
+        let writer_failed = CancellationToken::new();
+        let writer = tokio::spawn(
+            write_loop(
+                sink,
+                outgoing,
+                self.settings.write_timeout,
+                writer_failed.clone(),
+            )
+            .in_current_span(),
+        );
+        let mut ping_interval = plan
+            .hints
+            .ping_interval_ms
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .unwrap_or(self.settings.default_ping_interval);
+        let (interval_tx, interval_rx) = watch::channel(ping_interval);
+        let pinger = tokio::spawn(
+            ping_loop(plan.ping_frame.clone(), out.clone(), interval_rx).in_current_span(),
+        );
+        let connection_key = format!("{}#{}", self.installation.id, plan.connection_id);
+        let mut intake = FrameIntake::with_limits(connection_key, self.settings.reassembly);
+
+        let result = loop {
+            let idle = self
+                .settings
+                .read_timeout
+                .unwrap_or(ping_interval * 2 + Duration::from_secs(10));
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ok(()),
+                _ = writer_failed.cancelled() => {
+                    break Err(ConnectionError::Write("the writer stopped".into()));
+                }
+                next = tokio::time::timeout(idle, stream.next()) => next,
+            };
+            let message = match next {
+                Err(_) => break Err(ConnectionError::Idle(idle)),
+                Ok(None) => break Err(ConnectionError::Closed("the stream ended".into())),
+                Ok(Some(Err(e))) => break Err(ConnectionError::Read(e.to_string())),
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Binary(bytes) => {
+                    let step = self
+                        .on_frame(&cx, &mut intake, &bytes, &out, &mut ping_interval)
+                        .await;
+                    if let Some(interval) = step? {
+                        let _ = interval_tx.send(interval);
+                    }
+                }
+                Message::Text(text) => {
+                    tracing::warn!(bytes = text.len(), "text WebSocket message dropped")
+                }
+                Message::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (f.code, f.reason.to_string()))
+                        .unwrap_or((CloseCode::Status, String::new()));
+                    break match code {
+                        CloseCode::Normal | CloseCode::Away => Ok(()),
+                        other => Err(ConnectionError::Closed(format!(
+                            "close code {} {reason:?}",
+                            u16::from(other)
+                        ))),
+                    };
+                }
+                // Protocol pings are answered by the library; pongs need nothing.
+                _ => {}
+            }
+        };
+        // Close: no more pings; the writer drains what is queued (an ACK or NACK just sent),
+        // sends a close frame and ends.
+        pinger.abort();
+        drop(out);
+        if tokio::time::timeout(self.settings.write_timeout, writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the writer did not finish closing the socket in time");
+        }
+        result
+    }
+
+    /// Handles one binary frame; returns a new ping interval when a pong carried one.
+    async fn on_frame(
+        &self,
+        cx: &Arc<InstallationContext>,
+        intake: &mut FrameIntake,
+        bytes: &[u8],
+        out: &mpsc::Sender<Outgoing>,
+        ping_interval: &mut Duration,
+    ) -> Result<Option<Duration>, ConnectionError> {
+        let arrived = Instant::now();
+        let outcome = match intake.push(&self.plugin, cx, bytes, arrived).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!("classify-frame failed; frame dropped without ACK: {e}");
+                return Ok(None);
+            }
+        };
+        match outcome {
+            FrameOutcome::Control { kind, reply, hints } => {
+                if let Some(reply) = reply {
+                    send(out, reply).await?;
+                }
+                let interval = hints
+                    .and_then(|h| h.ping_interval_ms)
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
+                    .filter(|interval| interval != ping_interval);
+                if let Some(interval) = interval {
+                    tracing::debug!(
+                        ping_interval_ms = interval.as_millis() as u64,
+                        "ping interval changed"
+                    );
+                    *ping_interval = interval;
+                }
+                tracing::trace!(%kind, "control frame");
+                Ok(interval)
+            }
+            FrameOutcome::Ignored(reason) => {
+                tracing::debug!("frame ignored: {reason}");
+                Ok(None)
+            }
+            FrameOutcome::Partial {
+                message_id,
+                received,
+                total,
+            } => {
+                tracing::trace!(%message_id, received, total, "fragment buffered");
+                Ok(None)
+            }
+            FrameOutcome::Invalid(reason) => {
+                tracing::warn!("frame dropped without ACK: {reason}");
+                Ok(None)
+            }
+            FrameOutcome::Complete {
+                kind,
+                payload,
+                ack_frame,
+                fragments,
+                trace_id,
+            } => {
+                let result = self.ingest.payload(&self.plugin, &payload, arrived).await;
+                let processing_ms = arrived.elapsed().as_millis().min(u32::MAX as u128) as u32;
+                match result {
+                    Ok(outcome) => {
+                        self.ack(cx, out, &ack_frame, AckStatus::Ok, processing_ms)
+                            .await?;
+                        tracing::info!(
+                            %kind,
+                            trace_id = trace_id.as_deref().unwrap_or(""),
+                            fragments,
+                            processing_ms,
+                            outcome = %outcome.label(),
+                            "event acknowledged"
+                        );
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            trace_id = trace_id.as_deref().unwrap_or(""),
+                            processing_ms,
+                            "event not stored, sending NACK: {e}"
+                        );
+                        if let Err(write) = self
+                            .ack(cx, out, &ack_frame, AckStatus::Failed, processing_ms)
+                            .await
+                        {
+                            tracing::warn!("the NACK could not be queued: {write}");
+                        }
+                        Err(ConnectionError::Ingest(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the ACK (or NACK) through the plugin and queues it. A plugin failure is logged
+    /// (no ACK: the channel redelivers, dedup absorbs it); a dead writer is an error.
+    async fn ack(
+        &self,
+        cx: &Arc<InstallationContext>,
+        out: &mpsc::Sender<Outgoing>,
+        frame: &[u8],
+        status: AckStatus,
+        processing_ms: u32,
+    ) -> Result<(), ConnectionError> {
+        match self
+            .plugin
+            .build_ack(cx, frame, status, processing_ms, None)
+            .await
+        {
+            Ok(Ok(bytes)) => send(out, bytes).await,
+            Ok(Err(e)) => {
+                tracing::error!("build-ack refused; no ACK sent: {e:?}");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("build-ack failed; no ACK sent: {e}");
+                Ok(())
+            }
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
+
+/// Queues one frame for the writer.
+async fn send(out: &mpsc::Sender<Outgoing>, frame: Vec<u8>) -> Result<(), ConnectionError> {
+    out.send(Outgoing::Frame(frame))
+        .await
+        .map_err(|_| ConnectionError::Write("the writer stopped".into()))
+}
+
+/// The one writer of a socket: every write has a deadline; a failure cancels `failed` (the read
+/// loop then ends the connection). When every sender is gone it sends a close frame.
+async fn write_loop(
+    mut sink: Sink,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    write_timeout: Duration,
+    failed: CancellationToken,
+) {
+    while let Some(Outgoing::Frame(frame)) = outgoing.recv().await {
+        match tokio::time::timeout(write_timeout, sink.send(Message::Binary(frame.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("socket write failed: {e}");
+                failed.cancel();
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = write_timeout.as_millis() as u64,
+                    "socket write timed out"
+                );
+                failed.cancel();
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(None))).await;
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}
+
+/// Sends the application ping right away and then every interval (the watch carries changes).
+async fn ping_loop(
+    ping: Vec<u8>,
+    out: mpsc::Sender<Outgoing>,
+    mut interval: watch::Receiver<Duration>,
+) {
+    loop {
+        if out.send(Outgoing::Frame(ping.clone())).await.is_err() {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        loop {
+            let every = *interval.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep_until(sent + every) => break,
+                changed = interval.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// `text` with the credential-carrying `url` (and its query) replaced.
+fn redact(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, "<websocket url>");
+    if let Some((_, query)) = url.split_once('?') {
+        text = text.replace(query, "<redacted>");
+    }
+    text
+}
