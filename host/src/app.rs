@@ -22,7 +22,7 @@ use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
 use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
-use crate::runs::{EventHub, RunService, RunSettings};
+use crate::runs::{Compactor, EventHub, RunService, RunSettings};
 use crate::runtime::{Runtime, RuntimeSettings, outbound, types};
 use crate::store::{Database, FlushBatch, InstallationStore, SecretCipher};
 
@@ -307,21 +307,25 @@ impl App {
         } else {
             None
         };
-        let workers =
-            api::WorkerApi::new(runs.clone(), agents.clone(), presence).with_observer(replies);
+        let compactor = Compactor::new(runs.clone(), agents.clone());
+        let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
+            .with_observer(replies)
+            .with_compactor(compactor.clone());
         let executor = Executor::new(
             runs.clone(),
             agents,
             delivery,
             installations.clone(),
             ExecutorSettings::default(),
-        );
+        )
+        .with_compactor(compactor.clone());
         let state = AppState {
             runtime,
             ingest,
             records: db.ingest(),
             runs,
             workers: Some(workers),
+            compactor,
             db,
             installations,
             clock,

@@ -28,7 +28,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::capabilities::Clock;
 use crate::ingest::service::Ingest;
-use crate::runs::RunService;
+use crate::runs::{Compactor, RunService};
 use crate::runtime::Runtime;
 use crate::store::{Database, IngestStore, InstallationStore};
 
@@ -49,6 +49,8 @@ pub struct AppState {
     pub runs: RunService,
     /// The worker API (`/api/agents/{agent}/…`; `None` = answered with 503).
     pub workers: Option<WorkerApi>,
+    /// Context compaction (manual requests: `POST /api/sessions/{id}/compact`).
+    pub compactor: Compactor,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Bearer token of the admin API (`None` = admin API disabled).

@@ -11,6 +11,7 @@
 //! | `DELETE /api/sessions/{id}/queue/{qid}` | 204 |
 //! | `PUT /api/sessions/{id}/messages/{mid}` `{"body"}` | 200 `{message, truncated, dequeued, interrupted_run}`; 400 for a non-user message |
 //! | `DELETE /api/sessions/{id}` | 204 |
+//! | `POST /api/sessions/{id}/compact` | 200 `{outcome: "compacted", boundary_message_id, notice_message_id, tokens_before, tokens_after}` (built-in agents) or 202 `{outcome: "requested"}` (worker agents: the next claim is the compaction job); 409 while running or with nothing to compact; 502 when the agent failed |
 //!
 //! Unknown sessions, messages and queued messages answer 404. Errors are `{"error": …}`.
 
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::runs::compaction::{CompactError, ManualOutcome};
 use crate::store::{RunError, Submitted};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -30,6 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/sessions/{id}/messages", post(submit_message))
         .route("/sessions/{id}/messages/{mid}", put(edit_message))
         .route("/sessions/{id}/interrupt", post(interrupt))
+        .route("/sessions/{id}/compact", post(compact))
         .route("/sessions/{id}/queue/{qid}/promote", post(promote_queued))
         .route("/sessions/{id}/queue/{qid}", delete(delete_queued))
 }
@@ -108,6 +111,29 @@ async fn interrupt(
         "interrupted_run": transition.interrupted_run,
         "promoted": transition.promoted.len(),
     })))
+}
+
+async fn compact(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match s.compactor.compact_now(&id).await {
+        Ok(outcome @ ManualOutcome::Compacted(_)) => Ok((StatusCode::OK, Json(to_json(outcome)?))),
+        Ok(outcome @ ManualOutcome::Requested) => {
+            Ok((StatusCode::ACCEPTED, Json(to_json(outcome)?)))
+        }
+        Err(e @ CompactError::NotFound(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ (CompactError::Busy(_) | CompactError::NothingToCompact(_))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e @ CompactError::UnknownAgent { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e @ CompactError::Failed(_)) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+        Err(CompactError::Store(e)) => Err(ApiError::internal(e)),
+    }
 }
 
 async fn promote_queued(

@@ -8,11 +8,24 @@
 //!    pending in time. The worker id comes from the `x-switchboard-worker` header or the body's
 //!    `worker_id` (default `anonymous`).
 //! 2. `GET runs/{session}/{run}/context` — the run's context again.
-//! 3. `POST runs/{session}/{run}/heartbeat` every `heartbeat_interval_ms` — `{"continue": true}`,
-//!    or `409 {"continue": false}`: the run was interrupted, edited away or recovered as stale,
-//!    and the worker must stop.
+//! 3. `POST runs/{session}/{run}/heartbeat` every `heartbeat_interval_ms`, optionally with the
+//!    usage of the last model step (`{"usage": {"prompt_tokens", "completion_tokens"}}`) —
+//!    `{"continue": true}`, or `409 {"continue": false}`: the run was
+//!    interrupted, edited away or recovered as stale, and the worker must stop.
+//!    `{"continue": true, "compact": true}` means "compact now" (the context reached the
+//!    agent's threshold): post a summary of the context to `…/compact`, re-read the context
+//!    (`GET …/context`: system prompt + summary + the messages after it) and go on.
 //! 4. `POST runs/{session}/{run}/parts {"text"}` — streams a piece of the reply to subscribers.
 //! 5. `POST runs/{session}/{run}/complete {"reply", "usage"?}` or `…/fail {"error"}`.
+//! 6. `POST runs/{session}/{run}/compact {"summary"}` (or `{"error"}` when no summary could be
+//!    made) — `{"compacted": true, "boundary_message_id", "tokens_before", "tokens_after"}` or
+//!    `{"compacted": false, "error"}` (the run goes on uncompacted).
+//!
+//! A claim's `"kind"` is `"run"` or `"compact"`: a compaction job (the context reached the
+//! threshold before the run, or an operator asked). Its `context` is what to summarise and
+//! `compact.prompt` how; the summary is the `reply` of `…/complete` (within
+//! `compact.timeout_ms`; empty = failed, as is `…/fail`). The session's run comes as the next
+//! claim, on the compacted context. See `crate::runs::compaction`.
 //!
 //! Every call is fenced by the run id: a worker that lost the run gets `409` and changes nothing.
 //! Every authenticated call also records the worker as seen ([`AgentPresence`]): an agent whose
@@ -51,7 +64,8 @@ use super::AppState;
 use crate::agents::{
     AgentKind, AgentPresence, AgentRegistry, AgentSpec, ContextMessage, Role, Usage,
 };
-use crate::runs::{NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
+use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
+use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
 use crate::store::{Message, ReleaseOutcome, RunClaim, RunEnd, RunOwner, StoreError, WorkerStore};
 
 /// Header naming the worker (recorded as the run's owner; for logs and the admin API).
@@ -107,6 +121,8 @@ pub struct WorkerApi {
     stop: CancellationToken,
     /// run id → owner facts checked against the database (so streamed parts need no read).
     verified: Arc<Mutex<HashMap<String, VerifiedRun>>>,
+    /// Context compaction (`None`: never compacts, usage is ignored).
+    compactor: Option<Compactor>,
 }
 
 impl std::fmt::Debug for WorkerApi {
@@ -132,7 +148,15 @@ impl WorkerApi {
             settings: WorkerApiSettings::default(),
             stop: CancellationToken::new(),
             verified: Arc::default(),
+            compactor: None,
         }
+    }
+
+    /// Also compacts contexts: compaction jobs at claims, "compact now" on heartbeats, the
+    /// `…/compact` endpoint (without it, usage is ignored and `…/compact` answers 503).
+    pub fn with_compactor(mut self, compactor: Compactor) -> WorkerApi {
+        self.compactor = Some(compactor);
+        self
     }
 
     /// Tells `observer` about every run a worker completes, fails or finds lost.
@@ -229,6 +253,10 @@ pub(super) fn routes() -> Router<AppState> {
             post(complete),
         )
         .route("/api/agents/{agent}/runs/{session}/{run}/fail", post(fail))
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/compact",
+            post(compact),
+        )
         .layer(DefaultBodyLimit::max(WORKER_MAX_BODY_BYTES))
 }
 
@@ -472,9 +500,38 @@ fn context_of(spec: &AgentSpec, messages: &[Message]) -> WorkerContext {
     }
 }
 
+/// What a claim hands out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// A run: answer the context.
+    #[default]
+    Run,
+    /// A compaction job: summarise the context as `compact.prompt` says; the summary is the
+    /// completion's `reply`.
+    Compact,
+}
+
+/// How to do a compaction job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactInstructions {
+    /// Why: `pre_run` or `manual`.
+    pub source: crate::store::CompactionSource,
+    /// The instruction to follow (send it as the last user message after the context).
+    pub prompt: String,
+    /// Complete with the summary within this (ms); later it counts as failed.
+    pub timeout_ms: u64,
+}
+
 /// The answer to a successful claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimedRun {
+    /// `run` or `compact` (a compaction job).
+    #[serde(default)]
+    pub kind: ClaimKind,
+    /// For a compaction job: how to do it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<CompactInstructions>,
     /// The session.
     pub session_id: String,
     /// The run: present it (in the URL) to every later call.
@@ -575,6 +632,21 @@ async fn claim(
         }
         first = false;
         if let Some(claim) = api.runs.acquire(&agent, &worker).await? {
+            let job = match &api.compactor {
+                Some(compactor) => compactor
+                    .before_worker_run(&claim, spec)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(session = %claim.session_id, "pre-run compaction check failed (the run goes on): {e}");
+                        None
+                    }),
+                None => None,
+            };
+            if let Some(job) = job {
+                api.remember(&claim.run_id, &claim.session_id, &claim.agent);
+                tracing::info!(agent = %claim.agent, worker = %claim.worker_id, session = %claim.session_id, run = %claim.run_id, "compaction job claimed by a worker");
+                return Ok(Json(compact_job(api, spec, &claim, job)).into_response());
+            }
             match claimed_run(api, spec, &claim).await {
                 Ok(Some(run)) => return Ok(Json(run).into_response()),
                 // Lost between the acquisition and the read (interrupted): look again.
@@ -618,6 +690,8 @@ async fn claimed_run(
     api.remember(&claim.run_id, &claim.session_id, &claim.agent);
     tracing::info!(agent = %claim.agent, worker = %claim.worker_id, session = %claim.session_id, run = %claim.run_id, messages = messages.len(), "run claimed by a worker");
     Ok(Some(ClaimedRun {
+        kind: ClaimKind::Run,
+        compact: None,
         session_id: claim.session_id.clone(),
         run_id: claim.run_id.clone(),
         installation_id: claim.installation_id.clone(),
@@ -629,6 +703,31 @@ async fn claimed_run(
         heartbeat_interval_ms: api.heartbeat_interval_ms(),
         stale_after_ms: millis(api.runs.settings().stale_after),
     }))
+}
+
+/// The claim's answer for a compaction job.
+fn compact_job(api: &WorkerApi, spec: &AgentSpec, claim: &RunClaim, job: CompactJob) -> ClaimedRun {
+    ClaimedRun {
+        kind: ClaimKind::Compact,
+        compact: Some(CompactInstructions {
+            source: job.source,
+            prompt: job.prompt.to_owned(),
+            timeout_ms: millis(job.timeout),
+        }),
+        session_id: claim.session_id.clone(),
+        run_id: claim.run_id.clone(),
+        installation_id: claim.installation_id.clone(),
+        agent: claim.agent.clone(),
+        worker_id: claim.worker_id.clone(),
+        chat_type: claim.chat_type.clone(),
+        started_at_ms: claim.started_at_ms,
+        context: WorkerContext {
+            system_prompt: spec.system_prompt.clone(),
+            messages: job.messages,
+        },
+        heartbeat_interval_ms: api.heartbeat_interval_ms(),
+        stale_after_ms: millis(api.runs.settings().stale_after),
+    }
 }
 
 // ------------------------------------------------------------------------ run calls
@@ -650,14 +749,31 @@ async fn context(
     }
 }
 
+/// Optional body of `POST …/heartbeat`.
+#[derive(Debug, Default, Deserialize)]
+struct HeartbeatBody {
+    usage: Option<WorkerUsage>,
+}
+
 async fn heartbeat(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
+    body: Bytes,
 ) -> WorkerResult<Json<Value>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
-    authorize(api, &agent, &headers).await?;
+    let spec = authorize(api, &agent, &headers).await?;
+    let beat: HeartbeatBody = if body.iter().all(u8::is_ascii_whitespace) {
+        HeartbeatBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            WorkerError::bad_request(
+                format!("the heartbeat body is not valid JSON: {e}"),
+                "send no body, or {\"usage\": {\"prompt_tokens\": N, \"completion_tokens\": M}}",
+            )
+        })?
+    };
     let owner = owner_for_agent(api, &agent, &session_id, &run_id)
         .await
         .map_err(|e| match e.status {
@@ -665,7 +781,31 @@ async fn heartbeat(
             _ => e,
         })?;
     if api.runs.heartbeat(&session_id, &run_id).await? {
-        return Ok(Json(json!({ "continue": true })));
+        let answer = match &api.compactor {
+            Some(compactor) => {
+                compactor
+                    .step(
+                        &session_id,
+                        &run_id,
+                        spec,
+                        beat.usage.map(WorkerUsage::into_usage),
+                    )
+                    .await?
+            }
+            None => StepAnswer::Continue,
+        };
+        match answer {
+            StepAnswer::Continue => return Ok(Json(json!({ "continue": true }))),
+            StepAnswer::CompactNow => {
+                return Ok(Json(json!({ "continue": true, "compact": true })));
+            }
+            // A compaction job past its timeout was taken back: the worker must stop.
+            StepAnswer::Stop => {
+                api.forget(&run_id);
+                return Err(WorkerError::not_owner(&session_id, &run_id)
+                    .with("continue", Value::Bool(false)));
+            }
+        }
     }
     api.forget(&run_id);
     api.observer.run_ended(RunEnded {
@@ -724,6 +864,18 @@ struct WorkerUsage {
     total_tokens: Option<u64>,
 }
 
+impl WorkerUsage {
+    fn into_usage(self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self
+                .total_tokens
+                .unwrap_or(self.prompt_tokens.saturating_add(self.completion_tokens)),
+        }
+    }
+}
+
 /// Body of `POST …/complete`.
 #[derive(Debug, Deserialize)]
 struct CompleteBody {
@@ -747,13 +899,21 @@ async fn complete(
         api.forget(&run_id);
         return Err(WorkerError::not_owner(&session_id, &run_id));
     }
-    let usage = body.usage.map(|u| Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-        total_tokens: u
-            .total_tokens
-            .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
-    });
+    let usage = body.usage.map(WorkerUsage::into_usage);
+    if let Some(compactor) = &api.compactor {
+        if compactor.is_job(&session_id, &run_id).await? {
+            let spec = api
+                .agents
+                .get(&agent)
+                .ok_or_else(|| WorkerError::internal("agent vanished"))?;
+            let finished = compactor
+                .worker_summary(&session_id, &run_id, spec, Ok(body.reply))
+                .await?;
+            api.forget(&run_id);
+            return job_answer(&session_id, &run_id, finished);
+        }
+        compactor.run_ending(&session_id, &run_id).await?;
+    }
     let reply = if body.reply.trim().is_empty() {
         None
     } else {
@@ -769,6 +929,12 @@ async fn complete(
             }
         }
     };
+    if let (Some(compactor), Some(usage)) = (&api.compactor, usage) {
+        let upto = reply.as_ref().map(|m| m.id);
+        compactor
+            .record_usage(&session_id, &run_id, usage, upto)
+            .await;
+    }
     let released = api
         .runs
         .release(&session_id, &run_id, RunEnd::Completed)
@@ -834,6 +1000,20 @@ async fn fail(
     let Json(body) = body?;
     let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
     let error = clip_error(&body.error);
+    if let Some(compactor) = &api.compactor {
+        if compactor.is_job(&session_id, &run_id).await? {
+            let spec = api
+                .agents
+                .get(&agent)
+                .ok_or_else(|| WorkerError::internal("agent vanished"))?;
+            let finished = compactor
+                .worker_summary(&session_id, &run_id, spec, Err(error))
+                .await?;
+            api.forget(&run_id);
+            return job_answer(&session_id, &run_id, finished);
+        }
+        compactor.run_ending(&session_id, &run_id).await?;
+    }
     let released = api
         .runs
         .release(&session_id, &run_id, RunEnd::Failed(error.clone()))
@@ -851,6 +1031,61 @@ async fn fail(
         outcome: RunOutcome::Failed { error },
     });
     Ok(Json(json!({ "ok": true, "state": released.state })))
+}
+
+/// The answer to a compaction job's completion (or failure), and to `…/compact`.
+fn job_answer(session_id: &str, run_id: &str, finished: Finished) -> WorkerResult<Json<Value>> {
+    match finished {
+        Finished::Done(done) => Ok(Json(json!({
+            "ok": true,
+            "compacted": true,
+            "boundary_message_id": done.boundary_message_id,
+            "tokens_before": done.tokens_before,
+            "tokens_after": done.tokens_after,
+        }))),
+        Finished::Failed(error) => Ok(Json(json!({
+            "ok": true,
+            "compacted": false,
+            "error": error,
+        }))),
+        Finished::Lost => Err(WorkerError::not_owner(session_id, run_id)),
+    }
+}
+
+/// Body of `POST …/compact`: the summary, or why none could be made.
+#[derive(Debug, Deserialize)]
+struct CompactBody {
+    summary: Option<String>,
+    error: Option<String>,
+}
+
+async fn compact(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+    body: Result<Json<CompactBody>, JsonRejection>,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    let spec = authorize(api, &agent, &headers).await?;
+    let Json(body) = body?;
+    owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    let Some(compactor) = &api.compactor else {
+        return Err(WorkerError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host does not compact contexts",
+            "go on without compacting",
+        ));
+    };
+    let summary = match (body.summary, body.error) {
+        (Some(summary), _) => Ok(summary),
+        (None, Some(error)) => Err(clip_error(&error)),
+        (None, None) => Ok(String::new()),
+    };
+    let finished = compactor
+        .worker_summary(&session_id, &run_id, spec, summary)
+        .await?;
+    job_answer(&session_id, &run_id, finished)
 }
 
 #[cfg(test)]

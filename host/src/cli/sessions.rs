@@ -12,9 +12,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::agents::AgentRegistry;
 use crate::capabilities::SystemClock;
 use crate::config::Config;
-use crate::runs::{EventHub, RunService, RunSettings};
+use crate::runs::compaction::{CompactError, ManualOutcome};
+use crate::runs::{Compactor, EventHub, RunService, RunSettings};
 use crate::store::{Database, RunError, RunStatus};
 
 /// Session subcommands.
@@ -58,6 +60,12 @@ pub enum SessionsCommand {
         message: i64,
         /// The new text.
         text: String,
+    },
+    /// Compact the session's context now (from idle, pending or error): built-in agents
+    /// summarise at once; a worker agent's session gets a compaction job for its workers.
+    Compact {
+        /// Session id.
+        id: String,
     },
     /// Delete a session with its messages and queue.
     Delete {
@@ -104,12 +112,21 @@ pub async fn sessions(config: Config, command: SessionsCommand) -> anyhow::Resul
         EventHub::default(),
         RunSettings::default(),
     );
-    let result = run(&db, &runs, command).await;
+    let agents = Arc::new(
+        AgentRegistry::from_config(&config.agents).context("invalid [agents] configuration")?,
+    );
+    let compactor = Compactor::new(runs.clone(), agents);
+    let result = run(&db, &runs, &compactor, command).await;
     db.close().await;
     result
 }
 
-async fn run(db: &Database, runs: &RunService, command: SessionsCommand) -> anyhow::Result<()> {
+async fn run(
+    db: &Database,
+    runs: &RunService,
+    compactor: &Compactor,
+    command: SessionsCommand,
+) -> anyhow::Result<()> {
     match command {
         SessionsCommand::List { installation } => {
             println!(
@@ -184,6 +201,23 @@ async fn run(db: &Database, runs: &RunService, command: SessionsCommand) -> anyh
                 edited.truncated, edited.dequeued
             );
         }
+        SessionsCommand::Compact { id } => match compactor.compact_now(&id).await {
+            Ok(ManualOutcome::Compacted(done)) => println!(
+                "compacted: summary #{} (notice #{}); about {} tokens before, {} after",
+                done.boundary_message_id,
+                done.notice_message_id,
+                done.tokens_before,
+                done.tokens_after
+            ),
+            Ok(ManualOutcome::Requested) => println!(
+                "compaction requested: the session is pending and its agent's next worker claim \
+                 is the compaction job"
+            ),
+            Err(CompactError::NotFound(_)) => {
+                anyhow::bail!("no session `{id}` (see `switchboard sessions list`)")
+            }
+            Err(e) => return Err(e.into()),
+        },
         SessionsCommand::Delete { id } => {
             anyhow::ensure!(
                 runs.delete_session(&id).await?,

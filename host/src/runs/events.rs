@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::{Message, QueuedMessage, RunState};
+use crate::store::{CompactionSource, Message, QueuedMessage, RunState};
 
 /// Events each session's channel holds before the slowest subscriber starts lagging.
 pub const DEFAULT_EVENT_CAPACITY: usize = 256;
@@ -32,7 +32,8 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 256;
 pub const MAX_BUFFERED_PART_BYTES: usize = 1 << 20;
 
 /// One event of a session's stream. Serialises as an object tagged with its SSE event name in
-/// `"event"` (`message`, `message_part`, `status`, `queue_update`, `error`).
+/// `"event"` (`message`, `message_part`, `status`, `queue_update`, `error`, `compaction_start`,
+/// `compaction_done`, `compaction_failed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SessionEvent {
@@ -73,6 +74,39 @@ pub enum SessionEvent {
         /// What happened.
         message: String,
     },
+    /// A compaction of the session's context started (summary requested from the agent).
+    CompactionStart {
+        /// `pre_run`, `mid_run` or `manual`.
+        source: CompactionSource,
+        /// The context's occupancy that triggered it (tokens; reported or estimated).
+        context_tokens: u64,
+        /// The agent's context limit, if configured.
+        limit_tokens: Option<u64>,
+        /// The agent's threshold (percent of the limit), if configured.
+        threshold_percent: Option<u8>,
+    },
+    /// A compaction finished: the summary is stored as a hidden boundary message.
+    CompactionDone {
+        /// `pre_run`, `mid_run` or `manual`.
+        source: CompactionSource,
+        /// The hidden boundary message holding the summary.
+        boundary_message_id: i64,
+        /// Occupancy before (tokens; reported or estimated).
+        tokens_before: u64,
+        /// Estimated occupancy of the compacted context.
+        tokens_after: u64,
+    },
+    /// A compaction failed; the context is unchanged and the run (if any) goes on.
+    CompactionFailed {
+        /// `pre_run`, `mid_run` or `manual`.
+        source: CompactionSource,
+        /// What went wrong.
+        error: String,
+        /// Consecutive failures so far.
+        consecutive_failures: u32,
+        /// Whether automatic compaction is now stopped for the session (until one succeeds).
+        automatic_disabled: bool,
+    },
 }
 
 impl SessionEvent {
@@ -84,6 +118,9 @@ impl SessionEvent {
             SessionEvent::Status { .. } => "status",
             SessionEvent::QueueUpdate { .. } => "queue_update",
             SessionEvent::Error { .. } => "error",
+            SessionEvent::CompactionStart { .. } => "compaction_start",
+            SessionEvent::CompactionDone { .. } => "compaction_done",
+            SessionEvent::CompactionFailed { .. } => "compaction_failed",
         }
     }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{RunService, SessionEvent};
+use super::{Compactor, RunService, SessionEvent};
 use crate::agents::{
     AgentError, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
 };
@@ -63,6 +63,7 @@ pub struct Executor {
     settings: ExecutorSettings,
     http: reqwest::Client,
     wake: Arc<Notify>,
+    compactor: Option<Compactor>,
 }
 
 /// How one run ended, for logs and tests.
@@ -98,7 +99,15 @@ impl Executor {
             settings,
             http: openai::http_client(),
             wake: Arc::new(Notify::new()),
+            compactor: None,
         }
+    }
+
+    /// Also compacts contexts before runs and records the usage agents report (without it,
+    /// runs never compact).
+    pub fn with_compactor(mut self, compactor: Compactor) -> Executor {
+        self.compactor = Some(compactor);
+        self
     }
 
     /// Wakes the acquisition loop now (a run just became pending).
@@ -220,6 +229,11 @@ impl Executor {
         };
         // Subscribe before reading the context, so an interrupt in between is seen.
         let (_, mut events) = self.runs.hub().subscribe(session);
+        if let Some(compactor) = &self.compactor
+            && let Err(e) = compactor.before_builtin_run(claim, &spec, &agent).await
+        {
+            tracing::warn!("pre-run compaction check failed (the run goes on): {e}");
+        }
         let Some(messages) = self.runs.run_context(session, run).await? else {
             return Ok(RunResult::Abandoned);
         };
@@ -281,6 +295,11 @@ impl Executor {
                     tracing::info!("reply discarded: the run lost its ownership");
                     return Ok(RunResult::Abandoned);
                 };
+                if let (Some(compactor), Some(usage)) = (&self.compactor, reply.usage) {
+                    compactor
+                        .record_usage(session, run, usage, Some(message.id))
+                        .await;
+                }
                 if let ReleaseOutcome::NotOwner =
                     self.runs.release(session, run, RunEnd::Completed).await?
                 {
@@ -369,7 +388,8 @@ pub fn claim_target(claim: &RunClaim) -> types::SessionTarget {
     }
 }
 
-/// A stored message as agent context (notices are not context).
+/// A stored message as agent context (notices are not context; a compaction summary is a
+/// `system` message).
 fn context_message(message: &Message) -> Option<ContextMessage> {
     if message.kind == "notice" {
         return None;

@@ -12,6 +12,7 @@
 //! Events are best effort: a failed read-back is logged, never returned as the operation's
 //! error (the transition itself is durable).
 
+pub mod compaction;
 pub mod events;
 pub mod observer;
 pub mod executor;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use compaction::Compactor;
 pub use events::{EventHub, EventTap, SessionEvent};
 pub use observer::{NoopObserver, PendingSignal, RunEndObserver, RunEnded, RunOutcome};
 
@@ -142,7 +144,8 @@ impl RunService {
         &self.pending
     }
 
-    fn now_ms(&self) -> i64 {
+    /// "Now" on the service's (injectable) clock, in epoch ms.
+    pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
 

@@ -44,6 +44,11 @@ const SQLITE: &[Embedded] = &[
         "agent_presence",
         include_str!("../../../migrations/sqlite/0004_agent_presence.sql"),
     ),
+    (
+        5,
+        "compaction",
+        include_str!("../../../migrations/sqlite/0005_compaction.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -67,6 +72,11 @@ const POSTGRES: &[Embedded] = &[
         4,
         "agent_presence",
         include_str!("../../../migrations/postgres/0004_agent_presence.sql"),
+    ),
+    (
+        5,
+        "compaction",
+        include_str!("../../../migrations/postgres/0005_compaction.sql"),
     ),
 ];
 

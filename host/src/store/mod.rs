@@ -11,6 +11,7 @@
 //! also does not read the clock: times are passed in as Unix epoch milliseconds so that callers
 //! and tests control "now".
 
+mod compaction;
 mod flush;
 mod ingest;
 mod installations;
@@ -31,6 +32,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use compaction::{
+    CompactionSource, CompactionState, CompactionStore, Compacted, MAX_CONSECUTIVE_FAILURES,
+    NewSummary,
+};
 pub use flush::{BatchMessage, FlushBatch, FlushTicket};
 pub use ingest::{
     AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, AuditRow, BINDING_TOKEN_TTL_MS,
@@ -284,6 +289,11 @@ impl Database {
     /// The run store (run lifecycle, queue, operator operations) on this database.
     pub fn runs(&self) -> RunStore {
         RunStore::new(self.clone())
+    }
+
+    /// The compaction store (occupancy, failures, summary boundaries) on this database.
+    pub fn compaction(&self) -> CompactionStore {
+        CompactionStore::new(self.clone())
     }
 
     /// The worker store (agent presence, run ownership lookups) on this database.

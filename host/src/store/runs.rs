@@ -61,7 +61,7 @@ const QUEUED_COLS: &str = "id, session_id, body, command_body, channel_message_i
 /// SQL `SET` fragment that clears the ownership of a run.
 pub(super) const CLEAR_OWNERSHIP: &str = "worker_id = NULL, run_id = NULL, \
      run_started_at_ms = NULL, heartbeat_at_ms = NULL, run_context_upto = NULL, \
-     run_context_revision = NULL";
+     run_context_revision = NULL, run_kind = NULL";
 
 /// A session's run state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -713,8 +713,9 @@ impl RunStore {
 
     /// The messages run `run_id` works on: the run's context revision up to its
     /// [`RunClaim::context_upto`], oldest first. Only conversation turns: notices and commands
-    /// (`/issue` records, which are for the host, not the agent) are excluded. `None` if the
-    /// caller does not own the run.
+    /// (`/issue` records, which are for the host, not the agent) are excluded. After a
+    /// compaction it starts with the summary boundary and holds only the turns after what the
+    /// summary replaces (see `store::compaction`). `None` if the caller does not own the run.
     pub async fn run_context(
         &self,
         session_id: &str,
@@ -735,20 +736,7 @@ impl RunStore {
         let Some((upto, revision)) = bounds else {
             return Ok(None);
         };
-        let sql = format!(
-            "SELECT {MESSAGE_COLS} FROM messages
-             WHERE session_id = $1 AND id <= $2 AND context_revision = $3 AND kind = 'message'
-             ORDER BY id"
-        );
-        let messages: Vec<Message> = on_reader!(self.db, |pool| {
-            sqlx::query_as(&sql)
-                .bind(session_id)
-                .bind(upto)
-                .bind(revision)
-                .fetch_all(pool)
-                .await
-                .map_err(fail)?
-        });
+        let messages = super::compaction::context_in(&self.db, session_id, revision, upto).await?;
         Ok(Some(messages))
     }
 
@@ -1239,6 +1227,7 @@ impl RunStore {
     }
 
     /// The session's messages with an id above `after_id`, oldest first (stream snapshots).
+    /// Hidden compaction boundaries (kind `summary`) are left out: users never see them as new.
     pub async fn messages_after(
         &self,
         session_id: &str,
@@ -1246,7 +1235,8 @@ impl RunStore {
     ) -> Result<Vec<Message>, StoreError> {
         let fail = StoreError::query("message list", self.backend());
         let sql = format!(
-            "SELECT {MESSAGE_COLS} FROM messages WHERE session_id = $1 AND id > $2 ORDER BY id"
+            "SELECT {MESSAGE_COLS} FROM messages
+             WHERE session_id = $1 AND id > $2 AND kind <> 'summary' ORDER BY id"
         );
         on_reader!(self.db, |pool| {
             sqlx::query_as(&sql)
