@@ -200,7 +200,22 @@ impl Connector {
     /// server with 1000/1001, or by `stop`).
     pub async fn connect_once(&self, stop: &CancellationToken) -> Result<(), ConnectionError> {
         let cx = Arc::new(self.installation.context());
-        let plan = match self.plugin.connect_plan(&cx).await? {
+        // Discovery and the handshake are abandoned at once when `stop` fires.
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            opened = self.open(&cx) => opened?,
+        };
+        let (plan, socket) = opened;
+        tracing::info!("connected");
+        self.serve(cx, plan, socket, stop).await
+    }
+
+    /// Discovery and dial.
+    async fn open(
+        &self,
+        cx: &Arc<InstallationContext>,
+    ) -> Result<(ConnectPlan, Socket), ConnectionError> {
+        let plan = match self.plugin.connect_plan(cx).await? {
             Ok(plan) => plan,
             Err(ConnectError::Retryable(reason)) => {
                 return Err(ConnectionError::Retryable(format!(
@@ -214,9 +229,8 @@ impl Connector {
             }
         };
         tracing::Span::current().record("connection", plan.connection_id.as_str());
-        let socket = self.dial(&cx, &plan).await?;
-        tracing::info!("connected");
-        self.serve(cx, plan, socket, stop).await
+        let socket = self.dial(cx, &plan).await?;
+        Ok((plan, socket))
     }
 
     /// Opens the WebSocket; a refused upgrade is classified by the plugin. The URL carries

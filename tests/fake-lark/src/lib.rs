@@ -85,6 +85,9 @@ pub struct Ack {
     pub seq: u32,
     /// The `biz_rt` header (processing time in ms) if present.
     pub biz_rt: Option<String>,
+    /// From queueing the delivery's frames to receiving this ACK (`None` for an ACK of an event
+    /// no longer in flight).
+    pub latency: Option<Duration>,
 }
 
 /// One REST request the fake received.
@@ -168,6 +171,7 @@ struct Delivery {
 struct InFlight {
     delivery: Delivery,
     connection: u64,
+    sent_at: Instant,
     deadline: Instant,
 }
 
@@ -575,6 +579,10 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
         state.lost_acks += 1;
         return;
     }
+    let latency = state
+        .inflight
+        .get(&message_id)
+        .map(|flight| flight.sent_at.elapsed());
     state.acks.push(Ack {
         message_id: message_id.clone(),
         code,
@@ -584,6 +592,7 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         biz_rt: frame.header("biz_rt").map(str::to_string),
+        latency,
     });
     if let Some(flight) = state.inflight.remove(&message_id) {
         if code != 200 {
@@ -649,6 +658,7 @@ async fn delivery_loop(shared: Arc<Shared>) {
                     InFlight {
                         delivery,
                         connection,
+                        sent_at: now,
                         deadline: now + shared.options.ack_timeout,
                     },
                 );
