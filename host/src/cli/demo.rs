@@ -1,7 +1,8 @@
 //! `switchboard demo`: the main job on the embedded defaults. Starts the host on a fresh SQLite
 //! file with the bundled Lark plugin, registers two installations, sends a scripted conversation
 //! as encrypted, signed Lark webhook deliveries over loopback, waits for the debounce windows to
-//! flush, and prints what happened and a summary line.
+//! flush, and prints what happened and a summary line. A last step compacts one conversation's
+//! context on request and prints the compaction events (SPEC §7).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -382,6 +383,7 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
             row.message_id.as_deref().unwrap_or("-")
         );
     }
+    compaction_step(&state, &open.id).await?;
     let _ = stop.send(());
     server.await.context("demo server task")??;
     let sent = lark.sent();
@@ -405,5 +407,53 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         steps.len(),
         audit.len()
     );
+    Ok(())
+}
+
+/// Compacts the first answered conversation of `installation` on request (the echo agent's
+/// deterministic summary) and prints the events its stream saw.
+async fn compaction_step(state: &crate::api::AppState, installation: &str) -> anyhow::Result<()> {
+    use crate::runs::SessionEvent;
+    let histories = state.records.list_session_histories(installation).await?;
+    let Some(history) = histories
+        .iter()
+        .find(|h| h.messages.iter().any(|m| m.role == "assistant"))
+    else {
+        return Ok(());
+    };
+    let session = &history.session.id;
+    let (_, mut events) = state.runs.hub().subscribe(session);
+    let outcome = state.compactor.compact_now(session).await;
+    println!(
+        "
+compaction of {} on request:",
+        history.session.chat_key
+    );
+    while let Ok(event) = events.try_recv() {
+        match &event {
+            SessionEvent::CompactionStart { context_tokens, .. } => {
+                println!("  compaction_start   about {context_tokens} tokens")
+            }
+            SessionEvent::Message { id, kind, body, .. } => {
+                println!("  message #{id:<3}      {kind}: {}", preview(body))
+            }
+            SessionEvent::CompactionDone {
+                boundary_message_id,
+                tokens_before,
+                tokens_after,
+                ..
+            } => println!(
+                "  compaction_done    hidden summary #{boundary_message_id}, about \
+                 {tokens_before} → {tokens_after} tokens"
+            ),
+            SessionEvent::CompactionFailed { error, .. } => {
+                println!("  compaction_failed  {error}")
+            }
+            _ => {}
+        }
+    }
+    if let Err(e) = outcome {
+        println!("  not compacted: {e}");
+    }
     Ok(())
 }
