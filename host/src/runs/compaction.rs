@@ -469,11 +469,13 @@ impl Compactor {
         spec: &AgentSpec,
         agent: &BuiltinAgent,
     ) -> Result<Option<Finished>, StoreError> {
+        if spec.compaction.trigger_tokens().is_none() {
+            return Ok(None); // never automatically: no reads on the run's path
+        }
         let session = claim.session_id.as_str();
         let Some(state) = self.store.state(session).await? else {
             return Ok(None);
         };
-        self.settle_abandoned(&state).await?;
         let (revision, upto) = (claim.context_revision, claim.context_upto);
         let context = self.store.context(session, revision, upto).await?;
         let occupancy = Compactor::occupancy(spec, &state, &context, revision);
