@@ -31,6 +31,9 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 256;
 /// still broadcast but no longer buffered.
 pub const MAX_BUFFERED_PART_BYTES: usize = 1 << 20;
 
+/// The `error` event [`EventHub::close_streams`] sends before streams end.
+pub const SHUTDOWN_MESSAGE: &str = "the host is shutting down; reconnect to resume";
+
 /// One event of a session's stream. Serialises as an object tagged with its SSE event name in
 /// `"event"` (`message`, `message_part`, `status`, `queue_update`, `error`, `compaction_start`,
 /// `compaction_done`, `compaction_failed`).
@@ -173,7 +176,7 @@ pub struct EventHub {
     sessions: Arc<Mutex<HashMap<String, SessionStream>>>,
     capacity: usize,
     tap: SharedTap,
-    closed: Arc<tokio::sync::watch::Sender<bool>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -199,19 +202,26 @@ impl EventHub {
             sessions: Arc::default(),
             capacity: capacity.max(1),
             tap: Arc::default(),
-            closed: Arc::new(tokio::sync::watch::channel(false).0),
+            closed: Arc::default(),
         }
     }
 
     /// Tells every stream reading this hub to end (host shutdown: an HTTP server waits for
-    /// open SSE responses). Publishing, part buffering and new subscriptions keep working.
+    /// open SSE responses): raises [`EventHub::streams_closed`] and wakes every subscriber with
+    /// an `error` event ([`SHUTDOWN_MESSAGE`]). Publishing, part buffering and new
+    /// subscriptions keep working.
     pub fn close_streams(&self) {
-        self.closed.send_replace(true);
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.lock().values() {
+            let _ = stream.sender.send(SessionEvent::Error {
+                message: SHUTDOWN_MESSAGE.to_owned(),
+            });
+        }
     }
 
-    /// The [`EventHub::close_streams`] signal: `true` once streams should end.
-    pub fn streams_closed(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closed.subscribe()
+    /// Whether [`EventHub::close_streams`] was called: a stream ends instead of waiting.
+    pub fn streams_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Installs (`Some`) or removes (`None`) the tap that sees every durable event published
