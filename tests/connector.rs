@@ -523,3 +523,29 @@ async fn two_hosts_on_one_postgres_database_hold_one_connection() {
     second.stop().await;
     drop(t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installation_sealed_with_another_key_does_not_block_the_others() {
+    for t in db::test_databases().await {
+        let other = SecretCipher::from_key_str(&SecretCipher::generate_key_hex()).unwrap();
+        t.db.installations(other)
+            .create(
+                &NewInstallation {
+                    channel: "lark".into(),
+                    routing_key: "cli_sealed_elsewhere".into(),
+                    config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                    secrets: BTreeMap::from([("app_secret".into(), "x".into())]),
+                    ..Default::default()
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        // World::start waits for the websocket installation's connection.
+        let w = World::start(t, FakeOptions::default(), 3_000).await;
+        let tm = w.push_text("om_beside_unreadable", "still served");
+        w.acked(&tm).await;
+        assert_eq!(w.stored("om_beside_unreadable").await, 1, "{}", w.name());
+        w.stop().await;
+    }
+}

@@ -35,6 +35,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run_one(
+    key: &str,
     backend: &str,
     url: &str,
     rate: Option<u32>,
@@ -46,11 +47,10 @@ async fn run_one(
         ..FakeOptions::default()
     })
     .await;
-    let key = SecretCipher::generate_key_hex();
     let db = Database::connect(url).await?;
     db.migrate().await?;
     let app_id = format!("cli_bench_{round}_{}", std::process::id());
-    db.installations(SecretCipher::from_key_str(&key)?)
+    db.installations(SecretCipher::from_key_str(key)?)
         .create(
             &NewInstallation {
                 channel: "lark".into(),
@@ -69,7 +69,7 @@ async fn run_one(
 
     let mut config = Config::default();
     config.database.url = url.to_string();
-    config.secrets.key = Some(key);
+    config.secrets.key = Some(key.to_string());
     config.plugins.cache_dir = Some(std::env::temp_dir().join("switchboard-bench-cache"));
     config
         .plugins
@@ -145,25 +145,38 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(400usize);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
+        let key = SecretCipher::generate_key_hex();
         let mut backends = vec![];
         let mut round = 0;
-        for rate in [Some(100), Some(250), Some(500), None] {
+        let sqlite_rates = if std::env::var("SWITCHBOARD_BENCH_SKIP_SQLITE").is_ok() {
+            vec![]
+        } else {
+            vec![Some(100), Some(250), Some(500), None]
+        };
+        for rate in sqlite_rates {
             round += 1;
             let url = format!(
                 "sqlite://{}",
                 dir.path().join(format!("bench{round}.db")).display()
             );
-            backends.push(run_one("sqlite", &url, rate, events, round).await?);
+            backends.push(run_one(&key, "sqlite", &url, rate, events, round).await?);
         }
         if let Ok(pg) = std::env::var("SWITCHBOARD_BENCH_PG_URL") {
             for rate in [Some(100), Some(250), Some(500), None] {
                 round += 1;
-                backends.push(run_one("postgres", &pg, rate, events, round).await?);
+                backends.push(run_one(&key, "postgres", &pg, rate, events, round).await?);
             }
         }
         println!(

@@ -92,9 +92,7 @@ impl SupervisorSettings {
             lease_ttl: ms(config.lease_ttl_ms),
             renew_interval: ms(config.lease_renew_interval_ms),
             safety_margin: ms(config.lease_safety_margin_ms),
-            error_retry: defaults
-                .error_retry
-                .min(ms(config.lease_renew_interval_ms)),
+            error_retry: defaults.error_retry.min(ms(config.lease_renew_interval_ms)),
             restart_wait: defaults.restart_wait,
             connector: ConnectorSettings {
                 backoff: BackoffPolicy {
@@ -147,6 +145,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: SupervisorSettings,
     node_id: String,
+    /// Unreadable installations at the last sweep (warned about when the number changes).
+    unreadable: std::sync::Mutex<usize>,
 }
 
 /// One owner task.
@@ -174,6 +174,7 @@ impl Supervisor {
                 clock,
                 settings,
                 node_id,
+                unreadable: std::sync::Mutex::new(0),
             }),
         }
     }
@@ -240,8 +241,8 @@ impl Inner {
     async fn sweep(self: &Arc<Self>, owned: &mut HashMap<String, Owned>, generation: &mut u64) {
         // Owners that ended (lease held elsewhere) are retried below.
         owned.retain(|_, owner| !owner.task.is_finished());
-        let installations = match self.installations.list().await {
-            Ok(list) => list,
+        let rows = match self.installations.list_each().await {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(
                     "listing installations failed; keeping the current connections: {e}"
@@ -250,7 +251,17 @@ impl Inner {
             }
         };
         let mut wanted: HashMap<String, (Installation, String)> = HashMap::new();
-        for installation in installations {
+        let mut unreadable = 0usize;
+        for row in rows {
+            // One unreadable row (wrong secrets key, corrupt config) must not block the others.
+            let installation = match row {
+                Ok(installation) => installation,
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::debug!("installation skipped: {e}");
+                    continue;
+                }
+            };
             if !installation.is_active() || !uses_long_connection(&installation) {
                 continue;
             }
@@ -264,6 +275,16 @@ impl Inner {
             }
             let print = fingerprint(&installation);
             wanted.insert(installation.id.clone(), (installation, print));
+        }
+        let changed = {
+            let mut last = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *last, unreadable) != unreadable
+        };
+        if changed && unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "installations whose secrets or config cannot be read get no long connection; check the secrets key"
+            );
         }
         let mut stopping = Vec::new();
         let ids: Vec<String> = owned.keys().cloned().collect();

@@ -517,6 +517,17 @@ impl InstallationStore {
         rows.into_iter().map(|r| r.open(&self.cipher)).collect()
     }
 
+    /// Every installation, oldest first, each opened on its own: a row whose secrets cannot be
+    /// opened (wrong key, corrupt row) is its own `Err` instead of failing the whole list.
+    pub async fn list_each(&self) -> Result<Vec<Result<Installation, StoreError>>, StoreError> {
+        let fail = StoreError::query("installation list", self.backend());
+        let sql = format!("SELECT {COLUMNS} FROM installations ORDER BY created_at_ms, id");
+        let rows: Vec<InstallationRow> = on_reader!(self.db, |pool| {
+            sqlx::query_as(&sql).fetch_all(pool).await.map_err(fail)?
+        });
+        Ok(rows.into_iter().map(|r| r.open(&self.cipher)).collect())
+    }
+
     /// Marks the installation revoked; returns whether it exists.
     pub async fn revoke(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         self.update(
