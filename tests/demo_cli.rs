@@ -36,6 +36,9 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         // Notices for the outcomes that ask for one.
         "Created #1 — Login times out after 5 minutes",
         "send  ou_demo_bob                interactive",
+        // One compaction with its events.
+        "compaction_start   about",
+        "compaction_done    hidden summary #",
     ] {
         assert!(
             stdout.contains(expected),
