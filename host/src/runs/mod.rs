@@ -14,8 +14,8 @@
 
 pub mod compaction;
 pub mod events;
-pub mod observer;
 pub mod executor;
+pub mod observer;
 pub mod relay;
 
 use std::future::Future;
@@ -375,7 +375,8 @@ impl RunService {
         tracing::info!(session = %session_id, queued = queued_id, message = message.id, interrupted_run = ?transition.interrupted_run, "queued message promoted");
         self.after_interrupt(session_id, &transition);
         self.publish_queue(session_id).await;
-        self.hub.publish(session_id, SessionEvent::message(&message));
+        self.hub
+            .publish(session_id, SessionEvent::message(&message));
         self.publish_status(session_id).await;
         Ok((message, transition))
     }

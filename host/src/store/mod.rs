@@ -33,14 +33,14 @@ use sqlx::sqlite::{
 };
 
 pub use compaction::{
-    CompactionSource, CompactionState, CompactionStore, Compacted, MAX_CONSECUTIVE_FAILURES,
+    Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
     NewSummary,
 };
 pub use flush::{BatchMessage, FlushBatch, FlushTicket};
 pub use ingest::{
     AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, AuditRow, BINDING_TOKEN_TTL_MS,
-    BindingError, ChatKind, CommandRecord, DedupClaim, IngestStore, Message, RECLAIM_AFTER_MS,
-    QueuedTurn, Session, SessionHistory, SessionKey, TurnKind, UserBinding,
+    BindingError, ChatKind, CommandRecord, DedupClaim, IngestStore, Message, QueuedTurn,
+    RECLAIM_AFTER_MS, Session, SessionHistory, SessionKey, TurnKind, UserBinding,
 };
 pub use installations::{
     AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
@@ -49,8 +49,8 @@ pub use installations::{
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
 pub use runs::{
-    Edited, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd, RunError, RunState,
-    RunStatus, RunStore, Submitted, Transition,
+    Edited, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd, RunError,
+    RunState, RunStatus, RunStore, Submitted, Transition,
 };
 pub use secrets::{SecretCipher, SecretError};
 pub use workers::{RunOwner, WorkerStore};
