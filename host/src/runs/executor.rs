@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -62,7 +62,6 @@ pub struct Executor {
     installations: InstallationStore,
     settings: ExecutorSettings,
     http: reqwest::Client,
-    wake: Arc<Notify>,
     compactor: Option<Compactor>,
 }
 
@@ -98,7 +97,6 @@ impl Executor {
             installations,
             settings,
             http: openai::http_client(),
-            wake: Arc::new(Notify::new()),
             compactor: None,
         }
     }
@@ -108,11 +106,6 @@ impl Executor {
     pub fn with_compactor(mut self, compactor: Compactor) -> Executor {
         self.compactor = Some(compactor);
         self
-    }
-
-    /// Wakes the acquisition loop now (a run just became pending).
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// The built-in agents runs are taken for.
@@ -178,7 +171,6 @@ impl Executor {
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = executor.wake.notified() => {}
                         _ = pending.notified() => {}
                         _ = drain.cancelled(), if !drain.is_cancelled() => {}
                         _ = tokio::time::sleep(executor.settings.poll_interval) => {}
