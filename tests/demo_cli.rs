@@ -1,5 +1,6 @@
-//! `switchboard demo` — the README's main command — runs the whole inbound pipeline on a fresh
-//! SQLite database and prints its transcript and summary line.
+//! `switchboard demo` — the README's main command — runs the whole pipeline on a fresh SQLite
+//! database against the fake Lark over a real WebSocket, and prints its transcript and summary
+//! line.
 
 use std::process::Command;
 
@@ -27,11 +28,17 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "/new                                 → fresh_pending",
         "/issue with a description            → issue_created",
         "/issue without a title               → issue_usage",
-        "#12  user      message  r1 three",
-        // The echo agent's replies, delivered to the local stand-in for Lark.
+        "user      message  r1 three",
+        // Over the long connection: every event ACKed only after it was durable; a lost ACK
+        // makes the fake redeliver, and the redelivery is absorbed.
+        "rich post (its ACK is lost)          → ingested",
+        "ACK lost; redelivered after 1 s → dropped:duplicate (stored once)",
+        "long connections: 2 WebSockets, 17 event deliveries, 16 ACKs (all 200: true)",
+        // The echo agent's replies, delivered to the fake Lark.
         "send  oc_demo_p2p_dave           text        echo: one ⏎ two ⏎ three",
-        "send  oc_demo_team               text        echo: [Alice]: what is the status of the deploy?",
-        // Enrichment through the stand-in: the forwarded transcript.
+        "send  oc_demo_team               text        echo: <recent_context count=\"1\"> ⏎ [Bob]: deploy",
+        // Enrichment through the fake's REST API: quoted parent, forwarded transcript.
+        "<quoted_message message_id=\"om_demo_p2p_1\"",
         "<forwarded_messages count=\"2\">",
         // Notices for the outcomes that ask for one.
         "Created #1 — Login times out after 5 minutes",
@@ -51,6 +58,6 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         .expect("summary line");
     assert_eq!(
         summary,
-        "demo: 16 events, 17 messages stored, 5 runs, 5 replies delivered, 3 dropped"
+        "demo: 16 events, 18 messages stored, 6 runs, 6 replies delivered, 4 dropped"
     );
 }

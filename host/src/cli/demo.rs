@@ -1,36 +1,45 @@
-//! `switchboard demo`: the main job on the embedded defaults. Starts the host on a fresh SQLite
-//! file with the bundled Lark plugin, registers two installations, sends a scripted conversation
-//! as encrypted, signed Lark webhook deliveries over loopback, waits for the debounce windows to
-//! flush, and prints what happened and a summary line. A last step compacts one conversation's
-//! context on request and prints the compaction events (SPEC §7).
+//! `switchboard demo`: the main job on the embedded defaults, with no network beyond loopback.
+//!
+//! Starts a local fake Lark (`fake-lark`: endpoint discovery, a pbbp2 WebSocket server and the
+//! REST API) and the host on a fresh SQLite file with the bundled Lark plugin and the echo agent,
+//! and registers two long-connection installations. The host's supervisor discovers the endpoint
+//! and dials one WebSocket per installation; the fake pushes a scripted conversation as event
+//! frames; each event is decoded, enriched (quoted parent, forwarded transcript, group context
+//! and speaker names from the fake's REST API), stored and only then ACKed. Debounce windows
+//! flush, the echo agent answers, and replies, notices and typing reactions reach the fake through
+//! the plugin's outbound calls. Prints a transcript and a summary line; a last step compacts one
+//! conversation's context on request and prints the compaction events (SPEC §7).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::json;
+use fake_lark::{FakeLark, FakeOptions, RestRequest};
+use serde_json::{Value, json};
 
-use super::demo_lark::DemoLark;
-use super::lark_wire::{Event, Mention, seal};
-use crate::api::OUTCOME_HEADER;
+use super::lark_wire::{Event, Mention};
 use crate::app::App;
 use crate::capabilities::{Clock, SystemClock};
 use crate::config::Config;
+use crate::ingest::service::Dispatched;
 use crate::store::{AccessPolicy, NewInstallation, SecretCipher};
 
 const OPEN_APP: &str = "cli_demo_open_0001";
 const BOUND_APP: &str = "cli_demo_bound_002";
-const ENCRYPT_KEY: &str = "demo-encrypt-key";
 const TOKEN: &str = "demo-verification-token";
 const BOT: &str = "ou_demo_helper_bot";
 const ALICE: &str = "ou_demo_alice";
 const BOB: &str = "ou_demo_bob";
 const DEBOUNCE_MS: i64 = 400;
+/// How long the fake waits for an ACK before it redelivers (the platform: 3 s).
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Step {
     label: &'static str,
-    bound_installation: bool,
+    /// The fake "loses" this event's first ACK, so the platform redelivers it.
+    lose_ack: bool,
     event: Event<'static>,
 }
 
@@ -58,7 +67,7 @@ fn text(
 fn script() -> Vec<Step> {
     let step = |label, event| Step {
         label,
-        bound_installation: false,
+        lose_ack: false,
         event,
     };
     let mut group = text(
@@ -111,7 +120,11 @@ fn script() -> Vec<Step> {
         ),
         step("group @mention", group),
         step("group chatter, bot not mentioned", not_addressed),
-        step("rich post", post),
+        Step {
+            label: "rich post (its ACK is lost)",
+            lose_ack: true,
+            event: post,
+        },
         step("quote reply", quote),
         step("merge_forward", forward),
         step(
@@ -125,12 +138,12 @@ fn script() -> Vec<Step> {
         ),
         Step {
             label: "unbound sender (bound policy)",
-            bound_installation: true,
+            lose_ack: false,
             event: unbound,
         },
         Step {
             label: "bound sender (bound policy)",
-            bound_installation: true,
+            lose_ack: false,
             event: bound,
         },
         step(
@@ -206,31 +219,156 @@ pub async fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
+/// Gives the fake Lark what enrichment reads: the quoted parent, the forwarded transcript, an
+/// earlier group message for context, and the users' names.
+fn seed(lark: &FakeLark) {
+    let now = SystemClock.now_ms();
+    let item = |id: &str, chat: &str, sender: &str, at: i64, text: &str| {
+        json!({
+            "message_id": id, "msg_type": "text", "create_time": at.to_string(),
+            "deleted": false, "chat_id": chat,
+            "sender": {"id": sender, "id_type": "open_id", "sender_type": "user"},
+            "body": {"content": json!({"text": text}).to_string()},
+        })
+    };
+    lark.add_message(
+        "om_demo_p2p_1",
+        vec![item(
+            "om_demo_p2p_1",
+            "oc_demo_p2p_alice",
+            ALICE,
+            now - 1_000,
+            "Can you summarise yesterday's design review?",
+        )],
+    );
+    lark.add_message(
+        "om_demo_team_earlier",
+        vec![item(
+            "om_demo_team_earlier",
+            "oc_demo_team",
+            BOB,
+            now - 60_000,
+            "deploy 2.3 started on eu-west",
+        )],
+    );
+    let mut fwd_1 = item(
+        "om_demo_fwd_1",
+        "oc_demo_source",
+        "ou_demo_dave",
+        now - 600_000,
+        "the canary is failing on eu-west",
+    );
+    fwd_1["upper_message_id"] = json!("om_demo_forward");
+    let mut fwd_2 = item(
+        "om_demo_fwd_2",
+        "oc_demo_source",
+        "ou_demo_carol",
+        now - 540_000,
+        "rolling back now",
+    );
+    fwd_2["upper_message_id"] = json!("om_demo_forward");
+    lark.add_message(
+        "om_demo_forward",
+        vec![
+            json!({
+                "message_id": "om_demo_forward", "msg_type": "merge_forward",
+                "create_time": now.to_string(), "deleted": false, "chat_id": "oc_demo_p2p_alice",
+                "sender": {"id": ALICE, "id_type": "open_id", "sender_type": "user"},
+                "body": {"content": "Merged and Forwarded Message"},
+            }),
+            fwd_1,
+            fwd_2,
+        ],
+    );
+    for (open_id, name) in [
+        (ALICE, "Alice"),
+        (BOB, "Bob"),
+        ("ou_demo_carol", "Carol"),
+        ("ou_demo_dave", "Dave"),
+    ] {
+        lark.add_user(open_id, name);
+    }
+}
+
+/// The next ingest report for channel message `message_id`.
+async fn report_for(
+    watch: &mut tokio::sync::broadcast::Receiver<Arc<Dispatched>>,
+    message_id: &str,
+    within: Duration,
+) -> anyhow::Result<Arc<Dispatched>> {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            match watch.recv().await {
+                Ok(report) if report.message.message_id == message_id => return Ok(report),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) => anyhow::bail!("the host's ingest reports ended: {e}"),
+        Err(_) => anyhow::bail!(
+            "the host did not process {message_id} within {} s",
+            within.as_secs()
+        ),
+    }
+}
+
+/// Waits for the fake to receive a 200 ACK of its delivery `transport_id`; returns its latency
+/// (from queueing the frames to the ACK).
+async fn acked(lark: &FakeLark, transport_id: &str) -> anyhow::Result<Option<Duration>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ack) = lark
+            .acks()
+            .into_iter()
+            .find(|a| a.message_id == transport_id && a.code == 200)
+        {
+            return Ok(ack.latency);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the fake Lark got no ACK for event frame {transport_id} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let lark = FakeLark::try_start(FakeOptions {
+        ack_timeout: ACK_TIMEOUT,
+        ..FakeOptions::default()
+    })
+    .await
+    .context("starting the fake Lark on loopback")?;
+    seed(&lark);
     let mut config = Config::default();
     config.database.url = format!("sqlite://{}", dir.join("demo.db").display());
     config.secrets.key = Some(SecretCipher::generate_key_hex());
     config.plugins.cache_dir = cache_dir;
-    // Replies go to a local stand-in for the Lark REST API instead of open.feishu.cn.
-    let lark = DemoLark::start().await?;
+    // Endpoint discovery and the REST API go to the fake instead of open.feishu.cn.
     config
         .plugins
         .base_urls
-        .insert("https://open.feishu.cn".into(), lark.origin.clone());
+        .insert("https://open.feishu.cn".into(), lark.origin().to_string());
+    config.connections.poll_interval_ms = 200;
+    config.connections.backoff_initial_ms = 200;
+    config.connections.backoff_max_ms = 1_000;
     let app = App::from_config(&config).await?;
     let state = app.state.clone();
+    let mut watch = state.ingest.watch();
     let now = SystemClock.now_ms();
-    let secrets = BTreeMap::from([
-        ("encrypt_key".to_string(), ENCRYPT_KEY.to_string()),
-        ("verification_token".to_string(), TOKEN.to_string()),
-        ("app_secret".to_string(), "demo-app-secret".to_string()),
-    ]);
     let new = |app_id: &str, name: &str, policy| NewInstallation {
         channel: "lark".into(),
         routing_key: app_id.into(),
         name: name.into(),
-        config: BTreeMap::from([("app_id".to_string(), app_id.to_string())]),
-        secrets: secrets.clone(),
+        config: BTreeMap::from([
+            ("app_id".to_string(), app_id.to_string()),
+            ("connection".to_string(), "websocket".to_string()),
+        ]),
+        secrets: BTreeMap::from([("app_secret".to_string(), "demo-app-secret".to_string())]),
         bot_open_id: Some(BOT.into()),
         access_policy: policy,
         debounce_ms: DEBOUNCE_MS,
@@ -255,58 +393,72 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
     let server = tokio::spawn(app.serve(listener, async {
         let _ = stopped.await;
     }));
-    println!("switchboard demo: fresh SQLite database, bundled Lark plugin, host on {base}");
+    println!(
+        "switchboard demo: fresh SQLite database, bundled Lark plugin, echo agent, host on {base}"
+    );
+    println!(
+        "  fake Lark (endpoint discovery, pbbp2 WebSocket, REST) on {}",
+        lark.origin()
+    );
     println!(
         "  installation {} \"Helper Bot\" (open policy), {} \"Ops Bot\" (bound policy, Alice bound)",
         open.routing_key, bound.routing_key
     );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lark.live_connections() < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the host did not open both long connections within 15 s \
+             (fake Lark: {} discoveries, {} connections)",
+            lark.discoveries(),
+            lark.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!(
-        "  {} ms debounce windows; every event is an encrypted, signed webhook delivery\n",
-        DEBOUNCE_MS
+        "  both installations discovered the endpoint and hold a WebSocket; {DEBOUNCE_MS} ms \
+         debounce windows; the fake redelivers events not ACKed within {} s\n",
+        ACK_TIMEOUT.as_secs()
     );
 
-    let client = reqwest::Client::new();
     let steps = script();
     for (i, step) in steps.iter().enumerate() {
-        let installation = if step.bound_installation {
-            &bound
-        } else {
-            &open
-        };
-        let (headers, body) = seal(
-            ENCRYPT_KEY,
-            &step.event.to_json(),
-            [i as u8; 16],
-            &SystemClock.now_ms().to_string(),
-            &format!("n{i}"),
-        );
-        let mut request = client
-            .post(format!("{base}/hooks/lark/{}", installation.id))
-            .body(body);
-        for (k, v) in headers {
-            request = request.header(k, v);
+        let app_id = step.event.app_id;
+        if step.lose_ack {
+            lark.lose_acks(1);
         }
-        let response = request
-            .send()
-            .await
-            .context("delivering a webhook to the demo host")?;
-        let status = response.status();
-        let outcome = response
-            .headers()
-            .get(OUTCOME_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        anyhow::ensure!(
-            status.is_success(),
-            "delivery {} answered {status}",
-            step.label
+        let transport_id = lark.push_payload(app_id, step.event.to_json());
+        let within = Duration::from_secs(10);
+        let report = report_for(&mut watch, step.event.message_id, within).await?;
+        let latency = if step.lose_ack {
+            let again = report_for(&mut watch, step.event.message_id, within).await?;
+            let latency = acked(&lark, &transport_id).await?;
+            println!("  {:>2}. {:<36} → {}", i + 1, step.label, report.outcome);
+            println!(
+                "      ACK lost; redelivered after {} s → {} (stored once)",
+                ACK_TIMEOUT.as_secs(),
+                again.outcome
+            );
+            latency
+        } else {
+            let latency = acked(&lark, &transport_id).await?;
+            println!("  {:>2}. {:<36} → {}", i + 1, step.label, report.outcome);
+            latency
+        };
+        let body = match report.message.body.trim() {
+            "" => "(no body: the command is the whole message)".to_string(),
+            body => preview(body),
+        };
+        println!(
+            "      frame {transport_id} ACKed{}; decoded and enriched: {body}",
+            latency
+                .map(|l| format!(" after {} ms", l.as_millis()))
+                .unwrap_or_default(),
         );
-        println!("  {:>2}. {:<36} → {}", i + 1, step.label, outcome);
     }
 
     // Let the debounce windows close and flush.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut open_windows = 0;
         for installation in [&open, &bound] {
@@ -318,14 +470,14 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
                 .filter(|s| s.flush_due_at_ms.is_some())
                 .count();
         }
-        if open_windows == 0 || std::time::Instant::now() > deadline {
+        if open_windows == 0 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Let the echo agent's runs finish and their replies go out.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut busy = 0;
         for installation in [&open, &bound] {
@@ -337,7 +489,7 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
                 .filter(|s| s.run_state == "pending" || s.run_state == "running")
                 .count();
         }
-        if busy == 0 || std::time::Instant::now() > deadline {
+        if busy == 0 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -386,11 +538,13 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
     compaction_step(&state, &open.id).await?;
     let _ = stop.send(());
     server.await.context("demo server task")??;
-    let sent = lark.sent();
-    println!(
-        "\nsent by the bot to (fake) Lark ({} typing reactions):",
-        lark.reactions()
-    );
+    let requests = lark.requests();
+    let typing = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.uri.contains("/reactions"))
+        .count();
+    let sent: Vec<Sent> = lark.sent_messages().iter().map(Sent::of).collect();
+    println!("\nsent by the bot to the fake Lark ({typing} typing reactions):");
     for message in &sent {
         println!(
             "  {:<5} {:<26} {:<11} {}",
@@ -400,6 +554,14 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
             preview(&message.text)
         );
     }
+    let acks = lark.acks();
+    println!(
+        "\nlong connections: {} WebSockets, {} event deliveries, {} ACKs (all 200: {})",
+        lark.connections(),
+        lark.deliveries(),
+        acks.len(),
+        acks.iter().all(|a| a.code == 200)
+    );
     // Replies are the echo agent's answers; the rest of what the bot sent are notices.
     let replies = sent.iter().filter(|m| m.text.starts_with("echo: ")).count();
     println!(
@@ -408,6 +570,69 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         audit.len()
     );
     Ok(())
+}
+
+/// One message the bot sent, readable.
+struct Sent {
+    /// `send` (chat level or DM) or `reply` (to a message, maybe in its thread).
+    how: &'static str,
+    /// The chat or user id, or the message replied to.
+    to: String,
+    /// `text` or `interactive` (card).
+    msg_type: String,
+    /// The text, or a card's texts joined.
+    text: String,
+}
+
+impl Sent {
+    fn of(request: &RestRequest) -> Sent {
+        let path = request.uri.split('?').next().unwrap_or_default();
+        let (how, to) = match path.strip_suffix("/reply") {
+            Some(prefix) => ("reply", prefix.rsplit('/').next().unwrap_or_default()),
+            None => (
+                "send",
+                request.body["receive_id"].as_str().unwrap_or_default(),
+            ),
+        };
+        let content: Value = request.body["content"]
+            .as_str()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null);
+        Sent {
+            how,
+            to: to.to_string(),
+            msg_type: request.body["msg_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            text: readable(&content),
+        }
+    }
+}
+
+/// The text of a `text` content or the markdown/plain texts of a card, joined.
+fn readable(content: &Value) -> String {
+    if let Some(text) = content["text"].as_str() {
+        return text.to_string();
+    }
+    let mut texts = Vec::new();
+    collect_texts(content, &mut texts);
+    texts.join(" / ")
+}
+
+fn collect_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("content", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_texts(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_texts(v, out)),
+        _ => {}
+    }
 }
 
 /// Compacts the first answered conversation of `installation` on request (the echo agent's

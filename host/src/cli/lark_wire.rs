@@ -1,10 +1,7 @@
-//! Builds Lark webhook deliveries the way the platform sends them (used by `demo`): v2 event
-//! envelopes, AES-256-CBC sealing with key = sha256(encrypt key) and a signature over the raw body.
+//! Builds `im.message.receive_v1` events the way the Lark platform sends them (v2 envelopes), for
+//! `demo` to push through the fake Lark's long connection.
 
-use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
-use base64::Engine;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// One mention inside a message.
 pub struct Mention<'a> {
@@ -63,38 +60,4 @@ impl Event<'_> {
         });
         serde_json::to_vec(&envelope).expect("JSON")
     }
-}
-
-/// Seals `plaintext` for a webhook: returns (headers, raw body).
-pub fn seal(
-    encrypt_key: &str,
-    plaintext: &[u8],
-    iv: [u8; 16],
-    timestamp: &str,
-    nonce: &str,
-) -> (Vec<(String, String)>, Vec<u8>) {
-    let key: [u8; 32] = Sha256::digest(encrypt_key.as_bytes()).into();
-    let ciphertext = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into())
-        .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
-    let mut blob = iv.to_vec();
-    blob.extend_from_slice(&ciphertext);
-    let body = serde_json::to_vec(
-        &json!({ "encrypt": base64::engine::general_purpose::STANDARD.encode(blob) }),
-    )
-    .expect("JSON");
-    let mut signed = Sha256::new();
-    signed.update(timestamp.as_bytes());
-    signed.update(nonce.as_bytes());
-    signed.update(encrypt_key.as_bytes());
-    signed.update(&body);
-    let headers = vec![
-        (
-            "content-type".into(),
-            "application/json; charset=utf-8".into(),
-        ),
-        ("x-lark-request-timestamp".into(), timestamp.into()),
-        ("x-lark-request-nonce".into(), nonce.into()),
-        ("x-lark-signature".into(), hex::encode(signed.finalize())),
-    ];
-    (headers, body)
 }

@@ -80,12 +80,28 @@ pub trait OutcomeObserver: Send + Sync {
     fn dispatched(&self, installation: &Installation, message: &InboundMessage, outcome: &Outcome);
 }
 
+/// One dispatched message as [`Ingest::watch`] reports it: what the plugin decoded and enriched,
+/// and what the dispatcher made of it.
+#[derive(Debug, Clone)]
+pub struct Dispatched {
+    /// The installation it arrived for.
+    pub installation_id: String,
+    /// The decoded, enriched message (the body that was stored, when it was).
+    pub message: InboundMessage,
+    /// The outcome label (as [`PayloadOutcome::label`]).
+    pub outcome: String,
+}
+
+/// How many reports a slow [`Ingest::watch`] receiver may fall behind before it misses some.
+const WATCH_CAPACITY: usize = 256;
+
 /// The inbound service.
 pub struct Ingest {
     dispatcher: Arc<Dispatcher>,
     debouncer: Debouncer,
     enrich: EnrichLimits,
     observer: Option<Arc<dyn OutcomeObserver>>,
+    watchers: tokio::sync::broadcast::Sender<Arc<Dispatched>>,
 }
 
 impl Ingest {
@@ -96,7 +112,15 @@ impl Ingest {
             debouncer,
             enrich,
             observer: None,
+            watchers: tokio::sync::broadcast::channel(WATCH_CAPACITY).0,
         }
+    }
+
+    /// Reports every message dispatched from now on (for the demo's transcript and operator
+    /// tooling). Costs nothing while no receiver exists; a receiver that falls more than 256
+    /// reports behind misses the oldest (`RecvError::Lagged`) and never slows ingestion.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Arc<Dispatched>> {
+        self.watchers.subscribe()
     }
 
     /// Also tells `observer` about every dispatched message.
@@ -192,7 +216,14 @@ impl Ingest {
                 max_context_messages: self.enrich.max_context_messages,
             };
             match plugin.enrich(&cx, &message, budget).await {
-                Ok(enriched) => message.body = enriched.body,
+                Ok(enriched) => {
+                    // What could not be fetched is already a placeholder in the body; the
+                    // notes say why, for the operator.
+                    for note in &enriched.notes {
+                        tracing::info!(message_id = %message.message_id, note = %note, "enrichment degraded");
+                    }
+                    message.body = enriched.body;
+                }
                 // Enrichment degrades, never drops: keep the decoded body.
                 Err(e) => {
                     tracing::warn!(message_id = %message.message_id, "enrichment failed, keeping the plain body: {e}")
@@ -213,7 +244,15 @@ impl Ingest {
         if let Some(observer) = &self.observer {
             observer.dispatched(&installation, &message, &outcome);
         }
+        let outcome = PayloadOutcome::Dispatched(outcome);
+        if self.watchers.receiver_count() > 0 {
+            let _ = self.watchers.send(Arc::new(Dispatched {
+                installation_id: installation.id.clone(),
+                message: message.clone(),
+                outcome: outcome.label(),
+            }));
+        }
         tracing::debug!(message_id = %message.message_id, ?outcome, "dispatched");
-        Ok(PayloadOutcome::Dispatched(outcome))
+        Ok(outcome)
     }
 }
