@@ -1634,3 +1634,413 @@ async fn session_histories_list_sessions_with_their_messages() {
         );
     }
 }
+
+// ----------------------------------------------------------------------------- claim in append
+//
+// A message to an existing session that passes the group filter and the identity policy is
+// claimed inside its append transaction (`IngestStore::claim_and_append`). The tests above
+// mostly send a chat's first message (the claim-first path); these send to a session that
+// exists, so they cover the same guarantees on the short path.
+
+/// A fixture whose chat `oc_1` already has a session (one message, `om_0`); returns its id.
+async fn with_session(f: &Fixture) -> String {
+    session_id(&f.dispatch(&msg("om_0", "oc_1", "first"), None).await)
+}
+
+async fn claims_in_flight(t: &db::TestDb) -> i64 {
+    raw_i64(
+        t,
+        "SELECT COUNT(*) FROM inbound_dedup WHERE processed_at_ms IS NULL",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn existing_session_concurrent_deliveries_store_once_with_no_claim_left_in_flight() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let session = with_session(&f).await;
+        let m = msg("om_race", "oc_1", "hello");
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let dispatcher = f.dispatcher.clone();
+            let inst = f.inst.clone();
+            let m = m.clone();
+            tasks.push(tokio::spawn(async move {
+                dispatcher.dispatch(&inst, &m, None, EVENT).await.unwrap()
+            }));
+        }
+        let mut ingested = 0;
+        let mut duplicates = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Outcome::Ingested { session_id, .. } => {
+                    assert_eq!(session_id, session, "{}", f.name());
+                    ingested += 1;
+                }
+                Outcome::Dropped(DropReason::Duplicate) => duplicates += 1,
+                other => panic!("{}: {other:?}", f.name()),
+            }
+        }
+        assert_eq!((ingested, duplicates), (1, 5), "{}", f.name());
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+        assert_eq!(f.audit_reasons().await.len(), 5, "{}", f.name());
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}", f.name());
+        // Processed for good: a redelivery much later is still a duplicate.
+        f.clock.advance(10 * 60_000);
+        assert_eq!(
+            f.dispatch(&m, None).await,
+            Outcome::Dropped(DropReason::Duplicate),
+            "{}",
+            f.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn existing_session_claim_in_flight_is_taken_over_only_after_60_s() {
+    for f in fixtures(AccessPolicy::Open).await {
+        with_session(&f).await;
+        let m = msg("om_y", "oc_1", "hello");
+        let old = f
+            .ingest
+            .claim_dedup(&f.inst.id, "om_y", f.clock.now())
+            .await
+            .unwrap()
+            .unwrap();
+        f.clock.advance(60_000);
+        assert_eq!(
+            f.dispatch(&m, None).await,
+            Outcome::Dropped(DropReason::Duplicate),
+            "{}: not older than 60 s",
+            f.name()
+        );
+        f.clock.advance(1);
+        assert!(
+            matches!(f.dispatch(&m, None).await, Outcome::Ingested { .. }),
+            "{}: older than 60 s",
+            f.name()
+        );
+        // The old claimant is fenced out: its Mark and Release are no-ops.
+        assert!(!f.ingest.mark_dedup(&old, f.clock.now()).await.unwrap());
+        assert!(!f.ingest.release_dedup(&old).await.unwrap());
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}", f.name());
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+        assert_eq!(
+            f.dispatch(&m, None).await,
+            Outcome::Dropped(DropReason::Duplicate)
+        );
+    }
+}
+
+#[tokio::test]
+async fn existing_session_claim_taken_before_the_append_is_a_duplicate() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let session = with_session(&f).await;
+        let store = f.ingest.clone();
+        let clock = f.clock.clone();
+        let inst_id = f.inst.id.clone();
+        let other: Arc<std::sync::Mutex<Option<DedupClaim>>> = Arc::default();
+        let other_in = other.clone();
+        let claimed_first = Arc::new(AtomicBool::new(false));
+        let claimed_in = claimed_first.clone();
+        let racing = f.dispatcher.clone().with_step_hook(hook(move |step| {
+            if step == Step::Claimed {
+                claimed_in.store(true, Ordering::SeqCst);
+            }
+            if step != Step::BeforeAppend {
+                return None;
+            }
+            let (store, clock, inst_id, other) = (
+                store.clone(),
+                clock.clone(),
+                inst_id.clone(),
+                other_in.clone(),
+            );
+            Some(boxed(async move {
+                // Another replica claims the same message first.
+                let claim = store
+                    .claim_dedup(&inst_id, "om_t", clock.now())
+                    .await
+                    .unwrap()
+                    .expect("the first claim");
+                *other.lock().unwrap() = Some(claim);
+            }))
+        }));
+        let outcome = racing
+            .dispatch(&f.inst, &msg("om_t", "oc_1", "hello"), None, EVENT)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Dropped(DropReason::Duplicate),
+            "{}",
+            f.name()
+        );
+        assert!(
+            !claimed_first.load(Ordering::SeqCst),
+            "{}: no claim before the append transaction",
+            f.name()
+        );
+        assert_eq!(f.audit_reasons().await, ["duplicate"], "{}", f.name());
+        assert_eq!(
+            f.ingest.list_messages(&session).await.unwrap().len(),
+            1,
+            "{}: nothing appended",
+            f.name()
+        );
+        // The other claim was neither marked nor released by the loser.
+        let other = other.lock().unwrap().clone().unwrap();
+        assert!(
+            f.ingest.mark_dedup(&other, f.clock.now()).await.unwrap(),
+            "{}",
+            f.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn existing_session_infrastructure_failure_leaves_no_claim_and_the_redelivery_is_processed() {
+    for f in fixtures(AccessPolicy::Open).await {
+        with_session(&f).await;
+        let is_sqlite = f.name() == "sqlite";
+        let url = f.t.url.clone();
+        let armed = Arc::new(AtomicBool::new(true));
+        let armed_in = armed.clone();
+        let broken = f.dispatcher.clone().with_step_hook(hook(move |step| {
+            if step != Step::BeforeAppend || !armed_in.swap(false, Ordering::SeqCst) {
+                return None;
+            }
+            let url = url.clone();
+            Some(boxed(async move {
+                raw_exec(
+                    &url,
+                    is_sqlite,
+                    "ALTER TABLE messages RENAME TO messages_away",
+                )
+                .await;
+            }))
+        }));
+        let m = msg("om_fail", "oc_1", "hello");
+        let err = broken.dispatch(&f.inst, &m, None, EVENT).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DispatchError::Store(StoreError::Query {
+                    op: "message append",
+                    ..
+                })
+            ),
+            "{}: {err:?}",
+            f.name()
+        );
+        assert_eq!(
+            raw_i64(
+                &f.t,
+                "SELECT COUNT(*) FROM inbound_dedup WHERE message_id = 'om_fail'"
+            )
+            .await,
+            0,
+            "{}: the claim rolled back with the append",
+            f.name()
+        );
+        let session = f.only_session().await;
+        assert_eq!(
+            (
+                session.flush_generation,
+                session.reply_to_message_id.as_deref()
+            ),
+            (1, Some("om_0")),
+            "{}: the session update rolled back too",
+            f.name()
+        );
+        assert!(f.audit_reasons().await.is_empty(), "{}", f.name());
+
+        raw_exec(
+            &f.t.url,
+            is_sqlite,
+            "ALTER TABLE messages_away RENAME TO messages",
+        )
+        .await;
+        let outcome = f.dispatch(&m, None).await;
+        assert!(
+            matches!(outcome, Outcome::Ingested { .. }),
+            "{}: {outcome:?}",
+            f.name()
+        );
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+    }
+}
+
+#[tokio::test]
+async fn session_deleted_before_the_append_falls_back_to_a_new_session() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let old = with_session(&f).await;
+        let runs = f.t.db.runs();
+        let old_in = old.clone();
+        let armed = Arc::new(AtomicBool::new(true));
+        let deleting = f.dispatcher.clone().with_step_hook(hook(move |step| {
+            if step != Step::BeforeAppend || !armed.swap(false, Ordering::SeqCst) {
+                return None;
+            }
+            let (runs, old) = (runs.clone(), old_in.clone());
+            Some(boxed(async move {
+                assert!(runs.delete_session(&old).await.unwrap());
+            }))
+        }));
+        let m = msg("om_1", "oc_1", "after the delete");
+        let outcome = deleting.dispatch(&f.inst, &m, None, EVENT).await.unwrap();
+        let new = session_id(&outcome);
+        assert_ne!(new, old, "{}", f.name());
+        assert!(f.ingest.get_session(&old).await.unwrap().is_none());
+        let messages = f.ingest.list_messages(&new).await.unwrap();
+        assert_eq!(messages.len(), 1, "{}", f.name());
+        assert_eq!(messages[0].body, "after the delete");
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}: marked", f.name());
+        f.clock.advance(61_000);
+        assert_eq!(
+            f.dispatch(&m, None).await,
+            Outcome::Dropped(DropReason::Duplicate)
+        );
+    }
+}
+
+#[tokio::test]
+async fn store_level_appends_to_a_deleted_session() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let session = with_session(&f).await;
+        assert!(f.t.db.runs().delete_session(&session).await.unwrap());
+        for turn in [TurnKind::Plain, TurnKind::MarkFresh] {
+            let request = AppendRequest {
+                session_id: session.clone(),
+                installation_id: f.inst.id.clone(),
+                body: "late".into(),
+                command_body: "late".into(),
+                channel_message_id: "om_late".into(),
+                thread_id: None,
+                sender_id: "ou_alice".into(),
+                turn,
+                debounce_ms: 3_000,
+            };
+            // The claim-first append: a conflict (the dispatcher releases its claim).
+            let err = f.ingest.append(&request, None, T0).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Conflict { .. }),
+                "{}: {err:?}",
+                f.name()
+            );
+            // Claim and append: nothing written, no claim made.
+            assert_eq!(
+                f.ingest.claim_and_append(&request, T0).await.unwrap(),
+                None,
+                "{}",
+                f.name()
+            );
+            assert_eq!(
+                raw_i64(
+                    &f.t,
+                    "SELECT COUNT(*) FROM inbound_dedup WHERE message_id = 'om_late'"
+                )
+                .await,
+                0,
+                "{}",
+                f.name()
+            );
+        }
+        assert!(f.all_messages().await.is_empty(), "{}", f.name());
+        // Without a channel message id there is nothing to claim.
+        let request = AppendRequest {
+            session_id: session.clone(),
+            installation_id: f.inst.id.clone(),
+            body: "x".into(),
+            command_body: String::new(),
+            channel_message_id: String::new(),
+            thread_id: None,
+            sender_id: String::new(),
+            turn: TurnKind::Plain,
+            debounce_ms: 3_000,
+        };
+        assert!(matches!(
+            f.ingest.claim_and_append(&request, T0).await,
+            Err(StoreError::Invalid { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_run_starting_before_the_append_gets_the_message_queued() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let session = with_session(&f).await;
+        let url = f.t.url.clone();
+        let is_sqlite = f.name() == "sqlite";
+        let sql = format!(
+            "UPDATE sessions SET run_state = 'running', run_id = 'run-1' WHERE id = '{session}'"
+        );
+        let armed = Arc::new(AtomicBool::new(true));
+        let starting = f.dispatcher.clone().with_step_hook(hook(move |step| {
+            if step != Step::BeforeAppend || !armed.swap(false, Ordering::SeqCst) {
+                return None;
+            }
+            let (url, sql) = (url.clone(), sql.clone());
+            // The run starts between the session read and the append transaction.
+            Some(boxed(async move { raw_exec(&url, is_sqlite, &sql).await }))
+        }));
+        let before = f.only_session().await;
+        let outcome = starting
+            .dispatch(&f.inst, &msg("om_1", "oc_1", "during the run"), None, EVENT)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Ingested {
+                session_id: session.clone(),
+                message_id: 0,
+                flush: None
+            },
+            "{}: queued, no window",
+            f.name()
+        );
+        let queue = f.t.db.runs().list_queue(&session).await.unwrap();
+        assert_eq!(queue.len(), 1, "{}", f.name());
+        assert_eq!(
+            f.all_messages().await.len(),
+            1,
+            "{}: not in history",
+            f.name()
+        );
+        let during = f.only_session().await;
+        assert_eq!(
+            (during.flush_generation, during.flush_due_at_ms),
+            (before.flush_generation, before.flush_due_at_ms),
+            "{}: the window is untouched",
+            f.name()
+        );
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}: marked", f.name());
+
+        // A command does not run, so it is stored as usual while the run is active; a bare
+        // `/new` flags the session.
+        let command = Command::Issue(IssueRequest {
+            title: "Broken".into(),
+            description: None,
+        });
+        assert!(matches!(
+            f.dispatch(&msg("om_2", "oc_1", "/issue Broken"), Some(&command))
+                .await,
+            Outcome::IssueCreated { .. }
+        ));
+        assert_eq!(
+            f.dispatch(
+                &msg("om_3", "oc_1", "/new"),
+                Some(&Command::NewContext(None))
+            )
+            .await,
+            Outcome::FreshPending {
+                session_id: session.clone()
+            }
+        );
+        let after = f.only_session().await;
+        assert!(after.fresh_pending, "{}", f.name());
+        assert_eq!(after.run_state, "running");
+        assert_eq!(after.reply_to_message_id.as_deref(), Some("om_2"));
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+    }
+}

@@ -7,6 +7,14 @@
 //! [`Outcome`]s; only infrastructure failures are [`DispatchError`]s (the channel should
 //! redeliver), and they release the dedup claim first so the redelivery is processed.
 //!
+//! The common case takes a shorter route with the same results: when the group filter and
+//! the identity policy (which only read) let the message through and its session already
+//! exists, the dedup claim is made inside the append transaction itself
+//! ([`IngestStore::claim_and_append`]) — one write transaction per message instead of a claim
+//! and then an append, and no claim is ever left in flight. A duplicate is still dropped as
+//! `duplicate` (audited once); drops, binding links and first messages of a chat keep the
+//! claim-first order, so replays never re-audit or re-send a link.
+//!
 //! Must not touch wasm or HTTP: the caller decodes, enriches and parses commands through the
 //! plugin, hands the results in, and renders the outcome (reply, notice, binding link) itself.
 //! SQL lives in `crate::store`; time comes from an injectable [`Clock`].
@@ -20,8 +28,8 @@ use crate::capabilities::Clock;
 use crate::runtime::commands::Command;
 use crate::runtime::types::{ChatType, InboundMessage};
 use crate::store::{
-    AccessPolicy, AppendOutcome, AppendRequest, AuditEntry, ChatKind, DedupClaim, FlushTicket,
-    IngestStore, Installation, InstallationStore, SessionKey, StoreError, TurnKind,
+    AccessPolicy, AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, ChatKind, DedupClaim,
+    FlushTicket, IngestStore, Installation, InstallationStore, SessionKey, StoreError, TurnKind,
 };
 
 /// The event type recorded in audit rows when the caller does not know a better one.
@@ -164,7 +172,9 @@ impl EventMeta {
 /// A point of the pipeline at which a [`StepHook`] is awaited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// Right after the dedup claim was won (not reached without a message id).
+    /// Right after the dedup claim was won (not reached without a message id, nor when the
+    /// claim is made inside the append transaction: a message to an existing session that
+    /// passes the group filter and the identity policy).
     Claimed,
     /// Right before the append transaction.
     BeforeAppend,
@@ -395,6 +405,22 @@ impl Dispatcher {
         let now_ms = self.clock.now_ms();
         let event = EventMeta::of_event(message, event_type);
 
+        // Steps 2–8 in one transaction when they can be (see the module docs).
+        if !message.message_id.is_empty()
+            && let Some(outcome) = self
+                .claim_in_append(installation, message, command, &event, now_ms)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        installation = %installation.id,
+                        message_id = %message.message_id,
+                        "dispatch failed, the channel should redeliver: {error}"
+                    );
+                })?
+        {
+            return Ok(outcome);
+        }
+
         // Step 2: dedup claim (none without a message id).
         let claim = if message.message_id.is_empty() {
             None
@@ -474,6 +500,67 @@ impl Dispatcher {
         }
     }
 
+    /// Steps 2–8 with the dedup claim inside the append transaction, when the message passes
+    /// the group filter and the identity policy and its session exists. `Ok(None)`: it does
+    /// not (or the session was deleted meanwhile); nothing was written and no claim was made,
+    /// so the caller runs the claim-first pipeline. An error leaves no claim behind either
+    /// (the transaction rolled back), so the redelivery is processed.
+    async fn claim_in_append(
+        &self,
+        installation: &Installation,
+        message: &InboundMessage,
+        command: Option<&Command>,
+        event: &EventMeta,
+        now_ms: i64,
+    ) -> Result<Option<Outcome>, DispatchError> {
+        // Step 3, decided without side effects: a drop takes the claim-first path.
+        if message.chat_type == ChatType::Group && !message.addressed_to_bot {
+            return Ok(None);
+        }
+        // Step 4: likewise, only a sender with a binding (under `bound`) goes on.
+        if installation.access_policy == AccessPolicy::Bound {
+            let open_id = message.sender.open_id.as_str();
+            if open_id.is_empty()
+                || self
+                    .ingest
+                    .get_binding(&installation.id, open_id)
+                    .await?
+                    .is_none()
+            {
+                return Ok(None);
+            }
+        }
+        // Step 5: an existing session only; creating one before the claim would create it for
+        // duplicates too.
+        let key = session_key(message);
+        let Some(session) = self
+            .ingest
+            .find_session(&installation.id, &key.chat_key)
+            .await?
+        else {
+            return Ok(None);
+        };
+
+        // Steps 6–8.
+        let (turn, request) = append_request(installation, message, command, &session.id);
+        self.step(Step::BeforeAppend).await;
+        let Some(appended) = self.ingest.claim_and_append(&request, now_ms).await? else {
+            return Ok(None);
+        };
+        let outcome = match appended {
+            AppendOutcome::ClaimLost => {
+                self.audit(installation, event, DropReason::Duplicate, now_ms)
+                    .await;
+                Outcome::Dropped(DropReason::Duplicate)
+            }
+            AppendOutcome::FreshPending => Outcome::FreshPending {
+                session_id: session.id,
+            },
+            AppendOutcome::Appended(appended) => appended_outcome(turn, appended, session.id)?,
+        };
+        Ok(Some(outcome))
+    }
+
     /// Steps 3–8, once the claim (if any) is held.
     async fn after_claim(
         &self,
@@ -521,11 +608,7 @@ impl Dispatcher {
         }
 
         // Step 5: the session.
-        let chat_kind = match message.chat_type {
-            ChatType::Direct => ChatKind::Direct,
-            ChatType::Group => ChatKind::Group,
-        };
-        let key = SessionKey::new(&message.chat_id, chat_kind, message.thread_id.as_deref());
+        let key = session_key(message);
         let title = session_title(&installation.channel, &key);
         let session = self
             .ingest
@@ -533,34 +616,7 @@ impl Dispatcher {
             .await?;
 
         // Steps 6–7: the turn, appended with the in-transaction Mark.
-        let (turn, body) = match command {
-            None => (TurnKind::Plain, message.body.clone()),
-            Some(Command::NewContext(text)) => match text.as_deref().map(str::trim) {
-                Some(text) if !text.is_empty() => (TurnKind::FreshStart, text.to_owned()),
-                _ => (TurnKind::MarkFresh, String::new()),
-            },
-            Some(Command::Issue(request)) if !request.title.trim().is_empty() => (
-                TurnKind::Issue {
-                    title: request.title.trim().to_owned(),
-                    description: request.description.clone().filter(|d| !d.trim().is_empty()),
-                },
-                message.body.clone(),
-            ),
-            Some(Command::Issue(_) | Command::IssueUsage) => {
-                (TurnKind::IssueUsage, message.body.clone())
-            }
-        };
-        let request = AppendRequest {
-            session_id: session.id.clone(),
-            installation_id: installation.id.clone(),
-            body,
-            command_body: message.command_body.clone(),
-            channel_message_id: message.message_id.clone(),
-            thread_id: message.thread_id.clone(),
-            sender_id: message.sender.open_id.clone(),
-            turn: turn.clone(),
-            debounce_ms: installation.debounce_ms,
-        };
+        let (turn, request) = append_request(installation, message, command, &session.id);
         self.step(Step::BeforeAppend).await;
         let appended = match self.ingest.append(&request, claim, now_ms).await? {
             AppendOutcome::ClaimLost => {
@@ -580,36 +636,94 @@ impl Dispatcher {
         };
 
         // Step 8: the outcome.
-        let session_id = session.id;
-        let outcome = match turn {
-            TurnKind::Issue { title, .. } => match appended.command_id {
-                Some(command_id) => Outcome::IssueCreated {
-                    session_id,
-                    command_id,
-                    title,
-                },
-                None => {
-                    return Err(DispatchError::Store(StoreError::Corrupt {
-                        what: "an /issue append returned no command record".into(),
-                    }));
-                }
-            },
-            TurnKind::IssueUsage => Outcome::IssueUsage { session_id },
-            TurnKind::Plain | TurnKind::FreshStart | TurnKind::MarkFresh => {
-                let flush = appended.flush.map(|(generation, due_at_ms)| FlushTicket {
-                    session_id: session_id.clone(),
-                    generation,
-                    due_at_ms,
-                });
-                Outcome::Ingested {
-                    session_id,
-                    message_id: appended.message_id,
-                    flush,
-                }
-            }
-        };
-        Ok((outcome, Finalize::Done))
+        Ok((
+            appended_outcome(turn, appended, session.id)?,
+            Finalize::Done,
+        ))
     }
+}
+
+/// The session key of `message` (step 5).
+fn session_key(message: &InboundMessage) -> SessionKey {
+    let chat_kind = match message.chat_type {
+        ChatType::Direct => ChatKind::Direct,
+        ChatType::Group => ChatKind::Group,
+    };
+    SessionKey::new(&message.chat_id, chat_kind, message.thread_id.as_deref())
+}
+
+/// The turn `message` makes (by its parsed `command`) and its append to `session_id` (steps
+/// 6–7).
+fn append_request(
+    installation: &Installation,
+    message: &InboundMessage,
+    command: Option<&Command>,
+    session_id: &str,
+) -> (TurnKind, AppendRequest) {
+    let (turn, body) = match command {
+        None => (TurnKind::Plain, message.body.clone()),
+        Some(Command::NewContext(text)) => match text.as_deref().map(str::trim) {
+            Some(text) if !text.is_empty() => (TurnKind::FreshStart, text.to_owned()),
+            _ => (TurnKind::MarkFresh, String::new()),
+        },
+        Some(Command::Issue(request)) if !request.title.trim().is_empty() => (
+            TurnKind::Issue {
+                title: request.title.trim().to_owned(),
+                description: request.description.clone().filter(|d| !d.trim().is_empty()),
+            },
+            message.body.clone(),
+        ),
+        Some(Command::Issue(_) | Command::IssueUsage) => {
+            (TurnKind::IssueUsage, message.body.clone())
+        }
+    };
+    let request = AppendRequest {
+        session_id: session_id.to_owned(),
+        installation_id: installation.id.clone(),
+        body,
+        command_body: message.command_body.clone(),
+        channel_message_id: message.message_id.clone(),
+        thread_id: message.thread_id.clone(),
+        sender_id: message.sender.open_id.clone(),
+        turn: turn.clone(),
+        debounce_ms: installation.debounce_ms,
+    };
+    (turn, request)
+}
+
+/// The outcome of an appended `turn` in `session_id` (step 8).
+fn appended_outcome(
+    turn: TurnKind,
+    appended: AppendedMessage,
+    session_id: String,
+) -> Result<Outcome, DispatchError> {
+    Ok(match turn {
+        TurnKind::Issue { title, .. } => match appended.command_id {
+            Some(command_id) => Outcome::IssueCreated {
+                session_id,
+                command_id,
+                title,
+            },
+            None => {
+                return Err(DispatchError::Store(StoreError::Corrupt {
+                    what: "an /issue append returned no command record".into(),
+                }));
+            }
+        },
+        TurnKind::IssueUsage => Outcome::IssueUsage { session_id },
+        TurnKind::Plain | TurnKind::FreshStart | TurnKind::MarkFresh => {
+            let flush = appended.flush.map(|(generation, due_at_ms)| FlushTicket {
+                session_id: session_id.clone(),
+                generation,
+                due_at_ms,
+            });
+            Outcome::Ingested {
+                session_id,
+                message_id: appended.message_id,
+                flush,
+            }
+        }
+    })
 }
 
 /// The audit row for a drop of `event` on `installation`.

@@ -1,6 +1,11 @@
 //! The durable side of the inbound pipeline (SPEC §3 steps 2–8, §4): user bindings and binding
 //! tokens, dedup claims, the drop audit, sessions, the user-message append (with its in-transaction
-//! dedup Mark and the durable debounce arm) and channel command records.
+//! dedup Mark, or the dedup claim itself, and the durable debounce arm) and channel command
+//! records.
+//!
+//! The append is the ingest hot path, and each statement costs a round trip to the database
+//! (on SQLite, two thread hand-offs to the connection's thread): its common case is the dedup
+//! step, one `UPDATE sessions … RETURNING` and the message `INSERT`.
 //!
 //! Callers pass "now" in; nothing here reads the clock. Nothing here decides pipeline order
 //! either: that is the dispatcher's job (`crate::dispatch`).
@@ -483,6 +488,235 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Inside `$tx`: inserts the user message of `$request` in context revision `$revision` (kind
+/// `command` for `/issue` turns) and, for `/issue <title>`, its command record. Evaluates to
+/// `(message_id, Option<command_id>)`.
+macro_rules! insert_user_message {
+    ($tx:ident, $fail:expr, $request:expr, $revision:expr, $now_ms:expr) => {{
+        let request: &AppendRequest = $request;
+        let kind = match request.turn {
+            TurnKind::Issue { .. } | TurnKind::IssueUsage => "command",
+            _ => "message",
+        };
+        let message_id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (session_id, role, kind, body, command_body,
+                 channel_message_id, sender_id, context_revision, created_at_ms)
+             VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, $8)
+             RETURNING id",
+        )
+        .bind(&request.session_id)
+        .bind(kind)
+        .bind(&request.body)
+        .bind(non_empty(&request.command_body))
+        .bind(non_empty(&request.channel_message_id))
+        .bind(non_empty(&request.sender_id))
+        .bind($revision)
+        .bind($now_ms)
+        .fetch_one(&mut *$tx)
+        .await
+        .map_err($fail)?;
+
+        let command_id = match &request.turn {
+            TurnKind::Issue { title, description } => Some(
+                sqlx::query_scalar::<_, i64>(
+                    "INSERT INTO commands (installation_id, session_id, message_id, kind,
+                         title, description, sender_id, created_at_ms)
+                     VALUES ($1, $2, $3, 'issue', $4, $5, $6, $7)
+                     RETURNING id",
+                )
+                .bind(&request.installation_id)
+                .bind(&request.session_id)
+                .bind(message_id)
+                .bind(title)
+                .bind(description.as_deref().and_then(non_empty))
+                .bind(non_empty(&request.sender_id))
+                .bind($now_ms)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err($fail)?,
+            ),
+            _ => None,
+        };
+        (message_id, command_id)
+    }};
+}
+
+/// Inside `$tx`, once the dedup step is done: the general append of a turn that is not a bare
+/// `/new`, used when the one-statement session update matched no row — the session is running
+/// (a turn that runs is queued) or deleted (`return Ok(None)`), or its run ended in between
+/// (stored as usual). Evaluates to `Option<AppendOutcome>` (always `Some`).
+macro_rules! append_general {
+    ($tx:ident, $pg:ident, $fail:expr, $request:expr, $now_ms:expr) => {{
+        let request: &AppendRequest = $request;
+        let now_ms: i64 = $now_ms;
+        // Lock the session row (SQLite: BEGIN IMMEDIATE already holds the write lock).
+        let lock = if $pg {
+            "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
+             WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
+             WHERE id = $1"
+        };
+        let state: Option<(i64, bool, String, Option<String>)> = sqlx::query_as(lock)
+            .bind(&request.session_id)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err($fail)?;
+        let Some((revision, fresh_pending, run_state, run_id)) = state else {
+            return Ok(None);
+        };
+
+        // (No early `return Ok(Some(…))` below: leaving the body early rolls the transaction
+        // back.)
+        let queued_outcome = if run_state == "running" && request.turn.runs() {
+            // A run is active: the turn waits in the queue (not in the running run's
+            // context, no debounce). It is promoted when the run ends. At the cap it is
+            // still queued, and the run is interrupted so the backlog runs next.
+            let queued_id: i64 = sqlx::query_scalar(
+                "INSERT INTO queued_messages (session_id, body, command_body,
+                     channel_message_id, thread_id, sender_id, source, fresh_start,
+                     created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'channel', $7, $8)
+                 RETURNING id",
+            )
+            .bind(&request.session_id)
+            .bind(&request.body)
+            .bind(non_empty(&request.command_body))
+            .bind(non_empty(&request.channel_message_id))
+            .bind(request.thread_id.as_deref().and_then(non_empty))
+            .bind(non_empty(&request.sender_id))
+            .bind(request.turn == TurnKind::FreshStart)
+            .bind(now_ms)
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err($fail)?;
+            let queued: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM queued_messages WHERE session_id = $1")
+                    .bind(&request.session_id)
+                    .fetch_one(&mut *$tx)
+                    .await
+                    .map_err($fail)?;
+            sqlx::query("UPDATE sessions SET updated_at_ms = $2 WHERE id = $1")
+                .bind(&request.session_id)
+                .bind(now_ms)
+                .execute(&mut *$tx)
+                .await
+                .map_err($fail)?;
+            if queued <= QUEUE_CAP as i64 {
+                Some(AppendOutcome::Appended(AppendedMessage {
+                    message_id: 0,
+                    context_revision: revision,
+                    flush: None,
+                    command_id: None,
+                    queued: Some(QueuedTurn {
+                        queued_id,
+                        interrupted_run: None,
+                    }),
+                }))
+            } else {
+                // Over the cap: interrupt (running → idle, ownership cleared: the worker's
+                // heartbeat and release now fail), promote the whole queue in order and arm the
+                // debounce; its claim makes the session pending, so the backlog runs next.
+                sqlx::query(&format!(
+                    "UPDATE sessions SET run_state = 'idle', last_error = NULL,
+                         pending_since_ms = NULL, {CLEAR_OWNERSHIP}, updated_at_ms = $2
+                     WHERE id = $1"
+                ))
+                .bind(&request.session_id)
+                .bind(now_ms)
+                .execute(&mut *$tx)
+                .await
+                .map_err($fail)?;
+                let (promoted, flush) =
+                    promote_queue_and_arm!($tx, $fail, &request.session_id, now_ms);
+                let Some(mine) = promoted.last() else {
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "session {}: the queue was empty right after a message was queued",
+                            request.session_id
+                        ),
+                    });
+                };
+                Some(AppendOutcome::Appended(AppendedMessage {
+                    message_id: mine.id,
+                    context_revision: mine.context_revision,
+                    flush: flush.map(|ticket| (ticket.generation, ticket.due_at_ms)),
+                    command_id: None,
+                    queued: Some(QueuedTurn {
+                        queued_id,
+                        interrupted_run: run_id,
+                    }),
+                }))
+            }
+        } else {
+            None
+        };
+
+        if let Some(outcome) = queued_outcome {
+            Some(outcome)
+        } else {
+            let revision = if fresh_pending || request.turn == TurnKind::FreshStart {
+                revision + 1
+            } else {
+                revision
+            };
+            let (message_id, command_id) =
+                insert_user_message!($tx, $fail, request, revision, now_ms);
+
+            sqlx::query(
+                "UPDATE sessions SET context_revision = $2, fresh_pending = FALSE,
+                     updated_at_ms = $3
+                 WHERE id = $1",
+            )
+            .bind(&request.session_id)
+            .bind(revision)
+            .bind(now_ms)
+            .execute(&mut *$tx)
+            .await
+            .map_err($fail)?;
+
+            if !request.channel_message_id.is_empty() {
+                sqlx::query(
+                    "UPDATE sessions SET reply_to_message_id = $2, reply_thread_id = $3
+                     WHERE id = $1",
+                )
+                .bind(&request.session_id)
+                .bind(&request.channel_message_id)
+                .bind(request.thread_id.as_deref().and_then(non_empty))
+                .execute(&mut *$tx)
+                .await
+                .map_err($fail)?;
+            }
+
+            let flush = if request.turn.runs() {
+                let due_at_ms = now_ms + request.debounce_ms;
+                let generation: i64 = sqlx::query_scalar(
+                    "UPDATE sessions SET flush_due_at_ms = $2,
+                         flush_generation = flush_generation + 1
+                     WHERE id = $1
+                     RETURNING flush_generation",
+                )
+                .bind(&request.session_id)
+                .bind(due_at_ms)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err($fail)?;
+                Some((generation, due_at_ms))
+            } else {
+                None
+            };
+
+            Some(AppendOutcome::Appended(AppendedMessage {
+                message_id,
+                context_revision: revision,
+                flush,
+                command_id,
+                queued: None,
+            }))
+        }
+    }};
+}
+
 impl IngestStore {
     pub(super) fn new(db: Database) -> Self {
         IngestStore { db }
@@ -795,20 +1029,12 @@ impl IngestStore {
         now_ms: i64,
     ) -> Result<Session, StoreError> {
         let fail = StoreError::query("session ensure", self.backend());
+        if let Some(session) = self.find_session(installation_id, &key.chat_key).await? {
+            return Ok(session);
+        }
         let select = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE installation_id = $1 AND chat_key = $2"
         );
-        let existing: Option<Session> = on_reader!(self.db, |pool| {
-            sqlx::query_as(&select)
-                .bind(installation_id)
-                .bind(&key.chat_key)
-                .fetch_optional(pool)
-                .await
-                .map_err(fail)?
-        });
-        if let Some(session) = existing {
-            return Ok(session);
-        }
         let insert = format!(
             "INSERT INTO sessions (id, installation_id, chat_key, chat_id, chat_type, thread_id,
                  title, created_at_ms, updated_at_ms)
@@ -852,6 +1078,26 @@ impl IngestStore {
                         ),
                     }),
             }
+        })
+    }
+
+    /// The session of `installation_id` for `chat_key`, if it exists (never creates one).
+    pub async fn find_session(
+        &self,
+        installation_id: &str,
+        chat_key: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let fail = StoreError::query("session ensure", self.backend());
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE installation_id = $1 AND chat_key = $2"
+        );
+        on_reader!(self.db, |pool| {
+            sqlx::query_as(&sql)
+                .bind(installation_id)
+                .bind(chat_key)
+                .fetch_optional(pool)
+                .await
+                .map_err(fail)
         })
     }
 
@@ -976,254 +1222,184 @@ impl IngestStore {
     ///
     /// While the session's run is `running`, turns that run go to the session's queue instead
     /// (no debounce; [`AppendedMessage::queued`]); commands and `/new` flags are applied as usual.
+    ///
+    /// A session that no longer exists is a [`StoreError::Conflict`] (nothing is written).
     pub async fn append(
         &self,
         request: &AppendRequest,
         claim: Option<&DedupClaim>,
         now_ms: i64,
     ) -> Result<AppendOutcome, StoreError> {
+        let fence = match claim {
+            Some(claim) => Fence::Mark(claim),
+            None => Fence::None,
+        };
+        match self.append_fenced(request, fence, now_ms).await? {
+            Some(outcome) => Ok(outcome),
+            None => Err(session_deleted(&request.session_id)),
+        }
+    }
+
+    /// Claims the turn's channel message (`request.channel_message_id`, which must not be
+    /// empty) for `request.installation_id` and appends it, in ONE transaction: the claim row
+    /// is written already processed, so there is no claim in flight to Mark or Release later.
+    ///
+    /// The claim follows [`IngestStore::claim_dedup`]'s rule (a claim still in flight is taken
+    /// over once older than [`RECLAIM_AFTER_MS`]); when it is not won (already processed, or
+    /// in flight) nothing is written and the outcome is [`AppendOutcome::ClaimLost`], i.e. a
+    /// duplicate. Concurrent deliveries store the message once: SQLite's transactions take the
+    /// write lock at `BEGIN`, and on PostgreSQL a conflicting insert waits for the transaction
+    /// that holds the row.
+    ///
+    /// Otherwise as [`IngestStore::append`], except that a session that no longer exists is
+    /// `Ok(None)`: nothing was written and no claim was made, so the caller can take the
+    /// ordinary path (claim, ensure the session, append).
+    pub async fn claim_and_append(
+        &self,
+        request: &AppendRequest,
+        now_ms: i64,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        if request.channel_message_id.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "claim-and-append without a channel message id".into(),
+            });
+        }
+        let fence = Fence::Claim {
+            token: uuid::Uuid::new_v4().to_string(),
+        };
+        self.append_fenced(request, fence, now_ms).await
+    }
+
+    /// [`IngestStore::append`] with the dedup handling of `fence`; `Ok(None)`: the session
+    /// does not exist (nothing written).
+    async fn append_fenced(
+        &self,
+        request: &AppendRequest,
+        fence: Fence<'_>,
+        now_ms: i64,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
         let fail = StoreError::query("message append", self.backend());
         let outcome = in_write_tx!(self.db, fail, |tx, pg| {
-            // The Mark first: a lost claim costs nothing, and on PostgreSQL the row lock it
-            // takes makes a concurrent re-claim wait for this transaction's outcome.
-            if let Some(claim) = claim {
-                let marked = sqlx::query(MARK_SQL)
-                    .bind(&claim.installation_id)
-                    .bind(&claim.message_id)
-                    .bind(&claim.token)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?
-                    .rows_affected();
-                if marked == 0 {
-                    return Ok(AppendOutcome::ClaimLost);
+            // The dedup step first: a lost claim costs nothing, and on PostgreSQL the row lock
+            // it takes makes a concurrent claim of the same message wait for this transaction's
+            // outcome.
+            match &fence {
+                Fence::None => {}
+                Fence::Mark(claim) => {
+                    let marked = sqlx::query(MARK_SQL)
+                        .bind(&claim.installation_id)
+                        .bind(&claim.message_id)
+                        .bind(&claim.token)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(fail)?
+                        .rows_affected();
+                    if marked == 0 {
+                        return Ok(Some(AppendOutcome::ClaimLost));
+                    }
+                }
+                Fence::Claim { token } => {
+                    let won: Option<String> = sqlx::query_scalar(CLAIM_PROCESSED_SQL)
+                        .bind(&request.installation_id)
+                        .bind(&request.channel_message_id)
+                        .bind(token)
+                        .bind(now_ms)
+                        .bind(now_ms - RECLAIM_AFTER_MS)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                    if won.as_deref() != Some(token.as_str()) {
+                        return Ok(Some(AppendOutcome::ClaimLost));
+                    }
                 }
             }
 
-            // Lock the session row (SQLite: BEGIN IMMEDIATE already holds the write lock).
-            let lock = if pg {
-                "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
-                 WHERE id = $1 FOR UPDATE"
-            } else {
-                "SELECT context_revision, fresh_pending, run_state, run_id FROM sessions
-                 WHERE id = $1"
-            };
-            let state: Option<(i64, bool, String, Option<String>)> = sqlx::query_as(lock)
-                .bind(&request.session_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(fail)?;
-            let Some((revision, fresh_pending, run_state, run_id)) = state else {
-                return Err(StoreError::Conflict {
-                    what: format!(
-                        "session {} was deleted before the message could be stored",
-                        request.session_id
-                    ),
-                });
-            };
-
-            // (No early `return Ok(…)` below: leaving the body early rolls the transaction back.)
-            let queued_outcome = if run_state == "running" && request.turn.runs() {
-                // A run is active: the turn waits in the queue (not in the running run's
-                // context, no debounce). It is promoted when the run ends. At the cap it is
-                // still queued, and the run is interrupted so the backlog runs next.
-                let queued_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO queued_messages (session_id, body, command_body,
-                         channel_message_id, thread_id, sender_id, source, fresh_start,
-                         created_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'channel', $7, $8)
-                     RETURNING id",
-                )
-                .bind(&request.session_id)
-                .bind(&request.body)
-                .bind(non_empty(&request.command_body))
-                .bind(non_empty(&request.channel_message_id))
-                .bind(request.thread_id.as_deref().and_then(non_empty))
-                .bind(non_empty(&request.sender_id))
-                .bind(request.turn == TurnKind::FreshStart)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(fail)?;
-                let queued: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM queued_messages WHERE session_id = $1",
-                )
-                .bind(&request.session_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(fail)?;
-                sqlx::query("UPDATE sessions SET updated_at_ms = $2 WHERE id = $1")
-                    .bind(&request.session_id)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                if queued <= QUEUE_CAP as i64 {
-                    Some(AppendOutcome::Appended(AppendedMessage {
-                        message_id: 0,
-                        context_revision: revision,
-                        flush: None,
-                        command_id: None,
-                        queued: Some(QueuedTurn {
-                            queued_id,
-                            interrupted_run: None,
-                        }),
-                    }))
-                } else {
-                    // Over the cap: interrupt (running → idle, ownership cleared: the worker's
-                    // heartbeat and release now fail), promote the whole queue in order and arm the
-                    // debounce; its claim makes the session pending, so the backlog runs next.
-                    sqlx::query(&format!(
-                        "UPDATE sessions SET run_state = 'idle', last_error = NULL,
-                         pending_since_ms = NULL, {CLEAR_OWNERSHIP}, updated_at_ms = $2
-                     WHERE id = $1"
-                    ))
-                    .bind(&request.session_id)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                    let (promoted, flush) =
-                        promote_queue_and_arm!(tx, fail, &request.session_id, now_ms);
-                    let Some(mine) = promoted.last() else {
-                        return Err(StoreError::Corrupt {
-                            what: format!(
-                                "session {}: the queue was empty right after a message was queued",
-                                request.session_id
-                            ),
-                        });
-                    };
-                    Some(AppendOutcome::Appended(AppendedMessage {
-                        message_id: mine.id,
-                        context_revision: mine.context_revision,
-                        flush: flush.map(|ticket| (ticket.generation, ticket.due_at_ms)),
-                        command_id: None,
-                        queued: Some(QueuedTurn {
-                            queued_id,
-                            interrupted_run: run_id,
-                        }),
-                    }))
-                }
-            } else {
-                None
-            };
-
-            if let Some(outcome) = queued_outcome {
-                outcome
-            } else if request.turn == TurnKind::MarkFresh {
-                sqlx::query(
+            if request.turn == TurnKind::MarkFresh {
+                // A bare `/new` only flags the session (running or not).
+                let flagged = sqlx::query(
                     "UPDATE sessions SET fresh_pending = TRUE, updated_at_ms = $2 WHERE id = $1",
                 )
                 .bind(&request.session_id)
                 .bind(now_ms)
                 .execute(&mut *tx)
                 .await
-                .map_err(fail)?;
-                AppendOutcome::FreshPending
-            } else {
-                let revision = if fresh_pending || request.turn == TurnKind::FreshStart {
-                    revision + 1
-                } else {
-                    revision
-                };
-                let kind = match request.turn {
-                    TurnKind::Issue { .. } | TurnKind::IssueUsage => "command",
-                    _ => "message",
-                };
-                let message_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO messages (session_id, role, kind, body, command_body,
-                         channel_message_id, sender_id, context_revision, created_at_ms)
-                     VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, $8)
-                     RETURNING id",
-                )
-                .bind(&request.session_id)
-                .bind(kind)
-                .bind(&request.body)
-                .bind(non_empty(&request.command_body))
-                .bind(non_empty(&request.channel_message_id))
-                .bind(non_empty(&request.sender_id))
-                .bind(revision)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(fail)?;
-
-                let command_id = match &request.turn {
-                    TurnKind::Issue { title, description } => Some(
-                        sqlx::query_scalar::<_, i64>(
-                            "INSERT INTO commands (installation_id, session_id, message_id, kind,
-                                 title, description, sender_id, created_at_ms)
-                             VALUES ($1, $2, $3, 'issue', $4, $5, $6, $7)
-                             RETURNING id",
-                        )
-                        .bind(&request.installation_id)
-                        .bind(&request.session_id)
-                        .bind(message_id)
-                        .bind(title)
-                        .bind(description.as_deref().and_then(non_empty))
-                        .bind(non_empty(&request.sender_id))
-                        .bind(now_ms)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(fail)?,
-                    ),
-                    _ => None,
-                };
-
-                sqlx::query(
-                    "UPDATE sessions SET context_revision = $2, fresh_pending = FALSE,
-                         updated_at_ms = $3
-                     WHERE id = $1",
-                )
-                .bind(&request.session_id)
-                .bind(revision)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-
-                if !request.channel_message_id.is_empty() {
-                    sqlx::query(
-                        "UPDATE sessions SET reply_to_message_id = $2, reply_thread_id = $3
-                         WHERE id = $1",
-                    )
-                    .bind(&request.session_id)
-                    .bind(&request.channel_message_id)
-                    .bind(request.thread_id.as_deref().and_then(non_empty))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
+                .map_err(fail)?
+                .rows_affected();
+                if flagged == 0 {
+                    return Ok(None);
                 }
-
-                let flush = if request.turn.runs() {
-                    let due_at_ms = now_ms + request.debounce_ms;
-                    let generation: i64 = sqlx::query_scalar(
-                        "UPDATE sessions SET flush_due_at_ms = $2,
-                             flush_generation = flush_generation + 1
-                         WHERE id = $1
-                         RETURNING flush_generation",
-                    )
-                    .bind(&request.session_id)
-                    .bind(due_at_ms)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                    Some((generation, due_at_ms))
-                } else {
-                    None
-                };
-
-                AppendOutcome::Appended(AppendedMessage {
-                    message_id,
-                    context_revision: revision,
-                    flush,
-                    command_id,
-                    queued: None,
-                })
+                Some(AppendOutcome::FreshPending)
+            } else {
+                // The common case in one statement: the session is not running (or the turn
+                // does not run), so advance the revision if a fresh start is due, record the
+                // reply target and arm the debounce, all on the row it locks. No row: the
+                // session is running (the turn is queued) or gone; the general path below
+                // finds out which.
+                let updated: Option<(i64, i64)> = sqlx::query_as(
+                    "UPDATE sessions
+                     SET context_revision = context_revision
+                             + CASE WHEN fresh_pending OR $2 THEN 1 ELSE 0 END,
+                         fresh_pending = FALSE,
+                         updated_at_ms = $3,
+                         reply_to_message_id = COALESCE($4, reply_to_message_id),
+                         reply_thread_id = CASE WHEN $4 IS NULL THEN reply_thread_id ELSE $5 END,
+                         flush_due_at_ms = CASE WHEN $6 THEN $7 ELSE flush_due_at_ms END,
+                         flush_generation = flush_generation + CASE WHEN $6 THEN 1 ELSE 0 END
+                     WHERE id = $1 AND (run_state <> 'running' OR NOT $6)
+                     RETURNING context_revision, flush_generation",
+                )
+                .bind(&request.session_id)
+                .bind(request.turn == TurnKind::FreshStart)
+                .bind(now_ms)
+                .bind(non_empty(&request.channel_message_id))
+                .bind(request.thread_id.as_deref().and_then(non_empty))
+                .bind(request.turn.runs())
+                .bind(now_ms + request.debounce_ms)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(fail)?;
+                match updated {
+                    Some((revision, generation)) => {
+                        let (message_id, command_id) =
+                            insert_user_message!(tx, fail, request, revision, now_ms);
+                        let flush = request
+                            .turn
+                            .runs()
+                            .then_some((generation, now_ms + request.debounce_ms));
+                        Some(AppendOutcome::Appended(AppendedMessage {
+                            message_id,
+                            context_revision: revision,
+                            flush,
+                            command_id,
+                            queued: None,
+                        }))
+                    }
+                    None => append_general!(tx, pg, fail, request, now_ms),
+                }
             }
         });
         Ok(outcome)
+    }
+}
+
+/// How an append settles the message's dedup claim, inside its transaction.
+enum Fence<'a> {
+    /// No dedup (no channel message id, or the caller handles it).
+    None,
+    /// Mark this earlier claim processed, fenced by its token.
+    Mark(&'a DedupClaim),
+    /// Claim the request's channel message now, already processed, with this token.
+    Claim {
+        /// The fresh fencing token.
+        token: String,
+    },
+}
+
+/// The error for an append to a session that no longer exists.
+fn session_deleted(session_id: &str) -> StoreError {
+    StoreError::Conflict {
+        what: format!("session {session_id} was deleted before the message could be stored"),
     }
 }
 
@@ -1231,3 +1407,16 @@ impl IngestStore {
 const MARK_SQL: &str = "UPDATE inbound_dedup SET processed_at_ms = $4
      WHERE installation_id = $1 AND message_id = $2 AND claim_token = $3
        AND processed_at_ms IS NULL";
+
+/// A dedup claim made already processed, inside an append transaction: `$1` installation,
+/// `$2` message id, `$3` token, `$4` now, `$5` the reclaim horizon (a claim in flight received
+/// before it is taken over). Returns the row's token: ours iff the claim was won.
+const CLAIM_PROCESSED_SQL: &str = "INSERT INTO inbound_dedup (installation_id, message_id,
+         claim_token, received_at_ms, processed_at_ms)
+     VALUES ($1, $2, $3, $4, $4)
+     ON CONFLICT (installation_id, message_id) DO UPDATE
+     SET claim_token = excluded.claim_token, received_at_ms = excluded.received_at_ms,
+         processed_at_ms = excluded.processed_at_ms
+     WHERE inbound_dedup.processed_at_ms IS NULL
+       AND inbound_dedup.received_at_ms < $5
+     RETURNING claim_token";
