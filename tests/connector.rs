@@ -51,15 +51,21 @@ where
     panic!("timed out waiting for {what}");
 }
 
-fn host_config(database_url: &str, key: &str, lark_origin: &str) -> Config {
+fn host_config(database_url: &str, key: &str, fake: &FakeLark) -> Config {
     let mut config = Config::default();
     config.database.url = database_url.to_string();
     config.secrets.key = Some(key.to_string());
     config.plugins.cache_dir = Some(support::shared_cache_dir());
+    // REST and discovery go to the fake; the WebSocket URL discovery answers with is the fake's,
+    // which the host dials only because an override targets it.
     config
         .plugins
         .base_urls
-        .insert("https://open.feishu.cn".into(), lark_origin.to_string());
+        .insert("https://open.feishu.cn".into(), fake.origin().to_string());
+    config.plugins.base_urls.insert(
+        "wss://msg-frontier.feishu.cn".into(),
+        fake.ws_origin().to_string(),
+    );
     let c = &mut config.connections;
     c.poll_interval_ms = 100;
     c.lease_ttl_ms = 3_000;
@@ -130,7 +136,7 @@ impl World {
             .await
             .unwrap();
         let fake = FakeLark::start_with(options).await;
-        let host = Host::start(&host_config(&t.url, &key, fake.origin())).await;
+        let host = Host::start(&host_config(&t.url, &key, &fake)).await;
         let world = World {
             t,
             key,
@@ -481,7 +487,7 @@ async fn two_hosts_on_one_postgres_database_hold_one_connection() {
         .await
         .unwrap()
         .unwrap();
-    let second = Host::start(&host_config(&w.t.url, &w.key, w.fake.origin())).await;
+    let second = Host::start(&host_config(&w.t.url, &w.key, &w.fake)).await;
     // The second host sweeps every 100 ms; give it many chances to take over.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(w.fake.connections(), 1, "the second host did not connect");
@@ -548,4 +554,47 @@ async fn an_installation_sealed_with_another_key_does_not_block_the_others() {
         assert_eq!(w.stored("om_beside_unreadable").await, 1, "{}", w.name());
         w.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_url_outside_the_allow_list_is_never_dialled() {
+    // One backend is enough: the refusal happens before any database work.
+    let t = db::test_databases().await.remove(0);
+    init_logs();
+    let key = SecretCipher::generate_key_hex();
+    t.db.installations(SecretCipher::from_key_str(&key).unwrap())
+        .create(
+            &NewInstallation {
+                channel: "lark".into(),
+                routing_key: APP_ID.into(),
+                config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    let fake = FakeLark::start().await;
+    // Discovery is pointed at the fake, but no override targets its WebSocket origin: the URL
+    // it answers with (ws://127.0.0.1:<port>) is outside the Lark manifest's
+    // capabilities.websocket, so the host must not dial it.
+    let mut config = host_config(&t.url, &key, &fake);
+    config
+        .plugins
+        .base_urls
+        .remove("wss://msg-frontier.feishu.cn");
+    let host = Host::start(&config).await;
+    // A second discovery means the first attempt ended (refused) and the connector retried.
+    eventually("a retried discovery", || async {
+        (fake.discoveries() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fake.connections(),
+        0,
+        "the host dialled a URL outside the allow-list"
+    );
+    assert_eq!(fake.refused_connections(), 0);
+    host.stop().await;
 }

@@ -41,7 +41,7 @@ fn fake_child() -> anyhow::Result<()> {
         ..FakeOptions::default()
     }));
     let template: Value = serde_json::from_slice(&lark::text_event("om_x", "hello"))?;
-    println!("{}", fake.origin());
+    println!("{} {}", fake.origin(), fake.ws_origin());
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -73,6 +73,7 @@ struct Fake {
     input: ChildStdin,
     output: BufReader<ChildStdout>,
     origin: String,
+    ws_origin: String,
 }
 
 impl Fake {
@@ -84,13 +85,18 @@ impl Fake {
             .spawn()?;
         let input = child.stdin.take().expect("piped");
         let mut output = BufReader::new(child.stdout.take().expect("piped"));
-        let mut origin = String::new();
-        output.read_line(&mut origin)?;
+        let mut line = String::new();
+        output.read_line(&mut line)?;
+        let (origin, ws_origin) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("the fake Lark child said {line:?}"))?;
         Ok(Fake {
+            origin: origin.to_string(),
+            ws_origin: ws_origin.to_string(),
             child,
             input,
             output,
-            origin: origin.trim().to_string(),
         })
     }
 
@@ -172,6 +178,10 @@ fn main() -> anyhow::Result<()> {
             .plugins
             .base_urls
             .insert("https://open.feishu.cn".into(), fake.origin.clone());
+        config.plugins.base_urls.insert(
+            "wss://msg-frontier.feishu.cn".into(),
+            fake.ws_origin.clone(),
+        );
         config.connections.poll_interval_ms = 500;
         let app = App::from_config(&config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -75,6 +75,10 @@ async fn run_one(
         .plugins
         .base_urls
         .insert("https://open.feishu.cn".into(), fake.origin().to_string());
+    config.plugins.base_urls.insert(
+        "wss://msg-frontier.feishu.cn".into(),
+        fake.ws_origin().to_string(),
+    );
     config.connections.poll_interval_ms = 50;
     let app = App::from_config(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

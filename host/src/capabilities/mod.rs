@@ -22,7 +22,7 @@ use crate::runtime::manifest::Manifest;
 use crate::runtime::state::HostState;
 use crate::store::{KvQuota, KvStore};
 pub use clock::{Clock, SystemClock};
-pub use policy::{BaseUrlOverride, HttpPolicy};
+pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};
 
 /// The capabilities one plugin was granted: its manifest's requests under the operator's policy.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,9 @@ pub struct Grants {
     pub clock: bool,
     /// `http` import and its destinations.
     pub http: Option<HttpPolicy>,
+    /// Long connections the host may dial for the plugin (not a WIT import: the host's
+    /// connector dials, the plugin only names the URL in its connect plan).
+    pub websocket: Option<WebSocketPolicy>,
     /// `kv` import and its quota.
     pub kv: Option<KvQuota>,
 }
@@ -59,6 +62,10 @@ impl Grants {
                 .http
                 .clone()
                 .map(|allow| HttpPolicy::new(allow, operator.base_url_overrides.clone())),
+            websocket: caps
+                .websocket
+                .clone()
+                .map(|allow| WebSocketPolicy::new(allow, operator.base_url_overrides.clone())),
             kv: caps.kv.map(|kv| KvQuota {
                 max_keys: kv.max_keys,
                 max_bytes: kv.max_bytes,
@@ -67,7 +74,7 @@ impl Grants {
         }
     }
 
-    /// Capability names, for listings (`log`, `clock`, `http`, `kv`).
+    /// Capability names, for listings (`log`, `clock`, `http`, `kv`, `websocket`).
     pub fn names(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
         if self.log {
@@ -81,6 +88,9 @@ impl Grants {
         }
         if self.kv.is_some() {
             names.push("kv");
+        }
+        if self.websocket.is_some() {
+            names.push("websocket");
         }
         names
     }

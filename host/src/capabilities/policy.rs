@@ -38,9 +38,45 @@ pub enum AllowListError {
     },
 }
 
+/// Which schemes an entry may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schemes {
+    /// `http`, `https`: the `http` capability.
+    Http,
+    /// `ws`, `wss`: long connections the host dials for a plugin.
+    WebSocket,
+    /// Either: operator base-URL overrides.
+    Any,
+}
+
+impl Schemes {
+    fn admit(self, scheme: &str) -> Result<(), &'static str> {
+        let http = scheme == "http" || scheme == "https";
+        let ws = scheme == "ws" || scheme == "wss";
+        match self {
+            Schemes::Http if http => Ok(()),
+            Schemes::Http => Err("is not http or https"),
+            Schemes::WebSocket if ws => Ok(()),
+            Schemes::WebSocket => Err("is not ws or wss"),
+            Schemes::Any if http || ws => Ok(()),
+            Schemes::Any => Err("is not http, https, ws or wss"),
+        }
+    }
+}
+
 impl Origin {
-    /// Parses an entry. Bare `*`, paths, queries, credentials and non-HTTP schemes are refused.
+    /// Parses an HTTP entry. Bare `*`, paths, queries, credentials and non-HTTP schemes are
+    /// refused.
     pub fn parse(entry: &str) -> Result<Origin, AllowListError> {
+        Origin::parse_in(entry, Schemes::Http)
+    }
+
+    /// Parses a WebSocket entry (`wss://host[:port]`), with the same rules as [`Origin::parse`].
+    pub fn parse_websocket(entry: &str) -> Result<Origin, AllowListError> {
+        Origin::parse_in(entry, Schemes::WebSocket)
+    }
+
+    fn parse_in(entry: &str, schemes: Schemes) -> Result<Origin, AllowListError> {
         let bad = |problem| AllowListError::Entry {
             entry: entry.to_string(),
             problem,
@@ -49,9 +85,7 @@ impl Origin {
             .split_once("://")
             .ok_or_else(|| bad("has no scheme"))?;
         let scheme = scheme.to_ascii_lowercase();
-        if scheme != "http" && scheme != "https" {
-            return Err(bad("is not http or https"));
-        }
+        schemes.admit(&scheme).map_err(bad)?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
             return Err(bad("has a path, query or credentials"));
@@ -111,7 +145,11 @@ impl fmt::Display for Origin {
             HostPattern::Exact(h) => h.clone(),
             HostPattern::Suffix(s) => format!("*.{s}"),
         };
-        let default = if self.scheme == "https" { 443 } else { 80 };
+        let default = if self.scheme == "https" || self.scheme == "wss" {
+            443
+        } else {
+            80
+        };
         if self.port == default {
             write!(f, "{}://{host}", self.scheme)
         } else {
@@ -127,11 +165,23 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// Parses manifest entries.
+    /// Parses manifest entries of `capabilities.http`.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<AllowList, AllowListError> {
+        AllowList::parse_in(entries, Schemes::Http)
+    }
+
+    /// Parses manifest entries of `capabilities.websocket`.
+    pub fn parse_websocket<S: AsRef<str>>(entries: &[S]) -> Result<AllowList, AllowListError> {
+        AllowList::parse_in(entries, Schemes::WebSocket)
+    }
+
+    fn parse_in<S: AsRef<str>>(
+        entries: &[S],
+        schemes: Schemes,
+    ) -> Result<AllowList, AllowListError> {
         let origins = entries
             .iter()
-            .map(|e| Origin::parse(e.as_ref()))
+            .map(|e| Origin::parse_in(e.as_ref(), schemes))
             .collect::<Result<_, _>>()?;
         Ok(AllowList { origins })
     }
@@ -155,11 +205,12 @@ pub struct BaseUrlOverride {
 }
 
 impl BaseUrlOverride {
-    /// `from` is an origin the plugin uses (`https://open.feishu.cn`); `to` is where requests go
-    /// instead (`http://127.0.0.1:9300`).
+    /// `from` is an origin the plugin uses (`https://open.feishu.cn`, or a WebSocket origin such
+    /// as `wss://msg-frontier.feishu.cn`); `to` is where requests go instead
+    /// (`http://127.0.0.1:9300`).
     pub fn new(from: &str, to: &str) -> Result<BaseUrlOverride, AllowListError> {
-        let from = Origin::parse(from)?;
-        let to_origin = Origin::parse(to.trim_end_matches('/'))?;
+        let from = Origin::parse_in(from, Schemes::Any)?;
+        let to_origin = Origin::parse_in(to.trim_end_matches('/'), Schemes::Any)?;
         if matches!(from.host, HostPattern::Suffix(_))
             || matches!(to_origin.host, HostPattern::Suffix(_))
         {
@@ -201,33 +252,74 @@ impl HttpPolicy {
     /// Checks a request URL as the plugin wrote it and applies overrides.
     pub fn check(&self, url: &Url) -> Egress {
         if !self.allow.allows(url) {
-            let wanted = Origin::of_url(url)
-                .map(|o| o.to_string())
-                .unwrap_or_else(|| url.to_string());
-            return Egress::Deny(format!(
-                "{wanted} is not in the plugin's allow-list; add \"{wanted}\" to capabilities.http in its manifest"
-            ));
+            return Egress::Deny(not_allowed(url, "capabilities.http"));
         }
-        for rule in &self.overrides {
-            if rule.from.matches(url) {
-                let mut rewritten = rule.to.clone();
-                let base = rule.to.path().trim_end_matches('/');
-                rewritten.set_path(&format!("{base}{}", url.path()));
-                rewritten.set_query(url.query());
-                return Egress::Allow(rewritten);
-            }
-        }
-        Egress::Allow(url.clone())
+        Egress::Allow(rewrite(&self.overrides, url))
     }
 
     /// Checks a redirect hop: allowed when inside the allow-list or an override's target.
     pub fn allows_redirect(&self, url: &Url) -> bool {
-        self.allow.allows(url)
-            || self
-                .overrides
-                .iter()
-                .any(|rule| Origin::of_url(&rule.to).is_some_and(|o| o.matches(url)))
+        self.allow.allows(url) || inside_override_target(&self.overrides, url)
     }
+}
+
+/// The long-connection URLs the host may dial for one plugin: its manifest's
+/// `capabilities.websocket` allow-list plus operator overrides. The URL comes from the plugin's
+/// connect plan (usually the channel's endpoint-discovery answer), so it is checked like any
+/// other egress before the host opens a socket.
+#[derive(Debug, Clone, Default)]
+pub struct WebSocketPolicy {
+    allow: AllowList,
+    overrides: Vec<BaseUrlOverride>,
+}
+
+impl WebSocketPolicy {
+    /// Builds the policy from the manifest's allow-list and the operator's overrides.
+    pub fn new(allow: AllowList, overrides: Vec<BaseUrlOverride>) -> WebSocketPolicy {
+        WebSocketPolicy { allow, overrides }
+    }
+
+    /// Checks a URL to dial: allowed inside the allow-list (then rewritten by an override, as
+    /// HTTP requests are) or inside an override's target (a discovery endpoint the operator
+    /// pointed at a local server answers with that server's own URL).
+    pub fn check(&self, url: &Url) -> Egress {
+        if self.allow.allows(url) {
+            Egress::Allow(rewrite(&self.overrides, url))
+        } else if inside_override_target(&self.overrides, url) {
+            Egress::Allow(url.clone())
+        } else {
+            Egress::Deny(not_allowed(url, "capabilities.websocket"))
+        }
+    }
+}
+
+fn not_allowed(url: &Url, field: &str) -> String {
+    let wanted = Origin::of_url(url)
+        .map(|o| o.to_string())
+        .unwrap_or_else(|| format!("{}://?", url.scheme()));
+    format!(
+        "{wanted} is not in the plugin's allow-list; add \"{wanted}\" to {field} in its manifest \
+         (or map it with an operator base-URL override)"
+    )
+}
+
+fn rewrite(overrides: &[BaseUrlOverride], url: &Url) -> Url {
+    for rule in overrides {
+        if rule.from.matches(url) {
+            let mut rewritten = rule.to.clone();
+            let base = rule.to.path().trim_end_matches('/');
+            rewritten.set_path(&format!("{base}{}", url.path()));
+            rewritten.set_query(url.query());
+            return rewritten;
+        }
+    }
+    url.clone()
+}
+
+fn inside_override_target(overrides: &[BaseUrlOverride], url: &Url) -> bool {
+    overrides
+        .iter()
+        .any(|rule| Origin::of_url(&rule.to).is_some_and(|o| o.matches(url)))
 }
 
 #[cfg(test)]
@@ -294,5 +386,43 @@ mod tests {
             panic!()
         };
         assert!(why.contains("https://evil.example:444"), "{why}");
+    }
+
+    #[test]
+    fn websocket_urls_are_checked_against_their_own_allow_list() {
+        let allow = AllowList::parse_websocket(&["wss://msg-frontier.feishu.cn"]).unwrap();
+        assert!(AllowList::parse_websocket(&["https://open.feishu.cn"]).is_err());
+        assert!(AllowList::parse(&["wss://msg-frontier.feishu.cn"]).is_err());
+        let bare = WebSocketPolicy::new(allow.clone(), Vec::new());
+        let frontier = url("wss://msg-frontier.feishu.cn/ws/v2?ticket=t");
+        assert_eq!(bare.check(&frontier), Egress::Allow(frontier.clone()));
+        let Egress::Deny(why) = bare.check(&url("ws://10.0.0.5:9000/ws/v2")) else {
+            panic!("a URL outside the allow-list must be refused")
+        };
+        assert!(
+            why.contains("ws://10.0.0.5:9000") && why.contains("capabilities.websocket"),
+            "{why}"
+        );
+
+        // The operator points the channel at a local fake: its discovery answers with the
+        // fake's own socket, which is allowed because an override targets it.
+        let local = WebSocketPolicy::new(
+            allow,
+            vec![
+                BaseUrlOverride::new("https://open.feishu.cn", "http://127.0.0.1:9300").unwrap(),
+                BaseUrlOverride::new("wss://msg-frontier.feishu.cn", "ws://127.0.0.1:9301")
+                    .unwrap(),
+            ],
+        );
+        assert_eq!(
+            local.check(&frontier),
+            Egress::Allow(url("ws://127.0.0.1:9301/ws/v2?ticket=t"))
+        );
+        let fake = url("ws://127.0.0.1:9301/ws/v2?ticket=t");
+        assert_eq!(local.check(&fake), Egress::Allow(fake.clone()));
+        assert!(matches!(
+            local.check(&url("ws://127.0.0.1:9999/ws")),
+            Egress::Deny(_)
+        ));
     }
 }

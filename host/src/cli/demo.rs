@@ -353,6 +353,10 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         .plugins
         .base_urls
         .insert("https://open.feishu.cn".into(), lark.origin().to_string());
+    config.plugins.base_urls.insert(
+        "wss://msg-frontier.feishu.cn".into(),
+        lark.ws_origin().to_string(),
+    );
     config.connections.poll_interval_ms = 200;
     config.connections.backoff_initial_ms = 200;
     config.connections.backoff_max_ms = 1_000;

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::backoff::{Backoff, BackoffPolicy};
+use crate::capabilities::policy::Egress;
 use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
 use crate::ingest::service::{Ingest, IngestError};
@@ -233,6 +234,27 @@ impl Connector {
         Ok((plan, socket))
     }
 
+    /// The URL to dial: the plan's, checked against the plugin's `capabilities.websocket` and
+    /// rewritten by operator overrides. A refusal is terminal: retrying cannot change it.
+    fn dial_url(&self, planned: &str) -> Result<url::Url, ConnectionError> {
+        let url = url::Url::parse(planned).map_err(|e| {
+            ConnectionError::Terminal(format!("the connect plan's URL does not parse: {e}"))
+        })?;
+        let Some(policy) = &self.plugin.grants().websocket else {
+            return Err(ConnectionError::Terminal(format!(
+                "plugin {} requests no capabilities.websocket in its manifest, so the host \
+                 dials no long connection for it",
+                self.plugin.name()
+            )));
+        };
+        match policy.check(&url) {
+            Egress::Allow(url) => Ok(url),
+            Egress::Deny(why) => Err(ConnectionError::Terminal(format!(
+                "refusing to dial the connect plan's URL: {why}"
+            ))),
+        }
+    }
+
     /// Opens the WebSocket; a refused upgrade is classified by the plugin. The URL carries
     /// credentials and is never logged.
     async fn dial(
@@ -240,7 +262,8 @@ impl Connector {
         cx: &Arc<InstallationContext>,
         plan: &ConnectPlan,
     ) -> Result<Socket, ConnectionError> {
-        let dial = tokio_tungstenite::connect_async(plan.url.as_str());
+        let url = self.dial_url(&plan.url)?;
+        let dial = tokio_tungstenite::connect_async(url.as_str());
         let error = match tokio::time::timeout(self.settings.handshake_timeout, dial).await {
             Err(_) => {
                 return Err(ConnectionError::HandshakeTimeout(

@@ -54,6 +54,9 @@ pub struct Capabilities {
     pub http: Option<AllowList>,
     /// Scoped key/value store quota. `None` = no kv.
     pub kv: Option<KvRequest>,
+    /// WebSocket origins the host may dial for the plugin's long connections
+    /// (`wss://host[:port]`). `None` = the plugin cannot hold long connections.
+    pub websocket: Option<AllowList>,
 }
 
 /// The kv quota a plugin asks for.
@@ -104,11 +107,13 @@ pub enum ManifestError {
         /// What is wrong and what to write instead.
         problem: String,
     },
-    /// The http allow-list has an unusable entry.
-    #[error("manifest of {origin}: capabilities.http: {source}")]
+    /// An allow-list (`capabilities.http` or `capabilities.websocket`) has an unusable entry.
+    #[error("manifest of {origin}: capabilities.{field}: {source}")]
     AllowList {
         /// Where the manifest came from.
         origin: String,
+        /// `http` or `websocket`.
+        field: &'static str,
         /// The entry problem.
         #[source]
         source: AllowListError,
@@ -150,6 +155,7 @@ struct RawCapabilities {
     clock: bool,
     http: Option<Vec<String>>,
     kv: Option<KvRequest>,
+    websocket: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,6 +219,17 @@ impl Manifest {
             .transpose()
             .map_err(|source| ManifestError::AllowList {
                 origin: origin.to_string(),
+                field: "http",
+                source,
+            })?;
+        let websocket = raw
+            .capabilities
+            .websocket
+            .map(|entries| AllowList::parse_websocket(&entries))
+            .transpose()
+            .map_err(|source| ManifestError::AllowList {
+                origin: origin.to_string(),
+                field: "websocket",
                 source,
             })?;
         if let Some(kv) = raw.capabilities.kv
@@ -252,6 +269,7 @@ impl Manifest {
                 clock: raw.capabilities.clock,
                 http,
                 kv: raw.capabilities.kv,
+                websocket,
             },
             budgets: Budgets {
                 transport: ms(raw.budgets.transport_ms, "budgets.transport_ms")?,

@@ -290,6 +290,12 @@ impl FakeLark {
         &self.origin
     }
 
+    /// The WebSocket origin, `ws://127.0.0.1:<port>`, that discovery answers with: the host dials
+    /// it only when an operator override targets it (e.g. `wss://msg-frontier.feishu.cn` → this).
+    pub fn ws_origin(&self) -> &str {
+        &self.shared.ws_origin
+    }
+
     /// Queues `event` (an event envelope, e.g. `im.message.receive_v1`) for app `app_id`; it is
     /// delivered on a live connection of that app (now, or when one connects) until ACKed with
     /// 200. Returns the transport message id (the `message_id` header of its frames).
