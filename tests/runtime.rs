@@ -14,8 +14,8 @@ use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, 
 use switchboard::runtime::decoder::Decoded;
 use switchboard::runtime::types::PluginError;
 use switchboard::runtime::{
-    Blame, Cause, HealthState, InstallationContext, LoadError, LoadPath, PoolSettings, Runtime,
-    RuntimeSettings,
+    Blame, Cause, EngineSettings, HealthState, InstallationContext, LoadError, LoadPath,
+    PoolSettings, Runtime, RuntimeSettings,
 };
 
 fn installation(id: &str) -> Arc<InstallationContext> {
@@ -471,4 +471,48 @@ async fn concurrent_calls_of_two_installations_never_share_an_instance() {
     let stats = runtime.plugin("testing").unwrap().stats();
     assert_eq!(stats.calls, 160);
     assert_eq!(stats.failures, 0);
+}
+
+#[tokio::test]
+async fn idle_instances_of_many_installations_never_exhaust_the_instance_pool() {
+    // An instance pool of 8 slots and 40 installations (think long connections): without a
+    // plugin-wide idle cap, parked instances would hold every slot and the ninth installation's
+    // call could not instantiate.
+    let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
+    let runtime = Runtime::new(
+        RuntimeSettings {
+            engine: EngineSettings {
+                max_instances: 8,
+                ..Default::default()
+            },
+            pool: PoolSettings {
+                max_idle_total: 4,
+                ..Default::default()
+            },
+            cache_dir: Some(support::shared_cache_dir()),
+        },
+        services,
+    )
+    .unwrap();
+    runtime
+        .load_file(&test_plugin("switchboard_testing.wasm"))
+        .unwrap();
+    let testing = runtime.plugin("testing").unwrap();
+    for round in 0..2 {
+        for i in 0..40 {
+            let cx = installation(&format!("inst-{i}"));
+            assert_eq!(
+                decode_body(&runtime, &cx, "echo:ok").await,
+                "ok",
+                "round {round}, installation {i}"
+            );
+            assert!(
+                testing.idle_instances() <= 4,
+                "{}",
+                testing.idle_instances()
+            );
+        }
+    }
+    assert_eq!(testing.idle_instances(), 4);
+    assert_eq!(testing.stats().failures, 0);
 }

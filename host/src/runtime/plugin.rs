@@ -65,6 +65,11 @@ pub struct PoolSettings {
     pub recycle_after_calls: u32,
     /// Idle warm instances kept per (plugin, installation).
     pub max_idle_per_installation: usize,
+    /// Idle warm instances kept per plugin across all its installations. Idle instances hold
+    /// slots of the engine's instance pool ([`super::EngineSettings::max_instances`]); keep this
+    /// well below it so calls in flight always find a slot, however many installations (long
+    /// connections) the host serves. At the cap, parking evicts another installation's instance.
+    pub max_idle_total: usize,
     /// Consecutive guest failures after which the plugin is reported degraded.
     pub degraded_after_failures: u32,
     /// Extra time the outer timeout allows beyond the budget before it cancels the call.
@@ -76,6 +81,7 @@ impl Default for PoolSettings {
         PoolSettings {
             recycle_after_calls: 10_000,
             max_idle_per_installation: 4,
+            max_idle_total: 128,
             degraded_after_failures: 5,
             timeout_grace: Duration::from_millis(50),
         }
@@ -173,8 +179,34 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Idle warm instances per installation id.
-type IdlePool = HashMap<String, Vec<Warm>, BuildHasherDefault<IdHasher>>;
+/// Idle warm instances per installation id, and how many there are in all.
+#[derive(Default)]
+struct IdlePool {
+    by_installation: HashMap<String, Vec<Warm>, BuildHasherDefault<IdHasher>>,
+    total: usize,
+}
+
+impl IdlePool {
+    /// Drops one idle instance of an installation other than `keep`; false if there is none.
+    /// The emptied entry is removed so later evictions do not scan it again.
+    fn evict_other(&mut self, keep: &str) -> bool {
+        let Some(victim) = self
+            .by_installation
+            .iter()
+            .find(|(id, idle)| !idle.is_empty() && id.as_str() != keep)
+            .map(|(id, _)| id.clone())
+        else {
+            return false;
+        };
+        let idle = self.by_installation.get_mut(&victim).expect("just found");
+        idle.pop();
+        if idle.is_empty() {
+            self.by_installation.remove(&victim);
+        }
+        self.total -= 1;
+        true
+    }
+}
 
 /// Awaits `future` until `limit`, like `tokio::time::timeout`, but registers the timer only if
 /// the future does not finish in its first poll: a warm call that runs to completion without
@@ -338,7 +370,12 @@ impl Plugin {
 
     /// Drops every idle instance (used on reload and by tests).
     pub fn recycle_all(&self) {
-        self.idle.lock().expect("pool lock").clear();
+        *self.idle.lock().expect("pool lock") = IdlePool::default();
+    }
+
+    /// Idle warm instances held now (all installations).
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("pool lock").total
     }
 
     /// Instantiates one instance for `installation` ahead of its first call and parks it in the
@@ -353,24 +390,37 @@ impl Plugin {
 
     /// Takes an idle instance of `installation_id`, if there is one.
     fn checkout(&self, installation_id: &str) -> Option<Warm> {
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .get_mut(installation_id)
-            .and_then(Vec::pop)
+        let mut idle = self.idle.lock().expect("pool lock");
+        // The emptied entry stays: the instance comes back after the call, and re-inserting
+        // the key would allocate on every call.
+        let warm = idle.by_installation.get_mut(installation_id)?.pop()?;
+        idle.total -= 1;
+        Some(warm)
     }
 
-    /// Returns an instance to the idle pool of its installation (dropped if the pool is full).
+    /// Returns an instance to the idle pool of its installation. Dropped when the installation
+    /// already keeps its share; at the plugin-wide cap another installation's idle instance
+    /// makes room (the installation calling now is the one likely to call again soon).
     fn park(&self, installation_id: &str, warm: Warm) {
         let mut idle = self.idle.lock().expect("pool lock");
-        // Look up before inserting: the common case must not allocate a key per call.
-        if let Some(slot) = idle.get_mut(installation_id) {
-            if slot.len() < self.settings.max_idle_per_installation {
-                slot.push(warm);
-            }
-        } else if self.settings.max_idle_per_installation > 0 {
-            idle.insert(installation_id.to_string(), vec![warm]);
+        let kept = idle
+            .by_installation
+            .get(installation_id)
+            .map_or(0, Vec::len);
+        if kept >= self.settings.max_idle_per_installation
+            || (idle.total >= self.settings.max_idle_total && !idle.evict_other(installation_id))
+        {
+            return;
         }
+        // Look up before inserting: the common case must not allocate a key per call.
+        match idle.by_installation.get_mut(installation_id) {
+            Some(slot) => slot.push(warm),
+            None => {
+                idle.by_installation
+                    .insert(installation_id.to_string(), vec![warm]);
+            }
+        }
+        idle.total += 1;
     }
 
     /// Creates a fresh instance for `installation`, under the budget of `export`.
