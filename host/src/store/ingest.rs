@@ -488,6 +488,97 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Inside `$tx`: the dedup claim of `$request`'s channel message for its installation, made
+/// already processed with `$token` ([`CLAIM_PROCESSED_SQL`]); evaluates to whether it was won.
+macro_rules! claim_processed {
+    ($tx:ident, $fail:expr, $request:expr, $token:expr, $now_ms:expr) => {{
+        let request: &AppendRequest = $request;
+        let token: &str = $token;
+        let won: Option<String> = sqlx::query_scalar(CLAIM_PROCESSED_SQL)
+            .bind(&request.installation_id)
+            .bind(&request.channel_message_id)
+            .bind(token)
+            .bind($now_ms)
+            .bind($now_ms - RECLAIM_AFTER_MS)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err($fail)?;
+        won.as_deref() == Some(token)
+    }};
+}
+
+/// Inside `$tx`, once the dedup step is done: appends the turn of `$request` (see
+/// [`IngestStore::append`]) and evaluates to its [`AppendOutcome`]. A session that does not
+/// exist returns `Ok(None)` from the enclosing function (whose transaction then rolls back).
+macro_rules! append_turn {
+    ($tx:ident, $pg:ident, $fail:expr, $request:expr, $now_ms:expr) => {{
+        let request: &AppendRequest = $request;
+        let now_ms: i64 = $now_ms;
+        if request.turn == TurnKind::MarkFresh {
+            // A bare `/new` only flags the session (running or not).
+            let flagged = sqlx::query(
+                "UPDATE sessions SET fresh_pending = TRUE, updated_at_ms = $2 WHERE id = $1",
+            )
+            .bind(&request.session_id)
+            .bind(now_ms)
+            .execute(&mut *$tx)
+            .await
+            .map_err($fail)?
+            .rows_affected();
+            if flagged == 0 {
+                return Ok(None);
+            }
+            AppendOutcome::FreshPending
+        } else {
+            // The common case in one statement: the session is not running (or the turn does
+            // not run), so advance the revision if a fresh start is due, record the reply
+            // target and arm the debounce, all on the row it locks. No row: the session is
+            // running (the turn is queued) or gone; the general path finds out which.
+            let updated: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE sessions
+                 SET context_revision = context_revision
+                         + CASE WHEN fresh_pending OR $2 THEN 1 ELSE 0 END,
+                     fresh_pending = FALSE,
+                     updated_at_ms = $3,
+                     reply_to_message_id = COALESCE($4, reply_to_message_id),
+                     reply_thread_id = CASE WHEN $4 IS NULL THEN reply_thread_id ELSE $5 END,
+                     flush_due_at_ms = CASE WHEN $6 THEN $7 ELSE flush_due_at_ms END,
+                     flush_generation = flush_generation + CASE WHEN $6 THEN 1 ELSE 0 END
+                 WHERE id = $1 AND (run_state <> 'running' OR NOT $6)
+                 RETURNING context_revision, flush_generation",
+            )
+            .bind(&request.session_id)
+            .bind(request.turn == TurnKind::FreshStart)
+            .bind(now_ms)
+            .bind(non_empty(&request.channel_message_id))
+            .bind(request.thread_id.as_deref().and_then(non_empty))
+            .bind(request.turn.runs())
+            .bind(now_ms + request.debounce_ms)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err($fail)?;
+            match updated {
+                Some((revision, generation)) => {
+                    let (message_id, command_id) =
+                        insert_user_message!($tx, $fail, request, revision, now_ms);
+                    let flush = request
+                        .turn
+                        .runs()
+                        .then_some((generation, now_ms + request.debounce_ms));
+                    AppendOutcome::Appended(AppendedMessage {
+                        message_id,
+                        context_revision: revision,
+                        flush,
+                        command_id,
+                        queued: None,
+                    })
+                }
+                None => append_general!($tx, $pg, $fail, request, now_ms),
+            }
+        }
+    }};
+}
+
 /// Inside `$tx`: inserts the user message of `$request` in context revision `$revision` (kind
 /// `command` for `/issue` turns) and, for `/issue <title>`, its command record. Evaluates to
 /// `(message_id, Option<command_id>)`.
@@ -544,7 +635,7 @@ macro_rules! insert_user_message {
 /// Inside `$tx`, once the dedup step is done: the general append of a turn that is not a bare
 /// `/new`, used when the one-statement session update matched no row — the session is running
 /// (a turn that runs is queued) or deleted (`return Ok(None)`), or its run ended in between
-/// (stored as usual). Evaluates to `Option<AppendOutcome>` (always `Some`).
+/// (stored as usual). Evaluates to the [`AppendOutcome`].
 macro_rules! append_general {
     ($tx:ident, $pg:ident, $fail:expr, $request:expr, $now_ms:expr) => {{
         let request: &AppendRequest = $request;
@@ -653,7 +744,7 @@ macro_rules! append_general {
         };
 
         if let Some(outcome) = queued_outcome {
-            Some(outcome)
+            outcome
         } else {
             let revision = if fresh_pending || request.turn == TurnKind::FreshStart {
                 revision + 1
@@ -706,13 +797,13 @@ macro_rules! append_general {
                 None
             };
 
-            Some(AppendOutcome::Appended(AppendedMessage {
+            AppendOutcome::Appended(AppendedMessage {
                 message_id,
                 context_revision: revision,
                 flush,
                 command_id,
                 queued: None,
-            }))
+            })
         }
     }};
 }
@@ -1254,6 +1345,9 @@ impl IngestStore {
     /// Otherwise as [`IngestStore::append`], except that a session that no longer exists is
     /// `Ok(None)`: nothing was written and no claim was made, so the caller can take the
     /// ordinary path (claim, ensure the session, append).
+    ///
+    /// On SQLite, concurrent calls share one transaction (group commit, `super::append_batch`):
+    /// each returns once the transaction holding its append has committed.
     pub async fn claim_and_append(
         &self,
         request: &AppendRequest,
@@ -1264,10 +1358,14 @@ impl IngestStore {
                 what: "claim-and-append without a channel message id".into(),
             });
         }
-        let fence = Fence::Claim {
-            token: uuid::Uuid::new_v4().to_string(),
-        };
-        self.append_fenced(request, fence, now_ms).await
+        let token = uuid::Uuid::new_v4().to_string();
+        if let Inner::Sqlite(pools) = &self.db.inner
+            && let Some(result) = pools.appends.submit(request, &token, now_ms).await
+        {
+            return result;
+        }
+        self.append_fenced(request, Fence::Claim { token }, now_ms)
+            .await
     }
 
     /// [`IngestStore::append`] with the dedup handling of `fence`; `Ok(None)`: the session
@@ -1300,87 +1398,56 @@ impl IngestStore {
                     }
                 }
                 Fence::Claim { token } => {
-                    let won: Option<String> = sqlx::query_scalar(CLAIM_PROCESSED_SQL)
-                        .bind(&request.installation_id)
-                        .bind(&request.channel_message_id)
-                        .bind(token)
-                        .bind(now_ms)
-                        .bind(now_ms - RECLAIM_AFTER_MS)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                    if won.as_deref() != Some(token.as_str()) {
+                    if !claim_processed!(tx, fail, request, token.as_str(), now_ms) {
                         return Ok(Some(AppendOutcome::ClaimLost));
                     }
                 }
             }
-
-            if request.turn == TurnKind::MarkFresh {
-                // A bare `/new` only flags the session (running or not).
-                let flagged = sqlx::query(
-                    "UPDATE sessions SET fresh_pending = TRUE, updated_at_ms = $2 WHERE id = $1",
-                )
-                .bind(&request.session_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?
-                .rows_affected();
-                if flagged == 0 {
-                    return Ok(None);
-                }
-                Some(AppendOutcome::FreshPending)
-            } else {
-                // The common case in one statement: the session is not running (or the turn
-                // does not run), so advance the revision if a fresh start is due, record the
-                // reply target and arm the debounce, all on the row it locks. No row: the
-                // session is running (the turn is queued) or gone; the general path below
-                // finds out which.
-                let updated: Option<(i64, i64)> = sqlx::query_as(
-                    "UPDATE sessions
-                     SET context_revision = context_revision
-                             + CASE WHEN fresh_pending OR $2 THEN 1 ELSE 0 END,
-                         fresh_pending = FALSE,
-                         updated_at_ms = $3,
-                         reply_to_message_id = COALESCE($4, reply_to_message_id),
-                         reply_thread_id = CASE WHEN $4 IS NULL THEN reply_thread_id ELSE $5 END,
-                         flush_due_at_ms = CASE WHEN $6 THEN $7 ELSE flush_due_at_ms END,
-                         flush_generation = flush_generation + CASE WHEN $6 THEN 1 ELSE 0 END
-                     WHERE id = $1 AND (run_state <> 'running' OR NOT $6)
-                     RETURNING context_revision, flush_generation",
-                )
-                .bind(&request.session_id)
-                .bind(request.turn == TurnKind::FreshStart)
-                .bind(now_ms)
-                .bind(non_empty(&request.channel_message_id))
-                .bind(request.thread_id.as_deref().and_then(non_empty))
-                .bind(request.turn.runs())
-                .bind(now_ms + request.debounce_ms)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(fail)?;
-                match updated {
-                    Some((revision, generation)) => {
-                        let (message_id, command_id) =
-                            insert_user_message!(tx, fail, request, revision, now_ms);
-                        let flush = request
-                            .turn
-                            .runs()
-                            .then_some((generation, now_ms + request.debounce_ms));
-                        Some(AppendOutcome::Appended(AppendedMessage {
-                            message_id,
-                            context_revision: revision,
-                            flush,
-                            command_id,
-                            queued: None,
-                        }))
-                    }
-                    None => append_general!(tx, pg, fail, request, now_ms),
-                }
-            }
+            Some(append_turn!(tx, pg, fail, request, now_ms))
         });
         Ok(outcome)
     }
+}
+
+/// One [`IngestStore::claim_and_append`] of a group-commit batch: the request, its fresh claim
+/// token and its "now".
+pub(super) struct ClaimedAppend<'a> {
+    /// The turn (its channel message id is claimed).
+    pub request: &'a AppendRequest,
+    /// The claim's fencing token.
+    pub token: &'a str,
+    /// The caller's now (epoch ms).
+    pub now_ms: i64,
+}
+
+/// Runs several claim-and-appends in ONE transaction on SQLite's writer (group commit; see
+/// `super::append_batch`): per append the claim, then the turn, exactly as
+/// [`IngestStore::claim_and_append`] would in a transaction of its own, in `appends` order.
+/// Returns one outcome per append once the transaction has committed.
+///
+/// `Ok(None)`: the session of one of them no longer exists; nothing was committed (that case
+/// needs the append's own transaction, to roll back its claim). An error also means nothing
+/// was committed.
+pub(super) async fn commit_claimed_batch(
+    writer: &sqlx::SqlitePool,
+    appends: &[ClaimedAppend<'_>],
+) -> Result<Option<Vec<AppendOutcome>>, StoreError> {
+    let fail = StoreError::query("message append", Backend::Sqlite);
+    let pg = false;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?;
+    let mut outcomes = Vec::with_capacity(appends.len());
+    for append in appends {
+        let request = append.request;
+        let outcome = if claim_processed!(tx, fail, request, append.token, append.now_ms) {
+            append_turn!(tx, pg, fail, request, append.now_ms)
+        } else {
+            // Nothing of this one was written; the others go on.
+            AppendOutcome::ClaimLost
+        };
+        outcomes.push(outcome);
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(Some(outcomes))
 }
 
 /// How an append settles the message's dedup claim, inside its transaction.

@@ -11,6 +11,7 @@
 //! also does not read the clock: times are passed in as Unix epoch milliseconds so that callers
 //! and tests control "now".
 
+mod append_batch;
 mod compaction;
 mod flush;
 mod ingest;
@@ -170,6 +171,19 @@ impl StoreError {
 struct SqlitePools {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Group commit of the dispatcher's claim-and-appends on `writer`.
+    appends: std::sync::Arc<append_batch::AppendBatcher>,
+}
+
+impl SqlitePools {
+    fn new(writer: SqlitePool, reader: SqlitePool) -> SqlitePools {
+        let appends = std::sync::Arc::new(append_batch::AppendBatcher::new(writer.clone()));
+        SqlitePools {
+            writer,
+            reader,
+            appends,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -323,10 +337,7 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePools, sqlx::Error> {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        return Ok(SqlitePools {
-            writer: pool.clone(),
-            reader: pool,
-        });
+        return Ok(SqlitePools::new(pool.clone(), pool));
     }
 
     let options = options
@@ -348,7 +359,7 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePools, sqlx::Error> {
         .max_connections(SQLITE_READERS)
         .connect_with(options)
         .await?;
-    Ok(SqlitePools { writer, reader })
+    Ok(SqlitePools::new(writer, reader))
 }
 
 async fn connect_postgres(url: &str) -> Result<PgPool, sqlx::Error> {
