@@ -381,9 +381,13 @@ impl Inner {
         loop {
             let wake = (Instant::now() + wait).min(confirmed_until);
             tokio::select! {
+                // Stopping ends the connector too (child token): report it as the stop it is.
+                biased;
                 _ = stop.cancelled() => break,
                 _ = &mut connection => {
-                    tracing::warn!("the connector ended on its own");
+                    if !stop.is_cancelled() {
+                        tracing::warn!("the connector ended on its own");
+                    }
                     break;
                 }
                 _ = tokio::time::sleep_until(wake) => {}
