@@ -2044,3 +2044,34 @@ async fn a_run_starting_before_the_append_gets_the_message_queued() {
         assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
     }
 }
+
+#[tokio::test]
+async fn a_message_after_its_session_was_deleted_starts_a_new_session() {
+    for f in fixtures(AccessPolicy::Open).await {
+        let old = with_session(&f).await;
+        // The dispatcher knows the session (it may keep its id); then it is deleted.
+        f.dispatch(&msg("om_1", "oc_1", "second"), None).await;
+        assert!(f.t.db.runs().delete_session(&old).await.unwrap());
+        let outcome = f
+            .dispatch(&msg("om_2", "oc_1", "after the delete"), None)
+            .await;
+        let new = session_id(&outcome);
+        assert_ne!(new, old, "{}", f.name());
+        let session = f.only_session().await;
+        assert_eq!(session.id, new, "{}", f.name());
+        let bodies: Vec<String> = f
+            .ingest
+            .list_messages(&new)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, ["after the delete"], "{}", f.name());
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}", f.name());
+        // And the next one goes to the new session directly.
+        let next = f.dispatch(&msg("om_3", "oc_1", "next"), None).await;
+        assert_eq!(session_id(&next), new, "{}", f.name());
+        assert_eq!(f.ingest.list_messages(&new).await.unwrap().len(), 2);
+    }
+}

@@ -9,7 +9,8 @@
 //!
 //! The common case takes a shorter route with the same results: when the group filter and
 //! the identity policy (which only read) let the message through and its session already
-//! exists, the dedup claim is made inside the append transaction itself
+//! exists (its id is cached per chat), the dedup claim is made inside the append transaction
+//! itself
 //! ([`IngestStore::claim_and_append`]) — one write transaction per message instead of a claim
 //! and then an append, and no claim is ever left in flight. A duplicate is still dropped as
 //! `duplicate` (audited once); drops, binding links and first messages of a chat keep the
@@ -19,10 +20,11 @@
 //! plugin, hands the results in, and renders the outcome (reply, notice, binding link) itself.
 //! SQL lives in `crate::store`; time comes from an injectable [`Clock`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::capabilities::Clock;
 use crate::runtime::commands::Command;
@@ -241,6 +243,46 @@ enum Finalize {
     Done,
 }
 
+/// Most entries in the dispatcher's session id cache; it is emptied when full.
+const SESSION_CACHE_CAP: usize = 65_536;
+
+/// Session ids by (installation, chat key), so the common path skips the session read. Never
+/// wrong for long: an id whose session was deleted makes the append find no session (nothing
+/// is written), and the entry is dropped and the message takes the claim-first path, which
+/// creates a new session.
+#[derive(Debug, Default)]
+struct SessionCache(Mutex<HashMap<(String, String), String>>);
+
+impl SessionCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, installation_id: &str, chat_key: &str) -> Option<String> {
+        self.map()
+            .get(&(installation_id.to_owned(), chat_key.to_owned()))
+            .cloned()
+    }
+
+    fn insert(&self, installation_id: &str, chat_key: &str, session_id: &str) {
+        let mut map = self.map();
+        if map.len() >= SESSION_CACHE_CAP {
+            map.clear();
+        }
+        map.insert(
+            (installation_id.to_owned(), chat_key.to_owned()),
+            session_id.to_owned(),
+        );
+    }
+
+    fn remove(&self, installation_id: &str, chat_key: &str) {
+        self.map()
+            .remove(&(installation_id.to_owned(), chat_key.to_owned()));
+    }
+}
+
 /// The dispatcher: a cheap, cloneable handle (stores and clock).
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -248,6 +290,7 @@ pub struct Dispatcher {
     ingest: IngestStore,
     clock: Arc<dyn Clock>,
     hook: Option<StepHook>,
+    sessions: Arc<SessionCache>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -268,6 +311,7 @@ impl Dispatcher {
             ingest,
             clock,
             hook: None,
+            sessions: Arc::default(),
         }
     }
 
@@ -533,18 +577,29 @@ impl Dispatcher {
         // Step 5: an existing session only; creating one before the claim would create it for
         // duplicates too.
         let key = session_key(message);
-        let Some(session) = self
-            .ingest
-            .find_session(&installation.id, &key.chat_key)
-            .await?
-        else {
-            return Ok(None);
+        let session_id = match self.sessions.get(&installation.id, &key.chat_key) {
+            Some(id) => id,
+            None => match self
+                .ingest
+                .find_session(&installation.id, &key.chat_key)
+                .await?
+            {
+                Some(session) => {
+                    self.sessions
+                        .insert(&installation.id, &key.chat_key, &session.id);
+                    session.id
+                }
+                None => return Ok(None),
+            },
         };
 
         // Steps 6–8.
-        let (turn, request) = append_request(installation, message, command, &session.id);
+        let (turn, request) = append_request(installation, message, command, &session_id);
         self.step(Step::BeforeAppend).await;
         let Some(appended) = self.ingest.claim_and_append(&request, now_ms).await? else {
+            // Deleted (a cached id may outlive its session): the claim-first path makes a new
+            // one.
+            self.sessions.remove(&installation.id, &key.chat_key);
             return Ok(None);
         };
         let outcome = match appended {
@@ -553,10 +608,8 @@ impl Dispatcher {
                     .await;
                 Outcome::Dropped(DropReason::Duplicate)
             }
-            AppendOutcome::FreshPending => Outcome::FreshPending {
-                session_id: session.id,
-            },
-            AppendOutcome::Appended(appended) => appended_outcome(turn, appended, session.id)?,
+            AppendOutcome::FreshPending => Outcome::FreshPending { session_id },
+            AppendOutcome::Appended(appended) => appended_outcome(turn, appended, session_id)?,
         };
         Ok(Some(outcome))
     }
@@ -614,6 +667,8 @@ impl Dispatcher {
             .ingest
             .ensure_session(&installation.id, &key, &title, now_ms)
             .await?;
+        self.sessions
+            .insert(&installation.id, &key.chat_key, &session.id);
 
         // Steps 6–7: the turn, appended with the in-transaction Mark.
         let (turn, request) = append_request(installation, message, command, &session.id);
