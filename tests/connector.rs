@@ -78,6 +78,8 @@ fn host_config(database_url: &str, key: &str, fake: &FakeLark) -> Config {
 
 /// A running host.
 struct Host {
+    /// `http://127.0.0.1:<port>` of its HTTP surface.
+    base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -86,11 +88,13 @@ impl Host {
     async fn start(config: &Config) -> Host {
         let app = App::from_config(config).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
         }));
         Host {
+            base,
             stop: Some(stop),
             task,
         }
@@ -247,6 +251,23 @@ async fn an_event_over_the_websocket_is_stored_once_and_acked() {
             w.name()
         );
         assert_eq!(w.fake.discoveries(), 1, "{}", w.name());
+        let metrics = reqwest::get(format!("{}/metrics", w.host.as_ref().unwrap().base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for expected in [
+            "switchboard_long_connections_open 1",
+            "switchboard_long_connection_acks_total{channel=\"lark\",kind=\"ack\"} 1",
+            "switchboard_ingest_events_total{channel=\"lark\",outcome=\"ingested\"} 1",
+        ] {
+            assert!(
+                metrics.contains(expected),
+                "{}: missing {expected:?} in:\n{metrics}",
+                w.name()
+            );
+        }
         w.stop().await;
     }
 }

@@ -1,6 +1,6 @@
 //! End to end over real HTTP: encrypted, signed Lark webhook deliveries to `serve` land as session
 //! messages; a redelivery is dropped as a duplicate; a tampered one gets 401 and stores nothing;
-//! an oversized body gets 413. Runs on SQLite and PostgreSQL.
+//! an oversized body gets 413; `/metrics` counts the outcomes. Runs on SQLite and PostgreSQL.
 
 #[path = "support/db.rs"]
 mod db;
@@ -249,6 +249,37 @@ async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
         assert!(
             !audit.to_string().contains("hello number"),
             "{name}: audit rows never contain content"
+        );
+
+        // Metrics count what happened (no token needed: counts only, no ids or content).
+        let response = server
+            .client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{name}");
+        let metrics = response.text().await.unwrap();
+        for expected in [
+            "switchboard_ingest_events_total{channel=\"lark\",outcome=\"ingested\"} 4",
+            "switchboard_ingest_events_total{channel=\"lark\",outcome=\"dropped:duplicate\"} 1",
+            "switchboard_long_connections_open 0",
+            "switchboard_plugin_degraded{plugin=\"lark\"} 0",
+        ] {
+            assert!(
+                metrics.contains(expected),
+                "{name}: missing {expected:?} in:\n{metrics}"
+            );
+        }
+        let lark_calls: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchboard_plugin_calls_total{plugin=\"lark\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no lark call count in:\n{metrics}"));
+        assert!(lark_calls >= 5, "{name}: {lark_calls} plugin calls");
+        assert!(
+            !metrics.contains("hello number"),
+            "{name}: metrics never contain content"
         );
 
         server.stop().await;

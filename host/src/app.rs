@@ -20,6 +20,7 @@ use crate::delivery::{ChannelReplies, Delivery, RetryPolicy};
 use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
+use crate::metrics::Metrics;
 use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{Compactor, EventHub, RunService, RunSettings};
@@ -288,8 +289,11 @@ impl App {
             budget: std::time::Duration::from_millis(config.ingest.enrich_budget_ms),
             ..Default::default()
         };
+        let metrics = Arc::new(Metrics::new(runtime.clone()));
         let ingest = Arc::new(
-            Ingest::new(dispatcher, debouncer.clone(), enrich).with_observer(replies.clone()),
+            Ingest::new(dispatcher, debouncer.clone(), enrich)
+                .with_observer(replies.clone())
+                .with_metrics(metrics.clone()),
         );
         let relay = Relay::start(&db, runs.hub()).await?;
         let supervisor = if config.connections.enabled {
@@ -331,6 +335,7 @@ impl App {
             clock,
             admin_token: config.server.admin_token.as_deref().map(Arc::from),
             public_url,
+            metrics,
         };
         Ok(App {
             state,

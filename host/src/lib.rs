@@ -16,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod ingest;
+pub mod metrics;
 pub mod runs;
 pub mod runtime;
 pub mod store;

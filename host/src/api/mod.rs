@@ -1,5 +1,5 @@
 //! The HTTP surface (axum): channel webhooks, the admin API, session event streams (SSE),
-//! health.
+//! health and metrics.
 //!
 //! Owns routing, authentication of the admin API, request limits and the mapping of outcomes and
 //! errors to HTTP statuses. It must not hold SQL or plugin logic: handlers call `ingest`,
@@ -57,6 +57,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Public URL used in binding links.
     pub public_url: Arc<str>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An error answered as JSON `{"error": …}` with a status.
@@ -102,12 +104,25 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .merge(hooks::routes())
         .merge(worker::routes())
         .nest("/api", admin)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts only (outcomes, plugin health, connections): no ids, no content, so no token.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {

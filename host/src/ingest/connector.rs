@@ -337,6 +337,7 @@ impl Connector {
         let pinger = tokio::spawn(
             ping_loop(plan.ping_frame.clone(), out.clone(), interval_rx).in_current_span(),
         );
+        let _open = self.ingest.metrics().connection_opened();
         let connection_key = format!("{}#{}", self.installation.id, plan.connection_id);
         let mut intake = FrameIntake::with_limits(connection_key, self.settings.reassembly);
 
@@ -464,6 +465,10 @@ impl Connector {
                 let processing_ms = arrived.elapsed().as_millis().min(u32::MAX as u128) as u32;
                 match result {
                     Ok(outcome) => {
+                        // Counted before it is queued, so whoever sees the ACK sees the count.
+                        self.ingest
+                            .metrics()
+                            .acknowledged(&self.installation.channel, true);
                         self.ack(cx, out, &ack_frame, AckStatus::Ok, processing_ms)
                             .await?;
                         tracing::info!(
@@ -482,6 +487,9 @@ impl Connector {
                             processing_ms,
                             "event not stored, sending NACK: {e}"
                         );
+                        self.ingest
+                            .metrics()
+                            .acknowledged(&self.installation.channel, false);
                         if let Err(write) = self
                             .ack(cx, out, &ack_frame, AckStatus::Failed, processing_ms)
                             .await

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::batch::Debouncer;
 use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
+use crate::metrics::Metrics;
 use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
 use crate::store::Installation;
@@ -102,6 +103,7 @@ pub struct Ingest {
     enrich: EnrichLimits,
     observer: Option<Arc<dyn OutcomeObserver>>,
     watchers: tokio::sync::broadcast::Sender<Arc<Dispatched>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -113,7 +115,19 @@ impl Ingest {
             enrich,
             observer: None,
             watchers: tokio::sync::broadcast::channel(WATCH_CAPACITY).0,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts outcomes (and, through [`Ingest::metrics`], the connectors' ACKs) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Ingest {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where outcomes are counted.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Reports every message dispatched from now on (for the demo's transcript and operator
@@ -149,6 +163,22 @@ impl Ingest {
     /// installation's, it is used as is (with its context) instead of being looked up again.
     /// A payload carrying another routing key is routed by its key, as usual.
     pub async fn payload_of(
+        &self,
+        plugin: &Plugin,
+        payload: &[u8],
+        arrived: Instant,
+        known: Option<(&Installation, &Arc<InstallationContext>)>,
+    ) -> Result<PayloadOutcome, IngestError> {
+        let result = self.process(plugin, payload, arrived, known).await;
+        let label = match &result {
+            Ok(outcome) => outcome.label(),
+            Err(_) => "error".to_string(),
+        };
+        self.metrics.ingested(&plugin.manifest().channel, &label);
+        result
+    }
+
+    async fn process(
         &self,
         plugin: &Plugin,
         payload: &[u8],
