@@ -619,3 +619,48 @@ async fn a_websocket_url_outside_the_allow_list_is_never_dialled() {
     assert_eq!(fake.refused_connections(), 0);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_with_a_quote_starts_fresh_and_keeps_the_quoted_block() {
+    // multica-lark inventory #126: `/new` + quote → directive removed, quoted block kept.
+    for t in db::test_databases().await {
+        let w = World::start(t, FakeOptions::default(), 3_000).await;
+        let template: Value =
+            serde_json::from_slice(&lark::text_event("om_fresh_quote", "/new summarise this"))
+                .unwrap();
+        let chat = template["event"]["message"]["chat_id"].clone();
+        w.fake.add_message(
+            "om_quoted_parent",
+            vec![serde_json::json!({
+                "message_id": "om_quoted_parent", "msg_type": "text",
+                "create_time": "1731300000000", "deleted": false, "chat_id": chat,
+                "sender": {"id": "ou_someone", "id_type": "open_id", "sender_type": "user"},
+                "body": {"content": serde_json::json!({"text": "the quarterly numbers"}).to_string()},
+            })],
+        );
+        let mut event = template;
+        event["event"]["message"]["parent_id"] = Value::from("om_quoted_parent");
+        let tm = w.fake.push_event(APP_ID, &event);
+        w.acked(&tm).await;
+        let ingest = w.t.db.ingest();
+        let mut bodies = Vec::new();
+        for session in ingest.list_sessions(&w.installation).await.unwrap() {
+            for m in ingest.list_messages(&session.id).await.unwrap() {
+                if m.channel_message_id.as_deref() == Some("om_fresh_quote") {
+                    bodies.push(m.body);
+                }
+            }
+        }
+        assert_eq!(bodies.len(), 1, "{}: {bodies:?}", w.name());
+        let body = &bodies[0];
+        assert!(
+            body.contains("<quoted_message")
+                && body.contains("the quarterly numbers")
+                && body.contains("summarise this")
+                && !body.contains("/new"),
+            "{}: {body}",
+            w.name()
+        );
+        w.stop().await;
+    }
+}

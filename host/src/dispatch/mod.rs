@@ -718,7 +718,13 @@ fn append_request(
     let (turn, body) = match command {
         None => (TurnKind::Plain, message.body.clone()),
         Some(Command::NewContext(text)) => match text.as_deref().map(str::trim) {
-            Some(text) if !text.is_empty() => (TurnKind::FreshStart, text.to_owned()),
+            // The enricher already stripped the directive and kept what it added (a quoted
+            // parent, a transcript); only an unenriched body still carries `/new`.
+            Some(text) if !text.is_empty() => {
+                let enriched = message.body.trim() != message.command_body.trim();
+                let body = if enriched { &message.body } else { text };
+                (TurnKind::FreshStart, body.to_owned())
+            }
             _ => (TurnKind::MarkFresh, String::new()),
         },
         Some(Command::Issue(request)) if !request.title.trim().is_empty() => (
