@@ -664,3 +664,43 @@ async fn new_with_a_quote_starts_fresh_and_keeps_the_quoted_block() {
         w.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_chats_is_stored_once_each_and_in_order_within_every_chat() {
+    // Events of different chats are stored concurrently, one chat's events in arrival order.
+    for t in db::test_databases().await {
+        let w = World::start(t, FakeOptions::default(), 60_000).await;
+        let chats = ["oc_burst_a", "oc_burst_b", "oc_burst_c"];
+        let mut pushed = Vec::new();
+        for i in 0..30 {
+            let chat = chats[i % chats.len()];
+            let id = format!("om_burst_{i:02}");
+            let mut event: Value =
+                serde_json::from_slice(&lark::text_event(&id, &format!("burst {i}"))).unwrap();
+            event["event"]["message"]["chat_id"] = Value::from(chat);
+            pushed.push(w.fake.push_event(APP_ID, &event));
+        }
+        for tm in &pushed {
+            w.acked(tm).await;
+        }
+        let ingest = w.t.db.ingest();
+        let sessions = ingest.list_sessions(&w.installation).await.unwrap();
+        assert_eq!(sessions.len(), chats.len(), "{}", w.name());
+        let mut stored = 0;
+        for session in sessions {
+            let ids: Vec<String> = ingest
+                .list_messages(&session.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| m.channel_message_id)
+                .collect();
+            stored += ids.len();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(ids, sorted, "{}: a chat's messages out of order", w.name());
+        }
+        assert_eq!(stored, 30, "{}: every event stored once", w.name());
+        w.stop().await;
+    }
+}

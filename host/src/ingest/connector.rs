@@ -7,11 +7,15 @@
 //! has a deadline) → an application ping right away and then at the server's interval (pongs may
 //! change it) → the read loop: any inbound message is proof of life (nothing for
 //! `2 × ping interval + 10 s` drops the socket), frames go through [`FrameIntake`] (plugin
-//! classification + host reassembly), every complete event through [`Ingest::payload`], and the
-//! ACK (`build-ack`, code 200) is queued only after the outcome is durable — also for payloads the
-//! plugin could not decode or ignored, so they are not redelivered forever. An infrastructure
-//! failure ([`IngestError`]) is answered with a NACK (500) and the connection is closed, so the
-//! channel redelivers on a fresh one.
+//! classification + host reassembly), every complete event is routed and decoded in arrival
+//! order ([`Ingest::prepare`]) and then stored ([`Ingest::finish`]) — events of different chats
+//! concurrently (up to `max_events_in_flight`, then the connection stops reading), events of one
+//! chat strictly in arrival order, so a chat's messages are stored in the order the channel sent
+//! them. The ACK (`build-ack`, code 200) is queued only after the outcome is durable — also for
+//! payloads the plugin could not decode or ignored, so they are not redelivered forever. An
+//! infrastructure failure ([`IngestError`]) is answered with a NACK (500) and the connection is
+//! closed (events still being stored are finished and answered first), so the channel
+//! redelivers on a fresh one.
 //!
 //! [`Connector::run`] reconnects with jittered backoff (2 s → 60 s, reset after a connection that
 //! lived ≥ 60 s, [`backoff`]) until its stop token fires (shutdown or a lost lease); an event
@@ -22,6 +26,7 @@
 
 pub mod backoff;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +41,7 @@ use self::backoff::{Backoff, BackoffPolicy};
 use crate::capabilities::policy::Egress;
 use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
-use crate::ingest::service::{Ingest, IngestError};
+use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared};
 use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
 use crate::runtime::{CallError, InstallationContext, Plugin};
 use crate::store::Installation;
@@ -56,6 +61,9 @@ pub struct ConnectorSettings {
     pub handshake_timeout: Duration,
     /// Fragment reassembly limits (per connection).
     pub reassembly: Limits,
+    /// Events of one connection stored at once (different chats; one chat's events are always
+    /// stored in arrival order). When reached, the connection stops reading until one finishes.
+    pub max_events_in_flight: usize,
 }
 
 impl Default for ConnectorSettings {
@@ -67,6 +75,7 @@ impl Default for ConnectorSettings {
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(15),
             reassembly: Limits::default(),
+            max_events_in_flight: 16,
         }
     }
 }
@@ -340,6 +349,7 @@ impl Connector {
         let _open = self.ingest.metrics().connection_opened();
         let connection_key = format!("{}#{}", self.installation.id, plan.connection_id);
         let mut intake = FrameIntake::with_limits(connection_key, self.settings.reassembly);
+        let mut events = InFlight::new(self.settings.max_events_in_flight);
 
         let result = loop {
             let idle = self
@@ -352,7 +362,11 @@ impl Connector {
                 _ = writer_failed.cancelled() => {
                     break Err(ConnectionError::Write("the writer stopped".into()));
                 }
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                Some(finished) = events.next_finished() => match finished {
+                    Ok(()) => continue,
+                    Err(failed) => break Err(failed),
+                },
+                next = tokio::time::timeout(idle, stream.next()), if events.has_room() => next,
             };
             let message = match next {
                 Err(_) => break Err(ConnectionError::Idle(idle)),
@@ -363,7 +377,14 @@ impl Connector {
             match message {
                 Message::Binary(bytes) => {
                     let step = self
-                        .on_frame(&cx, &mut intake, &bytes, &out, &mut ping_interval)
+                        .on_frame(
+                            &cx,
+                            &mut intake,
+                            &bytes,
+                            &out,
+                            &mut ping_interval,
+                            &mut events,
+                        )
                         .await;
                     if let Some(interval) = step? {
                         let _ = interval_tx.send(interval);
@@ -388,7 +409,16 @@ impl Connector {
                 _ => {}
             }
         };
-        // Close: no more pings; the writer drains what is queued (an ACK or NACK just sent),
+        // Events being stored are finished and answered (ACK or NACK) before the socket closes.
+        if tokio::time::timeout(self.settings.write_timeout, events.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "events still being stored at close were abandoned; the channel redelivers them"
+            );
+        }
+        // Close: no more pings; the writer drains what is queued (the last ACKs or a NACK),
         // sends a close frame and ends.
         pinger.abort();
         drop(out);
@@ -409,6 +439,7 @@ impl Connector {
         bytes: &[u8],
         out: &mpsc::Sender<Outgoing>,
         ping_interval: &mut Duration,
+        events: &mut InFlight,
     ) -> Result<Option<Duration>, ConnectionError> {
         let arrived = Instant::now();
         let outcome = match intake.push(&self.plugin, cx, bytes, arrived).await {
@@ -461,64 +492,103 @@ impl Connector {
                 fragments,
                 trace_id,
             } => {
-                let result = self.ingest.payload(&self.plugin, &payload, arrived).await;
-                let processing_ms = arrived.elapsed().as_millis().min(u32::MAX as u128) as u32;
-                match result {
-                    Ok(outcome) => {
-                        // Counted before it is queued, so whoever sees the ACK sees the count.
-                        self.ingest
-                            .metrics()
-                            .acknowledged(&self.installation.channel, true);
-                        self.ack(cx, out, &ack_frame, AckStatus::Ok, processing_ms)
-                            .await?;
-                        tracing::info!(
-                            %kind,
-                            trace_id = trace_id.as_deref().unwrap_or(""),
-                            fragments,
-                            processing_ms,
-                            outcome = %outcome.label(),
-                            "event acknowledged"
-                        );
-                        Ok(None)
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            trace_id = trace_id.as_deref().unwrap_or(""),
-                            processing_ms,
-                            "event not stored, sending NACK: {e}"
-                        );
-                        self.ingest
-                            .metrics()
-                            .acknowledged(&self.installation.channel, false);
-                        if let Err(write) = self
-                            .ack(cx, out, &ack_frame, AckStatus::Failed, processing_ms)
-                            .await
-                        {
-                            tracing::warn!("the NACK could not be queued: {write}");
-                        }
-                        Err(ConnectionError::Ingest(e))
+                let answer = Answer {
+                    plugin: self.plugin.clone(),
+                    ingest: self.ingest.clone(),
+                    cx: cx.clone(),
+                    out: out.clone(),
+                    channel: self.installation.channel.clone(),
+                    ack_frame,
+                    arrived,
+                    kind: kind.to_string(),
+                    fragments,
+                    trace_id: trace_id.unwrap_or_default(),
+                };
+                // Routing and decoding run here, in arrival order; storing runs concurrently
+                // for different chats and in order within one chat.
+                let prepared = self
+                    .ingest
+                    .prepare(&self.plugin, &payload, arrived, None)
+                    .await;
+                match prepared {
+                    Ok(Prepared::Done(outcome)) => answer.answer(Ok(outcome)).await?,
+                    Err(e) => answer.answer(Err(e)).await?,
+                    Ok(Prepared::Message(message)) => {
+                        let chat = message.chat_id().to_string();
+                        events.spawn(chat, async move {
+                            let outcome = answer.ingest.finish(&answer.plugin, *message).await;
+                            answer.answer(outcome).await
+                        });
                     }
                 }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Everything needed to answer one event once its outcome is known (owned, so the answer can be
+/// given from the task that stored the event).
+struct Answer {
+    plugin: Arc<Plugin>,
+    ingest: Arc<Ingest>,
+    cx: Arc<InstallationContext>,
+    out: mpsc::Sender<Outgoing>,
+    channel: String,
+    ack_frame: Vec<u8>,
+    arrived: Instant,
+    kind: String,
+    fragments: u32,
+    trace_id: String,
+}
+
+impl Answer {
+    /// ACK for a durable (or deliberately dropped) outcome; NACK and an error that closes the
+    /// connection for an infrastructure failure.
+    async fn answer(
+        &self,
+        outcome: Result<PayloadOutcome, IngestError>,
+    ) -> Result<(), ConnectionError> {
+        let processing_ms = self.arrived.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        match outcome {
+            Ok(outcome) => {
+                // Counted before it is queued, so whoever sees the ACK sees the count.
+                self.ingest.metrics().acknowledged(&self.channel, true);
+                self.send(AckStatus::Ok, processing_ms).await?;
+                tracing::info!(
+                    kind = %self.kind,
+                    trace_id = %self.trace_id,
+                    fragments = self.fragments,
+                    processing_ms,
+                    outcome = %outcome.label(),
+                    "event acknowledged"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    trace_id = %self.trace_id,
+                    processing_ms,
+                    "event not stored, sending NACK: {e}"
+                );
+                self.ingest.metrics().acknowledged(&self.channel, false);
+                if let Err(write) = self.send(AckStatus::Failed, processing_ms).await {
+                    tracing::warn!("the NACK could not be queued: {write}");
+                }
+                Err(ConnectionError::Ingest(e))
             }
         }
     }
 
     /// Builds the ACK (or NACK) through the plugin and queues it. A plugin failure is logged
     /// (no ACK: the channel redelivers, dedup absorbs it); a dead writer is an error.
-    async fn ack(
-        &self,
-        cx: &Arc<InstallationContext>,
-        out: &mpsc::Sender<Outgoing>,
-        frame: &[u8],
-        status: AckStatus,
-        processing_ms: u32,
-    ) -> Result<(), ConnectionError> {
+    async fn send(&self, status: AckStatus, processing_ms: u32) -> Result<(), ConnectionError> {
         match self
             .plugin
-            .build_ack(cx, frame, status, processing_ms, None)
+            .build_ack(&self.cx, &self.ack_frame, status, processing_ms, None)
             .await
         {
-            Ok(Ok(bytes)) => send(out, bytes).await,
+            Ok(Ok(bytes)) => send(&self.out, bytes).await,
             Ok(Err(e)) => {
                 tracing::error!("build-ack refused; no ACK sent: {e:?}");
                 Ok(())
@@ -528,6 +598,73 @@ impl Connector {
                 Ok(())
             }
         }
+    }
+}
+
+/// The events of one connection being stored: at most `limit` at once, one chat's events
+/// strictly one after another in arrival order (each waits for its predecessor in the chat).
+struct InFlight {
+    tasks: tokio::task::JoinSet<Result<(), ConnectionError>>,
+    limit: usize,
+    /// Per chat, the completion signal of its latest event.
+    chains: std::collections::HashMap<String, watch::Receiver<bool>>,
+}
+
+impl InFlight {
+    fn new(limit: usize) -> InFlight {
+        InFlight {
+            tasks: tokio::task::JoinSet::new(),
+            limit: limit.max(1),
+            chains: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether another event may start (otherwise the read loop stops reading: backpressure).
+    fn has_room(&self) -> bool {
+        self.tasks.len() < self.limit
+    }
+
+    /// Stores an event of `chat` after the chat's previous event finished.
+    fn spawn(
+        &mut self,
+        chat: String,
+        store: impl Future<Output = Result<(), ConnectionError>> + Send + 'static,
+    ) {
+        let (done, finished) = watch::channel(false);
+        let previous = self.chains.insert(chat, finished);
+        if self.chains.len() > 4 * self.limit {
+            // Forget chats whose last event finished (a dropped sender counts as finished).
+            self.chains
+                .retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
+        }
+        self.tasks.spawn(
+            async move {
+                if let Some(mut previous) = previous {
+                    // Err = the predecessor's task ended without signalling: it is over too.
+                    let _ = previous.wait_for(|finished| *finished).await;
+                }
+                let result = store.await;
+                let _ = done.send(true);
+                result
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The next event to finish: `Ok` once it was answered, `Err` when it could not be stored
+    /// (NACK sent). `None` while none is running.
+    async fn next_finished(&mut self) -> Option<Result<(), ConnectionError>> {
+        Some(match self.tasks.join_next().await? {
+            Ok(result) => result,
+            Err(panicked) => Err(ConnectionError::Write(format!(
+                "an event's task failed: {panicked}"
+            ))),
+        })
+    }
+
+    /// Waits for every event still being stored (their ACKs and NACKs are queued by then).
+    async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 

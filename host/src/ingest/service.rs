@@ -8,10 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::batch::Debouncer;
 use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
+use crate::runtime::commands::Command;
 use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
 use crate::store::Installation;
@@ -169,7 +172,47 @@ impl Ingest {
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
     ) -> Result<PayloadOutcome, IngestError> {
-        let result = self.process(plugin, payload, arrived, known).await;
+        match self.prepare(plugin, payload, arrived, known).await? {
+            Prepared::Done(outcome) => Ok(outcome),
+            Prepared::Message(message) => self.finish(plugin, *message).await,
+        }
+    }
+
+    /// The first, cheap half of [`Ingest::payload_of`]: routing key → installation → decode
+    /// (plugin calls and one cached lookup, no writes for a chat message). A connector runs it
+    /// in arrival order, so it knows each message's chat before it lets messages of different
+    /// chats [`finish`](Ingest::finish) concurrently.
+    pub async fn prepare(
+        &self,
+        plugin: &Plugin,
+        payload: &[u8],
+        arrived: Instant,
+        known: Option<(&Installation, &Arc<InstallationContext>)>,
+    ) -> Result<Prepared, IngestError> {
+        let channel = &plugin.manifest().channel;
+        let result = self.decode(plugin, payload, arrived, known).await;
+        match &result {
+            Ok(Prepared::Done(outcome)) => self.metrics.ingested(channel, &outcome.label()),
+            Ok(Prepared::Message(_)) => {}
+            Err(_) => self.metrics.ingested(channel, "error"),
+        }
+        result
+    }
+
+    /// The second half: enrich (bounded by what is left of the budget since arrival) →
+    /// dispatch (durable) → arm the debounce window → observers.
+    pub async fn finish(
+        &self,
+        plugin: &Plugin,
+        prepared: PreparedMessage,
+    ) -> Result<PayloadOutcome, IngestError> {
+        let span = tracing::info_span!(
+            "ingest",
+            plugin = plugin.name(),
+            installation = %prepared.installation.id,
+            message_id = %prepared.message.message_id,
+        );
+        let result = self.dispatch(plugin, prepared).instrument(span).await;
         let label = match &result {
             Ok(outcome) => outcome.label(),
             Err(_) => "error".to_string(),
@@ -178,13 +221,13 @@ impl Ingest {
         result
     }
 
-    async fn process(
+    async fn decode(
         &self,
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
-    ) -> Result<PayloadOutcome, IngestError> {
+    ) -> Result<Prepared, IngestError> {
         let anonymous = Arc::new(InstallationContext::default());
         let routing_key = plugin.routing_key(&anonymous, payload).await?;
         let channel = &plugin.manifest().channel;
@@ -195,6 +238,7 @@ impl Ingest {
                     .as_deref()
                     .is_some_and(|key| !key.is_empty() && key == installation.routing_key)
         });
+        let done = |outcome| Ok(Prepared::Done(outcome));
         let (installation, cx) = match known {
             Some((installation, cx)) => (installation.clone(), cx.clone()),
             None => match self
@@ -212,10 +256,10 @@ impl Ingest {
                     let meta = match pipeline::decode_payload(plugin, &anonymous, payload).await? {
                         DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
                         DecodeOutcome::Ignored(reason) => {
-                            return Ok(PayloadOutcome::Ignored(reason));
+                            return done(PayloadOutcome::Ignored(reason));
                         }
                         DecodeOutcome::Invalid(e) => {
-                            return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(
+                            return done(PayloadOutcome::Invalid(pipeline::describe_plugin_error(
                                 &e,
                             )));
                         }
@@ -224,20 +268,39 @@ impl Ingest {
                         .dispatcher
                         .reject_installation(channel, routing_key.as_deref(), &meta)
                         .await?;
-                    return Ok(PayloadOutcome::Dispatched(outcome));
+                    return done(PayloadOutcome::Dispatched(outcome));
                 }
             },
         };
-        let span =
-            tracing::info_span!("ingest", plugin = plugin.name(), installation = %installation.id);
-        let _entered = span.enter();
-        let (mut message, command) = match pipeline::decode_payload(plugin, &cx, payload).await? {
-            DecodeOutcome::Message { message, command } => (message, command),
-            DecodeOutcome::Ignored(reason) => return Ok(PayloadOutcome::Ignored(reason)),
-            DecodeOutcome::Invalid(e) => {
-                return Ok(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)));
+        match pipeline::decode_payload(plugin, &cx, payload).await? {
+            DecodeOutcome::Message { message, command } => {
+                Ok(Prepared::Message(Box::new(PreparedMessage {
+                    installation,
+                    cx,
+                    message,
+                    command,
+                    arrived,
+                })))
             }
-        };
+            DecodeOutcome::Ignored(reason) => done(PayloadOutcome::Ignored(reason)),
+            DecodeOutcome::Invalid(e) => {
+                done(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)))
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        plugin: &Plugin,
+        prepared: PreparedMessage,
+    ) -> Result<PayloadOutcome, IngestError> {
+        let PreparedMessage {
+            installation,
+            cx,
+            mut message,
+            command,
+            arrived,
+        } = prepared;
         let left = self.enrich.budget.saturating_sub(arrived.elapsed());
         if !left.is_zero() {
             let budget = enricher::Budget {
@@ -250,14 +313,12 @@ impl Ingest {
                     // What could not be fetched is already a placeholder in the body; the
                     // notes say why, for the operator.
                     for note in &enriched.notes {
-                        tracing::info!(message_id = %message.message_id, note = %note, "enrichment degraded");
+                        tracing::info!(note = %note, "enrichment degraded");
                     }
                     message.body = enriched.body;
                 }
                 // Enrichment degrades, never drops: keep the decoded body.
-                Err(e) => {
-                    tracing::warn!(message_id = %message.message_id, "enrichment failed, keeping the plain body: {e}")
-                }
+                Err(e) => tracing::warn!("enrichment failed, keeping the plain body: {e}"),
             }
         }
         let outcome = self
@@ -282,7 +343,33 @@ impl Ingest {
                 outcome: outcome.label(),
             }));
         }
-        tracing::debug!(message_id = %message.message_id, ?outcome, "dispatched");
+        tracing::debug!(?outcome, "dispatched");
         Ok(outcome)
+    }
+}
+
+/// What [`Ingest::prepare`] made of a payload.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Nothing more to do (ignored, invalid, or rejected for its installation).
+    Done(PayloadOutcome),
+    /// A chat message of an active installation, decoded; [`Ingest::finish`] stores it.
+    Message(Box<PreparedMessage>),
+}
+
+/// A decoded chat message waiting for [`Ingest::finish`].
+#[derive(Debug)]
+pub struct PreparedMessage {
+    installation: Installation,
+    cx: Arc<InstallationContext>,
+    message: InboundMessage,
+    command: Option<Command>,
+    arrived: Instant,
+}
+
+impl PreparedMessage {
+    /// The chat it belongs to: messages of one chat must be finished in arrival order.
+    pub fn chat_id(&self) -> &str {
+        &self.message.chat_id
     }
 }
