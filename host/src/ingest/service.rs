@@ -179,7 +179,7 @@ impl Ingest {
     }
 
     /// The first, cheap half of [`Ingest::payload_of`]: routing key → installation → decode
-    /// (plugin calls and one cached lookup, no writes for a chat message). A connector runs it
+    /// (plugin calls and an installation lookup; no writes for a chat message). A connector runs it
     /// in arrival order, so it knows each message's chat before it lets messages of different
     /// chats [`finish`](Ingest::finish) concurrently.
     pub async fn prepare(
