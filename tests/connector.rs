@@ -704,3 +704,66 @@ async fn a_burst_across_chats_is_stored_once_each_and_in_order_within_every_chat
         w.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_enrichment_fetch_is_a_placeholder_and_the_message_is_still_stored_and_answered() {
+    use fake_lark::{Failure, Route};
+    for t in db::test_databases().await {
+        let w = World::start(t, FakeOptions::default(), 100).await;
+        let failures = [
+            ("rate_limit", Some(Failure::RateLimit)),
+            ("permission", Some(Failure::PermissionDenied)),
+            ("server_error", Some(Failure::ServerError)),
+            ("withdrawn", None), // the parent does not exist: code 230011
+        ];
+        for (name, failure) in failures {
+            w.fake.clear_failures();
+            if let Some(failure) = failure {
+                w.fake.set_failure(Route::GetMessage, failure);
+            }
+            let id = format!("om_degraded_{name}");
+            let chat = format!("oc_degraded_{name}");
+            let mut event: Value =
+                serde_json::from_slice(&lark::text_event(&id, &format!("about that, {name}")))
+                    .unwrap();
+            event["event"]["message"]["chat_id"] = Value::from(chat.as_str());
+            event["event"]["message"]["parent_id"] = Value::from("om_parent_unreachable");
+            let tm = w.fake.push_event(APP_ID, &event);
+            w.acked(&tm).await;
+            let ingest = w.t.db.ingest();
+            let mut bodies = Vec::new();
+            for session in ingest.list_sessions(&w.installation).await.unwrap() {
+                for m in ingest.list_messages(&session.id).await.unwrap() {
+                    if m.channel_message_id.as_deref() == Some(id.as_str()) {
+                        bodies.push(m.body);
+                    }
+                }
+            }
+            assert_eq!(bodies.len(), 1, "{} {name}: stored once", w.name());
+            assert!(
+                bodies[0].contains("type=\"error\">[unable to fetch]")
+                    && bodies[0].contains(&format!("about that, {name}")),
+                "{} {name}: {}",
+                w.name(),
+                bodies[0]
+            );
+            // The echo agent's answer reaches the (fake) chat.
+            let fake = &w.fake;
+            let chat = chat.as_str();
+            eventually(&format!("{} {name}: the reply", w.name()), || async move {
+                fake.sent_messages()
+                    .iter()
+                    .any(|r| {
+                        r.body["receive_id"].as_str() == Some(chat)
+                            && r.body["content"]
+                                .as_str()
+                                .is_some_and(|c| c.contains("echo: "))
+                    })
+                    .then_some(())
+            })
+            .await;
+        }
+        w.fake.clear_failures();
+        w.stop().await;
+    }
+}
