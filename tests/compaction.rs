@@ -21,12 +21,11 @@ use switchboard::app::App;
 use switchboard::capabilities::Clock;
 use switchboard::config::Config;
 use switchboard::delivery::{Delivery, RetryPolicy};
-use switchboard::runs::SessionEvent;
 use switchboard::runs::compaction::{SUMMARY_PREFIX, SUMMARY_PROMPT};
 use switchboard::runs::executor::{Executor, ExecutorSettings, RunResult};
+use switchboard::runs::{EventReceiver, SessionEvent};
 use switchboard::store::{ChatKind, CompactionSource, NewInstallation, RunState, SessionKey};
 use time::ManualClock;
-use tokio::sync::broadcast;
 
 const ADMIN: &str = "admin-token-for-compaction-tests";
 const TOKEN: &str = "bot-worker-token-0123456789";
@@ -124,7 +123,7 @@ impl Host {
         (session, installation.id)
     }
 
-    fn subscribe(&self, session: &str) -> broadcast::Receiver<SessionEvent> {
+    fn subscribe(&self, session: &str) -> EventReceiver {
         self.state.runs.hub().subscribe(session).1
     }
 
@@ -224,7 +223,7 @@ impl Host {
 }
 
 /// Everything published so far.
-fn drain(events: &mut broadcast::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+fn drain(events: &mut EventReceiver) -> Vec<SessionEvent> {
     let mut out = Vec::new();
     while let Ok(event) = events.try_recv() {
         out.push(event);

@@ -2,9 +2,10 @@
 //! 127.0.0.1:0, read as Server-Sent Events. A late subscriber gets the snapshot (status, buffered
 //! parts, messages after the cursor, queue) and then live events in order; the cursor and
 //! `Last-Event-ID` are respected; a subscriber that never reads does not hold up publishing and
-//! resynchronises from the database; shutdown ends open streams; on PostgreSQL, durable events
-//! of one replica reach a subscriber on another through LISTEN/NOTIFY and a database read,
-//! exactly once on both. Runs on SQLite and PostgreSQL.
+//! resynchronises from the database; a subscriber takes everything queued as one batch and one
+//! body chunk; shutdown ends open streams; on PostgreSQL, durable events of one replica reach a
+//! subscriber on another through LISTEN/NOTIFY and a database read, exactly once on both. Runs
+//! on SQLite and PostgreSQL.
 
 #[path = "support/db.rs"]
 mod db;
@@ -16,7 +17,7 @@ mod time;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::api::events::Subscription;
+use switchboard::api::events::{MAX_BATCH_EVENTS, Subscription, sse_chunk};
 use switchboard::app::App;
 use switchboard::config::Config;
 use switchboard::runs::{RunService, SessionEvent};
@@ -395,13 +396,13 @@ async fn a_subscriber_that_never_reads_does_not_block_publishing_and_resyncs() {
         }
         // Publishing finished with both subscribers unread. Now they read.
         assert!(matches!(
-            slow.next().await,
+            slow.next().await.as_deref(),
             Some(SessionEvent::Status { .. })
         ));
         let mut seen = Vec::new();
         while seen.last() != ids.last() {
-            match slow.next().await.expect("stream continues") {
-                SessionEvent::Message { id, .. } => seen.push(id),
+            match &*slow.next().await.expect("stream continues") {
+                SessionEvent::Message { id, .. } => seen.push(*id),
                 SessionEvent::Status { .. } | SessionEvent::QueueUpdate { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }
@@ -427,6 +428,73 @@ async fn a_subscriber_that_never_reads_does_not_block_publishing_and_resyncs() {
             "{}: the HTTP subscriber gets the latest messages",
             t.name
         );
+
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_takes_everything_queued_in_one_batch_and_one_chunk() {
+    for t in db::test_databases().await {
+        let replica = Replica::start(&t.url, &KEY).await;
+        let (installation, s) = session(&t.db, "oc_batch").await;
+        let hub = replica.runs.hub().clone();
+        let store = t.db.runs();
+        let mut subscription = Subscription::open(&hub, &store, &s, 0)
+            .await
+            .unwrap()
+            .expect("session exists");
+        // More than one batch holds, all queued before the subscriber reads.
+        let mut ids = Vec::new();
+        for i in 0..MAX_BATCH_EVENTS + 10 {
+            let id = append(&t.db, &installation, &s, &format!("m{i}")).await;
+            let message = store.messages_after(&s, id - 1).await.unwrap().remove(0);
+            hub.publish(&s, SessionEvent::message(&message));
+            ids.push(id);
+        }
+        let mut batch = Vec::new();
+        assert!(subscription.next_batch(&mut batch).await);
+        assert_eq!(batch.len(), MAX_BATCH_EVENTS, "{}: a full batch", t.name);
+        assert!(
+            matches!(*batch[0], SessionEvent::Status { .. }),
+            "snapshot first"
+        );
+        // One chunk: the frames back to back, each the event's own.
+        let chunk = sse_chunk(&batch);
+        let frames: Vec<&[u8]> = batch.iter().map(|e| &e.sse_frame()[..]).collect();
+        assert_eq!(&chunk[..], frames.concat().as_slice());
+        let text = std::str::from_utf8(&chunk).unwrap();
+        let parsed: Vec<Sse> = text
+            .split_inclusive("\n\n")
+            .filter_map(parse_block)
+            .collect();
+        assert_eq!(parsed.len(), batch.len());
+        assert_eq!(parsed[1].id, Some(ids[0].to_string()));
+        // The rest comes at once in the next batch, in order.
+        let mut rest = Vec::new();
+        assert!(subscription.next_batch(&mut rest).await);
+        let seen: Vec<i64> = batch
+            .iter()
+            .chain(&rest)
+            .filter_map(|event| match **event {
+                SessionEvent::Message { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seen, ids, "{}: every message once, in order", t.name);
+        assert_eq!(subscription.cursor(), *ids.last().unwrap());
+
+        // A live event after that still arrives (the coalescing window only delays it).
+        let id = append(&t.db, &installation, &s, "late").await;
+        let message = store.messages_after(&s, id - 1).await.unwrap().remove(0);
+        hub.publish(&s, SessionEvent::message(&message));
+        let mut late = Vec::new();
+        assert!(
+            tokio::time::timeout(HANG, subscription.next_batch(&mut late))
+                .await
+                .expect("the live event arrives")
+        );
+        assert!(matches!(*late[0], SessionEvent::Message { id: got, .. } if got == id));
 
         replica.shutdown().await;
     }

@@ -1,16 +1,26 @@
 //! Session event fan-out (issue 5: "1,000 subscribers on one session do not slow ingestion"),
-//! measured side by side in one run on SQLite:
+//! measured on SQLite:
 //!
-//! - **ingest rate**: the ingest-like path — store a user message (`IngestStore::append`, the
-//!   dispatcher's transaction, which also arms the debounce window) and publish its `message`
-//!   event on the session's hub — with 0 and with 1,000 subscribers on that session;
-//! - **fan-out latency**: publish → received by each subscriber, p50/p99/max over every
-//!   (event, subscriber) pair, both while ingesting at full rate and paced (one event at a time,
-//!   the next once all 1,000 subscribers have it).
+//! - **ingest rate** (criterion): the ingest-like path — store a user message
+//!   (`IngestStore::append`, the dispatcher's transaction, which also arms the debounce window)
+//!   and publish its `message` event on the session's hub — with no listener, with 1,000 bare
+//!   hub receivers (the hub's own cost) and with 1,000 SSE subscribers on that session;
+//! - **paired ingest rate**: the same, but interleaved so that machine load cancels out: blocks
+//!   of messages into the session with 1,000 listeners alternate with blocks into a second
+//!   session of the same database that has none; between blocks the listeners catch up
+//!   (untimed). The ratio of the two rates is the slow-down the listeners cause;
+//! - **fan-out latency**: publish → received by each subscriber, p50/p99/max over the (event,
+//!   subscriber) pairs of every 8th message, both while ingesting at full rate and paced (one
+//!   event at a time, the next once all 1,000 subscribers have it, at once or after twice the
+//!   coalescing window); with the mean events per wake-up.
 //!
 //! Subscribers are the SSE endpoint's core ([`Subscription`]: snapshot, de-duplication, lag
-//! resync) plus the SSE frame encoding (`sse_event`), each on its own tokio task; only the
-//! socket write is left out. The runtime has 2 worker threads.
+//! resync, batches of whatever is queued per wake-up) plus the SSE body chunk of each batch
+//! (`sse_chunk`: the events' shared, once-encoded frames), each on its own tokio task; only the
+//! socket write is left out. They run with the endpoint's coalescing window
+//! ([`COALESCE_WINDOW`]) and without (`_no_window`: a batch is whatever was queued when the
+//! subscriber woke). The runtime has 2 worker threads; the ingesting loop runs on the thread
+//! that blocks on it.
 //!
 //! Run: `cargo bench -p switchboard --bench fanout`.
 
@@ -18,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use switchboard::api::events::{Subscription, sse_event};
+use switchboard::api::events::{COALESCE_WINDOW, MAX_BATCH_EVENTS, Subscription, sse_chunk};
 use switchboard::runs::{EventHub, SessionEvent};
 use switchboard::store::{
     AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, SecretCipher, SessionKey,
@@ -29,13 +39,19 @@ use tokio::task::JoinHandle;
 
 const SUBSCRIBERS: usize = 1_000;
 const PACED_EVENTS: usize = 200;
+/// Paired measurement: rounds (after one warm-up round) of this many messages per session.
+const PAIRED_ROUNDS: usize = 30;
+const PAIRED_BLOCK: u64 = 200;
 const NOW: i64 = 1_700_000_000_000;
 
 struct Bench {
     _dir: tempfile::TempDir,
     db: Database,
     installation: String,
+    /// The session the listeners follow.
     session: String,
+    /// A session of the same installation nobody follows (the paired baseline).
+    quiet: String,
     hub: EventHub,
     /// Time zero of the bodies' publish stamps.
     base: Instant,
@@ -62,32 +78,44 @@ impl Bench {
             .await
             .unwrap()
             .id;
-        let session = db
-            .ingest()
-            .ensure_session(
-                &installation,
-                &SessionKey::new("oc_bench", ChatKind::Direct, None),
-                "bench",
-                NOW,
-            )
-            .await
-            .unwrap()
-            .id;
+        let mut sessions = Vec::new();
+        for chat in ["oc_bench", "oc_quiet"] {
+            let session = db
+                .ingest()
+                .ensure_session(
+                    &installation,
+                    &SessionKey::new(chat, ChatKind::Direct, None),
+                    chat,
+                    NOW,
+                )
+                .await
+                .unwrap()
+                .id;
+            sessions.push(session);
+        }
+        let quiet = sessions.pop().unwrap();
+        let session = sessions.pop().unwrap();
         Bench {
             _dir: dir,
             db,
             installation,
             session,
+            quiet,
             hub: EventHub::default(),
             base: Instant::now(),
         }
     }
 
-    /// One ingest: store a user message, then publish its event. The event's body is the
-    /// publish stamp (ns since `base`) so subscribers can measure the fan-out latency.
+    /// One ingest into the followed session.
     async fn ingest_one(&self, i: u64) {
+        self.ingest_into(&self.session, i).await
+    }
+
+    /// One ingest: store a user message in `session`, then publish its event. The event's body
+    /// is the publish stamp (ns since `base`) so subscribers can measure the fan-out latency.
+    async fn ingest_into(&self, session: &str, i: u64) {
         let request = AppendRequest {
-            session_id: self.session.clone(),
+            session_id: session.to_owned(),
             installation_id: self.installation.clone(),
             body: format!("message {i}"),
             command_body: String::new(),
@@ -103,7 +131,7 @@ impl Bench {
             panic!("append failed")
         };
         self.hub.publish(
-            &self.session,
+            session,
             SessionEvent::Message {
                 id: appended.message_id,
                 role: "user".into(),
@@ -115,16 +143,45 @@ impl Bench {
     }
 }
 
+/// Latency is sampled on every this-many-th message (by id): measuring then costs the
+/// subscribers little next to what is measured.
+const LATENCY_SAMPLE: i64 = 8;
+
+impl Seen {
+    /// Records a received event (its latency, for a sampled message; `now` is read once per
+    /// batch); returns whether it is a message.
+    fn record(&mut self, event: &SessionEvent, base: Instant, now: &mut Option<u64>) -> bool {
+        let SessionEvent::Message { id, body, .. } = event else {
+            return false;
+        };
+        if id % LATENCY_SAMPLE == 0
+            && let Ok(stamp) = body.parse::<u64>()
+        {
+            let now = *now.get_or_insert_with(|| base.elapsed().as_nanos() as u64);
+            self.latencies_ns.push(now.saturating_sub(stamp));
+        }
+        true
+    }
+}
+
 /// What one subscriber measured.
 #[derive(Default)]
 struct Seen {
     latencies_ns: Vec<u64>,
     resyncs: u64,
+    /// Wake-ups that handed out events (SSE: body chunks written).
+    batches: u64,
+    events: u64,
 }
 
-/// `n` subscribers from the current end of the history; each adds a permit to `received` per
-/// live message. They end when the hub's streams are closed.
-async fn subscribe(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<JoinHandle<Seen>> {
+/// `n` subscribers from the current end of the history, coalescing over `window`; each adds a
+/// permit to `received` per live message. They end when the hub's streams are closed.
+async fn subscribe(
+    bench: &Bench,
+    n: usize,
+    window: Duration,
+    received: Arc<Semaphore>,
+) -> Vec<JoinHandle<Seen>> {
     let store = bench.db.runs();
     let after = store
         .messages_after(&bench.session, 0)
@@ -137,20 +194,26 @@ async fn subscribe(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<Joi
         let mut subscription = Subscription::open(&bench.hub, &store, &bench.session, after)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .with_coalescing(window);
         let base = bench.base;
         let received = received.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
-            while let Some(event) = subscription.next().await {
-                let _ = std::hint::black_box(sse_event(&event));
-                if let SessionEvent::Message { body, .. } = &event
-                    && let Ok(stamp) = body.parse::<u64>()
-                {
-                    let now = base.elapsed().as_nanos() as u64;
-                    seen.latencies_ns.push(now.saturating_sub(stamp));
-                    received.add_permits(1);
+            let mut batch = Vec::with_capacity(MAX_BATCH_EVENTS);
+            while subscription.next_batch(&mut batch).await {
+                let _ = std::hint::black_box(sse_chunk(&batch));
+                let mut now = None;
+                let mut live = 0;
+                for event in &batch {
+                    if seen.record(event, base, &mut now) {
+                        live += 1;
+                    }
                 }
+                seen.batches += 1;
+                seen.events += batch.len() as u64;
+                batch.clear();
+                received.add_permits(live);
             }
             seen.resyncs = subscription.resyncs();
             seen
@@ -160,20 +223,23 @@ async fn subscribe(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<Joi
 }
 
 /// `n` bare hub receivers (no snapshot, de-duplication or SSE encoding): the hub's own cost.
-fn subscribe_raw(bench: &Bench, n: usize) -> Vec<JoinHandle<Seen>> {
+/// Each adds a permit to `received` per message.
+fn subscribe_raw(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<JoinHandle<Seen>> {
     (0..n)
         .map(|_| {
             let (_, mut receiver) = bench.hub.subscribe(&bench.session);
             let base = bench.base;
+            let received = received.clone();
             tokio::spawn(async move {
                 let mut seen = Seen::default();
                 loop {
-                    match receiver.recv().await {
-                        Ok(SessionEvent::Message { body, .. }) => {
-                            if let Ok(stamp) = body.parse::<u64>() {
-                                let now = base.elapsed().as_nanos() as u64;
-                                seen.latencies_ns.push(now.saturating_sub(stamp));
-                            }
+                    let event = receiver.recv_shared().await;
+                    seen.batches += 1;
+                    seen.events += 1;
+                    match event.as_deref() {
+                        Ok(message @ SessionEvent::Message { .. }) => {
+                            seen.record(message, base, &mut None);
+                            received.add_permits(1);
                         }
                         Ok(SessionEvent::Error { .. }) => break, // close_streams
                         Ok(_) => {}
@@ -190,19 +256,26 @@ fn subscribe_raw(bench: &Bench, n: usize) -> Vec<JoinHandle<Seen>> {
 }
 
 /// Closes the streams and collects what the subscribers measured.
-async fn finish(hub: &EventHub, tasks: Vec<JoinHandle<Seen>>) -> (Vec<u64>, u64) {
+async fn finish(hub: &EventHub, tasks: Vec<JoinHandle<Seen>>) -> Seen {
     hub.close_streams();
-    let mut all = Vec::new();
-    let mut resyncs = 0;
+    let mut all = Seen::default();
     for task in tasks {
         let seen = task.await.unwrap();
-        all.extend(seen.latencies_ns);
-        resyncs += seen.resyncs;
+        all.latencies_ns.extend(seen.latencies_ns);
+        all.resyncs += seen.resyncs;
+        all.batches += seen.batches;
+        all.events += seen.events;
     }
-    (all, resyncs)
+    all
 }
 
-fn report(label: &str, mut latencies: Vec<u64>, resyncs: u64) {
+fn report(label: &str, seen: Seen) {
+    let Seen {
+        latencies_ns: mut latencies,
+        resyncs,
+        batches,
+        events,
+    } = seen;
     latencies.sort_unstable();
     let pick = |q: f64| {
         latencies
@@ -210,11 +283,12 @@ fn report(label: &str, mut latencies: Vec<u64>, resyncs: u64) {
             .map_or(f64::NAN, |ns| *ns as f64 / 1000.0)
     };
     println!(
-        "fanout latency {label}: samples={} p50={:.1}us p99={:.1}us max={:.1}us lag_resyncs={resyncs}",
+        "fanout latency {label}: samples={} p50={:.1}us p99={:.1}us max={:.1}us lag_resyncs={resyncs} events_per_wake={:.2}",
         latencies.len(),
         pick(0.50),
         pick(0.99),
         latencies.last().map_or(f64::NAN, |ns| *ns as f64 / 1000.0),
+        events as f64 / batches.max(1) as f64,
     );
 }
 
@@ -226,62 +300,143 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Who listens while the bench ingests.
+#[derive(Clone, Copy)]
+enum Listeners {
+    None,
+    /// Bare hub receivers.
+    Hub,
+    /// SSE subscribers with this coalescing window.
+    Sse(Duration),
+}
+
+impl Listeners {
+    fn label(self) -> String {
+        match self {
+            Listeners::None => "0_sse_subscribers".into(),
+            Listeners::Hub => format!("{SUBSCRIBERS}_hub_receivers"),
+            Listeners::Sse(window) if window.is_zero() => {
+                format!("{SUBSCRIBERS}_sse_subscribers_no_window")
+            }
+            Listeners::Sse(window) => format!("{SUBSCRIBERS}_sse_subscribers_{window:?}_window"),
+        }
+    }
+
+    /// Starts them on `rt`; each adds a permit to `received` per live message.
+    fn start(
+        self,
+        rt: &tokio::runtime::Runtime,
+        bench: &Bench,
+        received: Arc<Semaphore>,
+    ) -> Vec<JoinHandle<Seen>> {
+        match self {
+            Listeners::None => Vec::new(),
+            Listeners::Hub => {
+                let _guard = rt.enter();
+                subscribe_raw(bench, SUBSCRIBERS, received)
+            }
+            Listeners::Sse(window) => rt.block_on(subscribe(bench, SUBSCRIBERS, window, received)),
+        }
+    }
+}
+
+const ALL: [Listeners; 4] = [
+    Listeners::None,
+    Listeners::Hub,
+    Listeners::Sse(Duration::ZERO),
+    Listeners::Sse(COALESCE_WINDOW),
+];
+
 fn ingest(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("ingest_with_subscribers");
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(8));
-    for (subscribers, raw) in [(0, false), (SUBSCRIBERS, true), (SUBSCRIBERS, false)] {
+    for listeners in ALL {
         let bench = rt.block_on(Bench::new());
-        let received = Arc::new(Semaphore::new(0));
-        let tasks = if raw {
-            let _guard = rt.enter();
-            subscribe_raw(&bench, subscribers)
-        } else {
-            rt.block_on(subscribe(&bench, subscribers, received))
-        };
-        let kind = if raw {
-            "hub_receivers"
-        } else {
-            "sse_subscribers"
-        };
+        let tasks = listeners.start(&rt, &bench, Arc::new(Semaphore::new(0)));
+        let label = listeners.label();
         let mut i = 0u64;
-        group.bench_with_input(
-            BenchmarkId::from_parameter(format!("{subscribers}_{kind}")),
-            &subscribers,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            bench.ingest_one(i).await;
-                            i += 1;
-                        }
-                        start.elapsed()
-                    })
+        group.bench_function(BenchmarkId::from_parameter(&label), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        bench.ingest_one(i).await;
+                        i += 1;
+                    }
+                    start.elapsed()
                 })
-            },
-        );
-        let (latencies, resyncs) = rt.block_on(finish(&bench.hub, tasks));
-        if subscribers > 0 {
-            report(
-                &format!("while ingesting at full rate ({subscribers} {kind})"),
-                latencies,
-                resyncs,
-            );
+            })
+        });
+        let seen = rt.block_on(finish(&bench.hub, tasks));
+        if !matches!(listeners, Listeners::None) {
+            report(&format!("while ingesting at full rate ({label})"), seen);
         }
     }
     group.finish();
 }
 
-/// One event at a time; the next once every subscriber has the previous one.
-fn paced_latency() {
+/// Blocks into the followed session alternate with blocks into the quiet one (the order
+/// alternates too); the listeners catch up, untimed, after each followed block.
+fn paired(listeners: Listeners) {
+    let rt = runtime();
+    let bench = rt.block_on(Bench::new());
+    let received = Arc::new(Semaphore::new(0));
+    let tasks = listeners.start(&rt, &bench, received.clone());
+    let (mut followed, mut quiet) = (Duration::ZERO, Duration::ZERO);
+    rt.block_on(async {
+        let mut i = 0u64;
+        for round in 0..=PAIRED_ROUNDS {
+            let mut timed = [Duration::ZERO; 2];
+            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let session = [&bench.session, &bench.quiet][which];
+                let start = Instant::now();
+                for _ in 0..PAIRED_BLOCK {
+                    bench.ingest_into(session, i).await;
+                    i += 1;
+                }
+                timed[which] = start.elapsed();
+                if which == 0 && !tasks.is_empty() {
+                    received
+                        .acquire_many((PAIRED_BLOCK as usize * SUBSCRIBERS) as u32)
+                        .await
+                        .unwrap()
+                        .forget();
+                }
+            }
+            if round > 0 {
+                followed += timed[0];
+                quiet += timed[1];
+            }
+        }
+    });
+    let messages = (PAIRED_ROUNDS as u64 * PAIRED_BLOCK) as f64;
+    let (followed, quiet) = (
+        messages / followed.as_secs_f64(),
+        messages / quiet.as_secs_f64(),
+    );
+    println!(
+        "paired ingest ({}): followed session {followed:.0} msg/s, quiet session {quiet:.0} msg/s, \
+         ratio {:.0}%",
+        listeners.label(),
+        100.0 * followed / quiet,
+    );
+    let seen = rt.block_on(finish(&bench.hub, tasks));
+    if !matches!(listeners, Listeners::None) {
+        report(&format!("paired ({})", listeners.label()), seen);
+    }
+}
+
+/// One event at a time; the next once every subscriber has the previous one, after `gap`.
+fn paced_latency(window: Duration, gap: Duration) {
     let rt = runtime();
     rt.block_on(async {
         let bench = Bench::new().await;
         let received = Arc::new(Semaphore::new(0));
-        let tasks = subscribe(&bench, SUBSCRIBERS, received.clone()).await;
+        let tasks = subscribe(&bench, SUBSCRIBERS, window, received.clone()).await;
         let started = Instant::now();
         for i in 0..PACED_EVENTS as u64 {
             bench.ingest_one(i).await;
@@ -290,13 +445,17 @@ fn paced_latency() {
                 .await
                 .unwrap()
                 .forget();
+            if !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
         }
         let elapsed = started.elapsed();
-        let (latencies, resyncs) = finish(&bench.hub, tasks).await;
+        let seen = finish(&bench.hub, tasks).await;
         report(
-            &format!("paced ({SUBSCRIBERS} subscribers, {PACED_EVENTS} events, {elapsed:.2?})"),
-            latencies,
-            resyncs,
+            &format!(
+                "paced ({SUBSCRIBERS} subscribers, window {window:?}, gap {gap:?}, {PACED_EVENTS} events, {elapsed:.2?})"
+            ),
+            seen,
         );
     });
 }
@@ -304,6 +463,12 @@ fn paced_latency() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     ingest(&mut c);
-    paced_latency();
+    for listeners in &ALL[1..] {
+        paired(*listeners);
+    }
+    paced_latency(Duration::ZERO, Duration::ZERO);
+    paced_latency(COALESCE_WINDOW, Duration::ZERO);
+    // Events further apart than the window: each goes out at once.
+    paced_latency(COALESCE_WINDOW, 2 * COALESCE_WINDOW);
     c.final_summary();
 }

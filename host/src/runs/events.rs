@@ -6,6 +6,13 @@
 //! channel's capacity behind gets `RecvError::Lagged` (and should resynchronise from the
 //! database, or be dropped); producers never wait for it.
 //!
+//! The channels carry [`SharedEvent`]s: one allocation per published event, shared by every
+//! subscriber, so a delivery is a reference-count bump whatever the number of subscribers, and
+//! the event's SSE frame ([`SharedEvent::sse_frame`]) is encoded once, by the first subscriber
+//! that needs it, instead of once per subscriber. [`EventReceiver::recv_shared`] hands out the
+//! shared event (the fan-out path, the executor); [`EventReceiver::recv`] an owned copy, for
+//! consumers that want to own or match it (tests, the demo).
+//!
 //! The hub also holds the in-flight `message_part` events of the run that is streaming in each
 //! session, so a late subscriber can be given them in its snapshot ([`EventHub::subscribe`]
 //! returns them atomically with the receiver, so nothing is missed or duplicated). Buffering
@@ -18,10 +25,12 @@
 //! Nothing here touches the database.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::store::{CompactionSource, Message, QueuedMessage, RunState};
 
@@ -137,19 +146,149 @@ impl SessionEvent {
             created_at_ms: message.created_at_ms,
         }
     }
+
+    /// The event as one Server-Sent Events frame: `event: <name>`, `data: <the event as
+    /// JSON>`, for `message` events `id: <message id>` (the client's `Last-Event-ID`), then
+    /// the blank line that ends the frame. The same bytes axum's `sse::Event` writes for
+    /// `.event(name).data(json).id(id)`; compact JSON has no raw newline, so one `data` line.
+    pub fn sse_frame(&self) -> Bytes {
+        let json = serde_json::to_vec(self).unwrap_or_else(|e| {
+            // Plain strings and integers only: cannot fail; keep the stream going regardless.
+            tracing::error!("session event not encoded: {e}");
+            b"{}".to_vec()
+        });
+        let name = self.name();
+        let mut frame = BytesMut::with_capacity(json.len() + name.len() + 40);
+        frame.put_slice(b"event: ");
+        frame.put_slice(name.as_bytes());
+        frame.put_slice(b"\ndata: ");
+        frame.put_slice(&json);
+        frame.put_u8(b'\n');
+        if let SessionEvent::Message { id, .. } = self {
+            frame.put_slice(format!("id: {id}\n").as_bytes());
+        }
+        frame.put_u8(b'\n');
+        frame.freeze()
+    }
+}
+
+/// A published [`SessionEvent`], shared by every subscriber that receives it: cloning it is a
+/// reference-count bump, and its SSE frame is encoded at most once. Dereferences to the event.
+#[derive(Clone)]
+pub struct SharedEvent(Arc<SharedInner>);
+
+struct SharedInner {
+    event: SessionEvent,
+    /// [`SessionEvent::sse_frame`], filled by the first subscriber that asks (not by the
+    /// publisher: producers do no encoding work on behalf of subscribers).
+    frame: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps `event` for sharing.
+    pub fn new(event: SessionEvent) -> SharedEvent {
+        SharedEvent(Arc::new(SharedInner {
+            event,
+            frame: OnceLock::new(),
+        }))
+    }
+
+    /// The event.
+    pub fn event(&self) -> &SessionEvent {
+        &self.0.event
+    }
+
+    /// The event's SSE frame ([`SessionEvent::sse_frame`]), encoded on the first call and
+    /// shared by every holder afterwards (cloning the returned `Bytes` does not copy).
+    pub fn sse_frame(&self) -> &Bytes {
+        self.0.frame.get_or_init(|| self.0.event.sse_frame())
+    }
+
+    /// The event, owned: moved out when this is the last holder, cloned otherwise.
+    pub fn into_event(self) -> SessionEvent {
+        match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner.event,
+            Err(shared) => shared.event.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedEvent {
+    type Target = SessionEvent;
+
+    fn deref(&self) -> &SessionEvent {
+        &self.0.event
+    }
+}
+
+impl From<SessionEvent> for SharedEvent {
+    fn from(event: SessionEvent) -> SharedEvent {
+        SharedEvent::new(event)
+    }
+}
+
+impl std::fmt::Debug for SharedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.event.fmt(f)
+    }
+}
+
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &SharedEvent) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.event == other.0.event
+    }
+}
+
+impl Eq for SharedEvent {}
+
+impl PartialEq<SessionEvent> for SharedEvent {
+    fn eq(&self, other: &SessionEvent) -> bool {
+        self.0.event == *other
+    }
+}
+
+/// A subscription to one session's live events ([`EventHub::subscribe`]): a
+/// `tokio::sync::broadcast` receiver of [`SharedEvent`]s, with the channel's errors (`Lagged`
+/// after falling behind, `Closed` never while the hub tracks the session).
+#[derive(Debug)]
+pub struct EventReceiver {
+    inner: broadcast::Receiver<SharedEvent>,
+}
+
+impl EventReceiver {
+    /// The next event, shared (a reference-count bump). Cancel-safe.
+    pub async fn recv_shared(&mut self) -> Result<SharedEvent, RecvError> {
+        self.inner.recv().await
+    }
+
+    /// The next event if one is already queued, shared; `Err(TryRecvError::Empty)` otherwise.
+    pub fn try_recv_shared(&mut self) -> Result<SharedEvent, TryRecvError> {
+        self.inner.try_recv()
+    }
+
+    /// The next event, owned (a copy: use [`EventReceiver::recv_shared`] on hot paths).
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<SessionEvent, RecvError> {
+        self.recv_shared().await.map(SharedEvent::into_event)
+    }
+
+    /// The next event if one is already queued, owned; `Err(TryRecvError::Empty)` otherwise.
+    pub fn try_recv(&mut self) -> Result<SessionEvent, TryRecvError> {
+        self.try_recv_shared().map(SharedEvent::into_event)
+    }
 }
 
 /// The parts of the run streaming in one session.
 #[derive(Debug)]
 struct PartBuffer {
     run_id: String,
-    parts: Vec<SessionEvent>,
+    parts: Vec<SharedEvent>,
     bytes: usize,
 }
 
 #[derive(Debug)]
 struct SessionStream {
-    sender: broadcast::Sender<SessionEvent>,
+    sender: broadcast::Sender<SharedEvent>,
     parts: Option<PartBuffer>,
 }
 
@@ -212,10 +351,11 @@ impl EventHub {
     /// subscriptions keep working.
     pub fn close_streams(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let shutdown = SharedEvent::new(SessionEvent::Error {
+            message: SHUTDOWN_MESSAGE.to_owned(),
+        });
         for stream in self.lock().values() {
-            let _ = stream.sender.send(SessionEvent::Error {
-                message: SHUTDOWN_MESSAGE.to_owned(),
-            });
+            let _ = stream.sender.send(shutdown.clone());
         }
     }
 
@@ -262,10 +402,7 @@ impl EventHub {
     /// Subscribes to `session_id`'s live events. Returns the in-flight `message_part` events
     /// buffered so far (for the snapshot) and the receiver of everything published afterwards,
     /// taken atomically: no part is in both or in neither.
-    pub fn subscribe(
-        &self,
-        session_id: &str,
-    ) -> (Vec<SessionEvent>, broadcast::Receiver<SessionEvent>) {
+    pub fn subscribe(&self, session_id: &str) -> (Vec<SharedEvent>, EventReceiver) {
         let mut sessions = self.lock();
         let stream = self.stream(&mut sessions, session_id);
         let parts = stream
@@ -273,7 +410,8 @@ impl EventHub {
             .as_ref()
             .map(|buffer| buffer.parts.clone())
             .unwrap_or_default();
-        (parts, stream.sender.subscribe())
+        let inner = stream.sender.subscribe();
+        (parts, EventReceiver { inner })
     }
 
     /// Publishes a durable event to `session_id`'s subscribers and hands it to the tap, if one
@@ -291,8 +429,11 @@ impl EventHub {
     pub fn publish_local(&self, session_id: &str, event: SessionEvent) {
         let mut sessions = self.lock();
         if let Some(stream) = sessions.get(session_id) {
-            // Err = no receiver right now: nothing to deliver.
-            let _ = stream.sender.send(event);
+            // Without receivers the event is dropped unwrapped (no allocation); `send` failing
+            // would mean the same.
+            if stream.sender.receiver_count() > 0 {
+                let _ = stream.sender.send(SharedEvent::new(event));
+            }
             if stream.idle() {
                 sessions.remove(session_id);
             }
@@ -322,10 +463,10 @@ impl EventHub {
         let Some(buffer) = stream.parts.as_mut().filter(|b| b.run_id == run_id) else {
             return false;
         };
-        let event = SessionEvent::MessagePart {
+        let event = SharedEvent::new(SessionEvent::MessagePart {
             run_id: run_id.to_owned(),
             text: text.to_owned(),
-        };
+        });
         if buffer.bytes + text.len() <= MAX_BUFFERED_PART_BYTES {
             buffer.bytes += text.len();
             buffer.parts.push(event.clone());
@@ -359,7 +500,7 @@ impl EventHub {
     }
 
     /// The buffered in-flight parts of `session_id`, oldest first.
-    pub fn buffered_parts(&self, session_id: &str) -> Vec<SessionEvent> {
+    pub fn buffered_parts(&self, session_id: &str) -> Vec<SharedEvent> {
         self.lock()
             .get(session_id)
             .and_then(|stream| stream.parts.as_ref())
@@ -416,6 +557,46 @@ mod tests {
         assert_eq!(json["event"], "status");
         assert_eq!(json["state"], "error");
         assert_eq!(status(RunState::Idle).name(), "status");
+    }
+
+    #[test]
+    fn the_sse_frame_names_the_event_and_carries_the_message_id() {
+        let message = SessionEvent::Message {
+            id: 7,
+            role: "user".into(),
+            kind: "message".into(),
+            body: "two\nlines".into(),
+            created_at_ms: 1,
+        };
+        assert_eq!(
+            std::str::from_utf8(&message.sse_frame()).unwrap(),
+            "event: message\ndata: {\"event\":\"message\",\"id\":7,\"role\":\"user\",\
+             \"kind\":\"message\",\"body\":\"two\\nlines\",\"created_at_ms\":1}\nid: 7\n\n"
+        );
+        assert_eq!(
+            std::str::from_utf8(&status(RunState::Idle).sse_frame()).unwrap(),
+            "event: status\ndata: {\"event\":\"status\",\"state\":\"idle\",\"last_error\":null}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_shares_one_event_and_one_encoding() {
+        let hub = EventHub::default();
+        let (_, mut a) = hub.subscribe("s");
+        let (_, mut b) = hub.subscribe("s");
+        hub.publish("s", status(RunState::Pending));
+        let (a, b) = (a.recv_shared().await.unwrap(), b.try_recv_shared().unwrap());
+        assert!(
+            Arc::ptr_eq(&a.0, &b.0),
+            "one allocation for every subscriber"
+        );
+        assert_eq!(
+            a.sse_frame().as_ptr(),
+            b.sse_frame().as_ptr(),
+            "encoded once"
+        );
+        assert_eq!(a, status(RunState::Pending));
+        assert_eq!(b.into_event(), status(RunState::Pending), "owned copy");
     }
 
     #[tokio::test]

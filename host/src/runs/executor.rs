@@ -261,8 +261,9 @@ impl Executor {
                         cancel.cancel();
                     }
                 }
-                event = events.recv() => match event {
-                    Ok(SessionEvent::Status { state, .. }) if state != RunState::Running => {
+                // Shared: the executor only looks at status events, no need to copy each one.
+                event = events.recv_shared() => match event.as_deref() {
+                    Ok(SessionEvent::Status { state, .. }) if *state != RunState::Running => {
                         lost = true;
                         cancel.cancel();
                     }

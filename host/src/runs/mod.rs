@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use compaction::Compactor;
-pub use events::{EventHub, EventTap, SessionEvent};
+pub use events::{EventHub, EventReceiver, EventTap, SessionEvent, SharedEvent};
 pub use observer::{NoopObserver, PendingSignal, RunEndObserver, RunEnded, RunOutcome};
 
 use crate::batch::Debouncer;
