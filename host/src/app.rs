@@ -336,6 +336,7 @@ impl App {
             admin_token: config.server.admin_token.as_deref().map(Arc::from),
             public_url,
             metrics,
+            event_coalescing: std::time::Duration::from_millis(config.server.event_coalesce_ms),
         };
         Ok(App {
             state,

@@ -104,7 +104,8 @@ async fn session_events(
     let subscription = Subscription::open(s.runs.hub(), s.runs.store(), &session_id, after)
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("session {session_id} not found")))?;
+        .ok_or_else(|| ApiError::not_found(format!("session {session_id} not found")))?
+        .with_coalescing(s.event_coalescing);
     tracing::debug!(session = %session_id, after, "event stream opened");
     let chunks = futures_util::stream::unfold(
         (subscription, Vec::with_capacity(MAX_BATCH_EVENTS)),

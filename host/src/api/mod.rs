@@ -59,6 +59,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Coalescing window of session event streams (`[server] event_coalesce_ms`).
+    pub event_coalescing: std::time::Duration,
 }
 
 /// An error answered as JSON `{"error": …}` with a status.
