@@ -166,20 +166,27 @@ impl World {
         .await;
     }
 
+    /// The stored bodies of messages with channel id `message_id`.
+    async fn stored_bodies(&self, message_id: &str) -> Vec<String> {
+        let ingest = self.t.db.ingest();
+        let mut bodies = Vec::new();
+        for session in ingest.list_sessions(&self.installation).await.unwrap() {
+            bodies.extend(
+                ingest
+                    .list_messages(&session.id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|m| m.channel_message_id.as_deref() == Some(message_id))
+                    .map(|m| m.body),
+            );
+        }
+        bodies
+    }
+
     /// How many user messages with channel id `message_id` are stored.
     async fn stored(&self, message_id: &str) -> usize {
-        let ingest = self.t.db.ingest();
-        let mut count = 0;
-        for session in ingest.list_sessions(&self.installation).await.unwrap() {
-            count += ingest
-                .list_messages(&session.id)
-                .await
-                .unwrap()
-                .iter()
-                .filter(|m| m.channel_message_id.as_deref() == Some(message_id))
-                .count();
-        }
-        count
+        self.stored_bodies(message_id).await.len()
     }
 
     /// Waits for a 200 ACK of transport message `tm`.
@@ -642,15 +649,7 @@ async fn new_with_a_quote_starts_fresh_and_keeps_the_quoted_block() {
         event["event"]["message"]["parent_id"] = Value::from("om_quoted_parent");
         let tm = w.fake.push_event(APP_ID, &event);
         w.acked(&tm).await;
-        let ingest = w.t.db.ingest();
-        let mut bodies = Vec::new();
-        for session in ingest.list_sessions(&w.installation).await.unwrap() {
-            for m in ingest.list_messages(&session.id).await.unwrap() {
-                if m.channel_message_id.as_deref() == Some("om_fresh_quote") {
-                    bodies.push(m.body);
-                }
-            }
-        }
+        let bodies = w.stored_bodies("om_fresh_quote").await;
         assert_eq!(bodies.len(), 1, "{}: {bodies:?}", w.name());
         let body = &bodies[0];
         assert!(
@@ -730,15 +729,7 @@ async fn a_failed_enrichment_fetch_is_a_placeholder_and_the_message_is_still_sto
             event["event"]["message"]["parent_id"] = Value::from("om_parent_unreachable");
             let tm = w.fake.push_event(APP_ID, &event);
             w.acked(&tm).await;
-            let ingest = w.t.db.ingest();
-            let mut bodies = Vec::new();
-            for session in ingest.list_sessions(&w.installation).await.unwrap() {
-                for m in ingest.list_messages(&session.id).await.unwrap() {
-                    if m.channel_message_id.as_deref() == Some(id.as_str()) {
-                        bodies.push(m.body);
-                    }
-                }
-            }
+            let bodies = w.stored_bodies(&id).await;
             assert_eq!(bodies.len(), 1, "{} {name}: stored once", w.name());
             assert!(
                 bodies[0].contains("type=\"error\">[unable to fetch]")

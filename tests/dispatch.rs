@@ -242,6 +242,51 @@ async fn raw_exec(url: &str, is_sqlite: bool, sql: &str) {
     }
 }
 
+/// Dispatches `m` through a dispatcher that renames `messages` away right before the append (once),
+/// and checks the append failed as an infrastructure error. [`restore_the_messages_table`] undoes it.
+async fn append_with_the_messages_table_gone(f: &Fixture, m: &InboundMessage) {
+    let is_sqlite = f.name() == "sqlite";
+    let url = f.t.url.clone();
+    let armed = Arc::new(AtomicBool::new(true));
+    let armed_in = armed.clone();
+    let broken = f.dispatcher.clone().with_step_hook(hook(move |step| {
+        if step != Step::BeforeAppend || !armed_in.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let url = url.clone();
+        Some(boxed(async move {
+            raw_exec(
+                &url,
+                is_sqlite,
+                "ALTER TABLE messages RENAME TO messages_away",
+            )
+            .await;
+        }))
+    }));
+    let err = broken.dispatch(&f.inst, m, None, EVENT).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DispatchError::Store(StoreError::Query {
+                op: "message append",
+                ..
+            })
+        ),
+        "{}: {err:?}",
+        f.name()
+    );
+    assert!(!armed.load(Ordering::SeqCst), "{}: the hook ran", f.name());
+}
+
+async fn restore_the_messages_table(f: &Fixture) {
+    raw_exec(
+        &f.t.url,
+        f.name() == "sqlite",
+        "ALTER TABLE messages_away RENAME TO messages",
+    )
+    .await;
+}
+
 async fn dedup_rows(t: &db::TestDb) -> i64 {
     raw_i64(t, "SELECT COUNT(*) FROM inbound_dedup").await
 }
@@ -657,38 +702,8 @@ async fn empty_message_id_skips_dedup() {
 #[tokio::test]
 async fn infrastructure_failure_releases_the_claim_and_the_redelivery_is_processed() {
     for f in fixtures(AccessPolicy::Open).await {
-        let is_sqlite = f.name() == "sqlite";
-        let url = f.t.url.clone();
-        let armed = Arc::new(AtomicBool::new(true));
-        let armed_in = armed.clone();
-        let broken = f.dispatcher.clone().with_step_hook(hook(move |step| {
-            if step != Step::BeforeAppend || !armed_in.swap(false, Ordering::SeqCst) {
-                return None;
-            }
-            let url = url.clone();
-            Some(boxed(async move {
-                raw_exec(
-                    &url,
-                    is_sqlite,
-                    "ALTER TABLE messages RENAME TO messages_away",
-                )
-                .await;
-            }))
-        }));
         let m = msg("om_fail", "oc_1", "hello");
-        let err = broken.dispatch(&f.inst, &m, None, EVENT).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DispatchError::Store(StoreError::Query {
-                    op: "message append",
-                    ..
-                })
-            ),
-            "{}: {err:?}",
-            f.name()
-        );
-        assert!(!armed.load(Ordering::SeqCst));
+        append_with_the_messages_table_gone(&f, &m).await;
         assert_eq!(
             dedup_rows(&f.t).await,
             0,
@@ -701,12 +716,7 @@ async fn infrastructure_failure_releases_the_claim_and_the_redelivery_is_process
             f.name()
         );
 
-        raw_exec(
-            &f.t.url,
-            is_sqlite,
-            "ALTER TABLE messages_away RENAME TO messages",
-        )
-        .await;
+        restore_the_messages_table(&f).await;
         // Redelivered at once (no 60 s wait): processed.
         let outcome = f.dispatch(&m, None).await;
         assert!(
@@ -1802,37 +1812,8 @@ async fn existing_session_claim_taken_before_the_append_is_a_duplicate() {
 async fn existing_session_infrastructure_failure_leaves_no_claim_and_the_redelivery_is_processed() {
     for f in fixtures(AccessPolicy::Open).await {
         with_session(&f).await;
-        let is_sqlite = f.name() == "sqlite";
-        let url = f.t.url.clone();
-        let armed = Arc::new(AtomicBool::new(true));
-        let armed_in = armed.clone();
-        let broken = f.dispatcher.clone().with_step_hook(hook(move |step| {
-            if step != Step::BeforeAppend || !armed_in.swap(false, Ordering::SeqCst) {
-                return None;
-            }
-            let url = url.clone();
-            Some(boxed(async move {
-                raw_exec(
-                    &url,
-                    is_sqlite,
-                    "ALTER TABLE messages RENAME TO messages_away",
-                )
-                .await;
-            }))
-        }));
         let m = msg("om_fail", "oc_1", "hello");
-        let err = broken.dispatch(&f.inst, &m, None, EVENT).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DispatchError::Store(StoreError::Query {
-                    op: "message append",
-                    ..
-                })
-            ),
-            "{}: {err:?}",
-            f.name()
-        );
+        append_with_the_messages_table_gone(&f, &m).await;
         assert_eq!(
             raw_i64(
                 &f.t,
@@ -1855,12 +1836,7 @@ async fn existing_session_infrastructure_failure_leaves_no_claim_and_the_redeliv
         );
         assert!(f.audit_reasons().await.is_empty(), "{}", f.name());
 
-        raw_exec(
-            &f.t.url,
-            is_sqlite,
-            "ALTER TABLE messages_away RENAME TO messages",
-        )
-        .await;
+        restore_the_messages_table(&f).await;
         let outcome = f.dispatch(&m, None).await;
         assert!(
             matches!(outcome, Outcome::Ingested { .. }),
