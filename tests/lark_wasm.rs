@@ -598,10 +598,33 @@ async fn ws_frame_event_single_and_ack() {
         ack_frame,
         fragments,
         trace_id,
+        event,
     } = push(&mut intake, &plugin, &cx, &bytes).await
     else {
         panic!("a single-frame event completes at once");
     };
+    // Read in the classify call, as the separate calls would have read it.
+    let event = event.expect("the plugin reads a single-frame event while classifying it");
+    assert_eq!(event.routing_key.as_deref(), Some("cli_a5f3c2e1d4b6a789"));
+    match (
+        pipeline::read_outcome(event),
+        decode_like_native(&plugin, &cx, "single frame", &payload).await,
+    ) {
+        (
+            DecodeOutcome::Message {
+                message: read,
+                command: None,
+            },
+            DecodeOutcome::Message {
+                message,
+                command: None,
+            },
+        ) => {
+            // The generated WIT types have no `PartialEq`; their Debug form shows every field.
+            assert_eq!(format!("{read:?}"), format!("{message:?}"))
+        }
+        other => panic!("the frame event differs from the decode call: {other:?}"),
+    }
     assert_eq!(kind, "event");
     assert_eq!(fragments, 1);
     assert_eq!(trace_id.as_deref(), Some("9a7c5e3b1d2f4a6c"));
@@ -679,8 +702,15 @@ async fn ws_frame_event_fragmented() {
                 payload,
                 ack_frame,
                 fragments,
+                event,
                 ..
-            } => completions.push((index, payload, ack_frame, fragments)),
+            } => {
+                assert!(
+                    event.is_none(),
+                    "a fragment is never read before reassembly"
+                );
+                completions.push((index, payload, ack_frame, fragments))
+            }
             other => panic!("fragment {index}: unexpected {other:?}"),
         }
     }
@@ -1138,4 +1168,101 @@ fn every_fixture_file_is_covered() {
         .filter(|name| !source.contains(&format!("\"{name}\"")))
         .collect();
     assert!(missing.is_empty(), "fixtures not covered: {missing:?}");
+}
+
+/// Every event fixture, sent as one data frame: the event the plugin reads in the classify
+/// call is what the separate routing-key, decode and command calls answer (the connector uses
+/// it in their place).
+#[tokio::test]
+async fn frame_events_read_at_classification_match_the_separate_calls() {
+    let runtime = runtime();
+    let plugin = lark(&runtime);
+    let cx = installation();
+    let names = files_with_prefix("event_");
+    assert!(
+        names.len() >= 36,
+        "found only {} event fixtures",
+        names.len()
+    );
+    // Plus commands, which the fixtures do not carry.
+    let mut payloads: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|name| (name.clone(), fixture_bytes(name)))
+        .collect();
+    let text_event = fixture_json("event_receive_text_p2p.json");
+    for text in ["/new", "/issue Broken login\nsteps to reproduce", "/issue"] {
+        let mut event = text_event.clone();
+        event["event"]["message"]["content"] =
+            Value::String(serde_json::json!({ "text": text }).to_string());
+        payloads.push((
+            format!("command {text:?}"),
+            serde_json::to_vec(&event).unwrap(),
+        ));
+    }
+    payloads.push(("not JSON".into(), b"{not json".to_vec()));
+    let mut commands = 0;
+    for (name, payload) in &payloads {
+        let frame = native::frame::Frame {
+            seq_id: 1,
+            log_id: 2,
+            service: 7,
+            method: native::frame::METHOD_DATA,
+            headers: vec![
+                native::frame::Header::new("type", "event"),
+                native::frame::Header::new("message_id", "ws-1"),
+                native::frame::Header::new("sum", "1"),
+                native::frame::Header::new("seq", "0"),
+            ],
+            payload_encoding: None,
+            payload_type: None,
+            payload: Some(payload.clone()),
+            log_id_new: None,
+        }
+        .encode_bytes();
+        let FrameOutcome::Complete {
+            event,
+            payload: reassembled,
+            ..
+        } = push(&mut FrameIntake::new("conn"), &plugin, &cx, &frame).await
+        else {
+            panic!("{name}: a single data frame completes at once");
+        };
+        assert_eq!(&reassembled, payload, "{name}: payload");
+        let event = event.unwrap_or_else(|| panic!("{name}: not read at classification"));
+        let routing_key = plugin.routing_key(&cx, payload).await.unwrap();
+        assert_eq!(event.routing_key, routing_key, "{name}: routing key");
+        let separate = pipeline::decode_payload(&plugin, &cx, payload)
+            .await
+            .unwrap();
+        match (pipeline::read_outcome(event), separate) {
+            (
+                DecodeOutcome::Message {
+                    message: read,
+                    command: read_command,
+                },
+                DecodeOutcome::Message { message, command },
+            ) => {
+                // The generated WIT types have no `PartialEq`; their Debug form shows every field.
+                assert_eq!(
+                    format!("{read:?}"),
+                    format!("{message:?}"),
+                    "{name}: message"
+                );
+                assert_eq!(
+                    format!("{read_command:?}"),
+                    format!("{command:?}"),
+                    "{name}: command"
+                );
+                commands += usize::from(command.is_some());
+            }
+            (DecodeOutcome::Ignored(read), DecodeOutcome::Ignored(reason)) => {
+                assert_eq!(read, reason, "{name}: ignore reason")
+            }
+            (DecodeOutcome::Invalid(read), DecodeOutcome::Invalid(error)) => {
+                assert_eq!(format!("{read:?}"), format!("{error:?}"), "{name}: error")
+            }
+            other => panic!("{name}: read {other:?}"),
+        }
+    }
+    assert_eq!(commands, 3, "the three command texts parse as commands");
 }

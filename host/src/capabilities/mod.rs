@@ -1,5 +1,5 @@
-//! Host capabilities offered to plugins: `log`, `http`, `kv`, `clock` and the per-call
-//! `installation` context.
+//! Host capabilities offered to plugins: `log`, `http`, `kv`, `clock`, the per-call
+//! `installation` context and the pure `crypto` primitives.
 //!
 //! This module owns the import implementations and decides what gets linked (through
 //! [`policy`]); it must not call into plugins or know about channels. Each plugin gets exactly the
@@ -7,6 +7,7 @@
 //! plugin cannot even instantiate if it imports it (the runtime reports that before linking).
 
 pub mod clock;
+pub mod crypto;
 pub mod http;
 pub mod installation;
 pub mod kv;
@@ -95,11 +96,11 @@ impl Grants {
         names
     }
 
-    /// Whether the WIT interface `name` (`http`, `kv`, …) is granted. `types` and
-    /// `installation` are always available.
+    /// Whether the WIT interface `name` (`http`, `kv`, …) is granted. `types`, `installation`
+    /// and `crypto` (pure functions that reach nothing outside the call) are always available.
     pub fn allows_interface(&self, name: &str) -> bool {
         match name {
-            "types" | "installation" => true,
+            "types" | "installation" | "crypto" => true,
             "log" => self.log,
             "clock" => self.clock,
             "http" => self.http.is_some(),
@@ -192,6 +193,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>, grants: &Grants) -> wasmtime:
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wit::types::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     wit::installation::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    wit::crypto::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     if grants.log {
         wit::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     }

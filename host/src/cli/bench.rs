@@ -618,6 +618,9 @@ struct DataFragment {
     seq: u32,
     total: u32,
     payload: Vec<u8>,
+    /// A single-frame event the plugin already decoded while classifying (the host then makes
+    /// no decode call, as the connector does): (readable body, mention count).
+    read: Option<(String, usize)>,
 }
 
 /// The plugin steps, through wasm or natively.
@@ -660,6 +663,16 @@ impl Driver for WasmDriver {
                 seq: data.fragment.seq,
                 total: data.fragment.total,
                 payload: data.payload,
+                read: match data.event.map(|event| event.decoded) {
+                    Some(Ok(decoder::Decoded::Message(message))) => {
+                        Some((message.body, message.mentions.len()))
+                    }
+                    Some(Ok(decoder::Decoded::Ignored(reason))) => {
+                        bail!("event ignored: {reason}")
+                    }
+                    Some(Err(error)) => bail!("decode failed: {error:?}"),
+                    None => None,
+                },
             }),
             Ok(other) => bail!("not a data frame: {other:?}"),
             Err(error) => bail!("classify-frame failed: {error:?}"),
@@ -718,6 +731,7 @@ impl Driver for NativeDriver {
                 seq: data.fragment.seq,
                 total: data.fragment.total,
                 payload: data.payload,
+                read: None,
             }),
             other => bail!("not a data frame: {other:?}"),
         }
@@ -805,7 +819,10 @@ async fn run_ws<D: Driver>(
                 received,
             )?;
             if let Push::Complete(completed) = pushed {
-                let (body, mentions) = driver.decode(&completed.payload).await?;
+                let (body, mentions) = match fragment.read {
+                    Some(read) => read,
+                    None => driver.decode(&completed.payload).await?,
+                };
                 sink.handle(&body, mentions);
                 let processing_ms =
                     u32::try_from(received.elapsed().as_millis()).unwrap_or(u32::MAX);

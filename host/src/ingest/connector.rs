@@ -41,7 +41,7 @@ use self::backoff::{Backoff, BackoffPolicy};
 use crate::capabilities::policy::Egress;
 use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
-use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared};
+use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared, ReadEvent};
 use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
 use crate::runtime::{CallError, InstallationContext, Plugin};
 use crate::store::Installation;
@@ -491,7 +491,12 @@ impl Connector {
                 ack_frame,
                 fragments,
                 trace_id,
+                event,
             } => {
+                let read = event.map(|event| ReadEvent {
+                    installation_id: self.installation.id.clone(),
+                    event,
+                });
                 let answer = Answer {
                     plugin: self.plugin.clone(),
                     ingest: self.ingest.clone(),
@@ -508,7 +513,7 @@ impl Connector {
                 // for different chats and in order within one chat.
                 let prepared = self
                     .ingest
-                    .prepare(&self.plugin, &payload, arrived, None)
+                    .prepare(&self.plugin, &payload, arrived, None, read)
                     .await;
                 match prepared {
                     Ok(Prepared::Done(outcome)) => answer.answer(Ok(outcome)).await?,

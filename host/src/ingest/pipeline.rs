@@ -16,7 +16,8 @@ use std::time::Instant;
 use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
 use crate::runtime::commands::Command;
 use crate::runtime::transport::{
-    ConnectionHints, FrameClass, WebhookRejection, WebhookRequest, WebhookResponse, WebhookVerdict,
+    ConnectionHints, FrameClass, FrameEvent, WebhookRejection, WebhookRequest, WebhookResponse,
+    WebhookVerdict,
 };
 use crate::runtime::types::{InboundMessage, PluginError};
 use crate::runtime::{CallError, InstallationContext, Plugin};
@@ -65,6 +66,20 @@ pub async fn decode_payload(
     }
 }
 
+/// The [`DecodeOutcome`] of an event the plugin already read while classifying its frame
+/// (`frame-event`: what `decode` and `commands.parse` would have answered).
+pub fn read_outcome(event: FrameEvent) -> DecodeOutcome {
+    use crate::runtime::decoder::Decoded;
+    match event.decoded {
+        Ok(Decoded::Message(message)) => DecodeOutcome::Message {
+            message,
+            command: event.command,
+        },
+        Ok(Decoded::Ignored(reason)) => DecodeOutcome::Ignored(reason),
+        Err(error) => DecodeOutcome::Invalid(error),
+    }
+}
+
 /// A plugin error in plain words (`invalid input: …`, `retryable: …`).
 pub fn describe_plugin_error(error: &PluginError) -> String {
     match error {
@@ -110,6 +125,10 @@ pub enum FrameOutcome {
         fragments: u32,
         /// Channel trace id, for logs.
         trace_id: Option<String>,
+        /// The event as the plugin already read it with the connection's installation context
+        /// (single-frame events, when the plugin offers it): saves the routing-key, decode and
+        /// command calls when the event is that installation's.
+        event: Option<FrameEvent>,
     },
     /// The frame could not be used (the plugin's error or a reassembly guard rail); no ACK.
     Invalid(String),
@@ -193,6 +212,8 @@ impl FrameIntake {
                 ack_frame: frame.to_vec(),
                 fragments: completed.total,
                 trace_id: data.trace_id,
+                // Only a whole single-frame event can have been read at classification.
+                event: data.event.filter(|_| completed.total <= 1),
             },
             Err(error) => {
                 FrameOutcome::Invalid(format!("reassembly refused the fragment: {error}"))

@@ -15,6 +15,7 @@ use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::commands::Command;
+use crate::runtime::transport::FrameEvent;
 use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
 use crate::store::Installation;
@@ -38,6 +39,15 @@ impl Default for EnrichLimits {
             max_context_messages: 20,
         }
     }
+}
+
+/// An event the plugin already read while classifying its frame (see [`Ingest::prepare`]).
+#[derive(Debug)]
+pub struct ReadEvent {
+    /// The installation whose context the plugin read the event with (the connection's).
+    pub installation_id: String,
+    /// What the plugin read.
+    pub event: FrameEvent,
 }
 
 /// What became of one payload.
@@ -172,7 +182,7 @@ impl Ingest {
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
     ) -> Result<PayloadOutcome, IngestError> {
-        match self.prepare(plugin, payload, arrived, known).await? {
+        match self.prepare(plugin, payload, arrived, known, None).await? {
             Prepared::Done(outcome) => Ok(outcome),
             Prepared::Message(message) => self.finish(plugin, *message).await,
         }
@@ -181,16 +191,20 @@ impl Ingest {
     /// The first, cheap half of [`Ingest::payload_of`]: routing key → installation → decode
     /// (plugin calls and an installation lookup; no writes for a chat message). A connector runs it
     /// in arrival order, so it knows each message's chat before it lets messages of different
-    /// chats [`finish`](Ingest::finish) concurrently.
+    /// chats [`finish`](Ingest::finish) concurrently. `read` is the event as the plugin already
+    /// read it while classifying its frame: its routing key, decoding and command are used
+    /// instead of calling the plugin again when the event routes to the installation it was
+    /// read for.
     pub async fn prepare(
         &self,
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
+        read: Option<ReadEvent>,
     ) -> Result<Prepared, IngestError> {
         let channel = &plugin.manifest().channel;
-        let result = self.decode(plugin, payload, arrived, known).await;
+        let result = self.decode(plugin, payload, arrived, known, read).await;
         match &result {
             Ok(Prepared::Done(outcome)) => self.metrics.ingested(channel, &outcome.label()),
             Ok(Prepared::Message(_)) => {}
@@ -227,9 +241,13 @@ impl Ingest {
         payload: &[u8],
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
+        read: Option<ReadEvent>,
     ) -> Result<Prepared, IngestError> {
         let anonymous = Arc::new(InstallationContext::default());
-        let routing_key = plugin.routing_key(&anonymous, payload).await?;
+        let (routing_key, mut read) = match read {
+            Some(read) => (read.event.routing_key.clone(), Some(read)),
+            None => (plugin.routing_key(&anonymous, payload).await?, None),
+        };
         let channel = &plugin.manifest().channel;
         let known = known.filter(|(installation, _)| {
             installation.is_active()
@@ -252,8 +270,13 @@ impl Ingest {
                 }
                 None => {
                     // Unknown or revoked: decode without installation context only to fill the audit
-                    // row (ids, chat); the body is never stored.
-                    let meta = match pipeline::decode_payload(plugin, &anonymous, payload).await? {
+                    // row (ids, chat); the body is never stored. An event already read serves
+                    // as well (the installation context changes no id).
+                    let decoded = match read.take() {
+                        Some(read) => pipeline::read_outcome(read.event),
+                        None => pipeline::decode_payload(plugin, &anonymous, payload).await?,
+                    };
+                    let meta = match decoded {
                         DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
                         DecodeOutcome::Ignored(reason) => {
                             return done(PayloadOutcome::Ignored(reason));
@@ -272,7 +295,11 @@ impl Ingest {
                 }
             },
         };
-        match pipeline::decode_payload(plugin, &cx, payload).await? {
+        let decoded = match read.filter(|read| read.installation_id == installation.id) {
+            Some(read) => pipeline::read_outcome(read.event),
+            None => pipeline::decode_payload(plugin, &cx, payload).await?,
+        };
+        match decoded {
             DecodeOutcome::Message { message, command } => {
                 Ok(Prepared::Message(Box::new(PreparedMessage {
                     installation,

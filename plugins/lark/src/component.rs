@@ -76,11 +76,15 @@ impl transport::Guest for LarkPlugin {
                 let payload = subslice_range(&frame, data.payload);
                 frame.copy_within(payload.clone(), 0);
                 frame.truncate(payload.len());
+                // A whole event is read now, saving the host three calls (routing key,
+                // decode, command parse); fragments are decoded once the host reassembled them.
+                let event = (fragment.total <= 1).then(|| read_event(&frame));
                 transport::FrameClass::Data(transport::DataFrame {
                     kind: DATA_KIND_EVENT.to_string(),
                     fragment,
                     payload: frame,
                     trace_id,
+                    event,
                 })
             }
             FrameClassRef::Ignore(reason) => transport::FrameClass::Ignore(reason),
@@ -178,14 +182,53 @@ impl transport::Guest for LarkPlugin {
 impl decoder::Guest for LarkPlugin {
     fn decode(payload: Vec<u8>) -> Result<decoder::Decoded, PluginError> {
         install_panic_hook();
-        let bot_open_id = config("bot_open_id").unwrap_or_default();
-        let bot_union_id = config("bot_union_id").unwrap_or_default();
-        let ctx = DecodeContext::new(&bot_open_id, &bot_union_id);
-        match decode::decode_event(&payload, &ctx) {
-            Ok(Decoded::Ignored(reason)) => Ok(decoder::Decoded::Ignored(reason)),
-            Ok(Decoded::Message(message)) => Ok(decoder::Decoded::Message(wit_message(message))),
-            Err(err) => Err(PluginError::InvalidInput(err.to_string())),
+        decode_payload(&payload)
+    }
+}
+
+/// `decoder.decode`, with the installation's bot ids from the host.
+fn decode_payload(payload: &[u8]) -> Result<decoder::Decoded, PluginError> {
+    decode_native(payload).map(|decoded| match decoded {
+        Decoded::Ignored(reason) => decoder::Decoded::Ignored(reason),
+        Decoded::Message(message) => decoder::Decoded::Message(wit_message(message)),
+    })
+}
+
+fn decode_native(payload: &[u8]) -> Result<Decoded, PluginError> {
+    let bot_open_id = config("bot_open_id").unwrap_or_default();
+    let bot_union_id = config("bot_union_id").unwrap_or_default();
+    let ctx = DecodeContext::new(&bot_open_id, &bot_union_id);
+    decode::decode_event(payload, &ctx).map_err(|err| PluginError::InvalidInput(err.to_string()))
+}
+
+/// What `routing-key`, `decode` and `commands.parse` answer for one whole event payload, in
+/// one parse when the payload is a v2 message event (its `header.app_id` is the routing key).
+fn read_event(payload: &[u8]) -> transport::FrameEvent {
+    let (decoded, routing_key, command) = match decode_native(payload) {
+        Ok(Decoded::Message(message)) => {
+            let routing_key = if message.app_id.is_empty() {
+                decode::routing_key(payload)
+            } else {
+                Some(message.app_id.clone())
+            };
+            let command = parse_command(&message.command_body);
+            (
+                Ok(decoder::Decoded::Message(wit_message(message))),
+                routing_key,
+                command,
+            )
         }
+        Ok(Decoded::Ignored(reason)) => (
+            Ok(decoder::Decoded::Ignored(reason)),
+            decode::routing_key(payload),
+            None,
+        ),
+        Err(error) => (Err(error), decode::routing_key(payload), None),
+    };
+    transport::FrameEvent {
+        routing_key,
+        decoded,
+        command,
     }
 }
 
@@ -295,14 +338,19 @@ fn logic_message(message: InboundMessage) -> decode::InboundMessage {
 impl commands::Guest for LarkPlugin {
     fn parse(text: String) -> Option<commands::Command> {
         install_panic_hook();
-        command_logic::parse_command(&text).map(|command| match command {
-            Command::NewContext(body) => commands::Command::NewContext(body),
-            Command::Issue { title, description } => {
-                commands::Command::Issue(commands::IssueRequest { title, description })
-            }
-            Command::IssueUsage => commands::Command::IssueUsage,
-        })
+        parse_command(&text)
     }
+}
+
+/// `commands.parse`.
+fn parse_command(text: &str) -> Option<commands::Command> {
+    command_logic::parse_command(text).map(|command| match command {
+        Command::NewContext(body) => commands::Command::NewContext(body),
+        Command::Issue { title, description } => {
+            commands::Command::Issue(commands::IssueRequest { title, description })
+        }
+        Command::IssueUsage => commands::Command::IssueUsage,
+    })
 }
 
 impl outbound::Guest for LarkPlugin {

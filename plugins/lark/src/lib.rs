@@ -6,7 +6,8 @@
 //! - [`frame`]: the `pbbp2.Frame` protobuf codec of the long connection.
 //! - [`transport`]: frame classification, ACK and ping frames, endpoint discovery, handshake
 //!   failure classification.
-//! - [`webhook`]: webhook signature, decryption, token and URL-verification handling.
+//! - [`webhook`]: webhook signature, decryption, token and URL-verification handling;
+//!   [`crypto`]: its SHA-256 and AES (the host's `crypto` import in wasm, RustCrypto natively).
 //! - [`decode`]: `im.message.receive_v1` → inbound message.
 //! - [`content`]: readable text for every message type; [`mentions`]: mention resolution.
 //! - [`commands`]: `/new` and `/issue`.
@@ -29,6 +30,7 @@
 
 pub mod commands;
 pub mod content;
+pub mod crypto;
 pub mod decode;
 pub mod enrich;
 pub mod enrich_render;

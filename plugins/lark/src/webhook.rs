@@ -10,11 +10,10 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
-use aes::cipher::{BlockDecryptMut, InnerIvInit, KeyInit, block_padding::Pkcs7};
 use base64::Engine as _;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use crate::crypto;
 use crate::json::{JsonStr, MaybeObj, Obj, Present, json_object};
 
 /// Header carrying the request timestamp used in the signature.
@@ -23,8 +22,6 @@ pub const HEADER_TIMESTAMP: &str = "X-Lark-Request-Timestamp";
 pub const HEADER_NONCE: &str = "X-Lark-Request-Nonce";
 /// Header carrying the lowercase hex SHA-256 signature.
 pub const HEADER_SIGNATURE: &str = "X-Lark-Signature";
-
-type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256Dec>;
 
 /// The installation's webhook secrets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -301,22 +298,21 @@ pub fn signature_hex(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8
 
 /// [`signature_hex`] without allocating.
 fn signature_hex_bytes(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8]) -> [u8; 64] {
-    let mut hasher = Sha256::new();
-    hasher.update(timestamp.as_bytes());
-    hasher.update(nonce.as_bytes());
-    hasher.update(encrypt_key.as_bytes());
-    hasher.update(body);
-    to_hex(&hasher.finalize().into())
+    to_hex(&crypto::sha256(&[
+        timestamp.as_bytes(),
+        nonce.as_bytes(),
+        encrypt_key.as_bytes(),
+        body,
+    ]))
 }
 
 /// Decrypts an `encrypt` field: base64 → IV (first 16 bytes) + AES-256-CBC ciphertext with key
-/// `sha256(encrypt_key)` → PKCS#7-unpadded plaintext.
+/// `sha256(encrypt_key)` → PKCS#7-unpadded plaintext (see [`crypto`] for where the work runs).
 ///
-/// The plaintext is decrypted in place in the decoded buffer (one allocation). The expanded AES
-/// key of the most recent `encrypt_key` is kept per thread, so the key schedule runs once per
-/// key rather than once per request.
+/// The key digest of the most recent `encrypt_key` is kept per thread (an instance serves one
+/// installation at a time), so it is computed once per key rather than once per request.
 pub fn decrypt(encrypt_key: &str, ciphertext_base64: &str) -> Result<Vec<u8>, String> {
-    let mut raw = base64::engine::general_purpose::STANDARD
+    let raw = base64::engine::general_purpose::STANDARD
         .decode(ciphertext_base64.trim())
         .map_err(|err| format!("`encrypt` is not valid base64: {err}"))?;
     if raw.len() < 32 || raw.len() % 16 != 0 {
@@ -325,33 +321,26 @@ pub fn decrypt(encrypt_key: &str, ciphertext_base64: &str) -> Result<Vec<u8>, St
             raw.len()
         ));
     }
-    let (iv, ciphertext) = raw.split_at_mut(16);
-    let decryptor = Aes256CbcDecryptor::inner_iv_slice_init(cipher_for(encrypt_key), iv)
-        .map_err(|_| "invalid AES IV length".to_string())?;
-    let len = decryptor
-        .decrypt_padded_mut::<Pkcs7>(ciphertext)
-        .map_err(|_| "bad PKCS#7 padding after decryption (wrong encrypt key?)".to_string())?
-        .len();
-    raw.copy_within(16..16 + len, 0);
-    raw.truncate(len);
-    Ok(raw)
+    let (iv, ciphertext) = raw.split_at(16);
+    crypto::aes256_cbc_decrypt(&key_for(encrypt_key), iv, ciphertext)
+        .ok_or_else(|| "bad PKCS#7 padding after decryption (wrong encrypt key?)".to_string())
 }
 
-/// The AES-256 decryption key schedule for `sha256(encrypt_key)`, cached per thread.
-fn cipher_for(encrypt_key: &str) -> aes::Aes256Dec {
+/// `sha256(encrypt_key)`, the AES-256 key, cached per thread for the most recent key.
+fn key_for(encrypt_key: &str) -> [u8; 32] {
     thread_local! {
-        static CACHE: RefCell<Option<(String, aes::Aes256Dec)>> = const { RefCell::new(None) };
+        static CACHE: RefCell<Option<(String, [u8; 32])>> = const { RefCell::new(None) };
     }
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some((key, cipher)) = cache.as_ref()
+        if let Some((key, digest)) = cache.as_ref()
             && key == encrypt_key
         {
-            return cipher.clone();
+            return *digest;
         }
-        let cipher = aes::Aes256Dec::new(&Sha256::digest(encrypt_key.as_bytes()));
-        *cache = Some((encrypt_key.to_owned(), cipher.clone()));
-        cipher
+        let digest = crypto::sha256(&[encrypt_key.as_bytes()]);
+        *cache = Some((encrypt_key.to_owned(), digest));
+        digest
     })
 }
 

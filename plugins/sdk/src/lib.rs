@@ -32,7 +32,7 @@ pub mod bindings {
 
 pub use bindings::export_channel_plugin;
 pub use bindings::switchboard::channel::types;
-pub use bindings::switchboard::channel::{clock, http, installation, kv, log};
+pub use bindings::switchboard::channel::{clock, crypto, http, installation, kv, log};
 
 /// Version of the WIT contract this SDK was generated from (the `switchboard:channel` package).
 pub const CONTRACT_VERSION: &str = "0.1.0";

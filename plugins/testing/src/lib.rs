@@ -136,6 +136,7 @@ impl transport::Guest for Testing {
             },
             payload: frame,
             trace_id: None,
+            event: None,
         }))
     }
     fn build_ack(
