@@ -1076,8 +1076,19 @@ async fn webhook_event_encrypted_signed() {
     let cx = installation();
     let fixture = fixture_json("webhook_event_encrypted_signed.json");
     let request = webhook_request(&fixture);
-    let WebhookOutcome::Events { payloads, response } = verify(&plugin, &cx, &request).await else {
+    let WebhookOutcome::Events {
+        payloads,
+        readings,
+        response,
+    } = verify(&plugin, &cx, &request).await
+    else {
         panic!("a correctly signed delivery is accepted");
+    };
+    // Read in the verify call (the request came with an installation), as decode reads it.
+    let [reading] = <[_; 1]>::try_from(readings).expect("one reading per payload");
+    assert_eq!(reading.routing_key.as_deref(), Some(APP_ID));
+    let DecodeOutcome::Message { message: read, .. } = pipeline::read_outcome(reading) else {
+        panic!("the reading is a chat message");
     };
     assert_eq!(
         payloads,
@@ -1095,6 +1106,25 @@ async fn webhook_event_encrypted_signed() {
     let direct = self::message(&plugin, &cx, "event_receive_text_p2p.json").await;
     assert_eq!(message.message_id, direct.message_id);
     assert_eq!(message.body, direct.body);
+    assert_eq!(format!("{read:?}"), format!("{message:?}"));
+
+    // Without an installation (the channel-wide URL) the host routes first: nothing is read.
+    let anonymous = Arc::new(
+        InstallationContext::new("")
+            .with_secret("encrypt_key", ENCRYPT_KEY)
+            .with_secret("verification_token", VERIFICATION_TOKEN),
+    );
+    let WebhookOutcome::Events {
+        payloads, readings, ..
+    } = verify(&plugin, &anonymous, &request).await
+    else {
+        panic!("the delivery verifies with the same secrets");
+    };
+    assert_eq!(payloads.len(), 1);
+    assert!(
+        readings.is_empty(),
+        "read without an installation: {readings:?}"
+    );
 
     // A changed timestamp breaks the signature.
     let mut replayed = request.clone();

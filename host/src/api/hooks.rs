@@ -17,6 +17,7 @@ use axum::routing::post;
 
 use super::{ApiError, AppState};
 use crate::ingest::pipeline::{self, WebhookOutcome};
+use crate::ingest::service::ReadEvent;
 use crate::runtime::{InstallationContext, transport};
 
 /// Response header listing the outcome of each event of a delivery, comma-separated.
@@ -105,15 +106,28 @@ async fn deliver(
                 format!("{}: {}", rejected.kind, rejected.reason),
             ))
         }
-        WebhookOutcome::Events { payloads, response } => {
+        WebhookOutcome::Events {
+            payloads,
+            readings,
+            response,
+        } => {
             let mut labels = Vec::with_capacity(payloads.len());
+            let mut readings = readings.into_iter();
             for payload in &payloads {
                 // The installation the request was verified for is reused when the event is
-                // its own (no second lookup); anything else is routed by its key.
+                // its own (no second lookup), with the plugin's reading of the event if it
+                // made one; anything else is routed by its key.
                 let known = installation.as_ref().map(|i| (i, &cx));
+                let read = readings
+                    .next()
+                    .zip(installation.as_ref())
+                    .map(|(event, i)| ReadEvent {
+                        installation_id: i.id.clone(),
+                        event,
+                    });
                 let outcome = state
                     .ingest
-                    .payload_of(&plugin, payload, arrived, known)
+                    .payload_of(&plugin, payload, arrived, known, read)
                     .await
                     .map_err(ApiError::internal)?;
                 labels.push(outcome.label());

@@ -623,10 +623,28 @@ struct DataFragment {
     read: Option<(String, usize)>,
 }
 
+/// One verified webhook payload.
+struct Verified {
+    payload: Vec<u8>,
+    /// (readable body, mention count) of the plugin's reading, if it read the payload.
+    read: Option<(String, usize)>,
+}
+
+/// The body and mention count of a reading the plugin made in a transport call.
+fn read_message(reading: transport::EventReading) -> anyhow::Result<(String, usize)> {
+    match reading.decoded {
+        Ok(decoder::Decoded::Message(message)) => Ok((message.body, message.mentions.len())),
+        Ok(decoder::Decoded::Ignored(reason)) => bail!("event ignored: {reason}"),
+        Err(error) => bail!("decode failed: {error:?}"),
+    }
+}
+
 /// The plugin steps, through wasm or natively.
 trait Driver {
-    /// Verifies a webhook request; the plaintext event payloads.
-    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Vec<u8>>>;
+    /// Verifies a webhook request; the plaintext event payloads, each with the plugin's
+    /// reading of it when it made one (the host then makes no decode call, as the webhook
+    /// endpoint does).
+    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Verified>>;
     /// Classifies a frame, which must be a data frame.
     async fn classify(&mut self, frame: &[u8]) -> anyhow::Result<DataFragment>;
     /// Decodes a payload, which must be a chat message: (readable body, mention count).
@@ -641,7 +659,7 @@ struct WasmDriver {
 }
 
 impl Driver for WasmDriver {
-    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Vec<u8>>> {
+    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Verified>> {
         // What the HTTP ingress hands the plugin: the request copied into the WIT record.
         let request = transport::WebhookRequest {
             method: "POST".into(),
@@ -650,7 +668,17 @@ impl Driver for WasmDriver {
             body: input.body.clone(),
         };
         match self.plugin.verify_webhook(&self.cx, &request).await? {
-            Ok(transport::WebhookVerdict::Events(events)) => Ok(events.payloads),
+            Ok(transport::WebhookVerdict::Events(events)) => {
+                let mut readings = events.readings.into_iter();
+                events
+                    .payloads
+                    .into_iter()
+                    .map(|payload| {
+                        let read = readings.next().map(read_message).transpose()?;
+                        Ok(Verified { payload, read })
+                    })
+                    .collect()
+            }
             Ok(transport::WebhookVerdict::Challenge(_)) => bail!("unexpected url_verification"),
             Err(rejection) => bail!("webhook rejected: {rejection:?}"),
         }
@@ -663,16 +691,7 @@ impl Driver for WasmDriver {
                 seq: data.fragment.seq,
                 total: data.fragment.total,
                 payload: data.payload,
-                read: match data.event.map(|event| event.decoded) {
-                    Some(Ok(decoder::Decoded::Message(message))) => {
-                        Some((message.body, message.mentions.len()))
-                    }
-                    Some(Ok(decoder::Decoded::Ignored(reason))) => {
-                        bail!("event ignored: {reason}")
-                    }
-                    Some(Err(error)) => bail!("decode failed: {error:?}"),
-                    None => None,
-                },
+                read: data.event.map(read_message).transpose()?,
             }),
             Ok(other) => bail!("not a data frame: {other:?}"),
             Err(error) => bail!("classify-frame failed: {error:?}"),
@@ -707,7 +726,7 @@ struct NativeDriver {
 }
 
 impl Driver for NativeDriver {
-    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Vec<u8>>> {
+    async fn verify(&mut self, input: &WebhookInput) -> anyhow::Result<Vec<Verified>> {
         let request = lark_webhook::WebhookRequest {
             method: "POST",
             headers: &input.headers,
@@ -718,7 +737,14 @@ impl Driver for NativeDriver {
             verification_token: self.verification_token,
         };
         match lark_webhook::verify_webhook(&request, &secrets) {
-            Ok(lark_webhook::WebhookVerdict::Events(events)) => Ok(events.payloads),
+            Ok(lark_webhook::WebhookVerdict::Events(events)) => Ok(events
+                .payloads
+                .into_iter()
+                .map(|payload| Verified {
+                    payload,
+                    read: None,
+                })
+                .collect()),
             Ok(lark_webhook::WebhookVerdict::Challenge(_)) => bail!("unexpected url_verification"),
             Err(rejection) => bail!("webhook rejected: {rejection}"),
         }
@@ -778,8 +804,11 @@ async fn run_webhook<D: Driver>(
     sink: &mut Sink,
 ) -> anyhow::Result<()> {
     for i in 0..n {
-        for payload in driver.verify(&pool[i % pool.len()]).await? {
-            let (body, mentions) = driver.decode(&payload).await?;
+        for verified in driver.verify(&pool[i % pool.len()]).await? {
+            let (body, mentions) = match verified.read {
+                Some(read) => read,
+                None => driver.decode(&verified.payload).await?,
+            };
             sink.handle(&body, mentions);
         }
     }

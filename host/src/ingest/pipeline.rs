@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
 use crate::runtime::commands::Command;
 use crate::runtime::transport::{
-    ConnectionHints, FrameClass, FrameEvent, WebhookRejection, WebhookRequest, WebhookResponse,
+    ConnectionHints, EventReading, FrameClass, WebhookRejection, WebhookRequest, WebhookResponse,
     WebhookVerdict,
 };
 use crate::runtime::types::{InboundMessage, PluginError};
@@ -68,7 +68,7 @@ pub async fn decode_payload(
 
 /// The [`DecodeOutcome`] of an event the plugin already read while classifying its frame
 /// (`frame-event`: what `decode` and `commands.parse` would have answered).
-pub fn read_outcome(event: FrameEvent) -> DecodeOutcome {
+pub fn read_outcome(event: EventReading) -> DecodeOutcome {
     use crate::runtime::decoder::Decoded;
     match event.decoded {
         Ok(Decoded::Message(message)) => DecodeOutcome::Message {
@@ -128,7 +128,7 @@ pub enum FrameOutcome {
         /// The event as the plugin already read it with the connection's installation context
         /// (single-frame events, when the plugin offers it): saves the routing-key, decode and
         /// command calls when the event is that installation's.
-        event: Option<FrameEvent>,
+        event: Option<EventReading>,
     },
     /// The frame could not be used (the plugin's error or a reassembly guard rail); no ACK.
     Invalid(String),
@@ -246,6 +246,9 @@ pub enum WebhookOutcome {
     Events {
         /// Plaintext event payloads, ready for [`decode_payload`].
         payloads: Vec<Vec<u8>>,
+        /// The payloads as the plugin already read them with the request's installation
+        /// context, in the same order; empty when the plugin left that to the host.
+        readings: Vec<EventReading>,
         /// The answer the channel expects.
         response: WebhookResponse,
     },
@@ -263,6 +266,12 @@ pub async fn verify_webhook(
     Ok(match plugin.verify_webhook(cx, request).await? {
         Ok(WebhookVerdict::Challenge(response)) => WebhookOutcome::Challenge(response),
         Ok(WebhookVerdict::Events(events)) => WebhookOutcome::Events {
+            readings: if events.readings.len() == events.payloads.len() {
+                events.readings
+            } else {
+                // Not one per payload: not trusted, the host reads the payloads itself.
+                Vec::new()
+            },
             payloads: events.payloads,
             response: events.response,
         },

@@ -15,7 +15,7 @@ use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::commands::Command;
-use crate::runtime::transport::FrameEvent;
+use crate::runtime::transport::EventReading;
 use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
 use crate::store::Installation;
@@ -41,13 +41,15 @@ impl Default for EnrichLimits {
     }
 }
 
-/// An event the plugin already read while classifying its frame (see [`Ingest::prepare`]).
+/// An event the plugin already read while classifying its frame or verifying its webhook
+/// request (see [`Ingest::prepare`]).
 #[derive(Debug)]
 pub struct ReadEvent {
-    /// The installation whose context the plugin read the event with (the connection's).
+    /// The installation whose context the plugin read the event with (the connection's, or
+    /// the one the webhook URL named).
     pub installation_id: String,
     /// What the plugin read.
-    pub event: FrameEvent,
+    pub event: EventReading,
 }
 
 /// What became of one payload.
@@ -168,21 +170,23 @@ impl Ingest {
         payload: &[u8],
         arrived: Instant,
     ) -> Result<PayloadOutcome, IngestError> {
-        self.payload_of(plugin, payload, arrived, None).await
+        self.payload_of(plugin, payload, arrived, None, None).await
     }
 
     /// [`Ingest::payload`] for a payload that arrived for a known installation (a webhook
     /// verified with that installation's secrets): when the payload's routing key is that
     /// installation's, it is used as is (with its context) instead of being looked up again.
-    /// A payload carrying another routing key is routed by its key, as usual.
+    /// A payload carrying another routing key is routed by its key, as usual. `read`: see
+    /// [`Ingest::prepare`].
     pub async fn payload_of(
         &self,
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
+        read: Option<ReadEvent>,
     ) -> Result<PayloadOutcome, IngestError> {
-        match self.prepare(plugin, payload, arrived, known, None).await? {
+        match self.prepare(plugin, payload, arrived, known, read).await? {
             Prepared::Done(outcome) => Ok(outcome),
             Prepared::Message(message) => self.finish(plugin, *message).await,
         }
@@ -192,7 +196,7 @@ impl Ingest {
     /// (plugin calls and an installation lookup; no writes for a chat message). A connector runs it
     /// in arrival order, so it knows each message's chat before it lets messages of different
     /// chats [`finish`](Ingest::finish) concurrently. `read` is the event as the plugin already
-    /// read it while classifying its frame: its routing key, decoding and command are used
+    /// read it while classifying its frame or verifying its request: its routing key, decoding and command are used
     /// instead of calling the plugin again when the event routes to the installation it was
     /// read for.
     pub async fn prepare(

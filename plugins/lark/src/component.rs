@@ -152,12 +152,26 @@ impl transport::Guest for LarkPlugin {
             Ok(WebhookVerdict::Challenge(response)) => Ok(transport::WebhookVerdict::Challenge(
                 wit_webhook_response(response),
             )),
-            Ok(WebhookVerdict::Events(events)) => Ok(transport::WebhookVerdict::Events(
-                transport::WebhookEvents {
-                    payloads: events.payloads,
-                    response: wit_webhook_response(events.response),
-                },
-            )),
+            Ok(WebhookVerdict::Events(events)) => {
+                // Read now, with the installation the request came for (none: the host routes
+                // the payloads first, then decodes them).
+                let readings = if installation::id().is_empty() {
+                    Vec::new()
+                } else {
+                    events
+                        .payloads
+                        .iter()
+                        .map(|payload| read_event(payload))
+                        .collect()
+                };
+                Ok(transport::WebhookVerdict::Events(
+                    transport::WebhookEvents {
+                        payloads: events.payloads,
+                        readings,
+                        response: wit_webhook_response(events.response),
+                    },
+                ))
+            }
             Err(rejection) => Err(match rejection {
                 WebhookRejection::BadSignature(reason) => {
                     transport::WebhookRejection::BadSignature(reason)
@@ -203,7 +217,7 @@ fn decode_native(payload: &[u8]) -> Result<Decoded, PluginError> {
 
 /// What `routing-key`, `decode` and `commands.parse` answer for one whole event payload, in
 /// one parse when the payload is a v2 message event (its `header.app_id` is the routing key).
-fn read_event(payload: &[u8]) -> transport::FrameEvent {
+fn read_event(payload: &[u8]) -> transport::EventReading {
     let (decoded, routing_key, command) = match decode_native(payload) {
         Ok(Decoded::Message(message)) => {
             let routing_key = if message.app_id.is_empty() {
@@ -225,7 +239,7 @@ fn read_event(payload: &[u8]) -> transport::FrameEvent {
         ),
         Err(error) => (Err(error), decode::routing_key(payload), None),
     };
-    transport::FrameEvent {
+    transport::EventReading {
         routing_key,
         decoded,
         command,

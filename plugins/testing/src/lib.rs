@@ -164,6 +164,7 @@ impl transport::Guest for Testing {
         Ok(transport::WebhookVerdict::Events(
             transport::WebhookEvents {
                 payloads: vec![request.body],
+                readings: Vec::new(),
                 response: transport::WebhookResponse {
                     status: 200,
                     content_type: "application/json".into(),
