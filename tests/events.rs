@@ -2,8 +2,10 @@
 //! 127.0.0.1:0, read as Server-Sent Events. A late subscriber gets the snapshot (status, buffered
 //! parts, messages after the cursor, queue) and then live events in order; the cursor and
 //! `Last-Event-ID` are respected; a subscriber that never reads does not hold up publishing and
-//! resynchronises from the database; a subscriber takes everything queued as one batch and one
-//! body chunk; shutdown ends open streams; on PostgreSQL, durable events of one replica reach a
+//! resynchronises from the database; an in-sync subscriber gets a burst's events once, in order,
+//! as the hub's shared batches; subscribers joining mid-burst get no duplicate and no gap (with
+//! and without the coalescing window); without the window each event is handed out as it
+//! comes; shutdown ends open streams; on PostgreSQL, durable events of one replica reach a
 //! subscriber on another through LISTEN/NOTIFY and a database read, exactly once on both. Runs
 //! on SQLite and PostgreSQL.
 
@@ -17,10 +19,10 @@ mod time;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::api::events::{MAX_BATCH_EVENTS, Subscription, sse_chunk};
+use switchboard::api::events::{COALESCE_WINDOW, Delivery, MAX_BATCH_EVENTS, Subscription};
 use switchboard::app::App;
 use switchboard::config::Config;
-use switchboard::runs::{RunService, SessionEvent};
+use switchboard::runs::{RunService, SessionEvent, SharedEvent};
 use switchboard::store::{
     AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, RunEnd, SessionKey,
     Submitted, TurnKind,
@@ -433,68 +435,244 @@ async fn a_subscriber_that_never_reads_does_not_block_publishing_and_resyncs() {
     }
 }
 
+/// The message ids among `events`, in order.
+fn message_ids(events: &[SharedEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|event| match **event {
+            SessionEvent::Message { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks that a delivery's chunk is its events' frames back to back, parseable as SSE.
+fn assert_chunk_matches(delivery: &Delivery) {
+    let frames: Vec<&[u8]> = delivery
+        .events()
+        .iter()
+        .map(|e| &e.sse_frame()[..])
+        .collect();
+    assert_eq!(&delivery.chunk()[..], frames.concat().as_slice());
+    let text = std::str::from_utf8(delivery.chunk()).unwrap();
+    let parsed: Vec<Sse> = text
+        .split_inclusive("\n\n")
+        .filter_map(parse_block)
+        .collect();
+    assert_eq!(parsed.len(), delivery.events().len());
+}
+
+/// Stores `count` user messages and publishes each right after storing it, as the dispatcher
+/// does; returns their ids. After the `signal_after`-th, tells `signal`.
+async fn store_and_publish(
+    db: &Database,
+    hub: &switchboard::runs::EventHub,
+    installation: &str,
+    session: &str,
+    count: usize,
+    mut signal: Vec<(usize, tokio::sync::oneshot::Sender<()>)>,
+) -> Vec<i64> {
+    let store = db.runs();
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = append(db, installation, session, &format!("m{i}")).await;
+        let message = store
+            .messages_after(session, id - 1)
+            .await
+            .unwrap()
+            .remove(0);
+        hub.publish(session, SessionEvent::message(&message));
+        ids.push(id);
+        while signal.first().is_some_and(|(after, _)| *after == i + 1) {
+            let _ = signal.remove(0).1.send(());
+        }
+    }
+    ids
+}
+
+/// Reads `subscription` until it has handed out the message `last`: the message ids in order
+/// (snapshot and live), and whether every live delivery after the snapshot's was shared.
+async fn read_until(subscription: &mut Subscription, last: i64) -> (Vec<i64>, Vec<Delivery>) {
+    let mut seen = Vec::new();
+    let mut deliveries = Vec::new();
+    while seen.last() != Some(&last) {
+        let delivery = tokio::time::timeout(HANG, subscription.next_delivery())
+            .await
+            .expect("the next events arrive")
+            .expect("the stream continues");
+        assert_chunk_matches(&delivery);
+        seen.extend(message_ids(delivery.events()));
+        deliveries.push(delivery);
+    }
+    (seen, deliveries)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_takes_everything_queued_in_one_batch_and_one_chunk() {
+async fn an_in_sync_subscriber_gets_each_burst_event_once_in_order_as_shared_batches() {
     for t in db::test_databases().await {
         let replica = Replica::start(&t.url, &KEY).await;
         let (installation, s) = session(&t.db, "oc_batch").await;
         let hub = replica.runs.hub().clone();
         let store = t.db.runs();
-        let mut subscription = Subscription::open(&hub, &store, &s, 0)
+        let history = append(&t.db, &installation, &s, "before").await;
+        // One from the end of the history (empty snapshot), one with the whole history (its
+        // snapshot messages are all older than anything live).
+        let mut from_end = Subscription::open(&hub, &store, &s, history)
             .await
             .unwrap()
             .expect("session exists");
-        // More than one batch holds, all queued before the subscriber reads.
-        let mut ids = Vec::new();
-        for i in 0..MAX_BATCH_EVENTS + 10 {
-            let id = append(&t.db, &installation, &s, &format!("m{i}")).await;
-            let message = store.messages_after(&s, id - 1).await.unwrap().remove(0);
-            hub.publish(&s, SessionEvent::message(&message));
-            ids.push(id);
-        }
-        let mut batch = Vec::new();
-        assert!(subscription.next_batch(&mut batch).await);
-        assert_eq!(batch.len(), MAX_BATCH_EVENTS, "{}: a full batch", t.name);
+        let mut whole = Subscription::open(&hub, &store, &s, 0)
+            .await
+            .unwrap()
+            .expect("session exists");
+        let snapshot = whole.next_delivery().await.unwrap();
+        assert!(matches!(*snapshot.events()[0], SessionEvent::Status { .. }));
+        assert_eq!(message_ids(snapshot.events()), [history]);
         assert!(
-            matches!(*batch[0], SessionEvent::Status { .. }),
-            "snapshot first"
+            !snapshot.is_shared(),
+            "the snapshot is this subscriber's own"
         );
-        // One chunk: the frames back to back, each the event's own.
-        let chunk = sse_chunk(&batch);
-        let frames: Vec<&[u8]> = batch.iter().map(|e| &e.sse_frame()[..]).collect();
-        assert_eq!(&chunk[..], frames.concat().as_slice());
-        let text = std::str::from_utf8(&chunk).unwrap();
-        let parsed: Vec<Sse> = text
-            .split_inclusive("\n\n")
-            .filter_map(parse_block)
-            .collect();
-        assert_eq!(parsed.len(), batch.len());
-        assert_eq!(parsed[1].id, Some(ids[0].to_string()));
-        // The rest comes at once in the next batch, in order.
-        let mut rest = Vec::new();
-        assert!(subscription.next_batch(&mut rest).await);
-        let seen: Vec<i64> = batch
-            .iter()
-            .chain(&rest)
-            .filter_map(|event| match **event {
-                SessionEvent::Message { id, .. } => Some(id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seen, ids, "{}: every message once, in order", t.name);
-        assert_eq!(subscription.cursor(), *ids.last().unwrap());
+        assert_eq!(
+            from_end.next_delivery().await.unwrap().events().len(),
+            1,
+            "status only"
+        );
+
+        let ids = store_and_publish(&t.db, &hub, &installation, &s, 150, Vec::new()).await;
+        let last = *ids.last().unwrap();
+        for subscription in [&mut from_end, &mut whole] {
+            let (seen, deliveries) = read_until(subscription, last).await;
+            assert_eq!(seen, ids, "{}: every message once, in order", t.name);
+            assert!(
+                deliveries.iter().all(Delivery::is_shared),
+                "{}: in sync, the hub's batches go out as they are",
+                t.name
+            );
+            assert_eq!(subscription.cursor(), last);
+        }
 
         // A live event after that still arrives (the coalescing window only delays it).
         let id = append(&t.db, &installation, &s, "late").await;
         let message = store.messages_after(&s, id - 1).await.unwrap().remove(0);
         hub.publish(&s, SessionEvent::message(&message));
-        let mut late = Vec::new();
-        assert!(
-            tokio::time::timeout(HANG, subscription.next_batch(&mut late))
-                .await
-                .expect("the live event arrives")
+        let late = tokio::time::timeout(HANG, from_end.next_delivery())
+            .await
+            .expect("the live event arrives")
+            .unwrap();
+        assert_eq!(message_ids(late.events()), [id]);
+
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_joining_mid_burst_get_no_duplicate_and_no_gap() {
+    for t in db::test_databases().await {
+        let replica = Replica::start(&t.url, &KEY).await;
+        let (installation, s) = session(&t.db, "oc_mid_burst").await;
+        let hub = replica.runs.hub().clone();
+        let store = t.db.runs();
+        // Subscribers join while the burst is being stored and published, after 20, 60 and
+        // 110 messages, with the window (from the whole history or from their join point)
+        // and without it.
+        let joins = [
+            (20, COALESCE_WINDOW),
+            (60, Duration::ZERO),
+            (110, COALESCE_WINDOW),
+        ];
+        let (signals, waits): (Vec<_>, Vec<_>) = joins
+            .iter()
+            .map(|(after, _)| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                ((*after, tx), rx)
+            })
+            .unzip();
+        let publisher = tokio::spawn({
+            let (db, hub, installation, s) =
+                (t.db.clone(), hub.clone(), installation.clone(), s.clone());
+            async move { store_and_publish(&db, &hub, &installation, &s, 200, signals).await }
+        });
+        let mut subscriptions = Vec::new();
+        for ((_, window), wait) in joins.iter().zip(waits) {
+            wait.await.unwrap();
+            subscriptions.push(
+                Subscription::open_with_window(&hub, &store, &s, 0, *window)
+                    .await
+                    .unwrap()
+                    .expect("session exists"),
+            );
+        }
+        let ids = publisher.await.unwrap();
+        for (mut subscription, (joined, window)) in subscriptions.into_iter().zip(joins) {
+            let (seen, _) = read_until(&mut subscription, *ids.last().unwrap()).await;
+            assert_eq!(
+                seen, ids,
+                "{}: joined after {joined} (window {window:?}): snapshot then live, each once",
+                t.name
+            );
+        }
+
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coalescing_each_event_is_handed_out_as_it_comes() {
+    for t in db::test_databases().await {
+        let replica = Replica::start(&t.url, &KEY).await;
+        let (installation, s) = session(&t.db, "oc_no_window").await;
+        let hub = replica.runs.hub().clone();
+        let store = t.db.runs();
+        let first = append(&t.db, &installation, &s, "first").await;
+        let mut subscription = Subscription::open_with_window(&hub, &store, &s, 0, Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("session exists");
+        // The snapshot, then each live event on its own delivery, in order; a duplicate of a
+        // snapshot message (same id and content) is dropped, an edit goes through.
+        let snapshot = subscription.next_delivery().await.unwrap();
+        assert_eq!(message_ids(snapshot.events()), [first]);
+        let stored = store.messages_after(&s, first - 1).await.unwrap().remove(0);
+        hub.publish(&s, SessionEvent::message(&stored)); // already in the snapshot
+        let mut edited = SessionEvent::message(&stored);
+        if let SessionEvent::Message { body, .. } = &mut edited {
+            *body = "first, edited".into();
+        }
+        hub.publish(&s, edited.clone());
+        let next = subscription.next_delivery().await.unwrap();
+        assert_eq!(
+            next.events(),
+            [edited],
+            "{}: the duplicate is dropped",
+            t.name
         );
-        assert!(matches!(*late[0], SessionEvent::Message { id: got, .. } if got == id));
+        assert_chunk_matches(&next);
+        for i in 0..MAX_BATCH_EVENTS + 10 {
+            hub.publish(
+                &s,
+                SessionEvent::Error {
+                    message: format!("e{i}"),
+                },
+            );
+        }
+        // Everything queued comes at once, at most MAX_BATCH_EVENTS per delivery.
+        let full = subscription.next_delivery().await.unwrap();
+        assert_eq!(full.events().len(), MAX_BATCH_EVENTS, "{}", t.name);
+        let rest = subscription.next_delivery().await.unwrap();
+        let messages: Vec<String> = full
+            .events()
+            .iter()
+            .chain(rest.events())
+            .map(|e| match &**e {
+                SessionEvent::Error { message } => message.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let expected: Vec<String> = (0..MAX_BATCH_EVENTS + 10)
+            .map(|i| format!("e{i}"))
+            .collect();
+        assert_eq!(messages, expected);
+        assert!(!full.is_shared());
 
         replica.shutdown().await;
     }

@@ -14,13 +14,14 @@
 //!   event at a time, the next once all 1,000 subscribers have it, at once or after twice the
 //!   coalescing window); with the mean events per wake-up.
 //!
-//! Subscribers are the SSE endpoint's core ([`Subscription`]: snapshot, de-duplication, lag
-//! resync, batches of whatever is queued per wake-up) plus the SSE body chunk of each batch
-//! (`sse_chunk`: the events' shared, once-encoded frames), each on its own tokio task; only the
-//! socket write is left out. They run with the endpoint's coalescing window
-//! ([`COALESCE_WINDOW`]) and without (`_no_window`: a batch is whatever was queued when the
-//! subscriber woke). The runtime has 2 worker threads; the ingesting loop runs on the thread
-//! that blocks on it.
+//! Subscribers are the SSE endpoint's core ([`Subscription::next_delivery`]: snapshot,
+//! de-duplication, lag resync, and the body chunk of each delivery), each on its own tokio task;
+//! only the socket write is left out. They run with the endpoint's coalescing window
+//! ([`COALESCE_WINDOW`]: the hub's per-window batches, forwarded as they are by subscribers in
+//! sync) and without (`_no_window`: the per-event receiver, a delivery is whatever was queued
+//! when the subscriber woke). The runtime has 2 worker threads; the ingesting loop runs on the
+//! thread that blocks on it. `shared_deliveries` is the share of deliveries that were a hub
+//! batch as is.
 //!
 //! Run: `cargo bench -p switchboard --bench fanout`.
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use switchboard::api::events::{COALESCE_WINDOW, MAX_BATCH_EVENTS, Subscription, sse_chunk};
+use switchboard::api::events::{COALESCE_WINDOW, Subscription};
 use switchboard::runs::{EventHub, SessionEvent};
 use switchboard::store::{
     AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, SecretCipher, SessionKey,
@@ -171,6 +172,8 @@ struct Seen {
     resyncs: u64,
     /// Wake-ups that handed out events (SSE: body chunks written).
     batches: u64,
+    /// Of those, the hub's batches forwarded as they are (no per-event work).
+    shared: u64,
     events: u64,
 }
 
@@ -191,28 +194,28 @@ async fn subscribe(
         .map_or(0, |m| m.id);
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut subscription = Subscription::open(&bench.hub, &store, &bench.session, after)
-            .await
-            .unwrap()
-            .unwrap()
-            .with_coalescing(window);
+        let mut subscription =
+            Subscription::open_with_window(&bench.hub, &store, &bench.session, after, window)
+                .await
+                .unwrap()
+                .unwrap();
         let base = bench.base;
         let received = received.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
-            let mut batch = Vec::with_capacity(MAX_BATCH_EVENTS);
-            while subscription.next_batch(&mut batch).await {
-                let _ = std::hint::black_box(sse_chunk(&batch));
+            while let Some(delivery) = subscription.next_delivery().await {
+                // What the endpoint hands to hyper as the body chunk.
+                let _ = std::hint::black_box(delivery.chunk());
                 let mut now = None;
                 let mut live = 0;
-                for event in &batch {
+                for event in delivery.events() {
                     if seen.record(event, base, &mut now) {
                         live += 1;
                     }
                 }
                 seen.batches += 1;
-                seen.events += batch.len() as u64;
-                batch.clear();
+                seen.shared += u64::from(delivery.is_shared());
+                seen.events += delivery.events().len() as u64;
                 received.add_permits(live);
             }
             seen.resyncs = subscription.resyncs();
@@ -264,6 +267,7 @@ async fn finish(hub: &EventHub, tasks: Vec<JoinHandle<Seen>>) -> Seen {
         all.latencies_ns.extend(seen.latencies_ns);
         all.resyncs += seen.resyncs;
         all.batches += seen.batches;
+        all.shared += seen.shared;
         all.events += seen.events;
     }
     all
@@ -274,6 +278,7 @@ fn report(label: &str, seen: Seen) {
         latencies_ns: mut latencies,
         resyncs,
         batches,
+        shared,
         events,
     } = seen;
     latencies.sort_unstable();
@@ -283,12 +288,13 @@ fn report(label: &str, seen: Seen) {
             .map_or(f64::NAN, |ns| *ns as f64 / 1000.0)
     };
     println!(
-        "fanout latency {label}: samples={} p50={:.1}us p99={:.1}us max={:.1}us lag_resyncs={resyncs} events_per_wake={:.2}",
+        "fanout latency {label}: samples={} p50={:.1}us p99={:.1}us max={:.1}us lag_resyncs={resyncs} events_per_wake={:.2} shared_deliveries={:.0}%",
         latencies.len(),
         pick(0.50),
         pick(0.99),
         latencies.last().map_or(f64::NAN, |ns| *ns as f64 / 1000.0),
         events as f64 / batches.max(1) as f64,
+        100.0 * shared as f64 / batches.max(1) as f64,
     );
 }
 

@@ -14,20 +14,24 @@
 //! subscribes to the hub *before* reading the snapshot, so nothing published in between is
 //! missed; a `message` that arrives live although the snapshot already had it (same id, same
 //! content) is dropped, while an edit (same id, new content) goes through. A subscriber that
-//! falls more than the hub's channel capacity behind (`broadcast` lag) is never waited for:
-//! when it reads again it resynchronises from the database — the status, the messages after
-//! the last one it was sent, the queue — and continues live; parts missed meanwhile are not
-//! repeated (the stored reply supersedes them). Unknown session → 404 JSON error. At host
-//! shutdown every stream gets an `error` event ("the host is shutting down; reconnect to
-//! resume") and ends, so the graceful shutdown does not wait on open streams.
+//! falls more than the hub's capacity behind (lag) is never waited for: when it reads again it
+//! resynchronises from the database — the status, the messages after the last one it was
+//! sent, the queue — and continues live; parts missed meanwhile are not repeated (the stored
+//! reply supersedes them). Unknown session → 404 JSON error. At host shutdown every stream gets
+//! an `error` event ("the host is shutting down; reconnect to resume") and ends, so the
+//! graceful shutdown does not wait on open streams.
 //!
-//! Fan-out cost (1,000 subscribers on one session, issue 5): live events are the hub's
-//! [`SharedEvent`]s, so each is JSON-encoded once for all subscribers
-//! ([`SharedEvent::sse_frame`]); a subscriber takes everything already queued for it per
-//! wake-up ([`Subscription::next_batch`]) and writes it as one body chunk ([`sse_chunk`]); and
-//! while events come faster than [`COALESCE_WINDOW`] it lets them accumulate for the rest of
-//! the window, so under load it is woken, and writes to its socket, about once per window
-//! rather than once per event. An idle stream gets an SSE comment every 15 s (proxies drop
+//! Fan-out cost (1,000 subscribers on one session, issue 5): with a coalescing window (the
+//! default, [`COALESCE_WINDOW`], `[server] event_coalesce_ms`), a subscription follows the
+//! session's batches ([`EventHub::subscribe_batches`]): everything published within one
+//! window, with its SSE frames already laid out back to back in one buffer by the hub. A
+//! subscriber that is in sync — nothing left of its snapshot to de-duplicate against the
+//! batch — writes that shared buffer as its body chunk as is ([`Delivery::is_shared`]): one
+//! reference-count bump per window, whatever the number of events. Only a subscriber still
+//! catching up (its first batch after subscribing or after a resync, when the batch may hold
+//! messages its snapshot had) looks at events one by one and builds a chunk of its own. With
+//! the window off (0), each event is handed out as it arrives (per-event receiver; a delivery
+//! holds whatever was queued). An idle stream gets an SSE comment every 15 s (proxies drop
 //! silent connections).
 //!
 //! Owns the snapshot order, de-duplication and resync; it must not hold SQL (reads go through
@@ -36,6 +40,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -51,20 +56,19 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{ApiError, AppState};
+use crate::runs::events::{BatchReceiver, BatchRecv, EventBatch, message_id_range};
 use crate::runs::relay::message_fingerprint;
 use crate::runs::{EventHub, EventReceiver, SessionEvent, SharedEvent};
 use crate::store::{Message, RunStore, StoreError};
 
-/// The most events [`Subscription::next_batch`] hands out at once (one SSE body chunk).
+/// The most events a delivery of snapshot or resync events holds (one SSE body chunk); a
+/// live batch holds whatever its window gathered.
 pub const MAX_BATCH_EVENTS: usize = 64;
-/// [`Subscription::next_batch`]'s default coalescing window: a subscriber woken sooner than
-/// this after its previous batch waits out the rest of the window and takes everything
-/// that arrived meanwhile, so under sustained load each subscriber wakes (and writes) at most
-/// about once per window instead of once per event. The first event after a quiet period
-/// goes out at once. Short enough not to be seen by a person; see docs/benchmarks.md. (The
-/// hub's channel holds 256 events: a window's worth up to 25,600 events a second; beyond, a
-/// subscriber lags and resynchronises as any slow one does.)
-pub const COALESCE_WINDOW: Duration = Duration::from_millis(10);
+/// The default coalescing window of a subscription: the hub gathers the events published
+/// within it into one batch, so under sustained load each subscriber wakes (and writes) about
+/// once per window instead of once per event. The first event after a quiet period goes out
+/// at once. Short enough not to be seen by a person; see docs/benchmarks.md.
+pub const COALESCE_WINDOW: Duration = crate::runs::events::DEFAULT_COALESCE_WINDOW;
 /// How long a stream may stay silent before it gets a keep-alive comment.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -101,23 +105,21 @@ async fn session_events(
                 })?,
         },
     };
-    let subscription = Subscription::open(s.runs.hub(), s.runs.store(), &session_id, after)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("session {session_id} not found")))?
-        .with_coalescing(s.event_coalescing);
+    let subscription = Subscription::open_with_window(
+        s.runs.hub(),
+        s.runs.store(),
+        &session_id,
+        after,
+        s.event_coalescing,
+    )
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found(format!("session {session_id} not found")))?;
     tracing::debug!(session = %session_id, after, "event stream opened");
-    let chunks = futures_util::stream::unfold(
-        (subscription, Vec::with_capacity(MAX_BATCH_EVENTS)),
-        |(mut subscription, mut batch)| async move {
-            if !subscription.next_batch(&mut batch).await {
-                return None;
-            }
-            let chunk = sse_chunk(&batch);
-            batch.clear();
-            Some((Ok::<_, Infallible>(chunk), (subscription, batch)))
-        },
-    );
+    let chunks = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let delivery = subscription.next_delivery().await?;
+        Some((Ok::<_, Infallible>(delivery.into_chunk()), subscription))
+    });
     let body = Body::from_stream(KeepAlive::new(chunks.boxed(), KEEP_ALIVE_INTERVAL));
     Ok((
         [
@@ -187,13 +189,62 @@ where
     }
 }
 
-/// What a receive from the hub gave (blocking or not).
-enum Received {
-    Event(SharedEvent),
-    Lagged(u64),
-    Closed,
-    /// Nothing queued (non-blocking receive only).
-    Empty,
+/// Events handed out together, with their body chunk ([`Subscription::next_delivery`]).
+#[derive(Debug)]
+pub struct Delivery {
+    events: DeliveryEvents,
+    chunk: Bytes,
+}
+
+#[derive(Debug)]
+enum DeliveryEvents {
+    /// The hub's batch from `from` on, with (a slice of) its own chunk.
+    Shared { batch: Arc<EventBatch>, from: usize },
+    /// Snapshot or resync events, per-event deliveries, or a batch filtered by
+    /// de-duplication, with a chunk built for them.
+    Owned(Vec<SharedEvent>),
+}
+
+impl Delivery {
+    fn owned(events: Vec<SharedEvent>) -> Delivery {
+        Delivery {
+            chunk: sse_chunk(&events),
+            events: DeliveryEvents::Owned(events),
+        }
+    }
+
+    /// The events, in order.
+    pub fn events(&self) -> &[SharedEvent] {
+        match &self.events {
+            DeliveryEvents::Shared { batch, from } => &batch.events()[*from..],
+            DeliveryEvents::Owned(events) => events,
+        }
+    }
+
+    /// The events' SSE frames back to back: one response body chunk.
+    pub fn chunk(&self) -> &Bytes {
+        &self.chunk
+    }
+
+    /// The body chunk.
+    pub fn into_chunk(self) -> Bytes {
+        self.chunk
+    }
+
+    /// Whether this is (the end of) a batch of the hub as is: its events and chunk are shared
+    /// with every other subscriber in sync, nothing was filtered or copied for this one.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.events, DeliveryEvents::Shared { .. })
+    }
+}
+
+/// Where a subscription's live events come from.
+#[derive(Debug)]
+enum Source {
+    /// The coalescing window is off: each event as it is published.
+    Events(EventReceiver),
+    /// The session's batches, one per window.
+    Batches(BatchReceiver),
 }
 
 /// One subscriber of a session's events: the snapshot, then live events, de-duplicated and
@@ -202,40 +253,56 @@ enum Received {
 pub struct Subscription {
     session_id: String,
     store: RunStore,
-    receiver: EventReceiver,
+    source: Source,
     /// Snapshot or resync events not yet handed out.
     pending: VecDeque<SharedEvent>,
+    /// Events of a delivery [`Subscription::next`] has not handed out yet.
+    unread: VecDeque<SharedEvent>,
     /// The largest message id handed out (or the `after` cursor).
     cursor: i64,
     /// Messages read from the database (snapshot, last resync) that may also arrive live:
     /// id → content fingerprint.
     read: HashMap<i64, u64>,
+    /// The largest id in `read` (when it was filled): a live message above it cannot be a
+    /// duplicate.
+    read_max: i64,
     resyncs: u64,
-    /// Says when the host shuts down: the stream ends.
+    /// The per-event receiver reported lag after events already taken: resynchronise before
+    /// the next delivery.
+    lagged: Option<u64>,
+    /// Says when the host shuts down (per-event source): the stream ends.
     hub: EventHub,
-    /// See [`COALESCE_WINDOW`]; zero = hand out events as soon as they arrive.
-    window: Duration,
-    /// When the last batch went out (`next_batch`).
-    last_batch: Option<tokio::time::Instant>,
-    /// The last window ended with events waiting: events come faster than the window, so the
-    /// next batch is collected for a whole window without waiting on the channel (the
-    /// publisher then wakes nobody).
-    busy: bool,
-    /// The last batch stopped at [`MAX_BATCH_EVENTS`] with events left: the next one takes
-    /// them at once (waiting for a window then would only fall further behind).
-    truncated: bool,
 }
 
 impl Subscription {
-    /// Subscribes to `session_id` on `hub`, then reads the snapshot from `store`. `None` if
-    /// the session does not exist.
+    /// Subscribes to `session_id` on `hub` with the default coalescing window
+    /// ([`COALESCE_WINDOW`]), then reads the snapshot from `store`. `None` if the session does
+    /// not exist.
     pub async fn open(
         hub: &EventHub,
         store: &RunStore,
         session_id: &str,
         after: i64,
     ) -> Result<Option<Subscription>, StoreError> {
-        let (parts, receiver) = hub.subscribe(session_id);
+        Subscription::open_with_window(hub, store, session_id, after, COALESCE_WINDOW).await
+    }
+
+    /// [`Subscription::open`] with a coalescing window of `window`; zero turns coalescing off
+    /// (each event is handed out as soon as it arrives).
+    pub async fn open_with_window(
+        hub: &EventHub,
+        store: &RunStore,
+        session_id: &str,
+        after: i64,
+        window: Duration,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let (parts, source) = if window.is_zero() {
+            let (parts, receiver) = hub.subscribe(session_id);
+            (parts, Source::Events(receiver))
+        } else {
+            let (parts, receiver) = hub.subscribe_batches(session_id, window);
+            (parts, Source::Batches(receiver))
+        };
         let Some(status) = store.get_run_state(session_id).await? else {
             return Ok(None);
         };
@@ -244,16 +311,15 @@ impl Subscription {
         let mut subscription = Subscription {
             session_id: session_id.to_owned(),
             store: store.clone(),
-            receiver,
+            source,
             pending: VecDeque::with_capacity(parts.len() + messages.len() + 2),
+            unread: VecDeque::new(),
             cursor: after,
             read: HashMap::new(),
+            read_max: i64::MIN,
             resyncs: 0,
+            lagged: None,
             hub: hub.clone(),
-            window: COALESCE_WINDOW,
-            last_batch: None,
-            busy: false,
-            truncated: false,
         };
         subscription.pending.push_back(
             SessionEvent::Status {
@@ -272,126 +338,139 @@ impl Subscription {
         Ok(Some(subscription))
     }
 
-    /// Sets the coalescing window of [`Subscription::next_batch`] ([`COALESCE_WINDOW`] by
-    /// default; zero turns coalescing off).
-    pub fn with_coalescing(mut self, window: Duration) -> Subscription {
-        self.window = window;
-        self
-    }
-
-    /// The next event, as soon as there is one (no coalescing); `None` when the stream ends
-    /// (host shutdown: [`EventHub::close_streams`], whose `error` event is the last one
-    /// handed out).
+    /// The next event; `None` when the stream ends (host shutdown:
+    /// [`EventHub::close_streams`], whose `error` event is the last one handed out).
     pub async fn next(&mut self) -> Option<SharedEvent> {
-        let mut one = Vec::with_capacity(1);
-        self.fill(&mut one, 1, false).await;
-        one.pop()
-    }
-
-    /// Appends to `batch` the next events, in order: whatever is ready right now (the rest of
-    /// the snapshot or of a resync, then everything already queued live), at most
-    /// [`MAX_BATCH_EVENTS`]. When nothing is, it waits for the next event, and if that comes
-    /// within the coalescing window of the previous batch ([`COALESCE_WINDOW`]), for the end
-    /// of the window too. Returns `false` (nothing appended) when the stream ends, as
-    /// [`Subscription::next`] does. Not cancel-safe while it resynchronises: drive it to
-    /// completion.
-    pub async fn next_batch(&mut self, batch: &mut Vec<SharedEvent>) -> bool {
-        let coalesce = !self.window.is_zero();
-        let filled = self.fill(batch, MAX_BATCH_EVENTS, coalesce).await;
-        if filled && coalesce {
-            self.last_batch = Some(tokio::time::Instant::now());
-        }
-        filled
-    }
-
-    /// The end of the coalescing window opened by the last batch, if it is still open.
-    fn window_end(&self) -> Option<tokio::time::Instant> {
-        let end = self.last_batch? + self.window;
-        (tokio::time::Instant::now() < end).then_some(end)
-    }
-
-    /// Adds up to `max` events (at least 1) to `batch`; with `coalesce`, waits for the end of
-    /// an open coalescing window before taking live events it had to wait for.
-    async fn fill(&mut self, batch: &mut Vec<SharedEvent>, max: usize, coalesce: bool) -> bool {
-        let limit = batch.len() + max.max(1);
-        let start = batch.len();
-        let behind = std::mem::take(&mut self.truncated);
         loop {
-            // Snapshot and resync events go before anything still in the channel.
-            while batch.len() < limit
-                && let Some(event) = self.pending.pop_front()
-            {
-                if let SessionEvent::Message { id, .. } = *event {
-                    self.cursor = self.cursor.max(id);
-                }
-                batch.push(event);
+            if let Some(event) = self.unread.pop_front() {
+                return Some(event);
             }
-            if batch.len() >= limit {
-                self.truncated = true;
-                return true;
+            let delivery = self.next_delivery().await?;
+            self.unread.extend(delivery.events().iter().cloned());
+        }
+    }
+
+    /// The next events, in order, with their body chunk: the rest of the snapshot or of a
+    /// resync (at most [`MAX_BATCH_EVENTS`] at a time), else the next live batch — with the
+    /// window on, what the hub gathered in one window (shared as is when this subscriber is in
+    /// sync); with it off, whatever is queued (at most [`MAX_BATCH_EVENTS`]). Waits when there
+    /// is nothing yet. `None` when the stream ends, as for [`Subscription::next`]. Not
+    /// cancel-safe while it resynchronises: drive it to completion.
+    pub async fn next_delivery(&mut self) -> Option<Delivery> {
+        loop {
+            if !self.unread.is_empty() {
+                return Some(Delivery::owned(self.unread.drain(..).collect()));
             }
-            let waiting = batch.len() == start;
-            if waiting && self.hub.streams_closed() {
-                return false;
+            if let Some(missed) = self.lagged.take() {
+                self.resync_after(missed).await;
             }
-            let received = if waiting && coalesce && self.busy && !behind {
-                // Events came all through the last window: collect the next window's without
-                // registering as a waiter (the publisher wakes nobody), then take them all.
-                if let Some(end) = self.window_end() {
-                    tokio::time::sleep_until(end).await;
-                }
-                let received = self.try_receive();
-                self.busy = !matches!(received, Received::Empty);
-                received
-            } else {
-                // Take what is already queued without waiting; wait only for the first event.
-                match self.try_receive() {
-                    Received::Empty if waiting => {
-                        let received = match self.receiver.recv_shared().await {
-                            Ok(event) => Received::Event(event),
-                            Err(RecvError::Lagged(missed)) => Received::Lagged(missed),
-                            Err(RecvError::Closed) => Received::Closed,
-                        };
-                        // Woken soon after the last batch: let the window fill first.
-                        if coalesce
-                            && matches!(received, Received::Event(_))
-                            && let Some(end) = self.window_end()
-                        {
-                            self.busy = true;
-                            tokio::time::sleep_until(end).await;
-                        }
-                        received
+            if !self.pending.is_empty() {
+                let take = self.pending.len().min(MAX_BATCH_EVENTS);
+                let events: Vec<SharedEvent> = self.pending.drain(..take).collect();
+                for event in &events {
+                    if let SessionEvent::Message { id, .. } = **event {
+                        self.cursor = self.cursor.max(id);
                     }
-                    received => received,
                 }
+                return Some(Delivery::owned(events));
+            }
+            let received = match &mut self.source {
+                Source::Batches(receiver) => receiver.recv().await,
+                Source::Events(_) => match self.next_events().await {
+                    Ok(Some(delivery)) => return Some(delivery),
+                    Ok(None) => return None,
+                    Err(missed) => BatchRecv::Lagged(missed),
+                },
             };
             match received {
-                Received::Event(event) => {
-                    if self.admit(&event) {
-                        batch.push(event);
+                BatchRecv::Batch { batch, skip } => {
+                    if let Some(delivery) = self.deliver(batch, skip) {
+                        return Some(delivery);
                     }
                 }
-                Received::Lagged(missed) => {
-                    tracing::info!(session = %self.session_id, missed, cursor = self.cursor, "slow event subscriber lagged; resynchronising from the database");
-                    self.resync().await;
-                }
-                Received::Closed => return batch.len() > start,
-                // Nothing more queued: hand out what there is, or (after a window that
-                // stayed empty) wait on the channel.
-                Received::Empty if batch.len() > start => return true,
-                Received::Empty => {}
+                BatchRecv::Lagged(missed) => self.resync_after(missed).await,
+                BatchRecv::Closed => return None,
             }
         }
     }
 
-    /// A receive that does not wait.
-    fn try_receive(&mut self) -> Received {
-        match self.receiver.try_recv_shared() {
-            Ok(event) => Received::Event(event),
-            Err(TryRecvError::Lagged(missed)) => Received::Lagged(missed),
-            Err(TryRecvError::Closed) => Received::Closed,
-            Err(TryRecvError::Empty) => Received::Empty,
+    /// What of the live `batch` from `skip` on goes to this subscriber: all of it, shared,
+    /// when nothing in it can be a duplicate of what it read from the database; else the
+    /// events `admit` lets through, with a chunk of their own. `None` if nothing is left.
+    fn deliver(&mut self, batch: Arc<EventBatch>, skip: usize) -> Option<Delivery> {
+        let events = batch.events().get(skip..).filter(|e| !e.is_empty())?;
+        let ids = if skip == 0 {
+            batch.message_ids()
+        } else {
+            message_id_range(events)
+        };
+        // In sync: every message of the batch is newer than anything read (or nothing is
+        // left to de-duplicate): `admit` would let every event through.
+        if self.read.is_empty() || ids.is_none_or(|(low, _)| low > self.read_max) {
+            if let Some((_, high)) = ids {
+                self.cursor = self.cursor.max(high);
+            }
+            return Some(Delivery {
+                chunk: batch.chunk_from(skip),
+                events: DeliveryEvents::Shared { batch, from: skip },
+            });
         }
+        let mut kept = Vec::with_capacity(events.len());
+        for event in events {
+            if self.admit(event) {
+                kept.push(event.clone());
+            }
+        }
+        if kept.len() == events.len() {
+            return Some(Delivery {
+                chunk: batch.chunk_from(skip),
+                events: DeliveryEvents::Shared { batch, from: skip },
+            });
+        }
+        (!kept.is_empty()).then(|| Delivery::owned(kept))
+    }
+
+    /// The per-event source: what is queued (at most [`MAX_BATCH_EVENTS`]), waiting for the
+    /// first event. `Ok(None)`: the stream ended; `Err(missed)`: lagged, with nothing taken.
+    async fn next_events(&mut self) -> Result<Option<Delivery>, u64> {
+        let Source::Events(receiver) = &mut self.source else {
+            unreachable!("called for the per-event source only");
+        };
+        let mut events = Vec::new();
+        loop {
+            let received = match receiver.try_recv_shared() {
+                Err(TryRecvError::Empty) if events.is_empty() => {
+                    if self.hub.streams_closed() {
+                        return Ok(None);
+                    }
+                    receiver.recv_shared().await.map_err(|e| match e {
+                        RecvError::Lagged(missed) => TryRecvError::Lagged(missed),
+                        RecvError::Closed => TryRecvError::Closed,
+                    })
+                }
+                received => received,
+            };
+            match received {
+                Ok(event) => {
+                    if admit(&mut self.read, &mut self.cursor, &event) {
+                        events.push(event);
+                        if events.len() >= MAX_BATCH_EVENTS {
+                            break;
+                        }
+                    }
+                }
+                // Hand out what came before the gap first; the lag shows on the next call
+                // (the receiver reports it once, so it is kept here).
+                Err(TryRecvError::Lagged(missed)) if events.is_empty() => return Err(missed),
+                Err(TryRecvError::Lagged(missed)) => {
+                    self.lagged = Some(missed);
+                    break;
+                }
+                Err(TryRecvError::Closed) if events.is_empty() => return Ok(None),
+                Err(TryRecvError::Closed | TryRecvError::Empty) => break,
+            }
+        }
+        Ok(Some(Delivery::owned(events)))
     }
 
     /// The largest message id handed out so far (the `after` cursor to resume from).
@@ -409,29 +488,21 @@ impl Subscription {
             let event = SessionEvent::message(message);
             if let Some((id, fingerprint)) = message_fingerprint(&event) {
                 self.read.insert(id, fingerprint);
+                self.read_max = self.read_max.max(id);
             }
             self.pending.push_back(event.into());
         }
     }
 
-    /// Whether a live event goes out: drops a `message` that was already read from the
-    /// database with the same content.
+    /// Whether a live event goes out (see [`admit`]).
     fn admit(&mut self, event: &SessionEvent) -> bool {
-        if self.read.is_empty() {
-            if let SessionEvent::Message { id, .. } = event {
-                self.cursor = self.cursor.max(*id);
-            }
-            return true;
-        }
-        let Some((id, fingerprint)) = message_fingerprint(event) else {
-            return true;
-        };
-        if self.read.get(&id) == Some(&fingerprint) {
-            self.read.remove(&id);
-            return false;
-        }
-        self.cursor = self.cursor.max(id);
-        true
+        admit(&mut self.read, &mut self.cursor, event)
+    }
+
+    /// Lag: `missed` events are gone; read the state again.
+    async fn resync_after(&mut self, missed: u64) {
+        tracing::info!(session = %self.session_id, missed, cursor = self.cursor, "slow event subscriber lagged; resynchronising from the database");
+        self.resync().await;
     }
 
     /// After lag: the status, the messages after the cursor and the queue, from the database.
@@ -439,6 +510,7 @@ impl Subscription {
     async fn resync(&mut self) {
         self.resyncs += 1;
         self.read.clear();
+        self.read_max = i64::MIN;
         match self.store.get_run_state(&self.session_id).await {
             Ok(Some(status)) => self.pending.push_back(
                 SessionEvent::Status {
@@ -473,4 +545,24 @@ impl Subscription {
             Err(e) => tracing::warn!(session = %self.session_id, "resync: queue not read: {e}"),
         }
     }
+}
+
+/// Whether a live event goes out: drops a `message` that was already `read` from the database
+/// with the same content; moves the `cursor` past the messages that go out.
+fn admit(read: &mut HashMap<i64, u64>, cursor: &mut i64, event: &SessionEvent) -> bool {
+    if read.is_empty() {
+        if let SessionEvent::Message { id, .. } = event {
+            *cursor = (*cursor).max(*id);
+        }
+        return true;
+    }
+    let Some((id, fingerprint)) = message_fingerprint(event) else {
+        return true;
+    };
+    if read.get(&id) == Some(&fingerprint) {
+        read.remove(&id);
+        return false;
+    }
+    *cursor = (*cursor).max(id);
+    true
 }

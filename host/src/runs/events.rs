@@ -1,48 +1,70 @@
 //! Per-session, in-process event fan-out (SPEC §5 event stream; reference `chat-runs.md` A.11).
 //!
-//! [`EventHub`] keeps one bounded `tokio::sync::broadcast` channel per session with subscribers,
-//! created on first subscription and dropped once the last subscriber is gone and no run is
-//! streaming. Publishing never blocks and never fails: a subscriber that falls more than the
-//! channel's capacity behind gets `RecvError::Lagged` (and should resynchronise from the
-//! database, or be dropped); producers never wait for it.
+//! [`EventHub`] keeps, per session with subscribers, two ways to follow its events, created on
+//! first subscription and dropped once the last subscriber is gone and no run is streaming:
 //!
-//! The channels carry [`SharedEvent`]s: one allocation per published event, shared by every
-//! subscriber, so a delivery is a reference-count bump whatever the number of subscribers, and
-//! the event's SSE frame ([`SharedEvent::sse_frame`]) is encoded once, by the first subscriber
-//! that needs it, instead of once per subscriber. [`EventReceiver::recv_shared`] hands out the
-//! shared event (the fan-out path, the executor); [`EventReceiver::recv`] an owned copy, for
-//! consumers that want to own or match it (tests, the demo).
+//! - **per event** ([`EventHub::subscribe`] → [`EventReceiver`]): a bounded
+//!   `tokio::sync::broadcast` channel; every receiver gets every event as it is published. For
+//!   the few in-process consumers that react to single events (the executor watching for an
+//!   interrupt, tests, the demo).
+//! - **per window** ([`EventHub::subscribe_batches`] → [`BatchReceiver`]): the fan-out path of
+//!   the SSE endpoint. Events published within one coalescing window are gathered into one
+//!   [`EventBatch`] — the events plus their SSE frames back to back in one buffer, built once —
+//!   and appended to the session's batch log; a subscriber takes a whole batch per wake-up (one
+//!   read lock and one reference-count bump), whatever the number of events in it. So what 1,000
+//!   subscribers cost is per window, not per event: the publisher only appends the event to the
+//!   window (and, on the first event after a quiet period, spawns the flush task); the flush
+//!   task builds the batch once, appends it and wakes the subscribers. The first event after a
+//!   quiet period is flushed at once; while events keep coming, the next flush waits for the
+//!   end of the window.
+//!
+//! Publishing never blocks and never fails: a subscriber that falls more than the channel's
+//! capacity behind gets `RecvError::Lagged` (per event) or [`BatchRecv::Lagged`] (the log only
+//! keeps the last `capacity` events or so), and should resynchronise from the database, or be
+//! dropped; producers never wait for it.
+//!
+//! Events are [`SharedEvent`]s: one allocation per published event, shared by every
+//! subscriber, with its SSE frame ([`SharedEvent::sse_frame`]) encoded once (by the flush task,
+//! or by the first per-event consumer that asks). [`EventReceiver::recv_shared`] hands out the
+//! shared event (the executor); [`EventReceiver::recv`] an owned copy, for consumers that want
+//! to own or match it (tests, the demo).
 //!
 //! The hub also holds the in-flight `message_part` events of the run that is streaming in each
-//! session, so a late subscriber can be given them in its snapshot ([`EventHub::subscribe`]
-//! returns them atomically with the receiver, so nothing is missed or duplicated). Buffering
-//! starts before the `running` status is published, is cleared whenever a reply is stored and
-//! ends with the run.
+//! session, so a late subscriber can be given them in its snapshot ([`EventHub::subscribe`] and
+//! [`EventHub::subscribe_batches`] return them atomically with the receiver, so nothing is
+//! missed or duplicated: batch events carry a per-session sequence number, and a batch
+//! receiver skips those published before it subscribed). Buffering starts before the `running`
+//! status is published, is cleared whenever a reply is stored and ends with the run.
 //!
 //! Extending: the cross-replica relay (`crate::runs::relay`, PostgreSQL LISTEN/NOTIFY) sees
 //! durable events through an [`EventTap`] and feeds the events it reads back from the database
-//! in through [`EventHub::publish_local`]; the SSE endpoint calls [`EventHub::subscribe`].
-//! Nothing here touches the database.
+//! in through [`EventHub::publish_local`]; the SSE endpoint (`crate::api::events`) subscribes
+//! to batches. Nothing here touches the database or knows about HTTP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{Notify, broadcast};
 
 use crate::store::{CompactionSource, Message, QueuedMessage, RunState};
 
-/// Events each session's channel holds before the slowest subscriber starts lagging.
+/// Events each session's channel holds before the slowest subscriber starts lagging (per
+/// event: exactly; batches: the log keeps at least this many events, in whole batches).
 pub const DEFAULT_EVENT_CAPACITY: usize = 256;
 /// Text of in-flight parts buffered per session for late subscribers; beyond it, parts are
 /// still broadcast but no longer buffered.
 pub const MAX_BUFFERED_PART_BYTES: usize = 1 << 20;
+/// The default coalescing window of batch subscriptions (`[server] event_coalesce_ms`): short
+/// enough not to be seen by a person; see docs/benchmarks.md.
+pub const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_millis(10);
 
 /// The `error` event [`EventHub::close_streams`] sends before streams end.
 pub const SHUTDOWN_MESSAGE: &str = "the host is shutting down; reconnect to resume";
-
 /// One event of a session's stream. Serialises as an object tagged with its SSE event name in
 /// `"event"` (`message`, `message_part`, `status`, `queue_update`, `error`, `compaction_start`,
 /// `compaction_done`, `compaction_failed`).
@@ -247,7 +269,7 @@ impl PartialEq<SessionEvent> for SharedEvent {
     }
 }
 
-/// A subscription to one session's live events ([`EventHub::subscribe`]): a
+/// A subscription to one session's events one by one ([`EventHub::subscribe`]): a
 /// `tokio::sync::broadcast` receiver of [`SharedEvent`]s, with the channel's errors (`Lagged`
 /// after falling behind, `Closed` never while the hub tracks the session).
 #[derive(Debug)]
@@ -278,6 +300,330 @@ impl EventReceiver {
     }
 }
 
+/// The events one session published within one coalescing window, in order, as batch
+/// subscribers receive them ([`BatchReceiver`]): built once by the session's flush task and
+/// shared by every subscriber.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// Sequence number of the first event (the session's events are numbered from 0 in
+    /// publishing order).
+    first_seq: u64,
+    events: Vec<SharedEvent>,
+    /// Where each event's frame starts in `chunk`.
+    offsets: Vec<usize>,
+    /// The events' SSE frames back to back.
+    chunk: Bytes,
+    /// The smallest and largest id of the batch's `message` events.
+    message_ids: Option<(i64, i64)>,
+}
+
+impl EventBatch {
+    fn new(first_seq: u64, events: Vec<SharedEvent>) -> EventBatch {
+        let mut offsets = Vec::with_capacity(events.len());
+        let chunk = if let [event] = &events[..] {
+            offsets.push(0);
+            event.sse_frame().clone() // no copy
+        } else {
+            let len = events.iter().map(|event| event.sse_frame().len()).sum();
+            let mut chunk = BytesMut::with_capacity(len);
+            for event in &events {
+                offsets.push(chunk.len());
+                chunk.extend_from_slice(event.sse_frame());
+            }
+            chunk.freeze()
+        };
+        EventBatch {
+            first_seq,
+            message_ids: message_id_range(&events),
+            events,
+            offsets,
+            chunk,
+        }
+    }
+
+    /// The sequence number of the first event.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The sequence number after the last event.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
+
+    /// The events, in publishing order.
+    pub fn events(&self) -> &[SharedEvent] {
+        &self.events
+    }
+
+    /// The events' SSE frames back to back (one response body chunk).
+    pub fn chunk(&self) -> &Bytes {
+        &self.chunk
+    }
+
+    /// The frames of the events from `index` on, without a copy (a slice of
+    /// [`EventBatch::chunk`]).
+    pub fn chunk_from(&self, index: usize) -> Bytes {
+        match self.offsets.get(index) {
+            Some(0) => self.chunk.clone(),
+            Some(&offset) => self.chunk.slice(offset..),
+            None => Bytes::new(),
+        }
+    }
+
+    /// The smallest and largest id of the batch's `message` events (`None`: it has none).
+    pub fn message_ids(&self) -> Option<(i64, i64)> {
+        self.message_ids
+    }
+}
+
+/// The smallest and largest id of the `message` events among `events`.
+pub fn message_id_range(events: &[SharedEvent]) -> Option<(i64, i64)> {
+    events.iter().fold(None, |range, event| match **event {
+        SessionEvent::Message { id, .. } => Some(match range {
+            None => (id, id),
+            Some((low, high)) => (low.min(id), high.max(id)),
+        }),
+        _ => range,
+    })
+}
+
+/// What [`BatchReceiver::recv`] gave.
+#[derive(Debug)]
+pub enum BatchRecv {
+    /// The next batch; its first `skip` events were published before this receiver
+    /// subscribed (or already handed out) and are not for it.
+    Batch {
+        /// The batch.
+        batch: Arc<EventBatch>,
+        /// Events at its start to skip.
+        skip: usize,
+    },
+    /// This many events were dropped from the log before this receiver read them; the next
+    /// receive continues with the oldest batch still kept.
+    Lagged(u64),
+    /// The hub's streams were closed ([`EventHub::close_streams`]) and this receiver has read
+    /// everything up to the shutdown `error` event.
+    Closed,
+}
+
+/// A subscription to one session's events a window at a time ([`EventHub::subscribe_batches`]).
+#[derive(Debug)]
+pub struct BatchReceiver {
+    batcher: Arc<Batcher>,
+    /// The sequence number of the next event to hand out.
+    next_seq: u64,
+}
+
+impl BatchReceiver {
+    /// The next batch (or lag, or the end), waiting for the next flush if there is none yet.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> BatchRecv {
+        loop {
+            // Register as a waiter before looking, so a flush in between is not missed.
+            let flushed = self.batcher.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if let Some(received) = take(&self.batcher, &mut self.next_seq) {
+                return received;
+            }
+            flushed.await;
+        }
+    }
+
+    /// The next batch if one is already flushed (or lag, or the end); `None` otherwise.
+    pub fn try_recv(&mut self) -> Option<BatchRecv> {
+        take(&self.batcher, &mut self.next_seq)
+    }
+}
+
+/// What a receiver at `next_seq` reads next from `batcher`'s log (advancing `next_seq`).
+fn take(batcher: &Batcher, next_seq: &mut u64) -> Option<BatchRecv> {
+    let log = batcher.log.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(end) = log.closed
+        && *next_seq >= end
+    {
+        return Some(BatchRecv::Closed);
+    }
+    if *next_seq >= log.end_seq {
+        return None;
+    }
+    // The log keeps at least its newest batch, so it is not empty here.
+    let oldest = log.batches.front()?.first_seq;
+    if *next_seq < oldest {
+        let missed = oldest - *next_seq;
+        *next_seq = oldest;
+        return Some(BatchRecv::Lagged(missed));
+    }
+    let index = log
+        .batches
+        .partition_point(|batch| batch.end_seq() <= *next_seq);
+    let batch = log.batches.get(index)?.clone();
+    let skip = (*next_seq - batch.first_seq) as usize;
+    *next_seq = batch.end_seq();
+    Some(BatchRecv::Batch { batch, skip })
+}
+
+impl Drop for BatchReceiver {
+    fn drop(&mut self) {
+        // The hub drops the batcher (and the session, when idle) on its next pass.
+        self.batcher.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One session's windowed fan-out: the events of the current window, the flushed batches,
+/// and who waits for them.
+struct Batcher {
+    window: Duration,
+    capacity: usize,
+    /// Live [`BatchReceiver`]s.
+    subscribers: AtomicUsize,
+    /// The current window: the publisher appends, the flush task takes.
+    pending: Mutex<Pending>,
+    /// Flushed batches: the flush task appends, subscribers read.
+    log: RwLock<BatchLog>,
+    /// Wakes the subscribers after a flush.
+    flushed: Notify,
+    /// Where flush tasks run when the publisher is outside a runtime: that of the first
+    /// subscriber.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("window", &self.window)
+            .field("subscribers", &self.subscribers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<SharedEvent>,
+    /// The sequence number of the next published event.
+    next_seq: u64,
+    /// A flush task is running (it ends after a window without events).
+    flushing: bool,
+    /// [`EventHub::close_streams`] was called: the next flush closes the log.
+    closing: bool,
+}
+
+#[derive(Default)]
+struct BatchLog {
+    /// Oldest first, consecutive sequence numbers.
+    batches: VecDeque<Arc<EventBatch>>,
+    /// Events in `batches`.
+    events: usize,
+    /// The sequence number after the newest batch's last event.
+    end_seq: u64,
+    /// The shutdown `error` event was flushed: receivers end at this sequence number (the end
+    /// of the batch that holds it; 0 for a batcher created after the shutdown).
+    closed: Option<u64>,
+}
+
+impl Batcher {
+    fn new(window: Duration, capacity: usize, closed: bool) -> Batcher {
+        Batcher {
+            window,
+            capacity,
+            subscribers: AtomicUsize::new(0),
+            pending: Mutex::default(),
+            log: RwLock::new(BatchLog {
+                closed: closed.then_some(0),
+                ..BatchLog::default()
+            }),
+            flushed: Notify::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `event` to the current window; starts a flush if none is running. O(1): the
+    /// publisher never waits for or works on behalf of subscribers.
+    fn push(self: &Arc<Self>, event: SharedEvent, close: bool) {
+        let start = {
+            let mut pending = self.pending();
+            pending.events.push(event);
+            pending.next_seq += 1;
+            pending.closing |= close;
+            !std::mem::replace(&mut pending.flushing, true)
+        };
+        if start {
+            self.start_flush();
+        }
+    }
+
+    /// Runs the flush loop on the caller's runtime (else the first subscriber's); outside any
+    /// runtime, flushes once, inline.
+    fn start_flush(self: &Arc<Self>) {
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        match runtime {
+            Some(runtime) => {
+                runtime.spawn(self.clone().flush_loop());
+            }
+            None => {
+                self.flush(true);
+            }
+        }
+    }
+
+    /// Flushes at once (the first event after a quiet period goes out without delay), then at
+    /// the end of every window while events keep coming; ends after a window without any.
+    async fn flush_loop(self: Arc<Self>) {
+        while self.flush(false) {
+            tokio::time::sleep(self.window).await;
+        }
+    }
+
+    /// Moves the current window's events into a batch on the log and wakes the subscribers.
+    /// Returns `false` (and marks the flushing over, unless `inline`) when there were none.
+    fn flush(&self, inline: bool) -> bool {
+        let (first_seq, events, closing) = {
+            let mut pending = self.pending();
+            if pending.events.is_empty() || inline {
+                // Inline: the flush ends here too (a publisher outside any runtime).
+                pending.flushing = false;
+            }
+            if pending.events.is_empty() {
+                return false;
+            }
+            let events = std::mem::take(&mut pending.events);
+            let first_seq = pending.next_seq - events.len() as u64;
+            (first_seq, events, pending.closing)
+        };
+        // Encoded and copied once, outside every lock; only one flush runs at a time, so
+        // batches are appended in order.
+        let batch = Arc::new(EventBatch::new(first_seq, events));
+        {
+            let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
+            log.events += batch.events.len();
+            log.end_seq = batch.end_seq();
+            if closing && log.closed.is_none() {
+                log.closed = Some(log.end_seq);
+            }
+            log.batches.push_back(batch);
+            // Keep at least `capacity` events (and always the newest batch).
+            while log.batches.len() > 1 && log.events - log.batches[0].events.len() >= self.capacity
+            {
+                let oldest = log.batches.pop_front().expect("not empty");
+                log.events -= oldest.events.len();
+            }
+        }
+        self.flushed.notify_waiters();
+        true
+    }
+}
+
 /// The parts of the run streaming in one session.
 #[derive(Debug)]
 struct PartBuffer {
@@ -290,11 +636,43 @@ struct PartBuffer {
 struct SessionStream {
     sender: broadcast::Sender<SharedEvent>,
     parts: Option<PartBuffer>,
+    /// One per coalescing window in use (in practice one: the server's).
+    batchers: Vec<Arc<Batcher>>,
 }
 
 impl SessionStream {
+    /// Forgets batchers whose subscribers are all gone.
+    fn prune(&mut self) {
+        self.batchers.retain(|batcher| batcher.subscribers() > 0);
+    }
+
     fn idle(&self) -> bool {
-        self.parts.is_none() && self.sender.receiver_count() == 0
+        self.parts.is_none() && self.subscribers() == 0
+    }
+
+    fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+            + self
+                .batchers
+                .iter()
+                .map(|batcher| batcher.subscribers())
+                .sum::<usize>()
+    }
+
+    /// Hands `event` to every subscriber of the session (wrapped only if anyone listens).
+    fn send(&mut self, event: impl Into<SharedEvent>) {
+        self.prune();
+        let per_event = self.sender.receiver_count() > 0;
+        if !per_event && self.batchers.is_empty() {
+            return;
+        }
+        let event = event.into();
+        for batcher in &self.batchers {
+            batcher.push(event.clone(), false);
+        }
+        if per_event {
+            let _ = self.sender.send(event);
+        }
     }
 }
 
@@ -315,7 +693,7 @@ pub struct EventHub {
     sessions: Arc<Mutex<HashMap<String, SessionStream>>>,
     capacity: usize,
     tap: SharedTap,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -346,22 +724,28 @@ impl EventHub {
     }
 
     /// Tells every stream reading this hub to end (host shutdown: an HTTP server waits for
-    /// open SSE responses): raises [`EventHub::streams_closed`] and wakes every subscriber with
-    /// an `error` event ([`SHUTDOWN_MESSAGE`]). Publishing, part buffering and new
-    /// subscriptions keep working.
+    /// open SSE responses): raises [`EventHub::streams_closed`] and sends every subscriber an
+    /// `error` event ([`SHUTDOWN_MESSAGE`]); batch receivers then report
+    /// [`BatchRecv::Closed`]. Publishing, part buffering and new subscriptions keep working.
     pub fn close_streams(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut sessions = self.lock();
+        // Raised under the lock: a batcher created from now on starts closed.
+        self.closed.store(true, Ordering::SeqCst);
         let shutdown = SharedEvent::new(SessionEvent::Error {
             message: SHUTDOWN_MESSAGE.to_owned(),
         });
-        for stream in self.lock().values() {
+        for stream in sessions.values_mut() {
             let _ = stream.sender.send(shutdown.clone());
+            stream.prune();
+            for batcher in &stream.batchers {
+                batcher.push(shutdown.clone(), true);
+            }
         }
     }
 
     /// Whether [`EventHub::close_streams`] was called: a stream ends instead of waiting.
     pub fn streams_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Installs (`Some`) or removes (`None`) the tap that sees every durable event published
@@ -396,12 +780,13 @@ impl EventHub {
             .or_insert_with(|| SessionStream {
                 sender: broadcast::channel(self.capacity).0,
                 parts: None,
+                batchers: Vec::new(),
             })
     }
 
-    /// Subscribes to `session_id`'s live events. Returns the in-flight `message_part` events
-    /// buffered so far (for the snapshot) and the receiver of everything published afterwards,
-    /// taken atomically: no part is in both or in neither.
+    /// Subscribes to `session_id`'s live events one by one. Returns the in-flight
+    /// `message_part` events buffered so far (for the snapshot) and the receiver of everything
+    /// published afterwards, taken atomically: no part is in both or in neither.
     pub fn subscribe(&self, session_id: &str) -> (Vec<SharedEvent>, EventReceiver) {
         let mut sessions = self.lock();
         let stream = self.stream(&mut sessions, session_id);
@@ -412,6 +797,41 @@ impl EventHub {
             .unwrap_or_default();
         let inner = stream.sender.subscribe();
         (parts, EventReceiver { inner })
+    }
+
+    /// Subscribes to `session_id`'s live events a coalescing `window` at a time (the fan-out
+    /// path; see the module doc). Returns the buffered in-flight parts, as
+    /// [`EventHub::subscribe`] does, and the receiver of the batches of everything published
+    /// afterwards. Subscribers with the same window share the session's batches; a zero
+    /// window flushes whatever accumulated while the flush task was being scheduled.
+    pub fn subscribe_batches(
+        &self,
+        session_id: &str,
+        window: Duration,
+    ) -> (Vec<SharedEvent>, BatchReceiver) {
+        let mut sessions = self.lock();
+        let closed = self.streams_closed();
+        let capacity = self.capacity;
+        let stream = self.stream(&mut sessions, session_id);
+        let parts = stream
+            .parts
+            .as_ref()
+            .map(|buffer| buffer.parts.clone())
+            .unwrap_or_default();
+        stream.prune();
+        let batcher = match stream.batchers.iter().find(|b| b.window == window) {
+            Some(batcher) => batcher.clone(),
+            None => {
+                let batcher = Arc::new(Batcher::new(window, capacity, closed));
+                stream.batchers.push(batcher.clone());
+                batcher
+            }
+        };
+        batcher.subscribers.fetch_add(1, Ordering::AcqRel);
+        // Under the hub's lock, as every publication: what is published from here on has
+        // this sequence number or a later one.
+        let next_seq = batcher.pending().next_seq;
+        (parts, BatchReceiver { batcher, next_seq })
     }
 
     /// Publishes a durable event to `session_id`'s subscribers and hands it to the tap, if one
@@ -428,12 +848,9 @@ impl EventHub {
     /// events that come from elsewhere, such as the cross-replica relay's database reads.
     pub fn publish_local(&self, session_id: &str, event: SessionEvent) {
         let mut sessions = self.lock();
-        if let Some(stream) = sessions.get(session_id) {
-            // Without receivers the event is dropped unwrapped (no allocation); `send` failing
-            // would mean the same.
-            if stream.sender.receiver_count() > 0 {
-                let _ = stream.sender.send(SharedEvent::new(event));
-            }
+        if let Some(stream) = sessions.get_mut(session_id) {
+            // Without subscribers the event is dropped unwrapped (no allocation).
+            stream.send(event);
             if stream.idle() {
                 sessions.remove(session_id);
             }
@@ -471,7 +888,7 @@ impl EventHub {
             buffer.bytes += text.len();
             buffer.parts.push(event.clone());
         }
-        let _ = stream.sender.send(event);
+        stream.send(event);
         true
     }
 
@@ -508,18 +925,18 @@ impl EventHub {
             .unwrap_or_default()
     }
 
-    /// How many subscribers `session_id` has.
+    /// How many subscribers `session_id` has (per event and per window).
     pub fn subscriber_count(&self, session_id: &str) -> usize {
         self.lock()
             .get(session_id)
-            .map_or(0, |stream| stream.sender.receiver_count())
+            .map_or(0, SessionStream::subscribers)
     }
 
     /// The sessions that have subscribers right now.
     pub fn subscribed_sessions(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, stream)| stream.sender.receiver_count() > 0)
+            .filter(|(_, stream)| stream.subscribers() > 0)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -528,7 +945,10 @@ impl EventHub {
     /// otherwise removed lazily, on the next publish). Returns how many are still tracked.
     pub fn collect_idle(&self) -> usize {
         let mut sessions = self.lock();
-        sessions.retain(|_, stream| !stream.idle());
+        sessions.retain(|_, stream| {
+            stream.prune();
+            !stream.idle()
+        });
         sessions.len()
     }
 }
@@ -637,5 +1057,159 @@ mod tests {
         assert!(!hub.publish_part("s", "run-1", "after the end"));
         drop(live);
         assert_eq!(hub.collect_idle(), 0);
+    }
+
+    fn message(id: i64) -> SessionEvent {
+        SessionEvent::Message {
+            id,
+            role: "user".into(),
+            kind: "message".into(),
+            body: format!("m{id}"),
+            created_at_ms: 1,
+        }
+    }
+
+    fn ids(events: &[SharedEvent]) -> Vec<i64> {
+        events
+            .iter()
+            .filter_map(|event| match **event {
+                SessionEvent::Message { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits for the next batch (`Some((batch, skip))`), `None` for lag or the end.
+    async fn next_batch(receiver: &mut BatchReceiver) -> (Arc<EventBatch>, usize) {
+        match receiver.recv().await {
+            BatchRecv::Batch { batch, skip } => (batch, skip),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    // Single-threaded runtime: the flush task only runs when the test awaits, so everything
+    // published without awaiting is one window, deterministically.
+    #[tokio::test]
+    async fn a_window_of_events_is_one_shared_batch_with_one_chunk() {
+        let hub = EventHub::default();
+        let (_, mut a) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        let (_, mut b) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        let (_, mut one_by_one) = hub.subscribe("s");
+        assert_eq!(hub.subscriber_count("s"), 3);
+        for id in 1..=100 {
+            hub.publish("s", message(id));
+        }
+        let (batch, skip) = next_batch(&mut a).await;
+        assert_eq!(skip, 0);
+        assert_eq!(
+            ids(batch.events()),
+            (1..=100).collect::<Vec<_>>(),
+            "in order, once"
+        );
+        assert_eq!(batch.message_ids(), Some((1, 100)));
+        let frames: Vec<u8> = (1..=100).flat_map(|id| message(id).sse_frame()).collect();
+        assert_eq!(&batch.chunk()[..], &frames[..], "the frames back to back");
+        let (same, _) = next_batch(&mut b).await;
+        assert!(Arc::ptr_eq(&batch, &same), "one batch for every subscriber");
+        assert!(a.try_recv().is_none(), "nothing else");
+        // The per-event receiver still gets each event on its own.
+        for id in 1..=100 {
+            assert_eq!(one_by_one.try_recv().unwrap(), message(id));
+        }
+        // The next window: a new batch, continuing the sequence.
+        hub.publish("s", message(101));
+        let (next, skip) = next_batch(&mut a).await;
+        assert_eq!((next.first_seq(), skip), (100, 0));
+        assert_eq!(&next.chunk()[..], &message(101).sse_frame()[..]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_joining_mid_window_skips_what_came_before_it() {
+        let hub = EventHub::default();
+        let (_, mut early) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        hub.begin_parts("s", "run-1");
+        for id in 1..=10 {
+            hub.publish("s", message(id));
+        }
+        assert!(hub.publish_part("s", "run-1", "before"));
+        let (parts, mut late) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        assert_eq!(
+            parts.len(),
+            1,
+            "the part published before is in the snapshot"
+        );
+        assert!(hub.publish_part("s", "run-1", "after"));
+        for id in 11..=20 {
+            hub.publish("s", message(id));
+        }
+        let (batch, skip) = next_batch(&mut early).await;
+        assert_eq!((skip, batch.events().len()), (0, 22));
+        let (same, skip) = next_batch(&mut late).await;
+        assert!(Arc::ptr_eq(&batch, &same));
+        assert_eq!(
+            skip, 11,
+            "the ten messages and the part before it subscribed"
+        );
+        let rest = &same.events()[skip..];
+        assert!(matches!(&*rest[0], SessionEvent::MessagePart { text, .. } if text == "after"));
+        assert_eq!(
+            ids(rest),
+            (11..=20).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
+        // Its part of the chunk is a slice of the shared one.
+        let frames: Vec<u8> = rest.iter().flat_map(|e| e.sse_frame().to_vec()).collect();
+        assert_eq!(&same.chunk_from(skip)[..], &frames[..]);
+        assert_eq!(
+            same.chunk_from(skip).as_ptr(),
+            batch.chunk()[batch.chunk().len() - frames.len()..].as_ptr()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_subscriber_that_falls_behind_the_log_lags() {
+        let hub = EventHub::new(8);
+        let (_, mut slow) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        let (_, mut fast) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        for round in 0..5 {
+            for id in 1..=4 {
+                hub.publish("s", message(round * 4 + id)); // would block forever if it waited
+            }
+            let (batch, _) = next_batch(&mut fast).await; // one window each
+            assert_eq!(batch.events().len(), 4);
+        }
+        // 20 events in 5 batches; the log keeps 8 (the last two batches).
+        assert!(matches!(slow.recv().await, BatchRecv::Lagged(12)));
+        let (batch, skip) = next_batch(&mut slow).await;
+        assert_eq!(
+            (ids(&batch.events()[skip..]), skip),
+            ((13..=16).collect(), 0)
+        );
+        let (batch, _) = next_batch(&mut slow).await;
+        assert_eq!(ids(batch.events()), (17..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn closing_ends_batch_receivers_after_the_error_event() {
+        let hub = EventHub::default();
+        let (_, mut receiver) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+        hub.publish("s", message(1));
+        hub.close_streams();
+        let (batch, _) = next_batch(&mut receiver).await;
+        assert_eq!(batch.events()[0], message(1));
+        assert!(matches!(
+            &*batch.events()[1],
+            SessionEvent::Error { message } if message == SHUTDOWN_MESSAGE
+        ));
+        assert!(matches!(receiver.recv().await, BatchRecv::Closed));
+        // Subscribing after the shutdown: the stream ends at once.
+        let (_, mut late) = hub.subscribe_batches("t", DEFAULT_COALESCE_WINDOW);
+        assert!(matches!(late.recv().await, BatchRecv::Closed));
+        drop((receiver, late));
+        assert_eq!(
+            hub.collect_idle(),
+            0,
+            "sessions without subscribers are dropped"
+        );
     }
 }
