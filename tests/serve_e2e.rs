@@ -285,3 +285,75 @@ async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
         server.stop().await;
     }
 }
+
+/// A webhook sent to one installation's URL whose event carries another installation's app id:
+/// the plugin read it with the URL's installation (issue 3's one-call path), but the host routes
+/// it by its key and decodes it again with the right installation's context — here the one whose
+/// bot the message mentions, so the mention is removed and the group message is addressed.
+#[tokio::test]
+async fn a_webhook_event_for_another_installation_is_decoded_with_that_installations_context() {
+    for test_db in db::test_databases().await {
+        let server = Server::start(&test_db.url).await;
+        let name = &test_db.name;
+        let mut ids = Vec::new();
+        for (routing_key, bot_open_id) in [
+            (lark::APP_ID, "ou_not_the_mentioned_bot"),
+            ("cli_other_app", lark::BOT_OPEN_ID),
+        ] {
+            let (status, created) = server
+                .admin(
+                    reqwest::Method::POST,
+                    "/installations",
+                    Some(json!({
+                        "channel": "lark",
+                        "routing_key": routing_key,
+                        "name": routing_key,
+                        "bot_open_id": bot_open_id,
+                        "secrets": { "encrypt_key": lark::ENCRYPT_KEY, "verification_token": lark::VERIFICATION_TOKEN },
+                    })),
+                )
+                .await;
+            assert_eq!(status, 201, "{name}: {created}");
+            ids.push(created["id"].as_str().unwrap().to_string());
+        }
+        let mut event: Value = serde_json::from_slice(
+            &std::fs::read(lark::fixture("event_receive_text_group_mentions.json")).unwrap(),
+        )
+        .unwrap();
+        event["header"]["app_id"] = json!("cli_other_app");
+        let (headers, body) =
+            lark::encrypted_delivery(&serde_json::to_vec(&event).unwrap(), [3; 16]);
+        let (status, outcome, answer) = server
+            .hook_with_outcome(&format!("/hooks/lark/{}", ids[0]), &headers, body)
+            .await;
+        assert_eq!(
+            (status, outcome.as_str()),
+            (200, "ingested"),
+            "{name}: {answer}"
+        );
+
+        for (id, expected) in [(&ids[0], 0), (&ids[1], 1)] {
+            let (status, sessions) = server
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/sessions?installation={id}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{name}: {sessions}");
+            let bodies = message_bodies(&sessions);
+            assert_eq!(
+                bodies.len(),
+                expected,
+                "{name}: installation {id}: {bodies:?}"
+            );
+            if let [body] = bodies.as_slice() {
+                assert!(
+                    body.starts_with("please review @Bob Li's PR"),
+                    "{name}: decoded with the other installation's bot: {body:?}"
+                );
+            }
+        }
+        server.stop().await;
+    }
+}
