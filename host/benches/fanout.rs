@@ -23,19 +23,22 @@
 //! thread that blocks on it. `shared_deliveries` is the share of deliveries that were a hub
 //! batch as is.
 //!
-//! Run: `cargo bench -p switchboard --bench fanout`.
+//! Run: `cargo bench -p switchboard --bench fanout` (`FANOUT_CASES=paired_sse` for the paired
+//! measurement with the default window alone; see [`selected`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use std::sync::atomic::{AtomicU64, Ordering};
 use switchboard::api::events::{COALESCE_WINDOW, Subscription};
-use switchboard::runs::{EventHub, SessionEvent};
+use switchboard::runs::{EventHub, SessionEvent, SharedEvent};
 use switchboard::store::{
     AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, SecretCipher, SessionKey,
     TurnKind,
 };
-use tokio::sync::Semaphore;
+
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 const SUBSCRIBERS: usize = 1_000;
@@ -144,11 +147,96 @@ impl Bench {
     }
 }
 
-/// Latency is sampled on every this-many-th message (by id): measuring then costs the
-/// subscribers little next to what is measured.
+/// Latency is sampled on every this-many-th message (by id), by every this-many-th subscriber:
+/// measuring then costs the subscribers little next to what is measured.
 const LATENCY_SAMPLE: i64 = 8;
 
+/// Counts the messages the listeners received; the ingesting loop waits for a count. (One
+/// atomic add per delivery: cheaper for the listeners than a semaphore's lock.)
+struct Received {
+    count: AtomicU64,
+    /// What the waiter waits for (`u64::MAX`: nobody waits).
+    target: AtomicU64,
+    reached: Notify,
+    /// Waited for so far (the waiter's side).
+    expected: AtomicU64,
+}
+
+impl Received {
+    fn new() -> Arc<Received> {
+        Arc::new(Received {
+            count: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            reached: Notify::new(),
+            expected: AtomicU64::new(0),
+        })
+    }
+
+    fn add(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let now = self.count.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        if now >= self.target.load(Ordering::Acquire) {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Waits until `more` messages beyond those waited for before have been received.
+    async fn wait_for(&self, more: u64) {
+        let expected = self.expected.fetch_add(more, Ordering::AcqRel) + more;
+        self.target.store(expected, Ordering::Release);
+        while self.count.load(Ordering::Acquire) < expected {
+            self.reached.notified().await;
+        }
+        self.target.store(u64::MAX, Ordering::Release);
+    }
+}
+
 impl Seen {
+    /// Records the events of a delivery: the latency of the sampled messages among them if this
+    /// subscriber samples (`now` is read once per delivery); returns how many are messages. Looks at each event
+    /// only when it has to: the bench's live events are consecutive messages (ids in order,
+    /// blocks of a multiple of [`LATENCY_SAMPLE`] messages), so in a delivery that holds
+    /// nothing else the sampled ones are every [`LATENCY_SAMPLE`]-th — the harness then costs
+    /// a subscriber per sample rather than per event, like the endpoint it stands for, which
+    /// does not look at the events of a batch it forwards.
+    fn record_all(&mut self, events: &[SharedEvent], base: Instant, sample: bool) -> usize {
+        let mut now = None;
+        let ids = match (events.first().map(|e| &**e), events.last().map(|e| &**e)) {
+            (
+                Some(SessionEvent::Message { id: first, .. }),
+                Some(SessionEvent::Message { id: last, .. }),
+            ) if last - first + 1 == events.len() as i64 => Some(*first),
+            _ => None,
+        };
+        let Some(first) = ids else {
+            let mut live = 0;
+            for event in events {
+                let message = if sample {
+                    self.record(event, base, &mut now)
+                } else {
+                    matches!(**event, SessionEvent::Message { .. })
+                };
+                live += usize::from(message);
+            }
+            return live;
+        };
+        if !sample {
+            return events.len();
+        }
+        // Consecutive ids from `first`: the first sampled one is at this offset.
+        let offset = (LATENCY_SAMPLE - first.rem_euclid(LATENCY_SAMPLE)) % LATENCY_SAMPLE;
+        for event in events
+            .iter()
+            .skip(offset as usize)
+            .step_by(LATENCY_SAMPLE as usize)
+        {
+            self.record(event, base, &mut now);
+        }
+        events.len()
+    }
+
     /// Records a received event (its latency, for a sampled message; `now` is read once per
     /// batch); returns whether it is a message.
     fn record(&mut self, event: &SessionEvent, base: Instant, now: &mut Option<u64>) -> bool {
@@ -177,13 +265,13 @@ struct Seen {
     events: u64,
 }
 
-/// `n` subscribers from the current end of the history, coalescing over `window`; each adds a
-/// permit to `received` per live message. They end when the hub's streams are closed.
+/// `n` subscribers from the current end of the history, coalescing over `window`; each counts
+/// its live messages in `received`; every [`LATENCY_SAMPLE`]-th samples latencies. They end when the hub's streams are closed.
 async fn subscribe(
     bench: &Bench,
     n: usize,
     window: Duration,
-    received: Arc<Semaphore>,
+    received: Arc<Received>,
 ) -> Vec<JoinHandle<Seen>> {
     let store = bench.db.runs();
     let after = store
@@ -193,7 +281,7 @@ async fn subscribe(
         .last()
         .map_or(0, |m| m.id);
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
+    for index in 0..n {
         let mut subscription =
             Subscription::open_with_window(&bench.hub, &store, &bench.session, after, window)
                 .await
@@ -201,22 +289,17 @@ async fn subscribe(
                 .unwrap();
         let base = bench.base;
         let received = received.clone();
+        let sample = index % LATENCY_SAMPLE as usize == 0;
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
             while let Some(delivery) = subscription.next_delivery().await {
                 // What the endpoint hands to hyper as the body chunk.
                 let _ = std::hint::black_box(delivery.chunk());
-                let mut now = None;
-                let mut live = 0;
-                for event in delivery.events() {
-                    if seen.record(event, base, &mut now) {
-                        live += 1;
-                    }
-                }
+                let live = seen.record_all(delivery.events(), base, sample);
                 seen.batches += 1;
                 seen.shared += u64::from(delivery.is_shared());
                 seen.events += delivery.events().len() as u64;
-                received.add_permits(live);
+                received.add(live);
             }
             seen.resyncs = subscription.resyncs();
             seen
@@ -226,8 +309,8 @@ async fn subscribe(
 }
 
 /// `n` bare hub receivers (no snapshot, de-duplication or SSE encoding): the hub's own cost.
-/// Each adds a permit to `received` per message.
-fn subscribe_raw(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<JoinHandle<Seen>> {
+/// Each counts its messages in `received`.
+fn subscribe_raw(bench: &Bench, n: usize, received: Arc<Received>) -> Vec<JoinHandle<Seen>> {
     (0..n)
         .map(|_| {
             let (_, mut receiver) = bench.hub.subscribe(&bench.session);
@@ -242,7 +325,7 @@ fn subscribe_raw(bench: &Bench, n: usize, received: Arc<Semaphore>) -> Vec<JoinH
                     match event.as_deref() {
                         Ok(message @ SessionEvent::Message { .. }) => {
                             seen.record(message, base, &mut None);
-                            received.add_permits(1);
+                            received.add(1);
                         }
                         Ok(SessionEvent::Error { .. }) => break, // close_streams
                         Ok(_) => {}
@@ -328,12 +411,12 @@ impl Listeners {
         }
     }
 
-    /// Starts them on `rt`; each adds a permit to `received` per live message.
+    /// Starts them on `rt`; each counts its live messages in `received`.
     fn start(
         self,
         rt: &tokio::runtime::Runtime,
         bench: &Bench,
-        received: Arc<Semaphore>,
+        received: Arc<Received>,
     ) -> Vec<JoinHandle<Seen>> {
         match self {
             Listeners::None => Vec::new(),
@@ -361,7 +444,7 @@ fn ingest(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     for listeners in ALL {
         let bench = rt.block_on(Bench::new());
-        let tasks = listeners.start(&rt, &bench, Arc::new(Semaphore::new(0)));
+        let tasks = listeners.start(&rt, &bench, Received::new());
         let label = listeners.label();
         let mut i = 0u64;
         group.bench_function(BenchmarkId::from_parameter(&label), |b| {
@@ -389,7 +472,7 @@ fn ingest(c: &mut Criterion) {
 fn paired(listeners: Listeners) {
     let rt = runtime();
     let bench = rt.block_on(Bench::new());
-    let received = Arc::new(Semaphore::new(0));
+    let received = Received::new();
     let tasks = listeners.start(&rt, &bench, received.clone());
     let (mut followed, mut quiet) = (Duration::ZERO, Duration::ZERO);
     rt.block_on(async {
@@ -406,11 +489,7 @@ fn paired(listeners: Listeners) {
                 }
                 timed[which] = start.elapsed();
                 if which == 0 && !tasks.is_empty() {
-                    received
-                        .acquire_many((PAIRED_BLOCK as usize * SUBSCRIBERS) as u32)
-                        .await
-                        .unwrap()
-                        .forget();
+                    received.wait_for(PAIRED_BLOCK * SUBSCRIBERS as u64).await;
                 }
             }
             if round > 0 {
@@ -441,16 +520,12 @@ fn paced_latency(window: Duration, gap: Duration) {
     let rt = runtime();
     rt.block_on(async {
         let bench = Bench::new().await;
-        let received = Arc::new(Semaphore::new(0));
+        let received = Received::new();
         let tasks = subscribe(&bench, SUBSCRIBERS, window, received.clone()).await;
         let started = Instant::now();
         for i in 0..PACED_EVENTS as u64 {
             bench.ingest_one(i).await;
-            received
-                .acquire_many(SUBSCRIBERS as u32)
-                .await
-                .unwrap()
-                .forget();
+            received.wait_for(SUBSCRIBERS as u64).await;
             if !gap.is_zero() {
                 tokio::time::sleep(gap).await;
             }
@@ -466,15 +541,30 @@ fn paced_latency(window: Duration, gap: Duration) {
     });
 }
 
+/// Whether `FANOUT_CASES` (comma-separated `criterion`, `paired`, `paired_sse`, `paced`; all by
+/// default) selects `case`. `paired_sse` is the paired measurement with the default window
+/// only, for repeated rounds (and profiling).
+fn selected(case: &str) -> bool {
+    std::env::var("FANOUT_CASES").map_or(true, |cases| cases.split(',').any(|c| c.trim() == case))
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    ingest(&mut c);
-    for listeners in &ALL[1..] {
-        paired(*listeners);
+    if selected("criterion") {
+        ingest(&mut c);
     }
-    paced_latency(Duration::ZERO, Duration::ZERO);
-    paced_latency(COALESCE_WINDOW, Duration::ZERO);
-    // Events further apart than the window: each goes out at once.
-    paced_latency(COALESCE_WINDOW, 2 * COALESCE_WINDOW);
+    if selected("paired") {
+        for listeners in &ALL[1..] {
+            paired(*listeners);
+        }
+    } else if selected("paired_sse") {
+        paired(Listeners::Sse(COALESCE_WINDOW));
+    }
+    if selected("paced") {
+        paced_latency(Duration::ZERO, Duration::ZERO);
+        paced_latency(COALESCE_WINDOW, Duration::ZERO);
+        // Events further apart than the window: each goes out at once.
+        paced_latency(COALESCE_WINDOW, 2 * COALESCE_WINDOW);
+    }
     c.final_summary();
 }

@@ -42,7 +42,7 @@
 //! to batches. Nothing here touches the database or knows about HTTP.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -420,7 +420,11 @@ impl BatchReceiver {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> BatchRecv {
         loop {
-            // Register as a waiter before looking, so a flush in between is not missed.
+            // Woken by a flush (or called with batches waiting): take without registering.
+            if let Some(received) = take(&self.batcher, &mut self.next_seq) {
+                return received;
+            }
+            // Register as a waiter before looking again, so a flush in between is not missed.
             let flushed = self.batcher.flushed.notified();
             tokio::pin!(flushed);
             flushed.as_mut().enable();
@@ -439,6 +443,13 @@ impl BatchReceiver {
 
 /// What a receiver at `next_seq` reads next from `batcher`'s log (advancing `next_seq`).
 fn take(batcher: &Batcher, next_seq: &mut u64) -> Option<BatchRecv> {
+    // Nothing new (the common case when a subscriber goes back to waiting): an atomic load,
+    // not the log's lock.
+    if *next_seq >= batcher.flushed_seq.load(Ordering::Acquire)
+        && !batcher.closed.load(Ordering::Acquire)
+    {
+        return None;
+    }
     let log = batcher.log.read().unwrap_or_else(|e| e.into_inner());
     if let Some(end) = log.closed
         && *next_seq >= end
@@ -484,6 +495,10 @@ struct Batcher {
     log: RwLock<BatchLog>,
     /// Wakes the subscribers after a flush.
     flushed: Notify,
+    /// The log's `end_seq`, readable without its lock.
+    flushed_seq: AtomicU64,
+    /// The log's `closed` is set.
+    closed: AtomicBool,
     /// Where flush tasks run when the publisher is outside a runtime: that of the first
     /// subscriber.
     runtime: Option<tokio::runtime::Handle>,
@@ -534,6 +549,8 @@ impl Batcher {
                 ..BatchLog::default()
             }),
             flushed: Notify::new(),
+            flushed_seq: AtomicU64::new(0),
+            closed: AtomicBool::new(closed),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
@@ -610,7 +627,9 @@ impl Batcher {
             log.end_seq = batch.end_seq();
             if closing && log.closed.is_none() {
                 log.closed = Some(log.end_seq);
+                self.closed.store(true, Ordering::Release);
             }
+            self.flushed_seq.store(log.end_seq, Ordering::Release);
             log.batches.push_back(batch);
             // Keep at least `capacity` events (and always the newest batch).
             while log.batches.len() > 1 && log.events - log.batches[0].events.len() >= self.capacity
