@@ -206,17 +206,23 @@ async fn message(plugin: &Plugin, cx: &Arc<InstallationContext>, name: &str) -> 
     }
 }
 
-#[tokio::test]
-async fn every_event_fixture_decodes_in_wasm_as_natively() {
-    let runtime = runtime();
-    let plugin = lark(&runtime);
-    let cx = installation();
+/// The `event_*` fixtures (at least the 36 the shared set had when the tests were written).
+fn event_fixture_names() -> Vec<String> {
     let names = files_with_prefix("event_");
     assert!(
         names.len() >= 36,
         "found only {} event fixtures",
         names.len()
     );
+    names
+}
+
+#[tokio::test]
+async fn every_event_fixture_decodes_in_wasm_as_natively() {
+    let runtime = runtime();
+    let plugin = lark(&runtime);
+    let cx = installation();
+    let names = event_fixture_names();
     for name in &names {
         let payload = fixture_bytes(name);
         decode_like_native(&plugin, &cx, name, &payload).await;
@@ -1208,12 +1214,7 @@ async fn frame_events_read_at_classification_match_the_separate_calls() {
     let runtime = runtime();
     let plugin = lark(&runtime);
     let cx = installation();
-    let names = files_with_prefix("event_");
-    assert!(
-        names.len() >= 36,
-        "found only {} event fixtures",
-        names.len()
-    );
+    let names = event_fixture_names();
     // Plus commands, which the fixtures do not carry.
     let mut payloads: Vec<(String, Vec<u8>)> = names
         .iter()

@@ -93,6 +93,19 @@ impl Server {
         )
     }
 
+    /// The bodies of every message stored for `installation`, through the admin API.
+    async fn stored_bodies(&self, installation: &str) -> Vec<String> {
+        let (status, sessions) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/sessions?installation={installation}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{sessions}");
+        message_bodies(&sessions)
+    }
+
     async fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
         self.task.await.unwrap().expect("clean shutdown");
@@ -206,15 +219,7 @@ async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
             "{name}"
         );
 
-        let (status, sessions) = server
-            .admin(
-                reqwest::Method::GET,
-                &format!("/sessions?installation={id}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{name}: {sessions}");
-        let bodies = message_bodies(&sessions);
+        let bodies = server.stored_bodies(&id).await;
         assert_eq!(
             bodies.len(),
             4,
@@ -333,15 +338,7 @@ async fn a_webhook_event_for_another_installation_is_decoded_with_that_installat
         );
 
         for (id, expected) in [(&ids[0], 0), (&ids[1], 1)] {
-            let (status, sessions) = server
-                .admin(
-                    reqwest::Method::GET,
-                    &format!("/sessions?installation={id}"),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{name}: {sessions}");
-            let bodies = message_bodies(&sessions);
+            let bodies = server.stored_bodies(id).await;
             assert_eq!(
                 bodies.len(),
                 expected,
