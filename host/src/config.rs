@@ -47,10 +47,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Public base URL of this host, used in binding links.
     pub public_url: String,
-    /// Session event streams (SSE): a subscriber woken sooner than this after its previous
-    /// batch waits out the rest of the window and takes everything queued at once. Trades a few
-    /// milliseconds of stream latency on busy sessions for far less CPU with many subscribers;
-    /// 0 = every event is written as soon as it arrives.
+    /// Session event streams (SSE): the hub gathers a session's events per window of this
+    /// length into one shared batch that every subscriber writes as one chunk (the first event
+    /// after a quiet period goes out at once). Trades up to a window of stream latency on busy
+    /// sessions for far less CPU with many subscribers; 0 = every event is written as soon as
+    /// it arrives.
     pub event_coalesce_ms: u64,
 }
 
