@@ -586,19 +586,11 @@ impl Batcher {
             .or_else(|| self.runtime.clone());
         match runtime {
             Some(runtime) => {
-                runtime.spawn(self.clone().flush_loop());
+                runtime.spawn(Flushing(self.clone(), false).run());
             }
             None => {
                 self.flush(true);
             }
-        }
-    }
-
-    /// Flushes at once (the first event after a quiet period goes out without delay), then at
-    /// the end of every window while events keep coming; ends after a window without any.
-    async fn flush_loop(self: Arc<Self>) {
-        while self.flush(false) {
-            tokio::time::sleep(self.window).await;
         }
     }
 
@@ -640,6 +632,29 @@ impl Batcher {
         }
         self.flushed.notify_waiters();
         true
+    }
+}
+
+/// A batcher's flush task: flushes at once (the first event after a quiet period goes out
+/// without delay), then at the end of every window while events keep coming; ends after a
+/// window without any. If it is dropped before that (its runtime shut down, possibly before
+/// it ever ran), the next publication starts another one instead of waiting for it forever.
+struct Flushing(Arc<Batcher>, bool);
+
+impl Flushing {
+    async fn run(mut self) {
+        while self.0.flush(false) {
+            tokio::time::sleep(self.0.window).await;
+        }
+        self.1 = true; // `flush` marked the flushing over
+    }
+}
+
+impl Drop for Flushing {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.pending().flushing = false;
+        }
     }
 }
 
@@ -1230,5 +1245,31 @@ mod tests {
             0,
             "sessions without subscribers are dropped"
         );
+    }
+
+    #[test]
+    fn a_flush_dropped_with_its_runtime_is_started_again() {
+        let hub = EventHub::default();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = runtime();
+        let mut receiver = first.block_on(async {
+            let (_, receiver) = hub.subscribe_batches("s", DEFAULT_COALESCE_WINDOW);
+            hub.publish("s", message(1)); // spawns the flush task, which never runs
+            receiver
+        });
+        drop(first);
+        runtime().block_on(async {
+            hub.publish("s", message(2));
+            let (batch, _) =
+                tokio::time::timeout(Duration::from_secs(30), next_batch(&mut receiver))
+                    .await
+                    .expect("a new flush delivers both events (hung otherwise)");
+            assert_eq!(ids(batch.events()), [1, 2]);
+        });
     }
 }
