@@ -9,7 +9,6 @@
 #[path = "support/db.rs"]
 mod db;
 #[path = "support/runtime.rs"]
-#[allow(dead_code)]
 mod support;
 #[path = "support/time.rs"]
 mod time;

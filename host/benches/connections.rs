@@ -13,7 +13,6 @@
 //! steps).
 
 #[path = "../../tests/support/lark.rs"]
-#[allow(dead_code)]
 mod lark;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,6 @@
 //! Run: `cargo bench -p switchboard --bench ws` (`-- --events N` to change the count per rate).
 
 #[path = "../../tests/support/lark.rs"]
-#[allow(dead_code)]
 mod lark;
 
 use std::collections::BTreeMap;

@@ -165,7 +165,12 @@ impl Collector for PluginFigures {
                 )
             })
             .collect();
-        let counters: [(&str, &str, fn(&crate::runtime::PluginStats) -> u64); 3] = [
+        type Counter = (
+            &'static str,
+            &'static str,
+            fn(&crate::runtime::PluginStats) -> u64,
+        );
+        let counters: [Counter; 3] = [
             ("plugin_calls", "Export calls made to the plugin", |s| {
                 s.calls
             }),

@@ -25,7 +25,7 @@ pub fn sha256(parts: &[impl AsRef<[u8]>]) -> [u8; 32] {
 /// AES-256-CBC decryption with PKCS#7 unpadding, in place; `None` for a wrong key or IV size, a
 /// ciphertext that is empty or not a multiple of the block size, or invalid padding.
 pub fn aes256_cbc_decrypt(key: &[u8], iv: &[u8], mut ciphertext: Vec<u8>) -> Option<Vec<u8>> {
-    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return None;
     }
     let decryptor = Aes256CbcDecryptor::new_from_slices(key, iv).ok()?;

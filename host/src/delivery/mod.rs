@@ -395,10 +395,10 @@ impl ChannelReplies {
             RunOutcome::Completed { reply: None, .. } | RunOutcome::Lost => None,
             RunOutcome::Failed { error } => Some(outbound::Content::RunError(error)),
         };
-        if let Some(content) = content {
-            if let Err(e) = self.delivery.send(&installation, &target, content).await {
-                tracing::warn!(session = %ended.session_id, run = %ended.run_id, "run result not delivered: {e}");
-            }
+        if let Some(content) = content
+            && let Err(e) = self.delivery.send(&installation, &target, content).await
+        {
+            tracing::warn!(session = %ended.session_id, run = %ended.run_id, "run result not delivered: {e}");
         }
         self.delivery.typing_off(&installation, &target).await;
     }

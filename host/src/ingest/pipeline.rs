@@ -91,6 +91,9 @@ pub fn describe_plugin_error(error: &PluginError) -> String {
 }
 
 /// What one inbound WebSocket frame led to.
+// Produced once per frame and consumed at once (like `DecodeOutcome`); boxing the completed
+// event would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FrameOutcome {
     /// A control frame (ping, pong, …).

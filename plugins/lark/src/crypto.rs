@@ -50,7 +50,7 @@ mod imp {
     }
 
     pub fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
             return None;
         }
         Aes256CbcDecryptor::new_from_slices(key, iv)

@@ -459,6 +459,8 @@ fn refusal(status: u16, code: &str, msg: &str) -> ErrorResponse {
 
 async fn serve_socket(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let mut app_id = None;
+    // The handshake callback's error type is tungstenite's (a whole HTTP response).
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: WsResponse| {
         let ticket = request
             .uri()
@@ -600,14 +602,14 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
         biz_rt: frame.header("biz_rt").map(str::to_string),
         latency,
     });
-    if let Some(flight) = state.inflight.remove(&message_id) {
-        if code != 200 {
-            let mut delivery = flight.delivery;
-            delivery.not_before = Instant::now() + shared.options.redeliver_after;
-            state.pending.push_back(delivery);
-            drop(state);
-            shared.wake.notify_one();
-        }
+    if let Some(flight) = state.inflight.remove(&message_id)
+        && code != 200
+    {
+        let mut delivery = flight.delivery;
+        delivery.not_before = Instant::now() + shared.options.redeliver_after;
+        state.pending.push_back(delivery);
+        drop(state);
+        shared.wake.notify_one();
     }
 }
 
