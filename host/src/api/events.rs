@@ -566,3 +566,37 @@ fn admit(read: &mut HashMap<i64, u64>, cursor: &mut i64, event: &SessionEvent) -
     *cursor = (*cursor).max(id);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that stays silent gets a comment per interval; one that keeps sending does
+    /// not, and its chunks pass through unchanged and in order.
+    #[tokio::test]
+    async fn keep_alive_comments_only_silent_streams() {
+        let comment = Bytes::from_static(b":\n\n");
+        let silent = futures_util::stream::pending::<Result<Bytes, Infallible>>().boxed();
+        let mut silent = KeepAlive::new(silent, Duration::from_millis(20));
+        for _ in 0..2 {
+            let next = tokio::time::timeout(Duration::from_secs(10), silent.next())
+                .await
+                .expect("a silent stream gets a keep-alive comment");
+            assert_eq!(next.unwrap().unwrap(), comment);
+        }
+
+        // Chunks every 2 ms against a 10 s interval: never silent for a whole interval.
+        let busy = futures_util::stream::iter(0..20u8)
+            .then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, Infallible>(Bytes::from(vec![i]))
+            })
+            .boxed();
+        let received: Vec<Bytes> = KeepAlive::new(busy, Duration::from_secs(10))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let expected: Vec<Bytes> = (0..20u8).map(|i| Bytes::from(vec![i])).collect();
+        assert_eq!(received, expected, "no comment between chunks, none lost");
+    }
+}
