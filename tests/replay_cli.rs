@@ -430,3 +430,53 @@ fn a_fragment_that_never_completes_is_reported() {
         "incomplete message 5e7a9c1b-3d5f-4a7b-9c1d-3e5f7a9b1c2d: 1 of 2 fragments received"
     );
 }
+
+/// A plugin whose event-reading (made while classifying a frame) contradicts its own decode
+/// call gets an `error` line naming the difference: the host uses readings in place of decode,
+/// so the integrator must see it offline. A frame without a reading replays normally.
+#[test]
+fn an_event_reading_that_contradicts_decode_is_an_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(
+        Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR).join("switchboard_testing.wasm"),
+        plugins.join("switchboard_testing.wasm"),
+    )
+    .unwrap();
+    let mut inputs = Vec::new();
+    for (name, payload) in [("bad", "bad-reading:echo:hi"), ("good", "echo:hi")] {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            serde_json::json!({ "frame": { "hex": hex::encode(payload) } }).to_string(),
+        )
+        .unwrap();
+        inputs.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec![
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+        "replay",
+        "--plugin",
+        "testing",
+    ];
+    args.extend(inputs.iter().map(String::as_str));
+    let output = switchboard(&args);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let lines = by_file(&lines(&output));
+    let bad = only(&lines, "bad.json");
+    assert_eq!(bad["kind"], "error", "{bad}");
+    let reason = bad["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("event-reading differs from decode")
+            && reason.contains("not what decode says"),
+        "{reason}"
+    );
+    let good = only(&lines, "good.json");
+    assert_eq!(
+        (good["kind"].as_str(), good["body"].as_str()),
+        (Some("message"), Some("hi")),
+        "{good}"
+    );
+}

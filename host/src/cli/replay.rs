@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::GlobalArgs;
 use crate::ingest::pipeline::{self, DecodeOutcome, FrameIntake, FrameOutcome, WebhookOutcome};
 use crate::runtime::commands::Command;
-use crate::runtime::transport::{AckStatus, ConnectionHints, WebhookRequest};
+use crate::runtime::transport::{AckStatus, ConnectionHints, EventReading, WebhookRequest};
 use crate::runtime::types::{ChatType, InboundMessage};
 use crate::runtime::{CallError, InstallationContext, Plugin};
 
@@ -429,26 +429,59 @@ async fn replay_file(plugin: &Plugin, cx: &Arc<InstallationContext>, file: &Path
     };
     match recognise(&bytes) {
         Err(reason) => vec![Line::error(file, reason)],
-        Ok(Input::Event) => vec![decode_line(plugin, cx, file, &bytes).await],
+        Ok(Input::Event) => vec![decode_line(plugin, cx, file, &bytes, None).await],
         Ok(Input::Frames(frames)) => replay_frames(plugin, cx, file, &frames).await,
         Ok(Input::Webhook(request)) => replay_webhook(plugin, cx, file, &request).await,
     }
 }
 
-/// Decodes one payload into a line.
+/// Decodes one payload into a line. A `reading` the transport call made of the payload is
+/// checked against the separate calls the host would otherwise make: the host uses a reading
+/// in their place, so one that differs is a plugin bug, reported as an `error` line.
 async fn decode_line(
     plugin: &Plugin,
     cx: &Arc<InstallationContext>,
     file: &Path,
     payload: &[u8],
+    reading: Option<EventReading>,
 ) -> Line {
-    match pipeline::decode_payload(plugin, cx, payload).await {
-        Ok(DecodeOutcome::Message { message, command }) => Line::message(file, message, command),
-        Ok(DecodeOutcome::Ignored(reason)) => Line::new(file, "ignored", Some(reason)),
-        Ok(DecodeOutcome::Invalid(error)) => {
-            Line::error(file, pipeline::describe_plugin_error(&error))
+    let outcome = match pipeline::decode_payload(plugin, cx, payload).await {
+        Ok(outcome) => outcome,
+        Err(error) => return Line::call_failed(file, &error),
+    };
+    if let Some(reading) = reading {
+        let routing_key = match plugin.routing_key(cx, payload).await {
+            Ok(key) => key,
+            Err(error) => return Line::call_failed(file, &error),
+        };
+        if reading.routing_key != routing_key {
+            return Line::error(
+                file,
+                format!(
+                    "the plugin's event-reading has routing key {:?} but routing-key says {:?}",
+                    reading.routing_key, routing_key
+                ),
+            );
         }
-        Err(error) => Line::call_failed(file, &error),
+        // The generated WIT types have no `PartialEq`; their Debug form shows every field.
+        let (read, decoded) = (
+            format!("{:?}", pipeline::read_outcome(reading)),
+            format!("{outcome:?}"),
+        );
+        if read != decoded {
+            return Line::error(
+                file,
+                format!(
+                    "the plugin's event-reading differs from decode + commands.parse \
+                     (the host uses the reading in their place): read {read}, decoded {decoded}"
+                ),
+            );
+        }
+    }
+    match outcome {
+        DecodeOutcome::Message { message, command } => Line::message(file, message, command),
+        DecodeOutcome::Ignored(reason) => Line::new(file, "ignored", Some(reason)),
+        DecodeOutcome::Invalid(error) => Line::error(file, pipeline::describe_plugin_error(&error)),
     }
 }
 
@@ -486,10 +519,13 @@ async fn replay_frames(
                 total,
             } => incomplete = Some((message_id, received, total)),
             FrameOutcome::Complete {
-                payload, ack_frame, ..
+                payload,
+                ack_frame,
+                event,
+                ..
             } => {
                 incomplete = None;
-                lines.push(decode_line(plugin, cx, file, &payload).await);
+                lines.push(decode_line(plugin, cx, file, &payload, event).await);
                 // The host would ACK now; show what it would send to whoever asks for debug logs.
                 match plugin
                     .build_ack(cx, &ack_frame, AckStatus::Ok, 0, None)
@@ -557,10 +593,13 @@ async fn replay_webhook(
             "ignored",
             Some("the webhook request carried no events".into()),
         )],
-        Ok(WebhookOutcome::Events { payloads, .. }) => {
+        Ok(WebhookOutcome::Events {
+            payloads, readings, ..
+        }) => {
             let mut lines = Vec::with_capacity(payloads.len());
+            let mut readings = readings.into_iter();
             for payload in &payloads {
-                lines.push(decode_line(plugin, cx, file, payload).await);
+                lines.push(decode_line(plugin, cx, file, payload, readings.next()).await);
             }
             lines
         }

@@ -127,6 +127,15 @@ impl decoder::Guest for Testing {
 
 impl transport::Guest for Testing {
     fn classify_frame(frame: Vec<u8>) -> Result<transport::FrameClass, PluginError> {
+        // `bad-reading:…` frames come with an event-reading that contradicts `decode` (which
+        // ignores the unknown command): what `switchboard replay` must flag.
+        let event = frame
+            .starts_with(b"bad-reading:")
+            .then(|| transport::EventReading {
+                routing_key: None,
+                decoded: Ok(message("not what decode says".into())),
+                command: None,
+            });
         Ok(transport::FrameClass::Data(transport::DataFrame {
             kind: "event".into(),
             fragment: transport::Fragment {
@@ -136,7 +145,7 @@ impl transport::Guest for Testing {
             },
             payload: frame,
             trace_id: None,
-            event: None,
+            event,
         }))
     }
     fn build_ack(
