@@ -36,6 +36,9 @@ INPUTS (the shape of each JSON file decides how it is replayed):
                     every event it carries is decoded.
   anything else     One line with kind `error` (e.g. the `rest_*.json` REST fixtures).
   A directory stands for its `*.json` files, sorted by name.
+  When the plugin reads an event already in `classify-frame` or `verify-webhook` (an
+  `event-reading`, which the host uses in place of routing-key/decode/commands.parse), the reading
+  is checked against those calls; one that differs is a line of kind `error` naming both.
 
 OUTPUT: one JSON object per line on stdout, per decoded unit (a webhook with several events gives
 several lines; a fragment that does not complete a message gives none). Every key is always
