@@ -196,9 +196,9 @@ impl Ingest {
     /// (plugin calls and an installation lookup; no writes for a chat message). A connector runs it
     /// in arrival order, so it knows each message's chat before it lets messages of different
     /// chats [`finish`](Ingest::finish) concurrently. `read` is the event as the plugin already
-    /// read it while classifying its frame or verifying its request: its routing key, decoding and command are used
-    /// instead of calling the plugin again when the event routes to the installation it was
-    /// read for.
+    /// read it while classifying its frame or verifying its request: its routing key, decoding
+    /// and command are used instead of calling the plugin again when the event routes to the
+    /// installation it was read for.
     pub async fn prepare(
         &self,
         plugin: &Plugin,
