@@ -245,12 +245,12 @@ impl Ingest {
         payload: &[u8],
         arrived: Instant,
         known: Option<(&Installation, &Arc<InstallationContext>)>,
-        read: Option<ReadEvent>,
+        mut read: Option<ReadEvent>,
     ) -> Result<Prepared, IngestError> {
         let anonymous = Arc::new(InstallationContext::default());
-        let (routing_key, mut read) = match read {
-            Some(read) => (read.event.routing_key.clone(), Some(read)),
-            None => (plugin.routing_key(&anonymous, payload).await?, None),
+        let routing_key = match &read {
+            Some(read) => read.event.routing_key.clone(),
+            None => plugin.routing_key(&anonymous, payload).await?,
         };
         let channel = &plugin.manifest().channel;
         let known = known.filter(|(installation, _)| {
