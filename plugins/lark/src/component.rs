@@ -200,7 +200,7 @@ impl decoder::Guest for LarkPlugin {
     }
 }
 
-/// `decoder.decode`, with the installation's bot ids from the host.
+/// `decoder.decode`.
 fn decode_payload(payload: &[u8]) -> Result<decoder::Decoded, PluginError> {
     decode_native(payload).map(|decoded| match decoded {
         Decoded::Ignored(reason) => decoder::Decoded::Ignored(reason),
@@ -208,6 +208,8 @@ fn decode_payload(payload: &[u8]) -> Result<decoder::Decoded, PluginError> {
     })
 }
 
+/// The decoder logic with the installation's bot ids from the host, before conversion to the
+/// WIT types (a reading also needs the envelope's `app_id`).
 fn decode_native(payload: &[u8]) -> Result<Decoded, PluginError> {
     let bot_open_id = config("bot_open_id").unwrap_or_default();
     let bot_union_id = config("bot_union_id").unwrap_or_default();
