@@ -675,6 +675,14 @@ struct SessionStream {
 }
 
 impl SessionStream {
+    /// The in-flight parts buffered for late subscribers (empty when no run is streaming).
+    fn buffered_parts(&self) -> Vec<SharedEvent> {
+        self.parts
+            .as_ref()
+            .map(|buffer| buffer.parts.clone())
+            .unwrap_or_default()
+    }
+
     /// Forgets batchers whose subscribers are all gone.
     fn prune(&mut self) {
         self.batchers.retain(|batcher| batcher.subscribers() > 0);
@@ -824,11 +832,7 @@ impl EventHub {
     pub fn subscribe(&self, session_id: &str) -> (Vec<SharedEvent>, EventReceiver) {
         let mut sessions = self.lock();
         let stream = self.stream(&mut sessions, session_id);
-        let parts = stream
-            .parts
-            .as_ref()
-            .map(|buffer| buffer.parts.clone())
-            .unwrap_or_default();
+        let parts = stream.buffered_parts();
         let inner = stream.sender.subscribe();
         (parts, EventReceiver { inner })
     }
@@ -847,11 +851,7 @@ impl EventHub {
         let closed = self.streams_closed();
         let capacity = self.capacity;
         let stream = self.stream(&mut sessions, session_id);
-        let parts = stream
-            .parts
-            .as_ref()
-            .map(|buffer| buffer.parts.clone())
-            .unwrap_or_default();
+        let parts = stream.buffered_parts();
         stream.prune();
         let batcher = match stream.batchers.iter().find(|b| b.window == window) {
             Some(batcher) => batcher.clone(),
@@ -954,8 +954,7 @@ impl EventHub {
     pub fn buffered_parts(&self, session_id: &str) -> Vec<SharedEvent> {
         self.lock()
             .get(session_id)
-            .and_then(|stream| stream.parts.as_ref())
-            .map(|buffer| buffer.parts.clone())
+            .map(SessionStream::buffered_parts)
             .unwrap_or_default()
     }
 
