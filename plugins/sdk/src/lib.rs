@@ -14,6 +14,9 @@
 //! Build it with `cargo build --target wasm32-wasip2`; the result is a component the host loads.
 //! Declare the plugin's manifest with [`manifest!`] so the host can read it from the component.
 //!
+//! [`secret::eq`] is the one constant-time comparison of tokens, signatures and digests, shared
+//! by the plugins and the host.
+//!
 //! Everything here is plain Rust: the host-facing functions ([`log`], [`http`], [`kv`], …) are
 //! only callable inside the host, but the types compile natively so plugin logic can be unit
 //! tested with `cargo test`.
@@ -29,6 +32,8 @@ pub mod bindings {
         default_bindings_module: "switchboard_plugin_sdk::bindings",
     });
 }
+
+pub mod secret;
 
 pub use bindings::export_channel_plugin;
 pub use bindings::switchboard::channel::types;
