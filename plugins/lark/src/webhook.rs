@@ -361,24 +361,20 @@ fn to_hex(bytes: &[u8; 32]) -> [u8; 64] {
     out
 }
 
-/// Compares two byte strings without an early exit on the first difference.
+/// Compares two byte strings in constant time (the SDK's one helper; unequal lengths: false).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    switchboard_plugin_sdk::secret::eq(a, b)
 }
 
-/// Compares lowercase hex with a signature given in any case, without an early exit.
-fn hex_eq_ignore_case(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
+/// Compares lowercase hex with a signature given in any case, in constant time: the signature is
+/// lowercased into a fixed buffer, then compared with the SDK's helper. A signature that is not
+/// 64 characters long is refused at once (that length is public: a SHA-256 digest in hex).
+fn hex_eq_ignore_case(expected: &[u8; 64], given: &[u8]) -> bool {
+    let Ok(given) = <&[u8; 64]>::try_from(given) else {
         return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase()))
-        == 0
+    };
+    let lowered = given.map(|byte| byte.to_ascii_lowercase());
+    switchboard_plugin_sdk::secret::eq(expected, &lowered)
 }
 
 #[cfg(test)]
