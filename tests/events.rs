@@ -29,7 +29,7 @@ use switchboard::store::{
 };
 use time::ManualClock;
 
-const ADMIN: &str = "events-admin-token";
+const ADMIN: &str = "events-admin-token-0123456789abcdef";
 const NOW: i64 = 1_700_000_000_000;
 /// An agent no built-in executor serves: the test drives runs itself.
 const AGENT: &str = "sse-test-agent";

@@ -23,7 +23,7 @@ use switchboard::agents::AgentConfig;
 use switchboard::app::App;
 use switchboard::config::Config;
 
-const ADMIN: &str = "replies-admin-token";
+const ADMIN: &str = "replies-admin-token-0123456789abcdef";
 const WORKER_TOKEN: &str = "replies-worker-token-0123456789";
 
 /// One request the fake Lark received.

@@ -1145,7 +1145,7 @@ async fn four_workers_racing_on_postgres_never_claim_a_run_twice() {
 
 // ------------------------------------------------------------------------- HTTP
 
-const ADMIN: &str = "runs-admin-token";
+const ADMIN: &str = "runs-admin-token-0123456789abcdef";
 
 #[tokio::test]
 async fn admin_routes_operate_sessions_over_http() {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use switchboard::app::App;
 use switchboard::config::Config;
 
-const ADMIN: &str = "e2e-admin-token";
+const ADMIN: &str = "e2e-admin-token-0123456789abcdef0";
 
 struct Server {
     base: String,
@@ -353,4 +353,125 @@ async fn a_webhook_event_for_another_installation_is_decoded_with_that_installat
         }
         server.stop().await;
     }
+}
+
+/// A host serving `config` on a loopback port: (base URL, stop signal, serve task).
+async fn serve_config(
+    config: &Config,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = App::from_config(config).await.expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (base, stop, task)
+}
+
+/// `GET {base}{path}` with an optional bearer token: status, body as JSON (`Null` if it is not
+/// JSON) and body as text.
+async fn get_with_token(base: &str, path: &str, token: Option<&str>) -> (u16, Value, String) {
+    let mut request = reqwest::Client::new().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), request.send())
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, json, text)
+}
+
+/// Operator credentials: an admin token shorter than 32 characters is refused at start-up; the
+/// admin API takes its token only (SHA-256 compared in constant time); `/metrics` is open unless
+/// `[server] metrics_token` is set, and then takes that token only.
+#[tokio::test]
+async fn operator_tokens_guard_the_admin_api_and_metrics() {
+    let test_db = db::sqlite_file_db().await;
+    let mut config = Config::default();
+    config.database.url = test_db.url.clone();
+    config.secrets.key = Some(switchboard::store::SecretCipher::generate_key_hex());
+    config.plugins.cache_dir = Some(support::shared_cache_dir());
+    config.server.admin_token = Some(ADMIN.into());
+
+    // A 10-character admin token: start-up fails and says what to do.
+    let mut short = config.clone();
+    short.server.admin_token = Some("0123456789".into());
+    let error = match App::from_config(&short).await {
+        Ok(_) => panic!("a 10-character admin token was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("10 characters")
+            && error.contains("at least 32")
+            && error.contains("openssl rand -hex 32"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("0123456789"),
+        "the token is not echoed: {error}"
+    );
+
+    // No metrics token: /metrics is open; the admin API takes its token and nothing else.
+    let (base, stop, task) = serve_config(&config).await;
+    let (status, _, text) = get_with_token(&base, "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("switchboard_long_connections_open"), "{text}");
+    let last_changed = format!("{}X", &ADMIN[..ADMIN.len() - 1]);
+    let longer = format!("{ADMIN}0");
+    for (token, expected_error) in [
+        (None, "missing `Authorization: Bearer <admin token>`"),
+        (Some(last_changed.as_str()), "wrong admin token"),
+        (Some(&ADMIN[..ADMIN.len() - 1]), "wrong admin token"),
+        (Some(longer.as_str()), "wrong admin token"),
+    ] {
+        let (status, body, text) = get_with_token(&base, "/api/installations", token).await;
+        assert_eq!(status, 401, "token {token:?}: {text}");
+        assert_eq!(body, json!({ "error": expected_error }), "token {token:?}");
+    }
+    let (status, body, text) = get_with_token(&base, "/api/installations", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(body, json!([]));
+    stop.send(()).unwrap();
+    task.await.unwrap().expect("clean shutdown");
+
+    // With a metrics token: /metrics takes that token and no other, and opens nothing else.
+    const METRICS: &str = "metrics-scrape-token";
+    let mut guarded = config.clone();
+    guarded.server.metrics_token = Some(METRICS.into());
+    let (base, stop, task) = serve_config(&guarded).await;
+    for (token, expected_error) in [
+        (
+            None,
+            "missing `Authorization: Bearer <metrics token>` (server.metrics_token is set)",
+        ),
+        (Some("metrics-scrape-tokeN"), "wrong metrics token"),
+        (Some(ADMIN), "wrong metrics token"),
+    ] {
+        let (status, body, text) = get_with_token(&base, "/metrics", token).await;
+        assert_eq!(status, 401, "token {token:?}: {text}");
+        assert_eq!(body, json!({ "error": expected_error }), "token {token:?}");
+    }
+    let (status, _, text) = get_with_token(&base, "/metrics", Some(METRICS)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("switchboard_long_connections_open"), "{text}");
+    let (status, _, text) = get_with_token(&base, "/api/installations", Some(METRICS)).await;
+    assert_eq!(
+        status, 401,
+        "the metrics token opens no admin route: {text}"
+    );
+    let (status, _, text) = get_with_token(&base, "/api/installations", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, _) = get_with_token(&base, "/healthz", None).await;
+    assert_eq!(status, 200, "health stays open");
+    stop.send(()).unwrap();
+    task.await.unwrap().expect("clean shutdown");
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::agents::{AgentPresence, AgentRegistry, AgentState, CancellationToken, agent_state};
 use crate::api::{self, AppState};
+use crate::auth::TokenDigest;
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
 use crate::capabilities::{
     BaseUrlOverride, Clock, OperatorPolicy, ServiceLimits, Services, SystemClock,
@@ -234,6 +235,7 @@ impl FlushHandler for PluginFlush {
 impl App {
     /// Connects, migrates and wires everything (no socket is opened yet).
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+        config.server.validate()?;
         let db = Database::connect(&config.database.url).await?;
         db.migrate().await?;
         let cipher = load_secret_key(config)?;
@@ -333,7 +335,8 @@ impl App {
             db,
             installations,
             clock,
-            admin_token: config.server.admin_token.as_deref().map(Arc::from),
+            admin_token: config.server.admin_token.as_deref().map(TokenDigest::of),
+            metrics_token: config.server.metrics_token.as_deref().map(TokenDigest::of),
             public_url,
             metrics,
             event_coalescing: std::time::Duration::from_millis(config.server.event_coalesce_ms),

@@ -41,8 +41,13 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Bearer token for the admin API (`/api/…`). Unset = the admin API answers 503.
+    /// Bearer token for the admin API (`/api/…`). Unset = the admin API answers 503. At least
+    /// [`MIN_ADMIN_TOKEN_CHARS`](crate::auth::MIN_ADMIN_TOKEN_CHARS) characters (checked at
+    /// start-up by [`ServerConfig::validate`]); only its SHA-256 is kept.
     pub admin_token: Option<String>,
+    /// Bearer token `GET /metrics` requires. Unset = `/metrics` is open (what Prometheus
+    /// scrapers expect by default; it holds counts only). Only its SHA-256 is kept.
+    pub metrics_token: Option<String>,
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Public base URL of this host, used in binding links.
@@ -60,10 +65,37 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            metrics_token: None,
             max_body_bytes: 1 << 20,
             public_url: "http://127.0.0.1:8080".into(),
             event_coalesce_ms: 10,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the operator tokens before anything starts: an admin token shorter than
+    /// [`MIN_ADMIN_TOKEN_CHARS`](crate::auth::MIN_ADMIN_TOKEN_CHARS) characters and an empty
+    /// metrics token are refused, with what to do instead.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::auth::MIN_ADMIN_TOKEN_CHARS;
+        if let Some(token) = &self.admin_token {
+            let chars = token.chars().count();
+            anyhow::ensure!(
+                chars >= MIN_ADMIN_TOKEN_CHARS,
+                "server.admin_token (SWITCHBOARD_SERVER__ADMIN_TOKEN) is {chars} characters long; \
+                 it must have at least {MIN_ADMIN_TOKEN_CHARS}: generate one with \
+                 `openssl rand -hex 32` (or leave it unset to disable the admin API)"
+            );
+        }
+        if let Some(token) = &self.metrics_token {
+            anyhow::ensure!(
+                !token.is_empty(),
+                "server.metrics_token (SWITCHBOARD_SERVER__METRICS_TOKEN) is empty: set a token \
+                 (e.g. `openssl rand -hex 32`) or leave it unset to keep /metrics open"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +291,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nevent_coalesce_ms = 0\n[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://open.feishu.cn\" = \"http://127.0.0.1:9\"\n").unwrap();
+    #[test]
+    fn short_admin_tokens_and_empty_metrics_tokens_are_refused() {
+        let mut server = ServerConfig::default();
+        server.validate().expect("no tokens: valid");
+        server.admin_token = Some("change-me!".into());
+        let err = server.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("10 characters") && err.contains("openssl rand -hex 32"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("change-me!"),
+            "the token is never shown: {err}"
+        );
+        server.admin_token = Some("é".repeat(31));
+        assert!(server.validate().is_err(), "characters, not bytes, count");
+        server.admin_token = Some("x".repeat(32));
+        server.validate().expect("32 characters are enough");
+        server.metrics_token = Some(String::new());
+        let err = server.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_token"), "{err}");
+        server.metrics_token = Some("scrape".into());
+        server.validate().expect("any non-empty metrics token");
+    }
+
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.database.url, "postgres://x@127.0.0.1/db");
         assert_eq!(c.server.event_coalesce_ms, 0);

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::auth::TokenDigest;
 
 /// The name of the agent that exists even when nothing is configured (kind `echo`).
 pub const DEFAULT_AGENT: &str = "echo";
@@ -239,7 +240,7 @@ impl fmt::Debug for OpenAiSettings {
 /// Settings of a `worker` agent. The token itself is not kept, only its SHA-256.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
-    token_sha256: [u8; 32],
+    token: TokenDigest,
     /// Offline when no worker was seen for this long (ms).
     pub offline_after_ms: u64,
 }
@@ -248,15 +249,14 @@ impl WorkerSettings {
     /// Builds settings from a plain token (hashed at once).
     pub fn new(token: &str, offline_after_ms: u64) -> WorkerSettings {
         WorkerSettings {
-            token_sha256: Sha256::digest(token.as_bytes()).into(),
+            token: TokenDigest::of(token),
             offline_after_ms,
         }
     }
 
     /// Whether `token` is this agent's token (SHA-256 compared in constant time).
     pub fn verify_token(&self, token: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        constant_time_eq(&presented, &self.token_sha256)
+        self.token.matches(token)
     }
 }
 
@@ -267,14 +267,6 @@ impl fmt::Debug for WorkerSettings {
             .field("offline_after_ms", &self.offline_after_ms)
             .finish()
     }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Whether an agent can take runs right now.

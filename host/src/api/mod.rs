@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +27,7 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::capabilities::Clock;
+use crate::auth::{TokenDigest, bearer};
 use crate::ingest::service::Ingest;
 use crate::runs::{Compactor, RunService};
 use crate::runtime::Runtime;
@@ -53,8 +54,10 @@ pub struct AppState {
     pub compactor: Compactor,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
-    /// Bearer token of the admin API (`None` = admin API disabled).
-    pub admin_token: Option<Arc<str>>,
+    /// SHA-256 of the admin API's bearer token (`None` = admin API disabled).
+    pub admin_token: Option<TokenDigest>,
+    /// SHA-256 of the bearer token `GET /metrics` requires (`None` = `/metrics` is open).
+    pub metrics_token: Option<TokenDigest>,
     /// Public URL used in binding links.
     pub public_url: Arc<str>,
     /// Prometheus metrics (`GET /metrics`).
@@ -115,8 +118,25 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Counts only (outcomes, plugin health, connections): no ids, no content, so no token.
-async fn metrics_text(State(state): State<AppState>) -> Response {
+/// Counts only (outcomes, plugin health, connections): no ids, no content, so open unless the
+/// operator set `[server] metrics_token`.
+async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token {
+        match bearer(&headers) {
+            Some(token) if expected.matches(token) => {}
+            Some(_) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "wrong metrics token")
+                    .into_response();
+            }
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing `Authorization: Bearer <metrics token>` (server.metrics_token is set)",
+                )
+                .into_response();
+            }
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -135,15 +155,8 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         )
         .into_response();
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
-        }
+    match bearer(request.headers()) {
+        Some(token) if expected.matches(token) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token").into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -151,8 +164,4 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         )
         .into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

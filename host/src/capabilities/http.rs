@@ -1,15 +1,23 @@
-//! The `http` capability: outbound requests through the shared reqwest client.
+//! The `http` capability: outbound requests through the shared reqwest clients.
 //!
 //! Every request and every redirect hop is checked by [`super::policy::HttpPolicy`] before any
-//! connection is made; bodies are capped both ways; the timeout is the smaller of what the
+//! connection is made, and then by the address rule: a destination inside an operator override's
+//! target goes out as the operator wrote it; any other connects only to public addresses (a
+//! literal IP is checked by the policy, a name by the resolver of [`super::dns`], and a name with
+//! no public address is `not-allowed` naming it). Redirects are followed by hand: a hop to
+//! another origin (scheme, host, port) no longer carries `Authorization`, `Cookie` or
+//! `Proxy-Authorization`. Bodies are capped both ways; the timeout is the smaller of what the
 //! plugin asked and what is left of the calling export's deadline.
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{
+    AUTHORIZATION, COOKIE, HeaderName, HeaderValue, LOCATION, PROXY_AUTHORIZATION,
+};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
+use super::dns;
 use super::policy::Egress;
 use crate::runtime::bindings::switchboard::channel::http::{Error, Host, Request, Response};
 use crate::runtime::state::{Activity, HostState};
@@ -28,6 +36,10 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
     "content-length",
 ];
+
+/// Headers that carry credentials: not forwarded when a redirect leaves the origin they were
+/// set for (`Proxy-Authorization` is hop-by-hop and never sent, but is named here too).
+const CREDENTIALS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
 
 impl Host for HostState {
     async fn send(&mut self, req: Request) -> Result<Response, Error> {
@@ -72,13 +84,18 @@ impl Host for HostState {
             return Err(Error::Timeout);
         }
         let mut body = req.body;
-        let client = self.services.http.clone();
+        let services = self.services.clone();
         self.set_activity(Activity::HostImport("http.send"));
         let started = std::time::Instant::now();
         let outcome = async {
             let mut hops = 0;
             loop {
                 let left = timeout.saturating_sub(started.elapsed());
+                let client = if policy.is_override_target(&target) {
+                    &services.http_override
+                } else {
+                    &services.http
+                };
                 let response = client
                     .request(method.clone(), target.clone())
                     .headers(headers.clone())
@@ -103,10 +120,16 @@ impl Host for HostState {
                     let next = target.join(location).map_err(|e| {
                         Error::Transport(format!("bad redirect location {location:?}: {e}"))
                     })?;
-                    if !policy.allows_redirect(&next) {
-                        return Err(Error::NotAllowed(format!(
-                            "redirect to {next} leaves the plugin's allow-list"
-                        )));
+                    let next = match policy.check_redirect(&next) {
+                        Egress::Allow(next) => next,
+                        Egress::Deny(why) => return Err(Error::NotAllowed(why)),
+                    };
+                    // Credentials were set for this origin: they do not follow the plugin
+                    // anywhere else (also not back, once dropped).
+                    if next.origin() != target.origin() {
+                        for name in &CREDENTIALS {
+                            headers.remove(name);
+                        }
                     }
                     // 303 (and 301/302 after a POST, as browsers do) continue as GET.
                     let status = response.status();
@@ -160,6 +183,8 @@ async fn read_capped(mut response: reqwest::Response, cap: u64) -> Result<Respon
 fn transport_error(e: reqwest::Error) -> Error {
     if e.is_timeout() {
         Error::Timeout
+    } else if let Some(refused) = dns::refused_in(&e) {
+        Error::NotAllowed(refused.to_string())
     } else {
         // The URL may carry credentials (Lark's WebSocket URL does): report without it.
         Error::Transport(e.without_url().to_string())

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod crypto;
+pub mod dns;
 pub mod http;
 pub mod installation;
 pub mod kv;
@@ -142,8 +143,12 @@ impl Default for ServiceLimits {
 
 /// The host-side implementations behind the imports, shared by all plugins.
 pub struct Services {
-    /// Shared HTTP client (redirects are followed by hand so every hop is checked).
+    /// Shared HTTP client for plugin egress (redirects are followed by hand so every hop is
+    /// checked); its resolver connects only to public addresses ([`dns`]).
     pub(crate) http: reqwest::Client,
+    /// The client for destinations inside an operator override's target (local fakes included):
+    /// the system resolver, no address rule.
+    pub(crate) http_override: reqwest::Client,
     /// Plugin kv on the host database; `None` when the host runs without one.
     pub(crate) kv: Option<KvStore>,
     /// Wall clock.
@@ -157,13 +162,22 @@ pub struct Services {
 impl Services {
     /// Builds the services. `kv` is the host database's kv store, if any.
     pub fn new(kv: Option<KvStore>, operator: OperatorPolicy, limits: ServiceLimits) -> Services {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        // Plugin egress goes direct, never through a proxy from the environment: a proxy would
+        // resolve the destination itself, out of reach of the address rule.
+        let builder = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
+            .dns_resolver(dns::PublicOnly::shared())
             .build()
             .expect("the TLS backend initialises");
+        let http_override = builder().build().expect("the TLS backend initialises");
         Services {
             http,
+            http_override,
             kv,
             clock: Arc::new(SystemClock),
             limits,

@@ -3,8 +3,14 @@
 //!
 //! Deny by default: a plugin gets exactly what its manifest requests, narrowed by the operator's
 //! policy; anything else is not linked at all. This module decides; it performs no I/O.
+//!
+//! The address rule: plugins reach only public addresses. A destination that is an operator
+//! override's target (how local fakes are reached) is trusted as the operator wrote it; any other
+//! destination whose host is a literal IP address must be public ([`is_public_address`]) here,
+//! and one named by a DNS name is resolved by [`super::dns`], which drops the non-public answers.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use url::Url;
 
@@ -249,17 +255,40 @@ impl HttpPolicy {
         HttpPolicy { allow, overrides }
     }
 
-    /// Checks a request URL as the plugin wrote it and applies overrides.
+    /// Checks a request URL as the plugin wrote it and applies overrides; the destination must
+    /// then pass the address rule (a literal non-public IP is refused unless it is an override's
+    /// target).
     pub fn check(&self, url: &Url) -> Egress {
         if !self.allow.allows(url) {
             return Egress::Deny(not_allowed(url, "capabilities.http"));
         }
-        Egress::Allow(rewrite(&self.overrides, url))
+        address_rule(&self.overrides, rewrite(&self.overrides, url))
     }
 
-    /// Checks a redirect hop: allowed when inside the allow-list or an override's target.
-    pub fn allows_redirect(&self, url: &Url) -> bool {
-        self.allow.allows(url) || inside_override_target(&self.overrides, url)
+    /// Checks a redirect hop (the `Location` resolved against the current destination): allowed
+    /// inside the allow-list (then rewritten by an override, as requests are) or inside an
+    /// override's target, and under the same address rule as [`check`](Self::check).
+    pub fn check_redirect(&self, url: &Url) -> Egress {
+        if self.allow.allows(url) {
+            address_rule(&self.overrides, rewrite(&self.overrides, url))
+        } else if inside_override_target(&self.overrides, url) {
+            Egress::Allow(url.clone())
+        } else {
+            let wanted = Origin::of_url(url)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| format!("{}://?", url.scheme()));
+            Egress::Deny(format!(
+                "a redirect to {wanted} leaves the plugin's allow-list (capabilities.http)"
+            ))
+        }
+    }
+
+    /// Whether a destination (as returned by [`check`](Self::check)) is inside an operator
+    /// override's target. Those are trusted as the operator wrote them: the host connects there
+    /// whatever the address (loopback fakes included); every other destination goes through the
+    /// resolver that refuses non-public addresses.
+    pub fn is_override_target(&self, url: &Url) -> bool {
+        inside_override_target(&self.overrides, url)
     }
 }
 
@@ -282,14 +311,98 @@ impl WebSocketPolicy {
     /// Checks a URL to dial: allowed inside the allow-list (then rewritten by an override, as
     /// HTTP requests are) or inside an override's target (a discovery endpoint the operator
     /// pointed at a local server answers with that server's own URL).
+    ///
+    /// The destination is then under the address rule, as HTTP destinations are: a literal
+    /// non-public IP is refused here unless it is an override's target.
     pub fn check(&self, url: &Url) -> Egress {
         if self.allow.allows(url) {
-            Egress::Allow(rewrite(&self.overrides, url))
+            address_rule(&self.overrides, rewrite(&self.overrides, url))
         } else if inside_override_target(&self.overrides, url) {
             Egress::Allow(url.clone())
         } else {
             Egress::Deny(not_allowed(url, "capabilities.websocket"))
         }
+    }
+
+    /// Whether a destination (as returned by [`check`](Self::check)) is inside an operator
+    /// override's target, so it is dialled as written; any other is dialled only at the public
+    /// addresses its name resolves to.
+    pub fn is_override_target(&self, url: &Url) -> bool {
+        inside_override_target(&self.overrides, url)
+    }
+}
+
+/// Whether plugins may reach `ip` without an operator override: it is none of unspecified /
+/// "this network" (0.0.0.0/8, `::`), loopback (127.0.0.0/8, `::1`), link-local (169.254.0.0/16,
+/// fe80::/10), private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, unique-local fc00::/7,
+/// site-local fec0::/10), shared CGNAT space (100.64.0.0/10), multicast, broadcast or reserved
+/// (240.0.0.0/4), nor an IPv6 address embedding one of these IPv4 addresses (IPv4-mapped
+/// `::ffff:a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`). The deprecated IPv4-compatible
+/// block `::/96` and the local-use NAT64 prefix `64:ff9b:1::/48` are refused whole.
+pub fn is_public_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    !(a == 0 // "this network", including the unspecified address
+        || a == 10
+        || a == 127
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 169 && b == 254)
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || a >= 224) // multicast, reserved and broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    let embedded = |high: u16, low: u16| {
+        Ipv4Addr::new((high >> 8) as u8, high as u8, (low >> 8) as u8, low as u8)
+    };
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    match segments {
+        // Unspecified, loopback and the deprecated IPv4-compatible form: nothing public.
+        [0, 0, 0, 0, 0, 0, _, _] => false,
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => is_public_v4(embedded(high, low)),
+        [0x64, 0xff9b, 1, ..] => false,
+        [0x2002, high, low, ..] => is_public_v4(embedded(high, low)),
+        [first, ..] => {
+            !((first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || (first & 0xff00) == 0xff00) // multicast
+        }
+    }
+}
+
+/// The address rule for a destination the policy let through: an override's target passes as
+/// is; a literal IP must be public. DNS names are left to the resolver.
+fn address_rule(overrides: &[BaseUrlOverride], destination: Url) -> Egress {
+    if inside_override_target(overrides, &destination) {
+        return Egress::Allow(destination);
+    }
+    let literal = match destination.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal {
+        Some(ip) if !is_public_address(ip) => {
+            let origin = Origin::of_url(&destination)
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| ip.to_string());
+            Egress::Deny(format!(
+                "{origin} is a loopback, private or link-local address; plugins reach such \
+                 addresses only through an operator base-URL override ([plugins.base_urls])"
+            ))
+        }
+        _ => Egress::Allow(destination),
     }
 }
 
@@ -381,7 +494,20 @@ mod tests {
             policy.check(&url("http://127.0.0.1:9300/x")),
             Egress::Deny(_)
         ));
-        assert!(policy.allows_redirect(&url("http://127.0.0.1:9300/y")));
+        assert!(policy.is_override_target(&url("http://127.0.0.1:9300/y")));
+        assert_eq!(
+            policy.check_redirect(&url("http://127.0.0.1:9300/y")),
+            Egress::Allow(url("http://127.0.0.1:9300/y"))
+        );
+        // A redirect back to the allow-listed origin goes where the operator points it.
+        assert_eq!(
+            policy.check_redirect(&url("https://open.feishu.cn/z")),
+            Egress::Allow(url("http://127.0.0.1:9300/z"))
+        );
+        assert!(matches!(
+            policy.check_redirect(&url("http://127.0.0.1:9301/y")),
+            Egress::Deny(_)
+        ));
         let Egress::Deny(why) = policy.check(&url("https://evil.example:444/")) else {
             panic!()
         };
@@ -422,6 +548,108 @@ mod tests {
         assert_eq!(local.check(&fake), Egress::Allow(fake.clone()));
         assert!(matches!(
             local.check(&url("ws://127.0.0.1:9999/ws")),
+            Egress::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn non_public_addresses_are_recognised_in_every_form() {
+        for refused in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:c0a8:0101::1",
+        ] {
+            let ip: IpAddr = refused.parse().unwrap();
+            assert!(!is_public_address(ip), "{refused} must be refused");
+        }
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.0.1",
+            "172.32.0.1",
+            "192.169.0.1",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:0808:0808::1",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(is_public_address(ip), "{public} is public");
+        }
+    }
+
+    #[test]
+    fn literal_private_destinations_are_refused_unless_an_override_targets_them() {
+        let policy = HttpPolicy::new(
+            AllowList::parse(&[
+                "http://127.0.0.1:8080",
+                "http://[::ffff:10.0.0.1]",
+                "http://169.254.169.254",
+                "https://api.example.com",
+                "http://8.8.8.8",
+            ])
+            .unwrap(),
+            vec![BaseUrlOverride::new("https://api.example.com", "http://127.0.0.1:9300").unwrap()],
+        );
+        for denied in [
+            "http://127.0.0.1:8080/a",
+            "http://[::ffff:10.0.0.1]/a",
+            "http://169.254.169.254/latest/meta-data",
+        ] {
+            let Egress::Deny(why) = policy.check(&url(denied)) else {
+                panic!("{denied} must be refused")
+            };
+            assert!(why.contains("base-URL override"), "{why}");
+            assert!(matches!(
+                policy.check_redirect(&url(denied)),
+                Egress::Deny(_)
+            ));
+        }
+        assert_eq!(
+            policy.check(&url("http://8.8.8.8/a")),
+            Egress::Allow(url("http://8.8.8.8/a"))
+        );
+        // The override's target is loopback, and allowed: that is how local fakes are reached.
+        let Egress::Allow(to) = policy.check(&url("https://api.example.com/v1")) else {
+            panic!("the override applies")
+        };
+        assert_eq!(to, url("http://127.0.0.1:9300/v1"));
+        assert!(policy.is_override_target(&to));
+        assert!(!policy.is_override_target(&url("https://api.example.com/v1")));
+
+        let ws = WebSocketPolicy::new(
+            AllowList::parse_websocket(&["ws://10.0.0.5:9000"]).unwrap(),
+            Vec::new(),
+        );
+        assert!(matches!(
+            ws.check(&url("ws://10.0.0.5:9000/ws")),
             Egress::Deny(_)
         ));
     }

@@ -34,9 +34,12 @@ pub enum InstallationsCommand {
         /// Secret as KEY=VALUE (repeatable): app_secret, encrypt_key, verification_token.
         #[arg(long = "secret", value_name = "KEY=VALUE")]
         secrets: Vec<String>,
-        /// Config value as KEY=VALUE (repeatable), e.g. base_url=https://open.larksuite.com.
+        /// Config value as KEY=VALUE (repeatable), e.g. base_url=https://open.larksuite.com or
+        /// connection=websocket.
+        // Not named `config`: that id belongs to the global `--config FILE`, and clap panics
+        // when two arguments share one.
         #[arg(long = "config-value", value_name = "KEY=VALUE")]
-        config: Vec<String>,
+        config_values: Vec<String>,
         /// Identity policy: `open` (anyone) or `bound` (senders must bind their account).
         #[arg(long, default_value = "open", value_parser = ["open", "bound"])]
         policy: String,
@@ -112,7 +115,7 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
             bot_open_id,
             bot_union_id,
             secrets,
-            config: values,
+            config_values,
             policy,
             agent,
             debounce_ms,
@@ -121,7 +124,7 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
                 channel,
                 routing_key: app_id,
                 name,
-                config: pairs(&values, "--config-value")?,
+                config: pairs(&config_values, "--config-value")?,
                 secrets: pairs(&secrets, "--secret")?,
                 bot_open_id,
                 bot_union_id,

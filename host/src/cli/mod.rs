@@ -227,3 +227,50 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--config-value` once shared clap's id `config` with the global `--config FILE`, and
+    /// parsing the two together panicked.
+    #[test]
+    fn installations_add_takes_config_values_beside_a_config_file() {
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "installations",
+            "add",
+            "--config",
+            "a.toml",
+            "--app-id",
+            "cli_x",
+            "--config-value",
+            "connection=websocket",
+            "--config-value",
+            "base_url=https://open.larksuite.com",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.config.as_deref(), Some(Path::new("a.toml")));
+        match cli.command {
+            Command::Installations(admin::InstallationsCommand::Add { config_values, .. }) => {
+                assert_eq!(
+                    config_values,
+                    [
+                        "connection=websocket",
+                        "base_url=https://open.larksuite.com"
+                    ]
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

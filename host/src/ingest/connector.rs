@@ -272,7 +272,21 @@ impl Connector {
         plan: &ConnectPlan,
     ) -> Result<Socket, ConnectionError> {
         let url = self.dial_url(&plan.url)?;
-        let dial = tokio_tungstenite::connect_async(url.as_str());
+        // An override's target is dialled as the operator wrote it (local fakes are loopback);
+        // any other URL only at the public addresses its name resolves to.
+        let trusted = self
+            .plugin
+            .grants()
+            .websocket
+            .as_ref()
+            .is_some_and(|policy| policy.is_override_target(&url));
+        let dial = async {
+            if trusted {
+                tokio_tungstenite::connect_async(url.as_str()).await
+            } else {
+                dial_public(&url).await
+            }
+        };
         let error = match tokio::time::timeout(self.settings.handshake_timeout, dial).await {
             Err(_) => {
                 return Err(ConnectionError::HandshakeTimeout(
@@ -677,6 +691,42 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 type Sink = futures_util::stream::SplitSink<Socket, Message>;
 
+/// Dials `url` under the address rule (as plugin HTTP is): TCP only to the public addresses its
+/// host resolves to (a literal IP was checked by the policy), then TLS and the WebSocket
+/// handshake over that stream. A name with no public address fails as an I/O error naming it.
+async fn dial_public(
+    url: &url::Url,
+) -> Result<
+    (
+        Socket,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses = match url.host() {
+        Some(url::Host::Domain(name)) => crate::capabilities::dns::resolve_public(name, port)
+            .await
+            .map_err(|e| WsError::Io(std::io::Error::other(e)))?,
+        Some(url::Host::Ipv4(ip)) => vec![std::net::SocketAddr::new(ip.into(), port)],
+        Some(url::Host::Ipv6(ip)) => vec![std::net::SocketAddr::new(ip.into(), port)],
+        None => {
+            return Err(WsError::Url(
+                tokio_tungstenite::tungstenite::error::UrlError::NoHostName,
+            ));
+        }
+    };
+    let mut last = std::io::Error::other("the host name has no address");
+    for address in addresses {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => return tokio_tungstenite::client_async_tls(url.as_str(), stream).await,
+            Err(error) => last = error,
+        }
+    }
+    Err(WsError::Io(last))
+}
+
 /// Queues one frame for the writer.
 async fn send(out: &mpsc::Sender<Outgoing>, frame: Vec<u8>) -> Result<(), ConnectionError> {
     out.send(Outgoing::Frame(frame))
@@ -742,4 +792,20 @@ fn redact(text: &str, url: &str) -> String {
         text = text.replace(query, "<redacted>");
     }
     text
+}
+
+#[cfg(test)]
+mod address_rule_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_url_whose_name_is_loopback_only_is_not_dialled() {
+        let url = url::Url::parse("ws://localhost:9/ws").unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(10), dial_public(&url))
+            .await
+            .expect("resolution is quick")
+            .expect_err("localhost is loopback");
+        let text = error.to_string();
+        assert!(text.contains("localhost resolves only to"), "{text}");
+    }
 }
