@@ -13,6 +13,10 @@ const PLUGINS: &[(&str, &str)] = &[
         "switchboard-testing-future",
         "switchboard_testing_future.wasm",
     ),
+    (
+        "switchboard-testing-escape",
+        "switchboard_testing_escape.wasm",
+    ),
 ];
 
 /// Variables of the outer build that must not leak into the nested wasm build.

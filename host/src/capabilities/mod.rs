@@ -202,9 +202,77 @@ impl Services {
     }
 }
 
-/// Links WASI (with an empty context) and exactly the granted host interfaces.
+/// The WASI 0.2 interfaces a plugin gets (names without the `@version`): what a
+/// `wasm32-wasip2` Rust std guest imports, none of which reaches outside the store. `wasi:cli`
+/// gives no environment variables or arguments (empty), an empty stdin, and stdout/stderr that
+/// the host captures or drops; `wasi:clocks/wall-clock` is the host's clock only with the `clock`
+/// grant and reads the Unix epoch otherwise ([`clock::WasiWallClock`]); the monotonic clock and
+/// randomness (guest std seeds its hash maps from it) are the real ones.
+///
+/// Not linked at all: `wasi:filesystem` (a std guest instantiates without it; only code that
+/// touches files imports it), `wasi:sockets` (egress goes through the `http` capability, under
+/// the policy), and anything else. A component importing them is refused at load, naming them
+/// ([`unlinked_wasi`]).
+pub const WASI_INTERFACES: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+];
+
+/// The `wasi:` imports among `imports` (component import names such as
+/// `wasi:sockets/tcp@0.2.6`) that are not in [`WASI_INTERFACES`], so would not link.
+pub fn unlinked_wasi<'a>(imports: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    imports
+        .into_iter()
+        .filter(|name| name.starts_with("wasi:"))
+        .filter(|name| {
+            let interface = name
+                .split_once('@')
+                .map_or(*name, |(interface, _)| interface);
+            !WASI_INTERFACES.contains(&interface)
+        })
+        .collect()
+}
+
+/// Links exactly [`WASI_INTERFACES`].
+fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+
+    // wasi:io (error, poll, streams), both clocks, wasi:random/random, stdin, stdout, stderr.
+    wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(linker)?;
+    let l = linker;
+    random::insecure::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
+    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
+    cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    Ok(())
+}
+
+/// Links the plugin's WASI ([`WASI_INTERFACES`]) and exactly the granted host interfaces.
 pub(crate) fn link(linker: &mut Linker<HostState>, grants: &Grants) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    link_wasi(linker)?;
     wit::types::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     wit::installation::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     wit::crypto::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
@@ -224,3 +292,32 @@ pub(crate) fn link(linker: &mut Linker<HostState>, grants: &Grants) -> wasmtime:
 }
 
 impl wit::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_linked_wasi_interfaces_pass() {
+        let imports = [
+            "switchboard:channel/http@0.1.0",
+            "wasi:io/streams@0.2.6",
+            "wasi:cli/environment@0.2.6",
+            "wasi:clocks/wall-clock@0.2.0",
+            "wasi:random/insecure-seed@0.2.4",
+            "wasi:filesystem/types@0.2.6",
+            "wasi:filesystem/preopens@0.2.6",
+            "wasi:sockets/tcp@0.2.6",
+            "wasi:http/outgoing-handler@0.2.6",
+        ];
+        assert_eq!(
+            unlinked_wasi(imports),
+            vec![
+                "wasi:filesystem/types@0.2.6",
+                "wasi:filesystem/preopens@0.2.6",
+                "wasi:sockets/tcp@0.2.6",
+                "wasi:http/outgoing-handler@0.2.6",
+            ]
+        );
+    }
+}

@@ -205,6 +205,23 @@ impl Runtime {
                 });
             }
         }
+        let imports: Vec<&str> = ty.imports(&self.engine).map(|(name, _)| name).collect();
+        let unlinked = capabilities::unlinked_wasi(imports);
+        if !unlinked.is_empty() {
+            return Err(LoadError::Mismatch {
+                origin,
+                problem: format!(
+                    "it imports {}, which plugins are not given: the host links no filesystem, \
+                     sockets or other WASI beyond stdio, clocks and randomness; reach the network \
+                     through the `http` capability and keep state in `kv`",
+                    unlinked
+                        .iter()
+                        .map(|name| format!("`{name}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let mut linker = Linker::new(&self.engine);
         let link_error = |e: wasmtime::Error| LoadError::Wasm {
             origin: origin.clone(),

@@ -23,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::Grants;
 use crate::capabilities::Services;
+use crate::capabilities::clock::WasiWallClock;
 
 /// A secret value; never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -271,9 +272,13 @@ impl HostState {
         memory_cap: u64,
     ) -> HostState {
         let stderr = StderrCapture::new();
-        // A WASI context that grants nothing: no files, no env, no args, no sockets, empty stdin.
+        // A WASI context that grants nothing: no preopened directories, no environment variables,
+        // no arguments, empty stdin, stdout dropped, stderr captured; the wall clock is the
+        // host's only with the `clock` grant. Filesystem and sockets are not even linked
+        // (`capabilities::WASI_INTERFACES`); socket use is refused here as well, in depth.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stderr(stderr.clone())
+            .wall_clock(WasiWallClock::new(grants.clock, &services.clock))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
