@@ -7,9 +7,11 @@
 //! | `alloc:<mib>` | allocates and touches `<mib>` MiB (a memory bomb past the cap) |
 //! | `panic:<text>` | panics with `<text>` |
 //! | `http:<url>` | GETs `<url>` through host http; body = status and response text |
+//! | `http-auth:<url>` | the same with `Authorization` and `Cookie` headers |
 //! | `kv-set:<key>=<value>` / `kv-get:<key>` / `kv-del:<key>` | host kv; body = the outcome |
 //! | `ctx:<key>` | body = the installation id, config `<key>` and whether secret `<key>` exists |
-//! | `clock` | body = host clock milliseconds |
+//! | `wall-clock` | body = milliseconds since the Unix epoch as guest std reads them (WASI) |
+//! | `env:<name>` | body = the environment variable (or `<none>`), how many there are, and args |
 //!
 //! The other exports answer trivially so the whole contract is exported.
 
@@ -17,7 +19,7 @@ use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
     commands, decoder, enricher, outbound, transport,
 };
 use switchboard_plugin_sdk::types::{ChatType, InboundMessage, PluginError, Sender, SessionTarget};
-use switchboard_plugin_sdk::{clock, http, installation, kv};
+use switchboard_plugin_sdk::{http, installation, kv};
 
 switchboard_plugin_sdk::manifest!("../manifest.toml");
 
@@ -75,11 +77,16 @@ impl decoder::Guest for Testing {
             "loop" => spin_forever(),
             "alloc" => format!("allocated {} MiB", allocate(arg.parse().unwrap_or(1))),
             "panic" => panic!("{arg}"),
-            "http" => {
+            "http" | "http-auth" => {
+                let mut headers = vec![("x-test".to_string(), "1".to_string())];
+                if command == "http-auth" {
+                    headers.push(("Authorization".into(), "Bearer plugin-token".into()));
+                    headers.push(("Cookie".into(), "session=plugin-cookie".into()));
+                }
                 let request = http::Request {
                     method: "GET".into(),
                     url: arg.to_string(),
-                    headers: vec![("x-test".into(), "1".into())],
+                    headers,
                     body: Vec::new(),
                     timeout_ms: None,
                 };
@@ -114,7 +121,16 @@ impl decoder::Guest for Testing {
                 installation::config(arg).unwrap_or_default(),
                 installation::secret(arg).is_some()
             ),
-            "clock" => clock::now_ms().to_string(),
+            "wall-clock" => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+                .to_string(),
+            "env" => format!(
+                "{}|vars={}|args={}",
+                std::env::var(arg).unwrap_or_else(|_| "<none>".into()),
+                std::env::vars_os().count(),
+                std::env::args_os().count()
+            ),
             _ => {
                 return Ok(decoder::Decoded::Ignored(format!(
                     "unknown test command {command:?}"
