@@ -279,6 +279,56 @@ async fn an_event_over_the_websocket_is_stored_once_and_acked() {
     }
 }
 
+/// Issue 13: an event on installation A's connection that names installation B is ACKed (so it
+/// is not redelivered), audited on A without content, and stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_naming_another_installation_on_a_connection_is_acked_audited_and_dropped() {
+    for t in db::test_databases().await {
+        let w = World::start(t, FakeOptions::default(), 3_000).await;
+        let other = w
+            .installations
+            .create(
+                &NewInstallation {
+                    channel: "lark".into(),
+                    routing_key: "cli_other_app".into(),
+                    name: "other".into(),
+                    secrets: BTreeMap::from([("verification_token".into(), "t".into())]),
+                    agent: "echo".into(),
+                    ..Default::default()
+                },
+                1_731_300_000_000,
+            )
+            .await
+            .unwrap();
+        let mut event: Value =
+            serde_json::from_slice(&lark::text_event("om_ws_smuggled", "smuggled text")).unwrap();
+        event["header"]["app_id"] = "cli_other_app".into();
+        let tm = w.fake.push_event(APP_ID, &event);
+        w.acked(&tm).await;
+        assert_eq!(w.stored("om_ws_smuggled").await, 0, "{}", w.name());
+        let ingest = w.t.db.ingest();
+        assert!(
+            ingest.list_sessions(&other.id).await.unwrap().is_empty(),
+            "{}: nothing reaches the other installation",
+            w.name()
+        );
+        let audit = ingest.list_audit(Some(&w.installation), 50).await.unwrap();
+        let reasons: Vec<&str> = audit.iter().map(|a| a.drop_reason.as_str()).collect();
+        assert_eq!(reasons, ["routed_elsewhere"], "{}: {audit:?}", w.name());
+        assert_eq!(
+            audit[0].message_id.as_deref(),
+            Some("om_ws_smuggled"),
+            "{}",
+            w.name()
+        );
+        // The connection goes on: A's own events are still stored.
+        let tm = w.push_text("om_ws_own", "mine");
+        w.acked(&tm).await;
+        assert_eq!(w.stored("om_ws_own").await, 1, "{}", w.name());
+        w.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragmented_event_is_reassembled_and_acked_once() {
     for t in db::test_databases().await {

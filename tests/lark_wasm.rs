@@ -1068,10 +1068,19 @@ async fn webhook_url_verification_encrypted() {
     let answer: Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(answer, fixture["expected_response"]["body"]);
 
-    let keyless = Arc::new(InstallationContext::new("inst-keyless"));
+    let keyless = Arc::new(
+        InstallationContext::new("inst-keyless")
+            .with_secret("verification_token", VERIFICATION_TOKEN),
+    );
     match verify(&plugin, &keyless, &request).await {
         WebhookOutcome::Rejected(rejected) => assert_eq!(rejected.kind, "decrypt-failed"),
         other => panic!("without the key nothing decrypts, got {other:?}"),
+    }
+    // Without any verification material nothing is even looked at.
+    let bare = Arc::new(InstallationContext::new("inst-bare"));
+    match verify(&plugin, &bare, &request).await {
+        WebhookOutcome::Rejected(rejected) => assert_eq!(rejected.kind, "bad-token"),
+        other => panic!("an installation without secrets accepts nothing, got {other:?}"),
     }
 }
 
@@ -1085,11 +1094,19 @@ async fn webhook_event_encrypted_signed() {
     let WebhookOutcome::Events {
         payloads,
         readings,
+        signed_at_ms,
         response,
     } = verify(&plugin, &cx, &request).await
     else {
         panic!("a correctly signed delivery is accepted");
     };
+    // The signature covers the timestamp: it is reported for the host's replay window.
+    let timestamp: i64 = fixture["request"]["headers"]["X-Lark-Request-Timestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(signed_at_ms, Some(timestamp * 1000));
     // Read in the verify call (the request came with an installation), as decode reads it.
     let [reading] = <[_; 1]>::try_from(readings).expect("one reading per payload");
     assert_eq!(reading.routing_key.as_deref(), Some(APP_ID));

@@ -193,6 +193,14 @@ impl World {
                 "api_key": "sk-e2e", "system_prompt": "You are terse.", "timeout_ms": 5000,
             })),
         );
+        // An agent whose endpoint is unreachable (nothing listens on port 1).
+        config.agents.insert(
+            "gone".into(),
+            agent(json!({
+                "kind": "openai", "base_url": "http://127.0.0.1:1", "model": "e2e-model",
+                "api_key": "sk-e2e", "timeout_ms": 5000,
+            })),
+        );
         config.agents.insert(
             "shelved".into(),
             agent(json!({"kind": "echo", "archived": true})),
@@ -290,6 +298,15 @@ impl World {
             )
             .await;
         sessions[0].clone()
+    }
+
+    /// The run status of a session (as listed by [`World::session`]) from the admin API's
+    /// session record: state, `last_error`, ….
+    async fn run_status(&self, session: &Value) -> Value {
+        let id = session["session"]["id"].as_str().unwrap();
+        self.admin(reqwest::Method::GET, &format!("/sessions/{id}"), None)
+            .await["session"]
+            .clone()
     }
 
     async fn stop(mut self) {
@@ -473,11 +490,73 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
         .await;
         let content = card.body["content"].as_str().unwrap();
         assert!(
-            content.contains("the model is overloaded"),
-            "{name}: the card says why: {content}"
+            !content.contains("overloaded") && content.contains("reference"),
+            "{name}: the card gives a reference, not the failure: {content}"
         );
         let session = world.session(&id).await;
         assert_eq!(session["session"]["run_state"], "error", "{name}");
+        let status = world.run_status(&session).await;
+        assert!(
+            status["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the model is overloaded")),
+            "{name}: the operator sees the detail: {status}"
+        );
+        world.stop().await;
+    }
+}
+
+/// Issue 13: an error card for an unreachable agent endpoint shows the user a reference, never
+/// the URL or the OS error; the operator finds the detail in the admin API.
+#[tokio::test]
+async fn an_unreachable_agent_gives_an_error_card_without_internal_details() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let world = World::start(&test_db.url).await;
+        let id = world.installation("cli_e2e_gone", "gone").await;
+        world
+            .message(
+                &id,
+                "cli_e2e_gone",
+                "oc_gone",
+                "om_gone_1",
+                "are you there?",
+            )
+            .await;
+        let lark = world.lark.clone();
+        let card = eventually("the error card", || {
+            sends_to(&lark.all(), "oc_gone")
+                .into_iter()
+                .find(|s| s.body["msg_type"] == "interactive")
+        })
+        .await;
+        let content = card.body["content"].as_str().unwrap().to_lowercase();
+        for internal in [
+            "127.0.0.1",
+            "http",
+            "refused",
+            "connect",
+            "os error",
+            "error sending",
+        ] {
+            assert!(
+                !content.contains(internal),
+                "{name}: the card shows {internal:?}: {content}"
+            );
+        }
+        assert!(content.contains("reference"), "{name}: {content}");
+        // The run was released as failed before its card was sent.
+        let session = world.session(&id).await;
+        assert_eq!(
+            session["session"]["run_state"], "error",
+            "{name}: {session}"
+        );
+        let status = world.run_status(&session).await;
+        let detail = status["last_error"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("127.0.0.1"),
+            "{name}: the operator sees the detail: {status}"
+        );
         world.stop().await;
     }
 }

@@ -294,6 +294,9 @@ impl App {
         let metrics = Arc::new(Metrics::new(runtime.clone()));
         let ingest = Arc::new(
             Ingest::new(dispatcher, debouncer.clone(), enrich)
+                .with_webhook_max_skew(std::time::Duration::from_secs(
+                    config.ingest.webhook_max_skew_s,
+                ))
                 .with_observer(replies.clone())
                 .with_metrics(metrics.clone()),
         );

@@ -163,12 +163,17 @@ impl Default for PluginsConfig {
 pub struct IngestConfig {
     /// Time the enricher may spend per message, from arrival.
     pub enrich_budget_ms: u64,
+    /// Replay window of signed webhook requests: a request whose signed timestamp is further
+    /// than this from the host's clock (either way) is refused with 401. Channels re-sign
+    /// their redeliveries, so a late retry carries a fresh timestamp and still passes.
+    pub webhook_max_skew_s: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             enrich_budget_ms: 2_000,
+            webhook_max_skew_s: 300,
         }
     }
 }
@@ -287,11 +292,6 @@ mod tests {
     }
 
     #[test]
-    fn file_values_and_unknown_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[server]\nevent_coalesce_ms = 0\n[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://open.feishu.cn\" = \"http://127.0.0.1:9\"\n").unwrap();
-    #[test]
     fn short_admin_tokens_and_empty_metrics_tokens_are_refused() {
         let mut server = ServerConfig::default();
         server.validate().expect("no tokens: valid");
@@ -316,6 +316,11 @@ mod tests {
         server.validate().expect("any non-empty metrics token");
     }
 
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nevent_coalesce_ms = 0\n[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://open.feishu.cn\" = \"http://127.0.0.1:9\"\n").unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.database.url, "postgres://x@127.0.0.1/db");
         assert_eq!(c.server.event_coalesce_ms, 0);

@@ -30,9 +30,27 @@ pub fn text_event(message_id: &str, text: &str) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
-/// An encrypted, signed delivery: (headers, raw body).
+/// An encrypted, signed delivery signed now: (headers, raw body).
 pub fn encrypted_delivery(plaintext: &[u8], iv: [u8; 16]) -> (Vec<(String, String)>, Vec<u8>) {
-    let key: [u8; 32] = Sha256::digest(ENCRYPT_KEY.as_bytes()).into();
+    encrypted_delivery_with(ENCRYPT_KEY, plaintext, iv, now_s())
+}
+
+/// Seconds since the Unix epoch, as Lark's `X-Lark-Request-Timestamp` carries them.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An encrypted delivery with `encrypt_key`, signed with it at `timestamp` (seconds).
+pub fn encrypted_delivery_with(
+    encrypt_key: &str,
+    plaintext: &[u8],
+    iv: [u8; 16],
+    timestamp: i64,
+) -> (Vec<(String, String)>, Vec<u8>) {
+    let key: [u8; 32] = Sha256::digest(encrypt_key.as_bytes()).into();
     let ciphertext = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into())
         .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
     let mut blob = iv.to_vec();
@@ -41,24 +59,26 @@ pub fn encrypted_delivery(plaintext: &[u8], iv: [u8; 16]) -> (Vec<(String, Strin
         &serde_json::json!({ "encrypt": base64::engine::general_purpose::STANDARD.encode(blob) }),
     )
     .unwrap();
-    let (timestamp, nonce) = ("1731300001", "4242");
+    let headers = signed_headers(encrypt_key, &body, timestamp);
+    (headers, body)
+}
+
+/// The headers of a delivery of `body` signed with `encrypt_key` at `timestamp` (seconds).
+pub fn signed_headers(encrypt_key: &str, body: &[u8], timestamp: i64) -> Vec<(String, String)> {
+    let (timestamp, nonce) = (timestamp.to_string(), "4242");
     let mut signed = Vec::new();
     signed.extend_from_slice(timestamp.as_bytes());
     signed.extend_from_slice(nonce.as_bytes());
-    signed.extend_from_slice(ENCRYPT_KEY.as_bytes());
-    signed.extend_from_slice(&body);
+    signed.extend_from_slice(encrypt_key.as_bytes());
+    signed.extend_from_slice(body);
     let signature = hex::encode(Sha256::digest(&signed));
-    let headers = vec![
+    vec![
         (
             "content-type".to_string(),
             "application/json; charset=utf-8".to_string(),
         ),
-        (
-            "x-lark-request-timestamp".to_string(),
-            timestamp.to_string(),
-        ),
+        ("x-lark-request-timestamp".to_string(), timestamp),
         ("x-lark-request-nonce".to_string(), nonce.to_string()),
         ("x-lark-signature".to_string(), signature),
-    ];
-    (headers, body)
+    ]
 }

@@ -1,9 +1,20 @@
-//! `POST /hooks/{channel}` and `POST /hooks/{channel}/{installation}`: webhook delivery.
+//! `POST /hooks/{channel}/{installation}` and `POST /hooks/{channel}`: webhook delivery.
 //!
-//! The plugin verifies the request (signature, decryption, token); each event then goes through
-//! the inbound service, and the channel's expected answer is sent only once every event is
-//! durable. Bad signature → 401 and nothing stored; infrastructure failure → 500 so the channel
-//! redelivers; oversized body → 413 (the body limit layer).
+//! The perimeter rule: a request is verified with the secrets of exactly one installation, and
+//! its events are ingested into that installation or not at all.
+//!
+//! - On an installation's URL that installation verifies the request.
+//! - On the channel's shared URL the host first reads the routing key from the raw body (the
+//!   plugin's `routing-key`), then verifies with the secrets of the installation it names. A
+//!   body whose key cannot be read before verification (an encrypted body, a URL-verification
+//!   challenge) is refused with 400 and the URL to use instead.
+//! - Any event of a verified request that names another installation rejects the whole request
+//!   (401, an audit row, nothing stored).
+//!
+//! Answers: bad signature, token or decryption, or a signed timestamp outside the replay window
+//! → 401; authenticated but malformed → 400; infrastructure failure → 500 so the channel
+//! redelivers; oversized body → 413 (the body limit layer). The channel's expected answer is sent
+//! only once every event is durable.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,11 +25,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use tracing::Instrument;
 
 use super::{ApiError, AppState};
+use crate::dispatch::{DropReason, Outcome};
 use crate::ingest::pipeline::{self, WebhookOutcome};
-use crate::ingest::service::ReadEvent;
-use crate::runtime::{InstallationContext, transport};
+use crate::ingest::service::{PayloadOutcome, Prepared, Verified};
+use crate::runtime::{InstallationContext, Plugin, transport};
+use crate::store::Installation;
 
 /// Response header listing the outcome of each event of a delivery, comma-separated.
 pub const OUTCOME_HEADER: &str = "x-switchboard-outcome";
@@ -63,21 +77,40 @@ async fn deliver(
         .runtime
         .plugin_for_channel(channel)
         .ok_or_else(|| ApiError::not_found(format!("no plugin serves channel `{channel}`")))?;
-    // Verification secrets come from the installation named in the path (encrypted channels need
-    // it: the routing key is inside the ciphertext).
-    let (installation, cx) = match installation_id {
-        Some(id) => {
-            let installation = state
-                .installations
-                .get(id)
-                .await
-                .map_err(ApiError::internal)?
-                .filter(|i| i.channel == channel)
-                .ok_or_else(|| ApiError::not_found(format!("no {channel} installation `{id}`")))?;
-            let cx = Arc::new(installation.context());
-            (Some(installation), cx)
-        }
-        None => (None, Arc::new(InstallationContext::default())),
+    let installation = match installation_id {
+        Some(id) => state
+            .installations
+            .get(id)
+            .await
+            .map_err(ApiError::internal)?
+            .filter(|i| i.channel == channel)
+            .ok_or_else(|| ApiError::not_found(format!("no {channel} installation `{id}`")))?,
+        None => route_shared_url(state, &plugin, channel, &body).await?,
+    };
+    let span = tracing::info_span!(
+        "webhook",
+        plugin = plugin.name(),
+        installation = %installation.id
+    );
+    verify_and_ingest(state, &plugin, &installation, headers, body, arrived)
+        .instrument(span)
+        .await
+}
+
+/// Verifies the request with `installation`'s secrets and ingests its events into it.
+async fn verify_and_ingest(
+    state: &AppState,
+    plugin: &Plugin,
+    installation: &Installation,
+    headers: HeaderMap,
+    body: Bytes,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
+    let channel = installation.channel.as_str();
+    let cx = Arc::new(installation.context());
+    let verified = Verified {
+        installation,
+        cx: &cx,
     };
     let request = transport::WebhookRequest {
         method: "POST".into(),
@@ -88,58 +121,166 @@ async fn deliver(
             .collect(),
         body: body.to_vec(),
     };
-    let outcome = pipeline::verify_webhook(&plugin, &cx, &request)
-        .await
-        .map_err(ApiError::internal)?;
-    match outcome {
-        WebhookOutcome::Challenge(answer) => Ok(plugin_response(answer)),
-        WebhookOutcome::Rejected(rejected) => {
-            tracing::warn!(
-                channel,
-                installation = installation_id.unwrap_or("-"),
-                "webhook rejected: {}: {}",
-                rejected.kind,
-                rejected.reason
-            );
-            Err(ApiError::new(
+    let refused = |label: &str, status: StatusCode, message: String| {
+        state.ingest.metrics().ingested(channel, label);
+        tracing::warn!("webhook refused: {message}");
+        Err(ApiError::new(status, message))
+    };
+    let (payloads, readings, signed_at_ms, response) =
+        match pipeline::verify_webhook(plugin, &cx, &request)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            WebhookOutcome::Challenge(answer) => return Ok(plugin_response(answer)),
+            WebhookOutcome::Rejected(rejected) => {
+                let status = if rejected.kind == "malformed" {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                return refused(
+                    &format!("rejected:{}", rejected.kind),
+                    status,
+                    format!("{}: {}", rejected.kind, rejected.reason),
+                );
+            }
+            WebhookOutcome::Events {
+                payloads,
+                readings,
+                signed_at_ms,
+                response,
+            } => (payloads, readings, signed_at_ms, response),
+        };
+    if let Some(signed_at_ms) = signed_at_ms {
+        let skew_ms = state.clock.now_ms().saturating_sub(signed_at_ms);
+        let window = state.ingest.webhook_max_skew();
+        let window_s = window.as_secs();
+        if u128::from(skew_ms.unsigned_abs()) > window.as_millis() {
+            let skew_s = skew_ms / 1000;
+            return refused(
+                "rejected:stale",
                 StatusCode::UNAUTHORIZED,
-                format!("{}: {}", rejected.kind, rejected.reason),
-            ))
-        }
-        WebhookOutcome::Events {
-            payloads,
-            readings,
-            response,
-        } => {
-            let mut labels = Vec::with_capacity(payloads.len());
-            let mut readings = readings.into_iter();
-            for payload in &payloads {
-                // The installation the request was verified for is reused when the event is
-                // its own (no second lookup), with the plugin's reading of the event if it
-                // made one; anything else is routed by its key.
-                let known = installation.as_ref().map(|i| (i, &cx));
-                let read = readings
-                    .next()
-                    .zip(installation.as_ref())
-                    .map(|(event, i)| ReadEvent {
-                        installation_id: i.id.clone(),
-                        event,
-                    });
-                let outcome = state
-                    .ingest
-                    .payload_of(&plugin, payload, arrived, known, read)
-                    .await
-                    .map_err(ApiError::internal)?;
-                labels.push(outcome.label());
-            }
-            let mut answer = plugin_response(response);
-            // What became of each event, for operators and integration tests (no content).
-            if let Ok(value) = HeaderValue::from_str(&labels.join(",")) {
-                answer.headers_mut().insert(OUTCOME_HEADER, value);
-            }
-            Ok(answer)
+                format!(
+                    "the request was signed {} s {} this host's clock, outside the replay \
+                     window of {window_s} s ([ingest] webhook_max_skew_s); if the clock is \
+                     right, this is a replayed request",
+                    skew_s.unsigned_abs(),
+                    if skew_ms >= 0 { "behind" } else { "ahead of" },
+                ),
+            );
         }
     }
+
+    // Route and decode every event before storing any: one that names another installation,
+    // or that cannot be read, refuses the whole request.
+    let mut readings = readings.into_iter();
+    let mut prepared = Vec::with_capacity(payloads.len());
+    for payload in &payloads {
+        let step = state
+            .ingest
+            .prepare(plugin, payload, arrived, verified, readings.next())
+            .await
+            .map_err(ApiError::internal)?;
+        match &step {
+            Prepared::Done(PayloadOutcome::Dispatched(Outcome::Dropped(
+                DropReason::RoutedElsewhere,
+            ))) => {
+                return refused(
+                    "rejected:routed_elsewhere",
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "an event of this request names another installation than `{}`, whose \
+                         secrets verified it; nothing was stored. Each installation has its own \
+                         URL: {}",
+                        installation.id,
+                        installation_url(state, channel, "<installation id>"),
+                    ),
+                );
+            }
+            Prepared::Done(PayloadOutcome::Invalid(reason)) => {
+                return refused(
+                    "rejected:malformed",
+                    StatusCode::BAD_REQUEST,
+                    format!("the request is authenticated but an event is malformed: {reason}"),
+                );
+            }
+            _ => {}
+        }
+        prepared.push(step);
+    }
+    let mut labels = Vec::with_capacity(prepared.len());
+    for step in prepared {
+        let outcome = match step {
+            Prepared::Done(outcome) => outcome,
+            Prepared::Message(message) => state
+                .ingest
+                .finish(plugin, *message)
+                .await
+                .map_err(ApiError::internal)?,
+        };
+        labels.push(outcome.label());
+    }
+    let mut answer = plugin_response(response);
+    // What became of each event, for operators and integration tests (no content).
+    if let Ok(value) = HeaderValue::from_str(&labels.join(",")) {
+        answer.headers_mut().insert(OUTCOME_HEADER, value);
+    }
+    Ok(answer)
+}
+
+/// The installation whose secrets must verify a request to the channel's shared URL: the one
+/// its raw body's routing key names.
+async fn route_shared_url(
+    state: &AppState,
+    plugin: &Plugin,
+    channel: &str,
+    body: &[u8],
+) -> Result<Installation, ApiError> {
+    let anonymous = Arc::new(InstallationContext::default());
+    let routing_key = plugin
+        .routing_key(&anonymous, body)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|key| !key.is_empty());
+    let Some(routing_key) = routing_key else {
+        state
+            .ingest
+            .metrics()
+            .ingested(channel, "rejected:unroutable");
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "this request names no installation that could verify it (an encrypted body or a \
+                 URL-verification challenge is only readable with the installation's secrets); \
+                 configure the installation's own URL instead: {} (`switchboard installations \
+                 list` shows the ids)",
+                installation_url(state, channel, "<installation id>")
+            ),
+        ));
+    };
+    let installation = state
+        .installations
+        .get_by_routing_key(channel, &routing_key)
+        .await
+        .map_err(ApiError::internal)?;
+    installation.ok_or_else(|| {
+        state.ingest.metrics().ingested(channel, "rejected:unknown");
+        tracing::warn!(
+            channel,
+            "webhook refused: no installation for its routing key"
+        );
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("no {channel} installation can authenticate this request"),
+        )
+    })
+}
+
+fn installation_url(state: &AppState, channel: &str, installation: &str) -> String {
+    format!(
+        "{}/hooks/{channel}/{installation}",
+        state.public_url.trim_end_matches('/')
+    )
 }
 
 fn plugin_response(answer: transport::WebhookResponse) -> Response {

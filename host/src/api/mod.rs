@@ -6,6 +6,7 @@
 //! `dispatch` and `store`.
 
 mod admin;
+mod errors;
 pub mod events;
 mod hooks;
 mod runs;
@@ -26,8 +27,8 @@ use axum::routing::get;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::capabilities::Clock;
 use crate::auth::{TokenDigest, bearer};
+use crate::capabilities::Clock;
 use crate::ingest::service::Ingest;
 use crate::runs::{Compactor, RunService};
 use crate::runtime::Runtime;
@@ -114,6 +115,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(worker::routes())
         .nest("/api", admin)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::map_response(errors::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

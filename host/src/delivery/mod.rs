@@ -20,6 +20,24 @@ use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
 use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
 use crate::store::{IngestStore, Installation, InstallationStore, Session};
 
+/// What a chat is told when a run fails: a short, fixed sentence with a reference, never the
+/// failure itself (it can hold URLs, OS errors or a worker's stack text). The detail goes to the
+/// log under the same reference and to the session's `last_error` in the admin API. The one
+/// place to localize the message.
+pub fn run_failed_for_user(run_id: &str) -> String {
+    format!(
+        "Sorry, something went wrong while answering. Please try again; if it keeps happening, \
+         give your operator this reference: {}",
+        run_reference(run_id)
+    )
+}
+
+/// The reference a failed run is known by in chats and logs: the first 8 characters of its run
+/// id.
+pub fn run_reference(run_id: &str) -> &str {
+    run_id.get(..8).unwrap_or(run_id)
+}
+
 /// How often and how patiently a retryable delivery failure is retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -393,7 +411,17 @@ impl ChannelReplies {
                 ..
             } => Some(outbound::Content::Reply(message.body)),
             RunOutcome::Completed { reply: None, .. } | RunOutcome::Lost => None,
-            RunOutcome::Failed { error } => Some(outbound::Content::RunError(error)),
+            RunOutcome::Failed { error } => {
+                tracing::warn!(
+                    session = %ended.session_id,
+                    run = %ended.run_id,
+                    reference = run_reference(&ended.run_id),
+                    "the worker failed the run: {error}"
+                );
+                Some(outbound::Content::RunError(run_failed_for_user(
+                    &ended.run_id,
+                )))
+            }
         };
         if let Some(content) = content
             && let Err(e) = self.delivery.send(&installation, &target, content).await

@@ -50,6 +50,11 @@ pub enum DropReason {
     NotAddressedInGroup,
     /// The sender cannot be bound (no channel user id) under the `bound` policy.
     UnboundUser,
+    /// The event names another installation than the one whose secrets verified it (or whose
+    /// connection carried it): never ingested there, never re-routed.
+    RoutedElsewhere,
+    /// A verified event that is not a chat message the host handles (the plugin ignored it).
+    UnsupportedEvent,
 }
 
 impl DropReason {
@@ -61,6 +66,8 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::NotAddressedInGroup => "not_addressed_in_group",
             DropReason::UnboundUser => "unbound_user",
+            DropReason::RoutedElsewhere => "routed_elsewhere",
+            DropReason::UnsupportedEvent => "unsupported_event",
         }
     }
 }
@@ -381,6 +388,20 @@ impl Dispatcher {
                 Ok(Outcome::Dropped(DropReason::InvalidEvent))
             }
         }
+    }
+
+    /// Drops an event that reached `installation` but must not be ingested there (`reason`:
+    /// [`DropReason::RoutedElsewhere`], [`DropReason::UnsupportedEvent`]): writes the audit
+    /// row (ids only, no content) and answers the drop.
+    pub async fn refuse(
+        &self,
+        installation: &Installation,
+        event: &EventMeta,
+        reason: DropReason,
+    ) -> Outcome {
+        self.audit(installation, event, reason, self.clock.now_ms())
+            .await;
+        Outcome::Dropped(reason)
     }
 
     /// Runs SPEC §3 steps 2–8 for one decoded (and enriched) message of an active

@@ -41,7 +41,7 @@ use self::backoff::{Backoff, BackoffPolicy};
 use crate::capabilities::policy::Egress;
 use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
-use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared, ReadEvent};
+use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared, Verified};
 use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
 use crate::runtime::{CallError, InstallationContext, Plugin};
 use crate::store::Installation;
@@ -507,10 +507,6 @@ impl Connector {
                 trace_id,
                 event,
             } => {
-                let read = event.map(|event| ReadEvent {
-                    installation_id: self.installation.id.clone(),
-                    event,
-                });
                 let answer = Answer {
                     plugin: self.plugin.clone(),
                     ingest: self.ingest.clone(),
@@ -524,10 +520,15 @@ impl Connector {
                     trace_id: trace_id.unwrap_or_default(),
                 };
                 // Routing and decoding run here, in arrival order; storing runs concurrently
-                // for different chats and in order within one chat.
+                // for different chats and in order within one chat. The connection was opened
+                // with this installation's credentials: its events go to it or nowhere.
+                let verified = Verified {
+                    installation: &self.installation,
+                    cx,
+                };
                 let prepared = self
                     .ingest
-                    .prepare(&self.plugin, &payload, arrived, None, read)
+                    .prepare(&self.plugin, &payload, arrived, verified, event)
                     .await;
                 match prepared {
                     Ok(Prepared::Done(outcome)) => answer.answer(Ok(outcome)).await?,

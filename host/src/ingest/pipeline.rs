@@ -225,7 +225,8 @@ impl FrameIntake {
     }
 }
 
-/// Why a webhook request was rejected; the host answers 401 and stores nothing.
+/// Why a webhook request was rejected; the host stores nothing and answers 401 (400 for
+/// `malformed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookRejected {
     /// `bad-signature`, `bad-token`, `decrypt-failed` or `malformed`.
@@ -252,6 +253,9 @@ pub enum WebhookOutcome {
         /// The payloads as the plugin already read them with the request's installation
         /// context, in the same order; empty when the plugin left that to the host.
         readings: Vec<EventReading>,
+        /// The signed timestamp of the request (milliseconds since the epoch), when its
+        /// signature covers one: the caller checks it against the replay window.
+        signed_at_ms: Option<i64>,
         /// The answer the channel expects.
         response: WebhookResponse,
     },
@@ -276,6 +280,7 @@ pub async fn verify_webhook(
                 Vec::new()
             },
             payloads: events.payloads,
+            signed_at_ms: events.signed_at_ms,
             response: events.response,
         },
         Err(rejection) => {

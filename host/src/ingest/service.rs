@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::batch::Debouncer;
-use crate::dispatch::{DispatchError, Dispatcher, EventMeta, Outcome};
+use crate::dispatch::{DispatchError, Dispatcher, DropReason, EventMeta, Outcome};
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::commands::Command;
@@ -41,15 +41,25 @@ impl Default for EnrichLimits {
     }
 }
 
-/// An event the plugin already read while classifying its frame or verifying its webhook
-/// request (see [`Ingest::prepare`]).
-#[derive(Debug)]
-pub struct ReadEvent {
-    /// The installation whose context the plugin read the event with (the connection's, or
-    /// the one the webhook URL named).
-    pub installation_id: String,
-    /// What the plugin read.
-    pub event: EventReading,
+/// The installation an inbound unit was authenticated for: its secrets verified the webhook
+/// request, or its credentials opened the long connection that carried the frame. An event is
+/// ingested only into this installation; one that names another is refused
+/// ([`DropReason::RoutedElsewhere`]), never re-routed.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a> {
+    /// The installation.
+    pub installation: &'a Installation,
+    /// Its call context (config and decrypted secrets).
+    pub cx: &'a Arc<InstallationContext>,
+}
+
+impl Verified<'_> {
+    /// Whether a payload with `routing_key` belongs elsewhere: it names a routing key and that
+    /// key is not this installation's. A payload without one belongs to the installation its
+    /// URL or connection names.
+    pub fn routes_elsewhere(&self, routing_key: Option<&str>) -> bool {
+        routing_key.is_some_and(|key| !key.is_empty() && key != self.installation.routing_key)
+    }
 }
 
 /// What became of one payload.
@@ -119,7 +129,11 @@ pub struct Ingest {
     observer: Option<Arc<dyn OutcomeObserver>>,
     watchers: tokio::sync::broadcast::Sender<Arc<Dispatched>>,
     metrics: Arc<Metrics>,
+    webhook_max_skew: Duration,
 }
+
+/// The default replay window of signed webhook requests (`[ingest] webhook_max_skew_s`).
+pub const DEFAULT_WEBHOOK_MAX_SKEW: Duration = Duration::from_secs(300);
 
 impl Ingest {
     /// Wires the dispatcher and the debouncer.
@@ -131,7 +145,19 @@ impl Ingest {
             observer: None,
             watchers: tokio::sync::broadcast::channel(WATCH_CAPACITY).0,
             metrics: Arc::default(),
+            webhook_max_skew: DEFAULT_WEBHOOK_MAX_SKEW,
         }
+    }
+
+    /// Refuses signed webhook requests whose timestamp is further than `skew` from the clock.
+    pub fn with_webhook_max_skew(mut self, skew: Duration) -> Ingest {
+        self.webhook_max_skew = skew;
+        self
+    }
+
+    /// The replay window of signed webhook requests.
+    pub fn webhook_max_skew(&self) -> Duration {
+        self.webhook_max_skew
     }
 
     /// Counts outcomes (and, through [`Ingest::metrics`], the connectors' ACKs) in `metrics`.
@@ -163,52 +189,60 @@ impl Ingest {
         &self.dispatcher
     }
 
-    /// Processes one complete event payload that arrived at `arrived`.
+    /// Processes one complete event payload that arrived at `arrived` for the `verified`
+    /// installation: [`Ingest::prepare`], then [`Ingest::finish`].
     pub async fn payload(
         &self,
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
+        verified: Verified<'_>,
+        read: Option<EventReading>,
     ) -> Result<PayloadOutcome, IngestError> {
-        self.payload_of(plugin, payload, arrived, None, None).await
-    }
-
-    /// [`Ingest::payload`] for a payload that arrived for a known installation (a webhook
-    /// verified with that installation's secrets): when the payload's routing key is that
-    /// installation's, it is used as is (with its context) instead of being looked up again.
-    /// A payload carrying another routing key is routed by its key, as usual. `read`: see
-    /// [`Ingest::prepare`].
-    pub async fn payload_of(
-        &self,
-        plugin: &Plugin,
-        payload: &[u8],
-        arrived: Instant,
-        known: Option<(&Installation, &Arc<InstallationContext>)>,
-        read: Option<ReadEvent>,
-    ) -> Result<PayloadOutcome, IngestError> {
-        match self.prepare(plugin, payload, arrived, known, read).await? {
+        match self
+            .prepare(plugin, payload, arrived, verified, read)
+            .await?
+        {
             Prepared::Done(outcome) => Ok(outcome),
             Prepared::Message(message) => self.finish(plugin, *message).await,
         }
     }
 
-    /// The first, cheap half of [`Ingest::payload_of`]: routing key → installation → decode
-    /// (plugin calls and an installation lookup; no writes for a chat message). A connector runs it
-    /// in arrival order, so it knows each message's chat before it lets messages of different
-    /// chats [`finish`](Ingest::finish) concurrently. `read` is the event as the plugin already
-    /// read it while classifying its frame or verifying its request: its routing key, decoding
-    /// and command are used instead of calling the plugin again when the event routes to the
-    /// installation it was read for.
+    /// The routing key of `payload`: the plugin's reading of it when there is one, otherwise
+    /// a `routing-key` call with the verified installation's context.
+    pub async fn routing_key(
+        &self,
+        plugin: &Plugin,
+        payload: &[u8],
+        verified: Verified<'_>,
+        read: Option<&EventReading>,
+    ) -> Result<Option<String>, IngestError> {
+        Ok(match read {
+            Some(read) => read.routing_key.clone(),
+            None => plugin.routing_key(verified.cx, payload).await?,
+        })
+    }
+
+    /// The first, cheap half of [`Ingest::payload`]: routing check → decode (plugin calls; no
+    /// writes for a chat message of the verified installation). A connector runs it in arrival
+    /// order, so it knows each message's chat before it lets messages of different chats
+    /// [`finish`](Ingest::finish) concurrently. `read` is the event as the plugin already read
+    /// it (with the verified installation's context) while classifying its frame or verifying
+    /// its request: its routing key, decoding and command are used instead of calling the
+    /// plugin again.
+    ///
+    /// An event that names another installation, or reaches a revoked one, is audited and
+    /// dropped; an event the plugin ignores is audited as `unsupported_event`.
     pub async fn prepare(
         &self,
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
-        known: Option<(&Installation, &Arc<InstallationContext>)>,
-        read: Option<ReadEvent>,
+        verified: Verified<'_>,
+        read: Option<EventReading>,
     ) -> Result<Prepared, IngestError> {
         let channel = &plugin.manifest().channel;
-        let result = self.decode(plugin, payload, arrived, known, read).await;
+        let result = self.decode(plugin, payload, arrived, verified, read).await;
         match &result {
             Ok(Prepared::Done(outcome)) => self.metrics.ingested(channel, &outcome.label()),
             Ok(Prepared::Message(_)) => {}
@@ -244,76 +278,67 @@ impl Ingest {
         plugin: &Plugin,
         payload: &[u8],
         arrived: Instant,
-        known: Option<(&Installation, &Arc<InstallationContext>)>,
-        mut read: Option<ReadEvent>,
+        verified: Verified<'_>,
+        read: Option<EventReading>,
     ) -> Result<Prepared, IngestError> {
-        let anonymous = Arc::new(InstallationContext::default());
-        let routing_key = match &read {
-            Some(read) => read.event.routing_key.clone(),
-            None => plugin.routing_key(&anonymous, payload).await?,
+        let Verified { installation, cx } = verified;
+        let routing_key = self
+            .routing_key(plugin, payload, verified, read.as_ref())
+            .await?;
+        let decoded = match read {
+            Some(read) => pipeline::read_outcome(read),
+            None => pipeline::decode_payload(plugin, cx, payload).await?,
         };
-        let channel = &plugin.manifest().channel;
-        let known = known.filter(|(installation, _)| {
-            installation.is_active()
-                && installation.channel == *channel
-                && routing_key
-                    .as_deref()
-                    .is_some_and(|key| !key.is_empty() && key == installation.routing_key)
-        });
         let done = |outcome| Ok(Prepared::Done(outcome));
-        let (installation, cx) = match known {
-            Some((installation, cx)) => (installation.clone(), cx.clone()),
-            None => match self
-                .dispatcher
-                .installation(channel, routing_key.as_deref())
-                .await?
-            {
-                Some(installation) => {
-                    let cx = Arc::new(installation.context());
-                    (installation, cx)
-                }
-                None => {
-                    // Unknown or revoked: decode without installation context only to fill the audit
-                    // row (ids, chat); the body is never stored. An event already read serves
-                    // as well (the installation context changes no id).
-                    let decoded = match read.take() {
-                        Some(read) => pipeline::read_outcome(read.event),
-                        None => pipeline::decode_payload(plugin, &anonymous, payload).await?,
-                    };
-                    let meta = match decoded {
-                        DecodeOutcome::Message { message, .. } => EventMeta::of(&message),
-                        DecodeOutcome::Ignored(reason) => {
-                            return done(PayloadOutcome::Ignored(reason));
-                        }
-                        DecodeOutcome::Invalid(e) => {
-                            return done(PayloadOutcome::Invalid(pipeline::describe_plugin_error(
-                                &e,
-                            )));
-                        }
-                    };
-                    let outcome = self
-                        .dispatcher
-                        .reject_installation(channel, routing_key.as_deref(), &meta)
-                        .await?;
-                    return done(PayloadOutcome::Dispatched(outcome));
-                }
-            },
-        };
-        let decoded = match read.filter(|read| read.installation_id == installation.id) {
-            Some(read) => pipeline::read_outcome(read.event),
-            None => pipeline::decode_payload(plugin, &cx, payload).await?,
-        };
+        let elsewhere = verified.routes_elsewhere(routing_key.as_deref());
+        if elsewhere || !installation.is_active() {
+            // Only the ids go into the audit row; the body is never stored.
+            let meta = match &decoded {
+                DecodeOutcome::Message { message, .. } => EventMeta::of(message),
+                _ => EventMeta::default(),
+            };
+            let outcome = if elsewhere {
+                tracing::warn!(
+                    installation = %installation.id,
+                    routing_key = routing_key.as_deref().unwrap_or_default(),
+                    message_id = %meta.message_id,
+                    "event names another installation than the one it was verified for; dropped"
+                );
+                self.dispatcher
+                    .refuse(installation, &meta, DropReason::RoutedElsewhere)
+                    .await
+            } else {
+                self.dispatcher
+                    .reject_installation(
+                        &installation.channel,
+                        Some(&installation.routing_key),
+                        &meta,
+                    )
+                    .await?
+            };
+            return done(PayloadOutcome::Dispatched(outcome));
+        }
         match decoded {
             DecodeOutcome::Message { message, command } => {
                 Ok(Prepared::Message(Box::new(PreparedMessage {
-                    installation,
-                    cx,
+                    installation: installation.clone(),
+                    cx: cx.clone(),
                     message,
                     command,
                     arrived,
                 })))
             }
-            DecodeOutcome::Ignored(reason) => done(PayloadOutcome::Ignored(reason)),
+            DecodeOutcome::Ignored(reason) => {
+                tracing::debug!(installation = %installation.id, "event ignored: {reason}");
+                let meta = EventMeta {
+                    event_type: "event".into(),
+                    ..EventMeta::default()
+                };
+                self.dispatcher
+                    .refuse(installation, &meta, DropReason::UnsupportedEvent)
+                    .await;
+                done(PayloadOutcome::Ignored(reason))
+            }
             DecodeOutcome::Invalid(e) => {
                 done(PayloadOutcome::Invalid(pipeline::describe_plugin_error(&e)))
             }

@@ -321,7 +321,11 @@ impl Executor {
 
     /// Ends the run as failed and tells the chat.
     async fn fail(&self, claim: &RunClaim, error: String) -> Result<RunResult, StoreError> {
-        tracing::warn!("run failed: {error}");
+        tracing::warn!(
+            run = %claim.run_id,
+            reference = crate::delivery::run_reference(&claim.run_id),
+            "run failed: {error}"
+        );
         match self
             .runs
             .release(
@@ -333,7 +337,9 @@ impl Executor {
         {
             ReleaseOutcome::NotOwner => Ok(RunResult::Abandoned),
             ReleaseOutcome::Released(_) => {
-                self.deliver(claim, outbound::Content::RunError(error.clone()))
+                // The chat gets a reference, never the error text (see `run_failed_for_user`).
+                let message = crate::delivery::run_failed_for_user(&claim.run_id);
+                self.deliver(claim, outbound::Content::RunError(message))
                     .await;
                 Ok(RunResult::Failed(error))
             }

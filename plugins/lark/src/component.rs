@@ -153,8 +153,8 @@ impl transport::Guest for LarkPlugin {
                 wit_webhook_response(response),
             )),
             Ok(WebhookVerdict::Events(events)) => {
-                // Read now, with the installation the request came for (none: the host routes
-                // the payloads first, then decodes them).
+                // Read now, with the installation the request is verified for (the host always
+                // names one).
                 let readings = if installation::id().is_empty() {
                     Vec::new()
                 } else {
@@ -168,6 +168,7 @@ impl transport::Guest for LarkPlugin {
                     transport::WebhookEvents {
                         payloads: events.payloads,
                         readings,
+                        signed_at_ms: events.signed_at_ms,
                         response: wit_webhook_response(events.response),
                     },
                 ))

@@ -59,6 +59,9 @@ pub struct WebhookResponse {
 pub struct WebhookEvents {
     /// Plaintext event JSON payloads, ready for the decoder.
     pub payloads: Vec<Vec<u8>>,
+    /// `X-Lark-Request-Timestamp` in milliseconds, when the signature (which covers it) was
+    /// verified; the host refuses requests outside its replay window.
+    pub signed_at_ms: Option<i64>,
     /// `200 {"msg":"success"}`.
     pub response: WebhookResponse,
 }
@@ -114,9 +117,19 @@ pub fn verify_webhook(
     }
     let encrypt_key = secrets.encrypt_key.filter(|key| !key.is_empty());
     let verification_token = secrets.verification_token.filter(|token| !token.is_empty());
+    if encrypt_key.is_none() && verification_token.is_none() {
+        // Nothing to authenticate the request with: never accept it as it is.
+        return Err(WebhookRejection::BadToken(
+            "the installation has neither an `encrypt_key` nor a `verification_token`, so its \
+             webhooks cannot be authenticated; add one of them as a secret, or receive events \
+             over the long connection (config `connection = websocket`)"
+                .into(),
+        ));
+    }
 
     let signature = header(request.headers, HEADER_SIGNATURE).filter(|value| !value.is_empty());
     let mut signature_verified = false;
+    let mut signed_at_ms = None;
     if let (Some(key), Some(signature)) = (encrypt_key, signature) {
         let timestamp = header(request.headers, HEADER_TIMESTAMP).unwrap_or("");
         let nonce = header(request.headers, HEADER_NONCE).unwrap_or("");
@@ -128,6 +141,14 @@ pub fn verify_webhook(
             ));
         }
         signature_verified = true;
+        // Seconds since the epoch; a signed but unreadable timestamp cannot be checked
+        // against the replay window, so it is refused rather than ignored.
+        let seconds: i64 = timestamp.trim().parse().map_err(|_| {
+            WebhookRejection::BadSignature(format!(
+                "{HEADER_TIMESTAMP} is not a number of seconds: {timestamp:?}"
+            ))
+        })?;
+        signed_at_ms = Some(seconds.saturating_mul(1000));
     }
 
     let outer = read_probe(request.body)
@@ -165,6 +186,7 @@ pub fn verify_webhook(
         Outcome::Event => WebhookVerdict::Events(WebhookEvents {
             // The plain body or the decrypted envelope, as is: never re-serialized.
             payloads: vec![plaintext.unwrap_or_else(|| request.body.to_vec())],
+            signed_at_ms,
             response: WebhookResponse {
                 status: 200,
                 content_type: "application/json; charset=utf-8".into(),
@@ -428,9 +450,13 @@ mod tests {
             verify_webhook(&request, &WebhookSecrets::default()),
             Err(WebhookRejection::Malformed(_))
         ));
-        for body in [&b"not json"[..], b"[]", b"{}", br#"{"encrypt":5}"#] {
+        let token = WebhookSecrets {
+            encrypt_key: None,
+            verification_token: Some("t"),
+        };
+        for body in [&b"not json"[..], b"", b"[]", b"{}", br#"{"encrypt":5}"#] {
             assert!(matches!(
-                verify_post(&[], body, &WebhookSecrets::default()),
+                verify_post(&[], body, &token),
                 Err(WebhookRejection::Malformed(_))
             ));
         }
@@ -439,9 +465,72 @@ mod tests {
     #[test]
     fn encrypted_body_without_key_is_rejected() {
         let body = br#"{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="}"#;
+        let token_only = WebhookSecrets {
+            encrypt_key: None,
+            verification_token: Some("t"),
+        };
         assert!(matches!(
-            verify_post(&[], body, &WebhookSecrets::default()),
+            verify_post(&[], body, &token_only),
             Err(WebhookRejection::DecryptFailed(reason)) if reason.contains("encrypt_key")
+        ));
+    }
+
+    #[test]
+    fn an_installation_without_verification_material_accepts_nothing() {
+        // An unsigned event and a URL-verification challenge, each with a token of its own:
+        // with no secret to check them against, both are refused.
+        for body in [
+            &br#"{"schema":"2.0","header":{"token":"any","app_id":"cli_x"},"event":{}}"#[..],
+            br#"{"type":"url_verification","token":"any","challenge":"c"}"#,
+        ] {
+            for secrets in [
+                WebhookSecrets::default(),
+                WebhookSecrets {
+                    encrypt_key: Some(""),
+                    verification_token: Some(""),
+                },
+            ] {
+                assert!(matches!(
+                    verify_post(&[], body, &secrets),
+                    Err(WebhookRejection::BadToken(reason)) if reason.contains("neither")
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_verified_signature_reports_its_timestamp_and_an_unreadable_one_is_refused() {
+        let body = br#"{"schema":"2.0","header":{"token":"t"},"event":{}}"#;
+        let secrets = WebhookSecrets {
+            encrypt_key: Some("key"),
+            verification_token: Some("t"),
+        };
+        let signed = |timestamp: &str| {
+            vec![
+                (HEADER_TIMESTAMP.to_string(), timestamp.to_string()),
+                (HEADER_NONCE.to_string(), "n".to_string()),
+                (
+                    HEADER_SIGNATURE.to_string(),
+                    signature_hex(timestamp, "n", "key", body),
+                ),
+            ]
+        };
+        assert!(matches!(
+            verify_post(&signed("1700000000"), body, &secrets),
+            Ok(WebhookVerdict::Events(events)) if events.signed_at_ms == Some(1_700_000_000_000)
+        ));
+        assert!(matches!(
+            verify_post(&signed("soon"), body, &secrets),
+            Err(WebhookRejection::BadSignature(reason)) if reason.contains("Timestamp")
+        ));
+        // A token-only request carries no signed time.
+        let token_only = WebhookSecrets {
+            encrypt_key: None,
+            verification_token: Some("t"),
+        };
+        assert!(matches!(
+            verify_post(&[], body, &token_only),
+            Ok(WebhookVerdict::Events(events)) if events.signed_at_ms.is_none()
         ));
     }
 

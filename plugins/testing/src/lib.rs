@@ -190,6 +190,7 @@ impl transport::Guest for Testing {
             transport::WebhookEvents {
                 payloads: vec![request.body],
                 readings: Vec::new(),
+                signed_at_ms: None,
                 response: transport::WebhookResponse {
                     status: 200,
                     content_type: "application/json".into(),
