@@ -1,44 +1,179 @@
-//! The operator CLI against a real SQLite file: migrate, installations add/list/revoke,
-//! bindings add/list/token, keygen — and the errors an operator sees.
+//! The operator CLI through the real binary, against real SQLite files: every documented flag of
+//! `installations`, `bindings`, `keygen` and `plugins`, the configuration file given with
+//! `--config` or `SWITCHBOARD_CONFIG`, `--help` of every subcommand, `serve`'s start-up checks of
+//! the operator tokens — and the errors an operator sees.
+//!
+//! Every run of the binary is bounded in time (killed and failed past [`DEADLINE`]) and must not
+//! panic: its stderr never contains "panicked".
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
-fn switchboard(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .current_dir(dir)
+use switchboard::store::{Database, Installation, SecretCipher};
+
+/// The longest one run of the binary may take (a cold plugin compile included).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A command line for the binary in `dir`: no inherited `SWITCHBOARD_*` variables, the database
+/// and the secrets key file in `dir`, the tests' shared plugin cache; then `env` (`None` removes
+/// a variable).
+fn command(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.args(args).current_dir(dir).stdin(Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
         .env(
             "SWITCHBOARD_DATABASE__URL",
             format!("sqlite://{}", dir.join("cli.db").display()),
         )
         .env("SWITCHBOARD_SECRETS__KEY_FILE", dir.join("keys/secret.key"))
-        .env(
-            "SWITCHBOARD_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"),
-        )
-        .env_remove("SWITCHBOARD_CONFIG")
-        .output()
-        .expect("the binary runs")
+        .env("SWITCHBOARD_CACHE_DIR", shared_cache_dir());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command
 }
 
+fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
+/// Runs the binary to completion within [`DEADLINE`]; fails the test if it panicked.
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
+    let mut child = command(dir, args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let status = wait_within(&mut child, DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "`switchboard {}` ran longer than {DEADLINE:?}",
+            args.join(" ")
+        )
+    });
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !err.contains("panicked"),
+        "`switchboard {}` panicked:\n{err}",
+        args.join(" ")
+    );
+    output
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    run_env(dir, args, &[])
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// The child's exit status, or `None` (after killing it) when it outlives `deadline`.
+fn wait_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the binary") {
+            return Some(status);
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stdout of a successful run.
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
-        "failed: {}\n{}",
+        "failed ({}): {}\n{}",
+        output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// Stderr of a failed run, checking its exit code (1: the command failed; 2: usage error).
+fn failure(output: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+/// An installation read back from a SQLite file with the library, secrets decrypted.
+fn stored_installation(database: &Path, key_file: &Path, id: &str) -> Installation {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = Database::connect(&format!("sqlite://{}", database.display()))
+            .await
+            .unwrap();
+        let key = std::fs::read_to_string(key_file).unwrap();
+        let store = db.installations(SecretCipher::from_key_str(key.trim()).unwrap());
+        let installation = store
+            .get(id)
+            .await
+            .unwrap()
+            .expect("the installation is stored");
+        db.close().await;
+        installation
+    })
+}
+
+fn secrets(installation: &Installation) -> BTreeMap<&str, &str> {
+    installation
+        .secrets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect()
+}
+
+fn config_values(installation: &Installation) -> BTreeMap<&str, &str> {
+    installation
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 #[test]
 fn operator_commands_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(stdout(&switchboard(d, &["migrate"])).contains("sqlite"));
+    assert!(stdout(&run(d, &["migrate"])).contains("sqlite"));
 
-    let id = stdout(&switchboard(
+    let id = stdout(&run(
         d,
         &[
             "installations",
@@ -61,7 +196,7 @@ fn operator_commands_round_trip() {
         "the secrets key file is created on first use"
     );
 
-    let list = stdout(&switchboard(d, &["installations", "list"]));
+    let list = stdout(&run(d, &["installations", "list"]));
     assert!(
         list.contains(&id)
             && list.contains("cli_test_app")
@@ -76,29 +211,26 @@ fn operator_commands_round_trip() {
         "secrets are encrypted at rest"
     );
 
-    stdout(&switchboard(
+    stdout(&run(
         d,
         &["bindings", "add", &id, "ou_alice", "alice@example"],
     ));
-    assert!(
-        stdout(&switchboard(d, &["bindings", "list", &id])).contains("ou_alice\talice@example")
-    );
-    let link = stdout(&switchboard(d, &["bindings", "token", &id, "ou_bob"]));
+    assert!(stdout(&run(d, &["bindings", "list", &id])).contains("ou_alice\talice@example"));
+    let link = stdout(&run(d, &["bindings", "token", &id, "ou_bob"]));
     assert!(
         link.trim().starts_with("http://127.0.0.1:8080/bind?token="),
         "{link}"
     );
 
-    assert!(stdout(&switchboard(d, &["installations", "revoke", &id])).contains("revoked"));
-    assert!(stdout(&switchboard(d, &["installations", "list"])).contains("revoked"));
+    assert!(stdout(&run(d, &["installations", "revoke", &id])).contains("revoked"));
+    assert!(stdout(&run(d, &["installations", "list"])).contains("revoked"));
 
-    let missing = switchboard(d, &["installations", "revoke", "no-such-id"]);
-    assert!(!missing.status.success());
+    let missing = run(d, &["installations", "revoke", "no-such-id"]);
     assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("installations list"),
+        failure(&missing, 1).contains("installations list"),
         "the error says what to do"
     );
-    let bad = switchboard(
+    let bad = run(
         d,
         &[
             "installations",
@@ -109,8 +241,667 @@ fn operator_commands_round_trip() {
             "novalue",
         ],
     );
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("KEY=VALUE"));
+    assert!(failure(&bad, 1).contains("KEY=VALUE"));
 
-    let key = stdout(&switchboard(d, &["keygen"]));
+    let key = stdout(&run(d, &["keygen"]));
     assert_eq!(key.trim().len(), 64, "32 bytes in hex");
+}
+
+/// `installations add` with every documented flag stores each value where it belongs; without
+/// the optional ones it stores the documented defaults.
+#[test]
+fn installations_add_stores_every_documented_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let output = run(
+        d,
+        &[
+            "installations",
+            "add",
+            "--channel",
+            "lark",
+            "--app-id",
+            "cli_every_flag",
+            "--name",
+            "Every flag",
+            "--bot-open-id",
+            "ou_bot_open",
+            "--bot-union-id",
+            "on_bot_union",
+            "--secret",
+            "app_secret=app-secret-1",
+            "--secret",
+            "encrypt_key=encrypt-key-1",
+            "--secret",
+            "verification_token=verification-token-1",
+            "--config-value",
+            "connection=websocket",
+            "--config-value",
+            "base_url=https://open.larksuite.com",
+            "--policy",
+            "bound",
+            "--agent",
+            "echo",
+            "--debounce-ms",
+            "1500",
+        ],
+    );
+    let id = stdout(&output).trim().to_string();
+    assert_eq!(id.len(), 36, "a UUID is printed: {id:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("/hooks/lark/{id}")), "{stderr}");
+
+    let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
+    assert_eq!(
+        (
+            stored.channel.as_str(),
+            stored.routing_key.as_str(),
+            stored.name.as_str()
+        ),
+        ("lark", "cli_every_flag", "Every flag")
+    );
+    assert_eq!(stored.bot_open_id.as_deref(), Some("ou_bot_open"));
+    assert_eq!(stored.bot_union_id.as_deref(), Some("on_bot_union"));
+    assert_eq!(
+        config_values(&stored),
+        BTreeMap::from([
+            ("base_url", "https://open.larksuite.com"),
+            ("connection", "websocket"),
+        ])
+    );
+    assert_eq!(
+        secrets(&stored),
+        BTreeMap::from([
+            ("app_secret", "app-secret-1"),
+            ("encrypt_key", "encrypt-key-1"),
+            ("verification_token", "verification-token-1"),
+        ])
+    );
+    assert_eq!(stored.access_policy.as_str(), "bound");
+    assert_eq!(stored.agent, "echo");
+    assert_eq!(stored.debounce_ms, 1500);
+
+    // Only the required flag: the documented defaults.
+    let id = stdout(&run(
+        d,
+        &["installations", "add", "--app-id", "cli_defaults"],
+    ))
+    .trim()
+    .to_string();
+    let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
+    assert_eq!(stored.channel, "lark");
+    assert_eq!(stored.name, "");
+    assert_eq!(stored.access_policy.as_str(), "open");
+    assert_eq!(stored.agent, "echo");
+    assert_eq!(stored.debounce_ms, 3000);
+    assert!(stored.config.is_empty() && stored.secrets.is_empty());
+    assert_eq!((stored.bot_open_id, stored.bot_union_id), (None, None));
+
+    let list = stdout(&run(d, &["installations", "list"]));
+    assert!(list.starts_with("ID "), "a header line: {list}");
+    assert_eq!(
+        list.lines().count(),
+        3,
+        "header + two installations: {list}"
+    );
+    assert!(
+        list.contains("cli_every_flag") && list.contains("cli_defaults"),
+        "{list}"
+    );
+    assert!(
+        list.contains("Every flag") && !list.contains("app-secret-1"),
+        "{list}"
+    );
+}
+
+/// The issue's crash: `--config-value` beside a configuration file, given as `--config FILE`
+/// (before or after the subcommand) or as `SWITCHBOARD_CONFIG`. The file is really read: the
+/// installations land in the database it names, and binding links use its public URL.
+#[test]
+fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("operator.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\npublic_url = \"https://switchboard.example\"\n\
+             [database]\nurl = \"sqlite://{}\"\n\
+             [secrets]\nkey_file = \"{}\"\n",
+            d.join("from-file.db").display(),
+            d.join("from-file.key").display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    // Only the file names the database and the key: the environment does not.
+    let no_env: &[(&str, Option<&str>)] = &[
+        ("SWITCHBOARD_DATABASE__URL", None),
+        ("SWITCHBOARD_SECRETS__KEY_FILE", None),
+    ];
+    let with_env_file: Vec<(&str, Option<&str>)> = no_env
+        .iter()
+        .copied()
+        .chain([("SWITCHBOARD_CONFIG", Some(file))])
+        .collect();
+
+    let add = |args: &[&str], env: &[(&str, Option<&str>)]| -> String {
+        stdout(&run_env(d, args, env)).trim().to_string()
+    };
+    let after = add(
+        &[
+            "installations",
+            "add",
+            "--app-id",
+            "cli_flag_after",
+            "--config-value",
+            "connection=websocket",
+            "--config",
+            file,
+        ],
+        no_env,
+    );
+    let before = add(
+        &[
+            "--config",
+            file,
+            "installations",
+            "add",
+            "--app-id",
+            "cli_flag_before",
+            "--config-value",
+            "base_url=https://open.larksuite.com",
+            "--secret",
+            "app_secret=from-file-secret",
+        ],
+        no_env,
+    );
+    let from_env = add(
+        &[
+            "installations",
+            "add",
+            "--app-id",
+            "cli_env",
+            "--config-value",
+            "connection=websocket",
+        ],
+        &with_env_file,
+    );
+
+    let database = d.join("from-file.db");
+    let key = d.join("from-file.key");
+    assert!(
+        database.exists() && key.exists(),
+        "the file's paths are used"
+    );
+    assert!(
+        !d.join("cli.db").exists(),
+        "nothing went to the default database"
+    );
+    for (id, expected) in [
+        (&after, BTreeMap::from([("connection", "websocket")])),
+        (
+            &before,
+            BTreeMap::from([("base_url", "https://open.larksuite.com")]),
+        ),
+        (&from_env, BTreeMap::from([("connection", "websocket")])),
+    ] {
+        let stored = stored_installation(&database, &key, id);
+        assert_eq!(config_values(&stored), expected, "{}", stored.routing_key);
+    }
+    let stored = stored_installation(&database, &key, &before);
+    assert_eq!(
+        secrets(&stored),
+        BTreeMap::from([("app_secret", "from-file-secret")])
+    );
+
+    for env in [no_env, &with_env_file] {
+        let args: &[&str] = if env.len() == no_env.len() {
+            &["installations", "list", "--config", file]
+        } else {
+            &["installations", "list"]
+        };
+        let list = stdout(&run_env(d, args, env));
+        for app in ["cli_flag_after", "cli_flag_before", "cli_env"] {
+            assert!(list.contains(app), "{app} in:\n{list}");
+        }
+    }
+    let link = stdout(&run_env(
+        d,
+        &["bindings", "token", &from_env, "ou_carol"],
+        &with_env_file,
+    ));
+    assert!(
+        link.starts_with("https://switchboard.example/bind?token="),
+        "the file's public_url: {link}"
+    );
+
+    // A missing file is an error, by flag or by environment, not a fallback to defaults.
+    let missing = d.join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let by_flag = run(d, &["--config", missing, "installations", "list"]);
+    assert!(failure(&by_flag, 1).contains("does not exist"));
+    let by_env = run_env(
+        d,
+        &["installations", "list"],
+        &[("SWITCHBOARD_CONFIG", Some(missing))],
+    );
+    assert!(failure(&by_env, 1).contains("does not exist"));
+    // A misspelt key is named.
+    std::fs::write(d.join("typo.toml"), "[database]\nurll = \"x\"\n").unwrap();
+    let typo = run(d, &["--config", "typo.toml", "installations", "list"]);
+    let stderr = failure(&typo, 1);
+    assert!(
+        stderr.contains("invalid configuration") && stderr.contains("urll"),
+        "{stderr}"
+    );
+}
+
+/// Wrong input: usage errors exit 2 with clap's message, refused operations exit 1 and say what
+/// to do; nothing panics.
+#[test]
+fn wrong_input_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = ["installations", "add", "--app-id", "cli_x"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        add.iter().chain(extra).copied().collect()
+    };
+
+    let policy = run(d, &with(&["--policy", "nobody"]));
+    let stderr = failure(&policy, 2);
+    assert!(
+        stderr.contains("nobody") && stderr.contains("open") && stderr.contains("bound"),
+        "{stderr}"
+    );
+    let debounce = run(d, &with(&["--debounce-ms", "soon"]));
+    assert!(failure(&debounce, 2).contains("--debounce-ms"));
+    let no_app = run(d, &["installations", "add", "--name", "x"]);
+    assert!(failure(&no_app, 2).contains("--app-id"));
+    let config_value = run(d, &with(&["--config-value", "novalue"]));
+    assert!(
+        failure(&config_value, 1).contains("--config-value \"novalue\": write it as KEY=VALUE")
+    );
+    let no_id = run(d, &["installations", "revoke"]);
+    assert!(failure(&no_id, 2).contains("<ID>"));
+    let unknown = run(d, &["installations", "frobnicate"]);
+    assert!(failure(&unknown, 2).contains("frobnicate"));
+    for args in [
+        &["bindings", "add", "no-such", "ou_a", "a@example"][..],
+        &["bindings", "list", "no-such"],
+        &["bindings", "token", "no-such", "ou_a"],
+    ] {
+        let stderr = failure(&run(d, args), 1);
+        assert!(
+            stderr.contains("no installation `no-such`") && stderr.contains("installations list"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let log = run(d, &["--log", "bad[filter", "keygen"]);
+    assert!(failure(&log, 2).contains("invalid --log filter"));
+    let format = run(d, &["--log-format", "xml", "keygen"]);
+    assert!(failure(&format, 2).contains("xml"));
+}
+
+#[test]
+fn keygen_prints_a_fresh_usable_key_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = stdout(&run(d, &["keygen"])).trim().to_string();
+    let second = stdout(&run(
+        d,
+        &["--log-format", "json", "--log", "debug", "keygen"],
+    ))
+    .trim()
+    .to_string();
+    for key in [&first, &second] {
+        assert_eq!(key.len(), 64, "32 bytes in hex: {key:?}");
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()), "{key:?}");
+        SecretCipher::from_key_str(key).expect("usable as secrets.key");
+    }
+    assert_ne!(first, second, "a fresh key each time");
+    assert!(!d.join("cli.db").exists(), "keygen opens no database");
+}
+
+/// `plugins list|inspect`, as a table and as JSON, with the bundled plugin, a plugins directory
+/// (flag and environment), a cache directory of its own and `--no-cache`.
+#[test]
+fn plugins_list_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let list = stdout(&run(d, &["plugins", "list"]));
+    assert!(list.starts_with("NAME"), "{list}");
+    let lark = list
+        .lines()
+        .find(|l| l.starts_with("lark "))
+        .unwrap_or_else(|| panic!("no lark line in:\n{list}"));
+    assert!(
+        lark.contains("bundled") && lark.contains("healthy"),
+        "{lark}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(d, &["plugins", "list", "--json"]))).unwrap();
+    let plugins = json.as_array().expect("a JSON array");
+    assert_eq!(plugins.len(), 1, "{json}");
+    assert_eq!(plugins[0]["name"], "lark");
+    assert_eq!(plugins[0]["channel"], "lark");
+    assert!(
+        plugins[0]["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&"http".into()),
+        "{json}"
+    );
+
+    let text = stdout(&run(d, &["plugins", "inspect", "lark"]));
+    assert!(text.starts_with("lark 0.1.0"), "{text}");
+    for part in [
+        "channel:",
+        "sha256:",
+        "switchboard:channel/decoder@0.1.0",
+        "switchboard:channel/crypto@0.1.0",
+    ] {
+        assert!(text.contains(part), "{part} in:\n{text}");
+    }
+
+    // A cache directory of its own: compiled on the first run, loaded from it on the second;
+    // --no-cache compiles every time.
+    let cache = d.join("own-cache");
+    let cache = cache.to_str().unwrap();
+    let inspect = |extra: &[&str]| -> serde_json::Value {
+        let args: Vec<&str> = extra
+            .iter()
+            .copied()
+            .chain(["plugins", "inspect", "lark", "--json"])
+            .collect();
+        serde_json::from_str(&stdout(&run(d, &args))).unwrap()
+    };
+    let first = inspect(&["--cache-dir", cache]);
+    assert_eq!(first["name"], "lark");
+    assert_eq!(first["loaded_from_cache"], false, "{first}");
+    assert_eq!(inspect(&["--cache-dir", cache])["loaded_from_cache"], true);
+    assert_eq!(inspect(&["--no-cache"])["loaded_from_cache"], false);
+    assert_eq!(first["sha256"].as_str().unwrap().len(), 64);
+
+    // A plugins directory, by flag and by environment.
+    let plugins_dir = d.join("plugins.d");
+    std::fs::create_dir(&plugins_dir).unwrap();
+    std::fs::copy(
+        Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR).join("switchboard_testing.wasm"),
+        plugins_dir.join("switchboard_testing.wasm"),
+    )
+    .unwrap();
+    let plugins_dir = plugins_dir.to_str().unwrap();
+    let list = stdout(&run(d, &["plugins", "list", "--plugins-dir", plugins_dir]));
+    assert!(
+        list.lines().any(|l| l.starts_with("testing ")) && list.contains("lark"),
+        "{list}"
+    );
+    let testing = stdout(&run_env(
+        d,
+        &["plugins", "inspect", "testing"],
+        &[("SWITCHBOARD_PLUGINS_DIR", Some(plugins_dir))],
+    ));
+    assert!(testing.starts_with("testing 0.1.0"), "{testing}");
+
+    let missing_dir = run(d, &["plugins", "list", "--plugins-dir", "no-such-dir"]);
+    assert!(failure(&missing_dir, 1).contains("--plugins-dir"));
+    let unknown = run(d, &["plugins", "inspect", "nope"]);
+    let stderr = failure(&unknown, 1);
+    assert!(
+        stderr.contains("no plugin named `nope`") && stderr.contains("loaded: lark"),
+        "{stderr}"
+    );
+}
+
+/// `--help` of the binary and of every subcommand answers with its usage, and the documented
+/// flags are in it.
+#[test]
+fn every_subcommand_documents_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let subcommands: &[&[&str]] = &[
+        &[],
+        &["plugins"],
+        &["plugins", "list"],
+        &["plugins", "inspect"],
+        &["demo"],
+        &["replay"],
+        &["bench"],
+        &["bench", "decode"],
+        &["bench", "ingest"],
+        &["serve"],
+        &["migrate"],
+        &["keygen"],
+        &["installations"],
+        &["installations", "add"],
+        &["installations", "list"],
+        &["installations", "revoke"],
+        &["bindings"],
+        &["bindings", "add"],
+        &["bindings", "list"],
+        &["bindings", "token"],
+        &["sessions"],
+        &["sessions", "list"],
+        &["sessions", "show"],
+        &["sessions", "interrupt"],
+        &["sessions", "promote"],
+        &["sessions", "dequeue"],
+        &["sessions", "edit"],
+        &["sessions", "compact"],
+        &["sessions", "delete"],
+    ];
+    for path in subcommands {
+        let args: Vec<&str> = path.iter().copied().chain(["--help"]).collect();
+        let help = stdout(&run(d, &args));
+        let usage = ["Usage: switchboard"]
+            .into_iter()
+            .chain(path.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(help.contains(&usage), "`{usage}` in:\n{help}");
+        // Every command takes the global options.
+        assert!(help.contains("--config <FILE>"), "{path:?} --help:\n{help}");
+    }
+    assert!(!d.join("cli.db").exists(), "--help opens no database");
+
+    let top = stdout(&run(d, &["--help"]));
+    for command in [
+        "plugins",
+        "demo",
+        "replay",
+        "bench",
+        "serve",
+        "migrate",
+        "keygen",
+        "installations",
+        "bindings",
+        "sessions",
+    ] {
+        assert!(
+            top.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "{command} in:\n{top}"
+        );
+    }
+    for flag in [
+        "--config <FILE>",
+        "--plugins-dir <DIR>",
+        "--cache-dir <DIR>",
+        "--no-cache",
+        "--log-format <LOG_FORMAT>",
+        "--log <LOG>",
+        "SWITCHBOARD_CONFIG",
+    ] {
+        assert!(top.contains(flag), "{flag} in:\n{top}");
+    }
+    let add = stdout(&run(d, &["installations", "add", "-h"]));
+    for flag in [
+        "--channel <CHANNEL>",
+        "--app-id <APP_ID>",
+        "--name <NAME>",
+        "--bot-open-id <BOT_OPEN_ID>",
+        "--bot-union-id <BOT_UNION_ID>",
+        "--secret <KEY=VALUE>",
+        "--config-value <KEY=VALUE>",
+        "--policy <POLICY>",
+        "--agent <AGENT>",
+        "--debounce-ms <DEBOUNCE_MS>",
+        "connection=websocket",
+    ] {
+        assert!(add.contains(flag), "{flag} in:\n{add}");
+    }
+    let version = stdout(&run(d, &["--version"]));
+    assert_eq!(
+        version.trim(),
+        format!("switchboard {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `serve` checks the operator tokens before it opens anything: an admin token shorter than 32
+/// characters or an empty metrics token stop it with what to do.
+#[test]
+fn serve_refuses_a_short_admin_token_and_an_empty_metrics_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let short = run_env(
+        d,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SWITCHBOARD_SERVER__ADMIN_TOKEN", Some("change-me!"))],
+    );
+    let stderr = failure(&short, 1);
+    assert!(
+        stderr.contains("server.admin_token")
+            && stderr.contains("10 characters")
+            && stderr.contains("at least 32")
+            && stderr.contains("openssl rand -hex 32"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("change-me!"),
+        "the token is not echoed: {stderr}"
+    );
+    assert!(!d.join("cli.db").exists(), "refused before the database");
+
+    let empty = run_env(
+        d,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("SWITCHBOARD_SERVER__ADMIN_TOKEN", Some(ADMIN)),
+            ("SWITCHBOARD_SERVER__METRICS_TOKEN", Some("")),
+        ],
+    );
+    assert!(failure(&empty, 1).contains("server.metrics_token"));
+}
+
+const ADMIN: &str = "cli-admin-token-0123456789abcdef0123";
+const METRICS: &str = "cli-metrics-token";
+
+/// A `serve` process; killed when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` over plain HTTP/1.1: (status, body).
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The real binary serving with tokens from the environment: the admin API and `/metrics` each
+/// take their own token only; SIGTERM stops it cleanly.
+#[test]
+fn serve_guards_the_admin_api_and_metrics_with_tokens_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = command(
+        d,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("SWITCHBOARD_SERVER__ADMIN_TOKEN", Some(ADMIN)),
+            ("SWITCHBOARD_SERVER__METRICS_TOKEN", Some(METRICS)),
+            ("SWITCHBOARD_CONNECTIONS__ENABLED", Some("false")),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let served = Served(child);
+    // Read stderr on a thread until the listening line; keep the rest for the end.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = Instant::now();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(DEADLINE.saturating_sub(started.elapsed()))
+            .expect("serve says where it listens within the deadline");
+        assert!(!line.contains("panicked"), "{line}");
+        if let Some(rest) = line.strip_prefix("switchboard listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+
+    assert_eq!(http_get(&addr, "/healthz", None).0, 200);
+    let (status, body) = http_get(&addr, "/metrics", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    assert_eq!(http_get(&addr, "/metrics", Some(ADMIN)).0, 401);
+    let (status, body) = http_get(&addr, "/metrics", Some(METRICS));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("switchboard_plugin_degraded"), "{body}");
+    let (status, body) = http_get(&addr, "/api/installations", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_get(&addr, "/api/installations", Some(METRICS));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("wrong admin token"), "{body}");
+    let (status, body) = http_get(&addr, "/api/installations", Some(ADMIN));
+    assert_eq!((status, body.as_str()), (200, "[]"));
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let mut child = served;
+    let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which is not reaped yet; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = wait_within(&mut child.0, Duration::from_secs(60)).expect("serve stops");
+    let log = reader.join().unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
