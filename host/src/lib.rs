@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod hygiene;
 pub mod ingest;
 pub mod metrics;
 pub mod runs;

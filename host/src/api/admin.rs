@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::store::{AccessPolicy, BindingError, Installation, NewInstallation};
+use crate::hygiene::{self, MAX_ID_BYTES};
+use crate::store::{AccessPolicy, BindingError, Installation, NewInstallation, StoreError};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -124,11 +125,17 @@ async fn create_installation(
         ));
     }
     let new = body.into_new()?;
+    // A value out of bounds or unstorable (NUL, too long, debounce outside 1 ms–1 h) → 400; a
+    // second installation for the routing key → 409.
     let created = s
         .installations
         .create(&new, s.clock.now_ms())
         .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        .map_err(|e| match e {
+            StoreError::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e => ApiError::internal(e),
+        })?;
     Ok((StatusCode::CREATED, Json(installation_json(&created))))
 }
 
@@ -182,6 +189,15 @@ struct AddBinding {
     union_id: Option<String>,
 }
 
+/// Binding ids are ids: bounded like a message's ([`MAX_ID_BYTES`]); 400 beyond.
+fn check_ids(ids: &[(&str, Option<&str>)]) -> Result<(), ApiError> {
+    for (field, value) in ids {
+        hygiene::check_opt(field, *value, MAX_ID_BYTES)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    }
+    Ok(())
+}
+
 fn binding_error(e: BindingError) -> ApiError {
     match e {
         BindingError::Store(e) => ApiError::internal(e),
@@ -194,6 +210,11 @@ async fn add_binding(
     Path(id): Path<String>,
     Json(body): Json<AddBinding>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_ids(&[
+        ("open_id", Some(&body.open_id)),
+        ("user_ref", Some(&body.user_ref)),
+        ("union_id", body.union_id.as_deref()),
+    ])?;
     find(&s, &id).await?;
     let binding = s
         .records
@@ -241,6 +262,7 @@ async fn mint_binding_token(
     Path(id): Path<String>,
     Json(body): Json<MintToken>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_ids(&[("open_id", Some(&body.open_id))])?;
     find(&s, &id).await?;
     let token = s
         .records
@@ -271,6 +293,10 @@ async fn redeem_binding_token(
     State(s): State<AppState>,
     Json(body): Json<RedeemToken>,
 ) -> Result<Json<Value>, ApiError> {
+    check_ids(&[
+        ("user_ref", Some(&body.user_ref)),
+        ("union_id", body.union_id.as_deref()),
+    ])?;
     let binding = s
         .records
         .redeem_binding_token(

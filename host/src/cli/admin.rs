@@ -46,8 +46,12 @@ pub enum InstallationsCommand {
         /// The bound agent.
         #[arg(long, default_value = "echo")]
         agent: String,
-        /// Debounce window in milliseconds.
-        #[arg(long, default_value_t = 3000)]
+        /// Debounce window in milliseconds (1 to 3600000, one hour).
+        #[arg(
+            long,
+            default_value_t = 3000,
+            value_parser = clap::value_parser!(i64).range(1..=crate::hygiene::MAX_DEBOUNCE_MS)
+        )]
         debounce_ms: i64,
     },
     /// List installations (secrets are never printed).

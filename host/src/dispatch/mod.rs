@@ -55,6 +55,10 @@ pub enum DropReason {
     RoutedElsewhere,
     /// A verified event that is not a chat message the host handles (the plugin ignored it).
     UnsupportedEvent,
+    /// A verified event with an id the backends cannot store (a NUL character, or longer than
+    /// [`MAX_ID_BYTES`](crate::hygiene::MAX_ID_BYTES)) or an oversized text
+    /// ([`crate::hygiene`]); refused as malformed instead of failing every redelivery.
+    UnstorableValue,
 }
 
 impl DropReason {
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::UnboundUser => "unbound_user",
             DropReason::RoutedElsewhere => "routed_elsewhere",
             DropReason::UnsupportedEvent => "unsupported_event",
+            DropReason::UnstorableValue => "unstorable_value",
         }
     }
 }
@@ -167,13 +172,15 @@ impl EventMeta {
         EventMeta::of_event(message, DEFAULT_EVENT_TYPE)
     }
 
-    /// The ids of a decoded message delivered as `event_type`.
+    /// The ids of a decoded message delivered as `event_type`, made storable for the audit
+    /// ([`hygiene::printable`](crate::hygiene::printable): NUL shown as U+FFFD, clipped).
     pub fn of_event(message: &InboundMessage, event_type: &str) -> EventMeta {
+        use crate::hygiene::printable;
         EventMeta {
             event_type: event_type.to_owned(),
-            event_id: message.event_id.clone(),
-            message_id: message.message_id.clone(),
-            chat_id: message.chat_id.clone(),
+            event_id: printable(&message.event_id),
+            message_id: printable(&message.message_id),
+            chat_id: printable(&message.chat_id),
         }
     }
 }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::batch::Debouncer;
 use crate::dispatch::{DispatchError, Dispatcher, DropReason, EventMeta, Outcome};
+use crate::hygiene;
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::commands::Command;
@@ -232,7 +233,10 @@ impl Ingest {
     /// plugin again.
     ///
     /// An event that names another installation, or reaches a revoked one, is audited and
-    /// dropped; an event the plugin ignores is audited as `unsupported_event`.
+    /// dropped; an event the plugin ignores is audited as `unsupported_event`. A message with an
+    /// id the backends cannot store (a NUL, or too long: [`crate::hygiene`]) is audited as
+    /// `unstorable_value` and answered [`PayloadOutcome::Invalid`]; NUL characters in its text
+    /// are removed.
     pub async fn prepare(
         &self,
         plugin: &Plugin,
@@ -319,7 +323,36 @@ impl Ingest {
             return done(PayloadOutcome::Dispatched(outcome));
         }
         match decoded {
-            DecodeOutcome::Message { message, command } => {
+            DecodeOutcome::Message {
+                mut message,
+                mut command,
+            } => {
+                // What the backends cannot store is refused now (ids) or removed (NUL in
+                // text), instead of failing the insert on every redelivery.
+                match hygiene::sanitize_message(&mut message, command.as_mut()) {
+                    Ok(0) => {}
+                    Ok(stripped) => tracing::info!(
+                        installation = %installation.id,
+                        message_id = %message.message_id,
+                        stripped,
+                        "removed NUL characters from the message text"
+                    ),
+                    Err(problem) => {
+                        tracing::warn!(
+                            installation = %installation.id,
+                            message_id = %hygiene::printable(&message.message_id),
+                            "event refused: {problem}"
+                        );
+                        self.dispatcher
+                            .refuse(
+                                installation,
+                                &EventMeta::of(&message),
+                                DropReason::UnstorableValue,
+                            )
+                            .await;
+                        return done(PayloadOutcome::Invalid(problem.to_string()));
+                    }
+                }
                 Ok(Prepared::Message(Box::new(PreparedMessage {
                     installation: installation.clone(),
                     cx: cx.clone(),
@@ -371,7 +404,17 @@ impl Ingest {
                     for note in &enriched.notes {
                         tracing::info!(note = %note, "enrichment degraded");
                     }
-                    message.body = enriched.body;
+                    // Fetched text obeys the decoded body's rules (crate::hygiene).
+                    let mut body = enriched.body;
+                    hygiene::strip_nul(&mut body);
+                    if body.len() <= hygiene::MAX_TEXT_BYTES {
+                        message.body = body;
+                    } else {
+                        tracing::warn!(
+                            bytes = body.len(),
+                            "enriched body too large, keeping the plain body"
+                        );
+                    }
                 }
                 // Enrichment degrades, never drops: keep the decoded body.
                 Err(e) => tracing::warn!("enrichment failed, keeping the plain body: {e}"),

@@ -18,6 +18,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::secrets::SecretCipher;
 use super::{Backend, Database, Inner, StoreError};
+use crate::hygiene;
 use crate::runtime::{InstallationContext, Secret};
 
 /// Runs `$body` with `$pool` bound to a pool suitable for reads (SQLite: the reader pool).
@@ -188,7 +189,8 @@ pub struct NewInstallation {
     pub access_policy: AccessPolicy,
     /// The bound agent.
     pub agent: String,
-    /// Debounce window in milliseconds (must be positive).
+    /// Debounce window in milliseconds (1 ms to one hour,
+    /// [`MAX_DEBOUNCE_MS`](crate::hygiene::MAX_DEBOUNCE_MS)).
     pub debounce_ms: i64,
 }
 
@@ -416,8 +418,9 @@ impl InstallationStore {
     /// Registers an installation (status active) with a new UUID id.
     ///
     /// A second installation for the same `(channel, routing_key)` is refused with
-    /// [`StoreError::Conflict`]; a non-positive debounce or an empty channel or routing key with
-    /// [`StoreError::Invalid`].
+    /// [`StoreError::Conflict`]; an empty channel or routing key, a debounce outside 1 ms to
+    /// one hour, or a value the backends cannot store (a NUL character, or longer than the
+    /// bounds of [`crate::hygiene`]) with [`StoreError::Invalid`].
     pub async fn create(
         &self,
         new: &NewInstallation,
@@ -428,7 +431,7 @@ impl InstallationStore {
                 what: "installation: channel and routing key must not be empty".into(),
             });
         }
-        check_debounce(new.debounce_ms)?;
+        check_new(new)?;
         let id = uuid::Uuid::new_v4().to_string();
         let sealed = (!new.secrets.is_empty()).then(|| self.cipher.encrypt(&id, &new.secrets));
         let config = serde_json::to_string(&new.config).unwrap_or_else(|_| "{}".into());
@@ -475,6 +478,9 @@ impl InstallationStore {
 
     /// The installation `id`, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<Installation>, StoreError> {
+        if !storable_key(id) {
+            return Ok(None);
+        }
         let fail = StoreError::query("installation get", self.backend());
         let sql = format!("SELECT {COLUMNS} FROM installations WHERE id = $1");
         let row: Option<InstallationRow> = on_reader!(self.db, |pool| {
@@ -493,6 +499,9 @@ impl InstallationStore {
         channel: &str,
         routing_key: &str,
     ) -> Result<Option<Installation>, StoreError> {
+        if !storable_key(channel) || !storable_key(routing_key) {
+            return Ok(None);
+        }
         let fail = StoreError::query("installation get by routing key", self.backend());
         let sql =
             format!("SELECT {COLUMNS} FROM installations WHERE channel = $1 AND routing_key = $2");
@@ -542,6 +551,7 @@ impl InstallationStore {
 
     /// Binds the installation to `agent`; returns whether it exists.
     pub async fn set_agent(&self, id: &str, agent: &str, now_ms: i64) -> Result<bool, StoreError> {
+        hygiene::check("agent", agent, hygiene::MAX_NAME_BYTES).map_err(invalid)?;
         self.update(
             "installation set agent",
             "UPDATE installations SET agent = $3, updated_at_ms = $2 WHERE id = $1",
@@ -569,7 +579,7 @@ impl InstallationStore {
         .await
     }
 
-    /// Changes the debounce window (must be positive); returns whether the installation exists.
+    /// Changes the debounce window (1 ms to one hour); returns whether the installation exists.
     pub async fn set_debounce_ms(
         &self,
         id: &str,
@@ -595,6 +605,7 @@ impl InstallationStore {
         secrets: &BTreeMap<String, String>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        check_map("secrets", secrets)?;
         let sealed = (!secrets.is_empty()).then(|| self.cipher.encrypt(id, secrets));
         self.update(
             "installation set secrets",
@@ -744,10 +755,46 @@ enum Value<'a> {
 }
 
 fn check_debounce(debounce_ms: i64) -> Result<(), StoreError> {
-    if debounce_ms <= 0 {
-        return Err(StoreError::Invalid {
-            what: format!("debounce window {debounce_ms} ms: it must be positive"),
-        });
+    hygiene::check_debounce_ms(debounce_ms).map_err(|what| StoreError::Invalid { what })
+}
+
+fn invalid(problem: hygiene::Unstorable) -> StoreError {
+    StoreError::Invalid {
+        what: format!("installation: {problem}"),
+    }
+}
+
+/// Whether `key` could be a stored id or routing key: no NUL (which PostgreSQL cannot even
+/// compare) and within [`hygiene::MAX_ID_BYTES`]. A lookup of anything else finds nothing.
+fn storable_key(key: &str) -> bool {
+    hygiene::check("key", key, hygiene::MAX_ID_BYTES).is_ok()
+}
+
+/// Config or secret names and values: no NUL, names up to [`hygiene::MAX_NAME_BYTES`], values
+/// up to [`hygiene::MAX_VALUE_BYTES`].
+fn check_map(what: &str, map: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    for (key, value) in map {
+        hygiene::check(&format!("{what} name"), key, hygiene::MAX_NAME_BYTES).map_err(invalid)?;
+        hygiene::check(
+            &format!("{what}.{}", hygiene::printable(key)),
+            value,
+            hygiene::MAX_VALUE_BYTES,
+        )
+        .map_err(invalid)?;
     }
     Ok(())
+}
+
+/// Every value of a new installation: storable, within its bound ([`crate::hygiene`]).
+fn check_new(new: &NewInstallation) -> Result<(), StoreError> {
+    use hygiene::{MAX_ID_BYTES, MAX_NAME_BYTES, check, check_opt};
+    check("channel", &new.channel, MAX_NAME_BYTES).map_err(invalid)?;
+    check("routing_key", &new.routing_key, MAX_NAME_BYTES).map_err(invalid)?;
+    check("name", &new.name, MAX_NAME_BYTES).map_err(invalid)?;
+    check("agent", &new.agent, MAX_NAME_BYTES).map_err(invalid)?;
+    check_opt("bot_open_id", new.bot_open_id.as_deref(), MAX_ID_BYTES).map_err(invalid)?;
+    check_opt("bot_union_id", new.bot_union_id.as_deref(), MAX_ID_BYTES).map_err(invalid)?;
+    check_map("config", &new.config)?;
+    check_map("secrets", &new.secrets)?;
+    check_debounce(new.debounce_ms)
 }
