@@ -49,6 +49,11 @@ const SQLITE: &[Embedded] = &[
         "compaction",
         include_str!("../../../migrations/sqlite/0005_compaction.sql"),
     ),
+    (
+        7,
+        "retention",
+        include_str!("../../../migrations/sqlite/0007_retention.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -77,6 +82,11 @@ const POSTGRES: &[Embedded] = &[
         5,
         "compaction",
         include_str!("../../../migrations/postgres/0005_compaction.sql"),
+    ),
+    (
+        7,
+        "retention",
+        include_str!("../../../migrations/postgres/0007_retention.sql"),
     ),
 ];
 

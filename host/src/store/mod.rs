@@ -19,6 +19,7 @@ mod installations;
 mod kv;
 mod migrate;
 mod notify;
+mod retention;
 mod runs;
 mod secrets;
 mod workers;
@@ -49,6 +50,7 @@ pub use installations::{
 };
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
+pub use retention::{RetainedTable, RetentionStore};
 pub use runs::{
     Edited, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd, RunError,
     RunState, RunStatus, RunStore, Submitted, Transition,
@@ -313,6 +315,11 @@ impl Database {
     /// The worker store (agent presence, run ownership lookups) on this database.
     pub fn workers(&self) -> WorkerStore {
         WorkerStore::new(self.clone())
+    }
+
+    /// The retention store (bounded pruning of dedup, audit, binding-token and expired kv rows).
+    pub fn retention(&self) -> RetentionStore {
+        RetentionStore::new(self.clone())
     }
 }
 

@@ -1,0 +1,158 @@
+//! Retention: the bounded deletes that keep the bookkeeping tables from growing without bound
+//! (issue 14) — dedup claims, the drop audit, binding tokens and expired plugin kv rows.
+//!
+//! Owns one statement per table, each deleting at most `limit` rows whose age is past a cutoff
+//! the caller computes (the periodic task in `crate::retention` decides when and how often, and
+//! loops until a batch comes back short). On SQLite a batch is chosen by `rowid` through the
+//! single writer; on PostgreSQL by key with `FOR UPDATE SKIP LOCKED`, so replicas pruning at
+//! the same time, and writers holding a row, never wait on each other, and the age test is
+//! repeated on the row actually deleted, so a row refreshed concurrently (a reclaimed dedup
+//! claim, a kv key rewritten with a new expiry) is kept.
+//!
+//! Must not touch anything else: sessions, messages, runs, user bindings, installations and
+//! kv rows without an expiry are never deleted here, and nothing here reads the clock.
+
+use super::installations::on_writer;
+use super::{Backend, Database, Inner, StoreError};
+
+/// A table the retention task prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetainedTable {
+    /// `inbound_dedup`: claims (processed or still in flight) received before the cutoff.
+    Dedup,
+    /// `inbound_audit`: drop records received before the cutoff.
+    Audit,
+    /// `binding_tokens`: used tokens (at once) and unused ones that expired before the cutoff.
+    BindingTokens,
+    /// `plugin_kv`: rows whose expiry is at or before the cutoff (the caller's "now").
+    Kv,
+}
+
+impl RetainedTable {
+    /// Every pruned table, in the order a pass visits them.
+    pub const ALL: [RetainedTable; 4] = [
+        RetainedTable::Dedup,
+        RetainedTable::Audit,
+        RetainedTable::BindingTokens,
+        RetainedTable::Kv,
+    ];
+
+    /// The table's SQL name, also the `table` label of the pruned-rows metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetainedTable::Dedup => "inbound_dedup",
+            RetainedTable::Audit => "inbound_audit",
+            RetainedTable::BindingTokens => "binding_tokens",
+            RetainedTable::Kv => "plugin_kv",
+        }
+    }
+
+    /// The bounded delete: `$1` the cutoff (Unix epoch ms), `$2` the most rows to delete.
+    fn delete_sql(self, backend: Backend) -> &'static str {
+        match (self, backend) {
+            // A claim in flight is refreshed (received_at_ms = now) whenever it is taken over, so
+            // one received before the cutoff (days ago, far beyond RECLAIM_AFTER_MS) is dead.
+            (RetainedTable::Dedup, Backend::Sqlite) => {
+                "DELETE FROM inbound_dedup WHERE rowid IN (
+                     SELECT rowid FROM inbound_dedup WHERE received_at_ms < $1 LIMIT $2)"
+            }
+            (RetainedTable::Dedup, Backend::Postgres) => {
+                "DELETE FROM inbound_dedup
+                 WHERE (installation_id, message_id) IN (
+                     SELECT installation_id, message_id FROM inbound_dedup
+                     WHERE received_at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   AND received_at_ms < $1"
+            }
+            (RetainedTable::Audit, Backend::Sqlite) => {
+                "DELETE FROM inbound_audit WHERE id IN (
+                     SELECT id FROM inbound_audit WHERE received_at_ms < $1 LIMIT $2)"
+            }
+            (RetainedTable::Audit, Backend::Postgres) => {
+                "DELETE FROM inbound_audit WHERE id IN (
+                     SELECT id FROM inbound_audit WHERE received_at_ms < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
+            (RetainedTable::BindingTokens, Backend::Sqlite) => {
+                "DELETE FROM binding_tokens WHERE rowid IN (
+                     SELECT rowid FROM binding_tokens
+                     WHERE consumed_at_ms IS NOT NULL OR expires_at_ms < $1 LIMIT $2)"
+            }
+            (RetainedTable::BindingTokens, Backend::Postgres) => {
+                "DELETE FROM binding_tokens
+                 WHERE token_hash IN (
+                     SELECT token_hash FROM binding_tokens
+                     WHERE consumed_at_ms IS NOT NULL OR expires_at_ms < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   AND (consumed_at_ms IS NOT NULL OR expires_at_ms < $1)"
+            }
+            (RetainedTable::Kv, Backend::Sqlite) => {
+                "DELETE FROM plugin_kv WHERE rowid IN (
+                     SELECT rowid FROM plugin_kv
+                     WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 LIMIT $2)"
+            }
+            (RetainedTable::Kv, Backend::Postgres) => {
+                "DELETE FROM plugin_kv
+                 WHERE (plugin, installation, key) IN (
+                     SELECT plugin, installation, key FROM plugin_kv
+                     WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1"
+            }
+        }
+    }
+
+    fn op(self) -> &'static str {
+        match self {
+            RetainedTable::Dedup => "retention prune inbound_dedup",
+            RetainedTable::Audit => "retention prune inbound_audit",
+            RetainedTable::BindingTokens => "retention prune binding_tokens",
+            RetainedTable::Kv => "retention prune plugin_kv",
+        }
+    }
+}
+
+/// The retention store: a cheap, cloneable handle on the [`Database`]'s pools.
+#[derive(Debug, Clone)]
+pub struct RetentionStore {
+    db: Database,
+}
+
+impl RetentionStore {
+    pub(super) fn new(db: Database) -> Self {
+        RetentionStore { db }
+    }
+
+    /// Deletes at most `limit` rows of `table` that are past `cutoff_ms` and returns how many it
+    /// deleted; fewer than `limit` means nothing else was due (at the time of the statement).
+    ///
+    /// What `cutoff_ms` means per table (Unix epoch milliseconds):
+    /// - [`RetainedTable::Dedup`]: claims received before it, processed or not. It must lie well
+    ///   before "now minus [`RECLAIM_AFTER_MS`](super::RECLAIM_AFTER_MS)", or a claim still in
+    ///   flight could lose its row (its Mark would then find nothing and roll the append back).
+    /// - [`RetainedTable::Audit`]: drop records received before it.
+    /// - [`RetainedTable::BindingTokens`]: unused tokens that expired before it; used tokens go
+    ///   whatever the cutoff.
+    /// - [`RetainedTable::Kv`]: rows expired at it (expiry at or before it): pass "now".
+    ///
+    /// One statement, in its own implicit transaction: on SQLite it holds the writer only for
+    /// this batch.
+    pub async fn prune_batch(
+        &self,
+        table: RetainedTable,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let backend = self.db.backend();
+        let fail = StoreError::query(table.op(), backend);
+        let deleted = on_writer!(self.db, |pool| {
+            sqlx::query(table.delete_sql(backend))
+                .bind(cutoff_ms)
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await
+                .map_err(fail)?
+                .rows_affected()
+        });
+        Ok(deleted)
+    }
+}
