@@ -1,6 +1,6 @@
 //! The composition root: builds the host from a [`Config`] — database and migrations, the
-//! secrets key, the plugin runtime, dispatcher, debouncer and HTTP router — and runs it with a
-//! graceful shutdown (stop inbound → flush every pending window once → exit).
+//! secrets key, the plugin runtime, dispatcher, debouncer, the retention task and HTTP router —
+//! and runs it with a graceful shutdown (stop inbound → flush every pending window once → exit).
 //!
 //! Owns wiring only; every behaviour lives in the modules it wires.
 
@@ -22,6 +22,7 @@ use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
 use crate::metrics::Metrics;
+use crate::retention::{Retention, RetentionSettings};
 use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{Compactor, EventHub, RunService, RunSettings};
@@ -43,6 +44,8 @@ pub struct App {
     executor: Executor,
     /// Long connections (none when `[connections] enabled = false`).
     supervisor: Option<Supervisor>,
+    /// The pruning task (none when `[retention] enabled = false`).
+    retention: Option<Retention>,
     max_body_bytes: usize,
 }
 
@@ -236,6 +239,10 @@ impl App {
     /// Connects, migrates and wires everything (no socket is opened yet).
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         config.server.validate()?;
+        config
+            .retention
+            .validate()
+            .context("invalid [retention] configuration")?;
         let db = Database::connect(&config.database.url).await?;
         db.migrate().await?;
         let cipher = load_secret_key(config)?;
@@ -316,6 +323,14 @@ impl App {
         } else {
             None
         };
+        let retention = config.retention.enabled.then(|| {
+            Retention::new(
+                &db,
+                clock.clone(),
+                RetentionSettings::from_config(&config.retention),
+            )
+            .with_metrics(metrics.clone())
+        });
         let compactor = Compactor::new(runs.clone(), agents.clone());
         let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
             .with_observer(replies)
@@ -350,6 +365,7 @@ impl App {
             relay,
             executor,
             supervisor,
+            retention,
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -380,6 +396,12 @@ impl App {
         let recovery = self.state.runs.spawn_recovery_loop(async {
             let _ = recovery_stopped.await;
         });
+        // Pruning runs while the host serves and stops (between two batches) on shutdown.
+        let stop_retention = CancellationToken::new();
+        let retention = self
+            .retention
+            .take()
+            .map(|retention| retention.spawn(stop_retention.clone()));
         // Long connections run alongside the HTTP server and stop with it (inbound first).
         let stop_connections = CancellationToken::new();
         let connections = self
@@ -408,6 +430,10 @@ impl App {
         }
         let _ = stop_recovery.send(());
         let _ = recovery.await;
+        stop_retention.cancel();
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         tracing::info!("inbound stopped; flushing pending debounce windows");
         self.debouncer.flush_all().await;
         // Replies to what was flushed still go out; runs still going after the grace period

@@ -31,6 +31,8 @@ pub struct Config {
     pub connections: ConnectionsConfig,
     /// Session runs.
     pub runs: RunsConfig,
+    /// Pruning of dedup, audit, binding-token and expired kv rows.
+    pub retention: RetentionConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
 }
@@ -242,6 +244,77 @@ impl Default for RunsConfig {
     }
 }
 
+/// `[retention]`: a background task that prunes what only matters for a while (issue 14).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Run the task at all (off: nothing is ever pruned).
+    pub enabled: bool,
+    /// Seconds between passes (1 to 604800).
+    pub interval_s: u64,
+    /// Seconds from start-up to the first pass (0 to 86400).
+    pub first_run_after_s: u64,
+    /// Dedup claims are kept this many days (1 to 3650); a redelivery of an older message is
+    /// processed again. Lark's last redelivery comes about 6 hours after the first attempt.
+    pub dedup_days: u64,
+    /// Drop-audit rows are kept this many days (1 to 3650).
+    pub audit_days: u64,
+    /// Unused binding tokens are deleted this many hours after they expired (0 to 8760); used
+    /// ones at the next pass.
+    pub binding_token_grace_hours: u64,
+    /// Most rows one delete statement removes (1 to 100000); a pass repeats it until a batch
+    /// comes back short, letting other writers in between batches.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            enabled: true,
+            interval_s: 3_600,
+            first_run_after_s: 60,
+            dedup_days: 7,
+            audit_days: 30,
+            binding_token_grace_hours: 24,
+            batch_size: 1_000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Checks every value's range, naming the key, its environment variable and the range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        fn check(key: &str, value: u64, min: u64, max: u64, unit: &str) -> anyhow::Result<()> {
+            anyhow::ensure!(
+                (min..=max).contains(&value),
+                "retention.{key} (SWITCHBOARD_RETENTION__{}) is {value}; it must be between \
+                 {min} and {max} {unit}",
+                key.to_ascii_uppercase()
+            );
+            Ok(())
+        }
+        check("interval_s", self.interval_s, 1, 7 * 86_400, "seconds")?;
+        check(
+            "first_run_after_s",
+            self.first_run_after_s,
+            0,
+            86_400,
+            "seconds",
+        )?;
+        check("dedup_days", self.dedup_days, 1, 3_650, "days")?;
+        check("audit_days", self.audit_days, 1, 3_650, "days")?;
+        check(
+            "binding_token_grace_hours",
+            self.binding_token_grace_hours,
+            0,
+            8_760,
+            "hours",
+        )?;
+        check("batch_size", u64::from(self.batch_size), 1, 100_000, "rows")?;
+        Ok(())
+    }
+}
+
 /// The file read when `--config` is not given (only if it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "switchboard.toml";
 
@@ -314,6 +387,35 @@ mod tests {
         assert!(err.contains("metrics_token"), "{err}");
         server.metrics_token = Some("scrape".into());
         server.validate().expect("any non-empty metrics token");
+    }
+
+    #[test]
+    fn retention_defaults_and_ranges() {
+        let mut retention = Config::default().retention;
+        retention.validate().expect("defaults are valid");
+        assert!(retention.enabled);
+        assert_eq!((retention.dedup_days, retention.audit_days), (7, 30));
+        assert_eq!((retention.interval_s, retention.batch_size), (3_600, 1_000));
+        retention.dedup_days = 0;
+        let err = retention.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("retention.dedup_days")
+                && err.contains("SWITCHBOARD_RETENTION__DEDUP_DAYS")
+                && err.contains("between 1 and 3650 days"),
+            "{err}"
+        );
+        retention.dedup_days = 7;
+        retention.batch_size = 0;
+        let err = retention.validate().unwrap_err().to_string();
+        assert!(err.contains("retention.batch_size"), "{err}");
+        retention.batch_size = 10;
+        retention.interval_s = 0;
+        let err = retention.validate().unwrap_err().to_string();
+        assert!(err.contains("retention.interval_s"), "{err}");
+        retention.interval_s = 1;
+        retention.first_run_after_s = 0;
+        retention.binding_token_grace_hours = 0;
+        retention.validate().expect("the smallest values are valid");
     }
 
     #[test]

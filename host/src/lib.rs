@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod hygiene;
 pub mod ingest;
 pub mod metrics;
+pub mod retention;
 pub mod runs;
 pub mod runtime;
 pub mod store;

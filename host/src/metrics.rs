@@ -1,9 +1,9 @@
 //! Prometheus metrics, served as text on `GET /metrics`.
 //!
-//! Owns the registry, the counters the ingest path and the long-connection connector bump (one
-//! atomic add each, never a lock on those paths), and the plugin figures read from the runtime
-//! at scrape time. It decides nothing and must not hold business logic: callers say what
-//! happened, this module only counts it.
+//! Owns the registry, the counters the ingest path, the long-connection connector and the
+//! retention task bump (one atomic add each, never a lock on those paths), and the plugin
+//! figures read from the runtime at scrape time. It decides nothing and must not hold business
+//! logic: callers say what happened, this module only counts it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +33,13 @@ struct AckLabels {
     kind: &'static str,
 }
 
+/// Labels of rows pruned by the retention task.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabels {
+    /// The pruned table (`inbound_dedup`, `inbound_audit`, `binding_tokens`, `plugin_kv`).
+    table: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
     plugin: String,
@@ -44,6 +51,7 @@ pub struct Metrics {
     ingest: Family<IngestLabels, Counter>,
     acks: Family<AckLabels, Counter>,
     connections: Gauge,
+    pruned: Family<RetentionLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -85,6 +93,12 @@ impl Metrics {
             "Long connections (WebSockets) this process holds now",
             connections.clone(),
         );
+        let pruned = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "retention_pruned_rows",
+            "Rows deleted by the retention task, by table",
+            pruned.clone(),
+        );
         if let Some(runtime) = runtime {
             registry.register_collector(Box::new(PluginFigures(runtime)));
         }
@@ -93,6 +107,7 @@ impl Metrics {
             ingest,
             acks,
             connections,
+            pruned,
         }
     }
 
@@ -114,6 +129,13 @@ impl Metrics {
                 kind: if stored { "ack" } else { "nack" },
             })
             .inc();
+    }
+
+    /// The retention task deleted `rows` rows of `table` (0 still shows the table's series).
+    pub fn pruned(&self, table: &'static str, rows: u64) {
+        self.pruned
+            .get_or_create(&RetentionLabels { table })
+            .inc_by(rows);
     }
 
     /// A long connection opened; the guard counts it closed when dropped.

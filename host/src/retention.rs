@@ -1,0 +1,238 @@
+//! The retention task (issue 14): dedup claims, drop-audit rows, binding tokens and expired
+//! plugin kv rows only matter for a while; this task deletes them once they no longer do, so
+//! those tables stop growing without bound.
+//!
+//! Owns when pruning happens and how far back it reaches: a pass shortly after start-up
+//! (`[retention] first_run_after_s`) and then every `interval_s`; each pass computes its cutoffs
+//! once from the injectable [`Clock`] and `[retention]`, and visits every table in bounded
+//! batches (`batch_size` rows per statement) until a batch comes back short, yielding between
+//! batches so other writers (on SQLite: the one writer connection) get their turn. Rows pruned
+//! are counted in `switchboard_retention_pruned_rows_total{table=…}`.
+//!
+//! Must not hold SQL (that is [`crate::store::RetentionStore`]) or decide anything beyond a
+//! row's age; every replica may run it (PostgreSQL replicas skip each other's locked rows).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::capabilities::Clock;
+use crate::config::RetentionConfig;
+use crate::metrics::Metrics;
+use crate::store::{Database, RetainedTable, RetentionStore, StoreError};
+
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+/// Dedup claims younger than this are never pruned, whatever the settings say: a claim in
+/// flight is at most seconds old (its time is refreshed when taken over), and deleting it would
+/// make its Mark fail.
+const MIN_DEDUP_AGE_MS: i64 = DAY_MS;
+
+/// How much is kept and how often the task prunes: `[retention]` in typed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Time between passes.
+    pub interval: Duration,
+    /// Time from [`Retention::spawn`] to the first pass.
+    pub first_run_after: Duration,
+    /// Dedup claims received longer ago than this are deleted (ms; never less than a day).
+    pub dedup_max_age_ms: i64,
+    /// Audit rows received longer ago than this are deleted (ms).
+    pub audit_max_age_ms: i64,
+    /// Unused binding tokens expired longer ago than this are deleted (ms); used ones at once.
+    pub binding_token_grace_ms: i64,
+    /// Most rows one delete statement removes.
+    pub batch_size: u32,
+}
+
+impl RetentionSettings {
+    /// The settings of a `[retention]` section (validate it first: see
+    /// [`RetentionConfig::validate`]).
+    pub fn from_config(config: &RetentionConfig) -> RetentionSettings {
+        let ms = |count: u64, unit_ms: i64| {
+            i64::try_from(count)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(unit_ms)
+        };
+        RetentionSettings {
+            interval: Duration::from_secs(config.interval_s),
+            first_run_after: Duration::from_secs(config.first_run_after_s),
+            dedup_max_age_ms: ms(config.dedup_days, DAY_MS),
+            audit_max_age_ms: ms(config.audit_days, DAY_MS),
+            binding_token_grace_ms: ms(config.binding_token_grace_hours, HOUR_MS),
+            batch_size: config.batch_size.max(1),
+        }
+    }
+
+    /// The cutoff of `table` for a pass at `now_ms` (see [`RetentionStore::prune_batch`]).
+    pub fn cutoff_ms(&self, table: RetainedTable, now_ms: i64) -> i64 {
+        match table {
+            RetainedTable::Dedup => {
+                now_ms.saturating_sub(self.dedup_max_age_ms.max(MIN_DEDUP_AGE_MS))
+            }
+            RetainedTable::Audit => now_ms.saturating_sub(self.audit_max_age_ms),
+            RetainedTable::BindingTokens => now_ms.saturating_sub(self.binding_token_grace_ms),
+            RetainedTable::Kv => now_ms,
+        }
+    }
+}
+
+impl Default for RetentionSettings {
+    /// The settings of the default `[retention]` section.
+    fn default() -> Self {
+        RetentionSettings::from_config(&RetentionConfig::default())
+    }
+}
+
+/// What one table lost in one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TablePruned {
+    /// The table.
+    pub table: RetainedTable,
+    /// Rows deleted.
+    pub rows: u64,
+    /// Delete statements run (the last one came back short, or the pass was stopped).
+    pub batches: u64,
+}
+
+/// What one pass deleted, per table in visiting order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// One entry per table the pass reached.
+    pub tables: Vec<TablePruned>,
+}
+
+impl PruneReport {
+    /// Rows deleted from `table` (0 if the pass did not reach it).
+    pub fn rows(&self, table: RetainedTable) -> u64 {
+        self.entry(table).map_or(0, |t| t.rows)
+    }
+
+    /// Delete statements run on `table` (0 if the pass did not reach it).
+    pub fn batches(&self, table: RetainedTable) -> u64 {
+        self.entry(table).map_or(0, |t| t.batches)
+    }
+
+    /// Rows deleted from every table.
+    pub fn total_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
+    fn entry(&self, table: RetainedTable) -> Option<&TablePruned> {
+        self.tables.iter().find(|t| t.table == table)
+    }
+}
+
+/// The retention task: a cheap, cloneable handle (store, clock, settings, metrics).
+#[derive(Clone)]
+pub struct Retention {
+    store: RetentionStore,
+    clock: Arc<dyn Clock>,
+    settings: RetentionSettings,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retention {
+    /// Prunes `db`, reading "now" from `clock`.
+    pub fn new(db: &Database, clock: Arc<dyn Clock>, settings: RetentionSettings) -> Retention {
+        Retention {
+            store: db.retention(),
+            clock,
+            settings,
+            metrics: None,
+        }
+    }
+
+    /// Counts pruned rows in `metrics` (every table's series shows from now on, at 0 at first).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Retention {
+        for table in RetainedTable::ALL {
+            metrics.pruned(table.as_str(), 0);
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &RetentionSettings {
+        &self.settings
+    }
+
+    /// Runs one pass now: every table, batch after batch, until a batch comes back short.
+    /// Stops at the first failing statement (rows already deleted stay deleted and counted).
+    pub async fn run_pass(&self) -> Result<PruneReport, StoreError> {
+        self.pass(&CancellationToken::new()).await
+    }
+
+    /// One pass; `stop` ends it between two batches.
+    async fn pass(&self, stop: &CancellationToken) -> Result<PruneReport, StoreError> {
+        let now_ms = self.clock.now_ms();
+        let mut report = PruneReport::default();
+        for table in RetainedTable::ALL {
+            if stop.is_cancelled() {
+                break;
+            }
+            let cutoff_ms = self.settings.cutoff_ms(table, now_ms);
+            let mut pruned = TablePruned {
+                table,
+                rows: 0,
+                batches: 0,
+            };
+            loop {
+                let deleted = self
+                    .store
+                    .prune_batch(table, cutoff_ms, self.settings.batch_size)
+                    .await?;
+                pruned.rows += deleted;
+                pruned.batches += 1;
+                if let Some(metrics) = &self.metrics {
+                    metrics.pruned(table.as_str(), deleted);
+                }
+                if deleted < u64::from(self.settings.batch_size) || stop.is_cancelled() {
+                    break;
+                }
+                // Let queued writers take the connection before the next batch.
+                tokio::task::yield_now().await;
+            }
+            report.tables.push(pruned);
+        }
+        Ok(report)
+    }
+
+    /// Runs passes on a task: the first after `first_run_after`, then every `interval` (a pass
+    /// that overruns delays the next). Cancelling `stop` ends the task after the current batch.
+    /// A failed pass is logged and retried at the next interval.
+    pub fn spawn(self, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let first = tokio::time::Instant::now() + self.settings.first_run_after;
+            let mut ticks = tokio::time::interval_at(first, self.settings.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                match self.pass(&stop).await {
+                    Ok(report) if report.total_rows() > 0 => tracing::info!(
+                        dedup = report.rows(RetainedTable::Dedup),
+                        audit = report.rows(RetainedTable::Audit),
+                        binding_tokens = report.rows(RetainedTable::BindingTokens),
+                        kv = report.rows(RetainedTable::Kv),
+                        "retention: pruned old rows"
+                    ),
+                    Ok(_) => tracing::debug!("retention: nothing to prune"),
+                    Err(e) => tracing::warn!("retention pass failed (retried next interval): {e}"),
+                }
+            }
+        })
+    }
+}
