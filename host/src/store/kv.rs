@@ -2,9 +2,10 @@
 //!
 //! Rows live in `plugin_kv`, keyed by (plugin, installation, key). A value may carry an expiry
 //! time; a row whose `expires_at_ms` is at or before the caller's `now_ms` is expired and behaves
-//! exactly like an absent key, until [`KvStore::purge_expired`] (or the next `set` in its scope)
-//! deletes it. Quotas count live rows only: the number of keys and the sum of value lengths in
-//! bytes (keys themselves are not counted; their length is bounded by the capability layer).
+//! exactly like an absent key, until the retention task (`crate::retention`, in bounded
+//! batches), [`KvStore::purge_expired`] or the next `set` in its scope deletes it. Quotas count
+//! live rows only: the number of keys and the sum of value lengths in bytes (keys themselves are
+//! not counted; their length is bounded by the capability layer).
 //!
 //! Keys are stored as TEXT; PostgreSQL TEXT cannot hold NUL characters, so the capability layer
 //! must reject keys containing `\0` before they get here.
