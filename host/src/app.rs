@@ -46,7 +46,8 @@ pub struct App {
     supervisor: Option<Supervisor>,
     /// The pruning task (none when `[retention] enabled = false`).
     retention: Option<Retention>,
-    max_body_bytes: usize,
+    /// Request and connection limits of `[server]`.
+    http: api::HttpLimits,
 }
 
 /// Reads the configured key, or creates the key file on first start.
@@ -238,7 +239,7 @@ impl FlushHandler for PluginFlush {
 impl App {
     /// Connects, migrates and wires everything (no socket is opened yet).
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-        config.server.validate()?;
+        config.validate()?;
         config
             .retention
             .validate()
@@ -366,7 +367,7 @@ impl App {
             executor,
             supervisor,
             retention,
-            max_body_bytes: config.server.max_body_bytes,
+            http: api::HttpLimits::from_config(&config.server),
         })
     }
 
@@ -377,7 +378,7 @@ impl App {
 
     /// The HTTP router.
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone(), self.max_body_bytes)
+        api::router(self.state.clone(), self.http)
     }
 
     /// Serves until `shutdown` resolves, then stops inbound, flushes every pending window once
@@ -408,20 +409,18 @@ impl App {
             .supervisor
             .take()
             .map(|supervisor| supervisor.spawn(stop_connections.clone()));
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown({
-                // Waiting worker claims end (204) and open event streams end as soon as
-                // shutdown starts.
-                let workers = self.state.workers.clone();
-                let hub = self.state.runs.hub().clone();
-                async move {
-                    shutdown.await;
-                    hub.close_streams();
-                    if let Some(workers) = workers {
-                        workers.stop_long_polls();
-                    }
-                }
-            })
+        // Waiting worker claims end (204) and open event streams end as soon as shutdown
+        // starts; the server then waits for the requests in flight.
+        let workers = self.state.workers.clone();
+        let hub = self.state.runs.hub().clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.close_streams();
+            if let Some(workers) = workers {
+                workers.stop_long_polls();
+            }
+        };
+        api::server::serve(listener, self.router(), self.http, shutdown)
             .await
             .context("HTTP server")?;
         if let Some(connections) = connections {

@@ -60,6 +60,18 @@ pub struct ServerConfig {
     /// sessions for far less CPU with many subscribers; 0 = every event is written as soon as
     /// it arrives.
     pub event_coalesce_ms: u64,
+    /// A request's headers must arrive within this, counted from when the connection opens or
+    /// finished its previous response (so it is also the keep-alive idle timeout); slower
+    /// connections are closed.
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this once its headers did; slower ones get 408.
+    pub body_read_timeout_ms: u64,
+    /// Outside a request handler, a connection on which no byte moves either way for this long
+    /// is closed (a client that stopped reading its response or event stream). Above the
+    /// event streams' 15 s keep-alive.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; further ones wait to be accepted until others close.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,15 +83,65 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             public_url: "http://127.0.0.1:8080".into(),
             event_coalesce_ms: 10,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1_024,
         }
     }
 }
 
+/// Checks that `[section] key` is within `min..=max`, naming the key, its environment
+/// variable and the range.
+fn check_range(section: &str, key: &str, value: u64, min: u64, max: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (min..=max).contains(&value),
+        "{section}.{key} (SWITCHBOARD_{}__{}) is {value}; it must be between {min} and {max}",
+        section.to_ascii_uppercase(),
+        key.to_ascii_uppercase()
+    );
+    Ok(())
+}
+
+/// One hour, in milliseconds.
+const HOUR_MS: u64 = 3_600_000;
+/// One day, in milliseconds.
+const DAY_MS: u64 = 24 * HOUR_MS;
+
 impl ServerConfig {
     /// Checks the operator tokens before anything starts: an admin token shorter than
     /// [`MIN_ADMIN_TOKEN_CHARS`](crate::auth::MIN_ADMIN_TOKEN_CHARS) characters and an empty
-    /// metrics token are refused, with what to do instead.
+    /// metrics token are refused, with what to do instead. Every number must be within its
+    /// range (the error names the key and the range).
     pub fn validate(&self) -> anyhow::Result<()> {
+        let check = |key, value: u64, min, max| check_range("server", key, value, min, max);
+        check(
+            "max_body_bytes",
+            self.max_body_bytes as u64,
+            1_024,
+            256 << 20,
+        )?;
+        check("event_coalesce_ms", self.event_coalesce_ms, 0, 10_000)?;
+        check(
+            "header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check(
+            "body_read_timeout_ms",
+            self.body_read_timeout_ms,
+            100,
+            HOUR_MS,
+        )?;
+        let keep_alive = crate::api::events::KEEP_ALIVE_INTERVAL.as_millis() as u64;
+        check(
+            "idle_timeout_ms",
+            self.idle_timeout_ms,
+            keep_alive + 5_000,
+            DAY_MS,
+        )?;
+        check("max_connections", self.max_connections as u64, 1, 1_000_000)?;
         use crate::auth::MIN_ADMIN_TOKEN_CHARS;
         if let Some(token) = &self.admin_token {
             let chars = token.chars().count();
@@ -180,6 +242,28 @@ impl Default for IngestConfig {
     }
 }
 
+impl IngestConfig {
+    /// Every number within its range (the error names the key and the range).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_range(
+            "ingest",
+            "enrich_budget_ms",
+            self.enrich_budget_ms,
+            0,
+            60_000,
+        )?;
+        // Up to 100 years: wider windows only make sense for recorded test deliveries.
+        let century_s = 100 * DAY_MS / 1_000 * 365;
+        check_range(
+            "ingest",
+            "webhook_max_skew_s",
+            self.webhook_max_skew_s,
+            1,
+            century_s,
+        )
+    }
+}
+
 /// `[connections]`: long connections and their ownership leases (multica-lark §O).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -207,6 +291,49 @@ pub struct ConnectionsConfig {
     pub write_timeout_ms: u64,
     /// Deadline of the WebSocket handshake.
     pub handshake_timeout_ms: u64,
+}
+
+impl ConnectionsConfig {
+    /// Every number within its range (the error names the key and the range); how they relate
+    /// (renewal below the TTL, …) is checked by `SupervisorSettings::validate`.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let check = |key, value, min, max| check_range("connections", key, value, min, max);
+        check("poll_interval_ms", self.poll_interval_ms, 10, HOUR_MS)?;
+        check("lease_ttl_ms", self.lease_ttl_ms, 100, DAY_MS)?;
+        check(
+            "lease_renew_interval_ms",
+            self.lease_renew_interval_ms,
+            10,
+            DAY_MS,
+        )?;
+        check(
+            "lease_safety_margin_ms",
+            self.lease_safety_margin_ms,
+            1,
+            DAY_MS,
+        )?;
+        check("backoff_initial_ms", self.backoff_initial_ms, 1, HOUR_MS)?;
+        check(
+            "backoff_max_ms",
+            self.backoff_max_ms,
+            self.backoff_initial_ms,
+            DAY_MS,
+        )?;
+        check(
+            "backoff_reset_after_ms",
+            self.backoff_reset_after_ms,
+            0,
+            DAY_MS,
+        )?;
+        check("ping_interval_ms", self.ping_interval_ms, 100, HOUR_MS)?;
+        check("write_timeout_ms", self.write_timeout_ms, 10, 600_000)?;
+        check(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            10,
+            600_000,
+        )
+    }
 }
 
 impl Default for ConnectionsConfig {
@@ -241,6 +368,13 @@ impl Default for RunsConfig {
         RunsConfig {
             stale_after_ms: 5 * 60_000,
         }
+    }
+}
+
+impl RunsConfig {
+    /// Every number within its range (the error names the key and the range).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_range("runs", "stale_after_ms", self.stale_after_ms, 1_000, DAY_MS)
     }
 }
 
@@ -349,6 +483,17 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(config)
     }
+
+    /// Checks the sections the host starts with before anything opens: `[server]` (tokens
+    /// and numbers), `[ingest]`, `[connections]` and `[runs]`; every number must be within
+    /// its range, and the error names the key, its environment variable and the range.
+    /// `App::build` calls it.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.server.validate()?;
+        self.ingest.validate()?;
+        self.connections.validate()?;
+        self.runs.validate()
+    }
 }
 
 #[cfg(test)]
@@ -437,5 +582,60 @@ mod tests {
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("urll"), "{err}");
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn every_number_is_bounded_with_a_clear_message() {
+        let config = Config::default();
+        config.validate().expect("defaults are valid");
+        let mut c = config.clone();
+        c.server.header_read_timeout_ms = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("server.header_read_timeout_ms")
+                && err.contains("SWITCHBOARD_SERVER__HEADER_READ_TIMEOUT_MS")
+                && err.contains("between 100 and 600000"),
+            "{err}"
+        );
+        let mut c = config.clone();
+        c.server.idle_timeout_ms = 15_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.idle_timeout_ms"), "{err}");
+        let mut c = config.clone();
+        c.server.max_connections = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_connections")
+        );
+        let mut c = config.clone();
+        c.runs.stale_after_ms = u64::MAX;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("runs.stale_after_ms")
+        );
+        let mut c = config.clone();
+        c.connections.backoff_max_ms = c.connections.backoff_initial_ms - 1;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("backoff_max_ms")
+        );
+        let mut c = config.clone();
+        c.ingest.webhook_max_skew_s = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("webhook_max_skew_s")
+        );
+        let mut c = config;
+        c.ingest.webhook_max_skew_s = 20 * 365 * 24 * 3600;
+        c.validate()
+            .expect("a 20-year replay window (recorded fixtures) is allowed");
     }
 }

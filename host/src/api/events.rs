@@ -69,8 +69,9 @@ pub const MAX_BATCH_EVENTS: usize = 64;
 /// once per window instead of once per event. The first event after a quiet period goes out
 /// at once. Short enough not to be seen by a person; see docs/benchmarks.md.
 pub const COALESCE_WINDOW: Duration = crate::runs::events::DEFAULT_COALESCE_WINDOW;
-/// How long a stream may stay silent before it gets a keep-alive comment.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a stream may stay silent before it gets a keep-alive comment (below `[server]
+/// idle_timeout_ms`, which `ServerConfig::validate` checks).
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/sessions/{id}/events", get(session_events))

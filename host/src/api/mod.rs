@@ -9,11 +9,14 @@ mod admin;
 mod errors;
 pub mod events;
 mod hooks;
+mod limits;
 mod runs;
+pub mod server;
 pub mod worker;
 
 pub use admin::binding_url;
 pub use hooks::OUTCOME_HEADER;
+pub use limits::HttpLimits;
 pub use worker::WorkerApi;
 
 use std::sync::Arc;
@@ -102,19 +105,45 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Builds the router. `max_body_bytes` caps every request body (larger → 413).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// Builds the router. Every request body must arrive within `limits.body_read_timeout` (408)
+/// and fit `limits.max_body_bytes` (413); a `%00` in a path or query is refused (400), and so
+/// is a NUL in an admin API JSON body, while the worker API's have theirs removed
+/// (`limits.rs`).
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let body = limits::BodyRead {
+        max_bytes: limits.max_body_bytes,
+        timeout: limits.body_read_timeout,
+        hints: false,
+    };
+    let worker_body = limits::BodyRead {
+        max_bytes: limits.max_body_bytes.max(worker::WORKER_MAX_BODY_BYTES),
+        hints: true,
+        ..body
+    };
+    // Route layers run outermost last: admin requests are authenticated, then their body is
+    // read, then checked for NUL.
     let admin = admin::routes()
         .merge(events::routes())
         .merge(runs::routes())
+        .route_layer(middleware::from_fn(limits::reject_nul_json))
+        .route_layer(middleware::from_fn_with_state(body, limits::read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let hooks =
+        hooks::routes().route_layer(middleware::from_fn_with_state(body, limits::read_body));
+    let worker = worker::routes()
+        .route_layer(middleware::from_fn(limits::strip_nul_json))
+        .route_layer(middleware::from_fn_with_state(
+            worker_body,
+            limits::read_body,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
-        .merge(hooks::routes())
-        .merge(worker::routes())
+        .merge(hooks)
+        .merge(worker)
         .nest("/api", admin)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(limits::refuse_nul_path))
         .layer(middleware::map_response(errors::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
