@@ -859,3 +859,88 @@ async fn measure_memory_of_a_slow_header_burst() {
     println!("after they closed:    {}", rss());
     drop(child);
 }
+
+/// Runs the binary in `dir` with `args` and `env` (its database and key file in `dir`),
+/// within two minutes: (exit code, stderr).
+fn cli(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "SWITCHBOARD_DATABASE__URL",
+            format!("sqlite://{}", dir.join("cli.db").display()),
+        )
+        .env("SWITCHBOARD_SECRETS__KEY_FILE", dir.join("secret.key"))
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("`switchboard {}` ran longer than 120 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+#[test]
+fn the_cli_refuses_out_of_range_installations_and_serve_out_of_range_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let add = |extra: &[&str]| {
+        let mut args = vec!["installations", "add", "--bot-open-id", "ou_x"];
+        args.extend_from_slice(extra);
+        cli(dir.path(), &args, &[])
+    };
+    let (code, err) = add(&["--app-id", "cli_ok", "--debounce-ms", &i64::MAX.to_string()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--debounce-ms") && err.contains("1..=3600000"),
+        "{err}"
+    );
+    let long_key = "k".repeat(300);
+    let (code, err) = add(&["--app-id", &long_key]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("routing_key is 300 bytes long; at most 256"),
+        "{err}"
+    );
+    let long_value = format!("base_url={}", "u".repeat(70 * 1024));
+    let (code, err) = add(&["--app-id", "cli_ok", "--config-value", &long_value]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("config.base_url is"), "{err}");
+    let (code, err) = add(&["--app-id", "cli_ok"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let (code, err) = cli(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SWITCHBOARD_SERVER__MAX_CONNECTIONS", "0")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("server.max_connections (SWITCHBOARD_SERVER__MAX_CONNECTIONS) is 0")
+            && err.contains("between 1 and 1000000"),
+        "{err}"
+    );
+}
