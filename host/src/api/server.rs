@@ -54,6 +54,7 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    warn_if_fds_are_short(limits.max_connections);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -114,6 +115,33 @@ pub async fn serve(
     drop(open_tx);
     let _ = all_closed.recv().await;
     Ok(())
+}
+
+/// Warns when the process may open fewer files than `max_connections` needs (each connection
+/// is a descriptor; the database, plugins and logs need some too): accepting would then fail
+/// with "too many open files" before the cap is reached.
+fn warn_if_fds_are_short(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            // `rlim_t` is `u64` on Linux but not on every Unix.
+            #[allow(clippy::unnecessary_cast)]
+            let open_files = limit.rlim_cur as u64;
+            if open_files < max_connections as u64 + 128 {
+                tracing::warn!(
+                    open_files,
+                    max_connections,
+                    "the open-file limit is below [server] max_connections + 128: raise it \
+                     (ulimit -n, LimitNOFILE=) or lower max_connections"
+                );
+            }
+        }
+    }
 }
 
 /// Connection errors of one client are not the listener's; anything else (too many open
