@@ -240,7 +240,14 @@ impl World {
         content: Content,
     ) -> Result<Receipt, DeliveryError> {
         self.plugin
-            .deliver(&self.cx, &Delivery { target, content })
+            .deliver(
+                &self.cx,
+                &Delivery {
+                    target,
+                    content,
+                    idempotency_key: String::new(),
+                },
+            )
             .await
             .expect("the deliver call itself succeeds")
     }
@@ -311,6 +318,40 @@ async fn a_plain_reply_is_a_text_message_to_the_chat() {
             "{n}"
         );
         assert_eq!(content_of(send), json!({"text": text}), "{n}");
+    }
+}
+
+/// Issue 14: the outbox's idempotency key reaches Lark as the `uuid` of every send and
+/// threaded reply (the n-th message of a delivery gets `{key}-{n}`), so a retried delivery is
+/// posted once; without a key no `uuid` is sent.
+#[tokio::test]
+async fn an_idempotency_key_becomes_the_uuid_of_each_send() {
+    for w in worlds().await {
+        let n = &w.name;
+        for (target, key) in [(target(false), "k-chat"), (target(true), "k-thread")] {
+            w.plugin
+                .deliver(
+                    &w.cx,
+                    &Delivery {
+                        target,
+                        content: Content::Reply("hello".into()),
+                        idempotency_key: key.into(),
+                    },
+                )
+                .await
+                .unwrap()
+                .expect("delivered");
+        }
+        let sends = w.fake.api_calls();
+        let uuids: Vec<&str> = sends
+            .iter()
+            .map(|s| s.body["uuid"].as_str().unwrap_or("none"))
+            .collect();
+        assert_eq!(uuids, ["k-chat-0", "k-thread-0"], "{n}: {sends:?}");
+        assert!(sends[1].uri.ends_with("/reply"), "{n}: {sends:?}");
+        w.reply("no key").await.expect("delivered");
+        let last = w.fake.api_calls().pop().unwrap();
+        assert!(last.body.get("uuid").is_none(), "{n}: {last:?}");
     }
 }
 
@@ -675,6 +716,7 @@ async fn delivery_failures_carry_the_lark_code_and_say_whether_to_retry() {
                 &Delivery {
                     target: target(false),
                     content: Content::Reply("hi".into()),
+                    idempotency_key: String::new(),
                 },
             )
             .await

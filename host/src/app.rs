@@ -17,7 +17,7 @@ use crate::capabilities::{
     BaseUrlOverride, Clock, OperatorPolicy, ServiceLimits, Services, SystemClock,
 };
 use crate::config::Config;
-use crate::delivery::{ChannelReplies, Delivery, RetryPolicy};
+use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, RetryPolicy};
 use crate::dispatch::Dispatcher;
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
@@ -48,6 +48,10 @@ pub struct App {
     retention: Option<Retention>,
     /// Request and connection limits of `[server]`.
     http: api::HttpLimits,
+    /// The delivery worker of this replica.
+    outbox: Outbox,
+    /// How often the debounce sweep runs (`[runs] window_sweep_ms`).
+    window_sweep: std::time::Duration,
 }
 
 /// Reads the configured key, or creates the key file on first start.
@@ -127,6 +131,7 @@ struct PluginFlush {
     agents: Arc<AgentRegistry>,
     presence: AgentPresence,
     delivery: Delivery,
+    outbox: Outbox,
     clock: Arc<dyn Clock>,
 }
 
@@ -206,7 +211,9 @@ impl PluginFlush {
             match action {
                 outbound::FlushAction::StartRun => {}
                 outbound::FlushAction::Notice(notice) => {
-                    self.delivery.notice(&installation, &target, notice).await;
+                    self.outbox
+                        .enqueue_notice(&installation.id, &target, &notice)
+                        .await;
                 }
                 outbound::FlushAction::Typing(change) if change.on => {
                     self.delivery
@@ -260,6 +267,20 @@ impl App {
         // handler's copy only settles and publishes states, which need no debouncer.
         let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings);
         let delivery = Delivery::new(runtime.clone(), RetryPolicy::default());
+        let metrics = Arc::new(Metrics::new(runtime.clone()));
+        config
+            .delivery
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let outbox = Outbox::new(
+            db.outbox(),
+            installations.clone(),
+            delivery.clone(),
+            clock.clone(),
+            format!("host-{}", uuid::Uuid::new_v4().simple()),
+            OutboxSettings::from_config(&config.delivery),
+            metrics.clone(),
+        );
         let handler = Arc::new(PluginFlush {
             runtime: runtime.clone(),
             installations: installations.clone(),
@@ -267,6 +288,7 @@ impl App {
             agents: agents.clone(),
             presence: presence.clone(),
             delivery: delivery.clone(),
+            outbox: outbox.clone(),
             clock: clock.clone(),
         });
         let debouncer = Debouncer::new(
@@ -292,14 +314,14 @@ impl App {
                 db.ingest(),
                 public_url.clone(),
             )
-            .with_runs(runs.clone()),
+            .with_runs(runs.clone())
+            .with_outbox(outbox.clone()),
         );
         let dispatcher = Arc::new(Dispatcher::new(installations.clone(), clock.clone()));
         let enrich = EnrichLimits {
             budget: std::time::Duration::from_millis(config.ingest.enrich_budget_ms),
             ..Default::default()
         };
-        let metrics = Arc::new(Metrics::new(runtime.clone()));
         let ingest = Arc::new(
             Ingest::new(dispatcher, debouncer.clone(), enrich)
                 .with_webhook_max_skew(std::time::Duration::from_secs(
@@ -343,7 +365,8 @@ impl App {
             installations.clone(),
             ExecutorSettings::default(),
         )
-        .with_compactor(compactor.clone());
+        .with_compactor(compactor.clone())
+        .with_outbox(outbox.clone());
         let state = AppState {
             runtime,
             ingest,
@@ -368,6 +391,8 @@ impl App {
             supervisor,
             retention,
             http: api::HttpLimits::from_config(&config.server),
+            outbox,
+            window_sweep: std::time::Duration::from_millis(config.runs.window_sweep_ms),
         })
     }
 
@@ -393,6 +418,18 @@ impl App {
         let drain = CancellationToken::new();
         let stop_runs = CancellationToken::new();
         let executor = self.executor.spawn(drain.clone(), stop_runs.clone());
+        // Every replica flushes the cluster's windows that come due, whoever armed them.
+        let stop_sweeper = CancellationToken::new();
+        let sweeper = self
+            .debouncer
+            .spawn_sweeper(self.window_sweep, stop_sweeper.clone());
+        // Replies stored before a crash (here or on a replica that died) go out now.
+        let stop_outbox = CancellationToken::new();
+        let outbox = tokio::spawn(
+            self.outbox
+                .clone()
+                .run(stop_outbox.clone().cancelled_owned()),
+        );
         let (stop_recovery, recovery_stopped) = tokio::sync::oneshot::channel::<()>();
         let recovery = self.state.runs.spawn_recovery_loop(async {
             let _ = recovery_stopped.await;
@@ -433,8 +470,13 @@ impl App {
         if let Some(retention) = retention {
             let _ = retention.await;
         }
-        tracing::info!("inbound stopped; flushing pending debounce windows");
-        self.debouncer.flush_all().await;
+        stop_sweeper.cancel();
+        let _ = sweeper.await;
+        tracing::info!("inbound stopped; flushing this replica's debounce windows");
+        let flushed = self.debouncer.flush_all().await;
+        // The draining executor answers only those; other pending runs stay for the replicas
+        // that keep running (or the next start).
+        self.executor.drain_only(flushed);
         // Replies to what was flushed still go out; runs still going after the grace period
         // are cancelled and return to pending for the next start.
         drain.cancel();
@@ -450,6 +492,24 @@ impl App {
             stop_runs.cancel();
             let _ = executor.await;
         }
+        // What the last runs enqueued is delivered before the worker stops (bounded: a row
+        // that does not go out in time stays in the outbox for the next start or a replica).
+        self.outbox.wake();
+        let last = async {
+            while let Ok(claimed) = self.outbox.drain_once().await {
+                if claimed == 0 {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_RUN_GRACE, last)
+            .await
+            .is_err()
+        {
+            tracing::warn!("outbox rows still due at shutdown stay queued for the next start");
+        }
+        stop_outbox.cancel();
+        let _ = outbox.await;
         if let Some(relay) = self.relay {
             relay.stop().await;
         }

@@ -33,8 +33,67 @@ pub struct Config {
     pub runs: RunsConfig,
     /// Pruning of dedup, audit, binding-token and expired kv rows.
     pub retention: RetentionConfig,
+    /// The delivery outbox (replies, error cards, notices).
+    pub delivery: DeliveryConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
+}
+
+/// `[delivery]`: how the outbox delivers replies, error cards and notices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How often each replica looks for due rows nobody woke it for (other replicas' rows,
+    /// retries, rows of a replica that died).
+    pub poll_interval_ms: u64,
+    /// How long a claim holds a row: a replica that dies mid-delivery leaves it to another
+    /// (or to itself after a restart) this long after claiming it.
+    pub lease_ms: u64,
+    /// Attempts before a row is given up (`failed`: admin API `GET /api/outbox?state=failed`,
+    /// metric `switchboard_outbox_deliveries_total{outcome="failed"}`).
+    pub attempts: u32,
+    /// Wait before the second attempt, doubled for each further one…
+    pub first_backoff_ms: u64,
+    /// …up to this.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            poll_interval_ms: 1_000,
+            lease_ms: 30_000,
+            attempts: 8,
+            first_backoff_ms: 1_000,
+            max_backoff_ms: 300_000,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Checks every value's range; the error names the key and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |key: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "[delivery] {key} = {value} is out of range: use {min}..={max}"
+                ))
+            }
+        };
+        check("poll_interval_ms", self.poll_interval_ms, 10, 60_000)?;
+        check("lease_ms", self.lease_ms, 100, 3_600_000)?;
+        check("attempts", u64::from(self.attempts), 1, 100)?;
+        check("first_backoff_ms", self.first_backoff_ms, 1, 3_600_000)?;
+        check(
+            "max_backoff_ms",
+            self.max_backoff_ms,
+            self.first_backoff_ms,
+            86_400_000,
+        )?;
+        Ok(())
+    }
 }
 
 /// `[server]`
@@ -361,12 +420,16 @@ pub struct RunsConfig {
     /// A running run whose last heartbeat is older than this goes back to pending (checked at
     /// boot and every fifth of this window).
     pub stale_after_ms: u64,
+    /// How often every replica looks for debounce windows due soon, whoever armed them: a
+    /// window whose replica died is flushed at most this late.
+    pub window_sweep_ms: u64,
 }
 
 impl Default for RunsConfig {
     fn default() -> Self {
         RunsConfig {
             stale_after_ms: 5 * 60_000,
+            window_sweep_ms: 1_000,
         }
     }
 }
@@ -374,7 +437,8 @@ impl Default for RunsConfig {
 impl RunsConfig {
     /// Every number within its range (the error names the key and the range).
     pub fn validate(&self) -> anyhow::Result<()> {
-        check_range("runs", "stale_after_ms", self.stale_after_ms, 1_000, DAY_MS)
+        check_range("runs", "stale_after_ms", self.stale_after_ms, 1_000, DAY_MS)?;
+        check_range("runs", "window_sweep_ms", self.window_sweep_ms, 10, 60_000)
     }
 }
 

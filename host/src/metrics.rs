@@ -40,6 +40,13 @@ struct RetentionLabels {
     table: &'static str,
 }
 
+/// Labels of a delivery attempt from the outbox.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    /// `delivered`, `retried` or `failed`.
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
     plugin: String,
@@ -52,6 +59,7 @@ pub struct Metrics {
     acks: Family<AckLabels, Counter>,
     connections: Gauge,
     pruned: Family<RetentionLabels, Counter>,
+    outbox: Family<OutboxLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -93,6 +101,12 @@ impl Metrics {
             "Long connections (WebSockets) this process holds now",
             connections.clone(),
         );
+        let outbox = Family::<OutboxLabels, Counter>::default();
+        registry.register(
+            "outbox_deliveries",
+            "Delivery attempts of outbox rows (replies, error cards, notices) by outcome: delivered, retried, failed (given up; see GET /api/outbox?state=failed)",
+            outbox.clone(),
+        );
         let pruned = Family::<RetentionLabels, Counter>::default();
         registry.register(
             "retention_pruned_rows",
@@ -108,7 +122,14 @@ impl Metrics {
             acks,
             connections,
             pruned,
+            outbox,
         }
+    }
+
+    /// One delivery attempt of an outbox row ended with `outcome` (`delivered`, `retried`,
+    /// `failed`).
+    pub fn outbox(&self, outcome: &'static str) {
+        self.outbox.get_or_create(&OutboxLabels { outcome }).inc();
     }
 
     /// One payload of `channel` ended with `outcome` (a `PayloadOutcome` label).

@@ -103,6 +103,13 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// The context a run leaves behind, in tokens: its prompt plus what it generated.
+    pub fn context_tokens(&self) -> i64 {
+        i64::try_from(self.prompt_tokens.saturating_add(self.completion_tokens)).unwrap_or(i64::MAX)
+    }
+}
+
 /// A finished run's reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentReply {

@@ -28,9 +28,9 @@ use axum::routing::post;
 use tracing::Instrument;
 
 use super::{ApiError, AppState};
-use crate::dispatch::{DropReason, Outcome};
+use crate::dispatch::{DispatchError, DropReason, Outcome};
 use crate::ingest::pipeline::{self, WebhookOutcome};
-use crate::ingest::service::{PayloadOutcome, Prepared, Verified};
+use crate::ingest::service::{IngestError, PayloadOutcome, Prepared, Verified};
 use crate::runtime::{InstallationContext, Plugin, transport};
 use crate::store::Installation;
 
@@ -216,7 +216,7 @@ async fn verify_and_ingest(
                 .ingest
                 .finish(plugin, *message)
                 .await
-                .map_err(ApiError::internal)?,
+                .map_err(ingest_error)?,
         };
         labels.push(outcome.label());
     }
@@ -274,6 +274,17 @@ async fn route_shared_url(
             format!("no {channel} installation can authenticate this request"),
         )
     })
+}
+
+/// The answer for an event that could not be processed: the channel must redeliver it.
+fn ingest_error(error: IngestError) -> ApiError {
+    match error {
+        IngestError::Dispatch(DispatchError::InFlight { .. }) => {
+            tracing::info!("webhook answered 503: {error}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        other => ApiError::internal(other),
+    }
 }
 
 fn installation_url(state: &AppState, channel: &str, installation: &str) -> String {

@@ -66,7 +66,7 @@ use crate::agents::{
 };
 use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
 use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
-use crate::store::{Message, ReleaseOutcome, RunClaim, RunEnd, RunOwner, StoreError, WorkerStore};
+use crate::store::{Message, RunClaim, RunEnd, RunFinish, RunOwner, StoreError, WorkerStore};
 
 /// Header naming the worker (recorded as the run's owner; for logs and the admin API).
 pub const WORKER_HEADER: &str = "x-switchboard-worker";
@@ -914,40 +914,23 @@ async fn complete(
         }
         compactor.run_ending(&session_id, &run_id).await?;
     }
-    let reply = if body.reply.trim().is_empty() {
-        None
-    } else {
-        match api
-            .runs
-            .append_reply(&session_id, &run_id, &body.reply)
-            .await?
-        {
-            Some(message) => Some(message),
-            None => {
-                api.forget(&run_id);
-                return Err(WorkerError::not_owner(&session_id, &run_id));
-            }
-        }
+    // Reply, run end and the reply's delivery in one transaction fenced by the run id: of
+    // concurrent completes (a worker retrying after a timeout) the first wins and the others
+    // store nothing and get 409.
+    let finish = RunFinish::Completed {
+        reply: Some(body.reply).filter(|reply| !reply.trim().is_empty()),
+        context_tokens: usage
+            .as_ref()
+            .filter(|_| api.compactor.is_some())
+            .map(|usage| usage.context_tokens()),
     };
-    if let (Some(compactor), Some(usage)) = (&api.compactor, usage) {
-        let upto = reply.as_ref().map(|m| m.id);
-        compactor
-            .record_usage(&session_id, &run_id, usage, upto)
-            .await;
-    }
-    let released = api
-        .runs
-        .release(&session_id, &run_id, RunEnd::Completed)
-        .await?;
+    let finished = api.runs.finish_run(&session_id, &run_id, &finish).await?;
     api.forget(&run_id);
-    let state_now = match &released {
-        ReleaseOutcome::Released(released) => Some(released.state),
-        // Lost between storing the reply and the release (interrupted in that instant).
-        ReleaseOutcome::NotOwner if reply.is_none() => {
-            return Err(WorkerError::not_owner(&session_id, &run_id));
-        }
-        ReleaseOutcome::NotOwner => None,
+    let Some(finished) = finished else {
+        return Err(WorkerError::not_owner(&session_id, &run_id));
     };
+    let reply = finished.reply;
+    let state_now = Some(finished.released.state);
     tracing::info!(agent, session = %session_id, run = %run_id, reply = ?reply.as_ref().map(|m| m.id), ?usage, "run completed by a worker");
     let message_id = reply.as_ref().map(|m| m.id);
     api.observer.run_ended(RunEnded {
@@ -1014,14 +997,16 @@ async fn fail(
         }
         compactor.run_ending(&session_id, &run_id).await?;
     }
-    let released = api
-        .runs
-        .release(&session_id, &run_id, RunEnd::Failed(error.clone()))
-        .await?;
+    let finish = RunFinish::Failed {
+        error: error.clone(),
+        user_text: crate::delivery::run_failed_for_user(&run_id),
+    };
+    let finished = api.runs.finish_run(&session_id, &run_id, &finish).await?;
     api.forget(&run_id);
-    let ReleaseOutcome::Released(released) = released else {
+    let Some(finished) = finished else {
         return Err(WorkerError::not_owner(&session_id, &run_id));
     };
+    let released = finished.released;
     tracing::info!(agent, session = %session_id, run = %run_id, %error, "run failed by its worker");
     api.observer.run_ended(RunEnded {
         session_id,

@@ -14,9 +14,15 @@
 //!   window, is a no-op.
 //! - **Boot recovery.** Windows are durable, so [`Debouncer::recover`] re-arms every open window
 //!   at boot; overdue ones flush at once. A crash inside a window loses no run.
+//! - **The cluster owns the windows.** Every replica sweeps the database periodically
+//!   ([`Debouncer::sweep`], [`Debouncer::spawn_sweeper`]) and arms timers for the windows due
+//!   soon, whoever armed them: a window whose replica died, or whose timer was never armed, is
+//!   flushed within its due time plus one sweep interval. The generation fence makes the
+//!   duplicate timers harmless.
 //! - **FlushAll.** [`Debouncer::flush_all`] (graceful shutdown, after inbound delivery stopped)
-//!   flushes every open window once, including windows known only to the database, and waits for
-//!   in-flight flushes; later arms flush inline.
+//!   flushes the windows this replica armed itself, at once, and waits for in-flight flushes;
+//!   later arms flush inline. Windows only in the database are left to the other replicas'
+//!   sweeps (or the next boot).
 //!
 //! It does not touch wasm or HTTP: the flush action (calling the plugin's outbound flush and
 //! carrying out its actions) is an injected [`FlushHandler`]. The claim itself already marks the
@@ -25,7 +31,6 @@
 //! Flush tasks are spawned on the current Tokio runtime: use a [`Debouncer`] inside one.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -267,14 +272,57 @@ impl Debouncer {
         Ok(found)
     }
 
-    /// Graceful shutdown, once inbound delivery has stopped: flushes every open window once.
+    /// Arms every window that is due within `horizon_ms` (overdue ones flush at once), wherever
+    /// it was armed first; returns how many were found. Live timers of the same generation are
+    /// kept (see [`Debouncer::arm`]).
+    pub async fn sweep(&self, horizon_ms: i64) -> Result<usize, StoreError> {
+        let until = self.inner.clock.now_ms().saturating_add(horizon_ms);
+        let tickets = self.inner.db.overdue_flushes(until).await?;
+        let found = tickets.len();
+        for ticket in tickets {
+            self.arm(ticket).await;
+        }
+        Ok(found)
+    }
+
+    /// Sweeps every `interval` (looking `2 × interval` ahead) until `stop` is cancelled.
+    pub fn spawn_sweeper(
+        &self,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let debouncer = self.clone();
+        let horizon_ms = i64::try_from(interval.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    if debouncer.inner.state().stopped {
+                        return;
+                    }
+                    match debouncer.sweep(horizon_ms).await {
+                        Ok(0) => {}
+                        Ok(found) => tracing::trace!(found, "debounce sweep armed windows"),
+                        Err(e) => tracing::warn!("debounce sweep failed (next one retries): {e}"),
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("debounce_sweep")),
+        )
+    }
+
+    /// Graceful shutdown, once inbound delivery has stopped: flushes the windows this replica
+    /// armed, once, and returns their sessions.
     ///
     /// Stops accepting timers (later [`arm`](Debouncer::arm)s flush inline), cancels the live
-    /// timers, flushes each open window (the armed ones and any only in the database) without
-    /// waiting for its end, and waits until every flush in flight, including ones that started
-    /// earlier, has finished. A window whose claim fails stays in the database for the next
-    /// boot's [`recover`](Debouncer::recover).
-    pub async fn flush_all(&self) {
+    /// timers, flushes each armed window without waiting for its end, and waits until every
+    /// flush in flight, including ones that started earlier, has finished. Windows this replica
+    /// never armed are not touched (another replica's sweep or the next boot flushes them); a
+    /// window whose claim fails stays in the database the same way.
+    pub async fn flush_all(&self) -> Vec<String> {
         let armed: Vec<(String, i64)> = {
             let mut state = self.inner.state();
             state.stopped = true;
@@ -285,44 +333,25 @@ impl Debouncer {
                 .map(|(session_id, armed)| (session_id, armed.generation))
                 .collect()
         };
-        let mut windows: HashMap<String, FlushTicket> = HashMap::new();
         let now_ms = self.inner.clock.now_ms();
+        let sessions: Vec<String> = armed.iter().map(|(session, _)| session.clone()).collect();
+        let count = armed.len();
         for (session_id, generation) in armed {
-            windows.insert(
-                session_id.clone(),
+            self.inner.spawn_flush(
                 FlushTicket {
                     session_id,
                     generation,
                     due_at_ms: now_ms,
                 },
+                Claim::Early,
             );
         }
-        match self.inner.db.pending_flushes().await {
-            Ok(stored) => {
-                for ticket in stored {
-                    match windows.entry(ticket.session_id.clone()) {
-                        Entry::Occupied(mut known) => {
-                            if ticket.generation > known.get().generation {
-                                known.insert(ticket);
-                            }
-                        }
-                        Entry::Vacant(slot) => {
-                            slot.insert(ticket);
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::error!(
-                %error,
-                "FlushAll: listing open debounce windows failed; flushing the armed ones only"
-            ),
-        }
-        let count = windows.len();
-        for ticket in windows.into_values() {
-            self.inner.spawn_flush(ticket, Claim::Early);
-        }
         self.wait_idle().await;
-        tracing::info!(windows = count, "FlushAll: flushed open debounce windows");
+        tracing::info!(
+            windows = count,
+            "FlushAll: flushed this replica's debounce windows"
+        );
+        sessions
     }
 
     /// Waits until no flush is in flight (flushes that fired or were started before the call,

@@ -20,6 +20,9 @@ use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
 use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
 use crate::store::{IngestStore, Installation, InstallationStore, Session};
 
+pub mod outbox;
+pub use outbox::{Outbox, OutboxSettings};
+
 /// What a chat is told when a run fails: a short, fixed sentence with a reference, never the
 /// failure itself (it can hold URLs, OS errors or a worker's stack text). The detail goes to the
 /// log under the same reference and to the session's `last_error` in the admin API. The one
@@ -195,6 +198,7 @@ impl Delivery {
         let delivery = outbound::Delivery {
             target: target.clone(),
             content,
+            idempotency_key: String::new(),
         };
         let kind = content_kind(&delivery.content);
         let mut backoff = self.retry.first_backoff;
@@ -225,6 +229,38 @@ impl Delivery {
             backoff = (backoff * 2).min(self.retry.max_backoff);
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// One attempt at delivering `content`, with `idempotency_key` for the channel (the outbox
+    /// retries, with its own backoff and budget, and hands the same key to every attempt).
+    pub async fn send_once(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        content: outbound::Content,
+        idempotency_key: &str,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let plugin = self.plugin(installation)?;
+        let cx = Arc::new(installation.context());
+        let delivery = outbound::Delivery {
+            target: target.clone(),
+            content,
+            idempotency_key: idempotency_key.to_string(),
+        };
+        let kind = content_kind(&delivery.content);
+        match plugin.deliver(&cx, &delivery).await {
+            Ok(Ok(receipt)) => {
+                tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = ?receipt.message_id, "delivered");
+                Ok(receipt.message_id)
+            }
+            Ok(Err(refused)) => Err(DeliveryFailure::Refused {
+                code: refused.code,
+                message: refused.message,
+                retryable: refused.retryable,
+                attempts: 1,
+            }),
+            Err(call) => Err(call.into()),
+        }
     }
 
     /// Delivers a notice; failures are logged and swallowed (a notice is best effort).
@@ -352,6 +388,7 @@ fn content_kind(content: &outbound::Content) -> &'static str {
 #[derive(Clone)]
 pub struct ChannelReplies {
     delivery: Delivery,
+    outbox: Option<Outbox>,
     runs: Option<RunService>,
     installations: InstallationStore,
     sessions: IngestStore,
@@ -368,6 +405,7 @@ impl ChannelReplies {
     ) -> ChannelReplies {
         ChannelReplies {
             delivery,
+            outbox: None,
             runs: None,
             installations,
             sessions,
@@ -379,6 +417,14 @@ impl ChannelReplies {
     /// stream: the dispatcher stores turns without going through the run service.
     pub fn with_runs(mut self, runs: RunService) -> ChannelReplies {
         self.runs = Some(runs);
+        self
+    }
+
+    /// Sends notices through `outbox` (stored first, retried, visible when they fail) and
+    /// wakes it when a worker's run end enqueued a reply. Without it, notices are sent at once
+    /// with in-memory retries only.
+    pub fn with_outbox(mut self, outbox: Outbox) -> ChannelReplies {
+        self.outbox = Some(outbox);
         self
     }
 
@@ -405,12 +451,11 @@ impl ChannelReplies {
             }
         };
         let target = session_target(&session);
-        let content = match ended.outcome {
-            RunOutcome::Completed {
-                reply: Some(message),
-                ..
-            } => Some(outbound::Content::Reply(message.body)),
-            RunOutcome::Completed { reply: None, .. } | RunOutcome::Lost => None,
+        // A reply or error card is already in the outbox (stored with the run's end); its
+        // delivery clears the typing indicator. Only an ending without one clears it here.
+        let delivered_later = match &ended.outcome {
+            RunOutcome::Completed { reply, .. } => reply.is_some(),
+            RunOutcome::Lost => false,
             RunOutcome::Failed { error } => {
                 tracing::warn!(
                     session = %ended.session_id,
@@ -418,17 +463,16 @@ impl ChannelReplies {
                     reference = run_reference(&ended.run_id),
                     "the worker failed the run: {error}"
                 );
-                Some(outbound::Content::RunError(run_failed_for_user(
-                    &ended.run_id,
-                )))
+                true
             }
         };
-        if let Some(content) = content
-            && let Err(e) = self.delivery.send(&installation, &target, content).await
-        {
-            tracing::warn!(session = %ended.session_id, run = %ended.run_id, "run result not delivered: {e}");
+        if delivered_later {
+            if let Some(outbox) = &self.outbox {
+                outbox.wake();
+            }
+        } else {
+            self.delivery.typing_off(&installation, &target).await;
         }
-        self.delivery.typing_off(&installation, &target).await;
     }
 }
 
@@ -466,11 +510,20 @@ impl OutcomeObserver for ChannelReplies {
         }
         let target = message_target(&session_id, message);
         let delivery = self.delivery.clone();
+        let outbox = self.outbox.clone();
         let installation = installation.clone();
         let message_id = message.message_id.clone();
         tokio::spawn(async move {
-            if let Some(notice) = notice {
-                delivery.notice(&installation, &target, notice).await;
+            match (notice, outbox) {
+                (Some(notice), Some(outbox)) => {
+                    outbox
+                        .enqueue_notice(&installation.id, &target, &notice)
+                        .await;
+                }
+                (Some(notice), None) => {
+                    delivery.notice(&installation, &target, notice).await;
+                }
+                (None, _) => {}
             }
             if typing {
                 delivery

@@ -151,6 +151,18 @@ pub enum DispatchError {
     /// becomes re-claimable after 60 s.
     #[error("the dispatch task ended without an answer: {0}")]
     Aborted(String),
+    /// Another delivery of the same message holds its dedup claim and has not finished (or a
+    /// crash left the claim open): the message is neither stored nor known to be lost, so it
+    /// must not be acknowledged as a duplicate. The channel should retry later; the claim is
+    /// taken over once it is older than [`crate::store::RECLAIM_AFTER_MS`].
+    #[error(
+        "message {message_id} is being processed by another delivery (or a crash left its claim \
+         open); retry later"
+    )]
+    InFlight {
+        /// The channel message id.
+        message_id: String,
+    },
 }
 
 /// The identifying fields of an inbound event, for audit rows (never content).
@@ -503,11 +515,7 @@ impl Dispatcher {
                 .await?
             {
                 Some(claim) => Some(claim),
-                None => {
-                    self.audit(installation, &event, DropReason::Duplicate, now_ms)
-                        .await;
-                    return Ok(Outcome::Dropped(DropReason::Duplicate));
-                }
+                None => return self.duplicate(installation, &event, now_ms).await,
             }
         };
         if claim.is_some() {
@@ -543,6 +551,34 @@ impl Dispatcher {
                 Err(error)
             }
         }
+    }
+
+    /// The answer for a message whose dedup claim another delivery won: a duplicate (audited)
+    /// once that delivery has finished, [`DispatchError::InFlight`] while it has not — an ACK
+    /// then could lose the message if that delivery never finishes.
+    async fn duplicate(
+        &self,
+        installation: &Installation,
+        event: &EventMeta,
+        now_ms: i64,
+    ) -> Result<Outcome, DispatchError> {
+        if self
+            .ingest
+            .dedup_in_flight(&installation.id, &event.message_id)
+            .await?
+        {
+            tracing::info!(
+                installation = %installation.id,
+                message_id = %event.message_id,
+                "a redelivery met a claim still in flight; asking the channel to retry"
+            );
+            return Err(DispatchError::InFlight {
+                message_id: event.message_id.clone(),
+            });
+        }
+        self.audit(installation, event, DropReason::Duplicate, now_ms)
+            .await;
+        Ok(Outcome::Dropped(DropReason::Duplicate))
     }
 
     /// Marks the claim processed after a product outcome decided outside the append
@@ -631,11 +667,7 @@ impl Dispatcher {
             return Ok(None);
         };
         let outcome = match appended {
-            AppendOutcome::ClaimLost => {
-                self.audit(installation, event, DropReason::Duplicate, now_ms)
-                    .await;
-                Outcome::Dropped(DropReason::Duplicate)
-            }
+            AppendOutcome::ClaimLost => self.duplicate(installation, event, now_ms).await?,
             AppendOutcome::FreshPending => Outcome::FreshPending { session_id },
             AppendOutcome::Appended(appended) => appended_outcome(turn, appended, session_id)?,
         };
@@ -703,9 +735,8 @@ impl Dispatcher {
         self.step(Step::BeforeAppend).await;
         let appended = match self.ingest.append(&request, claim, now_ms).await? {
             AppendOutcome::ClaimLost => {
-                self.audit(installation, event, DropReason::Duplicate, now_ms)
-                    .await;
-                return Ok((Outcome::Dropped(DropReason::Duplicate), Finalize::Done));
+                let outcome = self.duplicate(installation, event, now_ms).await?;
+                return Ok((outcome, Finalize::Done));
             }
             AppendOutcome::FreshPending => {
                 return Ok((

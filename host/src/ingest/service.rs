@@ -420,20 +420,34 @@ impl Ingest {
                 Err(e) => tracing::warn!("enrichment failed, keeping the plain body: {e}"),
             }
         }
-        let outcome = self
-            .dispatcher
-            .dispatch(&installation, &message, command.as_ref(), "message")
-            .await?;
-        if let Outcome::Ingested {
-            flush: Some(ticket),
-            ..
-        } = &outcome
-        {
-            self.debouncer.arm(ticket.clone()).await;
-        }
-        if let Some(observer) = &self.observer {
-            observer.dispatched(&installation, &message, &outcome);
-        }
+        // Storing, arming the window and telling the observer run on a task of their own: a
+        // request dropped mid-way (the channel hung up) cannot leave a stored message without
+        // its timer or its typing indicator. (The debounce sweep would still find the window.)
+        let dispatcher = self.dispatcher.clone();
+        let debouncer = self.debouncer.clone();
+        let observer = self.observer.clone();
+        let task = tokio::spawn(
+            async move {
+                let outcome = dispatcher
+                    .dispatch(&installation, &message, command.as_ref(), "message")
+                    .await?;
+                if let Outcome::Ingested {
+                    flush: Some(ticket),
+                    ..
+                } = &outcome
+                {
+                    debouncer.arm(ticket.clone()).await;
+                }
+                if let Some(observer) = &observer {
+                    observer.dispatched(&installation, &message, &outcome);
+                }
+                Ok::<_, DispatchError>((installation, message, outcome))
+            }
+            .in_current_span(),
+        );
+        let (installation, message, outcome) = task
+            .await
+            .map_err(|e| DispatchError::Aborted(e.to_string()))??;
         let outcome = PayloadOutcome::Dispatched(outcome);
         if self.watchers.receiver_count() > 0 {
             let _ = self.watchers.send(Arc::new(Dispatched {

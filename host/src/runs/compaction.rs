@@ -513,8 +513,7 @@ impl Compactor {
         usage: Usage,
         upto: Option<i64>,
     ) {
-        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        let tokens = usage.context_tokens();
         if let Err(e) = self
             .store
             .record_usage(session_id, run_id, tokens, upto)

@@ -23,11 +23,9 @@ use super::{Compactor, RunService, SessionEvent};
 use crate::agents::{
     AgentError, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
 };
-use crate::delivery::{Delivery, chat_type};
-use crate::runtime::{outbound, types};
-use crate::store::{
-    InstallationStore, Message, ReleaseOutcome, RunClaim, RunEnd, RunState, StoreError,
-};
+use crate::delivery::{Delivery, Outbox, chat_type};
+use crate::runtime::types;
+use crate::store::{InstallationStore, Message, RunClaim, RunEnd, RunFinish, RunState, StoreError};
 
 /// Tunables of the executor.
 #[derive(Debug, Clone)]
@@ -63,6 +61,9 @@ pub struct Executor {
     settings: ExecutorSettings,
     http: reqwest::Client,
     compactor: Option<Compactor>,
+    outbox: Option<Outbox>,
+    /// Sessions a draining executor may still acquire (see [`Executor::drain_only`]).
+    drain_scope: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How one run ended, for logs and tests.
@@ -98,7 +99,16 @@ impl Executor {
             settings,
             http: openai::http_client(),
             compactor: None,
+            outbox: None,
+            drain_scope: Arc::default(),
         }
+    }
+
+    /// Wakes `outbox`'s delivery worker whenever a run end enqueued a reply or error card
+    /// (without it, the worker finds them at its next poll).
+    pub fn with_outbox(mut self, outbox: Outbox) -> Executor {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Also compacts contexts before runs and records the usage agents report (without it,
@@ -117,32 +127,56 @@ impl Executor {
             .collect()
     }
 
+    /// Limits what a draining executor acquires to the runs of `sessions` (the windows this
+    /// replica flushed on its way out); runs of other sessions are left to other replicas or
+    /// the next start.
+    pub fn drain_only(&self, sessions: impl IntoIterator<Item = String>) {
+        let mut scope = self.drain_scope.lock().unwrap_or_else(|e| e.into_inner());
+        scope.clear();
+        scope.extend(sessions);
+    }
+
     /// Acquires and starts as many pending runs as capacity allows; returns how many started.
+    /// While `draining`, only the sessions of [`Executor::drain_only`] are taken.
     async fn acquire_some(
         &self,
         tasks: &mut JoinSet<RunResult>,
         shutdown: &CancellationToken,
+        draining: bool,
     ) -> usize {
+        let scope: Vec<Option<String>> = if draining {
+            let scope = self.drain_scope.lock().unwrap_or_else(|e| e.into_inner());
+            scope.iter().cloned().map(Some).collect()
+        } else {
+            vec![None]
+        };
         let mut started = 0;
         for agent in self.builtin_agents() {
-            while tasks.len() < self.settings.max_concurrent_runs {
-                match self.runs.acquire(&agent, &self.settings.worker_id).await {
-                    Ok(Some(claim)) => {
-                        let executor = self.clone();
-                        let shutdown = shutdown.clone();
-                        let span = tracing::info_span!("run", session = %claim.session_id, run = %claim.run_id, installation = %claim.installation_id, agent = %claim.agent);
-                        tasks.spawn(
-                            async move { executor.execute(claim, shutdown).await }.instrument(span),
-                        );
-                        started += 1;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(
-                            agent,
-                            "acquiring a run failed (retrying at the next poll): {e}"
-                        );
-                        break;
+            for only in &scope {
+                while tasks.len() < self.settings.max_concurrent_runs {
+                    match self
+                        .runs
+                        .acquire_in(&agent, &self.settings.worker_id, only.as_deref())
+                        .await
+                    {
+                        Ok(Some(claim)) => {
+                            let executor = self.clone();
+                            let shutdown = shutdown.clone();
+                            let span = tracing::info_span!("run", session = %claim.session_id, run = %claim.run_id, installation = %claim.installation_id, agent = %claim.agent);
+                            tasks.spawn(
+                                async move { executor.execute(claim, shutdown).await }
+                                    .instrument(span),
+                            );
+                            started += 1;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(
+                                agent,
+                                "acquiring a run failed (retrying at the next poll): {e}"
+                            );
+                            break;
+                        }
                     }
                 }
             }
@@ -165,7 +199,9 @@ impl Executor {
                 let mut tasks = JoinSet::new();
                 let mut pending = executor.runs.pending_signal().subscribe();
                 loop {
-                    let started = executor.acquire_some(&mut tasks, &shutdown).await;
+                    let started = executor
+                        .acquire_some(&mut tasks, &shutdown, drain.is_cancelled())
+                        .await;
                     if drain.is_cancelled() && started == 0 && tasks.is_empty() {
                         break;
                     }
@@ -284,25 +320,30 @@ impl Executor {
 
         match outcome {
             Ok(reply) => {
-                let Some(message) = self.runs.append_reply(session, run, &reply.text).await? else {
+                // Reply, run end and its delivery in one fenced transaction: a crash after it
+                // still delivers the reply (the outbox), a lost run stores nothing.
+                let finish = RunFinish::Completed {
+                    reply: Some(reply.text),
+                    context_tokens: reply
+                        .usage
+                        .as_ref()
+                        .filter(|_| self.compactor.is_some())
+                        .map(|usage| usage.context_tokens()),
+                };
+                let Some(finished) = self.runs.finish_run(session, run, &finish).await? else {
                     tracing::info!("reply discarded: the run lost its ownership");
                     return Ok(RunResult::Abandoned);
                 };
-                if let (Some(compactor), Some(usage)) = (&self.compactor, reply.usage) {
-                    compactor
-                        .record_usage(session, run, usage, Some(message.id))
-                        .await;
+                self.outbox_wake();
+                match finished.reply {
+                    Some(message) => Ok(RunResult::Replied {
+                        message_id: message.id,
+                    }),
+                    None => {
+                        self.clear_typing(claim).await;
+                        Ok(RunResult::Replied { message_id: 0 })
+                    }
                 }
-                if let ReleaseOutcome::NotOwner =
-                    self.runs.release(session, run, RunEnd::Completed).await?
-                {
-                    return Ok(RunResult::Abandoned);
-                }
-                self.deliver(claim, outbound::Content::Reply(reply.text))
-                    .await;
-                Ok(RunResult::Replied {
-                    message_id: message.id,
-                })
             }
             Err(AgentError::Cancelled) if stopping && !lost => {
                 self.runs.release(session, run, RunEnd::Shutdown).await?;
@@ -326,44 +367,29 @@ impl Executor {
             reference = crate::delivery::run_reference(&claim.run_id),
             "run failed: {error}"
         );
+        // The chat gets a reference, never the error text (see `run_failed_for_user`).
+        let finish = RunFinish::Failed {
+            error: error.clone(),
+            user_text: crate::delivery::run_failed_for_user(&claim.run_id),
+        };
         match self
             .runs
-            .release(
-                &claim.session_id,
-                &claim.run_id,
-                RunEnd::Failed(error.clone()),
-            )
+            .finish_run(&claim.session_id, &claim.run_id, &finish)
             .await?
         {
-            ReleaseOutcome::NotOwner => Ok(RunResult::Abandoned),
-            ReleaseOutcome::Released(_) => {
-                // The chat gets a reference, never the error text (see `run_failed_for_user`).
-                let message = crate::delivery::run_failed_for_user(&claim.run_id);
-                self.deliver(claim, outbound::Content::RunError(message))
-                    .await;
+            None => Ok(RunResult::Abandoned),
+            Some(_) => {
+                self.outbox_wake();
                 Ok(RunResult::Failed(error))
             }
         }
     }
 
-    /// Delivers the run's reply or error to the chat and clears the typing indicator.
-    async fn deliver(&self, claim: &RunClaim, content: outbound::Content) {
-        let installation = match self.installations.get(&claim.installation_id).await {
-            Ok(Some(installation)) => installation,
-            Ok(None) => {
-                tracing::warn!("installation is gone; reply not delivered");
-                return;
-            }
-            Err(e) => {
-                tracing::error!("reading the installation failed; reply not delivered: {e}");
-                return;
-            }
-        };
-        let target = claim_target(claim);
-        if let Err(e) = self.delivery.send(&installation, &target, content).await {
-            tracing::warn!("reply not delivered: {e}");
+    /// Tells the delivery worker that a run end enqueued something.
+    fn outbox_wake(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
         }
-        self.delivery.typing_off(&installation, &target).await;
     }
 
     async fn clear_typing(&self, claim: &RunClaim) {

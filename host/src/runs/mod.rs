@@ -33,8 +33,8 @@ pub use observer::{NoopObserver, PendingSignal, RunEndObserver, RunEnded, RunOut
 use crate::batch::Debouncer;
 use crate::capabilities::Clock;
 use crate::store::{
-    Database, Edited, FlushTicket, Message, QUEUE_CAP, QueuedMessage, ReleaseOutcome, RunClaim,
-    RunEnd, RunError, RunStatus, RunStore, StoreError, Submitted, Transition,
+    Database, Edited, Finished, FlushTicket, Message, QUEUE_CAP, QueuedMessage, ReleaseOutcome,
+    RunClaim, RunEnd, RunError, RunFinish, RunStatus, RunStore, StoreError, Submitted, Transition,
 };
 
 /// Default stale window: a run whose heartbeat is older goes back to pending (≈10 missed 30 s
@@ -158,7 +158,21 @@ impl RunService {
         agent: &str,
         worker_id: &str,
     ) -> Result<Option<RunClaim>, StoreError> {
-        let claim = self.store.acquire(agent, worker_id, self.now_ms()).await?;
+        self.acquire_in(agent, worker_id, None).await
+    }
+
+    /// [`RunService::acquire`] limited to session `only` when given (see
+    /// [`RunStore::acquire_in`]).
+    pub async fn acquire_in(
+        &self,
+        agent: &str,
+        worker_id: &str,
+        only: Option<&str>,
+    ) -> Result<Option<RunClaim>, StoreError> {
+        let claim = self
+            .store
+            .acquire_in(agent, worker_id, self.now_ms(), only)
+            .await?;
         if let Some(claim) = &claim {
             tracing::info!(session = %claim.session_id, run = %claim.run_id, worker = %worker_id, agent, "run acquired");
             self.hub.begin_parts(&claim.session_id, &claim.run_id);
@@ -211,6 +225,46 @@ impl RunService {
             self.hub.publish(session_id, SessionEvent::message(message));
         }
         Ok(message)
+    }
+
+    /// Ends run `run_id` for good (see [`RunStore::finish_run`]: reply, state, queue and the
+    /// outbox row in one fenced transaction), then publishes what changed as
+    /// [`RunService::append_reply`] and [`RunService::release`] do. `None` — nothing stored,
+    /// nothing published — when the caller no longer owns the run (another `complete` won, an
+    /// interrupt, a stale recovery).
+    pub async fn finish_run(
+        &self,
+        session_id: &str,
+        run_id: &str,
+        finish: &RunFinish,
+    ) -> Result<Option<Finished>, StoreError> {
+        let finished = self
+            .store
+            .finish_run(session_id, run_id, finish, self.now_ms())
+            .await?;
+        let Some(done) = &finished else {
+            tracing::info!(session = %session_id, run = %run_id, "run end by a worker that no longer owns the run: nothing stored");
+            return Ok(None);
+        };
+        if let Some(message) = &done.reply {
+            self.hub.clear_parts(session_id);
+            self.hub.publish(session_id, SessionEvent::message(message));
+        }
+        let released = &done.released;
+        tracing::info!(session = %session_id, run = %run_id, state = %released.state, promoted = released.promoted.len(), outbox = ?done.outbox_id, "run ended");
+        self.hub.end_parts(session_id);
+        self.after_promotion(session_id, &released.promoted, released.flush.as_ref())
+            .await;
+        self.publish_status(session_id).await;
+        if let RunFinish::Failed { error, .. } = finish {
+            self.hub.publish(
+                session_id,
+                SessionEvent::Error {
+                    message: error.clone(),
+                },
+            );
+        }
+        Ok(finished)
     }
 
     /// Ends run `run_id` (see [`RunStore::release`]): stops part buffering, publishes the

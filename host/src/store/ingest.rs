@@ -530,10 +530,11 @@ macro_rules! append_turn {
             }
             AppendOutcome::FreshPending
         } else {
-            // The common case in one statement: the session is not running (or the turn does
+            // The common case in one statement: no run is pending or running (or the turn does
             // not run), so advance the revision if a fresh start is due, record the reply
-            // target and arm the debounce, all on the row it locks. No row: the session is
-            // running (the turn is queued) or gone; the general path finds out which.
+            // target and arm the debounce, all on the row it locks. No row: a run is pending or
+            // running (the turn is queued) or the session is gone; the general path finds out
+            // which.
             let updated: Option<(i64, i64)> = sqlx::query_as(
                 "UPDATE sessions
                  SET context_revision = context_revision
@@ -544,7 +545,7 @@ macro_rules! append_turn {
                      reply_thread_id = CASE WHEN $4 IS NULL THEN reply_thread_id ELSE $5 END,
                      flush_due_at_ms = CASE WHEN $6 THEN $7 ELSE flush_due_at_ms END,
                      flush_generation = flush_generation + CASE WHEN $6 THEN 1 ELSE 0 END
-                 WHERE id = $1 AND (run_state <> 'running' OR NOT $6)
+                 WHERE id = $1 AND (run_state NOT IN ('running', 'pending') OR NOT $6)
                  RETURNING context_revision, flush_generation",
             )
             .bind(&request.session_id)
@@ -659,10 +660,13 @@ macro_rules! append_general {
 
         // (No early `return Ok(Some(…))` below: leaving the body early rolls the transaction
         // back.)
-        let queued_outcome = if run_state == "running" && request.turn.runs() {
-            // A run is active: the turn waits in the queue (not in the running run's
-            // context, no debounce). It is promoted when the run ends. At the cap it is
-            // still queued, and the run is interrupted so the backlog runs next.
+        let queued_outcome = if (run_state == "running" || run_state == "pending")
+            && request.turn.runs()
+        {
+            // A run is pending or active: the turn waits in the queue (not in that run's
+            // context, no debounce), so the run answers the turns it was made for and this one
+            // gets a run of its own: it is promoted when the run ends. At the cap it is still
+            // queued, and the run is interrupted so the backlog runs next.
             let queued_id: i64 = sqlx::query_scalar(
                 "INSERT INTO queued_messages (session_id, body, command_body,
                      channel_message_id, thread_id, sender_id, source, fresh_start,
@@ -1009,6 +1013,28 @@ impl IngestStore {
             message_id: message_id.to_owned(),
             token,
         }))
+    }
+
+    /// Whether `message_id` has a dedup claim that is not processed yet (a delivery in flight,
+    /// or one a crash left open).
+    pub async fn dedup_in_flight(
+        &self,
+        installation_id: &str,
+        message_id: &str,
+    ) -> Result<bool, StoreError> {
+        let fail = StoreError::query("dedup state", self.backend());
+        let open: i64 = on_writer!(self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM inbound_dedup
+                 WHERE installation_id = $1 AND message_id = $2 AND processed_at_ms IS NULL",
+            )
+            .bind(installation_id)
+            .bind(message_id)
+            .fetch_one(pool)
+            .await
+            .map_err(fail)?
+        });
+        Ok(open > 0)
     }
 
     /// Marks a claimed message processed, if the claim is still ours and unfinished; returns

@@ -50,6 +50,11 @@ const SQLITE: &[Embedded] = &[
         include_str!("../../../migrations/sqlite/0005_compaction.sql"),
     ),
     (
+        6,
+        "outbox",
+        include_str!("../../../migrations/sqlite/0006_outbox.sql"),
+    ),
+    (
         7,
         "retention",
         include_str!("../../../migrations/sqlite/0007_retention.sql"),
@@ -82,6 +87,11 @@ const POSTGRES: &[Embedded] = &[
         5,
         "compaction",
         include_str!("../../../migrations/postgres/0005_compaction.sql"),
+    ),
+    (
+        6,
+        "outbox",
+        include_str!("../../../migrations/postgres/0006_outbox.sql"),
     ),
     (
         7,

@@ -19,6 +19,7 @@ mod installations;
 mod kv;
 mod migrate;
 mod notify;
+mod outbox;
 mod retention;
 mod runs;
 mod secrets;
@@ -50,10 +51,11 @@ pub use installations::{
 };
 pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
+pub use outbox::{NewOutboxRow, OutboxContent, OutboxCounts, OutboxRow, OutboxStore, OutboxTarget};
 pub use retention::{RetainedTable, RetentionStore};
 pub use runs::{
-    Edited, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd, RunError,
-    RunState, RunStatus, RunStore, Submitted, Transition,
+    Edited, Finished, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd,
+    RunError, RunFinish, RunState, RunStatus, RunStore, Submitted, Transition,
 };
 pub use secrets::{SecretCipher, SecretError};
 pub use workers::{RunOwner, WorkerStore};
@@ -305,6 +307,11 @@ impl Database {
     /// The run store (run lifecycle, queue, operator operations) on this database.
     pub fn runs(&self) -> RunStore {
         RunStore::new(self.clone())
+    }
+
+    /// The delivery outbox on this database.
+    pub fn outbox(&self) -> OutboxStore {
+        OutboxStore::new(self.clone())
     }
 
     /// The compaction store (occupancy, failures, summary boundaries) on this database.

@@ -44,6 +44,7 @@ use sqlx::sqlite::SqliteRow;
 use super::flush::FlushTicket;
 use super::ingest::Message;
 use super::installations::{from_row_both, in_write_tx, on_reader, on_writer};
+use super::outbox::{NewOutboxRow, OutboxContent, OutboxTarget, insert_outbox};
 use super::{Backend, Database, Inner, StoreError};
 
 /// How many messages may wait in one session's queue before API submissions are refused (and
@@ -184,6 +185,41 @@ pub enum RunEnd {
     Interrupted,
     /// The host is shutting down: back to `pending` so another worker retries it.
     Shutdown,
+}
+
+/// How a run ends for good, as [`RunStore::finish_run`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFinish {
+    /// The run finished: `idle`; a non-blank reply is stored and delivered.
+    Completed {
+        /// The agent's reply, if it had one.
+        reply: Option<String>,
+        /// The context size the agent reported (prompt + completion tokens), recorded for
+        /// compaction as covering the reply (or the run's context without one).
+        context_tokens: Option<i64>,
+    },
+    /// The run failed: `error`.
+    Failed {
+        /// What went wrong, for the operator (`last_error`, logs).
+        error: String,
+        /// What the chat is told instead (never the error itself).
+        user_text: String,
+    },
+}
+
+/// A run that [`RunStore::finish_run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The stored reply, if any.
+    pub reply: Option<Message>,
+    /// The outbox row that will deliver the reply or the error text, if any.
+    pub outbox_id: Option<i64>,
+    /// The session's installation.
+    pub installation_id: String,
+    /// Where the reply goes (the session's anchor before the queue was promoted).
+    pub target: OutboxTarget,
+    /// The state change (as for [`RunStore::release`]).
+    pub released: Released,
 }
 
 /// What [`RunStore::release`] did.
@@ -600,6 +636,18 @@ impl RunStore {
         worker_id: &str,
         now_ms: i64,
     ) -> Result<Option<RunClaim>, StoreError> {
+        self.acquire_in(agent, worker_id, now_ms, None).await
+    }
+
+    /// [`RunStore::acquire`], limited to session `only` when it is given (a draining host
+    /// answers only the windows it flushed itself).
+    pub async fn acquire_in(
+        &self,
+        agent: &str,
+        worker_id: &str,
+        now_ms: i64,
+        only: Option<&str>,
+    ) -> Result<Option<RunClaim>, StoreError> {
         let fail = StoreError::query("run acquire", self.backend());
         let run_id = uuid::Uuid::new_v4().to_string();
         type Picked = (
@@ -625,7 +673,7 @@ impl RunStore {
                  WHERE id = (SELECT s.id FROM sessions s
                              JOIN installations i ON i.id = s.installation_id
                              WHERE s.run_state = 'pending' AND i.agent = $1
-                               AND i.status = 'active'
+                               AND i.status = 'active' AND ($5 IS NULL OR s.id = $5)
                              ORDER BY s.pending_since_ms, s.id
                              LIMIT 1 {lock})
                    AND run_state = 'pending'
@@ -636,6 +684,7 @@ impl RunStore {
             .bind(worker_id)
             .bind(&run_id)
             .bind(now_ms)
+            .bind(only)
             .fetch_optional(&mut *tx)
             .await
             .map_err(fail)?;
@@ -788,6 +837,160 @@ impl RunStore {
             }
         });
         Ok(message)
+    }
+
+    /// Ends run `run_id` for good in ONE transaction fenced by the run id: stores the reply
+    /// (if any), moves the session to `idle` (completed) or `error` (failed, with `last_error`),
+    /// promotes the queue (see [`RunStore::release`]) and enqueues what the chat must get — the
+    /// reply, or the user-facing error text — in the delivery outbox, anchored where the
+    /// session's reply anchor was before the promotion. Of concurrent callers for one run only
+    /// the first finds it running: the others get `None` and store nothing.
+    pub async fn finish_run(
+        &self,
+        session_id: &str,
+        run_id: &str,
+        finish: &RunFinish,
+        now_ms: i64,
+    ) -> Result<Option<Finished>, StoreError> {
+        let fail = StoreError::query("run finish", self.backend());
+        let finished = in_write_tx!(self.db, fail, |tx, pg| {
+            let locked = lock_session!(tx, fail, pg, session_id);
+            match locked {
+                Some(Locked {
+                    state: RunState::Running,
+                    run_id: Some(owner),
+                }) if owner == run_id => {
+                    let (
+                        installation_id,
+                        chat_id,
+                        chat_type,
+                        thread_id,
+                        reply_to,
+                        reply_thread,
+                        revision,
+                    ): (
+                        String,
+                        String,
+                        String,
+                        Option<String>,
+                        Option<String>,
+                        Option<String>,
+                        Option<i64>,
+                    ) = sqlx::query_as(
+                        "SELECT installation_id, chat_id, chat_type, thread_id,
+                             reply_to_message_id, reply_thread_id, run_context_revision
+                         FROM sessions WHERE id = $1",
+                    )
+                    .bind(session_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                    let target = OutboxTarget {
+                        chat_id,
+                        chat_type,
+                        thread_id,
+                        reply_to,
+                        in_thread: reply_thread.is_some(),
+                    };
+                    let (reply_text, state, last_error, content) = match finish {
+                        RunFinish::Completed { reply, .. } => {
+                            let reply = reply.as_deref().filter(|r| !r.trim().is_empty());
+                            let content = reply.map(|text| OutboxContent::Reply {
+                                text: text.to_string(),
+                            });
+                            (reply, RunState::Idle, None, content)
+                        }
+                        RunFinish::Failed { error, user_text } => (
+                            None,
+                            RunState::Error,
+                            Some(error.as_str()),
+                            Some(OutboxContent::RunError {
+                                text: user_text.clone(),
+                            }),
+                        ),
+                    };
+                    let reply = match reply_text {
+                        Some(body) => Some(
+                            sqlx::query_as::<_, Message>(&format!(
+                                "INSERT INTO messages (session_id, role, kind, body,
+                                     context_revision, created_at_ms)
+                                 VALUES ($1, 'assistant', 'message', $2,
+                                     COALESCE($3, (SELECT context_revision FROM sessions
+                                                   WHERE id = $1)), $4)
+                                 RETURNING {MESSAGE_COLS}"
+                            ))
+                            .bind(session_id)
+                            .bind(body)
+                            .bind(revision)
+                            .bind(now_ms)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(fail)?,
+                        ),
+                        None => None,
+                    };
+                    if let RunFinish::Completed {
+                        context_tokens: Some(tokens),
+                        ..
+                    } = finish
+                    {
+                        sqlx::query(
+                            "UPDATE sessions SET context_tokens = $2,
+                                 context_tokens_upto = COALESCE($3, run_context_upto),
+                                 context_tokens_revision = run_context_revision
+                             WHERE id = $1",
+                        )
+                        .bind(session_id)
+                        .bind(tokens)
+                        .bind(reply.as_ref().map(|m| m.id))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                    }
+                    sqlx::query(&format!(
+                        "UPDATE sessions SET run_state = $2, last_error = $3,
+                             pending_since_ms = NULL, {CLEAR_OWNERSHIP}, updated_at_ms = $4
+                         WHERE id = $1"
+                    ))
+                    .bind(session_id)
+                    .bind(state.as_str())
+                    .bind(last_error)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                    let outbox_id = match &content {
+                        Some(content) => Some(insert_outbox!(
+                            tx,
+                            fail,
+                            &NewOutboxRow {
+                                installation_id: &installation_id,
+                                session_id,
+                                run_id: Some(run_id),
+                                content,
+                                target: &target,
+                            },
+                            now_ms
+                        )),
+                        None => None,
+                    };
+                    let (promoted, flush) = promote_queue_and_arm!(tx, fail, session_id, now_ms);
+                    Some(Finished {
+                        reply,
+                        outbox_id,
+                        installation_id,
+                        target,
+                        released: Released {
+                            state,
+                            promoted,
+                            flush,
+                        },
+                    })
+                }
+                _ => None,
+            }
+        });
+        Ok(finished)
     }
 
     /// Ends run `run_id` as `end` says — `Completed`/`Interrupted` → `idle`, `Failed` → `error`
@@ -1265,11 +1468,17 @@ fn not_found_session(session_id: &str) -> RunError {
 
 impl RunStore {
     /// Takes back a `pending` state that no run will serve (the flush found the agent archived):
-    /// `pending` → `idle`. Any other state is left alone. Returns whether it changed.
-    pub async fn settle_pending(&self, session_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    /// `pending` → `idle`. Turns queued while it was pending are promoted into the history and
+    /// their window armed (its flush tells them the same). Any other state is left alone.
+    /// Returns whether it changed, and the window to hand to the debouncer.
+    pub async fn settle_pending(
+        &self,
+        session_id: &str,
+        now_ms: i64,
+    ) -> Result<(bool, Option<FlushTicket>), StoreError> {
         let fail = StoreError::query("run settle pending", self.backend());
-        let changed = in_write_tx!(self.db, fail, |tx, _pg| {
-            sqlx::query(
+        let settled = in_write_tx!(self.db, fail, |tx, _pg| {
+            let changed = sqlx::query(
                 "UPDATE sessions SET run_state = 'idle', pending_since_ms = NULL, updated_at_ms = $2
                  WHERE id = $1 AND run_state = 'pending'",
             )
@@ -1279,8 +1488,14 @@ impl RunStore {
             .await
             .map_err(fail)?
             .rows_affected()
-                > 0
+                > 0;
+            let flush = if changed {
+                promote_queue_and_arm!(tx, fail, session_id, now_ms).1
+            } else {
+                None
+            };
+            (changed, flush)
         });
-        Ok(changed)
+        Ok(settled)
     }
 }

@@ -416,6 +416,7 @@ impl outbound::Guest for LarkPlugin {
         let credentials = credentials();
         let mut host = ImportHost;
         LarkClient::new(&mut host, &credentials)
+            .with_idempotency_key(&delivery.idempotency_key)
             .deliver(&target, &content, &header)
             .map(|message_id| outbound::Receipt { message_id })
             .map_err(|failure| reported(failure, "deliver", &target.session_id))

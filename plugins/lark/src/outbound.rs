@@ -346,12 +346,31 @@ impl CallError {
 pub struct LarkClient<'a, H: LarkHost> {
     host: &'a mut H,
     credentials: &'a Credentials,
+    idempotency_key: Option<String>,
 }
 
 impl<'a, H: LarkHost> LarkClient<'a, H> {
     /// A client for `credentials`.
     pub fn new(host: &'a mut H, credentials: &'a Credentials) -> Self {
-        LarkClient { host, credentials }
+        LarkClient {
+            host,
+            credentials,
+            idempotency_key: None,
+        }
+    }
+
+    /// Sends every message of the next deliveries with a Lark `uuid` derived from `key` (the
+    /// n-th message of a split reply gets `{key}-{n}`), so a delivery retried after an unknown
+    /// outcome is not posted twice. An empty key sends none.
+    pub fn with_idempotency_key(mut self, key: &str) -> Self {
+        self.idempotency_key = (!key.is_empty()).then(|| key.to_string());
+        self
+    }
+
+    fn uuid(&self, index: usize) -> Option<String> {
+        self.idempotency_key
+            .as_ref()
+            .map(|key| format!("{key}-{index}"))
     }
 
     /// Renders and sends `content` (see [`plan_delivery`]); returns the id of the first message
@@ -370,16 +389,20 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         }
         self.check_credentials()?;
         let mut first_id = None;
-        for message in &messages {
+        for (index, message) in messages.iter().enumerate() {
+            let uuid = self.uuid(index);
+            let uuid = uuid.as_deref();
             let sent = match &destination {
-                Destination::Chat { chat_id } => self.send(ReceiveIdType::ChatId, chat_id, message),
+                Destination::Chat { chat_id } => {
+                    self.send(ReceiveIdType::ChatId, chat_id, message, uuid)
+                }
                 Destination::Direct { open_id } => {
-                    self.send(ReceiveIdType::OpenId, open_id, message)
+                    self.send(ReceiveIdType::OpenId, open_id, message, uuid)
                 }
                 Destination::Thread {
                     message_id,
                     chat_id,
-                } => match self.reply_in_thread(message_id, message) {
+                } => match self.reply_in_thread(message_id, message, uuid) {
                     Err(err) if err.code().is_some_and(is_thread_reply_unsupported) => {
                         let code = err.code().unwrap_or_default().to_string();
                         self.host.warn(
@@ -394,7 +417,7 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
                         destination = Destination::Chat {
                             chat_id: chat_id.clone(),
                         };
-                        self.send(ReceiveIdType::ChatId, &chat_id, message)
+                        self.send(ReceiveIdType::ChatId, &chat_id, message, uuid)
                     }
                     other => other,
                 },
@@ -457,16 +480,20 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         receive_id_type: ReceiveIdType,
         receive_id: &str,
         message: &Rendered,
+        uuid: Option<&str>,
     ) -> Result<String, CallError> {
         let base = self.credentials.base_url.clone();
         let value = self.authorized(|token| {
-            rest::send_message_request(
-                &base,
-                token,
-                receive_id_type,
-                receive_id,
-                message.msg_type,
-                &message.content,
+            rest::with_uuid(
+                rest::send_message_request(
+                    &base,
+                    token,
+                    receive_id_type,
+                    receive_id,
+                    message.msg_type,
+                    &message.content,
+                ),
+                uuid,
             )
         })?;
         sent_message_id(&value)
@@ -476,16 +503,20 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         &mut self,
         message_id: &str,
         message: &Rendered,
+        uuid: Option<&str>,
     ) -> Result<String, CallError> {
         let base = self.credentials.base_url.clone();
         let value = self.authorized(|token| {
-            rest::reply_message_request(
-                &base,
-                token,
-                message_id,
-                message.msg_type,
-                &message.content,
-                true,
+            rest::with_uuid(
+                rest::reply_message_request(
+                    &base,
+                    token,
+                    message_id,
+                    message.msg_type,
+                    &message.content,
+                    true,
+                ),
+                uuid,
             )
         })?;
         sent_message_id(&value)

@@ -200,6 +200,21 @@ pub fn send_message_request(
     )
 }
 
+/// Adds Lark's `uuid` field to a send or reply request: Lark sends at most one message per
+/// `uuid` within an hour, so a retried delivery is not posted twice. `None` leaves the request
+/// as it is; a `uuid` longer than Lark's 50 characters is cut.
+pub fn with_uuid(mut request: HttpRequestSpec, uuid: Option<&str>) -> HttpRequestSpec {
+    let Some(uuid) = uuid.filter(|uuid| !uuid.is_empty()) else {
+        return request;
+    };
+    let uuid: String = uuid.chars().take(50).collect();
+    if let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&request.body) {
+        body.insert("uuid".into(), Value::String(uuid));
+        request.body = serde_json::to_vec(&Value::Object(body)).expect("JSON serializes");
+    }
+    request
+}
+
 /// `POST {base}/open-apis/im/v1/messages/{message_id}/reply` with
 /// `{msg_type, content, reply_in_thread}` (no `receive_id`).
 pub fn reply_message_request(
@@ -583,6 +598,18 @@ mod tests {
             dm.url,
             "https://open.feishu.cn/open-apis/im/v1/messages?receive_id_type=open_id"
         );
+    }
+
+    #[test]
+    fn a_uuid_is_added_to_the_body_and_cut_to_fifty_characters() {
+        let plain = send_message_request("", "t", ReceiveIdType::ChatId, "oc_1", "text", "{}");
+        assert_eq!(with_uuid(plain.clone(), None).body, plain.body);
+        assert_eq!(with_uuid(plain.clone(), Some("")).body, plain.body);
+        let keyed = with_uuid(plain.clone(), Some("k-1"));
+        assert_eq!(body(&keyed)["uuid"], "k-1");
+        assert_eq!(body(&keyed)["receive_id"], "oc_1");
+        let long = with_uuid(plain, Some(&"x".repeat(80)));
+        assert_eq!(body(&long)["uuid"].as_str().unwrap().len(), 50);
     }
 
     #[test]

@@ -207,6 +207,10 @@ struct State {
     failures: Vec<FailureRule>,
     messages: HashMap<String, Vec<Value>>,
     chat_messages: Vec<Value>,
+    /// `uuid` of a send or reply → the message it posted (Lark posts once per uuid).
+    uuids: HashMap<String, String>,
+    /// Sends and replies that posted a message (a repeated `uuid` posts nothing).
+    posted: Vec<RestRequest>,
     users: HashMap<String, String>,
 }
 
@@ -348,6 +352,12 @@ impl FakeLark {
                     && (r.uri.contains("receive_id_type=") || r.uri.ends_with("/reply"))
             })
             .collect()
+    }
+
+    /// Messages that were posted, in order: [`FakeLark::sent_messages`] without the requests
+    /// whose `uuid` had already posted one (Lark's idempotent send).
+    pub fn posted_messages(&self) -> Vec<RestRequest> {
+        self.shared.state().posted.clone()
     }
 
     /// Every REST request (discovery excluded), in order.
@@ -872,7 +882,20 @@ async fn rest(
             "code": 0, "msg": "ok", "tenant_access_token": format!("t-fake{n}"), "expire": 7200,
         }))
         .into_response(),
-        Route::Send | Route::Reply => ok(json!({"message_id": format!("om_sent_{n}")})),
+        Route::Send | Route::Reply => {
+            let uuid = body["uuid"].as_str().filter(|u| !u.is_empty());
+            if let Some(known) = uuid.and_then(|u| state.uuids.get(u)) {
+                return ok(json!({"message_id": known}));
+            }
+            let id = format!("om_sent_{n}");
+            if let Some(uuid) = uuid {
+                state.uuids.insert(uuid.to_string(), id.clone());
+            }
+            if let Some(request) = state.requests.last().cloned() {
+                state.posted.push(request);
+            }
+            ok(json!({"message_id": id}))
+        }
         Route::Reactions if method == Method::DELETE => {
             axum::Json(json!({"code": 0, "msg": "success"})).into_response()
         }

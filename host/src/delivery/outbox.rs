@@ -1,0 +1,474 @@
+//! The delivery worker: drains the durable outbox (`store::OutboxStore`) through the channel
+//! plugins. One runs on every replica.
+//!
+//! Owns *when* an outbox row is attempted: it claims due rows under a lease, delivers each once
+//! through [`Delivery::send_once`] with the row's idempotency key, and marks it delivered, puts
+//! it back with exponential backoff (a retryable refusal or a failed plugin call), or gives it
+//! up as `failed` (a permanent refusal, or the retry budget spent) where the admin API and
+//! `/metrics` show it. A reply or error card also clears the session's typing indicator once it
+//! is delivered. Rows enqueued on this replica wake the worker at once; others (another
+//! replica's, retries, a crashed claim whose lease ran out) are found by polling.
+//!
+//! Must not decide what is said (rows arrive complete) and holds no SQL of its own.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use super::{Delivery, DeliveryFailure, chat_type};
+use crate::capabilities::Clock;
+use crate::metrics::Metrics;
+use crate::runtime::{outbound, types};
+use crate::store::{
+    InstallationStore, NewOutboxRow, OutboxContent, OutboxRow, OutboxStore, OutboxTarget,
+};
+
+/// How the worker paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxSettings {
+    /// How often to look for rows nobody woke this replica for.
+    pub poll_interval: Duration,
+    /// How long a claim holds a row before another replica may try it.
+    pub lease: Duration,
+    /// Attempts before a row is given up.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub first_backoff: Duration,
+    /// Upper bound of one wait.
+    pub max_backoff: Duration,
+    /// Rows claimed at once (one per session, delivered concurrently).
+    pub batch: u32,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            attempts: 8,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            batch: 16,
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// The settings `[delivery]` asks for (validate it first).
+    pub fn from_config(config: &crate::config::DeliveryConfig) -> OutboxSettings {
+        OutboxSettings {
+            poll_interval: Duration::from_millis(config.poll_interval_ms),
+            lease: Duration::from_millis(config.lease_ms),
+            attempts: config.attempts,
+            first_backoff: Duration::from_millis(config.first_backoff_ms),
+            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            ..OutboxSettings::default()
+        }
+    }
+
+    /// The wait after attempt `attempts` failed.
+    fn backoff(&self, attempts: i64) -> Duration {
+        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        self.first_backoff
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.max_backoff)
+    }
+}
+
+/// The outbox as the rest of the host sees it: enqueue notices, wake the worker, run it.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: OutboxStore,
+    installations: InstallationStore,
+    delivery: Delivery,
+    clock: Arc<dyn Clock>,
+    /// This replica's lease owner name.
+    owner: String,
+    settings: OutboxSettings,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+/// What one attempt led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The channel took it.
+    Delivered,
+    /// It failed and will be tried again.
+    Retrying,
+    /// It failed for good.
+    Failed,
+    /// Another replica took the row over meanwhile (its lease ran out); nothing recorded.
+    LostLease,
+}
+
+impl Outbox {
+    /// A worker delivering `store`'s rows through `delivery`, leasing them as `owner`.
+    pub fn new(
+        store: OutboxStore,
+        installations: InstallationStore,
+        delivery: Delivery,
+        clock: Arc<dyn Clock>,
+        owner: String,
+        settings: OutboxSettings,
+        metrics: Arc<Metrics>,
+    ) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                store,
+                installations,
+                delivery,
+                clock,
+                owner,
+                settings,
+                wake: Notify::new(),
+                metrics,
+            }),
+        }
+    }
+
+    /// The store it drains.
+    pub fn store(&self) -> &OutboxStore {
+        &self.inner.store
+    }
+
+    /// Tells the worker that rows are due now (it would find them at its next poll anyway).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Enqueues a notice for the session of `target` and wakes the worker. A failure to store it
+    /// is logged: the notice is lost, the message that caused it is not.
+    pub async fn enqueue_notice(
+        &self,
+        installation_id: &str,
+        target: &types::SessionTarget,
+        notice: &types::Notice,
+    ) {
+        let content = OutboxContent::Notice {
+            notice: notice_to_json(notice),
+        };
+        // A notice outside any session (a binding link DM) is ordered on its own.
+        let session_id = if target.session_id.is_empty() {
+            format!("{SESSIONLESS}{}", uuid::Uuid::new_v4().simple())
+        } else {
+            target.session_id.clone()
+        };
+        let row = NewOutboxRow {
+            installation_id,
+            session_id: &session_id,
+            run_id: None,
+            content: &content,
+            target: &outbox_target(target),
+        };
+        match self
+            .inner
+            .store
+            .enqueue(&row, self.inner.clock.now_ms())
+            .await
+        {
+            Ok(_) => self.wake(),
+            Err(e) => {
+                tracing::error!(installation = installation_id, session = %target.session_id, "notice not enqueued: {e}")
+            }
+        }
+    }
+
+    /// Runs the worker until `shutdown` resolves; deliveries in progress then finish first.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let claimed = match self.drain_once().await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!("claiming outbox rows failed: {e}");
+                    0
+                }
+            };
+            if claimed >= self.inner.settings.batch as usize {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims one batch of due rows and delivers them (concurrently: at most one row per
+    /// session is due at a time). Returns how many were claimed.
+    pub async fn drain_once(&self) -> Result<usize, crate::store::StoreError> {
+        let inner = &self.inner;
+        let lease_ms = i64::try_from(inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        let rows = inner
+            .store
+            .claim_due(
+                &inner.owner,
+                inner.clock.now_ms(),
+                lease_ms,
+                i64::from(inner.settings.batch),
+            )
+            .await?;
+        let claimed = rows.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for row in rows {
+            let this = self.clone();
+            let span = tracing::info_span!(
+                "outbox",
+                row = row.id,
+                installation = %row.installation_id,
+                session = %row.session_id,
+                kind = row.content.kind(),
+            );
+            tasks.spawn(async move { this.attempt(row).await }.instrument(span));
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(claimed)
+    }
+
+    /// One attempt at a claimed row, recorded.
+    pub async fn attempt(&self, row: OutboxRow) -> Attempt {
+        let inner = &self.inner;
+        let installation = match inner.installations.get(&row.installation_id).await {
+            Ok(Some(installation)) => installation,
+            Ok(None) => return self.give_up(&row, "the installation is gone").await,
+            Err(e) => {
+                return self
+                    .retry(&row, &format!("reading the installation: {e}"))
+                    .await;
+            }
+        };
+        let target = session_target(&row.session_id, &row.target);
+        let content = match &row.content {
+            OutboxContent::Reply { text } => outbound::Content::Reply(text.clone()),
+            OutboxContent::RunError { text } => outbound::Content::RunError(text.clone()),
+            OutboxContent::Notice { notice } => match notice_from_json(notice) {
+                Some(notice) => outbound::Content::Notice(notice),
+                None => return self.give_up(&row, "unreadable notice").await,
+            },
+        };
+        let ends_run = !matches!(row.content, OutboxContent::Notice { .. });
+        match inner
+            .delivery
+            .send_once(&installation, &target, content, &row.idempotency_key)
+            .await
+        {
+            Ok(sent) => {
+                let marked = inner
+                    .store
+                    .mark_delivered(row.id, &inner.owner, sent.as_deref(), inner.clock.now_ms())
+                    .await;
+                if ends_run {
+                    inner.delivery.typing_off(&installation, &target).await;
+                }
+                match marked {
+                    Ok(true) => {
+                        inner.metrics.outbox("delivered");
+                        Attempt::Delivered
+                    }
+                    Ok(false) => Attempt::LostLease,
+                    Err(e) => {
+                        // Delivered, but not recorded: the lease runs out and the row is sent
+                        // again with the same idempotency key.
+                        tracing::error!("delivered, but marking the outbox row failed: {e}");
+                        inner.metrics.outbox("delivered");
+                        Attempt::Delivered
+                    }
+                }
+            }
+            Err(
+                failure @ DeliveryFailure::Refused {
+                    retryable: false, ..
+                },
+            )
+            | Err(failure @ DeliveryFailure::NoPlugin { .. }) => {
+                self.give_up(&row, &failure.to_string()).await
+            }
+            Err(failure) => self.retry(&row, &failure.to_string()).await,
+        }
+    }
+
+    async fn retry(&self, row: &OutboxRow, error: &str) -> Attempt {
+        let inner = &self.inner;
+        if row.attempts >= i64::from(inner.settings.attempts) {
+            let error = format!(
+                "{error} (gave up after {} attempts; retry it with POST /api/outbox/{}/retry)",
+                row.attempts, row.id
+            );
+            return self.give_up(row, &error).await;
+        }
+        let wait = inner.settings.backoff(row.attempts);
+        let next = inner
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        tracing::warn!(
+            attempts = row.attempts,
+            retry_in_ms = wait.as_millis() as u64,
+            "delivery failed; retrying: {error}"
+        );
+        match inner
+            .store
+            .reschedule(row.id, &inner.owner, next, error)
+            .await
+        {
+            Ok(true) => {
+                inner.metrics.outbox("retried");
+                Attempt::Retrying
+            }
+            Ok(false) => Attempt::LostLease,
+            Err(e) => {
+                tracing::error!("rescheduling the outbox row failed (its lease runs out): {e}");
+                Attempt::Retrying
+            }
+        }
+    }
+
+    async fn give_up(&self, row: &OutboxRow, error: &str) -> Attempt {
+        let inner = &self.inner;
+        tracing::error!(attempts = row.attempts, "delivery failed for good: {error}");
+        match inner
+            .store
+            .mark_failed(row.id, &inner.owner, error, inner.clock.now_ms())
+            .await
+        {
+            Ok(true) => {
+                inner.metrics.outbox("failed");
+                Attempt::Failed
+            }
+            Ok(false) => Attempt::LostLease,
+            Err(e) => {
+                tracing::error!("marking the outbox row failed (its lease runs out): {e}");
+                Attempt::Failed
+            }
+        }
+    }
+}
+
+/// The stored form of a session target.
+pub fn outbox_target(target: &types::SessionTarget) -> OutboxTarget {
+    OutboxTarget {
+        chat_id: target.chat_id.clone(),
+        chat_type: match target.chat_type {
+            types::ChatType::Group => "group".into(),
+            types::ChatType::Direct => "direct".into(),
+        },
+        thread_id: target.thread_id.clone(),
+        reply_to: target.reply_to.clone(),
+        in_thread: target.in_thread,
+    }
+}
+
+/// Prefix of the ordering key of a row that belongs to no session.
+const SESSIONLESS: &str = "sessionless:";
+
+/// The session target of a stored row.
+pub fn session_target(session_id: &str, target: &OutboxTarget) -> types::SessionTarget {
+    let session_id = if session_id.starts_with(SESSIONLESS) {
+        ""
+    } else {
+        session_id
+    };
+    types::SessionTarget {
+        session_id: session_id.to_string(),
+        chat_id: target.chat_id.clone(),
+        chat_type: chat_type(&target.chat_type),
+        thread_id: target.thread_id.clone(),
+        reply_to: target.reply_to.clone(),
+        in_thread: target.in_thread,
+    }
+}
+
+/// A notice as stored in the outbox.
+fn notice_to_json(notice: &types::Notice) -> Value {
+    match notice {
+        types::Notice::AgentOffline => json!({"kind": "agent_offline"}),
+        types::Notice::AgentArchived => json!({"kind": "agent_archived"}),
+        types::Notice::NeedsBinding(link) => json!({
+            "kind": "needs_binding",
+            "url": link.url,
+            "open_id": link.open_id,
+            "expires_in_minutes": link.expires_in_minutes,
+        }),
+        types::Notice::FreshPending => json!({"kind": "fresh_pending"}),
+        types::Notice::IssueUsage => json!({"kind": "issue_usage"}),
+        types::Notice::IssueCreated(created) => json!({
+            "kind": "issue_created",
+            "title": created.title,
+            "reference": created.reference,
+        }),
+        types::Notice::Text(text) => json!({"kind": "text", "text": text}),
+    }
+}
+
+/// The notice a stored JSON form describes (`None` for an unknown shape).
+fn notice_from_json(value: &Value) -> Option<types::Notice> {
+    let text = |key: &str| value[key].as_str().map(str::to_string);
+    Some(match value["kind"].as_str()? {
+        "agent_offline" => types::Notice::AgentOffline,
+        "agent_archived" => types::Notice::AgentArchived,
+        "needs_binding" => types::Notice::NeedsBinding(types::BindingLink {
+            url: text("url")?,
+            open_id: text("open_id")?,
+            expires_in_minutes: u32::try_from(value["expires_in_minutes"].as_u64()?).ok()?,
+        }),
+        "fresh_pending" => types::Notice::FreshPending,
+        "issue_usage" => types::Notice::IssueUsage,
+        "issue_created" => types::Notice::IssueCreated(types::IssueCreated {
+            title: text("title")?,
+            reference: text("reference")?,
+        }),
+        "text" => types::Notice::Text(text("text")?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_notice_survives_the_outbox_json() {
+        let notices = [
+            types::Notice::AgentOffline,
+            types::Notice::AgentArchived,
+            types::Notice::NeedsBinding(types::BindingLink {
+                url: "http://h/bind?token=t".into(),
+                open_id: "ou_1".into(),
+                expires_in_minutes: 30,
+            }),
+            types::Notice::FreshPending,
+            types::Notice::IssueUsage,
+            types::Notice::IssueCreated(types::IssueCreated {
+                title: "t".into(),
+                reference: "#1".into(),
+            }),
+            types::Notice::Text("hello".into()),
+        ];
+        for notice in notices {
+            let back = notice_from_json(&notice_to_json(&notice)).expect("readable");
+            assert_eq!(format!("{back:?}"), format!("{notice:?}"));
+        }
+        assert!(notice_from_json(&json!({"kind": "nope"})).is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let settings = OutboxSettings {
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..OutboxSettings::default()
+        };
+        let waits: Vec<u64> = (1..=6).map(|a| settings.backoff(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+    }
+}
