@@ -471,6 +471,60 @@ async fn flush_all_drains_every_window_once_and_later_arms_flush_inline() {
     }
 }
 
+/// Issue 14: windows belong to the cluster. A replica that armed a window and died (no
+/// shutdown, its timer gone with it) leaves it to the others: the survivor's sweep arms it and
+/// flushes it when due, without a restart of the dead one.
+#[tokio::test]
+async fn a_dead_replicas_window_is_flushed_by_the_survivors_sweep() {
+    for t in db::test_databases().await {
+        let s = session(&t.db, "oc_orphan").await;
+        let survivor = Harness::new(&t.db, NOW);
+        let ticket = {
+            let dead = Harness::new(&t.db, NOW);
+            let ticket = append(&t.db, &s, "orphan", dead.now()).await;
+            dead.debouncer.arm(ticket.clone()).await;
+            assert_eq!(dead.debouncer.armed(), 1, "{}", t.name);
+            ticket
+        };
+        // Not due within the horizon yet: nothing armed.
+        assert_eq!(
+            survivor.debouncer.sweep(WINDOW / 2).await.unwrap(),
+            0,
+            "{}",
+            t.name
+        );
+        assert_eq!(survivor.debouncer.armed(), 0, "{}", t.name);
+        // Due within the horizon: armed here, flushed at its end.
+        assert_eq!(
+            survivor.debouncer.sweep(WINDOW).await.unwrap(),
+            1,
+            "{}",
+            t.name
+        );
+        assert_eq!(survivor.debouncer.armed(), 1, "{}", t.name);
+        survivor
+            .advance(ticket.due_at_ms - survivor.now() - 1)
+            .await;
+        assert_eq!(
+            survivor.recorder.count(),
+            0,
+            "{}: not before its end",
+            t.name
+        );
+        survivor.advance(1).await;
+        let batches = survivor.recorder.take();
+        assert_eq!(batches.len(), 1, "{}", t.name);
+        assert_eq!(bodies(&batches[0]), ["orphan"], "{}", t.name);
+        // A second sweep finds nothing: the window is closed.
+        assert_eq!(
+            survivor.debouncer.sweep(WINDOW).await.unwrap(),
+            0,
+            "{}",
+            t.name
+        );
+    }
+}
+
 #[tokio::test]
 async fn overdue_window_flushes_on_boot_after_a_crash() {
     for t in db::test_databases().await {

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use switchboard::runs::{EventHub, RunService, RunSettings, SessionEvent};
 use switchboard::store::{
     AppendOutcome, AppendRequest, AppendedMessage, ChatKind, Database, NewInstallation,
-    ReleaseOutcome, RunClaim, RunEnd, RunError, RunState, SecretCipher, SessionKey, Submitted,
-    TurnKind,
+    ReleaseOutcome, RunClaim, RunEnd, RunError, RunFinish, RunState, SecretCipher, SessionKey,
+    Submitted, TurnKind,
 };
 use time::ManualClock;
 
@@ -450,6 +450,69 @@ async fn channel_messages_while_running_are_queued() {
         assert_eq!(queue[0].source, "channel");
         assert_eq!(queue[0].body, "busy?");
         assert_eq!(queue[0].channel_message_id.as_deref(), Some("om_busy?"));
+    }
+}
+
+/// Issue 14: a message that arrives while a run is pending (flushed, not yet acquired) waits
+/// for the next run: the pending run answers the turns it was made for, once, and the late
+/// message gets a run of its own — never a second run for an already answered turn.
+#[tokio::test]
+async fn a_channel_message_while_pending_waits_for_the_next_run() {
+    for t in db::test_databases().await {
+        let db = &t.db;
+        let inst = installation(db, "echo").await;
+        let sid = pending_session(db, &inst, "chat-pending", NOW).await;
+        let late = channel_message(db, &sid, "late", NOW + 1).await;
+        assert!(late.queued.is_some(), "{}: queued while pending", t.name);
+        assert_eq!(late.flush, None, "{}: no window of its own yet", t.name);
+        assert_eq!(state(db, &sid).await.state, RunState::Pending, "{}", t.name);
+
+        // The run answers the first turn only.
+        let claim = db
+            .runs()
+            .acquire("echo", "w1", NOW + 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let context = db
+            .runs()
+            .run_context(&sid, &claim.run_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let seen: Vec<&str> = context.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(seen, ["chat-pending"], "{}", t.name);
+        let finished = db
+            .runs()
+            .finish_run(
+                &sid,
+                &claim.run_id,
+                &RunFinish::Completed {
+                    reply: Some("echo: chat-pending".into()),
+                    context_tokens: None,
+                },
+                NOW + 3,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        // The late message is promoted with its own window: the next run answers it.
+        let promoted: Vec<&str> = finished
+            .released
+            .promoted
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect();
+        assert_eq!(promoted, ["late"], "{}", t.name);
+        let window = finished.released.flush.expect("a window for the late turn");
+        let batch = db
+            .claim_flush_early(&sid, window.generation, NOW + 4)
+            .await
+            .unwrap()
+            .expect("claimed");
+        let batched: Vec<&str> = batch.messages.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(batched, ["late"], "{}: only the unanswered turn", t.name);
+        assert_eq!(state(db, &sid).await.state, RunState::Pending, "{}", t.name);
     }
 }
 

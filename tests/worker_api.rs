@@ -576,6 +576,62 @@ async fn parts_reach_subscribers_only_while_the_worker_owns_the_run() {
     }
 }
 
+/// Issue 14: a worker that retries `complete` after a client timeout races itself. Whatever the
+/// interleaving, the first call wins: one reply stored, one outbox row (one delivery), the
+/// others get 409 and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completes_store_and_deliver_one_reply() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let host = Host::start(&test_db).await;
+        for calls in [2usize, 4] {
+            let session = host.session("bot").await;
+            host.submit(&session, "hello").await;
+            let (_, claim) = host.claim("bot", TOKEN, 0).await;
+            let answers = futures_util::future::join_all((0..calls).map(|i| {
+                host.run_call(
+                    &claim,
+                    "complete",
+                    json!({ "reply": format!("answer {i}") }),
+                )
+            }))
+            .await;
+            let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+            statuses.sort();
+            let mut expected = vec![409; calls - 1];
+            expected.insert(0, 200);
+            assert_eq!(statuses, expected, "{name}: {calls} calls: {answers:?}");
+            let replies: Vec<String> = host
+                .bodies(&session)
+                .await
+                .into_iter()
+                .filter(|(role, _)| role == "assistant")
+                .map(|(_, body)| body)
+                .collect();
+            assert_eq!(replies.len(), 1, "{name}: {calls} calls: {replies:?}");
+            let rows = host
+                .app_state
+                .db
+                .outbox()
+                .list(None, Some(&session), 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                rows.len(),
+                1,
+                "{name}: {calls} calls: one delivery: {rows:?}"
+            );
+            assert_eq!(
+                rows[0].content,
+                switchboard::store::OutboxContent::Reply {
+                    text: replies[0].clone()
+                },
+                "{name}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn complete_stores_the_reply_and_the_session_goes_idle() {
     for test_db in db::test_databases().await {

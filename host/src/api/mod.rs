@@ -10,6 +10,7 @@ mod errors;
 pub mod events;
 mod hooks;
 mod limits;
+mod outbox;
 mod runs;
 pub mod server;
 pub mod worker;
@@ -123,6 +124,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     // Route layers run outermost last: admin requests are authenticated, then their body is
     // read, then checked for NUL.
     let admin = admin::routes()
+        .merge(outbox::routes())
         .merge(events::routes())
         .merge(runs::routes())
         .route_layer(middleware::from_fn(limits::reject_nul_json))
