@@ -19,7 +19,9 @@ use switchboard::app::App;
 use switchboard::config::Config;
 use switchboard::metrics::Metrics;
 use switchboard::retention::{Retention, RetentionSettings};
-use switchboard::store::{AuditEntry, Backend, KvQuota, KvScope, RetainedTable};
+use switchboard::store::{
+    AuditEntry, Backend, KvQuota, KvScope, NewOutboxRow, OutboxContent, OutboxTarget, RetainedTable,
+};
 
 const NOW: i64 = 1_750_000_000_000;
 const MINUTE: i64 = 60_000;
@@ -181,6 +183,60 @@ async fn a_pass_prunes_exactly_the_old_used_and_expired_rows_and_a_second_pass_n
                 .await
                 .unwrap();
 
+            // Outbox (7 days): rows delivered before that go; recently delivered, failed and
+            // pending rows stay (a failed row waits for an operator's retry).
+            let outbox = t.db.outbox();
+            let target = OutboxTarget {
+                chat_id: "oc_1".into(),
+                chat_type: "direct".into(),
+                thread_id: None,
+                reply_to: None,
+                in_thread: false,
+            };
+            let mut ids = Vec::new();
+            for session in ["s-old", "s-recent", "s-failed", "s-pending"] {
+                let content = OutboxContent::Reply {
+                    text: session.into(),
+                };
+                let row = NewOutboxRow {
+                    installation_id: "inst-1",
+                    session_id: session,
+                    run_id: None,
+                    content: &content,
+                    target: &target,
+                };
+                ids.push(outbox.enqueue(&row, NOW - 40 * DAY).await.unwrap());
+            }
+            let claimed = outbox
+                .claim_due("replica", NOW - 40 * DAY, MINUTE, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 4, "{name}");
+            assert!(
+                outbox
+                    .mark_delivered(ids[0], "replica", None, NOW - 8 * DAY)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                outbox
+                    .mark_delivered(ids[1], "replica", None, NOW - DAY)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                outbox
+                    .mark_failed(ids[2], "replica", "gone", NOW - 30 * DAY)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                outbox
+                    .reschedule(ids[3], "replica", NOW + MINUTE, "later")
+                    .await
+                    .unwrap()
+            );
+
             let clock = time::ManualClock::new(NOW);
             let metrics = Arc::new(Metrics::default());
             let retention =
@@ -202,7 +258,13 @@ async fn a_pass_prunes_exactly_the_old_used_and_expired_rows_and_a_second_pass_n
                 "{name}: {report:?}"
             );
             assert_eq!(report.rows(RetainedTable::Kv), 2, "{name}: {report:?}");
-            assert_eq!(report.total_rows(), 9, "{name}");
+            assert_eq!(report.rows(RetainedTable::Outbox), 1, "{name}: {report:?}");
+            assert_eq!(report.total_rows(), 10, "{name}");
+            assert_eq!(
+                strings(&t, "SELECT session_id FROM outbox ORDER BY id").await,
+                ["s-recent", "s-failed", "s-pending"],
+                "{name}: outbox rows kept"
+            );
 
             assert_eq!(
                 strings(
@@ -239,6 +301,7 @@ async fn a_pass_prunes_exactly_the_old_used_and_expired_rows_and_a_second_pass_n
                 ("inbound_audit", 3),
                 ("binding_tokens", 2),
                 ("plugin_kv", 2),
+                ("outbox", 1),
             ] {
                 assert_eq!(
                     pruned_metric(&text, table),

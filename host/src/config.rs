@@ -457,6 +457,9 @@ pub struct RetentionConfig {
     pub dedup_days: u64,
     /// Drop-audit rows are kept this many days (1 to 3650).
     pub audit_days: u64,
+    /// Delivered outbox rows (replies, notices) are kept this many days (1 to 3650); failed
+    /// ones stay until an operator retries them.
+    pub outbox_days: u64,
     /// Unused binding tokens are deleted this many hours after they expired (0 to 8760); used
     /// ones at the next pass.
     pub binding_token_grace_hours: u64,
@@ -473,6 +476,7 @@ impl Default for RetentionConfig {
             first_run_after_s: 60,
             dedup_days: 7,
             audit_days: 30,
+            outbox_days: 7,
             binding_token_grace_hours: 24,
             batch_size: 1_000,
         }
@@ -501,6 +505,7 @@ impl RetentionConfig {
         )?;
         check("dedup_days", self.dedup_days, 1, 3_650, "days")?;
         check("audit_days", self.audit_days, 1, 3_650, "days")?;
+        check("outbox_days", self.outbox_days, 1, 3_650, "days")?;
         check(
             "binding_token_grace_hours",
             self.binding_token_grace_hours,

@@ -36,7 +36,8 @@ struct AckLabels {
 /// Labels of rows pruned by the retention task.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetentionLabels {
-    /// The pruned table (`inbound_dedup`, `inbound_audit`, `binding_tokens`, `plugin_kv`).
+    /// The pruned table (`inbound_dedup`, `inbound_audit`, `binding_tokens`, `plugin_kv`,
+    /// `outbox`).
     table: &'static str,
 }
 

@@ -41,6 +41,8 @@ pub struct RetentionSettings {
     pub dedup_max_age_ms: i64,
     /// Audit rows received longer ago than this are deleted (ms).
     pub audit_max_age_ms: i64,
+    /// Outbox rows delivered longer ago than this are deleted (ms).
+    pub outbox_max_age_ms: i64,
     /// Unused binding tokens expired longer ago than this are deleted (ms); used ones at once.
     pub binding_token_grace_ms: i64,
     /// Most rows one delete statement removes.
@@ -61,6 +63,7 @@ impl RetentionSettings {
             first_run_after: Duration::from_secs(config.first_run_after_s),
             dedup_max_age_ms: ms(config.dedup_days, DAY_MS),
             audit_max_age_ms: ms(config.audit_days, DAY_MS),
+            outbox_max_age_ms: ms(config.outbox_days, DAY_MS),
             binding_token_grace_ms: ms(config.binding_token_grace_hours, HOUR_MS),
             batch_size: config.batch_size.max(1),
         }
@@ -73,6 +76,7 @@ impl RetentionSettings {
                 now_ms.saturating_sub(self.dedup_max_age_ms.max(MIN_DEDUP_AGE_MS))
             }
             RetainedTable::Audit => now_ms.saturating_sub(self.audit_max_age_ms),
+            RetainedTable::Outbox => now_ms.saturating_sub(self.outbox_max_age_ms),
             RetainedTable::BindingTokens => now_ms.saturating_sub(self.binding_token_grace_ms),
             RetainedTable::Kv => now_ms,
         }
@@ -227,6 +231,7 @@ impl Retention {
                         audit = report.rows(RetainedTable::Audit),
                         binding_tokens = report.rows(RetainedTable::BindingTokens),
                         kv = report.rows(RetainedTable::Kv),
+                        outbox = report.rows(RetainedTable::Outbox),
                         "retention: pruned old rows"
                     ),
                     Ok(_) => tracing::debug!("retention: nothing to prune"),

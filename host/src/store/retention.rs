@@ -26,15 +26,18 @@ pub enum RetainedTable {
     BindingTokens,
     /// `plugin_kv`: rows whose expiry is at or before the cutoff (the caller's "now").
     Kv,
+    /// `outbox`: rows delivered before the cutoff (pending and failed rows are never pruned).
+    Outbox,
 }
 
 impl RetainedTable {
     /// Every pruned table, in the order a pass visits them.
-    pub const ALL: [RetainedTable; 4] = [
+    pub const ALL: [RetainedTable; 5] = [
         RetainedTable::Dedup,
         RetainedTable::Audit,
         RetainedTable::BindingTokens,
         RetainedTable::Kv,
+        RetainedTable::Outbox,
     ];
 
     /// The table's SQL name, also the `table` label of the pruned-rows metric.
@@ -44,6 +47,7 @@ impl RetainedTable {
             RetainedTable::Audit => "inbound_audit",
             RetainedTable::BindingTokens => "binding_tokens",
             RetainedTable::Kv => "plugin_kv",
+            RetainedTable::Outbox => "outbox",
         }
     }
 
@@ -90,6 +94,17 @@ impl RetainedTable {
                      SELECT rowid FROM plugin_kv
                      WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= $1 LIMIT $2)"
             }
+            (RetainedTable::Outbox, Backend::Sqlite) => {
+                "DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox
+                     WHERE state = 'delivered' AND done_at_ms < $1 LIMIT $2)"
+            }
+            (RetainedTable::Outbox, Backend::Postgres) => {
+                "DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox
+                     WHERE state = 'delivered' AND done_at_ms < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
             (RetainedTable::Kv, Backend::Postgres) => {
                 "DELETE FROM plugin_kv
                  WHERE (plugin, installation, key) IN (
@@ -107,6 +122,7 @@ impl RetainedTable {
             RetainedTable::Audit => "retention prune inbound_audit",
             RetainedTable::BindingTokens => "retention prune binding_tokens",
             RetainedTable::Kv => "retention prune plugin_kv",
+            RetainedTable::Outbox => "retention prune outbox",
         }
     }
 }
