@@ -429,7 +429,7 @@ async fn flush_all_drains_every_window_once_and_later_arms_flush_inline() {
         let flushed = h.debouncer.flush_all().await;
         assert_eq!(
             flushed,
-            [armed.clone()],
+            std::slice::from_ref(&armed),
             "{}: FlushAll reports what it flushed",
             t.name
         );

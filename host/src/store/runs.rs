@@ -187,6 +187,18 @@ pub enum RunEnd {
     Shutdown,
 }
 
+/// A session's installation, chat and reply anchor as a run's end reads them: installation id,
+/// chat id, chat type, thread id, reply-to message id, reply thread id, run context revision.
+type SessionAnchor = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
 /// How a run ends for good, as [`RunStore::finish_run`] records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunFinish {
@@ -868,15 +880,7 @@ impl RunStore {
                         reply_to,
                         reply_thread,
                         revision,
-                    ): (
-                        String,
-                        String,
-                        String,
-                        Option<String>,
-                        Option<String>,
-                        Option<String>,
-                        Option<i64>,
-                    ) = sqlx::query_as(
+                    ): SessionAnchor = sqlx::query_as(
                         "SELECT installation_id, chat_id, chat_type, thread_id,
                              reply_to_message_id, reply_thread_id, run_context_revision
                          FROM sessions WHERE id = $1",
