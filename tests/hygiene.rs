@@ -325,7 +325,8 @@ async fn nul_in_text_is_removed_and_stored_nul_in_ids_is_refused_with_an_audit_r
                     Some(r#"{"body":"write \\u0000 for NUL"}"#.into()),
                 )
                 .await;
-            assert_eq!(status, 201, "{name}: {error}");
+            // Stored (201), or queued behind the run the first message made pending (202).
+            assert!(status == 201 || status == 202, "{name}: {status} {error}");
             server.stop().await;
         }
     })

@@ -280,12 +280,13 @@ fn nothing_is_assumed_without_the_installation_constants() {
             .unwrap()
             .starts_with("@Helper Bot please review")
     );
+    // Without secrets nothing can authenticate the request: refused before decryption.
     assert_eq!(lines[1]["kind"], "rejected");
     assert!(
         lines[1]["reason"]
             .as_str()
             .unwrap()
-            .starts_with("decrypt-failed"),
+            .starts_with("bad-token: the installation has neither"),
         "{}",
         lines[1]
     );
