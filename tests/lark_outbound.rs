@@ -636,9 +636,9 @@ async fn every_notice_is_rendered_as_the_reference_shows_it() {
             content_of(&send),
             json!({
                 "config": {"wide_screen_mode": true},
-                "header": {"template": "blue", "title": {"tag": "plain_text", "content": "Multica"}},
+                "header": {"template": "blue", "title": {"tag": "plain_text", "content": "switchboard"}},
                 "elements": [
-                    {"tag": "div", "text": {"tag": "lark_md", "content": "你还没有绑定 Multica 账户。点击下方按钮完成绑定后即可使用此 Agent。"}},
+                    {"tag": "div", "text": {"tag": "lark_md", "content": "你还没有绑定账户。点击下方按钮完成绑定后即可使用此 Agent。"}},
                     {"tag": "action", "actions": [{
                         "tag": "button",
                         "text": {"tag": "plain_text", "content": "去绑定"},

@@ -3,7 +3,7 @@
 //! generated WIT types. No protocol logic lives here.
 //!
 //! Installation config keys: `app_id`, `bot_open_id`, `bot_union_id`, `base_url` (default
-//! `https://open.feishu.cn`), `agent_name` (card headers, default "Multica"),
+//! `https://open.feishu.cn`), `agent_name` (card headers, default "switchboard"),
 //! `recent_context_size` (enricher, default 10, 0 = off). Secrets:
 //! `app_secret`, `encrypt_key`, `verification_token`.
 

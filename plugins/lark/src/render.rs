@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::markdown::contains_markdown;
 
 /// Card header title when the installation names no agent (`agent_name` config).
-pub const DEFAULT_HEADER: &str = "Multica";
+pub const DEFAULT_HEADER: &str = "switchboard";
 /// Notice body: no worker is online for the agent; the message is kept (§J `agent_offline`).
 pub const AGENT_OFFLINE_COPY: &str =
     "Agent 当前离线，消息已记录。下次 daemon 上线后会自动继续处理。";
@@ -23,12 +23,11 @@ pub const FRESH_PENDING_COPY: &str =
 pub const ISSUE_USAGE_COPY: &str =
     "请填写任务标题，格式如下：\n\n`/issue <标题>`\n`[描述]`（可选）";
 /// Binding prompt body (§J `needs_binding`, §6.6).
-pub const BINDING_PROMPT_COPY: &str =
-    "你还没有绑定 Multica 账户。点击下方按钮完成绑定后即可使用此 Agent。";
+pub const BINDING_PROMPT_COPY: &str = "你还没有绑定账户。点击下方按钮完成绑定后即可使用此 Agent。";
 /// Binding prompt button label.
 pub const BINDING_BUTTON_LABEL: &str = "去绑定";
-/// Title of the binding prompt card (the reference always shows the product name there).
-pub const BINDING_HEADER: &str = "Multica";
+/// Title of the binding prompt card: the product name.
+pub const BINDING_HEADER: &str = "switchboard";
 
 /// Largest `content` of a `text` message Lark accepts (150 KB).
 pub const TEXT_CONTENT_LIMIT: usize = 150_000;
@@ -97,7 +96,7 @@ pub fn error_card(header: &str, error: &str) -> Rendered {
     }))
 }
 
-/// The binding prompt sent as a DM to an unbound sender: blue "Multica" header, the prompt as
+/// The binding prompt sent as a DM to an unbound sender: blue "switchboard" header, the prompt as
 /// `lark_md`, and a primary button opening `bind_url`.
 pub fn binding_card(bind_url: &str) -> Rendered {
     card(json!({
@@ -345,21 +344,21 @@ mod tests {
 
     #[test]
     fn error_card_shape_and_text() {
-        let value = parsed(&error_card("Multica", "  model timed out "));
+        let value = parsed(&error_card("switchboard", "  model timed out "));
         assert_eq!(
             value["config"],
             json!({ "wide_screen_mode": true, "update_multi": true })
         );
         assert_eq!(value["header"]["template"], "blue");
-        assert_eq!(value["header"]["title"]["content"], "Multica");
+        assert_eq!(value["header"]["title"]["content"], "switchboard");
         assert_eq!(
             value["elements"][0]["text"],
             json!({ "tag": "plain_text", "content": "Run failed: model timed out" })
         );
-        let value = parsed(&error_card("Multica", " "));
+        let value = parsed(&error_card("switchboard", " "));
         assert_eq!(value["elements"][0]["text"]["content"], "Run failed.");
         let long = "e".repeat(ERROR_TEXT_MAX_CHARS + 10);
-        let value = parsed(&error_card("Multica", &long));
+        let value = parsed(&error_card("switchboard", &long));
         let body = value["elements"][0]["text"]["content"].as_str().unwrap();
         assert!(body.ends_with('…'));
         assert_eq!(
@@ -374,7 +373,7 @@ mod tests {
         let value = parsed(&binding_card(url));
         assert_eq!(value["config"]["wide_screen_mode"], true);
         assert_eq!(value["header"]["template"], "blue");
-        assert_eq!(value["header"]["title"]["content"], "Multica");
+        assert_eq!(value["header"]["title"]["content"], "switchboard");
         let elements = value["elements"].as_array().unwrap();
         assert!(elements.len() >= 2);
         assert_eq!(
