@@ -78,7 +78,7 @@ impl Harness {
     }
 
     fn now(&self) -> i64 {
-        use switchboard::capabilities::Clock;
+        use switchboard::domain::Clock;
         self.clock.now_ms()
     }
 

@@ -16,10 +16,10 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
-use switchboard::capabilities::Clock;
 use switchboard::dispatch::{
     DispatchError, Dispatcher, DropReason, EventMeta, Outcome, Step, StepHook, resolve_installation,
 };
+use switchboard::domain::Clock;
 use switchboard::runtime::commands::{Command, IssueRequest};
 use switchboard::runtime::types::{ChatType, InboundMessage, Sender};
 use switchboard::store::{

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use support::{TestRuntime, test_plugin};
 use switchboard::capabilities::BaseUrlOverride;
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::decoder::Decoded;
 use switchboard::runtime::types::PluginError;
-use switchboard::runtime::{InstallationContext, LoadError, Runtime};
+use switchboard::runtime::{LoadError, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

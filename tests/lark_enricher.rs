@@ -19,9 +19,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::enricher::{Budget, Enrichment};
 use switchboard::runtime::types::{ChatType, InboundMessage, Sender};
-use switchboard::runtime::{InstallationContext, Plugin, Runtime, RuntimeSettings};
+use switchboard::runtime::{Plugin, Runtime, RuntimeSettings};
 use time::ManualClock;
 
 const APP_ID: &str = "cli_a5f3c2e1d4b6a789";

@@ -20,12 +20,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::outbound::{
     AgentState, BatchMessage, Content, Delivery, DeliveryError, FlushAction, FlushBatch, Receipt,
     TypingChange,
 };
 use switchboard::runtime::types::{BindingLink, ChatType, IssueCreated, Notice, SessionTarget};
-use switchboard::runtime::{InstallationContext, Plugin, Runtime, RuntimeSettings};
+use switchboard::runtime::{Plugin, Runtime, RuntimeSettings};
 use time::ManualClock;
 
 const APP_ID: &str = "cli_a5f3c2e1d4b6a789";

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{LocalServer, TestRuntime};
 use switchboard::capabilities::BaseUrlOverride;
+use switchboard::domain::InstallationContext;
 use switchboard::ingest::pipeline::{
     self, DecodeOutcome, FrameIntake, FrameOutcome, WebhookOutcome,
 };
 use switchboard::runtime::commands::{Command, IssueRequest};
 use switchboard::runtime::transport::{AckStatus, ConnectError, WebhookRequest};
 use switchboard::runtime::types::{ChatType, InboundMessage, PluginError};
-use switchboard::runtime::{InstallationContext, Plugin, Runtime};
+use switchboard::runtime::{Plugin, Runtime};
 use switchboard_lark as native;
 
 // The fixtures' constants (shared/fixtures/lark/README.md and plugins/lark/tests/common).

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use support::{LocalServer, TestRuntime, test_plugin};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::decoder::Decoded;
 use switchboard::runtime::types::PluginError;
 use switchboard::runtime::{
-    Blame, Cause, EngineSettings, HealthState, InstallationContext, LoadError, LoadPath,
-    PoolSettings, Runtime, RuntimeSettings,
+    Blame, Cause, EngineSettings, HealthState, LoadError, LoadPath, PoolSettings, Runtime,
+    RuntimeSettings,
 };
 
 fn installation(id: &str) -> Arc<InstallationContext> {

@@ -17,8 +17,8 @@ use switchboard::agents::{AgentConfig, AgentPresence, AgentRegistry, AgentState,
 use switchboard::api::WorkerApi;
 use switchboard::api::worker::WorkerApiSettings;
 use switchboard::app::App;
-use switchboard::capabilities::Clock;
 use switchboard::config::Config;
+use switchboard::domain::Clock;
 use switchboard::runs::{RunEnded, RunOutcome, SessionEvent};
 use switchboard::store::{ChatKind, NewInstallation, RunState, SessionKey};
 use time::ManualClock;

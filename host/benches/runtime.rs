@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use switchboard::capabilities::{OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::bundled::{BUNDLED, TEST_PLUGIN_DIR};
-use switchboard::runtime::{InstallationContext, Runtime, RuntimeSettings, decoder, sha256_hex};
+use switchboard::runtime::{Runtime, RuntimeSettings, decoder, sha256_hex};
 use wasmtime::component::Component;
 
 const TEXT_P2P: &[u8] = include_bytes!("../../../shared/fixtures/lark/event_receive_text_p2p.json");

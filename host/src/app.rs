@@ -13,12 +13,11 @@ use crate::agents::{AgentPresence, AgentRegistry, AgentState, CancellationToken,
 use crate::api::{self, AppState};
 use crate::auth::TokenDigest;
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
-use crate::capabilities::{
-    BaseUrlOverride, Clock, OperatorPolicy, ServiceLimits, Services, SystemClock,
-};
+use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
 use crate::config::Config;
 use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, RetryPolicy};
 use crate::dispatch::Dispatcher;
+use crate::domain::{Clock, SystemClock};
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
 use crate::metrics::Metrics;

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod domain;
 pub mod hygiene;
 pub mod ingest;
 pub mod metrics;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::capabilities::Clock;
 use crate::config::RetentionConfig;
+use crate::domain::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Database, RetainedTable, RetentionStore, StoreError};
 

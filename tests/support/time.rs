@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use switchboard::batch::{TimerCallback, TimerHandle, Timers};
-use switchboard::capabilities::Clock;
+use switchboard::domain::Clock;
 
 /// A clock that reads a stored time (Unix epoch milliseconds).
 #[derive(Debug)]

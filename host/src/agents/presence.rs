@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{AgentKind, AgentRegistry, AgentState};
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::store::{StoreError, WorkerStore};
 
 /// At most one presence write per agent per process within this interval.

@@ -29,9 +29,10 @@ use tracing::Instrument;
 
 use super::{ApiError, AppState};
 use crate::dispatch::{DispatchError, DropReason, Outcome};
+use crate::domain::InstallationContext;
 use crate::ingest::pipeline::{self, WebhookOutcome};
 use crate::ingest::service::{IngestError, PayloadOutcome, Prepared, Verified};
-use crate::runtime::{InstallationContext, Plugin, transport};
+use crate::runtime::{Plugin, transport};
 use crate::store::Installation;
 
 /// Response header listing the outcome of each event of a delivery, comma-separated.

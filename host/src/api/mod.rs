@@ -32,7 +32,7 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{TokenDigest, bearer};
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::ingest::service::Ingest;
 use crate::runs::{Compactor, RunService};
 use crate::runtime::Runtime;

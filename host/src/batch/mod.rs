@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::store::{Database, FlushBatch, FlushTicket, StoreError};
 
 /// How long after a failed claim (a database error) the window is tried again.
@@ -557,7 +557,7 @@ fn flush_span(ticket: &FlushTicket) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::SystemClock;
+    use crate::domain::SystemClock;
     use tokio::sync::mpsc;
 
     #[tokio::test]

@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::domain::{Clock, SystemClock};
 use crate::runtime::bindings::switchboard::channel as wit;
 use crate::runtime::manifest::Manifest;
 use crate::runtime::state::HostState;
 use crate::store::{KvQuota, KvStore};
-pub use clock::{Clock, SystemClock};
 pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};
 
 /// The capabilities one plugin was granted: its manifest's requests under the operator's policy.

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::app::load_secret_key;
-use crate::capabilities::{Clock, SystemClock};
 use crate::config::Config;
+use crate::domain::{Clock, SystemClock};
 use crate::store::{AccessPolicy, Database, NewInstallation};
 
 /// Installation subcommands.

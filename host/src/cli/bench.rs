@@ -39,8 +39,9 @@ use switchboard_lark::{
 mod ingest;
 
 use super::GlobalArgs;
+use crate::domain::InstallationContext;
 use crate::ingest::reassembly::{Fragment, Push, Reassembler};
-use crate::runtime::{InstallationContext, Plugin, decoder, transport};
+use crate::runtime::{Plugin, decoder, transport};
 
 /// Event templates, used round-robin (the peers' order).
 const EVENT_FILES: [&str; 4] = [

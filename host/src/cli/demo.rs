@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use super::lark_wire::{Event, Mention};
 use crate::app::App;
-use crate::capabilities::{Clock, SystemClock};
 use crate::config::Config;
+use crate::domain::{Clock, SystemClock};
 use crate::ingest::service::Dispatched;
 use crate::store::{AccessPolicy, NewInstallation, SecretCipher};
 

@@ -16,11 +16,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
+use crate::domain::InstallationContext;
 use crate::ingest::pipeline::{self, DecodeOutcome, FrameIntake, FrameOutcome, WebhookOutcome};
 use crate::runtime::commands::Command;
 use crate::runtime::transport::{AckStatus, ConnectionHints, EventReading, WebhookRequest};
 use crate::runtime::types::{ChatType, InboundMessage};
-use crate::runtime::{CallError, InstallationContext, Plugin};
+use crate::runtime::{CallError, Plugin};
 
 const AFTER_HELP: &str = "\
 INPUTS (the shape of each JSON file decides how it is replayed):

@@ -13,8 +13,8 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::agents::AgentRegistry;
-use crate::capabilities::SystemClock;
 use crate::config::Config;
+use crate::domain::SystemClock;
 use crate::runs::compaction::{CompactError, ManualOutcome};
 use crate::runs::{Compactor, EventHub, RunService, RunSettings};
 use crate::store::{Database, RunError, RunStatus};

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::{Delivery, DeliveryFailure, chat_type};
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::metrics::Metrics;
 use crate::runtime::{outbound, types};
 use crate::store::{

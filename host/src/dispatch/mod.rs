@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::runtime::commands::Command;
 use crate::runtime::types::{ChatType, InboundMessage};
 use crate::store::{

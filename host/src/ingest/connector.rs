@@ -39,11 +39,12 @@ use tracing::Instrument;
 
 use self::backoff::{Backoff, BackoffPolicy};
 use crate::capabilities::policy::Egress;
+use crate::domain::InstallationContext;
 use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
 use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared, Verified};
 use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
-use crate::runtime::{CallError, InstallationContext, Plugin};
+use crate::runtime::{CallError, Plugin};
 use crate::store::Installation;
 
 /// Tunables of a connector.

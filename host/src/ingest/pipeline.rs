@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::domain::InstallationContext;
 use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
 use crate::runtime::commands::Command;
 use crate::runtime::transport::{
@@ -20,7 +21,7 @@ use crate::runtime::transport::{
     WebhookVerdict,
 };
 use crate::runtime::types::{InboundMessage, PluginError};
-use crate::runtime::{CallError, InstallationContext, Plugin};
+use crate::runtime::{CallError, Plugin};
 
 /// What one complete event payload decoded to.
 // Produced once per payload and consumed at once; boxing the message would only add an

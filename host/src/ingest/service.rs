@@ -12,13 +12,14 @@ use tracing::Instrument;
 
 use crate::batch::Debouncer;
 use crate::dispatch::{DispatchError, Dispatcher, DropReason, EventMeta, Outcome};
+use crate::domain::InstallationContext;
 use crate::hygiene;
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::commands::Command;
 use crate::runtime::transport::EventReading;
 use crate::runtime::types::InboundMessage;
-use crate::runtime::{CallError, InstallationContext, Plugin, enricher};
+use crate::runtime::{CallError, Plugin, enricher};
 use crate::store::Installation;
 
 /// Limits the enricher runs under.

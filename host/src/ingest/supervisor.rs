@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::ingest::connector::backoff::BackoffPolicy;
 use crate::ingest::connector::{Connector, ConnectorSettings};
 use crate::ingest::service::Ingest;

@@ -31,7 +31,7 @@ pub use events::{EventHub, EventReceiver, EventTap, SessionEvent, SharedEvent};
 pub use observer::{NoopObserver, PendingSignal, RunEndObserver, RunEnded, RunOutcome};
 
 use crate::batch::Debouncer;
-use crate::capabilities::Clock;
+use crate::domain::Clock;
 use crate::store::{
     Database, Edited, Finished, FlushTicket, Message, QUEUE_CAP, QueuedMessage, ReleaseOutcome,
     RunClaim, RunEnd, RunError, RunFinish, RunStatus, RunStore, StoreError, Submitted, Transition,

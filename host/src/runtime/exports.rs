@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::bindings::{commands, decoder, enricher, outbound, transport, types};
 use super::error::CallError;
 use super::plugin::{Export, Plugin, WarmInstance};
-use super::state::InstallationContext;
+use crate::domain::InstallationContext;
 
 /// Calls `interface.function(args…)` on the warm instance lent for the call.
 macro_rules! guest {

@@ -31,7 +31,6 @@ pub use error::{Blame, CallError, Cause, LoadError};
 pub use exports::CallResult;
 pub use manifest::{CONTRACT_VERSION, Manifest};
 pub use plugin::{Export, HealthState, Plugin, PluginStats, PoolSettings, Source};
-pub use state::{InstallationContext, Secret};
 
 use crate::capabilities::{self, Grants, Services};
 use engine::EpochTicker;

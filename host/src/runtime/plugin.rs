@@ -27,8 +27,9 @@ use super::bindings::{ChannelPlugin, ChannelPluginPre};
 use super::cache::LoadPath;
 use super::error::{Blame, CallError, Cause};
 use super::manifest::Manifest;
-use super::state::{Activity, HostState, InstallationContext};
+use super::state::{Activity, HostState};
 use crate::capabilities::{Grants, Services};
+use crate::domain::InstallationContext;
 
 /// The five exports, each with its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

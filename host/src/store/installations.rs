@@ -18,8 +18,8 @@ use sqlx::sqlite::SqliteRow;
 
 use super::secrets::SecretCipher;
 use super::{Backend, Database, Inner, StoreError};
+use crate::domain::{InstallationContext, Secret};
 use crate::hygiene;
-use crate::runtime::{InstallationContext, Secret};
 
 /// Runs `$body` with `$pool` bound to a pool suitable for reads (SQLite: the reader pool).
 macro_rules! on_reader {

@@ -517,7 +517,7 @@ fn build_deliveries(
     range: std::ops::Range<u64>,
     warm_up: bool,
 ) -> anyhow::Result<Vec<Delivery>> {
-    let now_ms = crate::capabilities::Clock::now_ms(&crate::capabilities::SystemClock);
+    let now_ms = crate::domain::Clock::now_ms(&crate::domain::SystemClock);
     let json = HeaderValue::from_static("application/json; charset=utf-8");
     let mut out = Vec::with_capacity((range.end - range.start) as usize);
     for index in range {
@@ -1127,7 +1127,7 @@ async fn start_host(
         .context("building the host")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let now_ms = crate::capabilities::Clock::now_ms(&crate::capabilities::SystemClock);
+    let now_ms = crate::domain::Clock::now_ms(&crate::domain::SystemClock);
     let mut installations = Vec::with_capacity(args.installations);
     for i in 0..args.installations {
         let app_id = format!("cli_bench{i:08x}");
