@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
-use switchboard::domain::InstallationContext;
+use switchboard::domain::{InstallationContext, KvBackend};
 use switchboard::runtime::outbound::{
     AgentState, BatchMessage, Content, Delivery, DeliveryError, FlushAction, FlushBatch, Receipt,
     TypingChange,
@@ -192,7 +192,7 @@ async fn worlds() -> Vec<World> {
         let fake = FakeLark::start().await;
         let clock = ManualClock::new(NOW);
         let services = Services::new(
-            Some(t.db.kv()),
+            Some(Arc::new(t.db.kv()) as Arc<dyn KvBackend>),
             OperatorPolicy {
                 base_url_overrides: vec![
                     BaseUrlOverride::new(

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use switchboard::app::App;
 use switchboard::config::Config;
+use switchboard::domain::{KvQuota, KvScope};
 use switchboard::metrics::Metrics;
 use switchboard::retention::{Retention, RetentionSettings};
 use switchboard::store::{
-    AuditEntry, Backend, KvQuota, KvScope, NewOutboxRow, OutboxContent, OutboxTarget, RetainedTable,
+    AuditEntry, Backend, NewOutboxRow, OutboxContent, OutboxTarget, RetainedTable,
 };
 
 const NOW: i64 = 1_750_000_000_000;

@@ -6,9 +6,8 @@ mod db;
 
 use std::sync::Arc;
 
-use switchboard::store::{
-    Backend, Database, KvQuota, KvScope, KvSetError, KvUsage, StoreError, redact_url,
-};
+use switchboard::domain::{KvQuota, KvScope};
+use switchboard::store::{Backend, Database, KvSetError, KvUsage, StoreError, redact_url};
 use tokio::sync::Barrier;
 
 /// A quota that does not get in the way.

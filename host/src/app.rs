@@ -17,7 +17,7 @@ use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Servic
 use crate::config::Config;
 use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, RetryPolicy};
 use crate::dispatch::Dispatcher;
-use crate::domain::{Clock, SystemClock};
+use crate::domain::{Clock, KvBackend, SystemClock};
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
 use crate::metrics::Metrics;
@@ -82,7 +82,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
-/// Builds the plugin runtime from the config (bundled plugins plus the plugins directory).
+/// Builds the plugin runtime from the config (bundled plugins plus the plugins directory); `kv`
+/// (the host database's kv store) becomes the `kv` capability's backend.
 pub fn build_runtime(
     config: &Config,
     kv: Option<crate::store::KvStore>,
@@ -97,7 +98,7 @@ pub fn build_runtime(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let services = Services::new(
-        kv,
+        kv.map(|kv| Arc::new(kv) as Arc<dyn KvBackend>),
         OperatorPolicy {
             base_url_overrides: overrides,
         },

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::KvBackend;
 use switchboard::runtime::bundled::TEST_PLUGIN_DIR;
 use switchboard::runtime::{PoolSettings, Runtime, RuntimeSettings};
 use switchboard::store::KvStore;
@@ -34,7 +35,7 @@ pub struct TestRuntime {
 impl TestRuntime {
     pub fn build(self) -> Runtime {
         let services = Services::new(
-            self.kv,
+            self.kv.map(|kv| Arc::new(kv) as Arc<dyn KvBackend>),
             OperatorPolicy {
                 base_url_overrides: self.overrides,
             },

@@ -1,15 +1,18 @@
 //! The `kv` capability: a key/value store scoped to (plugin, installation), with TTLs and the
-//! quota granted to the plugin, stored in the host database (`store::KvStore`).
+//! quota granted to the plugin, kept by the host's [`KvBackend`] (the host database's
+//! `store::KvStore`, wired in by `app`).
 
+use std::sync::Arc;
+
+use crate::domain::{KvBackend, KvError, KvScope};
 use crate::runtime::bindings::switchboard::channel::kv::{Error, Host};
 use crate::runtime::state::{Activity, HostState};
-use crate::store::{KvScope, KvSetError, KvStore};
 
 /// Longest key accepted.
 const MAX_KEY_BYTES: usize = 256;
 
 impl HostState {
-    fn kv_target(&self, key: &str) -> Result<(KvStore, KvScope), Error> {
+    fn kv_target(&self, key: &str) -> Result<(Arc<dyn KvBackend>, KvScope), Error> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::InvalidKey(format!(
                 "keys must be 1..={MAX_KEY_BYTES} bytes, got {}",
@@ -64,9 +67,9 @@ impl Host for HostState {
         self.set_activity(Activity::Guest);
         match result {
             Ok(()) => Ok(()),
-            Err(KvSetError::ValueTooLarge { max, .. }) => Err(Error::ValueTooLarge(max)),
-            Err(KvSetError::QuotaExceeded { what }) => Err(Error::QuotaExceeded(what)),
-            Err(KvSetError::Store(e)) => Err(self.kv_unavailable("set", e)),
+            Err(KvError::ValueTooLarge { max, .. }) => Err(Error::ValueTooLarge(max)),
+            Err(KvError::QuotaExceeded { what }) => Err(Error::QuotaExceeded(what)),
+            Err(e @ KvError::Unavailable(_)) => Err(self.kv_unavailable("set", e)),
         }
     }
 

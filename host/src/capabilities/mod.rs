@@ -19,11 +19,10 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::domain::{Clock, SystemClock};
+use crate::domain::{Clock, KvBackend, KvQuota, SystemClock};
 use crate::runtime::bindings::switchboard::channel as wit;
 use crate::runtime::manifest::Manifest;
 use crate::runtime::state::HostState;
-use crate::store::{KvQuota, KvStore};
 pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};
 
 /// The capabilities one plugin was granted: its manifest's requests under the operator's policy.
@@ -149,8 +148,8 @@ pub struct Services {
     /// The client for destinations inside an operator override's target (local fakes included):
     /// the system resolver, no address rule.
     pub(crate) http_override: reqwest::Client,
-    /// Plugin kv on the host database; `None` when the host runs without one.
-    pub(crate) kv: Option<KvStore>,
+    /// Where plugin kv lives (the host database's store); `None` when the host runs without one.
+    pub(crate) kv: Option<Arc<dyn KvBackend>>,
     /// Wall clock.
     pub(crate) clock: Arc<dyn Clock>,
     /// Limits.
@@ -160,8 +159,13 @@ pub struct Services {
 }
 
 impl Services {
-    /// Builds the services. `kv` is the host database's kv store, if any.
-    pub fn new(kv: Option<KvStore>, operator: OperatorPolicy, limits: ServiceLimits) -> Services {
+    /// Builds the services. `kv` is where plugin kv lives (the host database's kv store), if
+    /// anywhere.
+    pub fn new(
+        kv: Option<Arc<dyn KvBackend>>,
+        operator: OperatorPolicy,
+        limits: ServiceLimits,
+    ) -> Services {
         // Plugin egress goes direct, never through a proxy from the environment: a proxy would
         // resolve the destination itself, out of reach of the address rule.
         let builder = || {

@@ -1,4 +1,5 @@
-//! The plugin key/value store behind the `kv` capability (SPEC §2).
+//! The plugin key/value store behind the `kv` capability (SPEC §2): [`KvStore`] implements
+//! [`KvBackend`] on the host database.
 //!
 //! Rows live in `plugin_kv`, keyed by (plugin, installation, key). A value may carry an expiry
 //! time; a row whose `expires_at_ms` is at or before the caller's `now_ms` is expired and behaves
@@ -12,40 +13,10 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::domain::{KvBackend, KvError, KvFuture, KvQuota, KvScope};
+
 use super::installations::{on_reader, on_writer};
 use super::{Backend, Database, Inner, StoreError};
-
-/// Whose data a kv operation touches: one plugin's view of one channel installation.
-///
-/// Two scopes never see each other's keys, even when only one of the fields differs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KvScope {
-    /// The plugin's name, as in its manifest.
-    pub plugin: String,
-    /// The installation (e.g. one Lark bot) the call is made for.
-    pub installation: String,
-}
-
-impl KvScope {
-    /// Builds a scope from a plugin name and an installation id.
-    pub fn new(plugin: impl Into<String>, installation: impl Into<String>) -> Self {
-        KvScope {
-            plugin: plugin.into(),
-            installation: installation.into(),
-        }
-    }
-}
-
-/// Limits on one scope's kv data, from the plugin manifest / operator config.
-#[derive(Debug, Clone, Copy)]
-pub struct KvQuota {
-    /// Most live keys the scope may hold.
-    pub max_keys: u64,
-    /// Most bytes the scope's live values may add up to.
-    pub max_bytes: u64,
-    /// Largest single value, in bytes.
-    pub max_value_bytes: u64,
-}
 
 /// What one scope currently holds, counting live (unexpired) keys only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -334,6 +305,55 @@ impl KvStore {
             tracing::debug!(purged, backend = %self.backend(), "purged expired kv rows");
         }
         Ok(purged)
+    }
+}
+
+impl From<KvSetError> for KvError {
+    fn from(error: KvSetError) -> KvError {
+        match error {
+            KvSetError::ValueTooLarge { len, max } => KvError::ValueTooLarge { len, max },
+            KvSetError::QuotaExceeded { what } => KvError::QuotaExceeded { what },
+            KvSetError::Store(error) => KvError::Unavailable(Box::new(error)),
+        }
+    }
+}
+
+impl KvBackend for KvStore {
+    fn get<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        now_ms: i64,
+    ) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            KvStore::get(self, scope, key, now_ms)
+                .await
+                .map_err(|e| KvError::Unavailable(Box::new(e)))
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+        quota: KvQuota,
+    ) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            KvStore::set(self, scope, key, value, expires_at_ms, now_ms, quota)
+                .await
+                .map_err(KvError::from)
+        })
+    }
+
+    fn delete<'a>(&'a self, scope: &'a KvScope, key: &'a str) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            KvStore::delete(self, scope, key)
+                .await
+                .map_err(|e| KvError::Unavailable(Box::new(e)))
+        })
     }
 }
 

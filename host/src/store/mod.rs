@@ -49,7 +49,7 @@ pub use installations::{
     AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
     NewInstallation,
 };
-pub use kv::{KvQuota, KvScope, KvSetError, KvStore, KvUsage};
+pub use kv::{KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
 pub use outbox::{NewOutboxRow, OutboxContent, OutboxCounts, OutboxRow, OutboxStore, OutboxTarget};
 pub use retention::{RetainedTable, RetentionStore};
