@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod batch;
+pub mod bindings;
 pub mod capabilities;
 pub mod cli;
 pub mod config;

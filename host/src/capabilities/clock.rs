@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bindings::switchboard::channel::clock::Host;
 use crate::domain::Clock;
-use crate::runtime::bindings::switchboard::channel::clock::Host;
 use crate::runtime::state::HostState;
 
 impl Host for HostState {

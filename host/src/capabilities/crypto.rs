@@ -8,7 +8,7 @@
 use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::bindings::switchboard::channel::crypto::Host;
+use crate::bindings::switchboard::channel::crypto::Host;
 use crate::runtime::state::HostState;
 
 type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256Dec>;

@@ -19,7 +19,7 @@ use url::Url;
 
 use super::dns;
 use super::policy::Egress;
-use crate::runtime::bindings::switchboard::channel::http::{Error, Host, Request, Response};
+use crate::bindings::switchboard::channel::http::{Error, Host, Request, Response};
 use crate::runtime::state::{Activity, HostState};
 
 /// Headers a plugin may not set: they belong to the connection, not the request.

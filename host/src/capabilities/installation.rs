@@ -2,7 +2,7 @@
 //! decrypted secrets, remaining deadline). Secrets are handed over only when asked for by key and
 //! are never logged.
 
-use crate::runtime::bindings::switchboard::channel::installation::Host;
+use crate::bindings::switchboard::channel::installation::Host;
 use crate::runtime::state::HostState;
 
 impl Host for HostState {

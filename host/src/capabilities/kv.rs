@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::bindings::switchboard::channel::kv::{Error, Host};
 use crate::domain::{KvBackend, KvError, KvScope};
-use crate::runtime::bindings::switchboard::channel::kv::{Error, Host};
 use crate::runtime::state::{Activity, HostState};
 
 /// Longest key accepted.

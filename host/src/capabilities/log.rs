@@ -2,7 +2,7 @@
 //! installation ids, truncated and rate-limited per call. A record from the SDK's panic hook is
 //! also kept so a following trap can be reported with the guest's own message.
 
-use crate::runtime::bindings::switchboard::channel::log::{Host, Level};
+use crate::bindings::switchboard::channel::log::{Host, Level};
 use crate::runtime::state::HostState;
 
 /// Message the guest SDK's panic hook logs (with a `panic` field).

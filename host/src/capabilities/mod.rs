@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::bindings::switchboard::channel as wit;
 use crate::domain::{Clock, KvBackend, KvQuota, SystemClock};
-use crate::runtime::bindings::switchboard::channel as wit;
 use crate::runtime::manifest::Manifest;
 use crate::runtime::state::HostState;
 pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};

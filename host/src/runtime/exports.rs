@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use super::bindings::{commands, decoder, enricher, outbound, transport, types};
 use super::error::CallError;
 use super::plugin::{Export, Plugin, WarmInstance};
+use crate::bindings::{commands, decoder, enricher, outbound, transport, types};
 use crate::domain::InstallationContext;
 
 /// Calls `interface.function(args…)` on the warm instance lent for the call.

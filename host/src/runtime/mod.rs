@@ -6,7 +6,6 @@
 //! the database schema: what a plugin may touch is decided in `capabilities`, and what its
 //! answers mean is decided by the ingest and dispatch code that calls it.
 
-pub mod bindings;
 pub mod bundled;
 pub mod cache;
 pub mod engine;
@@ -23,8 +22,8 @@ use std::sync::{Arc, RwLock};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use bindings::ChannelPluginPre;
-pub use bindings::{commands, decoder, enricher, outbound, transport, types};
+use crate::bindings::ChannelPluginPre;
+pub use crate::bindings::{commands, decoder, enricher, outbound, transport, types};
 pub use cache::{ArtifactCache, LoadPath, sha256_hex};
 pub use engine::{Allocator, EngineSettings};
 pub use error::{Blame, CallError, Cause, LoadError};

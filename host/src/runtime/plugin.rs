@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use super::bindings::{ChannelPlugin, ChannelPluginPre};
 use super::cache::LoadPath;
 use super::error::{Blame, CallError, Cause};
 use super::manifest::Manifest;
 use super::state::{Activity, HostState};
+use crate::bindings::{ChannelPlugin, ChannelPluginPre};
 use crate::capabilities::{Grants, Services};
 use crate::domain::InstallationContext;
 

@@ -1,4 +1,6 @@
-//! Host-side bindings of the `switchboard:channel` world, generated from `wit/`.
+//! Host-side bindings of the `switchboard:channel` world, generated from `wit/`: the import
+//! traits `capabilities` implements and the export wrappers `runtime` calls. A leaf: it imports
+//! no other module of this crate.
 //!
 //! Exports are called with `call_async`; the `http` and `kv` imports are async because they wait
 //! on the network and the database. Everything else is plain synchronous code.
