@@ -17,13 +17,41 @@ pub mod policy;
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::switchboard::channel as wit;
 use crate::domain::{Clock, KvBackend, KvQuota, SystemClock};
-use crate::runtime::manifest::Manifest;
 use crate::runtime::state::HostState;
+use policy::AllowList;
 pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};
+
+/// The capabilities a plugin requests (its manifest's `[capabilities]`). Anything not requested
+/// is not linked.
+#[derive(Debug, Clone, Default)]
+pub struct Requests {
+    /// Structured logging through the host.
+    pub log: bool,
+    /// Wall-clock time.
+    pub clock: bool,
+    /// Outbound HTTP destinations (`scheme://host[:port]`, `*.suffix` wildcards). `None` = no http.
+    pub http: Option<AllowList>,
+    /// Scoped key/value store quota. `None` = no kv.
+    pub kv: Option<KvRequest>,
+    /// WebSocket origins the host may dial for the plugin's long connections
+    /// (`wss://host[:port]`). `None` = the plugin cannot hold long connections.
+    pub websocket: Option<AllowList>,
+}
+
+/// The kv quota a plugin asks for.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KvRequest {
+    /// Live keys per (plugin, installation).
+    pub max_keys: u64,
+    /// Total value bytes per (plugin, installation).
+    pub max_bytes: u64,
+}
 
 /// The capabilities one plugin was granted: its manifest's requests under the operator's policy.
 #[derive(Debug, Clone, Default)]
@@ -50,12 +78,7 @@ pub struct OperatorPolicy {
 
 impl Grants {
     /// Resolves a manifest's requests under the operator policy and the host limits.
-    pub fn resolve(
-        manifest: &Manifest,
-        operator: &OperatorPolicy,
-        limits: &ServiceLimits,
-    ) -> Grants {
-        let caps = &manifest.capabilities;
+    pub fn resolve(caps: &Requests, operator: &OperatorPolicy, limits: &ServiceLimits) -> Grants {
         Grants {
             log: caps.log,
             clock: caps.clock,

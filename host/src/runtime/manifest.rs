@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capabilities::policy::{AllowList, AllowListError};
+use crate::capabilities::{KvRequest, Requests};
 
 /// Name of the custom section holding an embedded manifest.
 pub const MANIFEST_SECTION: &str = "switchboard-manifest";
@@ -38,35 +39,9 @@ pub struct Manifest {
     /// One-line description.
     pub description: String,
     /// Requested capabilities.
-    pub capabilities: Capabilities,
+    pub capabilities: Requests,
     /// Per-call budgets.
     pub budgets: Budgets,
-}
-
-/// Capabilities a plugin requests. Anything not requested is not linked.
-#[derive(Debug, Clone, Default)]
-pub struct Capabilities {
-    /// Structured logging through the host.
-    pub log: bool,
-    /// Wall-clock time.
-    pub clock: bool,
-    /// Outbound HTTP destinations (`scheme://host[:port]`, `*.suffix` wildcards). `None` = no http.
-    pub http: Option<AllowList>,
-    /// Scoped key/value store quota. `None` = no kv.
-    pub kv: Option<KvRequest>,
-    /// WebSocket origins the host may dial for the plugin's long connections
-    /// (`wss://host[:port]`). `None` = the plugin cannot hold long connections.
-    pub websocket: Option<AllowList>,
-}
-
-/// The kv quota a plugin asks for.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct KvRequest {
-    /// Live keys per (plugin, installation).
-    pub max_keys: u64,
-    /// Total value bytes per (plugin, installation).
-    pub max_bytes: u64,
 }
 
 /// Per-export deadlines and the memory cap.
@@ -264,7 +239,7 @@ impl Manifest {
             channel: raw.channel,
             contract,
             description: raw.description,
-            capabilities: Capabilities {
+            capabilities: Requests {
                 log: raw.capabilities.log,
                 clock: raw.capabilities.clock,
                 http,

@@ -189,7 +189,11 @@ impl Runtime {
                 ),
             });
         }
-        let grants = Grants::resolve(&manifest, &self.services.operator, &self.services.limits);
+        let grants = Grants::resolve(
+            &manifest.capabilities,
+            &self.services.operator,
+            &self.services.limits,
+        );
         for (name, _) in ty.imports(&self.engine) {
             if let Some((interface, _)) = channel_interface(name)
                 && !grants.allows_interface(interface)
