@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::call::CallState;
 use crate::bindings::switchboard::channel::clock::Host;
 use crate::domain::Clock;
-use crate::runtime::state::HostState;
 
-impl Host for HostState {
+impl Host for CallState {
     fn now_ms(&mut self) -> i64 {
         self.services.clock.now_ms()
     }

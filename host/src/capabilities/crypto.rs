@@ -8,8 +8,8 @@
 use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
 use sha2::{Digest, Sha256};
 
+use super::call::CallState;
 use crate::bindings::switchboard::channel::crypto::Host;
-use crate::runtime::state::HostState;
 
 type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256Dec>;
 
@@ -37,7 +37,7 @@ pub fn aes256_cbc_decrypt(key: &[u8], iv: &[u8], mut ciphertext: Vec<u8>) -> Opt
     Some(ciphertext)
 }
 
-impl Host for HostState {
+impl Host for CallState {
     fn sha256(&mut self, parts: Vec<Vec<u8>>) -> Vec<u8> {
         sha256(&parts).to_vec()
     }

@@ -17,10 +17,10 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use url::Url;
 
+use super::call::{Activity, CallState};
 use super::dns;
 use super::policy::Egress;
 use crate::bindings::switchboard::channel::http::{Error, Host, Request, Response};
-use crate::runtime::state::{Activity, HostState};
 
 /// Headers a plugin may not set: they belong to the connection, not the request.
 const HOP_BY_HOP: &[&str] = &[
@@ -41,7 +41,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// set for (`Proxy-Authorization` is hop-by-hop and never sent, but is named here too).
 const CREDENTIALS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
 
-impl Host for HostState {
+impl Host for CallState {
     async fn send(&mut self, req: Request) -> Result<Response, Error> {
         let Some(policy) = self.grants.http.clone() else {
             return Err(Error::NotAllowed(

@@ -2,10 +2,10 @@
 //! decrypted secrets, remaining deadline). Secrets are handed over only when asked for by key and
 //! are never logged.
 
+use super::call::CallState;
 use crate::bindings::switchboard::channel::installation::Host;
-use crate::runtime::state::HostState;
 
-impl Host for HostState {
+impl Host for CallState {
     fn id(&mut self) -> String {
         self.installation.id.clone()
     }
@@ -22,6 +22,6 @@ impl Host for HostState {
     }
 
     fn remaining_ms(&mut self) -> u64 {
-        HostState::remaining_ms(self)
+        CallState::remaining_ms(self)
     }
 }

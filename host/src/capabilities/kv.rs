@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
+use super::call::{Activity, CallState};
 use crate::bindings::switchboard::channel::kv::{Error, Host};
 use crate::domain::{KvBackend, KvError, KvScope};
-use crate::runtime::state::{Activity, HostState};
 
 /// Longest key accepted.
 const MAX_KEY_BYTES: usize = 256;
 
-impl HostState {
+impl CallState {
     fn kv_target(&self, key: &str) -> Result<(Arc<dyn KvBackend>, KvScope), Error> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::InvalidKey(format!(
@@ -43,7 +43,7 @@ impl HostState {
     }
 }
 
-impl Host for HostState {
+impl Host for CallState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
         let (store, scope) = self.kv_target(&key)?;
         let now = self.services.clock.now_ms();

@@ -2,8 +2,8 @@
 //! installation ids, truncated and rate-limited per call. A record from the SDK's panic hook is
 //! also kept so a following trap can be reported with the guest's own message.
 
+use super::call::CallState;
 use crate::bindings::switchboard::channel::log::{Host, Level};
-use crate::runtime::state::HostState;
 
 /// Message the guest SDK's panic hook logs (with a `panic` field).
 const PANIC_RECORD: &str = "guest panicked";
@@ -19,7 +19,7 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-impl Host for HostState {
+impl Host for CallState {
     fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         if message == PANIC_RECORD
             && let Some((_, panic)) = fields.iter().find(|(k, _)| k == "panic")

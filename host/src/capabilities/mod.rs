@@ -6,6 +6,7 @@
 //! interfaces its manifest requests: an interface that is not granted is not linked, so the
 //! plugin cannot even instantiate if it imports it (the runtime reports that before linking).
 
+mod call;
 pub mod clock;
 pub mod crypto;
 pub mod dns;
@@ -19,10 +20,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
+use wasmtime_wasi::WasiView;
 
 use crate::bindings::switchboard::channel as wit;
 use crate::domain::{Clock, KvBackend, KvQuota, SystemClock};
-use crate::runtime::state::HostState;
+pub(crate) use call::{Activity, CallState};
 use policy::AllowList;
 pub use policy::{BaseUrlOverride, HttpPolicy, WebSocketPolicy};
 
@@ -277,7 +279,7 @@ pub fn unlinked_wasi<'a>(imports: impl IntoIterator<Item = &'a str>) -> Vec<&'a 
 }
 
 /// Links exactly [`WASI_INTERFACES`].
-fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+fn link_wasi<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::p2::bindings::{cli, random};
     use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
@@ -285,40 +287,45 @@ fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // wasi:io (error, poll, streams), both clocks, wasi:random/random, stdin, stdout, stderr.
     wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(linker)?;
     let l = linker;
-    random::insecure::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
-    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
-    cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    random::insecure::add_to_linker::<T, WasiRandom>(l, T::random)?;
+    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, T::random)?;
+    cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
     Ok(())
 }
 
-/// Links the plugin's WASI ([`WASI_INTERFACES`]) and exactly the granted host interfaces.
-pub(crate) fn link(linker: &mut Linker<HostState>, grants: &Grants) -> wasmtime::Result<()> {
+/// Links the plugin's WASI ([`WASI_INTERFACES`]) and exactly the granted host interfaces, which
+/// run on the [`CallState`] that `imports` finds in the store's data.
+pub(crate) fn link<T: WasiView + 'static>(
+    linker: &mut Linker<T>,
+    grants: &Grants,
+    imports: fn(&mut T) -> &mut CallState,
+) -> wasmtime::Result<()> {
     link_wasi(linker)?;
-    wit::types::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
-    wit::installation::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
-    wit::crypto::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    wit::types::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
+    wit::installation::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
+    wit::crypto::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
     if grants.log {
-        wit::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+        wit::log::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
     }
     if grants.clock {
-        wit::clock::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+        wit::clock::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
     }
     if grants.http.is_some() {
-        wit::http::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+        wit::http::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
     }
     if grants.kv.is_some() {
-        wit::kv::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+        wit::kv::add_to_linker::<_, HasSelf<CallState>>(linker, imports)?;
     }
     Ok(())
 }
 
-impl wit::types::Host for HostState {}
+impl wit::types::Host for CallState {}
 
 #[cfg(test)]
 mod tests {

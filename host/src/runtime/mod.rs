@@ -34,6 +34,7 @@ pub use plugin::{Export, HealthState, Plugin, PluginStats, PoolSettings, Source}
 use crate::capabilities::{self, Grants, Services};
 use engine::EpochTicker;
 use plugin::PluginParts;
+use state::HostState;
 
 /// The outcome of loading one file of a plugins directory.
 pub type DirEntryLoad = (PathBuf, Result<Arc<Plugin>, LoadError>);
@@ -230,7 +231,7 @@ impl Runtime {
             stage: "link",
             message: format!("{e:#}"),
         };
-        capabilities::link(&mut linker, &grants).map_err(link_error)?;
+        capabilities::link(&mut linker, &grants, HostState::imports).map_err(link_error)?;
         let instance_pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = ChannelPluginPre::new(instance_pre).map_err(link_error)?;
         let parts = PluginParts {

@@ -26,9 +26,9 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use super::cache::LoadPath;
 use super::error::{Blame, CallError, Cause};
 use super::manifest::Manifest;
-use super::state::{Activity, HostState};
+use super::state::HostState;
 use crate::bindings::{ChannelPlugin, ChannelPluginPre};
-use crate::capabilities::{Grants, Services};
+use crate::capabilities::{Activity, Grants, Services};
 use crate::domain::InstallationContext;
 
 /// The five exports, each with its own budget.
@@ -446,7 +446,7 @@ impl Plugin {
         // once the call's deadline has passed. A new store's deadline is 0: set it before
         // instantiating, because instantiation runs guest code too.
         store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline {
+            Ok(if Instant::now() >= ctx.data().call.deadline() {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Yield(1)
@@ -476,7 +476,7 @@ impl Plugin {
             None => Err(self.record_failure(self.timeout_error(
                 "instantiate",
                 budget,
-                store.data().activity(),
+                store.data().call.activity(),
             ))),
         }
     }
@@ -530,7 +530,7 @@ impl Plugin {
             None => Err(self.record_failure(self.timeout_error(
                 export_name,
                 budget,
-                warm.store.data().activity(),
+                warm.store.data().call.activity(),
             ))),
         }
     }
@@ -562,8 +562,9 @@ impl Plugin {
         budget: Duration,
     ) -> CallError {
         let guest_message = state
-            .guest_panic
-            .clone()
+            .call
+            .guest_panic()
+            .map(str::to_owned)
             .or_else(|| state.stderr_since_call());
         let (cause, blame) = if let Some(requested) = state.limiter.refused {
             (

@@ -1,5 +1,6 @@
-//! Per-store host state: the installation context of the current call, its deadline, the memory
-//! limiter and the guest's captured stderr. One `HostState` lives inside each wasmtime `Store`.
+//! Per-store host state: the WASI context, the memory limiter, the guest's captured stderr and the
+//! imports' view of the call in progress (`capabilities::CallState`: installation context,
+//! deadline, activity). One `HostState` lives inside each wasmtime `Store`.
 //!
 //! Owns nothing durable: anything that must outlive a call lives in the host's services. The
 //! per-call bookkeeping here is on the warm-call path, so resetting it costs a few plain stores
@@ -19,9 +20,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::Grants;
-use crate::capabilities::Services;
 use crate::capabilities::clock::WasiWallClock;
+use crate::capabilities::{CallState, Grants, Services};
 use crate::domain::InstallationContext;
 
 /// Caps linear memory and table growth per store and remembers a refusal, so a trap that follows
@@ -70,15 +70,6 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
-}
-
-/// What the store is doing right now, for blaming timeouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activity {
-    /// Running guest code (or idle).
-    Guest,
-    /// Waiting in a host import (named).
-    HostImport(&'static str),
 }
 
 /// The guest's stderr, captured per call (Rust guests print panic messages there) and read
@@ -194,18 +185,8 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     stderr: StderrCapture,
-    /// Plugin name, for logs.
-    pub(crate) plugin: Arc<str>,
-    pub(crate) grants: Arc<Grants>,
-    pub(crate) services: Arc<Services>,
-    pub(crate) installation: Arc<InstallationContext>,
-    pub(crate) deadline: Instant,
-    /// Read by the caller when the outer timeout fires (after the call's future is dropped).
-    activity: Activity,
-    /// Panic message forwarded by the guest SDK's hook during the current call.
-    pub(crate) guest_panic: Option<String>,
-    /// Log records written during the current call (rate limit).
-    pub(crate) log_records: u32,
+    /// What the host imports see: plugin, grants, services and the call in progress.
+    pub(crate) call: CallState,
 }
 
 /// Captured guest stderr per call (Rust prints panic messages there).
@@ -235,14 +216,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_cap),
             stderr,
-            plugin,
-            grants,
-            services,
-            installation: Arc::new(InstallationContext::default()),
-            deadline: Instant::now(),
-            activity: Activity::Guest,
-            guest_panic: None,
-            log_records: 0,
+            call: CallState::new(plugin, grants, services),
         }
     }
 
@@ -252,37 +226,19 @@ impl HostState {
         installation: &Arc<InstallationContext>,
         deadline: Instant,
     ) {
-        if !Arc::ptr_eq(&self.installation, installation) {
-            self.installation = installation.clone();
-        }
-        self.deadline = deadline;
-        self.activity = Activity::Guest;
-        self.guest_panic = None;
+        self.call.begin(installation, deadline);
         self.limiter.refused = None;
-        self.log_records = 0;
         self.stderr.clear();
     }
 
-    /// Records whether the store is in guest code or waiting in a host import.
-    pub(crate) fn set_activity(&mut self, activity: Activity) {
-        self.activity = activity;
-    }
-
-    /// What the store was doing last: guest code, or waiting in a host import.
-    pub(crate) fn activity(&self) -> Activity {
-        self.activity
+    /// The imports' view of this store, for linking.
+    pub(crate) fn imports(&mut self) -> &mut CallState {
+        &mut self.call
     }
 
     /// What the guest wrote to stderr since the current call started (trimmed, lossy UTF-8).
     pub(crate) fn stderr_since_call(&self) -> Option<String> {
         self.stderr.text()
-    }
-
-    /// Milliseconds left before the call's deadline.
-    pub(crate) fn remaining_ms(&self) -> u64 {
-        self.deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64
     }
 }
 
