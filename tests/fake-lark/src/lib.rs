@@ -808,21 +808,22 @@ async fn rest(
         return lark_error(404, 404, &format!("fake Lark has no {method} {path}"));
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let request = RestRequest {
+        method: method.to_string(),
+        uri: uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_default(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.clone(),
+    };
     let failure = {
         let mut state = shared.state();
         if route != Route::Endpoint {
-            state.requests.push(RestRequest {
-                method: method.to_string(),
-                uri: uri
-                    .path_and_query()
-                    .map(|pq| pq.as_str().to_string())
-                    .unwrap_or_default(),
-                authorization: headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                body: body.clone(),
-            });
+            state.requests.push(request.clone());
         }
         take_failure(&mut state, route)
     };
@@ -891,9 +892,9 @@ async fn rest(
             if let Some(uuid) = uuid {
                 state.uuids.insert(uuid.to_string(), id.clone());
             }
-            if let Some(request) = state.requests.last().cloned() {
-                state.posted.push(request);
-            }
+            // This request, not the last one recorded: others may have arrived meanwhile (a
+            // slow answer, concurrent calls).
+            state.posted.push(request);
             ok(json!({"message_id": id}))
         }
         Route::Reactions if method == Method::DELETE => {
