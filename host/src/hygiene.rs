@@ -14,10 +14,9 @@
 //! Every other `char` of a Rust `String` is storable on both backends (SQLite takes NUL too, but
 //! the rules are the same on both so a host can move between them).
 //!
-//! Owns the bounds and the checks; must not touch storage, HTTP or plugins.
-
-use crate::runtime::commands::Command;
-use crate::runtime::types::InboundMessage;
+//! Owns the bounds and the checks (`ingest::pipeline::sanitize_message` applies them to a decoded
+//! message); must not touch storage, HTTP or plugins, nor import another module of this crate
+//! (the store uses it).
 
 /// Longest id of an inbound message (message, chat, sender, thread ids), in bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -103,64 +102,6 @@ pub fn check_debounce_ms(debounce_ms: i64) -> Result<(), String> {
              {MAX_DEBOUNCE_MS} ms (one hour)"
         ))
     }
-}
-
-/// Makes a decoded inbound message storable: refuses it when an id holds a NUL or is longer
-/// than [`MAX_ID_BYTES`], or its body or command text is longer than [`MAX_TEXT_BYTES`];
-/// otherwise removes NUL characters from its text (body, command body, mentions) and from
-/// `command`'s text. Returns how many NUL characters were removed.
-pub fn sanitize_message(
-    message: &mut InboundMessage,
-    command: Option<&mut Command>,
-) -> Result<usize, Unstorable> {
-    let ids: [(&str, Option<&str>); 9] = [
-        ("event_id", Some(&message.event_id)),
-        ("message_id", Some(&message.message_id)),
-        ("chat_id", Some(&message.chat_id)),
-        ("sender.open_id", Some(&message.sender.open_id)),
-        ("sender.union_id", message.sender.union_id.as_deref()),
-        ("sender.user_id", message.sender.user_id.as_deref()),
-        ("parent_id", message.parent_id.as_deref()),
-        ("root_id", message.root_id.as_deref()),
-        ("thread_id", message.thread_id.as_deref()),
-    ];
-    for (field, value) in ids {
-        check_opt(field, value, MAX_ID_BYTES)?;
-    }
-    check("message_type", &message.message_type, MAX_ID_BYTES)?;
-    check("sender.kind", &message.sender.kind, MAX_ID_BYTES)?;
-    for (field, text) in [
-        ("body", &message.body),
-        ("command_body", &message.command_body),
-    ] {
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(Unstorable::TooLong {
-                field: field.to_owned(),
-                len: text.len(),
-                max: MAX_TEXT_BYTES,
-            });
-        }
-    }
-    let mut stripped = strip_nul(&mut message.body) + strip_nul(&mut message.command_body);
-    for mention in &mut message.mentions {
-        stripped += strip_nul(&mut mention.key) + strip_nul(&mut mention.name);
-        for id in [&mut mention.open_id, &mut mention.union_id]
-            .into_iter()
-            .flatten()
-        {
-            stripped += strip_nul(id);
-        }
-    }
-    if let Some(command) = command {
-        stripped += match command {
-            Command::NewContext(Some(text)) => strip_nul(text),
-            Command::Issue(request) => {
-                strip_nul(&mut request.title) + request.description.as_mut().map_or(0, strip_nul)
-            }
-            Command::NewContext(None) | Command::IssueUsage => 0,
-        };
-    }
-    Ok(stripped)
 }
 
 #[cfg(test)]

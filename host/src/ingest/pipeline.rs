@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::domain::InstallationContext;
+use crate::hygiene::{MAX_ID_BYTES, MAX_TEXT_BYTES, Unstorable, check, check_opt, strip_nul};
 use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
 use crate::runtime::commands::Command;
 use crate::runtime::transport::{
@@ -294,4 +295,62 @@ pub async fn verify_webhook(
             WebhookOutcome::Rejected(WebhookRejected { kind, reason })
         }
     })
+}
+
+/// Makes a decoded inbound message storable: refuses it when an id holds a NUL or is longer
+/// than [`MAX_ID_BYTES`], or its body or command text is longer than [`MAX_TEXT_BYTES`];
+/// otherwise removes NUL characters from its text (body, command body, mentions) and from
+/// `command`'s text. Returns how many NUL characters were removed.
+pub fn sanitize_message(
+    message: &mut InboundMessage,
+    command: Option<&mut Command>,
+) -> Result<usize, Unstorable> {
+    let ids: [(&str, Option<&str>); 9] = [
+        ("event_id", Some(&message.event_id)),
+        ("message_id", Some(&message.message_id)),
+        ("chat_id", Some(&message.chat_id)),
+        ("sender.open_id", Some(&message.sender.open_id)),
+        ("sender.union_id", message.sender.union_id.as_deref()),
+        ("sender.user_id", message.sender.user_id.as_deref()),
+        ("parent_id", message.parent_id.as_deref()),
+        ("root_id", message.root_id.as_deref()),
+        ("thread_id", message.thread_id.as_deref()),
+    ];
+    for (field, value) in ids {
+        check_opt(field, value, MAX_ID_BYTES)?;
+    }
+    check("message_type", &message.message_type, MAX_ID_BYTES)?;
+    check("sender.kind", &message.sender.kind, MAX_ID_BYTES)?;
+    for (field, text) in [
+        ("body", &message.body),
+        ("command_body", &message.command_body),
+    ] {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(Unstorable::TooLong {
+                field: field.to_owned(),
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+    }
+    let mut stripped = strip_nul(&mut message.body) + strip_nul(&mut message.command_body);
+    for mention in &mut message.mentions {
+        stripped += strip_nul(&mut mention.key) + strip_nul(&mut mention.name);
+        for id in [&mut mention.open_id, &mut mention.union_id]
+            .into_iter()
+            .flatten()
+        {
+            stripped += strip_nul(id);
+        }
+    }
+    if let Some(command) = command {
+        stripped += match command {
+            Command::NewContext(Some(text)) => strip_nul(text),
+            Command::Issue(request) => {
+                strip_nul(&mut request.title) + request.description.as_mut().map_or(0, strip_nul)
+            }
+            Command::NewContext(None) | Command::IssueUsage => 0,
+        };
+    }
+    Ok(stripped)
 }

@@ -330,7 +330,7 @@ impl Ingest {
             } => {
                 // What the backends cannot store is refused now (ids) or removed (NUL in
                 // text), instead of failing the insert on every redelivery.
-                match hygiene::sanitize_message(&mut message, command.as_mut()) {
+                match pipeline::sanitize_message(&mut message, command.as_mut()) {
                     Ok(0) => {}
                     Ok(stripped) => tracing::info!(
                         installation = %installation.id,
