@@ -20,6 +20,8 @@ pub mod dispatch;
 pub mod domain;
 pub mod hygiene;
 pub mod ingest;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod retention;
 pub mod runs;
