@@ -19,8 +19,9 @@
 use std::sync::Arc;
 
 use switchboard::capabilities::{OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::InstallationContext;
 use switchboard::runtime::bundled::TEST_PLUGIN_DIR;
-use switchboard::runtime::{InstallationContext, Runtime, RuntimeSettings, decoder};
+use switchboard::runtime::{Runtime, RuntimeSettings, decoder};
 
 const TEXT_P2P: &[u8] = include_bytes!("../../../shared/fixtures/lark/event_receive_text_p2p.json");
 
