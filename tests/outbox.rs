@@ -18,8 +18,8 @@ use serde_json::Value;
 use switchboard::app::App;
 use switchboard::config::Config;
 use switchboard::store::{
-    AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, RunFinish, SecretCipher,
-    SessionKey, TurnKind,
+    AppendOutcome, AppendRequest, ChatKind, Database, NewInstallation, OutboxContent, RunFinish,
+    SecretCipher, SessionKey, TurnKind,
 };
 
 const ADMIN: &str = "outbox-admin-token-0123456789abcdef";
@@ -181,6 +181,131 @@ async fn a_run_ended_but_never_delivered(db: &Database, key: &str, reply: &str) 
         .expect("the run's owner ends it");
     assert!(finished.outbox_id.is_some());
     session.id
+}
+
+/// One more echo run in `session`: a user message, its window claimed, the run acquired.
+/// Returns the run id.
+async fn another_run(db: &Database, session: &str, n: i64) -> String {
+    let ingest = db.ingest();
+    let installation_id = ingest
+        .get_session(session)
+        .await
+        .unwrap()
+        .unwrap()
+        .installation_id;
+    let request = AppendRequest {
+        session_id: session.into(),
+        installation_id,
+        body: format!("again {n}"),
+        command_body: format!("again {n}"),
+        channel_message_id: format!("om_again_{n}"),
+        thread_id: None,
+        sender_id: "ou_user".into(),
+        turn: TurnKind::Plain,
+        debounce_ms: 10,
+    };
+    let now = 10_000 * n;
+    let AppendOutcome::Appended(appended) = ingest.append(&request, None, now).await.unwrap()
+    else {
+        panic!("appended");
+    };
+    let (generation, _) = appended.flush.expect("the session is idle: a window");
+    db.claim_flush_early(session, generation, now + 1)
+        .await
+        .unwrap()
+        .expect("claimed");
+    db.runs()
+        .acquire("echo", "host", now + 2)
+        .await
+        .unwrap()
+        .expect("the pending run")
+        .run_id
+}
+
+/// The run's end claims its own outbox row for the replica that ends it (delivered at once,
+/// no claim statement, no poll), unless an older row of the session is still pending: then
+/// the row waits its turn for the delivery worker.
+#[tokio::test]
+async fn a_run_end_claims_its_row_unless_an_older_one_of_the_session_waits() {
+    for t in db::test_databases().await {
+        let name = t.name.clone();
+        let key = SecretCipher::generate_key_hex();
+        let session = a_run_ended_but_never_delivered(&t.db, &key, "first").await;
+        let runs = t.db.runs();
+        let reply = |text: &str| RunFinish::Completed {
+            reply: Some(text.into()),
+            context_tokens: None,
+        };
+        // Row 1 ("first") is still pending: the second reply must not overtake it.
+        let run = another_run(&t.db, &session, 2).await;
+        let second = runs
+            .finish_run_leased(
+                &session,
+                &run,
+                &reply("second"),
+                20_010,
+                Some(("me", 5_000)),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(second.outbox_id.is_some(), "{name}");
+        assert!(
+            second.outbox_row.is_none(),
+            "{name}: waits behind the first"
+        );
+
+        // Both delivered in order; then a run end claims its row itself.
+        let outbox = t.db.outbox();
+        for expected in ["first", "second"] {
+            let rows = outbox.claim_due("worker", 30_000, 5_000, 10).await.unwrap();
+            assert_eq!(rows.len(), 1, "{name}: one row of the session at a time");
+            assert_eq!(
+                rows[0].content,
+                OutboxContent::Reply {
+                    text: expected.into()
+                },
+                "{name}"
+            );
+            assert!(
+                outbox
+                    .mark_delivered(rows[0].id, "worker", None, 30_001)
+                    .await
+                    .unwrap()
+            );
+        }
+        let run = another_run(&t.db, &session, 4).await;
+        let third = runs
+            .finish_run_leased(&session, &run, &reply("third"), 40_010, Some(("me", 5_000)))
+            .await
+            .unwrap()
+            .unwrap();
+        let row = third.outbox_row.expect("claimed in the run's transaction");
+        assert_eq!(row.attempts, 1, "{name}");
+        assert_eq!(
+            row.content,
+            OutboxContent::Reply {
+                text: "third".into()
+            },
+            "{name}"
+        );
+        // Leased: no other replica claims it until the lease runs out.
+        assert!(
+            outbox
+                .claim_due("other", 40_011, 5_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let taken = outbox.claim_due("other", 45_011, 5_000, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "{name}: after the lease, any replica");
+        assert!(
+            !outbox
+                .mark_delivered(row.id, "me", None, 45_012)
+                .await
+                .unwrap()
+        );
+    }
 }
 
 /// Bodies of the messages the fake posted (sends and replies), with their uuids.

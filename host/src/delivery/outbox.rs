@@ -145,6 +145,28 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
+    /// The lease a row enqueued by this replica can be claimed with in its own transaction
+    /// (owner, lease in ms), to be handed to [`Outbox::deliver_claimed`].
+    pub fn lease(&self) -> (&str, i64) {
+        let lease_ms = i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        (&self.inner.owner, lease_ms)
+    }
+
+    /// Delivers a row already claimed with [`Outbox::lease`], on a task of its own: no claim
+    /// statement, no wait for a poll. Should this replica die first, the lease runs out and any
+    /// replica delivers it.
+    pub fn deliver_claimed(&self, row: OutboxRow) {
+        let span = tracing::info_span!(
+            "outbox",
+            row = row.id,
+            installation = %row.installation_id,
+            session = %row.session_id,
+            kind = row.content.kind(),
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.attempt(row).await }.instrument(span));
+    }
+
     /// Enqueues a notice for the session of `target` and wakes the worker. A failure to store it
     /// is logged: the notice is lost, the message that caused it is not.
     pub async fn enqueue_notice(

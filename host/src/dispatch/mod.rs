@@ -451,6 +451,19 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Aborted(e.to_string()))?
     }
 
+    /// [`Dispatcher::dispatch`] on the caller's task, for a caller that already runs on a task
+    /// of its own together with what must follow the outcome (arming the window, observers):
+    /// such a task cannot be dropped halfway either, and the message costs one spawn, not two.
+    pub async fn dispatch_on_own_task(
+        &self,
+        installation: &Installation,
+        message: &InboundMessage,
+        command: Option<&Command>,
+        event_type: &str,
+    ) -> Result<Outcome, DispatchError> {
+        self.run(installation, message, command, event_type).await
+    }
+
     async fn step(&self, step: Step) {
         if let Some(hook) = &self.hook {
             hook(step).await;

@@ -430,7 +430,7 @@ impl Ingest {
         let task = tokio::spawn(
             async move {
                 let outcome = dispatcher
-                    .dispatch(&installation, &message, command.as_ref(), "message")
+                    .dispatch_on_own_task(&installation, &message, command.as_ref(), "message")
                     .await?;
                 if let Outcome::Ingested {
                     flush: Some(ticket),

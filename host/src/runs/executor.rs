@@ -25,7 +25,9 @@ use crate::agents::{
 };
 use crate::delivery::{Delivery, Outbox, chat_type};
 use crate::runtime::types;
-use crate::store::{InstallationStore, Message, RunClaim, RunEnd, RunFinish, RunState, StoreError};
+use crate::store::{
+    Finished, InstallationStore, Message, RunClaim, RunEnd, RunFinish, RunState, StoreError,
+};
 
 /// Tunables of the executor.
 #[derive(Debug, Clone)]
@@ -137,51 +139,97 @@ impl Executor {
     }
 
     /// Acquires and starts as many pending runs as capacity allows; returns how many started.
-    /// While `draining`, only the sessions of [`Executor::drain_only`] are taken.
+    /// While `draining`, only the sessions of [`Executor::drain_only`] are taken, each at most
+    /// once: a session is dropped from the scope once its run started or no agent has one
+    /// pending for it.
     async fn acquire_some(
         &self,
         tasks: &mut JoinSet<RunResult>,
         shutdown: &CancellationToken,
         draining: bool,
     ) -> usize {
-        let scope: Vec<Option<String>> = if draining {
-            let scope = self.drain_scope.lock().unwrap_or_else(|e| e.into_inner());
-            scope.iter().cloned().map(Some).collect()
-        } else {
-            vec![None]
-        };
+        if draining {
+            return self.acquire_draining(tasks, shutdown).await;
+        }
         let mut started = 0;
         for agent in self.builtin_agents() {
-            for only in &scope {
-                while tasks.len() < self.settings.max_concurrent_runs {
-                    match self
-                        .runs
-                        .acquire_in(&agent, &self.settings.worker_id, only.as_deref())
-                        .await
-                    {
-                        Ok(Some(claim)) => {
-                            let executor = self.clone();
-                            let shutdown = shutdown.clone();
-                            let span = tracing::info_span!("run", session = %claim.session_id, run = %claim.run_id, installation = %claim.installation_id, agent = %claim.agent);
-                            tasks.spawn(
-                                async move { executor.execute(claim, shutdown).await }
-                                    .instrument(span),
-                            );
-                            started += 1;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::error!(
-                                agent,
-                                "acquiring a run failed (retrying at the next poll): {e}"
-                            );
-                            break;
-                        }
+            while tasks.len() < self.settings.max_concurrent_runs {
+                match self
+                    .runs
+                    .acquire_in(&agent, &self.settings.worker_id, None)
+                    .await
+                {
+                    Ok(Some(claim)) => {
+                        self.start(tasks, claim, shutdown);
+                        started += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(
+                            agent,
+                            "acquiring a run failed (retrying at the next poll): {e}"
+                        );
+                        break;
                     }
                 }
             }
         }
         started
+    }
+
+    async fn acquire_draining(
+        &self,
+        tasks: &mut JoinSet<RunResult>,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let scope: Vec<String> = {
+            let scope = self.drain_scope.lock().unwrap_or_else(|e| e.into_inner());
+            scope.iter().cloned().collect()
+        };
+        let agents = self.builtin_agents();
+        let mut started = 0;
+        let mut settled = Vec::new();
+        for session in scope {
+            if tasks.len() >= self.settings.max_concurrent_runs {
+                break;
+            }
+            let mut failed = false;
+            let mut acquired = false;
+            for agent in &agents {
+                match self
+                    .runs
+                    .acquire_in(agent, &self.settings.worker_id, Some(&session))
+                    .await
+                {
+                    Ok(Some(claim)) => {
+                        self.start(tasks, claim, shutdown);
+                        started += 1;
+                        acquired = true;
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(agent, "acquiring a run failed while draining: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if acquired || !failed {
+                settled.push(session);
+            }
+        }
+        let mut scope = self.drain_scope.lock().unwrap_or_else(|e| e.into_inner());
+        for session in settled {
+            scope.remove(&session);
+        }
+        started
+    }
+
+    fn start(&self, tasks: &mut JoinSet<RunResult>, claim: RunClaim, shutdown: &CancellationToken) {
+        let executor = self.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("run", session = %claim.session_id, run = %claim.run_id, installation = %claim.installation_id, agent = %claim.agent);
+        tasks.spawn(async move { executor.execute(claim, shutdown).await }.instrument(span));
     }
 
     /// Spawns the acquisition loop. When `drain` is cancelled it stops once nothing is pending
@@ -330,11 +378,10 @@ impl Executor {
                         .filter(|_| self.compactor.is_some())
                         .map(|usage| usage.context_tokens()),
                 };
-                let Some(finished) = self.runs.finish_run(session, run, &finish).await? else {
+                let Some(finished) = self.finish(session, run, &finish).await? else {
                     tracing::info!("reply discarded: the run lost its ownership");
                     return Ok(RunResult::Abandoned);
                 };
-                self.outbox_wake();
                 match finished.reply {
                     Some(message) => Ok(RunResult::Replied {
                         message_id: message.id,
@@ -373,23 +420,36 @@ impl Executor {
             user_text: crate::delivery::run_failed_for_user(&claim.run_id),
         };
         match self
-            .runs
-            .finish_run(&claim.session_id, &claim.run_id, &finish)
+            .finish(&claim.session_id, &claim.run_id, &finish)
             .await?
         {
             None => Ok(RunResult::Abandoned),
-            Some(_) => {
-                self.outbox_wake();
-                Ok(RunResult::Failed(error))
-            }
+            Some(_) => Ok(RunResult::Failed(error)),
         }
     }
 
-    /// Tells the delivery worker that a run end enqueued something.
-    fn outbox_wake(&self) {
-        if let Some(outbox) = &self.outbox {
-            outbox.wake();
+    /// Ends the run for good; its reply or error card is claimed in the same transaction and
+    /// delivered at once by this replica's outbox (or, when the session has an older row still
+    /// pending, left to the delivery worker, woken).
+    async fn finish(
+        &self,
+        session: &str,
+        run: &str,
+        finish: &RunFinish,
+    ) -> Result<Option<Finished>, StoreError> {
+        let lease = self.outbox.as_ref().map(Outbox::lease);
+        let finished = self
+            .runs
+            .finish_run_leased(session, run, finish, lease)
+            .await?;
+        if let (Some(outbox), Some(done)) = (&self.outbox, &finished) {
+            match done.outbox_row.clone() {
+                Some(row) => outbox.deliver_claimed(row),
+                None if done.outbox_id.is_some() => outbox.wake(),
+                None => {}
+            }
         }
+        Ok(finished)
     }
 
     async fn clear_typing(&self, claim: &RunClaim) {

@@ -238,9 +238,22 @@ impl RunService {
         run_id: &str,
         finish: &RunFinish,
     ) -> Result<Option<Finished>, StoreError> {
+        self.finish_run_leased(session_id, run_id, finish, None)
+            .await
+    }
+
+    /// [`RunService::finish_run`] with the outbox row claimed at once for `lease` (see
+    /// [`RunStore::finish_run_leased`]).
+    pub async fn finish_run_leased(
+        &self,
+        session_id: &str,
+        run_id: &str,
+        finish: &RunFinish,
+        lease: Option<(&str, i64)>,
+    ) -> Result<Option<Finished>, StoreError> {
         let finished = self
             .store
-            .finish_run(session_id, run_id, finish, self.now_ms())
+            .finish_run_leased(session_id, run_id, finish, self.now_ms(), lease)
             .await?;
         let Some(done) = &finished else {
             tracing::info!(session = %session_id, run = %run_id, "run end by a worker that no longer owns the run: nothing stored");

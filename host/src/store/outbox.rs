@@ -118,7 +118,7 @@ pub struct OutboxRow {
 }
 
 /// The columns every row read selects.
-const COLS: &str = "id, installation_id, session_id, run_id, content, target, idempotency_key, \
+pub(super) const COLS: &str = "id, installation_id, session_id, run_id, content, target, idempotency_key, \
      state, attempts, next_attempt_at_ms, last_error, channel_message_id, created_at_ms, \
      done_at_ms";
 
@@ -175,7 +175,32 @@ macro_rules! insert_outbox {
     }};
 }
 
-pub(super) use insert_outbox;
+/// Inside transaction `$tx`: claims the row `$id` just inserted for `$owner` until
+/// `$now_ms + $lease_ms` (counting an attempt), unless an older row of its session is still
+/// pending; evaluates to the claimed [`OutboxRow`], if it was.
+macro_rules! claim_inserted {
+    ($tx:ident, $fail:expr, $id:expr, $owner:expr, $now_ms:expr, $lease_ms:expr) => {{
+        let row: Option<$crate::store::outbox::OutboxRow> = sqlx::query_as(&format!(
+            "UPDATE outbox SET lease_owner = $2, lease_expires_at_ms = $3 + $4,
+                 attempts = attempts + 1
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM outbox e
+                                           WHERE e.session_id = outbox.session_id
+                                             AND e.state = 'pending' AND e.id < outbox.id)
+             RETURNING {}",
+            $crate::store::outbox::COLS
+        ))
+        .bind($id)
+        .bind($owner)
+        .bind($now_ms)
+        .bind($lease_ms)
+        .fetch_optional(&mut *$tx)
+        .await
+        .map_err($fail)?;
+        row
+    }};
+}
+
+pub(super) use {claim_inserted, insert_outbox};
 
 /// Counts of outbox rows by state (metrics, admin).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

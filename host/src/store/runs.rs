@@ -44,7 +44,9 @@ use sqlx::sqlite::SqliteRow;
 use super::flush::FlushTicket;
 use super::ingest::Message;
 use super::installations::{from_row_both, in_write_tx, on_reader, on_writer};
-use super::outbox::{NewOutboxRow, OutboxContent, OutboxTarget, insert_outbox};
+use super::outbox::{
+    NewOutboxRow, OutboxContent, OutboxRow, OutboxTarget, claim_inserted, insert_outbox,
+};
 use super::{Backend, Database, Inner, StoreError};
 
 /// How many messages may wait in one session's queue before API submissions are refused (and
@@ -226,6 +228,9 @@ pub struct Finished {
     pub reply: Option<Message>,
     /// The outbox row that will deliver the reply or the error text, if any.
     pub outbox_id: Option<i64>,
+    /// That row, claimed by the lease [`RunStore::finish_run_leased`] was given (none when
+    /// an older row of the session is still pending: the delivery worker takes it in order).
+    pub outbox_row: Option<OutboxRow>,
     /// The session's installation.
     pub installation_id: String,
     /// Where the reply goes (the session's anchor before the queue was promoted).
@@ -864,6 +869,21 @@ impl RunStore {
         finish: &RunFinish,
         now_ms: i64,
     ) -> Result<Option<Finished>, StoreError> {
+        self.finish_run_leased(session_id, run_id, finish, now_ms, None)
+            .await
+    }
+
+    /// [`RunStore::finish_run`], with the outbox row already claimed by `lease` = (owner,
+    /// lease in ms) when no older row of the session is pending: the caller delivers
+    /// [`Finished::outbox_row`] itself at once, without a claim of its own or a poll.
+    pub async fn finish_run_leased(
+        &self,
+        session_id: &str,
+        run_id: &str,
+        finish: &RunFinish,
+        now_ms: i64,
+        lease: Option<(&str, i64)>,
+    ) -> Result<Option<Finished>, StoreError> {
         let fail = StoreError::query("run finish", self.backend());
         let finished = in_write_tx!(self.db, fail, |tx, pg| {
             let locked = lock_session!(tx, fail, pg, session_id);
@@ -978,10 +998,17 @@ impl RunStore {
                         )),
                         None => None,
                     };
+                    let outbox_row = match (outbox_id, lease) {
+                        (Some(id), Some((owner, lease_ms))) => {
+                            claim_inserted!(tx, fail, id, owner, now_ms, lease_ms)
+                        }
+                        _ => None,
+                    };
                     let (promoted, flush) = promote_queue_and_arm!(tx, fail, session_id, now_ms);
                     Some(Finished {
                         reply,
                         outbox_id,
+                        outbox_row,
                         installation_id,
                         target,
                         released: Released {

@@ -201,8 +201,14 @@ fn host_dispatch(
         LogFormat::Human => fmt.compact().with_filter(filter).boxed(),
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
-    let flushes = tracing_subscriber::filter::Targets::new()
-        .with_target("switchboard::batch", tracing::Level::DEBUG);
+    // Events only: a `switchboard::batch` span kept by this dispatcher (the debounce sweep's,
+    // parent of every flush it starts) can be closed on an sqlx worker thread, whose dispatcher
+    // is the CLI's global one, which never saw it and panics.
+    let flushes = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_event()
+            && *meta.level() <= tracing::Level::DEBUG
+            && meta.target().starts_with("switchboard::batch")
+    });
     let subscriber = tracing_subscriber::registry()
         .with(fmt)
         .with(FlushLayer(counter).with_filter(flushes));
