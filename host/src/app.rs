@@ -496,6 +496,7 @@ impl App {
         // that does not go out in time stays in the outbox for the next start or a replica).
         self.outbox.wake();
         let last = async {
+            self.outbox.wait_idle().await;
             while let Ok(claimed) = self.outbox.drain_once().await {
                 if claimed == 0 {
                     break;

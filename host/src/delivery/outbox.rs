@@ -95,6 +95,8 @@ struct Inner {
     settings: OutboxSettings,
     wake: Notify,
     metrics: Arc<Metrics>,
+    /// Rows handed over with [`Outbox::deliver_claimed`] whose attempt has not ended.
+    in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 /// What one attempt led to.
@@ -131,6 +133,7 @@ impl Outbox {
                 settings,
                 wake: Notify::new(),
                 metrics,
+                in_flight: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -164,7 +167,20 @@ impl Outbox {
             kind = row.content.kind(),
         );
         let this = self.clone();
-        tokio::spawn(async move { this.attempt(row).await }.instrument(span));
+        this.inner.in_flight.send_modify(|n| *n += 1);
+        tokio::spawn(
+            async move {
+                let _counted = InFlight(&this.inner.in_flight);
+                this.attempt(row).await
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Waits until every row handed over with [`Outbox::deliver_claimed`] had its attempt.
+    pub async fn wait_idle(&self) {
+        let mut idle = self.inner.in_flight.subscribe();
+        let _ = idle.wait_for(|n| *n == 0).await;
     }
 
     /// Enqueues a notice for the session of `target` and wakes the worker. A failure to store it
@@ -373,6 +389,15 @@ impl Outbox {
                 Attempt::Failed
             }
         }
+    }
+}
+
+/// Counts one handed-over row out of flight when dropped (also if its attempt panics).
+struct InFlight<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
