@@ -420,8 +420,8 @@ pub struct RunsConfig {
     /// A running run whose last heartbeat is older than this goes back to pending (checked at
     /// boot and every fifth of this window).
     pub stale_after_ms: u64,
-    /// How often every replica looks for debounce windows due soon, whoever armed them: a
-    /// window whose replica died is flushed at most this late.
+    /// How often every replica looks for debounce windows overdue by this much, whoever armed
+    /// them: a window whose replica died is flushed at most twice this late.
     pub window_sweep_ms: u64,
 }
 

@@ -15,10 +15,10 @@
 //! - **Boot recovery.** Windows are durable, so [`Debouncer::recover`] re-arms every open window
 //!   at boot; overdue ones flush at once. A crash inside a window loses no run.
 //! - **The cluster owns the windows.** Every replica sweeps the database periodically
-//!   ([`Debouncer::sweep`], [`Debouncer::spawn_sweeper`]) and arms timers for the windows due
-//!   soon, whoever armed them: a window whose replica died, or whose timer was never armed, is
-//!   flushed within its due time plus one sweep interval. The generation fence makes the
-//!   duplicate timers harmless.
+//!   ([`Debouncer::sweep`], [`Debouncer::spawn_sweeper`]) for windows overdue by more than one
+//!   sweep interval, whoever armed them: a window whose replica died, or whose timer was never
+//!   armed, is flushed at most two intervals after its end. The generation fence makes a
+//!   duplicate claim harmless.
 //! - **FlushAll.** [`Debouncer::flush_all`] (graceful shutdown, after inbound delivery stopped)
 //!   flushes the windows this replica armed itself, at once, and waits for in-flight flushes;
 //!   later arms flush inline. Windows only in the database are left to the other replicas'
@@ -285,14 +285,17 @@ impl Debouncer {
         Ok(found)
     }
 
-    /// Sweeps every `interval` (looking `2 × interval` ahead) until `stop` is cancelled.
+    /// Sweeps every `interval` until `stop` is cancelled, for windows already overdue by an
+    /// `interval`: the timer of the replica that armed a window fires first and claims it, so a
+    /// healthy cluster's sweep finds nothing (a cheap indexed query), and a dead replica's window
+    /// is flushed at most two intervals after its end.
     pub fn spawn_sweeper(
         &self,
         interval: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let debouncer = self.clone();
-        let horizon_ms = i64::try_from(interval.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
+        let horizon_ms = -i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
         tokio::spawn(
             async move {
                 loop {
