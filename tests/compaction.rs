@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use switchboard::agents::{AgentConfig, AgentRegistry, AgentsConfig, CancellationToken};
 use switchboard::app::App;
 use switchboard::config::Config;
-use switchboard::delivery::{Delivery, RetryPolicy};
+use switchboard::delivery::Delivery;
 use switchboard::domain::Clock;
 use switchboard::runs::compaction::{SUMMARY_PREFIX, SUMMARY_PROMPT};
 use switchboard::runs::executor::{Executor, ExecutorSettings, RunResult};
@@ -61,13 +61,7 @@ impl Host {
             .expect("app builds");
         let registry = Arc::new(AgentRegistry::from_config(&config.agents).unwrap());
         // Installations use a channel without a plugin: deliveries fail at once (not tested here).
-        let delivery = Delivery::new(
-            app.state.runtime.clone(),
-            RetryPolicy {
-                attempts: 1,
-                ..Default::default()
-            },
-        );
+        let delivery = Delivery::new(app.state.runtime.clone());
         let executor = Executor::new(
             app.state.runs.clone(),
             registry,

@@ -15,7 +15,7 @@ use crate::auth::TokenDigest;
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
 use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
 use crate::config::Config;
-use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, RetryPolicy};
+use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings};
 use crate::dispatch::Dispatcher;
 use crate::domain::{Clock, KvBackend, SystemClock};
 use crate::ingest::service::{EnrichLimits, Ingest};
@@ -266,7 +266,7 @@ impl App {
         // The flush handler needs the run service and the run service the debouncer: the
         // handler's copy only settles and publishes states, which need no debouncer.
         let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings);
-        let delivery = Delivery::new(runtime.clone(), RetryPolicy::default());
+        let delivery = Delivery::new(runtime.clone());
         let metrics = Arc::new(Metrics::new(runtime.clone()));
         config
             .delivery
@@ -310,12 +310,12 @@ impl App {
         let replies = Arc::new(
             ChannelReplies::new(
                 delivery.clone(),
+                outbox.clone(),
                 installations.clone(),
                 db.ingest(),
                 public_url.clone(),
             )
-            .with_runs(runs.clone())
-            .with_outbox(outbox.clone()),
+            .with_runs(runs.clone()),
         );
         let dispatcher = Arc::new(Dispatcher::new(installations.clone(), clock.clone()));
         let enrich = EnrichLimits {

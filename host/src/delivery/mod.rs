@@ -1,9 +1,10 @@
 //! Outbound delivery (SPEC §6): replies, run errors, notices and typing indicators, carried out
 //! through the channel plugin's `outbound` export.
 //!
-//! Owns *how* something reaches the channel: finding the installation's plugin, retrying a
-//! failure only when the plugin classified it retryable (with backoff), logging every failure
-//! with the channel's error code, and remembering the typing indicator of each session's pending
+//! Owns *how* something reaches the channel: finding the installation's plugin, one delivery
+//! attempt at a time (the outbox worker in `outbox.rs` retries what the plugin classified
+//! retryable, with backoff and a budget), logging every failure with the channel's error code,
+//! and remembering the typing indicator of each session's pending
 //! run so that it can be cleared on reply, failure or interrupt.
 //!
 //! Must not decide *what* is said (the dispatcher decides outcomes, runs and agents decide
@@ -11,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::dispatch::Outcome;
 use crate::ingest::service::OutcomeObserver;
@@ -41,27 +41,6 @@ pub fn run_reference(run_id: &str) -> &str {
     run_id.get(..8).unwrap_or(run_id)
 }
 
-/// How often and how patiently a retryable delivery failure is retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub attempts: u32,
-    /// Wait before the second attempt; doubled for each further attempt.
-    pub first_backoff: Duration,
-    /// Upper bound of one wait.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            first_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(5),
-        }
-    }
-}
-
 /// Why something could not be delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryFailure {
@@ -76,8 +55,8 @@ pub enum DeliveryFailure {
     /// The plugin call itself failed (trap, timeout, limit).
     #[error(transparent)]
     Plugin(#[from] CallError),
-    /// The channel refused the delivery, after `attempts` attempts.
-    #[error("channel refused the delivery (code {code:?}, {attempts} attempt(s)): {message}")]
+    /// The channel refused the delivery.
+    #[error("channel refused the delivery (code {code:?}): {message}")]
     Refused {
         /// The channel's error code, if any.
         code: Option<i64>,
@@ -85,8 +64,6 @@ pub enum DeliveryFailure {
         message: String,
         /// Whether the last failure was still classified retryable.
         retryable: bool,
-        /// Attempts made.
-        attempts: u32,
     },
 }
 
@@ -101,7 +78,6 @@ struct TypingIndicator {
 #[derive(Clone)]
 pub struct Delivery {
     runtime: Arc<Runtime>,
-    retry: RetryPolicy,
     /// Session id → its indicator. In memory: after a restart a stale indicator stays on the
     /// message (cosmetic), which is what the reference does too.
     typing: Arc<Mutex<HashMap<String, TypingIndicator>>>,
@@ -169,10 +145,9 @@ pub fn message_target(session_id: &str, message: &types::InboundMessage) -> type
 
 impl Delivery {
     /// Delivery through `runtime`'s plugins.
-    pub fn new(runtime: Arc<Runtime>, retry: RetryPolicy) -> Delivery {
+    pub fn new(runtime: Arc<Runtime>) -> Delivery {
         Delivery {
             runtime,
-            retry,
             typing: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -183,52 +158,6 @@ impl Delivery {
             .ok_or_else(|| DeliveryFailure::NoPlugin {
                 channel: installation.channel.clone(),
             })
-    }
-
-    /// Delivers `content` to `target`, retrying retryable refusals. Returns the channel's id of
-    /// the sent message, if it reported one.
-    pub async fn send(
-        &self,
-        installation: &Installation,
-        target: &types::SessionTarget,
-        content: outbound::Content,
-    ) -> Result<Option<String>, DeliveryFailure> {
-        let plugin = self.plugin(installation)?;
-        let cx = Arc::new(installation.context());
-        let delivery = outbound::Delivery {
-            target: target.clone(),
-            content,
-            idempotency_key: String::new(),
-        };
-        let kind = content_kind(&delivery.content);
-        let mut backoff = self.retry.first_backoff;
-        let attempts = self.retry.attempts.max(1);
-        for attempt in 1..=attempts {
-            match plugin.deliver(&cx, &delivery).await {
-                Ok(Ok(receipt)) => {
-                    tracing::info!(installation = %installation.id, session = %target.session_id, kind, attempt, sent = ?receipt.message_id, "delivered");
-                    return Ok(receipt.message_id);
-                }
-                Ok(Err(refused)) => {
-                    tracing::warn!(installation = %installation.id, session = %target.session_id, kind, attempt, code = ?refused.code, retryable = refused.retryable, "delivery refused: {}", refused.message);
-                    if !refused.retryable || attempt == attempts {
-                        return Err(DeliveryFailure::Refused {
-                            code: refused.code,
-                            message: refused.message,
-                            retryable: refused.retryable,
-                            attempts: attempt,
-                        });
-                    }
-                }
-                Err(call) => {
-                    tracing::error!(installation = %installation.id, session = %target.session_id, kind, "delivery call failed: {call}");
-                    return Err(call.into());
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.retry.max_backoff);
-        }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// One attempt at delivering `content`, with `idempotency_key` for the channel (the outbox
@@ -257,28 +186,8 @@ impl Delivery {
                 code: refused.code,
                 message: refused.message,
                 retryable: refused.retryable,
-                attempts: 1,
             }),
             Err(call) => Err(call.into()),
-        }
-    }
-
-    /// Delivers a notice; failures are logged and swallowed (a notice is best effort).
-    pub async fn notice(
-        &self,
-        installation: &Installation,
-        target: &types::SessionTarget,
-        notice: types::Notice,
-    ) -> bool {
-        match self
-            .send(installation, target, outbound::Content::Notice(notice))
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(installation = %installation.id, session = %target.session_id, "notice not delivered: {e}");
-                false
-            }
         }
     }
 
@@ -388,7 +297,7 @@ fn content_kind(content: &outbound::Content) -> &'static str {
 #[derive(Clone)]
 pub struct ChannelReplies {
     delivery: Delivery,
-    outbox: Option<Outbox>,
+    outbox: Outbox,
     runs: Option<RunService>,
     installations: InstallationStore,
     sessions: IngestStore,
@@ -396,16 +305,18 @@ pub struct ChannelReplies {
 }
 
 impl ChannelReplies {
-    /// Replies through `delivery`; binding links are built on `public_url`.
+    /// Sends notices through `outbox` (stored first, retried, visible when they fail) and
+    /// typing indicators through `delivery`; binding links are built on `public_url`.
     pub fn new(
         delivery: Delivery,
+        outbox: Outbox,
         installations: InstallationStore,
         sessions: IngestStore,
         public_url: Arc<str>,
     ) -> ChannelReplies {
         ChannelReplies {
             delivery,
-            outbox: None,
+            outbox,
             runs: None,
             installations,
             sessions,
@@ -417,14 +328,6 @@ impl ChannelReplies {
     /// stream: the dispatcher stores turns without going through the run service.
     pub fn with_runs(mut self, runs: RunService) -> ChannelReplies {
         self.runs = Some(runs);
-        self
-    }
-
-    /// Sends notices through `outbox` (stored first, retried, visible when they fail) and
-    /// wakes it when a worker's run end enqueued a reply. Without it, notices are sent at once
-    /// with in-memory retries only.
-    pub fn with_outbox(mut self, outbox: Outbox) -> ChannelReplies {
-        self.outbox = Some(outbox);
         self
     }
 
@@ -467,9 +370,7 @@ impl ChannelReplies {
             }
         };
         if delivered_later {
-            if let Some(outbox) = &self.outbox {
-                outbox.wake();
-            }
+            self.outbox.wake();
         } else {
             self.delivery.typing_off(&installation, &target).await;
         }
@@ -514,16 +415,10 @@ impl OutcomeObserver for ChannelReplies {
         let installation = installation.clone();
         let message_id = message.message_id.clone();
         tokio::spawn(async move {
-            match (notice, outbox) {
-                (Some(notice), Some(outbox)) => {
-                    outbox
-                        .enqueue_notice(&installation.id, &target, &notice)
-                        .await;
-                }
-                (Some(notice), None) => {
-                    delivery.notice(&installation, &target, notice).await;
-                }
-                (None, _) => {}
+            if let Some(notice) = notice {
+                outbox
+                    .enqueue_notice(&installation.id, &target, &notice)
+                    .await;
             }
             if typing {
                 delivery

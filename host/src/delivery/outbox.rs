@@ -159,13 +159,7 @@ impl Outbox {
     /// statement, no wait for a poll. Should this replica die first, the lease runs out and any
     /// replica delivers it.
     pub fn deliver_claimed(&self, row: OutboxRow) {
-        let span = tracing::info_span!(
-            "outbox",
-            row = row.id,
-            installation = %row.installation_id,
-            session = %row.session_id,
-            kind = row.content.kind(),
-        );
+        let span = row_span(&row);
         let this = self.clone();
         this.inner.in_flight.send_modify(|n| *n += 1);
         tokio::spawn(
@@ -260,13 +254,7 @@ impl Outbox {
         let mut tasks = tokio::task::JoinSet::new();
         for row in rows {
             let this = self.clone();
-            let span = tracing::info_span!(
-                "outbox",
-                row = row.id,
-                installation = %row.installation_id,
-                session = %row.session_id,
-                kind = row.content.kind(),
-            );
+            let span = row_span(&row);
             tasks.spawn(async move { this.attempt(row).await }.instrument(span));
         }
         while tasks.join_next().await.is_some() {}
@@ -390,6 +378,17 @@ impl Outbox {
             }
         }
     }
+}
+
+/// The span of one row's attempt: the ids every log line of it carries.
+fn row_span(row: &OutboxRow) -> tracing::Span {
+    tracing::info_span!(
+        "outbox",
+        row = row.id,
+        installation = %row.installation_id,
+        session = %row.session_id,
+        kind = row.content.kind(),
+    )
 }
 
 /// Counts one handed-over row out of flight when dropped (also if its attempt panics).
