@@ -1,13 +1,13 @@
 //! Guest SDK for switchboard channel plugins.
 //!
-//! A plugin crate depends on this crate, implements the five `Guest` traits of the
+//! A plugin crate depends on this crate, implements the six `Guest` traits of the
 //! `switchboard:channel` world (see `wit/channel.wit`) on one type, and exports it:
 //!
 //! ```ignore
 //! use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{commands, decoder};
 //! struct MyChannel;
 //! impl decoder::Guest for MyChannel { /* … */ }
-//! // … transport, enricher, commands, outbound …
+//! // … transport, enricher, commands, outbound, lifecycle …
 //! switchboard_plugin_sdk::export_channel_plugin!(MyChannel);
 //! ```
 //!
@@ -40,7 +40,7 @@ pub use bindings::switchboard::channel::types;
 pub use bindings::switchboard::channel::{clock, crypto, http, installation, kv, log};
 
 /// Version of the WIT contract this SDK was generated from (the `switchboard:channel` package).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// Name of the custom section the host reads the plugin manifest from.
 pub const MANIFEST_SECTION: &str = "switchboard-manifest";
