@@ -1,68 +1,58 @@
-//! Chat commands typed by users: `/new` and `/issue` (multica-lark §H, fresh/issue command
-//! tests).
+//! Chat commands typed by users: `/<name> [args]` (multica-lark §H).
 //!
-//! A command is recognised only on the first non-empty line of the user's own text, must be
-//! lower case and must be followed by whitespace or the end of the line (`/issuetracker`,
-//! `/Issue` and commands in the middle of a sentence are plain text).
+//! A command is recognised only on the first non-empty line of the user's own text (the bot's
+//! own mention is already removed from it by the decoder), after leading whitespace. The name
+//! is the run of ASCII letters, digits, `_` and `-` after the `/`, lower-cased, and must be
+//! followed by whitespace or the end of the line (`/usr/bin`, `//x` and commands in the middle
+//! of a sentence are plain text). What the name means is the host's business: this module only
+//! splits the text.
 
-/// The `/new` directive.
+/// The `/new` directive (the host's fresh-context command).
 pub const NEW_DIRECTIVE: &str = "/new";
-/// The `/issue` directive.
-pub const ISSUE_DIRECTIVE: &str = "/issue";
+/// The name of the `/new` command: the enricher keeps only its args as the body.
+pub const NEW_COMMAND: &str = "new";
 
-/// A parsed command.
+/// A parsed command (the WIT `command`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// `/new` bare (`None`) or with the text that starts the fresh context.
-    NewContext(Option<String>),
-    /// `/issue <title>` with optional description lines.
-    Issue {
-        /// Rest of the directive line, trimmed.
-        title: String,
-        /// The lines after the title line (layout preserved), if any.
-        description: Option<String>,
-    },
-    /// `/issue` without a title.
-    IssueUsage,
+pub struct Command {
+    /// Lower-case name without the `/`.
+    pub name: String,
+    /// The rest of the text, trimmed: the rest of the command line, then the lines after it
+    /// (blank lines between the two dropped, inner layout preserved); empty when none.
+    pub args: String,
 }
 
 /// Parses a command from the user's own text; `None` for plain text.
 pub fn parse_command(text: &str) -> Option<Command> {
     let (first_line, following) = first_non_empty_line(text)?;
     let line = first_line.trim_start();
-    if let Some(rest) = directive_argument(line, NEW_DIRECTIVE) {
-        let mut body = rest.trim().to_string();
-        let following = trim_blank_lines(following);
-        if !following.is_empty() {
-            if !body.is_empty() {
-                body.push('\n');
-            }
-            body.push_str(following);
-        }
-        return Some(Command::NewContext((!body.is_empty()).then_some(body)));
+    let rest = line.strip_prefix('/')?;
+    let name_len = rest
+        .bytes()
+        .position(|byte| !(byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-')))
+        .unwrap_or(rest.len());
+    if name_len == 0 {
+        return None;
     }
-    if let Some(rest) = directive_argument(line, ISSUE_DIRECTIVE) {
-        let title = rest.trim();
-        if title.is_empty() {
-            return Some(Command::IssueUsage);
-        }
-        let description = trim_blank_lines(following);
-        return Some(Command::Issue {
-            title: title.to_string(),
-            description: (!description.is_empty()).then(|| description.to_string()),
-        });
+    let (name, same_line) = rest.split_at(name_len);
+    if same_line
+        .chars()
+        .next()
+        .is_some_and(|ch| !ch.is_whitespace())
+    {
+        return None;
     }
-    None
-}
-
-/// The text after `directive` when `line` starts with it followed by whitespace or the end.
-fn directive_argument<'a>(line: &'a str, directive: &str) -> Option<&'a str> {
-    let rest = line.strip_prefix(directive)?;
-    match rest.chars().next() {
-        None => Some(rest),
-        Some(ch) if ch.is_whitespace() => Some(rest),
-        Some(_) => None,
-    }
+    let same_line = same_line.trim();
+    let following = trim_blank_lines(following);
+    let args = match (same_line.is_empty(), following.is_empty()) {
+        (_, true) => same_line.to_string(),
+        (true, false) => following.trim_start().to_string(),
+        (false, false) => format!("{same_line}\n{following}"),
+    };
+    Some(Command {
+        name: name.to_ascii_lowercase(),
+        args,
+    })
 }
 
 /// Splits off the first line that is not blank; returns it and everything after it.
@@ -107,9 +97,9 @@ mod tests {
     fn windows_line_endings() {
         assert_eq!(
             parse_command("\r\n/issue Title\r\nbody\r\n"),
-            Some(Command::Issue {
-                title: "Title".into(),
-                description: Some("body".into())
+            Some(Command {
+                name: "issue".into(),
+                args: "Title\nbody".into()
             })
         );
     }

@@ -136,6 +136,101 @@ pub(crate) fn render<'c>(
     rendered.unwrap_or_default()
 }
 
+/// A file, image or other binary part of a message (the WIT `attachment`, without the MIME
+/// type and size Lark does not put in events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// `image`, `file`, `audio` or `video`.
+    pub kind: &'static str,
+    /// The file name, when the content gives one.
+    pub name: Option<String>,
+    /// The `image_key` (images) or `file_key` (everything else): what the message resource API
+    /// downloads.
+    pub key: String,
+}
+
+/// The attachments of a message of `message_type`: the resource of an `image`, `file`,
+/// `audio` or `media`/`video` message, and the `img` and `media` elements of a `post` (in
+/// order, repeated keys once). Every other type has none, and so has content without a key.
+pub fn attachments(message_type: &str, content: &str) -> Vec<Attachment> {
+    let single = |kind: &'static str, key: JsonStr<'_>, name: Option<JsonStr<'_>>| match key
+        .0
+        .filter(|key| !key.is_empty())
+    {
+        Some(key) => vec![Attachment {
+            kind,
+            name: name
+                .and_then(|name| name.0)
+                .filter(|name| !name.is_empty())
+                .map(Cow::into_owned),
+            key: key.into_owned(),
+        }],
+        None => Vec::new(),
+    };
+    match message_type {
+        "image" => fields::<ImageKey<'_>>(content)
+            .map(|image| single("image", image.image_key, None))
+            .unwrap_or_default(),
+        "file" => fields::<FileKey<'_>>(content)
+            .map(|file| single("file", file.file_key, Some(file.file_name)))
+            .unwrap_or_default(),
+        "audio" => fields::<FileKey<'_>>(content)
+            .map(|audio| single("audio", audio.file_key, None))
+            .unwrap_or_default(),
+        "media" | "video" => fields::<FileKey<'_>>(content)
+            .map(|video| {
+                let name = if video.file_name.as_str().is_empty() {
+                    video.name
+                } else {
+                    video.file_name
+                };
+                single("video", video.file_key, Some(name))
+            })
+            .unwrap_or_default(),
+        // Most posts carry neither: only those that mention a key are read again.
+        "post" if content.contains("image_key") || content.contains("file_key") => {
+            let mut found = Vec::new();
+            if let Some(post) = value(content) {
+                post_attachments(&post, &mut found);
+            }
+            found
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The `img` (image) and `media` (video) elements anywhere in a post, flat or locale-wrapped.
+fn post_attachments(value: &Value, found: &mut Vec<Attachment>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| post_attachments(item, found)),
+        Value::Object(fields) => {
+            let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("");
+            let (kind, key) = match text("tag") {
+                "img" => ("image", text("image_key")),
+                "media" => ("video", text("file_key")),
+                _ => {
+                    fields
+                        .values()
+                        .for_each(|field| post_attachments(field, found));
+                    return;
+                }
+            };
+            if !key.is_empty()
+                && !found
+                    .iter()
+                    .any(|seen| seen.kind == kind && seen.key == key)
+            {
+                found.push(Attachment {
+                    kind,
+                    name: None,
+                    key: key.to_string(),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Renders content without mention context: `at` elements become `@user_name`.
 pub fn flatten_content(message_type: &str, content: &str) -> String {
     render_content(message_type, content, &[])
@@ -181,6 +276,22 @@ json_object! {
     /// `file` and `folder` content.
     struct FileContent<'a> {
         file_name: JsonStr<'a> = "file_name",
+    }
+}
+
+json_object! {
+    /// The resource key of `image` content.
+    struct ImageKey<'a> {
+        image_key: JsonStr<'a> = "image_key",
+    }
+}
+
+json_object! {
+    /// The resource key and name of `file`, `audio` and `media` content.
+    struct FileKey<'a> {
+        file_key: JsonStr<'a> = "file_key",
+        file_name: JsonStr<'a> = "file_name",
+        name: JsonStr<'a> = "name",
     }
 }
 

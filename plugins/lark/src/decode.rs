@@ -12,7 +12,8 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::content::render;
+pub use crate::content::Attachment;
+use crate::content::{attachments, render};
 use crate::json::visit_rest_as;
 use crate::mentions::{BotIdentity, Mention, resolve_mentions};
 
@@ -94,6 +95,8 @@ pub struct InboundMessage {
     pub create_time_ms: i64,
     /// Mentions in the message, in order.
     pub mentions: Vec<Mention>,
+    /// Images, files, audio and video of the message ([`crate::content::attachments`]).
+    pub attachments: Vec<Attachment>,
 }
 
 /// Result of decoding one event payload.
@@ -253,6 +256,7 @@ fn build_message(
     let message_type = owned(message.message_type.0);
     let content = message.content.0.unwrap_or_default();
     let rendered = render(&message_type, &content, &mentions);
+    let attachments = attachments(&message_type, &content);
     let body = resolve_mentions(&rendered, &mentions, &ctx.bot);
     let command_body = match message_type.as_str() {
         "text" | "post" => body.clone(),
@@ -285,6 +289,7 @@ fn build_message(
         thread_id: non_empty(message.thread_id.0),
         create_time_ms,
         mentions,
+        attachments,
     }))
 }
 

@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::commands::{Command, parse_command};
+use crate::commands::{Command, NEW_COMMAND, parse_command};
 use crate::decode::{ChatType, InboundMessage};
 use crate::enrich_render::{
     self, FORWARD_CHILDREN_CAP, FailureCategory, FetchError, classify, forward_children,
@@ -127,7 +127,7 @@ pub fn enrich<H: EnrichHost>(
         &message.command_body
     };
     let body = match parse_command(command_source) {
-        Some(Command::NewContext(text)) => text.unwrap_or_default(),
+        Some(Command { name, args }) if name == NEW_COMMAND => args,
         _ => message.body.clone(),
     };
 

@@ -244,6 +244,7 @@ fn trigger(body: &str) -> InboundMessage {
         thread_id: None,
         create_time_ms: TRIGGER_MS,
         mentions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -1132,12 +1133,12 @@ fn the_enriched_body_no_longer_parses_as_a_command_but_the_command_body_does() {
         "om_parent",
         vec![text("om_parent", "bug report", "ou_alice", 1000)],
     );
-    let message = quoting("/issue Fix the login");
+    let message = quoting("/deploy the login fix");
     let out = run(&mut fake, &message);
     assert!(parse_command(&out.body).is_none(), "{}", out.body);
     assert!(matches!(
         parse_command(&message.command_body),
-        Some(Command::Issue { .. })
+        Some(Command { name, .. }) if name == "deploy"
     ));
 }
 

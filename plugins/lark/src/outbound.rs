@@ -1,47 +1,24 @@
-//! Flush decisions and delivery (the `outbound` export): what a debounced batch leads to
-//! (multica-lark §J, §K5), where a reply, error or notice goes and how it is sent (§L, §S), and
-//! the typing reaction (§M).
+//! Delivery (the `outbound` export): where a reply or notice goes and how it is sent
+//! (multica-lark §L, §S), the typing reaction (§M) and attachment downloads (§N2).
 //!
 //! Everything here is plain Rust. The few host calls delivery needs (HTTP, kv for the token
 //! cache, logging) go through the [`LarkHost`] trait, which `component` implements on the host
 //! imports, so the whole flow (token cache, token refresh, thread fallback, error
 //! classification) builds and tests natively. Rendering is `render`'s; wire requests and answers
-//! are `rest`'s.
+//! are `rest`'s. What a notice says is the host's: the plugin only picks its look.
 
 use serde_json::Value;
 
 use crate::decode::ChatType;
-use crate::render::{self, Rendered};
+use crate::render::{self, Button, CardStyle, Rendered};
 use crate::rest::{
-    self, ApiError, ApiErrorKind, ReceiveIdType, TYPING_EMOJI, TenantToken,
+    self, ApiError, ApiErrorKind, BotInfo, ReceiveIdType, TYPING_EMOJI, TenantToken,
     is_thread_reply_unsupported,
 };
 use crate::transport::HttpRequestSpec;
 
-/// A message older than this (milliseconds) gets no typing reaction (replay protection, §M1).
-pub const TYPING_MAX_AGE_MS: i64 = 2 * 60 * 1000;
 /// Prefix of the kv key the tenant token is cached under (followed by the `app_id`).
 pub const TOKEN_KEY_PREFIX: &str = "tenant_access_token:";
-
-/// State of the agent bound to the installation at flush time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentState {
-    /// A worker (or a built-in agent) can take the run.
-    Online,
-    /// No worker is online; the run waits.
-    Offline,
-    /// The agent is archived; no run starts.
-    Archived,
-}
-
-/// The parts of a batch message the flush decision reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchMessage {
-    /// Channel message id (empty when unknown).
-    pub message_id: String,
-    /// Creation time, milliseconds since the Unix epoch (≤ 0 when unknown).
-    pub create_time_ms: i64,
-}
 
 /// Where replies to a session go (the WIT `session-target`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,39 +37,45 @@ pub struct SessionTarget {
     pub in_thread: bool,
 }
 
-/// A one-time binding link for an unbound sender.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindingLink {
-    /// The link the button opens.
-    pub url: String,
-    /// The sender to direct-message.
-    pub open_id: String,
-    /// Lifetime of the link (not shown: the reference card does not mention it).
-    pub expires_in_minutes: u32,
+/// Which notice the host decided is due (the WIT `notice-kind`); it picks the card's look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// The sender must bind their account: the binding card, with `link` as its button.
+    BindingRequired,
+    /// `new` was received.
+    FreshContext,
+    /// No worker is online for the agent.
+    AgentOffline,
+    /// The agent is archived.
+    AgentArchived,
+    /// A run failed: the error card.
+    RunError,
+    /// A command was used wrongly.
+    CommandUsage,
+    /// The answer to `help`.
+    Help,
+    /// The answer to `status`.
+    Status,
+    /// Anything else the host or an operator says.
+    Info,
 }
 
-/// Things the host asks the plugin to tell the user (the WIT `notice`).
+/// Something the host asks the plugin to tell the user (the WIT `notice`). The text is the
+/// host's, already in `locale`; the plugin adds nothing but a button label.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// Grey card: the agent is offline, the message is kept.
-    AgentOffline,
-    /// Grey card: the agent is archived.
-    AgentArchived,
-    /// Binding card as a DM to the sender.
-    NeedsBinding(BindingLink),
-    /// Grey card: the next message starts a fresh context.
-    FreshPending,
-    /// Grey card: `/issue` usage.
-    IssueUsage,
-    /// Plain text `Created <id> — <title>` (+ link).
-    IssueCreated {
-        /// Issue title.
-        title: String,
-        /// Host reference: an id or a URL.
-        reference: String,
-    },
-    /// Free text from the host, rendered like a reply.
-    Text(String),
+pub struct Notice {
+    /// Which notice it is.
+    pub kind: NoticeKind,
+    /// BCP 47 tag of the installation's locale (button labels).
+    pub locale: String,
+    /// The text to show.
+    pub text: String,
+    /// A link to offer as a button.
+    pub link: Option<String>,
+    /// A short reference for the operator, shown small.
+    pub reference: Option<String>,
+    /// When set, the `open_id` the notice is sent to privately instead of the chat.
+    pub recipient: Option<String>,
 }
 
 /// What to deliver (the WIT `content`).
@@ -100,63 +83,55 @@ pub enum Notice {
 pub enum Content {
     /// The agent's reply: text or markdown card.
     Reply(String),
-    /// A failed run: the error card.
-    RunError(String),
     /// A notice.
     Notice(Notice),
 }
 
-/// What the host should do after a flush.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlushAction {
-    /// Make the session's run pending.
-    StartRun,
-    /// Tell the user something.
-    Notice(Notice),
-    /// Turn a typing indicator on or off for one message.
-    Typing {
-        /// Channel message id the indicator is attached to.
-        message_id: String,
-        /// On or off.
-        on: bool,
-    },
-}
-
-/// Decides what a flushed batch leads to:
+/// The messages of a notice, by its kind:
 ///
-/// - online: the run becomes pending and the newest message gets the typing reaction (unless it
-///   has no id or was created more than [`TYPING_MAX_AGE_MS`] before `now_ms`; an unknown
-///   creation time does not skip it);
-/// - offline: the run becomes pending (it waits for a worker) and the chat gets the
-///   `agent_offline` notice; no typing reaction, nothing is about to happen;
-/// - archived: the `agent_archived` notice only; no run.
-pub fn flush_actions(
-    agent: AgentState,
-    messages: &[BatchMessage],
-    now_ms: i64,
-) -> Vec<FlushAction> {
-    match agent {
-        AgentState::Archived => vec![FlushAction::Notice(Notice::AgentArchived)],
-        AgentState::Offline => vec![
-            FlushAction::StartRun,
-            FlushAction::Notice(Notice::AgentOffline),
-        ],
-        AgentState::Online => {
-            let mut actions = vec![FlushAction::StartRun];
-            if let Some(newest) = messages.last().filter(|m| typing_wanted(m, now_ms)) {
-                actions.push(FlushAction::Typing {
-                    message_id: newest.message_id.clone(),
-                    on: true,
-                });
-            }
-            actions
+/// - `run-error`: the blue error card (`update_multi`);
+/// - `binding-required`: the blue binding card, its button labelled for the binding;
+/// - `info`, `help` and `status` without a link or reference: like a reply (text, or a markdown
+///   card when the text has markdown);
+/// - everything else: the grey notice card.
+///
+/// Cards are titled `header` (none when it is blank), show the reference small and the link as
+/// a button labelled for `locale`. A notice with nothing to show sends nothing.
+pub fn notice_messages(notice: &Notice, header: &str) -> Vec<Rendered> {
+    let link = notice
+        .link
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let reference = notice
+        .reference
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    let style = match notice.kind {
+        NoticeKind::RunError => CardStyle::Error,
+        NoticeKind::BindingRequired => CardStyle::Binding,
+        NoticeKind::Info | NoticeKind::Help | NoticeKind::Status
+            if link.is_none() && reference.is_none() =>
+        {
+            return render::reply_messages(&notice.text);
         }
+        _ => CardStyle::Notice,
+    };
+    if notice.text.trim().is_empty() && link.is_none() && reference.is_none() {
+        return Vec::new();
     }
-}
-
-fn typing_wanted(message: &BatchMessage, now_ms: i64) -> bool {
-    !message.message_id.is_empty()
-        && (message.create_time_ms <= 0 || now_ms - message.create_time_ms <= TYPING_MAX_AGE_MS)
+    let button = link.map(|url| Button {
+        label: render::link_label(&notice.locale, notice.kind == NoticeKind::BindingRequired),
+        url,
+    });
+    vec![render::notice_card(
+        style,
+        header,
+        &notice.text,
+        reference,
+        button,
+    )]
 }
 
 /// Where the messages of one delivery go.
@@ -205,27 +180,31 @@ impl DeliveryFailure {
 }
 
 /// The messages of a delivery and where they go. Validation happens here, before any token is
-/// fetched: a chat destination needs a `chat_id`, a binding DM an `open_id` and a URL. An empty
-/// message list (blank reply) means nothing is sent.
+/// fetched: a chat destination needs a `chat_id`, a private notice a non-blank recipient. An
+/// empty message list (blank reply) means nothing is sent.
+///
+/// A notice with a `recipient` goes privately to that `open_id` (`receive_id_type=open_id`),
+/// whatever the session's chat; everything else goes to the session's chat ([`destination`]).
 pub fn plan_delivery(
     target: &SessionTarget,
     content: &Content,
     header: &str,
 ) -> Result<(Destination, Vec<Rendered>), DeliveryFailure> {
-    if let Content::Notice(Notice::NeedsBinding(link)) = content {
-        if link.open_id.trim().is_empty() {
+    let (recipient, messages) = match content {
+        Content::Reply(text) => (None, render::reply_messages(text)),
+        Content::Notice(notice) => (notice.recipient.as_deref(), notice_messages(notice, header)),
+    };
+    if let Some(recipient) = recipient {
+        if recipient.trim().is_empty() {
             return Err(DeliveryFailure::invalid(
-                "binding prompt has no open_id to direct-message",
+                "notice has a blank recipient to send to privately",
             ));
-        }
-        if link.url.trim().is_empty() {
-            return Err(DeliveryFailure::invalid("binding prompt has no bind URL"));
         }
         return Ok((
             Destination::Direct {
-                open_id: link.open_id.clone(),
+                open_id: recipient.to_string(),
             },
-            vec![render::binding_card(&link.url)],
+            messages,
         ));
     }
     if target.chat_id.trim().is_empty() {
@@ -234,20 +213,6 @@ pub fn plan_delivery(
             target.session_id
         )));
     }
-    let messages = match content {
-        Content::Reply(text) | Content::Notice(Notice::Text(text)) => render::reply_messages(text),
-        Content::RunError(error) => vec![render::error_card(header, error)],
-        Content::Notice(notice) => vec![match notice {
-            Notice::AgentOffline => render::notice_card(header, render::AGENT_OFFLINE_COPY),
-            Notice::AgentArchived => render::notice_card(header, render::AGENT_ARCHIVED_COPY),
-            Notice::FreshPending => render::notice_card(header, render::FRESH_PENDING_COPY),
-            Notice::IssueUsage => render::notice_card(header, render::ISSUE_USAGE_COPY),
-            Notice::IssueCreated { title, reference } => {
-                render::text_message(&render::issue_created_text(title, reference))
-            }
-            Notice::NeedsBinding(_) | Notice::Text(_) => unreachable!("handled above"),
-        }],
-    };
     Ok((destination(target), messages))
 }
 
@@ -326,6 +291,34 @@ impl CallError {
         }
     }
 
+    /// As a setup failure; with `credentials` (the token call) any refusal means the
+    /// credentials are wrong.
+    fn into_setup_failure(self, what: &str, credentials: bool) -> SetupFailure {
+        match self {
+            CallError::Transport(failure) if failure.retryable => {
+                SetupFailure::Retryable(format!("{what}: {}", failure.message))
+            }
+            CallError::Transport(failure) => {
+                SetupFailure::Fatal(format!("{what}: {}", failure.message))
+            }
+            CallError::Api(err)
+                if err.kind() == ApiErrorKind::RateLimited || err.http_status >= 500 =>
+            {
+                SetupFailure::Retryable(format!("{what}: {err}"))
+            }
+            CallError::Api(err)
+                if (credentials && (err.code != 0 || err.http_status >= 400))
+                    || matches!(
+                        err.kind(),
+                        ApiErrorKind::TokenInvalid | ApiErrorKind::Permission
+                    ) =>
+            {
+                SetupFailure::Unauthorized(format!("{what}: {err}"))
+            }
+            CallError::Api(err) => SetupFailure::Fatal(format!("{what}: {err}")),
+        }
+    }
+
     fn into_failure(self, what: &str) -> DeliveryFailure {
         match self {
             CallError::Api(err) => DeliveryFailure {
@@ -340,6 +333,17 @@ impl CallError {
             },
         }
     }
+}
+
+/// Why an installation could not be set up (the WIT `plugin-error` of `on-install`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupFailure {
+    /// The credentials are missing or wrong, or the app lacks the bot capability or a scope.
+    Unauthorized(String),
+    /// A transient failure: rate limit, 5xx, timeout, connection failure.
+    Retryable(String),
+    /// Anything else (an unreadable answer, a destination outside the allow-list).
+    Fatal(String),
 }
 
 /// A Lark Open Platform client over a [`LarkHost`] for one call of the plugin.
@@ -466,6 +470,45 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         .map_err(|err| err.into_failure("lark remove reaction failed"))
     }
 
+    /// The bot's identity (`GET /open-apis/bot/v3/info`) with a freshly fetched tenant token:
+    /// what an installation learns when it is added, checking its credentials on the way.
+    pub fn bot_info(&mut self) -> Result<BotInfo, SetupFailure> {
+        if self.credentials.app_id.is_empty() || self.credentials.app_secret.is_empty() {
+            return Err(SetupFailure::Unauthorized(
+                "installation has no app_id/app_secret".into(),
+            ));
+        }
+        self.fetch_token()
+            .map_err(|err| err.into_setup_failure("lark tenant token failed", true))?;
+        let base = self.credentials.base_url.clone();
+        self.authorized_with(
+            |token| rest::bot_info_request(&base, token),
+            |answer| rest::parse_bot_info(answer.status, &answer.headers, &answer.body),
+        )
+        .map_err(|err| err.into_setup_failure("lark bot info failed", false))
+    }
+
+    /// Downloads the resource `key` (an `image_key` or `file_key`) of the message `message_id`
+    /// through the message resource API.
+    pub fn fetch_resource(
+        &mut self,
+        message_id: &str,
+        key: &str,
+    ) -> Result<rest::Resource, DeliveryFailure> {
+        if message_id.trim().is_empty() || key.trim().is_empty() {
+            return Err(DeliveryFailure::invalid(
+                "a resource download needs a message id and a key",
+            ));
+        }
+        self.check_credentials()?;
+        let base = self.credentials.base_url.clone();
+        self.authorized_with(
+            |token| rest::message_resource_request(&base, token, message_id, key),
+            |answer| rest::parse_resource(answer.status, &answer.headers, answer.body),
+        )
+        .map_err(|err| err.into_failure("lark resource download failed"))
+    }
+
     fn check_credentials(&self) -> Result<(), DeliveryFailure> {
         if self.credentials.app_id.is_empty() || self.credentials.app_secret.is_empty() {
             return Err(DeliveryFailure::invalid(
@@ -525,9 +568,24 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
     /// Runs an authorized call; when Lark says the token is invalid (99991663/99991664/
     /// 99991671) the cached token is dropped and the call runs once more with a new one.
     fn authorized(&mut self, build: impl Fn(&str) -> HttpRequestSpec) -> Result<Value, CallError> {
+        self.authorized_with(build, |answer| {
+            rest::check_response(answer.status, &answer.headers, &answer.body)
+        })
+    }
+
+    /// [`Self::authorized`] with the answer read by `read`.
+    fn authorized_with<T>(
+        &mut self,
+        build: impl Fn(&str) -> HttpRequestSpec,
+        read: impl Fn(HttpAnswer) -> Result<T, ApiError>,
+    ) -> Result<T, CallError> {
         let token = self.token()?;
-        match self.exchange(&build(&token)) {
-            Err(CallError::Api(err)) if err.kind() == ApiErrorKind::TokenInvalid => {
+        let answer = self
+            .host
+            .send(&build(&token))
+            .map_err(CallError::Transport)?;
+        match read(answer) {
+            Err(err) if err.kind() == ApiErrorKind::TokenInvalid => {
                 let code = err.code.to_string();
                 self.host.warn(
                     "lark tenant token rejected; fetching a new one",
@@ -535,9 +593,13 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
                 );
                 self.host.kv_delete(&self.token_key());
                 let token = self.fetch_token()?;
-                self.exchange(&build(&token))
+                let answer = self
+                    .host
+                    .send(&build(&token))
+                    .map_err(CallError::Transport)?;
+                read(answer).map_err(CallError::Api)
             }
-            other => other,
+            other => other.map_err(CallError::Api),
         }
     }
 
@@ -580,11 +642,6 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
     fn token_key(&self) -> String {
         format!("{TOKEN_KEY_PREFIX}{}", self.credentials.app_id)
     }
-
-    fn exchange(&mut self, request: &HttpRequestSpec) -> Result<Value, CallError> {
-        let answer = self.host.send(request).map_err(CallError::Transport)?;
-        rest::check_response(answer.status, &answer.headers, &answer.body).map_err(CallError::Api)
-    }
 }
 
 /// `data.message_id` of a send or reply answer (its absence is an error, §S3).
@@ -607,79 +664,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    const NOW: i64 = 1_731_300_000_000;
-
-    fn message(id: &str, create_time_ms: i64) -> BatchMessage {
-        BatchMessage {
-            message_id: id.into(),
-            create_time_ms,
-        }
-    }
-
-    #[test]
-    fn online_starts_the_run_and_types_on_the_newest_message() {
-        let batch = [message("om_1", NOW - 5_000), message("om_2", NOW - 1_000)];
-        assert_eq!(
-            flush_actions(AgentState::Online, &batch, NOW),
-            vec![
-                FlushAction::StartRun,
-                FlushAction::Typing {
-                    message_id: "om_2".into(),
-                    on: true
-                }
-            ]
-        );
-        // No id, or older than two minutes: no typing. Unknown time: typing.
-        assert_eq!(
-            flush_actions(AgentState::Online, &[message("", NOW)], NOW),
-            vec![FlushAction::StartRun]
-        );
-        assert_eq!(
-            flush_actions(
-                AgentState::Online,
-                &[message("om_1", NOW - TYPING_MAX_AGE_MS - 1)],
-                NOW
-            ),
-            vec![FlushAction::StartRun]
-        );
-        assert_eq!(
-            flush_actions(
-                AgentState::Online,
-                &[message("om_1", NOW - TYPING_MAX_AGE_MS)],
-                NOW
-            )
-            .len(),
-            2
-        );
-        assert_eq!(
-            flush_actions(AgentState::Online, &[message("om_1", 0)], NOW).len(),
-            2
-        );
-        assert_eq!(
-            flush_actions(AgentState::Online, &[], NOW),
-            vec![FlushAction::StartRun]
-        );
-    }
-
-    #[test]
-    fn offline_keeps_the_run_pending_and_notifies_without_typing() {
-        assert_eq!(
-            flush_actions(AgentState::Offline, &[message("om_1", NOW)], NOW),
-            vec![
-                FlushAction::StartRun,
-                FlushAction::Notice(Notice::AgentOffline)
-            ]
-        );
-    }
-
-    #[test]
-    fn archived_notifies_and_starts_nothing() {
-        assert_eq!(
-            flush_actions(AgentState::Archived, &[message("om_1", NOW)], NOW),
-            vec![FlushAction::Notice(Notice::AgentArchived)]
-        );
-    }
 
     fn target(in_thread: bool) -> SessionTarget {
         SessionTarget {
@@ -717,6 +701,17 @@ mod tests {
         );
     }
 
+    fn notice(kind: NoticeKind, text: &str) -> Notice {
+        Notice {
+            kind,
+            locale: "en".into(),
+            text: text.into(),
+            link: None,
+            reference: None,
+            recipient: None,
+        }
+    }
+
     #[test]
     fn plans_for_every_content() {
         let header = "Helper";
@@ -730,53 +725,99 @@ mod tests {
             vec![render::markdown_card("# hi")]
         );
         assert!(plan(Content::Reply("   ".into())).is_empty());
+
+        // A failed run: the blue error card with the host's text and the reference.
+        let mut run_error = notice(NoticeKind::RunError, "Run failed: boom");
+        run_error.reference = Some("run-7".into());
         assert_eq!(
-            plan(Content::RunError("boom".into())),
-            vec![render::error_card(header, "boom")]
-        );
-        let cases = [
-            (Notice::AgentOffline, render::AGENT_OFFLINE_COPY),
-            (Notice::AgentArchived, render::AGENT_ARCHIVED_COPY),
-            (Notice::FreshPending, render::FRESH_PENDING_COPY),
-            (Notice::IssueUsage, render::ISSUE_USAGE_COPY),
-        ];
-        for (notice, copy) in cases {
-            assert_eq!(
-                plan(Content::Notice(notice)),
-                vec![render::notice_card(header, copy)]
-            );
-        }
-        assert_eq!(
-            plan(Content::Notice(Notice::IssueCreated {
-                title: "Fix login".into(),
-                reference: "MUL-42".into()
-            })),
-            vec![render::text_message("Created MUL-42 — Fix login")]
-        );
-        assert_eq!(
-            plan(Content::Notice(Notice::Text("operator says hi".into()))),
-            vec![render::text_message("operator says hi")]
+            plan(Content::Notice(run_error)),
+            vec![render::notice_card(
+                CardStyle::Error,
+                header,
+                "Run failed: boom",
+                Some("run-7"),
+                None
+            )]
         );
 
-        // The binding prompt is a DM, whatever the session's chat.
-        let link = BindingLink {
-            url: "https://app.example/bind?token=x".into(),
-            open_id: "ou_alice".into(),
-            expires_in_minutes: 15,
-        };
-        let (destination, messages) = plan_delivery(
-            &target(true),
-            &Content::Notice(Notice::NeedsBinding(link.clone())),
-            header,
-        )
-        .unwrap();
+        // The grey card, whatever the text.
+        for kind in [
+            NoticeKind::AgentOffline,
+            NoticeKind::AgentArchived,
+            NoticeKind::FreshContext,
+            NoticeKind::CommandUsage,
+        ] {
+            assert_eq!(
+                plan(Content::Notice(notice(kind, "host text"))),
+                vec![render::notice_card(
+                    CardStyle::Notice,
+                    header,
+                    "host text",
+                    None,
+                    None
+                )],
+                "{kind:?}"
+            );
+        }
+
+        // Informational answers read like replies unless they carry a link or a reference.
+        for kind in [NoticeKind::Info, NoticeKind::Help, NoticeKind::Status] {
+            assert_eq!(
+                plan(Content::Notice(notice(kind, "operator says hi"))),
+                vec![render::text_message("operator says hi")],
+                "{kind:?}"
+            );
+            assert_eq!(
+                plan(Content::Notice(notice(kind, "**bold**"))),
+                vec![render::markdown_card("**bold**")],
+                "{kind:?}"
+            );
+        }
+        let mut linked = notice(NoticeKind::Info, "see the dashboard");
+        linked.link = Some("https://ops.example/d".into());
+        linked.locale = "zh-CN".into();
+        assert_eq!(
+            plan(Content::Notice(linked)),
+            vec![render::notice_card(
+                CardStyle::Notice,
+                header,
+                "see the dashboard",
+                None,
+                Some(Button {
+                    label: render::LINK_LABEL_ZH,
+                    url: "https://ops.example/d"
+                })
+            )]
+        );
+
+        // Nothing to show: nothing is sent.
+        assert!(plan(Content::Notice(notice(NoticeKind::FreshContext, " "))).is_empty());
+
+        // The binding prompt is private, whatever the session's chat.
+        let mut binding = notice(NoticeKind::BindingRequired, "Bind your account first.");
+        binding.link = Some("https://app.example/bind?token=x".into());
+        binding.recipient = Some("ou_alice".into());
+        let (destination, messages) =
+            plan_delivery(&target(true), &Content::Notice(binding), header).unwrap();
         assert_eq!(
             destination,
             Destination::Direct {
                 open_id: "ou_alice".into()
             }
         );
-        assert_eq!(messages, vec![render::binding_card(&link.url)]);
+        assert_eq!(
+            messages,
+            vec![render::notice_card(
+                CardStyle::Binding,
+                header,
+                "Bind your account first.",
+                None,
+                Some(Button {
+                    label: render::BINDING_LABEL_EN,
+                    url: "https://app.example/bind?token=x"
+                })
+            )]
+        );
     }
 
     #[test]
@@ -785,17 +826,14 @@ mod tests {
         no_chat.chat_id = String::new();
         let err = plan_delivery(&no_chat, &Content::Reply("hi".into()), "H").unwrap_err();
         assert!(!err.retryable && err.message.contains("chat_id"), "{err:?}");
-        let link = |url: &str, open_id: &str| {
-            Content::Notice(Notice::NeedsBinding(BindingLink {
-                url: url.into(),
-                open_id: open_id.into(),
-                expires_in_minutes: 15,
-            }))
+        let private = |recipient: &str| {
+            let mut notice = notice(NoticeKind::Info, "psst");
+            notice.recipient = Some(recipient.into());
+            Content::Notice(notice)
         };
-        assert!(plan_delivery(&target(false), &link("", "ou_1"), "H").is_err());
-        assert!(plan_delivery(&target(false), &link("https://x", ""), "H").is_err());
-        // A DM needs no chat.
-        assert!(plan_delivery(&no_chat, &link("https://x", "ou_1"), "H").is_ok());
+        assert!(plan_delivery(&target(false), &private(" "), "H").is_err());
+        // A private notice needs no chat.
+        assert!(plan_delivery(&no_chat, &private("ou_1"), "H").is_ok());
     }
 
     /// A scripted host: answers requests in order and records them; kv is a map.
@@ -1061,5 +1099,137 @@ mod tests {
             .add_typing("om_1")
             .unwrap_err();
         assert_eq!((err.code, err.retryable), (Some(230_020), true));
+    }
+
+    #[test]
+    fn bot_info_fetches_a_fresh_token_and_reads_the_bot() {
+        let creds = credentials();
+        let mut host = Scripted::default()
+            .answer(200, token_answer("t-1", 7200))
+            .answer(
+                200,
+                json!({"code": 0, "msg": "ok", "bot": {"open_id": "ou_bot", "app_name": "Helper"}}),
+            );
+        host.kv
+            .insert("tenant_access_token:cli_1".into(), (b"stale".to_vec(), 1));
+        let info = LarkClient::new(&mut host, &creds).bot_info().unwrap();
+        assert_eq!(
+            info,
+            BotInfo {
+                open_id: "ou_bot".into(),
+                app_name: "Helper".into()
+            }
+        );
+        assert_eq!(
+            host.paths(),
+            vec![
+                "POST /open-apis/auth/v3/tenant_access_token/internal",
+                "GET /open-apis/bot/v3/info",
+            ]
+        );
+        assert_eq!(auth_of(&host.requests[1]), "Bearer t-1");
+    }
+
+    #[test]
+    fn bot_info_failures_say_what_the_operator_must_do() {
+        let creds = credentials();
+        // A refused secret: unauthorized.
+        let mut host = Scripted::default().answer(400, lark_error(10_014));
+        let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
+        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+        // Missing credentials: unauthorized, nothing sent.
+        let none = Credentials {
+            app_id: String::new(),
+            ..credentials()
+        };
+        let mut host = Scripted::default();
+        let err = LarkClient::new(&mut host, &none).bot_info().unwrap_err();
+        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+        assert!(host.requests.is_empty());
+        // A transport failure or a 5xx: retryable.
+        let mut host = Scripted::default();
+        host.answers.push_back(Err(TransportFailure {
+            message: "connection refused".into(),
+            retryable: true,
+        }));
+        let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
+        assert!(matches!(err, SetupFailure::Retryable(_)), "{err:?}");
+        let mut host = Scripted::default()
+            .answer(200, token_answer("t-1", 7200))
+            .answer(503, json!({"oops": true}));
+        let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
+        assert!(matches!(err, SetupFailure::Retryable(_)), "{err:?}");
+        // The app has no bot: a permission code is the operator's to fix.
+        let mut host = Scripted::default()
+            .answer(200, token_answer("t-1", 7200))
+            .answer(400, lark_error(99_991_672));
+        let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
+        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+    }
+
+    #[test]
+    fn resources_are_downloaded_by_key_type() {
+        let creds = credentials();
+        let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
+        for (key, mime) in [("img_v3_1", "image/png"), ("file_v3_1", "video/mp4")] {
+            host.answers.push_back(Ok(HttpAnswer {
+                status: 200,
+                headers: vec![("Content-Type".into(), mime.into())],
+                body: vec![0, 1, 2],
+            }));
+            let resource = LarkClient::new(&mut host, &creds)
+                .fetch_resource("om_1", key)
+                .unwrap();
+            assert_eq!(resource.mime.as_deref(), Some(mime));
+            assert_eq!(resource.body, [0, 1, 2]);
+        }
+        assert_eq!(
+            host.paths()[1..],
+            [
+                "GET /open-apis/im/v1/messages/om_1/resources/img_v3_1?type=image",
+                "GET /open-apis/im/v1/messages/om_1/resources/file_v3_1?type=file",
+            ]
+        );
+
+        // A JSON error envelope is an error with its code, also with status 200.
+        let mut host = Scripted::default()
+            .answer(200, token_answer("t-1", 7200))
+            .answer(400, lark_error(234_003));
+        let err = LarkClient::new(&mut host, &creds)
+            .fetch_resource("om_1", "file_1")
+            .unwrap_err();
+        assert_eq!((err.code, err.retryable), (Some(234_003), false));
+        let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
+        host.answers.push_back(Ok(HttpAnswer {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: br#"{"code":230110,"msg":"message deleted"}"#.to_vec(),
+        }));
+        let err = LarkClient::new(&mut host, &creds)
+            .fetch_resource("om_1", "file_1")
+            .unwrap_err();
+        assert_eq!(err.code, Some(230_110));
+        // A JSON file is a file.
+        let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
+        host.answers.push_back(Ok(HttpAnswer {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: br#"{"name":"data"}"#.to_vec(),
+        }));
+        let resource = LarkClient::new(&mut host, &creds)
+            .fetch_resource("om_1", "file_1")
+            .unwrap();
+        assert_eq!(resource.body, br#"{"name":"data"}"#);
+        // Nothing to fetch without ids.
+        let mut host = Scripted::default();
+        assert!(
+            LarkClient::new(&mut host, &creds)
+                .fetch_resource("", "file_1")
+                .is_err()
+        );
+        assert!(host.requests.is_empty());
     }
 }

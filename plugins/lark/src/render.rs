@@ -8,26 +8,14 @@ use serde_json::json;
 
 use crate::markdown::contains_markdown;
 
-/// Card header title when the installation names no agent (`agent_name` config).
-pub const DEFAULT_HEADER: &str = "switchboard";
-/// Notice body: no worker is online for the agent; the message is kept (§J `agent_offline`).
-pub const AGENT_OFFLINE_COPY: &str =
-    "Agent 当前离线，消息已记录。下次 daemon 上线后会自动继续处理。";
-/// Notice body: the agent is archived (§J `agent_archived`).
-pub const AGENT_ARCHIVED_COPY: &str =
-    "这个 Agent 已被归档，无法继续处理消息。请联系工作区管理员恢复或重新绑定。";
-/// Notice body: bare `/new` (§J `fresh_pending`).
-pub const FRESH_PENDING_COPY: &str =
-    "✅ 已准备开始新对话。你的下一条聊天消息将不带之前的上下文运行。";
-/// Notice body: `/issue` without a title (§J `issue_usage`).
-pub const ISSUE_USAGE_COPY: &str =
-    "请填写任务标题，格式如下：\n\n`/issue <标题>`\n`[描述]`（可选）";
-/// Binding prompt body (§J `needs_binding`, §6.6).
-pub const BINDING_PROMPT_COPY: &str = "你还没有绑定账户。点击下方按钮完成绑定后即可使用此 Agent。";
-/// Binding prompt button label.
-pub const BINDING_BUTTON_LABEL: &str = "去绑定";
-/// Title of the binding prompt card: the product name.
-pub const BINDING_HEADER: &str = "switchboard";
+/// Label of a notice's link button in Chinese locales (`zh`, `zh-CN`, …).
+pub const LINK_LABEL_ZH: &str = "打开链接";
+/// Label of a notice's link button in every other locale.
+pub const LINK_LABEL_EN: &str = "Open link";
+/// Label of the binding card's button in Chinese locales.
+pub const BINDING_LABEL_ZH: &str = "去绑定";
+/// Label of the binding card's button in every other locale.
+pub const BINDING_LABEL_EN: &str = "Bind account";
 
 /// Largest `content` of a `text` message Lark accepts (150 KB).
 pub const TEXT_CONTENT_LIMIT: usize = 150_000;
@@ -35,8 +23,8 @@ pub const TEXT_CONTENT_LIMIT: usize = 150_000;
 pub const CARD_CONTENT_LIMIT: usize = 30_000;
 /// Room left in each limit for the JSON around the user's text.
 const ENVELOPE_RESERVE: usize = 512;
-/// Longest run-error text shown on the error card (characters); longer errors are cut.
-pub const ERROR_TEXT_MAX_CHARS: usize = 4_000;
+/// Longest notice text shown on a card (characters); longer texts are cut.
+pub const NOTICE_TEXT_MAX_CHARS: usize = 4_000;
 
 /// One message ready to send: its Lark `msg_type` and its `content` (a JSON document encoded
 /// as a string, as every send and reply call wants it).
@@ -64,89 +52,103 @@ pub fn markdown_card(markdown: &str) -> Rendered {
     }))
 }
 
-/// The grey notice card (offline, archived, fresh-pending, issue-usage): legacy schema,
-/// `wide_screen_mode`, header `header`, one `div` with a `plain_text` body.
-pub fn notice_card(header: &str, body: &str) -> Rendered {
-    card(json!({
-        "config": { "wide_screen_mode": true },
-        "header": {
-            "template": "grey",
-            "title": { "tag": "plain_text", "content": header },
-        },
-        "elements": [ { "tag": "div", "text": { "tag": "plain_text", "content": body } } ],
-    }))
+/// How a notice card looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardStyle {
+    /// The grey notice card (offline, archived, fresh context, usage, …): `wide_screen_mode`,
+    /// `plain_text` body.
+    Notice,
+    /// The blue error card of a failed run: `wide_screen_mode` + `update_multi`, `plain_text`
+    /// body.
+    Error,
+    /// The blue binding prompt: `wide_screen_mode`, `lark_md` body.
+    Binding,
 }
 
-/// The error card of a failed run: `wide_screen_mode` + `update_multi`, blue header `header`,
-/// body "Run failed." or "Run failed: <error>" (the error cut at [`ERROR_TEXT_MAX_CHARS`]).
-pub fn error_card(header: &str, error: &str) -> Rendered {
-    let error = error.trim();
-    let body = if error.is_empty() {
-        "Run failed.".to_string()
-    } else {
-        format!("Run failed: {}", cut_chars(error, ERROR_TEXT_MAX_CHARS))
-    };
-    card(json!({
-        "config": { "wide_screen_mode": true, "update_multi": true },
-        "header": {
-            "template": "blue",
-            "title": { "tag": "plain_text", "content": header },
-        },
-        "elements": [ { "tag": "div", "text": { "tag": "plain_text", "content": body } } ],
-    }))
+/// A link button on a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Button<'a> {
+    /// What the button says.
+    pub label: &'a str,
+    /// The URL it opens.
+    pub url: &'a str,
 }
 
-/// The binding prompt sent as a DM to an unbound sender: blue "switchboard" header, the prompt as
-/// `lark_md`, and a primary button opening `bind_url`.
-pub fn binding_card(bind_url: &str) -> Rendered {
-    card(json!({
-        "config": { "wide_screen_mode": true },
-        "header": {
-            "template": "blue",
-            "title": { "tag": "plain_text", "content": BINDING_HEADER },
+/// A notice card (legacy schema): a `header` title when one is given (grey or blue by
+/// `style`); the text (trimmed, cut at [`NOTICE_TEXT_MAX_CHARS`]) in one `div` unless it is
+/// blank; the `reference` small, in a `note`; the `button` last, as a primary button. The text
+/// is the host's: the card adds no words of its own.
+pub fn notice_card(
+    style: CardStyle,
+    header: &str,
+    text: &str,
+    reference: Option<&str>,
+    button: Option<Button<'_>>,
+) -> Rendered {
+    let (template, text_tag) = match style {
+        CardStyle::Notice => ("grey", "plain_text"),
+        CardStyle::Error => ("blue", "plain_text"),
+        CardStyle::Binding => ("blue", "lark_md"),
+    };
+    let mut document = serde_json::Map::new();
+    document.insert(
+        "config".into(),
+        if style == CardStyle::Error {
+            json!({ "wide_screen_mode": true, "update_multi": true })
+        } else {
+            json!({ "wide_screen_mode": true })
         },
-        "elements": [
-            { "tag": "div", "text": { "tag": "lark_md", "content": BINDING_PROMPT_COPY } },
-            { "tag": "action", "actions": [ {
-                "tag": "button",
-                "text": { "tag": "plain_text", "content": BINDING_BUTTON_LABEL },
-                "type": "primary",
-                "url": bind_url,
-            } ] },
-        ],
-    }))
-}
-
-/// The `/issue` confirmation: `Created <id> — <title>`, followed by the link on its own line
-/// when the host's reference is a URL (its last path segment is then the id).
-pub fn issue_created_text(title: &str, reference: &str) -> String {
-    let title = title.trim();
-    let reference = reference.trim();
-    let is_url = reference.starts_with("https://") || reference.starts_with("http://");
-    let identifier = if is_url {
-        // The last non-empty path segment after the host.
-        let without_scheme = reference.split_once("://").map_or("", |(_, rest)| rest);
-        let path = without_scheme.split(['?', '#']).next().unwrap_or("");
-        path.split('/')
-            .skip(1)
-            .filter(|segment| !segment.is_empty())
-            .last()
-            .unwrap_or("issue")
-    } else if reference.is_empty() {
-        "issue"
-    } else {
-        reference
-    };
-    let mut text = if title.is_empty() {
-        format!("Created {identifier}")
-    } else {
-        format!("Created {identifier} — {title}")
-    };
-    if is_url {
-        text.push('\n');
-        text.push_str(reference);
+    );
+    let header = header.trim();
+    if !header.is_empty() {
+        document.insert(
+            "header".into(),
+            json!({
+                "template": template,
+                "title": { "tag": "plain_text", "content": header },
+            }),
+        );
     }
-    text
+    let mut elements = Vec::new();
+    let text = text.trim();
+    if !text.is_empty() {
+        elements.push(json!({
+            "tag": "div",
+            "text": { "tag": text_tag, "content": cut_chars(text, NOTICE_TEXT_MAX_CHARS) },
+        }));
+    }
+    if let Some(reference) = reference.map(str::trim).filter(|r| !r.is_empty()) {
+        elements.push(json!({
+            "tag": "note",
+            "elements": [ { "tag": "plain_text", "content": reference } ],
+        }));
+    }
+    if let Some(button) = button {
+        elements.push(json!({
+            "tag": "action",
+            "actions": [ {
+                "tag": "button",
+                "text": { "tag": "plain_text", "content": button.label },
+                "type": "primary",
+                "url": button.url,
+            } ],
+        }));
+    }
+    document.insert("elements".into(), elements.into());
+    card(document.into())
+}
+
+/// The label of a notice's link button for `locale` (a BCP 47 tag): Chinese for `zh…`,
+/// English otherwise; the binding prompt's button has its own.
+pub fn link_label(locale: &str, binding: bool) -> &'static str {
+    let language = locale.trim().split(['-', '_']).next().unwrap_or("");
+    let chinese = language.eq_ignore_ascii_case("zh");
+    match (chinese, binding) {
+        (true, true) => BINDING_LABEL_ZH,
+        (true, false) => LINK_LABEL_ZH,
+        (false, true) => BINDING_LABEL_EN,
+        (false, false) => LINK_LABEL_EN,
+    }
 }
 
 /// The messages for a reply text: nothing when it is blank; markdown (see
@@ -328,98 +330,113 @@ mod tests {
 
     #[test]
     fn notice_card_shape() {
-        let card = notice_card("Helper", AGENT_OFFLINE_COPY);
-        let value = parsed(&card);
-        assert_eq!(value["config"], json!({ "wide_screen_mode": true }));
-        assert_eq!(value["header"]["template"], "grey");
+        let card = notice_card(CardStyle::Notice, "Helper", " Agent offline. ", None, None);
+        assert_eq!(card.msg_type, "interactive");
         assert_eq!(
-            value["header"]["title"],
-            json!({ "tag": "plain_text", "content": "Helper" })
+            parsed(&card),
+            json!({
+                "config": { "wide_screen_mode": true },
+                "header": {
+                    "template": "grey",
+                    "title": { "tag": "plain_text", "content": "Helper" },
+                },
+                "elements": [
+                    { "tag": "div", "text": { "tag": "plain_text", "content": "Agent offline." } },
+                ],
+            })
         );
-        assert_eq!(
-            value["elements"],
-            json!([ { "tag": "div", "text": { "tag": "plain_text", "content": AGENT_OFFLINE_COPY } } ])
-        );
+        // No agent name: no header at all (the card adds no title of its own).
+        let value = parsed(&notice_card(CardStyle::Notice, " ", "x", None, None));
+        assert!(value.get("header").is_none(), "{value}");
     }
 
     #[test]
-    fn error_card_shape_and_text() {
-        let value = parsed(&error_card("switchboard", "  model timed out "));
+    fn error_card_shape_with_reference_and_link() {
+        let value = parsed(&notice_card(
+            CardStyle::Error,
+            "Helper",
+            "Run failed: model timed out",
+            Some(" run-42 "),
+            Some(Button {
+                label: LINK_LABEL_EN,
+                url: "https://ops.example/runs/42",
+            }),
+        ));
         assert_eq!(
-            value["config"],
-            json!({ "wide_screen_mode": true, "update_multi": true })
+            value,
+            json!({
+                "config": { "wide_screen_mode": true, "update_multi": true },
+                "header": {
+                    "template": "blue",
+                    "title": { "tag": "plain_text", "content": "Helper" },
+                },
+                "elements": [
+                    { "tag": "div", "text": { "tag": "plain_text", "content": "Run failed: model timed out" } },
+                    { "tag": "note", "elements": [ { "tag": "plain_text", "content": "run-42" } ] },
+                    { "tag": "action", "actions": [ {
+                        "tag": "button",
+                        "text": { "tag": "plain_text", "content": "Open link" },
+                        "type": "primary",
+                        "url": "https://ops.example/runs/42",
+                    } ] },
+                ],
+            })
         );
-        assert_eq!(value["header"]["template"], "blue");
-        assert_eq!(value["header"]["title"]["content"], "switchboard");
-        assert_eq!(
-            value["elements"][0]["text"],
-            json!({ "tag": "plain_text", "content": "Run failed: model timed out" })
-        );
-        let value = parsed(&error_card("switchboard", " "));
-        assert_eq!(value["elements"][0]["text"]["content"], "Run failed.");
-        let long = "e".repeat(ERROR_TEXT_MAX_CHARS + 10);
-        let value = parsed(&error_card("switchboard", &long));
+        let long = "e".repeat(NOTICE_TEXT_MAX_CHARS + 10);
+        let value = parsed(&notice_card(CardStyle::Error, "", &long, None, None));
         let body = value["elements"][0]["text"]["content"].as_str().unwrap();
         assert!(body.ends_with('…'));
-        assert_eq!(
-            body.chars().count(),
-            "Run failed: ".len() + ERROR_TEXT_MAX_CHARS + 1
-        );
+        assert_eq!(body.chars().count(), NOTICE_TEXT_MAX_CHARS + 1);
+        // A blank text leaves only the reference.
+        let value = parsed(&notice_card(CardStyle::Error, "", " ", Some("r-1"), None));
+        assert_eq!(value["elements"].as_array().unwrap().len(), 1);
+        assert_eq!(value["elements"][0]["tag"], "note");
     }
 
     #[test]
     fn binding_card_shape() {
         let url = "https://app.example/lark/bind?token=token+with+space";
-        let value = parsed(&binding_card(url));
-        assert_eq!(value["config"]["wide_screen_mode"], true);
+        let value = parsed(&notice_card(
+            CardStyle::Binding,
+            "Helper",
+            "Bind your account first.",
+            None,
+            Some(Button {
+                label: link_label("zh-CN", true),
+                url,
+            }),
+        ));
+        assert_eq!(value["config"], json!({ "wide_screen_mode": true }));
         assert_eq!(value["header"]["template"], "blue");
-        assert_eq!(value["header"]["title"]["content"], "switchboard");
         let elements = value["elements"].as_array().unwrap();
-        assert!(elements.len() >= 2);
         assert_eq!(
             elements[0]["text"],
-            json!({ "tag": "lark_md", "content": BINDING_PROMPT_COPY })
+            json!({ "tag": "lark_md", "content": "Bind your account first." })
         );
-        let last = elements.last().unwrap();
-        assert_eq!(last["tag"], "action");
         assert_eq!(
-            last["actions"][0],
-            json!({
+            elements[1],
+            json!({ "tag": "action", "actions": [ {
                 "tag": "button",
                 "text": { "tag": "plain_text", "content": "去绑定" },
                 "type": "primary",
                 "url": url,
-            })
+            } ] })
         );
     }
 
     #[test]
-    fn notice_copies_match_the_reference() {
-        assert_eq!(
-            AGENT_OFFLINE_COPY,
-            "Agent 当前离线，消息已记录。下次 daemon 上线后会自动继续处理。"
-        );
-        assert!(AGENT_ARCHIVED_COPY.starts_with("这个 Agent 已被归档"));
-        assert!(FRESH_PENDING_COPY.starts_with("✅ 已准备开始新对话。"));
-        assert!(ISSUE_USAGE_COPY.contains("`/issue <标题>`\n`[描述]`（可选）"));
-    }
-
-    #[test]
-    fn issue_confirmation_text() {
-        assert_eq!(
-            issue_created_text("Fix login", "MUL-42"),
-            "Created MUL-42 — Fix login"
-        );
-        assert_eq!(issue_created_text("", "#7"), "Created #7");
-        assert_eq!(
-            issue_created_text("Fix login", "https://app.example/issues/MUL-42"),
-            "Created MUL-42 — Fix login\nhttps://app.example/issues/MUL-42"
-        );
-        assert_eq!(
-            issue_created_text("Fix login", "https://app.example/"),
-            "Created issue — Fix login\nhttps://app.example/"
-        );
-        assert_eq!(issue_created_text("T", ""), "Created issue — T");
+    fn button_labels_follow_the_locale() {
+        for (locale, binding, label) in [
+            ("zh", false, "打开链接"),
+            ("zh-CN", false, "打开链接"),
+            ("ZH_tw", true, "去绑定"),
+            ("en", false, "Open link"),
+            ("en-US", true, "Bind account"),
+            ("", false, "Open link"),
+            ("zhx", false, "Open link"),
+        ] {
+            assert_eq!(link_label(locale, binding), label, "{locale}");
+        }
     }
 
     #[test]

@@ -286,6 +286,97 @@ pub fn delete_reaction_request(
     request
 }
 
+/// Path of the bot identity call.
+pub const BOT_INFO_PATH: &str = "/open-apis/bot/v3/info";
+
+/// `GET {base}/open-apis/bot/v3/info` (no body).
+pub fn bot_info_request(base_url: &str, token: &str) -> HttpRequestSpec {
+    get(format!("{}{BOT_INFO_PATH}", api_base(base_url)), token)
+}
+
+/// `GET {base}/open-apis/im/v1/messages/{message_id}/resources/{key}?type=image|file`: a
+/// resource of a message a user sent (lark-protocol §5). `type=image` for an image key
+/// (`img_…`), `type=file` for everything else (files, audio, video).
+pub fn message_resource_request(
+    base_url: &str,
+    token: &str,
+    message_id: &str,
+    key: &str,
+) -> HttpRequestSpec {
+    let kind = if key.starts_with("img_") {
+        "image"
+    } else {
+        "file"
+    };
+    get(
+        format!(
+            "{}{SEND_MESSAGE_PATH}/{}/resources/{}?type={kind}",
+            api_base(base_url),
+            path_segment(message_id),
+            path_segment(key)
+        ),
+        token,
+    )
+}
+
+/// A downloaded resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// The `Content-Type` of the answer, when it has one.
+    pub mime: Option<String>,
+    /// The bytes.
+    pub body: Vec<u8>,
+}
+
+/// Reads a resource download: a 2xx answer is the file, unless it is a JSON Lark envelope with
+/// a non-zero `code` (an error); any other status is an error (its envelope's code when it has
+/// one).
+pub fn parse_resource(
+    status: u16,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<Resource, ApiError> {
+    let mime = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty());
+    let json = mime.as_deref().is_some_and(|mime| {
+        mime.get(..16)
+            .is_some_and(|start| start.eq_ignore_ascii_case("application/json"))
+    });
+    if !(200..300).contains(&status) {
+        return Err(check_response(status, headers, &body)
+            .err()
+            .unwrap_or_else(|| ApiError {
+                http_status: status,
+                code: 0,
+                msg: format!("http {status}"),
+                retry_after_s: None,
+            }));
+    }
+    if json
+        && let Some(code) = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|value| value.get("code").and_then(Value::as_i64))
+        && code != 0
+    {
+        return Err(check_response(status, headers, &body)
+            .err()
+            .expect("a non-zero code is an error"));
+    }
+    Ok(Resource { mime, body })
+}
+
+fn get(url: String, token: &str) -> HttpRequestSpec {
+    HttpRequestSpec {
+        method: "GET",
+        url,
+        headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+        body: Vec::new(),
+    }
+}
+
 /// The configured base URL without a trailing slash, or [`DEFAULT_BASE_URL`] when blank.
 pub fn api_base(base_url: &str) -> &str {
     let base = base_url.trim().trim_end_matches('/');

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use switchboard_lark::decode::{ChatType, DecodeContext, InboundMessage, Sender, routing_key};
+use switchboard_lark::decode::{
+    Attachment, ChatType, DecodeContext, InboundMessage, Sender, routing_key,
+};
 use switchboard_lark::mentions::Mention;
 
 fn alice() -> Sender {
@@ -75,6 +77,7 @@ fn event_receive_text_p2p() {
             thread_id: None,
             create_time_ms: 1_731_300_000_000,
             mentions: vec![],
+            attachments: vec![],
         }
     );
     assert_eq!(
@@ -152,6 +155,21 @@ fn event_receive_post_all_tags() {
     assert_eq!(message.message_type, "post");
     assert!(message.addressed_to_bot);
     assert_eq!(
+        message.attachments,
+        [
+            attachment(
+                "image",
+                None,
+                "img_v3_02gh_4c1e8a3b-7f2d-4e9a-b6c5-1d0e9f8a7b6g"
+            ),
+            attachment(
+                "video",
+                None,
+                "file_v3_00gh_9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6g"
+            ),
+        ]
+    );
+    assert_eq!(
         message.body,
         "Release checklist v2.3\n\
          owner: @Bob Li please confirm the items below.\n\
@@ -172,18 +190,50 @@ fn event_receive_image() {
     let message = decode_message("event_receive_image.json");
     assert_media_like(&message, "image", "[Image]");
     assert_eq!(message.message_id, "om_5b3c000000000000000000000000a006");
+    assert_eq!(
+        message.attachments,
+        [attachment(
+            "image",
+            None,
+            "img_v3_02gh_7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1f0g"
+        )]
+    );
+}
+
+fn attachment(kind: &'static str, name: Option<&str>, key: &str) -> Attachment {
+    Attachment {
+        kind,
+        name: name.map(str::to_string),
+        key: key.into(),
+    }
 }
 
 #[test]
 fn event_receive_file() {
     let message = decode_message("event_receive_file.json");
     assert_media_like(&message, "file", "[File] Q3-capacity-plan.pdf");
+    assert_eq!(
+        message.attachments,
+        [attachment(
+            "file",
+            Some("Q3-capacity-plan.pdf"),
+            "file_v3_00gh_1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5g"
+        )]
+    );
 }
 
 #[test]
 fn event_receive_audio() {
     let message = decode_message("event_receive_audio.json");
     assert_media_like(&message, "audio", "[Audio] 4.2s");
+    assert_eq!(
+        message.attachments,
+        [attachment(
+            "audio",
+            None,
+            "file_v3_00gh_2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6g"
+        )]
+    );
 }
 
 #[test]
@@ -194,6 +244,14 @@ fn event_receive_media() {
         "media",
         "[Video] repro-screen-recording.mp4 (15.3s)",
     );
+    assert_eq!(
+        message.attachments,
+        [attachment(
+            "video",
+            Some("repro-screen-recording.mp4"),
+            "file_v3_00gh_3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6g"
+        )]
+    );
 }
 
 #[test]
@@ -201,6 +259,10 @@ fn event_receive_sticker() {
     let message = decode_message("event_receive_sticker.json");
     assert_media_like(&message, "sticker", "[Sticker]");
     assert_eq!(message.sender, bob());
+    assert!(
+        message.attachments.is_empty(),
+        "stickers are not downloadable"
+    );
 }
 
 #[test]
@@ -359,6 +421,7 @@ fn event_receive_video_chat() {
 fn event_receive_folder() {
     let message = decode_message("event_receive_folder.json");
     assert_media_like(&message, "folder", "[Folder] design-assets");
+    assert!(message.attachments.is_empty());
 }
 
 fn assert_ignored_event(name: &str, event_type: &str) {
