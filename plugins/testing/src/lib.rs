@@ -3,6 +3,10 @@
 //! | payload | behaviour |
 //! |---|---|
 //! | `echo:<text>` | a message whose body is `<text>` |
+//! | `group:<text>` | the same in a group chat, addressed to the bot only if `<text>` has `@bot` |
+//! | `attach:<kind>:<ref>` | a message with one attachment of `<kind>` whose reference is `<ref>` |
+//! | `action:<name>=<value>` | an action (button press) `<name>` with `<value>` |
+//! | `ignore:<reason>` | ignored with `<reason>` |
 //! | `loop` | spins forever (the host must cut it at its deadline) |
 //! | `alloc:<mib>` | allocates and touches `<mib>` MiB (a memory bomb past the cap) |
 //! | `panic:<text>` | panics with `<text>` |
@@ -13,39 +17,119 @@
 //! | `wall-clock` | body = milliseconds since the Unix epoch as guest std reads them (WASI) |
 //! | `env:<name>` | body = the environment variable (or `<none>`), how many there are, and args |
 //!
-//! The other exports answer trivially so the whole contract is exported.
+//! Any other payload is ignored. `transport.classify-frame` wraps a frame as one data frame
+//! (a `bad-reading:…` frame comes with an event-reading that contradicts `decode`);
+//! `verify-webhook` accepts any request body as one payload. The other exports answer trivially
+//! but usefully:
+//!
+//! - `commands.parse`: `/name args` → `{name, args}` (name lower-cased, `@suffix` dropped).
+//! - `outbound.deliver`: a reply or notice whose text starts with `fail:` is a retryable
+//!   delivery error, `fatal:` a permanent one; otherwise the receipt's message id is
+//!   `test-<idempotency key>` (none when the key is empty).
+//! - `stream-begin` answers the handle `stream-<idempotency key>`, `stream-end` a receipt with
+//!   the handle; a text starting with `fail:` fails them as in `deliver`.
+//! - `fetch-attachment` answers the reference itself as `text/plain` bytes.
+//! - `lifecycle.on-install` stores `webhook_url` (when not empty); it refuses the installation
+//!   when its config has `refuse_install`. `on-uninstall` succeeds.
+//! - Long-poll and connections are not served (the manifest declares webhook and websocket).
 
 use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
-    commands, decoder, enricher, outbound, transport,
+    commands, decoder, enricher, lifecycle, outbound, transport,
 };
-use switchboard_plugin_sdk::types::{ChatType, InboundMessage, PluginError, Sender, SessionTarget};
+use switchboard_plugin_sdk::types::{
+    Attachment, Chat, ChatKind, InboundAction, InboundMessage, Mention, Participant, PluginError,
+    SessionTarget,
+};
 use switchboard_plugin_sdk::{http, installation, kv};
 
 switchboard_plugin_sdk::manifest!("../manifest.toml");
 
 struct Testing;
 
-fn message(body: String) -> decoder::Decoded {
-    decoder::Decoded::Message(InboundMessage {
+fn chat(kind: ChatKind) -> Chat {
+    Chat {
+        id: "test-chat".into(),
+        kind,
+        title: None,
+    }
+}
+
+fn participant() -> Participant {
+    Participant {
+        id: "test-user".into(),
+        display_name: None,
+        is_bot: false,
+        alt_ids: Vec::new(),
+    }
+}
+
+fn inbound(body: String) -> InboundMessage {
+    InboundMessage {
         event_id: String::new(),
         message_id: String::new(),
-        chat_id: "test-chat".into(),
-        chat_type: ChatType::Direct,
-        sender: Sender {
-            open_id: "test-user".into(),
-            union_id: None,
-            user_id: None,
-            kind: "user".into(),
-        },
+        chat: chat(ChatKind::Direct),
+        sender: participant(),
         message_type: "text".into(),
         command_body: body.clone(),
         body,
-        addressed_to_bot: false,
+        addressed_to_bot: true,
         parent_id: None,
         root_id: None,
         thread_id: None,
         create_time_ms: 0,
         mentions: Vec::new(),
+        attachments: Vec::new(),
+    }
+}
+
+fn message(body: String) -> decoder::Decoded {
+    decoder::Decoded::Message(inbound(body))
+}
+
+fn group_message(text: &str) -> decoder::Decoded {
+    let addressed = text.contains("@bot");
+    let mut message = inbound(text.to_string());
+    message.chat = chat(ChatKind::Group);
+    message.addressed_to_bot = addressed;
+    if addressed {
+        message.mentions.push(Mention {
+            key: "@bot".into(),
+            name: "bot".into(),
+            id: None,
+            is_bot: true,
+        });
+    }
+    decoder::Decoded::Message(message)
+}
+
+fn attachment_message(arg: &str) -> decoder::Decoded {
+    let (kind, reference) = arg.split_once(':').unwrap_or((arg, ""));
+    let mut message = inbound(String::new());
+    message.message_id = format!("att-{reference}");
+    message.message_type = kind.to_string();
+    message.attachments.push(Attachment {
+        kind: kind.to_string(),
+        name: Some(format!("{reference}.bin")),
+        mime: Some("application/octet-stream".into()),
+        size: Some(reference.len() as u64),
+        ref_: reference.to_string(),
+    });
+    decoder::Decoded::Message(message)
+}
+
+fn action(arg: &str) -> decoder::Decoded {
+    let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
+    decoder::Decoded::Action(InboundAction {
+        event_id: String::new(),
+        action_id: format!("action-{name}-{value}"),
+        chat: chat(ChatKind::Direct),
+        sender: participant(),
+        message_id: None,
+        thread_id: None,
+        name: name.to_string(),
+        value: value.to_string(),
+        answer_deadline_ms: None,
+        create_time_ms: 0,
     })
 }
 
@@ -74,6 +158,10 @@ impl decoder::Guest for Testing {
         let (command, arg) = text.split_once(':').unwrap_or((text.as_str(), ""));
         let body = match command {
             "echo" => arg.to_string(),
+            "group" => return Ok(group_message(arg)),
+            "attach" => return Ok(attachment_message(arg)),
+            "action" => return Ok(action(arg)),
+            "ignore" => return Ok(decoder::Decoded::Ignored(arg.to_string())),
             "loop" => spin_forever(),
             "alloc" => format!("allocated {} MiB", allocate(arg.parse().unwrap_or(1))),
             "panic" => panic!("{arg}"),
@@ -141,6 +229,10 @@ impl decoder::Guest for Testing {
     }
 }
 
+/// The refusal of every export of a transport this plugin does not declare.
+const NO_LONG_POLL: &str =
+    "the testing plugin does not long-poll (its manifest declares webhook and websocket)";
+
 impl transport::Guest for Testing {
     fn classify_frame(frame: Vec<u8>) -> Result<transport::FrameClass, PluginError> {
         // `bad-reading:…` frames come with an event-reading that contradicts `decode` (which
@@ -202,6 +294,15 @@ impl transport::Guest for Testing {
     fn routing_key(_payload: Vec<u8>) -> Option<String> {
         None
     }
+    fn plan_poll(_cursor: Option<String>) -> Result<transport::Request, transport::ConnectError> {
+        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
+    }
+    fn parse_poll(
+        _cursor: Option<String>,
+        _response: transport::Response,
+    ) -> Result<transport::PollBatch, transport::ConnectError> {
+        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
+    }
 }
 
 impl enricher::Guest for Testing {
@@ -215,18 +316,43 @@ impl enricher::Guest for Testing {
 
 impl commands::Guest for Testing {
     fn parse(text: String) -> Option<commands::Command> {
-        (text.trim() == "/new").then_some(commands::Command::NewContext(None))
+        let rest = text.trim().strip_prefix('/')?;
+        let (head, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let name = head.split('@').next().unwrap_or("").to_lowercase();
+        (!name.is_empty()).then(|| commands::Command {
+            name,
+            args: args.trim().to_string(),
+        })
     }
 }
 
+/// `fail:…` is a retryable delivery error and `fatal:…` a permanent one.
+fn check_text(text: &str) -> Result<(), outbound::DeliveryError> {
+    let retryable = if text.starts_with("fail:") {
+        true
+    } else if text.starts_with("fatal:") {
+        false
+    } else {
+        return Ok(());
+    };
+    Err(outbound::DeliveryError {
+        code: Some(if retryable { 500 } else { 400 }),
+        message: text.to_string(),
+        retryable,
+    })
+}
+
 impl outbound::Guest for Testing {
-    fn flush(_batch: outbound::FlushBatch) -> Result<Vec<outbound::FlushAction>, PluginError> {
-        Ok(vec![outbound::FlushAction::StartRun])
-    }
-    fn deliver(
-        _delivery: outbound::Delivery,
-    ) -> Result<outbound::Receipt, outbound::DeliveryError> {
-        Ok(outbound::Receipt { message_id: None })
+    fn deliver(delivery: outbound::Delivery) -> Result<outbound::Receipt, outbound::DeliveryError> {
+        let text = match &delivery.content {
+            outbound::Content::Reply(text) => text,
+            outbound::Content::Notice(notice) => &notice.text,
+        };
+        check_text(text)?;
+        let key = delivery.idempotency_key;
+        Ok(outbound::Receipt {
+            message_id: (!key.is_empty()).then(|| format!("test-{key}")),
+        })
     }
     fn set_typing(
         _target: SessionTarget,
@@ -234,6 +360,56 @@ impl outbound::Guest for Testing {
         _handle: Option<String>,
     ) -> Result<Option<String>, outbound::DeliveryError> {
         Ok(None)
+    }
+    fn stream_begin(
+        _target: SessionTarget,
+        idempotency_key: String,
+    ) -> Result<String, outbound::DeliveryError> {
+        Ok(format!("stream-{idempotency_key}"))
+    }
+    fn stream_update(
+        _target: SessionTarget,
+        _handle: String,
+        text: String,
+    ) -> Result<(), outbound::DeliveryError> {
+        check_text(&text)
+    }
+    fn stream_end(
+        _target: SessionTarget,
+        handle: String,
+        text: String,
+    ) -> Result<outbound::Receipt, outbound::DeliveryError> {
+        check_text(&text)?;
+        Ok(outbound::Receipt {
+            message_id: Some(handle),
+        })
+    }
+    fn fetch_attachment(
+        _message_id: String,
+        reference: String,
+    ) -> Result<outbound::AttachmentContent, PluginError> {
+        Ok(outbound::AttachmentContent {
+            mime: Some("text/plain".into()),
+            body: reference.into_bytes(),
+        })
+    }
+}
+
+impl lifecycle::Guest for Testing {
+    fn on_install(webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
+        if installation::config("refuse_install").is_some() {
+            return Err(PluginError::Unauthorized(
+                "the installation asks to be refused (`refuse_install`)".into(),
+            ));
+        }
+        Ok(if webhook_url.is_empty() {
+            Vec::new()
+        } else {
+            vec![("webhook_url".into(), webhook_url)]
+        })
+    }
+    fn on_uninstall() -> Result<(), PluginError> {
+        Ok(())
     }
 }
 
