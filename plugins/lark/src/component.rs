@@ -2,21 +2,23 @@
 //! imports, calls the plain-Rust logic modules and converts between their types and the
 //! generated WIT types. No protocol logic lives here.
 //!
-//! Installation config keys: `app_id`, `bot_open_id`, `bot_union_id`, `base_url` (default
-//! `https://open.feishu.cn`), `agent_name` (card headers, default "switchboard"),
-//! `recent_context_size` (enricher, default 10, 0 = off). Secrets:
-//! `app_secret`, `encrypt_key`, `verification_token`.
+//! Installation config keys (the manifest's `[installation]` schema): `app_id`, `bot_open_id`,
+//! `bot_union_id`, `base_url` (default `https://open.feishu.cn`), `agent_name` (card headers,
+//! none by default), `recent_context_size` (enricher, default 10, 0 = off); `on-install` adds
+//! `bot_open_id` and `bot_name`. Secrets: `app_secret`, `encrypt_key`, `verification_token`.
 
 use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
-    commands, decoder, enricher, outbound, transport,
+    commands, decoder, enricher, lifecycle, outbound, transport,
 };
-use switchboard_plugin_sdk::types::{self, ChatType, InboundMessage, Mention, PluginError, Sender};
-use switchboard_plugin_sdk::{clock, http, install_panic_hook, installation, kv, log, log_write};
+use switchboard_plugin_sdk::types::{
+    self, Attachment, Chat, ChatKind, InboundMessage, Mention, Participant, PluginError,
+};
+use switchboard_plugin_sdk::{http, install_panic_hook, installation, kv, log, log_write};
 
-use crate::commands::Command;
 use crate::decode::{self, DecodeContext, Decoded};
+use crate::mentions::BotIdentity;
 use crate::outbound::{
-    Credentials, DeliveryFailure, FlushAction, LarkClient, LarkHost, TransportFailure,
+    Credentials, DeliveryFailure, LarkClient, LarkHost, PluginFailure, TransportFailure,
 };
 use crate::transport::{
     AckStatus, ConnectError, ConnectPlan, ConnectionHints, DATA_KIND_EVENT, FrameClassRef,
@@ -27,6 +29,12 @@ use crate::{
     commands as command_logic, enrich as enrich_logic, outbound as outbound_logic,
     transport as transport_logic,
 };
+
+/// What `plan-poll` and `parse-poll` answer: events come over the long connection or webhooks.
+const NO_LONG_POLL: &str = "this channel does not long-poll";
+
+/// What the streaming exports answer until CardKit streaming is implemented.
+const NO_STREAMING: &str = "streaming is not supported by this plugin";
 
 /// Timeout asked of the host for the endpoint discovery call (the host clamps it to the call's
 /// remaining deadline).
@@ -78,7 +86,7 @@ impl transport::Guest for LarkPlugin {
                 frame.truncate(payload.len());
                 // A whole event is read now, saving the host three calls (routing key,
                 // decode, command parse); fragments are decoded once the host reassembled them.
-                let event = (fragment.total <= 1).then(|| read_event(&frame));
+                let event = (fragment.total <= 1).then(|| read_event(&frame, &Bot::from_config()));
                 transport::FrameClass::Data(transport::DataFrame {
                     kind: DATA_KIND_EVENT.to_string(),
                     fragment,
@@ -158,10 +166,11 @@ impl transport::Guest for LarkPlugin {
                 let readings = if installation::id().is_empty() {
                     Vec::new()
                 } else {
+                    let bot = Bot::from_config();
                     events
                         .payloads
                         .iter()
-                        .map(|payload| read_event(payload))
+                        .map(|payload| read_event(payload, &bot))
                         .collect()
                 };
                 Ok(transport::WebhookVerdict::Events(
@@ -192,6 +201,17 @@ impl transport::Guest for LarkPlugin {
         install_panic_hook();
         decode::routing_key(&payload)
     }
+
+    fn plan_poll(_cursor: Option<String>) -> Result<transport::Request, transport::ConnectError> {
+        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
+    }
+
+    fn parse_poll(
+        _cursor: Option<String>,
+        _response: transport::Response,
+    ) -> Result<transport::PollBatch, transport::ConnectError> {
+        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
+    }
 }
 
 impl decoder::Guest for LarkPlugin {
@@ -203,34 +223,57 @@ impl decoder::Guest for LarkPlugin {
 
 /// `decoder.decode`.
 fn decode_payload(payload: &[u8]) -> Result<decoder::Decoded, PluginError> {
-    decode_native(payload).map(|decoded| match decoded {
+    let bot = Bot::from_config();
+    decode_native(payload, &bot).map(|decoded| match decoded {
         Decoded::Ignored(reason) => decoder::Decoded::Ignored(reason),
-        Decoded::Message(message) => decoder::Decoded::Message(wit_message(message)),
+        Decoded::Message(message) => decoder::Decoded::Message(wit_message(message, &bot)),
     })
 }
 
-/// The decoder logic with the installation's bot ids from the host, before conversion to the
-/// WIT types (a reading also needs the envelope's `app_id`).
-fn decode_native(payload: &[u8]) -> Result<Decoded, PluginError> {
-    let bot_open_id = config("bot_open_id").unwrap_or_default();
-    let bot_union_id = config("bot_union_id").unwrap_or_default();
-    let ctx = DecodeContext::new(&bot_open_id, &bot_union_id);
+/// The installation's bot ids (config keys `bot_open_id` and `bot_union_id`; empty = unknown).
+struct Bot {
+    open_id: String,
+    union_id: String,
+}
+
+impl Bot {
+    fn from_config() -> Self {
+        Bot {
+            open_id: config("bot_open_id").unwrap_or_default(),
+            union_id: config("bot_union_id").unwrap_or_default(),
+        }
+    }
+
+    fn identity(&self) -> BotIdentity<'_> {
+        BotIdentity {
+            open_id: &self.open_id,
+            union_id: &self.union_id,
+        }
+    }
+}
+
+/// The decoder logic with the installation's bot ids, before conversion to the WIT types (a
+/// reading also needs the envelope's `app_id`).
+fn decode_native(payload: &[u8], bot: &Bot) -> Result<Decoded, PluginError> {
+    let ctx = DecodeContext {
+        bot: bot.identity(),
+    };
     decode::decode_event(payload, &ctx).map_err(|err| PluginError::InvalidInput(err.to_string()))
 }
 
 /// What `routing-key`, `decode` and `commands.parse` answer for one whole event payload, in
 /// one parse when the payload is a v2 message event (its `header.app_id` is the routing key).
-fn read_event(payload: &[u8]) -> transport::EventReading {
-    let (decoded, routing_key, command) = match decode_native(payload) {
-        Ok(Decoded::Message(message)) => {
+fn read_event(payload: &[u8], bot: &Bot) -> transport::EventReading {
+    let (decoded, routing_key, command) = match decode_native(payload, bot) {
+        Ok(Decoded::Message(mut message)) => {
             let routing_key = if message.app_id.is_empty() {
                 decode::routing_key(payload)
             } else {
-                Some(message.app_id.clone())
+                Some(std::mem::take(&mut message.app_id))
             };
             let command = parse_command(&message.command_body);
             (
-                Ok(decoder::Decoded::Message(wit_message(message))),
+                Ok(decoder::Decoded::Message(wit_message(message, bot))),
                 routing_key,
                 command,
             )
@@ -314,22 +357,29 @@ impl enrich_logic::EnrichHost for EnrichImportHost {
     }
 }
 
-/// The WIT message as the logic modules' type (the routing key is not needed after decoding).
+/// The WIT message as the logic modules' type (the routing key is not needed after decoding;
+/// the enricher reads neither attachments nor mention union ids).
 fn logic_message(message: InboundMessage) -> decode::InboundMessage {
+    let mut union_id = None;
+    let mut user_id = None;
+    for (scheme, id) in message.sender.alt_ids {
+        match scheme.as_str() {
+            "union_id" => union_id = Some(id),
+            "user_id" => user_id = Some(id),
+            _ => {}
+        }
+    }
     decode::InboundMessage {
         app_id: String::new(),
         event_id: message.event_id,
         message_id: message.message_id,
-        chat_id: message.chat_id,
-        chat_type: match message.chat_type {
-            ChatType::Direct => decode::ChatType::Direct,
-            ChatType::Group => decode::ChatType::Group,
-        },
+        chat_id: message.chat.id,
+        chat_type: logic_chat_type(message.chat.kind),
         sender: decode::Sender {
-            open_id: message.sender.open_id,
-            union_id: message.sender.union_id,
-            user_id: message.sender.user_id,
-            kind: message.sender.kind,
+            open_id: message.sender.id,
+            union_id,
+            user_id,
+            kind: if message.sender.is_bot { "app" } else { "user" }.into(),
         },
         message_type: message.message_type,
         body: message.body,
@@ -345,10 +395,19 @@ fn logic_message(message: InboundMessage) -> decode::InboundMessage {
             .map(|mention| crate::mentions::Mention {
                 key: mention.key,
                 name: mention.name,
-                open_id: mention.open_id,
-                union_id: mention.union_id,
+                open_id: mention.id,
+                union_id: None,
             })
             .collect(),
+        attachments: Vec::new(),
+    }
+}
+
+/// Lark has direct and group chats; a `channel` is treated as a group.
+fn logic_chat_type(kind: ChatKind) -> decode::ChatType {
+    match kind {
+        ChatKind::Direct => decode::ChatType::Direct,
+        ChatKind::Group | ChatKind::Channel => decode::ChatType::Group,
     }
 }
 
@@ -361,58 +420,23 @@ impl commands::Guest for LarkPlugin {
 
 /// `commands.parse`.
 fn parse_command(text: &str) -> Option<commands::Command> {
-    command_logic::parse_command(text).map(|command| match command {
-        Command::NewContext(body) => commands::Command::NewContext(body),
-        Command::Issue { title, description } => {
-            commands::Command::Issue(commands::IssueRequest { title, description })
-        }
-        Command::IssueUsage => commands::Command::IssueUsage,
+    command_logic::parse_command(text).map(|command| commands::Command {
+        name: command.name,
+        args: command.args,
     })
 }
 
 impl outbound::Guest for LarkPlugin {
-    fn flush(batch: outbound::FlushBatch) -> Result<Vec<outbound::FlushAction>, PluginError> {
-        install_panic_hook();
-        let agent = match batch.agent {
-            outbound::AgentState::Online => outbound_logic::AgentState::Online,
-            outbound::AgentState::Offline => outbound_logic::AgentState::Offline,
-            outbound::AgentState::Archived => outbound_logic::AgentState::Archived,
-        };
-        let messages: Vec<outbound_logic::BatchMessage> = batch
-            .messages
-            .into_iter()
-            .map(|message| outbound_logic::BatchMessage {
-                message_id: message.message_id,
-                create_time_ms: message.create_time_ms,
-            })
-            .collect();
-        Ok(
-            outbound_logic::flush_actions(agent, &messages, clock::now_ms())
-                .into_iter()
-                .map(|action| match action {
-                    FlushAction::StartRun => outbound::FlushAction::StartRun,
-                    FlushAction::Notice(notice) => {
-                        outbound::FlushAction::Notice(wit_notice(notice))
-                    }
-                    FlushAction::Typing { message_id, on } => {
-                        outbound::FlushAction::Typing(outbound::TypingChange { message_id, on })
-                    }
-                })
-                .collect(),
-        )
-    }
-
     fn deliver(delivery: outbound::Delivery) -> Result<outbound::Receipt, outbound::DeliveryError> {
         install_panic_hook();
         let target = logic_target(delivery.target);
         let content = match delivery.content {
             outbound::Content::Reply(text) => outbound_logic::Content::Reply(text),
-            outbound::Content::RunError(error) => outbound_logic::Content::RunError(error),
             outbound::Content::Notice(notice) => {
                 outbound_logic::Content::Notice(logic_notice(notice))
             }
         };
-        let header = config("agent_name").unwrap_or_else(|| crate::render::DEFAULT_HEADER.into());
+        let header = config("agent_name").unwrap_or_default();
         let credentials = credentials();
         let mut host = ImportHost;
         LarkClient::new(&mut host, &credentials)
@@ -440,6 +464,103 @@ impl outbound::Guest for LarkPlugin {
         };
         result.map_err(|failure| reported(failure, "set-typing", &target.session_id))
     }
+
+    fn stream_begin(
+        _target: outbound::SessionTarget,
+        _idempotency_key: String,
+    ) -> Result<String, outbound::DeliveryError> {
+        Err(no_streaming())
+    }
+
+    fn stream_update(
+        _target: outbound::SessionTarget,
+        _handle: String,
+        _text: String,
+    ) -> Result<(), outbound::DeliveryError> {
+        Err(no_streaming())
+    }
+
+    fn stream_end(
+        _target: outbound::SessionTarget,
+        _handle: String,
+        _text: String,
+    ) -> Result<outbound::Receipt, outbound::DeliveryError> {
+        Err(no_streaming())
+    }
+
+    /// The message resource API: `type=image` for an `img_…` key, `type=file` otherwise.
+    fn fetch_attachment(
+        message_id: String,
+        reference: String,
+    ) -> Result<outbound::AttachmentContent, PluginError> {
+        install_panic_hook();
+        let credentials = credentials();
+        let mut host = ImportHost;
+        LarkClient::new(&mut host, &credentials)
+            .fetch_resource(&message_id, &reference)
+            .map(|resource| outbound::AttachmentContent {
+                mime: resource.mime,
+                body: resource.body,
+            })
+            .map_err(|failure| plugin_error(failure, "fetch-attachment"))
+    }
+}
+
+fn no_streaming() -> outbound::DeliveryError {
+    outbound::DeliveryError {
+        code: None,
+        message: NO_STREAMING.into(),
+        retryable: false,
+    }
+}
+
+impl lifecycle::Guest for LarkPlugin {
+    /// Checks the credentials with a fresh tenant token and learns the bot's `open_id` and name
+    /// (`GET /open-apis/bot/v3/info`). Nothing is registered: Lark's event URL is set in the
+    /// developer console.
+    fn on_install(_webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
+        install_panic_hook();
+        let credentials = credentials();
+        let mut host = ImportHost;
+        let bot = LarkClient::new(&mut host, &credentials)
+            .bot_info()
+            .map_err(|failure| plugin_error(failure, "on-install"))?;
+        Ok([("bot_open_id", bot.open_id), ("bot_name", bot.app_name)]
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(key, value)| (key.to_string(), value))
+            .collect())
+    }
+
+    fn on_uninstall() -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// Logs a failed non-delivery call and converts it to the WIT error.
+fn plugin_error(failure: PluginFailure, export: &str) -> PluginError {
+    let (kind, error) = match failure {
+        PluginFailure::InvalidInput(message) => {
+            ("invalid-input", PluginError::InvalidInput(message))
+        }
+        PluginFailure::Unauthorized(message) => {
+            ("unauthorized", PluginError::Unauthorized(message))
+        }
+        PluginFailure::Retryable(message) => ("retryable", PluginError::Retryable(message)),
+        PluginFailure::Fatal(message) => ("fatal", PluginError::Fatal(message)),
+    };
+    let message = match &error {
+        PluginError::InvalidInput(message)
+        | PluginError::Unauthorized(message)
+        | PluginError::Retryable(message)
+        | PluginError::Fatal(message) => message.as_str(),
+    };
+    log_write(
+        log::Level::Warn,
+        message,
+        &[("export", export), ("error", kind)],
+    );
+    error
 }
 
 /// The installation's Open Platform credentials.
@@ -567,10 +688,7 @@ fn logic_target(target: types::SessionTarget) -> outbound_logic::SessionTarget {
     outbound_logic::SessionTarget {
         session_id: target.session_id,
         chat_id: target.chat_id,
-        chat_type: match target.chat_type {
-            ChatType::Direct => decode::ChatType::Direct,
-            ChatType::Group => decode::ChatType::Group,
-        },
+        chat_type: logic_chat_type(target.chat_kind),
         thread_id: target.thread_id,
         reply_to: target.reply_to,
         in_thread: target.in_thread,
@@ -578,43 +696,24 @@ fn logic_target(target: types::SessionTarget) -> outbound_logic::SessionTarget {
 }
 
 fn logic_notice(notice: types::Notice) -> outbound_logic::Notice {
-    match notice {
-        types::Notice::AgentOffline => outbound_logic::Notice::AgentOffline,
-        types::Notice::AgentArchived => outbound_logic::Notice::AgentArchived,
-        types::Notice::NeedsBinding(link) => {
-            outbound_logic::Notice::NeedsBinding(outbound_logic::BindingLink {
-                url: link.url,
-                open_id: link.open_id,
-                expires_in_minutes: link.expires_in_minutes,
-            })
-        }
-        types::Notice::FreshPending => outbound_logic::Notice::FreshPending,
-        types::Notice::IssueUsage => outbound_logic::Notice::IssueUsage,
-        types::Notice::IssueCreated(issue) => outbound_logic::Notice::IssueCreated {
-            title: issue.title,
-            reference: issue.reference,
+    use outbound_logic::NoticeKind as Kind;
+    outbound_logic::Notice {
+        kind: match notice.kind {
+            types::NoticeKind::BindingRequired => Kind::BindingRequired,
+            types::NoticeKind::FreshContext => Kind::FreshContext,
+            types::NoticeKind::AgentOffline => Kind::AgentOffline,
+            types::NoticeKind::AgentArchived => Kind::AgentArchived,
+            types::NoticeKind::RunError => Kind::RunError,
+            types::NoticeKind::CommandUsage => Kind::CommandUsage,
+            types::NoticeKind::Help => Kind::Help,
+            types::NoticeKind::Status => Kind::Status,
+            types::NoticeKind::Info => Kind::Info,
         },
-        types::Notice::Text(text) => outbound_logic::Notice::Text(text),
-    }
-}
-
-fn wit_notice(notice: outbound_logic::Notice) -> types::Notice {
-    match notice {
-        outbound_logic::Notice::AgentOffline => types::Notice::AgentOffline,
-        outbound_logic::Notice::AgentArchived => types::Notice::AgentArchived,
-        outbound_logic::Notice::NeedsBinding(link) => {
-            types::Notice::NeedsBinding(types::BindingLink {
-                url: link.url,
-                open_id: link.open_id,
-                expires_in_minutes: link.expires_in_minutes,
-            })
-        }
-        outbound_logic::Notice::FreshPending => types::Notice::FreshPending,
-        outbound_logic::Notice::IssueUsage => types::Notice::IssueUsage,
-        outbound_logic::Notice::IssueCreated { title, reference } => {
-            types::Notice::IssueCreated(types::IssueCreated { title, reference })
-        }
-        outbound_logic::Notice::Text(text) => types::Notice::Text(text),
+        locale: notice.locale,
+        text: notice.text,
+        link: notice.link,
+        reference: notice.reference,
+        recipient: notice.recipient,
     }
 }
 
@@ -705,25 +804,42 @@ fn wit_webhook_response(response: webhook::WebhookResponse) -> transport::Webhoo
     }
 }
 
-fn wit_message(message: decode::InboundMessage) -> InboundMessage {
+/// The decoded message as the WIT type. Everything is moved, not copied; the sender's
+/// `union_id` and `user_id` become alt ids, and direct chats are always addressed to the bot
+/// (the contract's rule; the logic type keeps `false` for them).
+fn wit_message(message: decode::InboundMessage, bot: &Bot) -> InboundMessage {
+    let bot = bot.identity();
+    let direct = message.chat_type == decode::ChatType::Direct;
+    let sender = message.sender;
+    let alt_ids = match (sender.union_id, sender.user_id) {
+        (None, None) => Vec::new(),
+        (union_id, user_id) => [("union_id", union_id), ("user_id", user_id)]
+            .into_iter()
+            .filter_map(|(scheme, id)| Some((scheme.to_string(), id?)))
+            .collect(),
+    };
     InboundMessage {
         event_id: message.event_id,
         message_id: message.message_id,
-        chat_id: message.chat_id,
-        chat_type: match message.chat_type {
-            decode::ChatType::Direct => ChatType::Direct,
-            decode::ChatType::Group => ChatType::Group,
+        chat: Chat {
+            id: message.chat_id,
+            kind: if direct {
+                ChatKind::Direct
+            } else {
+                ChatKind::Group
+            },
+            title: None,
         },
-        sender: Sender {
-            open_id: message.sender.open_id,
-            union_id: message.sender.union_id,
-            user_id: message.sender.user_id,
-            kind: message.sender.kind,
+        sender: Participant {
+            id: sender.open_id,
+            display_name: None,
+            is_bot: sender.kind == "app",
+            alt_ids,
         },
         message_type: message.message_type,
         body: message.body,
         command_body: message.command_body,
-        addressed_to_bot: message.addressed_to_bot,
+        addressed_to_bot: message.addressed_to_bot || direct,
         parent_id: message.parent_id,
         root_id: message.root_id,
         thread_id: message.thread_id,
@@ -732,10 +848,21 @@ fn wit_message(message: decode::InboundMessage) -> InboundMessage {
             .mentions
             .into_iter()
             .map(|mention| Mention {
+                is_bot: bot.is_mentioned_by(&mention),
                 key: mention.key,
                 name: mention.name,
-                open_id: mention.open_id,
-                union_id: mention.union_id,
+                id: mention.open_id,
+            })
+            .collect(),
+        attachments: message
+            .attachments
+            .into_iter()
+            .map(|attachment| Attachment {
+                kind: attachment.kind.to_string(),
+                name: attachment.name,
+                mime: None,
+                size: None,
+                ref_: attachment.key,
             })
             .collect(),
     }

@@ -291,20 +291,20 @@ impl CallError {
         }
     }
 
-    /// As a setup failure; with `credentials` (the token call) any refusal means the
+    /// As a plugin failure; with `credentials` (the token call) any refusal means the
     /// credentials are wrong.
-    fn into_setup_failure(self, what: &str, credentials: bool) -> SetupFailure {
+    fn into_plugin_failure(self, what: &str, credentials: bool) -> PluginFailure {
         match self {
             CallError::Transport(failure) if failure.retryable => {
-                SetupFailure::Retryable(format!("{what}: {}", failure.message))
+                PluginFailure::Retryable(format!("{what}: {}", failure.message))
             }
             CallError::Transport(failure) => {
-                SetupFailure::Fatal(format!("{what}: {}", failure.message))
+                PluginFailure::Fatal(format!("{what}: {}", failure.message))
             }
             CallError::Api(err)
                 if err.kind() == ApiErrorKind::RateLimited || err.http_status >= 500 =>
             {
-                SetupFailure::Retryable(format!("{what}: {err}"))
+                PluginFailure::Retryable(format!("{what}: {err}"))
             }
             CallError::Api(err)
                 if (credentials && (err.code != 0 || err.http_status >= 400))
@@ -313,9 +313,9 @@ impl CallError {
                         ApiErrorKind::TokenInvalid | ApiErrorKind::Permission
                     ) =>
             {
-                SetupFailure::Unauthorized(format!("{what}: {err}"))
+                PluginFailure::Unauthorized(format!("{what}: {err}"))
             }
-            CallError::Api(err) => SetupFailure::Fatal(format!("{what}: {err}")),
+            CallError::Api(err) => PluginFailure::Fatal(format!("{what}: {err}")),
         }
     }
 
@@ -335,9 +335,12 @@ impl CallError {
     }
 }
 
-/// Why an installation could not be set up (the WIT `plugin-error` of `on-install`).
+/// A failed call that is not a delivery (the WIT `plugin-error`): setting an installation up,
+/// downloading an attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SetupFailure {
+pub enum PluginFailure {
+    /// The request cannot be made as asked (an empty id).
+    InvalidInput(String),
     /// The credentials are missing or wrong, or the app lacks the bot capability or a scope.
     Unauthorized(String),
     /// A transient failure: rate limit, 5xx, timeout, connection failure.
@@ -472,20 +475,20 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
 
     /// The bot's identity (`GET /open-apis/bot/v3/info`) with a freshly fetched tenant token:
     /// what an installation learns when it is added, checking its credentials on the way.
-    pub fn bot_info(&mut self) -> Result<BotInfo, SetupFailure> {
+    pub fn bot_info(&mut self) -> Result<BotInfo, PluginFailure> {
         if self.credentials.app_id.is_empty() || self.credentials.app_secret.is_empty() {
-            return Err(SetupFailure::Unauthorized(
+            return Err(PluginFailure::Unauthorized(
                 "installation has no app_id/app_secret".into(),
             ));
         }
         self.fetch_token()
-            .map_err(|err| err.into_setup_failure("lark tenant token failed", true))?;
+            .map_err(|err| err.into_plugin_failure("lark tenant token failed", true))?;
         let base = self.credentials.base_url.clone();
         self.authorized_with(
             |token| rest::bot_info_request(&base, token),
             |answer| rest::parse_bot_info(answer.status, &answer.headers, &answer.body),
         )
-        .map_err(|err| err.into_setup_failure("lark bot info failed", false))
+        .map_err(|err| err.into_plugin_failure("lark bot info failed", false))
     }
 
     /// Downloads the resource `key` (an `image_key` or `file_key`) of the message `message_id`
@@ -494,19 +497,23 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         &mut self,
         message_id: &str,
         key: &str,
-    ) -> Result<rest::Resource, DeliveryFailure> {
+    ) -> Result<rest::Resource, PluginFailure> {
         if message_id.trim().is_empty() || key.trim().is_empty() {
-            return Err(DeliveryFailure::invalid(
-                "a resource download needs a message id and a key",
+            return Err(PluginFailure::InvalidInput(
+                "a resource download needs a message id and a key".into(),
             ));
         }
-        self.check_credentials()?;
+        if self.credentials.app_id.is_empty() || self.credentials.app_secret.is_empty() {
+            return Err(PluginFailure::Unauthorized(
+                "installation has no app_id/app_secret".into(),
+            ));
+        }
         let base = self.credentials.base_url.clone();
         self.authorized_with(
             |token| rest::message_resource_request(&base, token, message_id, key),
             |answer| rest::parse_resource(answer.status, &answer.headers, answer.body),
         )
-        .map_err(|err| err.into_failure("lark resource download failed"))
+        .map_err(|err| err.into_plugin_failure("lark resource download failed", false))
     }
 
     fn check_credentials(&self) -> Result<(), DeliveryFailure> {
@@ -1136,7 +1143,7 @@ mod tests {
         // A refused secret: unauthorized.
         let mut host = Scripted::default().answer(400, lark_error(10_014));
         let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
-        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+        assert!(matches!(err, PluginFailure::Unauthorized(_)), "{err:?}");
         // Missing credentials: unauthorized, nothing sent.
         let none = Credentials {
             app_id: String::new(),
@@ -1144,7 +1151,7 @@ mod tests {
         };
         let mut host = Scripted::default();
         let err = LarkClient::new(&mut host, &none).bot_info().unwrap_err();
-        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+        assert!(matches!(err, PluginFailure::Unauthorized(_)), "{err:?}");
         assert!(host.requests.is_empty());
         // A transport failure or a 5xx: retryable.
         let mut host = Scripted::default();
@@ -1153,18 +1160,18 @@ mod tests {
             retryable: true,
         }));
         let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
-        assert!(matches!(err, SetupFailure::Retryable(_)), "{err:?}");
+        assert!(matches!(err, PluginFailure::Retryable(_)), "{err:?}");
         let mut host = Scripted::default()
             .answer(200, token_answer("t-1", 7200))
             .answer(503, json!({"oops": true}));
         let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
-        assert!(matches!(err, SetupFailure::Retryable(_)), "{err:?}");
+        assert!(matches!(err, PluginFailure::Retryable(_)), "{err:?}");
         // The app has no bot: a permission code is the operator's to fix.
         let mut host = Scripted::default()
             .answer(200, token_answer("t-1", 7200))
             .answer(400, lark_error(99_991_672));
         let err = LarkClient::new(&mut host, &creds).bot_info().unwrap_err();
-        assert!(matches!(err, SetupFailure::Unauthorized(_)), "{err:?}");
+        assert!(matches!(err, PluginFailure::Unauthorized(_)), "{err:?}");
     }
 
     #[test]
@@ -1198,7 +1205,10 @@ mod tests {
         let err = LarkClient::new(&mut host, &creds)
             .fetch_resource("om_1", "file_1")
             .unwrap_err();
-        assert_eq!((err.code, err.retryable), (Some(234_003), false));
+        assert!(
+            matches!(&err, PluginFailure::Fatal(message) if message.contains("code=234003")),
+            "{err:?}"
+        );
         let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
         host.answers.push_back(Ok(HttpAnswer {
             status: 200,
@@ -1211,7 +1221,24 @@ mod tests {
         let err = LarkClient::new(&mut host, &creds)
             .fetch_resource("om_1", "file_1")
             .unwrap_err();
-        assert_eq!(err.code, Some(230_110));
+        assert!(
+            matches!(&err, PluginFailure::Fatal(message) if message.contains("code=230110")),
+            "{err:?}"
+        );
+        // Rate limits are retryable, a missing scope is the operator's.
+        let mut host = Scripted::default()
+            .answer(200, token_answer("t-1", 7200))
+            .answer(429, lark_error(99_991_400))
+            .answer(400, lark_error(99_991_672));
+        let mut client = LarkClient::new(&mut host, &creds);
+        assert!(matches!(
+            client.fetch_resource("om_1", "img_1"),
+            Err(PluginFailure::Retryable(_))
+        ));
+        assert!(matches!(
+            client.fetch_resource("om_1", "img_1"),
+            Err(PluginFailure::Unauthorized(_))
+        ));
         // A JSON file is a file.
         let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
         host.answers.push_back(Ok(HttpAnswer {
@@ -1225,11 +1252,10 @@ mod tests {
         assert_eq!(resource.body, br#"{"name":"data"}"#);
         // Nothing to fetch without ids.
         let mut host = Scripted::default();
-        assert!(
-            LarkClient::new(&mut host, &creds)
-                .fetch_resource("", "file_1")
-                .is_err()
-        );
+        assert!(matches!(
+            LarkClient::new(&mut host, &creds).fetch_resource("", "file_1"),
+            Err(PluginFailure::InvalidInput(_))
+        ));
         assert!(host.requests.is_empty());
     }
 }

@@ -345,25 +345,15 @@ pub fn parse_resource(
         mime.get(..16)
             .is_some_and(|start| start.eq_ignore_ascii_case("application/json"))
     });
-    if !(200..300).contains(&status) {
-        return Err(check_response(status, headers, &body)
-            .err()
-            .unwrap_or_else(|| ApiError {
-                http_status: status,
-                code: 0,
-                msg: format!("http {status}"),
-                retry_after_s: None,
-            }));
-    }
-    if json
-        && let Some(code) = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|value| value.get("code").and_then(Value::as_i64))
-        && code != 0
-    {
-        return Err(check_response(status, headers, &body)
-            .err()
-            .expect("a non-zero code is an error"));
+    let failed = !(200..300).contains(&status)
+        || (json
+            && serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|value| value.get("code").and_then(Value::as_i64))
+                .is_some_and(|code| code != 0));
+    // A non-2xx status or a non-zero code is always an error of `check_response`.
+    if failed && let Err(err) = check_response(status, headers, &body) {
+        return Err(err);
     }
     Ok(Resource { mime, body })
 }
