@@ -17,6 +17,7 @@ const PLUGINS: &[(&str, &str)] = &[
         "switchboard-testing-escape",
         "switchboard_testing_escape.wasm",
     ),
+    ("switchboard-testing-poll", "switchboard_testing_poll.wasm"),
 ];
 
 /// Variables of the outer build that must not leak into the nested wasm build.
