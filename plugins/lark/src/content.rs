@@ -1147,4 +1147,60 @@ mod tests {
             FORWARDED
         );
     }
+
+    #[test]
+    fn attachments_of_posts_are_read_anywhere_and_once() {
+        let post = r#"{"zh_cn":{"title":"T","content":[[{"tag":"img","image_key":"img_1"},{"tag":"text","text":"image_key"}],[{"tag":"media","file_key":"file_1","image_key":"img_cover"},{"tag":"img","image_key":"img_1"}],[{"tag":"img","image_key":""}]]}}"#;
+        let found = attachments("post", post);
+        assert_eq!(
+            found,
+            [
+                Attachment {
+                    kind: "image",
+                    name: None,
+                    key: "img_1".into()
+                },
+                Attachment {
+                    kind: "video",
+                    name: None,
+                    key: "file_1".into()
+                },
+            ]
+        );
+        assert!(
+            attachments(
+                "post",
+                r#"{"title":"T","content":[[{"tag":"text","text":"x"}]]}"#
+            )
+            .is_empty()
+        );
+        assert!(
+            attachments("post", "{\"image_key\"").is_empty(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn attachments_of_single_resources() {
+        assert!(attachments("text", r#"{"text":"img_1"}"#).is_empty());
+        assert!(attachments("image", r#"{"image_key":""}"#).is_empty());
+        assert!(attachments("image", "not json").is_empty());
+        assert!(attachments("sticker", r#"{"file_key":"f"}"#).is_empty());
+        assert_eq!(
+            attachments("file", r#"{"file_key":"f","file_name":""}"#),
+            [Attachment {
+                kind: "file",
+                name: None,
+                key: "f".into()
+            }]
+        );
+        assert_eq!(
+            attachments("video", r#"{"file_key":"v","name":"clip.mp4"}"#),
+            [Attachment {
+                kind: "video",
+                name: Some("clip.mp4".into()),
+                key: "v".into()
+            }]
+        );
+    }
 }

@@ -9,16 +9,19 @@
 //! - [`webhook`]: webhook signature, decryption, token and URL-verification handling;
 //!   [`crypto`]: its SHA-256 and AES (the host's `crypto` import in wasm, RustCrypto natively).
 //! - [`decode`]: `im.message.receive_v1` → inbound message.
-//! - [`content`]: readable text for every message type; [`mentions`]: mention resolution.
-//! - [`commands`]: `/new` and `/issue`.
-//! - [`rest`]: REST answers (tenant token, bot info, messages, errors) and the outbound
-//!   requests (send, threaded reply, reactions).
+//! - [`content`]: readable text and attachments for every message type; [`mentions`]: mention
+//!   resolution.
+//! - [`commands`]: `/<name> [args]`.
+//! - [`rest`]: REST answers (tenant token, bot info, messages, resources, errors) and the
+//!   outbound requests (send, threaded reply, reactions, bot info, resource downloads).
 //! - [`enrich`]: the enricher (quoted parents, forwarded transcripts, recent group context,
 //!   speaker names) over a small host trait, within the host's budget; [`enrich_render`]: its
 //!   blocks, speaker labels and failure classification.
-//! - [`outbound`]: flush decisions, delivery (token cache, thread fallback, error
-//!   classification) and the typing reaction, over a small host trait.
-//! - [`render`]: message content (text, markdown card, notice/error/binding cards, size limits);
+//! - [`outbound`]: delivery (token cache, thread fallback, error classification), notices
+//!   (rendered from the host's text), the typing reaction, attachment downloads and the bot
+//!   info of `on-install`, over a small host trait.
+//! - [`render`]: message content (text, markdown card, notice/error/binding cards, button
+//!   labels, size limits);
 //!   [`markdown`]: the text-or-card detector.
 //!
 //! The hot paths (webhook verification, decoding, frame classification and ACKs) read each

@@ -752,4 +752,48 @@ mod tests {
             serde_json::json!({"app_id": "cli_1", "app_secret": "s"})
         );
     }
+
+    #[test]
+    fn bot_info_and_resource_request_shapes() {
+        let request = bot_info_request("https://open.larksuite.com/", "t-1");
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.url,
+            "https://open.larksuite.com/open-apis/bot/v3/info"
+        );
+        assert_eq!(
+            request.headers,
+            [("Authorization".to_string(), "Bearer t-1".to_string())]
+        );
+        assert!(request.body.is_empty());
+
+        let image = message_resource_request("", "t-1", "om_1", "img_v3_x");
+        assert_eq!(
+            image.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages/om_1/resources/img_v3_x?type=image"
+        );
+        let file = message_resource_request("", "t-1", "om_1", "file v3/x");
+        assert_eq!(
+            file.url,
+            "https://open.feishu.cn/open-apis/im/v1/messages/om_1/resources/file%20v3%2Fx?type=file"
+        );
+    }
+
+    #[test]
+    fn resources_are_bytes_unless_lark_says_otherwise() {
+        let headers = |mime: &str| vec![("Content-Type".to_string(), mime.to_string())];
+        let resource = parse_resource(200, &headers("image/png"), vec![1, 2]).unwrap();
+        assert_eq!(resource.mime.as_deref(), Some("image/png"));
+        assert_eq!(resource.body, [1, 2]);
+        assert_eq!(parse_resource(200, &[], vec![]).unwrap().mime, None);
+        let err = parse_resource(
+            200,
+            &headers("application/json"),
+            br#"{"code":234001,"msg":"bad"}"#.to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 234_001);
+        let err = parse_resource(404, &headers("text/html"), b"<html>".to_vec()).unwrap_err();
+        assert_eq!((err.http_status, err.code), (404, 0));
+    }
 }
