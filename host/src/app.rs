@@ -17,6 +17,7 @@ use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Servic
 use crate::config::Config;
 use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings};
 use crate::dispatch::Dispatcher;
+use crate::domain::notice::{Notice, NoticeKind, NoticeTexts};
 use crate::domain::{Clock, KvBackend, SystemClock};
 use crate::ingest::service::{EnrichLimits, Ingest};
 use crate::ingest::supervisor::{Supervisor, SupervisorSettings};
@@ -25,7 +26,7 @@ use crate::retention::{Retention, RetentionSettings};
 use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{Compactor, EventHub, RunService, RunSettings};
-use crate::runtime::{Runtime, RuntimeSettings, outbound, types};
+use crate::runtime::{Runtime, RuntimeSettings, types};
 use crate::store::{Database, FlushBatch, InstallationStore, SecretCipher};
 
 /// How long a graceful shutdown waits for built-in agent runs in flight.
@@ -120,9 +121,9 @@ pub fn build_runtime(
     Ok(runtime)
 }
 
-/// The flush action (SPEC §4): ask the channel plugin what the batch leads to, given the bound
-/// agent's state, and carry its actions out — the run (the store already made it pending when
-/// it claimed the batch; an archived agent takes that back), notices and the typing indicator.
+/// The flush action (SPEC §4): decide what the batch leads to, given the bound agent's state,
+/// and carry it out — the run (the store already made it pending when it claimed the batch; an
+/// archived agent takes that back), a notice and the typing indicator.
 #[derive(Clone)]
 struct PluginFlush {
     runtime: Arc<Runtime>,
@@ -152,88 +153,82 @@ impl PluginFlush {
             .plugin_for_channel(&installation.channel)
             .with_context(|| format!("no plugin serves channel {}", installation.channel))?;
         let now = self.clock.now_ms();
-        let agent = match agent_state(&self.agents, &self.presence, &installation.agent, now).await
-        {
-            AgentState::Online => outbound::AgentState::Online,
-            AgentState::Offline => outbound::AgentState::Offline,
-            AgentState::Archived => outbound::AgentState::Archived,
-            AgentState::Unknown => {
-                tracing::error!(installation = %installation.id, agent = %installation.agent, "the installation's agent is not configured: add [agents.{}] to the config; its runs wait as pending", installation.agent);
-                outbound::AgentState::Offline
-            }
-        };
+        let agent = agent_state(&self.agents, &self.presence, &installation.agent, now).await;
+        if agent == AgentState::Unknown {
+            tracing::error!(installation = %installation.id, agent = %installation.agent, "the installation's agent is not configured: add [agents.{}] to the config; its runs wait as pending", installation.agent);
+        }
         let target = types::SessionTarget {
             session_id: batch.session_id.clone(),
             chat_id: batch.chat_id.clone(),
-            chat_type: crate::delivery::chat_type(&batch.chat_type),
+            chat_kind: crate::delivery::chat_kind(&batch.chat_type),
             thread_id: batch.thread_id.clone(),
             reply_to: batch.reply_to_message_id.clone(),
             in_thread: batch.reply_thread_id.is_some(),
         };
-        let request = outbound::FlushBatch {
-            target: target.clone(),
-            messages: batch
-                .messages
-                .iter()
-                .map(|m| outbound::BatchMessage {
-                    message_id: m.channel_message_id.clone().unwrap_or_default(),
-                    sender_open_id: m.sender_id.clone().unwrap_or_default(),
-                    body: m.body.clone(),
-                    create_time_ms: m.created_at_ms,
-                })
-                .collect(),
-            agent,
-        };
-        let cx = Arc::new(installation.context());
-        let actions = match plugin.flush(&cx, &request).await {
-            Ok(Ok(actions)) => actions,
-            Ok(Err(e)) => {
-                tracing::warn!(session = %batch.session_id, "plugin refused the flush ({e:?}); starting the run without notices");
-                default_flush_actions(agent)
-            }
-            Err(e) => {
-                tracing::warn!(session = %batch.session_id, "plugin flush failed ({e}); starting the run without notices");
-                default_flush_actions(agent)
-            }
-        };
+        let actions = flush_actions(agent, &batch, now);
         tracing::info!(session = %batch.session_id, messages = batch.messages.len(), ?agent, ?actions, "flushed");
-        let starts_run = actions
-            .iter()
-            .any(|a| matches!(a, outbound::FlushAction::StartRun));
-        if !starts_run && !batch.messages.is_empty() {
+        if !actions.starts_run && !batch.messages.is_empty() {
             self.runs
                 .store()
                 .settle_pending(&batch.session_id, self.clock.now_ms())
                 .await?;
         }
         self.runs.publish_session_state(&batch.session_id).await;
-        for action in actions {
-            match action {
-                outbound::FlushAction::StartRun => {}
-                outbound::FlushAction::Notice(notice) => {
-                    self.outbox
-                        .enqueue_notice(&installation.id, &target, &notice)
-                        .await;
-                }
-                outbound::FlushAction::Typing(change) if change.on => {
-                    self.delivery
-                        .typing_on(&installation, &target, &change.message_id)
-                        .await;
-                }
-                outbound::FlushAction::Typing(_) => {
-                    self.delivery.typing_off(&installation, &target).await;
-                }
-            }
+        if let Some(kind) = actions.notice {
+            self.outbox
+                .enqueue_notice(&installation.id, &target, &Notice::new(kind))
+                .await;
+        }
+        if let Some(message_id) = actions.typing_on
+            && plugin.manifest().features.typing
+        {
+            self.delivery
+                .typing_on(&installation, &target, &message_id)
+                .await;
         }
         Ok(())
     }
 }
 
-/// What a flush does when the plugin cannot say: start the run unless the agent is archived.
-fn default_flush_actions(agent: outbound::AgentState) -> Vec<outbound::FlushAction> {
+/// A typing indicator is not shown on a message older than this (a redelivered backlog).
+const TYPING_MAX_AGE_MS: i64 = 2 * 60_000;
+
+/// What a flush leads to.
+#[derive(Debug, PartialEq, Eq)]
+struct FlushActions {
+    /// The run stays pending (otherwise it is settled).
+    starts_run: bool,
+    /// A notice to send.
+    notice: Option<NoticeKind>,
+    /// The message to show the typing indicator on.
+    typing_on: Option<String>,
+}
+
+/// The host's flush decision by the bound agent's state: an archived agent gets no run and a
+/// notice; an offline one keeps the run pending and says so; an online one shows the typing
+/// indicator on the newest message (unless it is an old redelivery).
+fn flush_actions(agent: AgentState, batch: &FlushBatch, now_ms: i64) -> FlushActions {
     match agent {
-        outbound::AgentState::Archived => Vec::new(),
-        _ => vec![outbound::FlushAction::StartRun],
+        AgentState::Archived => FlushActions {
+            starts_run: false,
+            notice: Some(NoticeKind::AgentArchived),
+            typing_on: None,
+        },
+        AgentState::Offline | AgentState::Unknown => FlushActions {
+            starts_run: true,
+            notice: Some(NoticeKind::AgentOffline),
+            typing_on: None,
+        },
+        AgentState::Online => FlushActions {
+            starts_run: true,
+            notice: None,
+            typing_on: batch
+                .messages
+                .last()
+                .filter(|m| m.created_at_ms <= 0 || now_ms - m.created_at_ms <= TYPING_MAX_AGE_MS)
+                .and_then(|m| m.channel_message_id.clone())
+                .filter(|id| !id.is_empty()),
+        },
     }
 }
 
@@ -266,7 +261,10 @@ impl App {
         // The flush handler needs the run service and the run service the debouncer: the
         // handler's copy only settles and publishes states, which need no debouncer.
         let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings);
-        let delivery = Delivery::new(runtime.clone());
+        let delivery = Delivery::new(
+            runtime.clone(),
+            Arc::new(NoticeTexts::new(config.notices.clone())),
+        );
         let metrics = Arc::new(Metrics::new(runtime.clone()));
         config
             .delivery

@@ -15,5 +15,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::switchboard::channel::{commands, decoder, enricher, outbound, transport};
-pub use switchboard::channel::types;
+pub use exports::switchboard::channel::{
+    commands, decoder, enricher, lifecycle, outbound, transport,
+};
+pub use switchboard::channel::{http, types};

@@ -37,6 +37,11 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
+    /// The words of the host's notices, per locale: `[notices.<locale>] <kind> = "text"`, where
+    /// kind is `binding_required`, `fresh_context`, `agent_offline`, `agent_archived`,
+    /// `run_error`, `command_usage`, `help`, `status` or `info`; `{detail}` and `{reference}`
+    /// are filled in. Unset kinds keep the built-in text.
+    pub notices: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// `[delivery]`: how the outbox delivers replies, error cards and notices.
@@ -561,7 +566,17 @@ impl Config {
         self.server.validate()?;
         self.ingest.validate()?;
         self.connections.validate()?;
-        self.runs.validate()
+        self.runs.validate()?;
+        let unknown = crate::domain::notice::NoticeTexts::new(self.notices.clone()).unknown_keys();
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "invalid configuration: {} name no notice; the notices are binding_required, \
+                 fresh_context, agent_offline, agent_archived, run_error, command_usage, help, \
+                 status and info",
+                unknown.join(", ")
+            );
+        }
+        Ok(())
     }
 }
 

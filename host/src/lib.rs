@@ -23,6 +23,7 @@ pub mod ingest;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod onboarding;
 pub mod retention;
 pub mod runs;
 pub mod runtime;

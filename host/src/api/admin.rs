@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::hygiene::{self, MAX_ID_BYTES};
+use crate::onboarding::{self, AddError, AddOptions};
 use crate::store::{AccessPolicy, BindingError, Installation, NewInstallation, StoreError};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -27,7 +28,7 @@ pub(super) fn routes() -> Router<AppState> {
             get(list_bindings).post(add_binding),
         )
         .route(
-            "/installations/{id}/bindings/{open_id}",
+            "/installations/{id}/bindings/{user_id}",
             delete(remove_binding),
         )
         .route(
@@ -48,8 +49,6 @@ pub(crate) fn installation_json(i: &Installation) -> Value {
         "name": i.name,
         "config": i.config,
         "secrets": i.secrets.keys().collect::<Vec<_>>(),
-        "bot_open_id": i.bot_open_id,
-        "bot_union_id": i.bot_union_id,
         "access_policy": i.access_policy.as_str(),
         "status": i.status.as_str(),
         "agent": i.agent,
@@ -64,6 +63,7 @@ pub(crate) fn installation_json(i: &Installation) -> Value {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateInstallation {
     channel: String,
+    #[serde(default)]
     routing_key: String,
     #[serde(default)]
     name: String,
@@ -71,8 +71,9 @@ pub(crate) struct CreateInstallation {
     config: BTreeMap<String, String>,
     #[serde(default)]
     secrets: BTreeMap<String, String>,
-    bot_open_id: Option<String>,
-    bot_union_id: Option<String>,
+    /// Skip the plugin's `on-install` call.
+    #[serde(default)]
+    skip_on_install: bool,
     #[serde(default)]
     access_policy: Option<String>,
     agent: Option<String>,
@@ -98,8 +99,6 @@ impl CreateInstallation {
             name: self.name,
             config: self.config,
             secrets: self.secrets,
-            bot_open_id: self.bot_open_id,
-            bot_union_id: self.bot_union_id,
             access_policy,
             agent: self.agent.unwrap_or(defaults.agent),
             debounce_ms: self.debounce_ms.unwrap_or(defaults.debounce_ms),
@@ -118,24 +117,32 @@ async fn create_installation(
     State(s): State<AppState>,
     Json(body): Json<CreateInstallation>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if s.runtime.plugin_for_channel(&body.channel).is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("no loaded plugin serves channel `{}`", body.channel),
-        ));
-    }
+    let options = AddOptions {
+        skip_on_install: body.skip_on_install,
+        public_url: s.public_url.to_string(),
+    };
     let new = body.into_new()?;
-    // A value out of bounds or unstorable (NUL, too long, debounce outside 1 ms–1 h) → 400; a
-    // second installation for the routing key → 409.
-    let created = s
-        .installations
-        .create(&new, s.clock.now_ms())
-        .await
-        .map_err(|e| match e {
-            StoreError::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
-            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            e => ApiError::internal(e),
-        })?;
+    // No plugin or values that break its schema → 422; the plugin refusing → 422; a value
+    // out of bounds or unstorable (NUL, too long, debounce outside 1 ms–1 h) → 400; a second
+    // installation for the routing key → 409.
+    let created = onboarding::add(
+        &s.runtime,
+        &s.installations,
+        new,
+        &options,
+        s.clock.now_ms(),
+    )
+    .await
+    .map_err(|e| match e {
+        AddError::Store(StoreError::Invalid { .. }) => {
+            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        AddError::Store(StoreError::Conflict { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        AddError::Store(e) => ApiError::internal(e),
+        e => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    })?;
     Ok((StatusCode::CREATED, Json(installation_json(&created))))
 }
 
@@ -184,9 +191,25 @@ async fn list_bindings(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddBinding {
-    open_id: String,
+    /// The channel user id (the participant id the plugin reports).
+    user_id: String,
     user_ref: String,
-    union_id: Option<String>,
+    /// Other ids of the same user, as `[scheme, id]` pairs.
+    #[serde(default)]
+    alt_ids: Vec<(String, String)>,
+}
+
+/// The `(field, value)` list of alt ids, for [`check_ids`].
+fn alt_id_fields(alt_ids: &[(String, String)]) -> Vec<(&'static str, Option<&str>)> {
+    alt_ids
+        .iter()
+        .flat_map(|(scheme, id)| {
+            [
+                ("alt_ids", Some(scheme.as_str())),
+                ("alt_ids", Some(id.as_str())),
+            ]
+        })
+        .collect()
 }
 
 /// Binding ids are ids: bounded like a message's ([`MAX_ID_BYTES`]); 400 beyond.
@@ -211,18 +234,18 @@ async fn add_binding(
     Json(body): Json<AddBinding>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_ids(&[
-        ("open_id", Some(&body.open_id)),
+        ("user_id", Some(&body.user_id)),
         ("user_ref", Some(&body.user_ref)),
-        ("union_id", body.union_id.as_deref()),
     ])?;
+    check_ids(&alt_id_fields(&body.alt_ids))?;
     find(&s, &id).await?;
     let binding = s
         .records
         .bind_user(
             &id,
-            &body.open_id,
+            &body.user_id,
             &body.user_ref,
-            body.union_id.as_deref(),
+            &body.alt_ids,
             s.clock.now_ms(),
         )
         .await
@@ -235,18 +258,18 @@ async fn add_binding(
 
 async fn remove_binding(
     State(s): State<AppState>,
-    Path((id, open_id)): Path<(String, String)>,
+    Path((id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let removed = s
         .records
-        .unbind_user(&id, &open_id)
+        .unbind_user(&id, &user_id)
         .await
         .map_err(ApiError::internal)?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
-            "no binding of `{open_id}` in `{id}`"
+            "no binding of `{user_id}` in `{id}`"
         )))
     }
 }
@@ -254,7 +277,7 @@ async fn remove_binding(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MintToken {
-    open_id: String,
+    user_id: String,
 }
 
 async fn mint_binding_token(
@@ -262,11 +285,11 @@ async fn mint_binding_token(
     Path(id): Path<String>,
     Json(body): Json<MintToken>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check_ids(&[("open_id", Some(&body.open_id))])?;
+    check_ids(&[("user_id", Some(&body.user_id))])?;
     find(&s, &id).await?;
     let token = s
         .records
-        .mint_binding_token(&id, &body.open_id, s.clock.now_ms())
+        .mint_binding_token(&id, &body.user_id, s.clock.now_ms())
         .await
         .map_err(ApiError::internal)?;
     let url = binding_url(&s.public_url, &token);
@@ -286,25 +309,19 @@ pub fn binding_url(public_url: &str, token: &str) -> String {
 struct RedeemToken {
     token: String,
     user_ref: String,
-    union_id: Option<String>,
+    #[serde(default)]
+    alt_ids: Vec<(String, String)>,
 }
 
 async fn redeem_binding_token(
     State(s): State<AppState>,
     Json(body): Json<RedeemToken>,
 ) -> Result<Json<Value>, ApiError> {
-    check_ids(&[
-        ("user_ref", Some(&body.user_ref)),
-        ("union_id", body.union_id.as_deref()),
-    ])?;
+    check_ids(&[("user_ref", Some(&body.user_ref))])?;
+    check_ids(&alt_id_fields(&body.alt_ids))?;
     let binding = s
         .records
-        .redeem_binding_token(
-            &body.token,
-            &body.user_ref,
-            body.union_id.as_deref(),
-            s.clock.now_ms(),
-        )
+        .redeem_binding_token(&body.token, &body.user_ref, &body.alt_ids, s.clock.now_ms())
         .await
         .map_err(binding_error)?;
     Ok(Json(

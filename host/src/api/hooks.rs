@@ -1,4 +1,6 @@
-//! `POST /hooks/{channel}/{installation}` and `POST /hooks/{channel}`: webhook delivery.
+//! `/hooks/{channel}/{installation}[/{path}]` (GET or POST) and `POST /hooks/{channel}`:
+//! webhook delivery. The method, the path after the prefix and the query go to the plugin as they
+//! came (GET serves verification handshakes).
 //!
 //! The perimeter rule: a request is verified with the secrets of exactly one installation, and
 //! its events are ingested into that installation or not at all.
@@ -22,9 +24,9 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use tracing::Instrument;
 
 use super::{ApiError, AppState};
@@ -41,16 +43,37 @@ pub const OUTCOME_HEADER: &str = "x-switchboard-outcome";
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/hooks/{channel}", post(channel_hook))
-        .route("/hooks/{channel}/{installation}", post(installation_hook))
+        .route(
+            "/hooks/{channel}/{installation}",
+            get(installation_hook).post(installation_hook),
+        )
+        .route(
+            "/hooks/{channel}/{installation}/{*rest}",
+            get(installation_subpath_hook).post(installation_subpath_hook),
+        )
+}
+
+/// What the plugin sees of the request line.
+struct RequestLine {
+    method: Method,
+    /// After the hook's prefix: empty or starting with `/`.
+    path: String,
+    query: String,
 }
 
 async fn channel_hook(
     State(state): State<AppState>,
     Path(channel): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    deliver(&state, &channel, None, headers, body)
+    let line = RequestLine {
+        method: Method::POST,
+        path: String::new(),
+        query: uri.query().unwrap_or_default().to_string(),
+    };
+    deliver(&state, &channel, None, line, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -58,10 +81,35 @@ async fn channel_hook(
 async fn installation_hook(
     State(state): State<AppState>,
     Path((channel, installation)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    deliver(&state, &channel, Some(&installation), headers, body)
+    let line = RequestLine {
+        method,
+        path: String::new(),
+        query: uri.query().unwrap_or_default().to_string(),
+    };
+    deliver(&state, &channel, Some(&installation), line, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn installation_subpath_hook(
+    State(state): State<AppState>,
+    Path((channel, installation, rest)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let line = RequestLine {
+        method,
+        path: format!("/{rest}"),
+        query: uri.query().unwrap_or_default().to_string(),
+    };
+    deliver(&state, &channel, Some(&installation), line, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -70,6 +118,7 @@ async fn deliver(
     state: &AppState,
     channel: &str,
     installation_id: Option<&str>,
+    line: RequestLine,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -77,7 +126,10 @@ async fn deliver(
     let plugin = state
         .runtime
         .plugin_for_channel(channel)
-        .ok_or_else(|| ApiError::not_found(format!("no plugin serves channel `{channel}`")))?;
+        .filter(|p| p.manifest().transports.webhook)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no plugin serves webhooks of channel `{channel}`"))
+        })?;
     let installation = match installation_id {
         Some(id) => state
             .installations
@@ -93,7 +145,7 @@ async fn deliver(
         plugin = plugin.name(),
         installation = %installation.id
     );
-    verify_and_ingest(state, &plugin, &installation, headers, body, arrived)
+    verify_and_ingest(state, &plugin, &installation, line, headers, body, arrived)
         .instrument(span)
         .await
 }
@@ -103,6 +155,7 @@ async fn verify_and_ingest(
     state: &AppState,
     plugin: &Plugin,
     installation: &Installation,
+    line: RequestLine,
     headers: HeaderMap,
     body: Bytes,
     arrived: Instant,
@@ -114,8 +167,9 @@ async fn verify_and_ingest(
         cx: &cx,
     };
     let request = transport::WebhookRequest {
-        method: "POST".into(),
-        path: String::new(),
+        method: line.method.as_str().to_string(),
+        path: line.path,
+        query: line.query,
         headers: headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))

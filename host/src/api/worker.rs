@@ -999,7 +999,7 @@ async fn fail(
     }
     let finish = RunFinish::Failed {
         error: error.clone(),
-        user_text: crate::delivery::run_failed_for_user(&run_id),
+        reference: crate::delivery::run_reference(&run_id).to_string(),
     };
     let finished = api.runs.finish_run(&session_id, &run_id, &finish).await?;
     api.forget(&run_id);

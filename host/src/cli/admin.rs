@@ -9,37 +9,37 @@ use clap::Subcommand;
 use crate::app::load_secret_key;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
+use crate::onboarding::{self, AddOptions};
 use crate::store::{AccessPolicy, Database, NewInstallation};
 
 /// Installation subcommands.
 #[derive(Debug, Subcommand)]
 pub enum InstallationsCommand {
-    /// Register a channel installation (e.g. a Lark bot).
+    /// Register a channel installation. The values are checked against the channel plugin's
+    /// installation schema (`switchboard plugins inspect NAME` prints it), and the plugin's
+    /// `on-install` checks the credentials and learns the bot's identity.
     Add {
-        /// Channel type (a loaded plugin's channel, e.g. `lark`).
-        #[arg(long, default_value = "lark")]
-        channel: String,
-        /// Routing key: for Lark, the app id (`cli_…`).
+        /// Channel type (a loaded plugin's channel; `switchboard plugins list`).
         #[arg(long)]
-        app_id: String,
+        channel: String,
+        /// Routing key, for channels whose payloads carry one; by default the value of the
+        /// config key the plugin's schema names.
+        #[arg(long)]
+        routing_key: Option<String>,
         /// Display name.
         #[arg(long, default_value = "")]
         name: String,
-        /// The bot's open_id (mention detection).
-        #[arg(long)]
-        bot_open_id: Option<String>,
-        /// The bot's union_id (preferred for mention detection).
-        #[arg(long)]
-        bot_union_id: Option<String>,
-        /// Secret as KEY=VALUE (repeatable): app_secret, encrypt_key, verification_token.
+        /// Secret as KEY=VALUE (repeatable; stored encrypted, never printed).
         #[arg(long = "secret", value_name = "KEY=VALUE")]
         secrets: Vec<String>,
-        /// Config value as KEY=VALUE (repeatable), e.g. base_url=https://open.larksuite.com or
-        /// connection=websocket.
-        // Not named `config`: that id belongs to the global `--config FILE`, and clap panics
+        /// Config value as KEY=VALUE (repeatable), e.g. base_url=https://… or locale=en.
+        // Not `--config`: that name belongs to the global `--config FILE`, and clap panics
         // when two arguments share one.
         #[arg(long = "config-value", value_name = "KEY=VALUE")]
         config_values: Vec<String>,
+        /// Do not call the plugin's `on-install` (offline setups).
+        #[arg(long)]
+        skip_on_install: bool,
         /// Identity policy: `open` (anyone) or `bound` (senders must bind their account).
         #[arg(long, default_value = "open", value_parser = ["open", "bound"])]
         policy: String,
@@ -66,12 +66,12 @@ pub enum InstallationsCommand {
 /// Binding subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BindingsCommand {
-    /// Bind a channel user (Lark open_id) to a host user.
+    /// Bind a channel user to a host user.
     Add {
         /// Installation id.
         installation: String,
-        /// Channel user id (Lark open_id).
-        open_id: String,
+        /// Channel user id (the participant id the channel plugin reports).
+        user_id: String,
         /// Host-side user reference.
         user_ref: String,
     },
@@ -84,8 +84,8 @@ pub enum BindingsCommand {
     Token {
         /// Installation id.
         installation: String,
-        /// Channel user id (Lark open_id).
-        open_id: String,
+        /// Channel user id.
+        user_id: String,
     },
 }
 
@@ -114,24 +114,22 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
     match command {
         InstallationsCommand::Add {
             channel,
-            app_id,
+            routing_key,
             name,
-            bot_open_id,
-            bot_union_id,
             secrets,
             config_values,
+            skip_on_install,
             policy,
             agent,
             debounce_ms,
         } => {
+            let runtime = crate::app::build_runtime(&config, None)?;
             let new = NewInstallation {
                 channel,
-                routing_key: app_id,
+                routing_key: routing_key.unwrap_or_default(),
                 name,
                 config: pairs(&config_values, "--config-value")?,
                 secrets: pairs(&secrets, "--secret")?,
-                bot_open_id,
-                bot_union_id,
                 access_policy: if policy == "bound" {
                     AccessPolicy::Bound
                 } else {
@@ -140,7 +138,11 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
                 agent,
                 debounce_ms,
             };
-            let created = store.create(&new, now).await?;
+            let options = AddOptions {
+                skip_on_install,
+                public_url: config.server.public_url.clone(),
+            };
+            let created = onboarding::add(&runtime, &store, new, &options, now).await?;
             println!("{}", created.id);
             eprintln!(
                 "created {} installation {} (routing key {}); webhook URL path: /hooks/{}/{}",
@@ -194,21 +196,21 @@ pub async fn bindings(config: Config, command: BindingsCommand) -> anyhow::Resul
     );
     match command {
         BindingsCommand::Add {
-            open_id, user_ref, ..
+            user_id, user_ref, ..
         } => {
             records
-                .bind_user(&installation, &open_id, &user_ref, None, now)
+                .bind_user(&installation, &user_id, &user_ref, &[], now)
                 .await?;
-            println!("bound {open_id} to {user_ref}");
+            println!("bound {user_id} to {user_ref}");
         }
         BindingsCommand::List { .. } => {
             for b in records.list_bindings(&installation).await? {
                 println!("{}\t{}", b.channel_user_id, b.user_ref);
             }
         }
-        BindingsCommand::Token { open_id, .. } => {
+        BindingsCommand::Token { user_id, .. } => {
             let token = records
-                .mint_binding_token(&installation, &open_id, now)
+                .mint_binding_token(&installation, &user_id, now)
                 .await?;
             println!(
                 "{}",

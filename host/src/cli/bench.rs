@@ -635,6 +635,7 @@ struct Verified {
 fn read_message(reading: transport::EventReading) -> anyhow::Result<(String, usize)> {
     match reading.decoded {
         Ok(decoder::Decoded::Message(message)) => Ok((message.body, message.mentions.len())),
+        Ok(decoder::Decoded::Action(_)) => bail!("an action, not a message"),
         Ok(decoder::Decoded::Ignored(reason)) => bail!("event ignored: {reason}"),
         Err(error) => bail!("decode failed: {error:?}"),
     }
@@ -664,7 +665,8 @@ impl Driver for WasmDriver {
         // What the HTTP ingress hands the plugin: the request copied into the WIT record.
         let request = transport::WebhookRequest {
             method: "POST".into(),
-            path: "/".into(),
+            path: String::new(),
+            query: String::new(),
             headers: input.headers.clone(),
             body: input.body.clone(),
         };
@@ -702,6 +704,7 @@ impl Driver for WasmDriver {
     async fn decode(&mut self, payload: &[u8]) -> anyhow::Result<(String, usize)> {
         match self.plugin.decode(&self.cx, payload).await? {
             Ok(decoder::Decoded::Message(message)) => Ok((message.body, message.mentions.len())),
+            Ok(decoder::Decoded::Action(_)) => bail!("an action, not a message"),
             Ok(decoder::Decoded::Ignored(reason)) => bail!("event ignored: {reason}"),
             Err(error) => bail!("decode failed: {error:?}"),
         }

@@ -370,10 +370,10 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         name: name.into(),
         config: BTreeMap::from([
             ("app_id".to_string(), app_id.to_string()),
+            ("bot_open_id".to_string(), BOT.to_string()),
             ("connection".to_string(), "websocket".to_string()),
         ]),
         secrets: BTreeMap::from([("app_secret".to_string(), "demo-app-secret".to_string())]),
-        bot_open_id: Some(BOT.into()),
         access_policy: policy,
         debounce_ms: DEBOUNCE_MS,
         ..NewInstallation::default()
@@ -388,7 +388,7 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         .await?;
     state
         .records
-        .bind_user(&bound.id, ALICE, "alice@example.com", None, now)
+        .bind_user(&bound.id, ALICE, "alice@example.com", &[], now)
         .await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -16,11 +16,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
+use crate::dispatch::Command;
 use crate::domain::InstallationContext;
 use crate::ingest::pipeline::{self, DecodeOutcome, FrameIntake, FrameOutcome, WebhookOutcome};
-use crate::runtime::commands::Command;
 use crate::runtime::transport::{AckStatus, ConnectionHints, EventReading, WebhookRequest};
-use crate::runtime::types::{ChatType, InboundMessage};
+use crate::runtime::types::{ChatKind, InboundMessage};
 use crate::runtime::{CallError, Plugin};
 
 const AFTER_HELP: &str = "\
@@ -226,7 +226,9 @@ struct Line {
     message_id: Option<String>,
     chat_id: Option<String>,
     chat_type: Option<&'static str>,
-    sender_open_id: Option<String>,
+    sender_id: Option<String>,
+    sender_name: Option<String>,
+    attachments: Option<Value>,
     message_type: Option<String>,
     body: Option<String>,
     command_body: Option<String>,
@@ -263,12 +265,23 @@ impl Line {
             reason: None,
             event_id: Some(message.event_id),
             message_id: Some(message.message_id),
-            chat_id: Some(message.chat_id),
-            chat_type: Some(match message.chat_type {
-                ChatType::Direct => "direct",
-                ChatType::Group => "group",
+            chat_id: Some(message.chat.id),
+            chat_type: Some(match message.chat.kind {
+                ChatKind::Direct => "direct",
+                ChatKind::Group => "group",
+                ChatKind::Channel => "channel",
             }),
-            sender_open_id: Some(message.sender.open_id),
+            sender_id: Some(message.sender.id),
+            sender_name: message.sender.display_name,
+            attachments: Some(Value::Array(
+                message
+                    .attachments
+                    .into_iter()
+                    .map(|a| {
+                        json!({"kind": a.kind, "name": a.name, "mime": a.mime, "size": a.size, "ref": a.ref_})
+                    })
+                    .collect(),
+            )),
             message_type: Some(message.message_type),
             body: Some(message.body),
             command_body: Some(message.command_body),
@@ -285,11 +298,10 @@ impl Line {
 /// A command as a small JSON value.
 fn command_json(command: Command) -> Value {
     match command {
-        Command::NewContext(text) => json!({ "new": text }),
-        Command::Issue(request) => json!({
-            "issue": { "title": request.title, "description": request.description }
-        }),
-        Command::IssueUsage => json!("issue_usage"),
+        Command::New(args) => json!({ "name": "new", "args": args }),
+        Command::Builtin(builtin) => json!({ "name": builtin.name(), "args": "" }),
+        Command::Agent { name, args } => json!({ "name": name, "args": args }),
+        Command::Action { name, value, .. } => json!({ "action": name, "value": value }),
     }
 }
 
@@ -386,7 +398,12 @@ fn webhook_request(request: &Value) -> Option<WebhookRequest> {
         path: request
             .get("path")
             .and_then(Value::as_str)
-            .unwrap_or("/")
+            .unwrap_or("")
+            .to_string(),
+        query: request
+            .get("query")
+            .and_then(Value::as_str)
+            .unwrap_or("")
             .to_string(),
         headers,
         body,

@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::dispatch::Outcome;
+use crate::dispatch::{Builtin, Outcome};
+use crate::domain::notice::{Notice, NoticeKind, NoticeTexts};
 use crate::ingest::service::OutcomeObserver;
 use crate::runs::RunService;
 use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
@@ -21,19 +22,16 @@ use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
 use crate::store::{IngestStore, Installation, InstallationStore, Session};
 
 pub mod outbox;
+pub mod stream;
 pub use outbox::{Outbox, OutboxSettings};
+pub use stream::Streamer;
 
-/// What a chat is told when a run fails: a short, fixed sentence with a reference, never the
-/// failure itself (it can hold URLs, OS errors or a worker's stack text). The detail goes to the
-/// log under the same reference and to the session's `last_error` in the admin API. The one
-/// place to localize the message.
-pub fn run_failed_for_user(run_id: &str) -> String {
-    format!(
-        "Sorry, something went wrong while answering. Please try again; if it keeps happening, \
-         give your operator this reference: {}",
-        run_reference(run_id)
-    )
-}
+/// The `{detail}` of the `help` notice: the built-in commands.
+const HELP: &str = "/new [text] — start a fresh conversation\n\
+/stop — stop the current answer\n\
+/compact — summarise the conversation so far\n\
+/status — show what is happening\n\
+/help — this list";
 
 /// The reference a failed run is known by in chats and logs: the first 8 characters of its run
 /// id.
@@ -78,56 +76,73 @@ struct TypingIndicator {
 #[derive(Clone)]
 pub struct Delivery {
     runtime: Arc<Runtime>,
+    texts: Arc<NoticeTexts>,
+    streams: stream::Streams,
     /// Session id → its indicator. In memory: after a restart a stale indicator stays on the
     /// message (cosmetic), which is what the reference does too.
     typing: Arc<Mutex<HashMap<String, TypingIndicator>>>,
 }
 
-/// Where replies to `session` go: the channel chat, its topic thread, and the last inbound
-/// message as the reply anchor.
+/// What to deliver, before a notice's words are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The agent's reply.
+    Reply(String),
+    /// A notice the host decided on.
+    Notice(Notice),
+}
+
+impl Content {
+    fn kind(&self) -> &'static str {
+        match self {
+            Content::Reply(_) => "reply",
+            Content::Notice(notice) => notice.kind.as_str(),
+        }
+    }
+}
+
+/// Where replies to `session` go: the channel chat, its thread, and the last inbound message
+/// as the reply anchor.
 pub fn session_target(session: &Session) -> types::SessionTarget {
     types::SessionTarget {
         session_id: session.id.clone(),
         chat_id: session.chat_id.clone(),
-        chat_type: chat_type(&session.chat_type),
+        chat_kind: chat_kind(&session.chat_type),
         thread_id: session.thread_id.clone(),
         reply_to: session.reply_to_message_id.clone(),
         in_thread: session.reply_thread_id.is_some(),
     }
 }
 
-/// `"group"` → group, anything else → direct.
-pub fn chat_type(text: &str) -> types::ChatType {
-    if text == "group" {
-        types::ChatType::Group
-    } else {
-        types::ChatType::Direct
+/// The contract's chat kind of a stored name (`direct` for anything unknown).
+pub fn chat_kind(text: &str) -> types::ChatKind {
+    match text {
+        "group" => types::ChatKind::Group,
+        "channel" => types::ChatKind::Channel,
+        _ => types::ChatKind::Direct,
     }
 }
 
-/// The notice an ingest outcome asks for, if any (SPEC §3 outcomes; `multica-lark.md` §J).
-/// `binding_url` turns a raw binding token into the link the user opens.
-pub fn outcome_notice(
-    outcome: &Outcome,
-    binding_url: impl Fn(&str) -> String,
-) -> Option<types::Notice> {
+/// The stored name of a contract chat kind.
+pub fn chat_kind_name(kind: types::ChatKind) -> &'static str {
+    match kind {
+        types::ChatKind::Direct => "direct",
+        types::ChatKind::Group => "group",
+        types::ChatKind::Channel => "channel",
+    }
+}
+
+/// The notice an ingest outcome asks for, if any. `binding_url` turns a raw binding token into
+/// the link the user opens.
+pub fn outcome_notice(outcome: &Outcome, binding_url: impl Fn(&str) -> String) -> Option<Notice> {
     match outcome {
-        Outcome::NeedsBinding { open_id, token } => {
-            Some(types::Notice::NeedsBinding(types::BindingLink {
-                url: binding_url(token),
-                open_id: open_id.clone(),
-                expires_in_minutes: (crate::store::BINDING_TOKEN_TTL_MS / 60_000) as u32,
-            }))
-        }
-        Outcome::FreshPending { .. } => Some(types::Notice::FreshPending),
-        Outcome::IssueUsage { .. } => Some(types::Notice::IssueUsage),
-        Outcome::IssueCreated {
-            command_id, title, ..
-        } => Some(types::Notice::IssueCreated(types::IssueCreated {
-            title: title.clone(),
-            reference: format!("#{command_id}"),
-        })),
-        Outcome::Dropped(_) | Outcome::Ingested { .. } => None,
+        Outcome::NeedsBinding { user_id, token } => Some(Notice {
+            link: Some(binding_url(token)),
+            recipient: Some(user_id.clone()),
+            ..Notice::new(NoticeKind::BindingRequired)
+        }),
+        Outcome::FreshPending { .. } => Some(Notice::new(NoticeKind::FreshContext)),
+        Outcome::Dropped(_) | Outcome::Ingested { .. } | Outcome::Builtin { .. } => None,
     }
 }
 
@@ -135,8 +150,8 @@ pub fn outcome_notice(
 pub fn message_target(session_id: &str, message: &types::InboundMessage) -> types::SessionTarget {
     types::SessionTarget {
         session_id: session_id.to_string(),
-        chat_id: message.chat_id.clone(),
-        chat_type: message.chat_type,
+        chat_id: message.chat.id.clone(),
+        chat_kind: message.chat.kind,
         thread_id: message.thread_id.clone(),
         reply_to: Some(message.message_id.clone()).filter(|id| !id.is_empty()),
         in_thread: message.thread_id.is_some(),
@@ -144,12 +159,43 @@ pub fn message_target(session_id: &str, message: &types::InboundMessage) -> type
 }
 
 impl Delivery {
-    /// Delivery through `runtime`'s plugins.
-    pub fn new(runtime: Arc<Runtime>) -> Delivery {
+    /// Delivery through `runtime`'s plugins, with notice words from `texts`.
+    pub fn new(runtime: Arc<Runtime>, texts: Arc<NoticeTexts>) -> Delivery {
         Delivery {
             runtime,
+            texts,
+            streams: Arc::default(),
             typing: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The contract's form of `notice` for `installation`: its words in the installation's
+    /// locale.
+    pub fn render_notice(&self, installation: &Installation, notice: &Notice) -> types::Notice {
+        let locale = installation.locale();
+        types::Notice {
+            kind: match notice.kind {
+                NoticeKind::BindingRequired => types::NoticeKind::BindingRequired,
+                NoticeKind::FreshContext => types::NoticeKind::FreshContext,
+                NoticeKind::AgentOffline => types::NoticeKind::AgentOffline,
+                NoticeKind::AgentArchived => types::NoticeKind::AgentArchived,
+                NoticeKind::RunError => types::NoticeKind::RunError,
+                NoticeKind::CommandUsage => types::NoticeKind::CommandUsage,
+                NoticeKind::Help => types::NoticeKind::Help,
+                NoticeKind::Status => types::NoticeKind::Status,
+                NoticeKind::Info => types::NoticeKind::Info,
+            },
+            locale: locale.to_string(),
+            text: self.texts.render(notice, locale),
+            link: notice.link.clone(),
+            reference: notice.reference.clone(),
+            recipient: notice.recipient.clone(),
+        }
+    }
+
+    /// The plugin serving `installation`, if loaded.
+    pub fn plugin_of(&self, installation: &Installation) -> Option<Arc<Plugin>> {
+        self.runtime.plugin_for_channel(&installation.channel)
     }
 
     fn plugin(&self, installation: &Installation) -> Result<Arc<Plugin>, DeliveryFailure> {
@@ -166,17 +212,23 @@ impl Delivery {
         &self,
         installation: &Installation,
         target: &types::SessionTarget,
-        content: outbound::Content,
+        content: Content,
         idempotency_key: &str,
     ) -> Result<Option<String>, DeliveryFailure> {
         let plugin = self.plugin(installation)?;
         let cx = Arc::new(installation.context());
+        let kind = content.kind();
+        let content = match content {
+            Content::Reply(text) => outbound::Content::Reply(text),
+            Content::Notice(notice) => {
+                outbound::Content::Notice(self.render_notice(installation, &notice))
+            }
+        };
         let delivery = outbound::Delivery {
             target: target.clone(),
             content,
             idempotency_key: idempotency_key.to_string(),
         };
-        let kind = content_kind(&delivery.content);
         match plugin.deliver(&cx, &delivery).await {
             Ok(Ok(receipt)) => {
                 tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = ?receipt.message_id, "delivered");
@@ -188,6 +240,50 @@ impl Delivery {
                 retryable: refused.retryable,
             }),
             Err(call) => Err(call.into()),
+        }
+    }
+
+    /// Delivers run `run_id`'s reply `text`: ends the run's stream with it when this host
+    /// streamed the run (`stream-end`), else one `deliver`.
+    pub async fn send_reply(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        run_id: Option<&str>,
+        text: String,
+        idempotency_key: &str,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let handle = run_id.and_then(|run| self.take_stream(&target.session_id, run));
+        let Some(handle) = handle else {
+            return self
+                .send_once(installation, target, Content::Reply(text), idempotency_key)
+                .await;
+        };
+        let plugin = self.plugin(installation)?;
+        let cx = Arc::new(installation.context());
+        match plugin.stream_end(&cx, target, &handle, &text).await {
+            Ok(Ok(receipt)) => {
+                tracing::info!(installation = %installation.id, session = %target.session_id, sent = ?receipt.message_id, "streamed reply ended");
+                Ok(receipt.message_id.or(Some(handle)))
+            }
+            Ok(Err(refused)) => Err(DeliveryFailure::Refused {
+                code: refused.code,
+                message: refused.message,
+                retryable: refused.retryable,
+            }),
+            Err(call) => Err(call.into()),
+        }
+    }
+
+    /// The plugin's handle of run `run_id`'s stream in session `session_id`, taken out (the
+    /// caller ends it), if this host streamed that run.
+    fn take_stream(&self, session_id: &str, run_id: &str) -> Option<String> {
+        let mut streams = self.streams.lock().expect("streams");
+        match streams.get(session_id) {
+            Some(stream) if stream.run_id == run_id && stream.handle.is_some() => {
+                streams.remove(session_id).and_then(|s| s.handle)
+            }
+            _ => None,
         }
     }
 
@@ -282,14 +378,6 @@ impl Delivery {
     }
 }
 
-fn content_kind(content: &outbound::Content) -> &'static str {
-    match content {
-        outbound::Content::Reply(_) => "reply",
-        outbound::Content::RunError(_) => "run_error",
-        outbound::Content::Notice(_) => "notice",
-    }
-}
-
 /// Carries ingest outcomes and worker run ends to the channel: notices for outcomes, the typing
 /// indicator for messages that will run, replies and error cards for runs external workers
 /// ended. Every delivery runs in its own task, so callers (the ACK path, the worker API) never
@@ -299,6 +387,7 @@ pub struct ChannelReplies {
     delivery: Delivery,
     outbox: Outbox,
     runs: Option<RunService>,
+    compactor: Option<crate::runs::Compactor>,
     installations: InstallationStore,
     sessions: IngestStore,
     public_url: Arc<str>,
@@ -318,6 +407,7 @@ impl ChannelReplies {
             delivery,
             outbox,
             runs: None,
+            compactor: None,
             installations,
             sessions,
             public_url,
@@ -329,6 +419,52 @@ impl ChannelReplies {
     pub fn with_runs(mut self, runs: RunService) -> ChannelReplies {
         self.runs = Some(runs);
         self
+    }
+
+    /// Carries out `compact` commands through `compactor`.
+    pub fn with_compactor(mut self, compactor: crate::runs::Compactor) -> ChannelReplies {
+        self.compactor = Some(compactor);
+        self
+    }
+
+    /// Carries out a built-in command of `session_id` and returns the notice that answers it.
+    async fn builtin(&self, session_id: &str, command: Builtin) -> Notice {
+        let status = Notice::new(NoticeKind::Status);
+        match command {
+            Builtin::Help => Notice::new(NoticeKind::Help).with_detail(HELP),
+            Builtin::Stop => match &self.runs {
+                Some(runs) => match runs.interrupt(session_id).await {
+                    Ok(t) if t.interrupted_run.is_some() => status.with_detail("Stopped."),
+                    Ok(_) => status.with_detail("Nothing is running."),
+                    Err(e) => {
+                        tracing::warn!(session = %session_id, "stop failed: {e}");
+                        status.with_detail("Could not stop the run; please try again.")
+                    }
+                },
+                None => status.with_detail("Nothing is running."),
+            },
+            Builtin::Compact => match &self.compactor {
+                Some(compactor) => match compactor.compact_now(session_id).await {
+                    Ok(_) => status.with_detail("The conversation is being summarised."),
+                    Err(e) => {
+                        tracing::info!(session = %session_id, "compact refused: {e}");
+                        status.with_detail("There is nothing to summarise right now.")
+                    }
+                },
+                None => status.with_detail("Summarising is not available here."),
+            },
+            Builtin::Status => match &self.runs {
+                Some(runs) => match runs.status(session_id).await {
+                    Ok(Some(run)) => {
+                        let queued = runs.queue(session_id).await.map(|q| q.len()).unwrap_or(0);
+                        status
+                            .with_detail(format!("Run: {}. Queued messages: {queued}.", run.state))
+                    }
+                    _ => status.with_detail("No conversation yet."),
+                },
+                None => status.with_detail("No conversation yet."),
+            },
+        }
     }
 
     /// The delivery it uses.
@@ -389,8 +525,7 @@ impl OutcomeObserver for ChannelReplies {
         let session_id = match outcome {
             Outcome::Ingested { session_id, .. }
             | Outcome::FreshPending { session_id }
-            | Outcome::IssueUsage { session_id }
-            | Outcome::IssueCreated { session_id, .. } => session_id.clone(),
+            | Outcome::Builtin { session_id, .. } => session_id.clone(),
             Outcome::NeedsBinding { .. } | Outcome::Dropped(_) => String::new(),
         };
         if let (
@@ -405,7 +540,28 @@ impl OutcomeObserver for ChannelReplies {
             let (runs, session_id, message_id) = (runs.clone(), session_id.clone(), *message_id);
             tokio::spawn(async move { runs.publish_ingested(&session_id, message_id).await });
         }
-        let typing = matches!(outcome, Outcome::Ingested { flush: Some(_), .. });
+        if let Outcome::Builtin {
+            session_id,
+            command,
+        } = outcome
+        {
+            let this = self.clone();
+            let (installation_id, command) = (installation.id.clone(), *command);
+            let target = message_target(session_id, message);
+            let session_id = session_id.clone();
+            tokio::spawn(async move {
+                let notice = this.builtin(&session_id, command).await;
+                this.outbox
+                    .enqueue_notice(&installation_id, &target, &notice)
+                    .await;
+            });
+            return;
+        }
+        let typing = matches!(outcome, Outcome::Ingested { flush: Some(_), .. })
+            && self
+                .delivery
+                .plugin_of(installation)
+                .is_some_and(|p| p.manifest().features.typing);
         if notice.is_none() && !typing {
             return;
         }

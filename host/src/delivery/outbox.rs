@@ -15,14 +15,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+#[cfg(test)]
+use serde_json::json;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::{Delivery, DeliveryFailure, chat_type};
+use super::{Content, Delivery, DeliveryFailure};
 use crate::domain::Clock;
+use crate::domain::notice::{Notice, NoticeKind};
 use crate::metrics::Metrics;
-use crate::runtime::{outbound, types};
+use crate::runtime::types;
 use crate::store::{
     InstallationStore, NewOutboxRow, OutboxContent, OutboxRow, OutboxStore, OutboxTarget,
 };
@@ -183,10 +185,10 @@ impl Outbox {
         &self,
         installation_id: &str,
         target: &types::SessionTarget,
-        notice: &types::Notice,
+        notice: &Notice,
     ) {
         let content = OutboxContent::Notice {
-            notice: notice_to_json(notice),
+            notice: serde_json::to_value(notice).unwrap_or_default(),
         };
         // A notice outside any session (a binding link DM) is ordered on its own.
         let session_id = if target.session_id.is_empty() {
@@ -275,19 +277,40 @@ impl Outbox {
         };
         let target = session_target(&row.session_id, &row.target);
         let content = match &row.content {
-            OutboxContent::Reply { text } => outbound::Content::Reply(text.clone()),
-            OutboxContent::RunError { text } => outbound::Content::RunError(text.clone()),
-            OutboxContent::Notice { notice } => match notice_from_json(notice) {
-                Some(notice) => outbound::Content::Notice(notice),
-                None => return self.give_up(&row, "unreadable notice").await,
+            OutboxContent::Reply { text } => Content::Reply(text.clone()),
+            OutboxContent::RunError { text, reference } => Content::Notice(Notice {
+                reference: reference.clone(),
+                // A row stored before notices had kinds carries its finished text.
+                detail: (!text.is_empty()).then(|| text.clone()),
+                ..Notice::new(NoticeKind::RunError)
+            }),
+            OutboxContent::Notice { notice } => match serde_json::from_value(notice.clone()) {
+                Ok(notice) => Content::Notice(notice),
+                Err(_) => return self.give_up(&row, "unreadable notice").await,
             },
         };
         let ends_run = !matches!(row.content, OutboxContent::Notice { .. });
-        match inner
-            .delivery
-            .send_once(&installation, &target, content, &row.idempotency_key)
-            .await
-        {
+        let sent = match content {
+            Content::Reply(text) => {
+                inner
+                    .delivery
+                    .send_reply(
+                        &installation,
+                        &target,
+                        row.run_id.as_deref(),
+                        text,
+                        &row.idempotency_key,
+                    )
+                    .await
+            }
+            content => {
+                inner
+                    .delivery
+                    .send_once(&installation, &target, content, &row.idempotency_key)
+                    .await
+            }
+        };
+        match sent {
             Ok(sent) => {
                 let marked = inner
                     .store
@@ -404,10 +427,7 @@ impl Drop for InFlight<'_> {
 pub fn outbox_target(target: &types::SessionTarget) -> OutboxTarget {
     OutboxTarget {
         chat_id: target.chat_id.clone(),
-        chat_type: match target.chat_type {
-            types::ChatType::Group => "group".into(),
-            types::ChatType::Direct => "direct".into(),
-        },
+        chat_type: super::chat_kind_name(target.chat_kind).into(),
         thread_id: target.thread_id.clone(),
         reply_to: target.reply_to.clone(),
         in_thread: target.in_thread,
@@ -427,55 +447,11 @@ pub fn session_target(session_id: &str, target: &OutboxTarget) -> types::Session
     types::SessionTarget {
         session_id: session_id.to_string(),
         chat_id: target.chat_id.clone(),
-        chat_type: chat_type(&target.chat_type),
+        chat_kind: super::chat_kind(&target.chat_type),
         thread_id: target.thread_id.clone(),
         reply_to: target.reply_to.clone(),
         in_thread: target.in_thread,
     }
-}
-
-/// A notice as stored in the outbox.
-fn notice_to_json(notice: &types::Notice) -> Value {
-    match notice {
-        types::Notice::AgentOffline => json!({"kind": "agent_offline"}),
-        types::Notice::AgentArchived => json!({"kind": "agent_archived"}),
-        types::Notice::NeedsBinding(link) => json!({
-            "kind": "needs_binding",
-            "url": link.url,
-            "open_id": link.open_id,
-            "expires_in_minutes": link.expires_in_minutes,
-        }),
-        types::Notice::FreshPending => json!({"kind": "fresh_pending"}),
-        types::Notice::IssueUsage => json!({"kind": "issue_usage"}),
-        types::Notice::IssueCreated(created) => json!({
-            "kind": "issue_created",
-            "title": created.title,
-            "reference": created.reference,
-        }),
-        types::Notice::Text(text) => json!({"kind": "text", "text": text}),
-    }
-}
-
-/// The notice a stored JSON form describes (`None` for an unknown shape).
-fn notice_from_json(value: &Value) -> Option<types::Notice> {
-    let text = |key: &str| value[key].as_str().map(str::to_string);
-    Some(match value["kind"].as_str()? {
-        "agent_offline" => types::Notice::AgentOffline,
-        "agent_archived" => types::Notice::AgentArchived,
-        "needs_binding" => types::Notice::NeedsBinding(types::BindingLink {
-            url: text("url")?,
-            open_id: text("open_id")?,
-            expires_in_minutes: u32::try_from(value["expires_in_minutes"].as_u64()?).ok()?,
-        }),
-        "fresh_pending" => types::Notice::FreshPending,
-        "issue_usage" => types::Notice::IssueUsage,
-        "issue_created" => types::Notice::IssueCreated(types::IssueCreated {
-            title: text("title")?,
-            reference: text("reference")?,
-        }),
-        "text" => types::Notice::Text(text("text")?),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -484,27 +460,17 @@ mod tests {
 
     #[test]
     fn every_notice_survives_the_outbox_json() {
-        let notices = [
-            types::Notice::AgentOffline,
-            types::Notice::AgentArchived,
-            types::Notice::NeedsBinding(types::BindingLink {
-                url: "http://h/bind?token=t".into(),
-                open_id: "ou_1".into(),
-                expires_in_minutes: 30,
-            }),
-            types::Notice::FreshPending,
-            types::Notice::IssueUsage,
-            types::Notice::IssueCreated(types::IssueCreated {
-                title: "t".into(),
-                reference: "#1".into(),
-            }),
-            types::Notice::Text("hello".into()),
-        ];
-        for notice in notices {
-            let back = notice_from_json(&notice_to_json(&notice)).expect("readable");
-            assert_eq!(format!("{back:?}"), format!("{notice:?}"));
+        for kind in NoticeKind::ALL {
+            let notice = Notice {
+                link: Some("http://h/bind?token=t".into()),
+                recipient: Some("u1".into()),
+                ..Notice::new(kind).with_detail("d")
+            };
+            let json = serde_json::to_value(&notice).unwrap();
+            let back: Notice = serde_json::from_value(json).expect("readable");
+            assert_eq!(back, notice);
         }
-        assert!(notice_from_json(&json!({"kind": "nope"})).is_none());
+        assert!(serde_json::from_value::<Notice>(json!({"kind": "nope"})).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The inbound dispatcher (SPEC §3, matching `reference/multica-lark.md` §H–J).
+//! The inbound dispatcher (SPEC §3).
 //!
 //! Owns the ordered, durable pipeline one decoded message goes through before the channel gets
 //! its ACK: installation → dedup claim → group filter → identity policy → session → command
@@ -27,12 +27,78 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::Clock;
-use crate::runtime::commands::Command;
-use crate::runtime::types::{ChatType, InboundMessage};
+use crate::runtime::types::{ChatKind as WireChatKind, InboundMessage};
 use crate::store::{
     AccessPolicy, AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, ChatKind, DedupClaim,
     FlushTicket, IngestStore, Installation, InstallationStore, SessionKey, StoreError, TurnKind,
 };
+
+/// The commands the host runs itself; any other name goes to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Builtin {
+    /// `stop`: interrupt the session's current run.
+    Stop,
+    /// `compact`: summarise the session's context now.
+    Compact,
+    /// `status`: the session's run state.
+    Status,
+    /// `help`: the commands.
+    Help,
+}
+
+impl Builtin {
+    /// The command's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Stop => "stop",
+            Builtin::Compact => "compact",
+            Builtin::Status => "status",
+            Builtin::Help => "help",
+        }
+    }
+}
+
+/// What an inbound event means to the host, beyond its text: the plugin's command parse
+/// (`{name, args}`) sorted into the host's built-ins and the agent's commands, or an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `new`: a fresh context, starting with `args` when not empty.
+    New(String),
+    /// A command the host answers itself.
+    Builtin(Builtin),
+    /// Any other command: a `command` turn for the agent, name and args intact.
+    Agent {
+        /// The command's name.
+        name: String,
+        /// Its argument text.
+        args: String,
+    },
+    /// A button or card callback: an `action` turn for the agent.
+    Action {
+        /// The control's name.
+        name: String,
+        /// The control's value.
+        value: String,
+        /// The channel message carrying the control.
+        on_message: Option<String>,
+    },
+}
+
+impl Command {
+    /// The host's reading of a parsed command `{name, args}` (names compare case-insensitively).
+    pub fn parsed(name: &str, args: &str) -> Command {
+        let name = name.trim().to_ascii_lowercase();
+        let args = args.trim().to_owned();
+        match name.as_str() {
+            "new" => Command::New(args),
+            "stop" => Command::Builtin(Builtin::Stop),
+            "compact" => Command::Builtin(Builtin::Compact),
+            "status" => Command::Builtin(Builtin::Status),
+            "help" => Command::Builtin(Builtin::Help),
+            _ => Command::Agent { name, args },
+        }
+    }
+}
 
 /// The event type recorded in audit rows when the caller does not know a better one.
 pub const DEFAULT_EVENT_TYPE: &str = "message";
@@ -91,7 +157,7 @@ pub enum Outcome {
     /// The sender must bind their account first (`bound` policy); the caller sends the link.
     NeedsBinding {
         /// The sender's channel user id (the link goes to them directly).
-        open_id: String,
+        user_id: String,
         /// The freshly minted one-time token (raw; only its hash is stored).
         token: String,
     },
@@ -109,33 +175,25 @@ pub enum Outcome {
         /// The session.
         session_id: String,
     },
-    /// A bare `/issue`: the caller sends the usage notice. No run.
-    IssueUsage {
+    /// A built-in command (not stored as a turn): the caller carries it out and answers.
+    Builtin {
         /// The session.
         session_id: String,
-    },
-    /// `/issue <title>`: a command record was created. No run.
-    IssueCreated {
-        /// The session.
-        session_id: String,
-        /// The command record.
-        command_id: i64,
-        /// The issue title.
-        title: String,
+        /// Which one.
+        command: Builtin,
     },
 }
 
 impl Outcome {
     /// The snake_case name of the outcome kind (`dropped`, `needs_binding`, `ingested`,
-    /// `fresh_pending`, `issue_usage`, `issue_created`).
+    /// `fresh_pending`, `builtin`).
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Dropped(_) => "dropped",
             Outcome::NeedsBinding { .. } => "needs_binding",
             Outcome::Ingested { .. } => "ingested",
             Outcome::FreshPending { .. } => "fresh_pending",
-            Outcome::IssueUsage { .. } => "issue_usage",
-            Outcome::IssueCreated { .. } => "issue_created",
+            Outcome::Builtin { .. } => "builtin",
         }
     }
 }
@@ -192,7 +250,7 @@ impl EventMeta {
             event_type: event_type.to_owned(),
             event_id: printable(&message.event_id),
             message_id: printable(&message.message_id),
-            chat_id: printable(&message.chat_id),
+            chat_id: printable(&message.chat.id),
         }
     }
 }
@@ -634,17 +692,18 @@ impl Dispatcher {
         event: &EventMeta,
         now_ms: i64,
     ) -> Result<Option<Outcome>, DispatchError> {
-        // Step 3, decided without side effects: a drop takes the claim-first path.
-        if message.chat_type == ChatType::Group && !message.addressed_to_bot {
+        // Step 3, decided without side effects: a drop takes the claim-first path, and so
+        // does a built-in command (it appends nothing).
+        if !addressed(message) || matches!(command, Some(Command::Builtin(_))) {
             return Ok(None);
         }
         // Step 4: likewise, only a sender with a binding (under `bound`) goes on.
         if installation.access_policy == AccessPolicy::Bound {
-            let open_id = message.sender.open_id.as_str();
-            if open_id.is_empty()
+            let user_id = message.sender.id.as_str();
+            if user_id.is_empty()
                 || self
                     .ingest
-                    .get_binding(&installation.id, open_id)
+                    .get_binding(&installation.id, user_id, &message.sender.alt_ids)
                     .await?
                     .is_none()
             {
@@ -671,7 +730,7 @@ impl Dispatcher {
         };
 
         // Steps 6–8.
-        let (turn, request) = append_request(installation, message, command, &session_id);
+        let request = append_request(installation, message, command, &session_id);
         self.step(Step::BeforeAppend).await;
         let Some(appended) = self.ingest.claim_and_append(&request, now_ms).await? else {
             // Deleted (a cached id may outlive its session): the claim-first path makes a new
@@ -682,7 +741,7 @@ impl Dispatcher {
         let outcome = match appended {
             AppendOutcome::ClaimLost => self.duplicate(installation, event, now_ms).await?,
             AppendOutcome::FreshPending => Outcome::FreshPending { session_id },
-            AppendOutcome::Appended(appended) => appended_outcome(turn, appended, session_id)?,
+            AppendOutcome::Appended(appended) => appended_outcome(appended, session_id),
         };
         Ok(Some(outcome))
     }
@@ -698,7 +757,7 @@ impl Dispatcher {
         now_ms: i64,
     ) -> Result<(Outcome, Finalize), DispatchError> {
         // Step 3: group chats must address the bot.
-        if message.chat_type == ChatType::Group && !message.addressed_to_bot {
+        if !addressed(message) {
             let reason = DropReason::NotAddressedInGroup;
             self.audit(installation, event, reason, now_ms).await;
             return Ok((Outcome::Dropped(reason), Finalize::Mark));
@@ -706,26 +765,28 @@ impl Dispatcher {
 
         // Step 4: identity policy.
         if installation.access_policy == AccessPolicy::Bound {
-            let open_id = message.sender.open_id.as_str();
-            let bound = if open_id.is_empty() {
+            let user_id = message.sender.id.as_str();
+            let bound = if user_id.is_empty() {
                 None
             } else {
-                self.ingest.get_binding(&installation.id, open_id).await?
+                self.ingest
+                    .get_binding(&installation.id, user_id, &message.sender.alt_ids)
+                    .await?
             };
             if bound.is_none() {
                 self.audit(installation, event, DropReason::UnboundUser, now_ms)
                     .await;
-                if open_id.is_empty() {
+                if user_id.is_empty() {
                     // Nobody to send a link to.
                     return Ok((Outcome::Dropped(DropReason::UnboundUser), Finalize::Mark));
                 }
                 let token = self
                     .ingest
-                    .mint_binding_token(&installation.id, open_id, now_ms)
+                    .mint_binding_token(&installation.id, user_id, now_ms)
                     .await?;
                 return Ok((
                     Outcome::NeedsBinding {
-                        open_id: open_id.to_owned(),
+                        user_id: user_id.to_owned(),
                         token,
                     },
                     Finalize::Mark,
@@ -743,8 +804,19 @@ impl Dispatcher {
         self.sessions
             .insert(&installation.id, &key.chat_key, &session.id);
 
+        // A built-in command appends nothing: the caller carries it out.
+        if let Some(Command::Builtin(command)) = command {
+            return Ok((
+                Outcome::Builtin {
+                    session_id: session.id,
+                    command: *command,
+                },
+                Finalize::Mark,
+            ));
+        }
+
         // Steps 6–7: the turn, appended with the in-transaction Mark.
-        let (turn, request) = append_request(installation, message, command, &session.id);
+        let request = append_request(installation, message, command, &session.id);
         self.step(Step::BeforeAppend).await;
         let appended = match self.ingest.append(&request, claim, now_ms).await? {
             AppendOutcome::ClaimLost => {
@@ -763,20 +835,23 @@ impl Dispatcher {
         };
 
         // Step 8: the outcome.
-        Ok((
-            appended_outcome(turn, appended, session.id)?,
-            Finalize::Done,
-        ))
+        Ok((appended_outcome(appended, session.id), Finalize::Done))
     }
+}
+
+/// Step 3's test: messages outside direct chats must address the bot.
+fn addressed(message: &InboundMessage) -> bool {
+    message.chat.kind == WireChatKind::Direct || message.addressed_to_bot
 }
 
 /// The session key of `message` (step 5).
 fn session_key(message: &InboundMessage) -> SessionKey {
-    let chat_kind = match message.chat_type {
-        ChatType::Direct => ChatKind::Direct,
-        ChatType::Group => ChatKind::Group,
+    let chat_kind = match message.chat.kind {
+        WireChatKind::Direct => ChatKind::Direct,
+        WireChatKind::Group => ChatKind::Group,
+        WireChatKind::Channel => ChatKind::Channel,
     };
-    SessionKey::new(&message.chat_id, chat_kind, message.thread_id.as_deref())
+    SessionKey::new(&message.chat.id, chat_kind, message.thread_id.as_deref())
 }
 
 /// The turn `message` makes (by its parsed `command`) and its append to `session_id` (steps
@@ -786,77 +861,66 @@ fn append_request(
     message: &InboundMessage,
     command: Option<&Command>,
     session_id: &str,
-) -> (TurnKind, AppendRequest) {
+) -> AppendRequest {
     let (turn, body) = match command {
-        None => (TurnKind::Plain, message.body.clone()),
-        Some(Command::NewContext(text)) => match text.as_deref().map(str::trim) {
+        // A built-in never reaches the append (see `after_claim`); stored as plain text if it
+        // did.
+        None | Some(Command::Builtin(_)) => (TurnKind::Plain, message.body.clone()),
+        Some(Command::New(text)) => match text.trim() {
             // The enricher already stripped the directive and kept what it added (a quoted
-            // parent, a transcript); only an unenriched body still carries `/new`.
-            Some(text) if !text.is_empty() => {
+            // parent, a transcript); only an unenriched body still carries the command.
+            text if !text.is_empty() => {
                 let enriched = message.body.trim() != message.command_body.trim();
                 let body = if enriched { &message.body } else { text };
                 (TurnKind::FreshStart, body.to_owned())
             }
             _ => (TurnKind::MarkFresh, String::new()),
         },
-        Some(Command::Issue(request)) if !request.title.trim().is_empty() => (
-            TurnKind::Issue {
-                title: request.title.trim().to_owned(),
-                description: request.description.clone().filter(|d| !d.trim().is_empty()),
+        Some(Command::Agent { name, args }) => (
+            TurnKind::Command {
+                name: name.clone(),
+                args: args.clone(),
             },
             message.body.clone(),
         ),
-        Some(Command::Issue(_) | Command::IssueUsage) => {
-            (TurnKind::IssueUsage, message.body.clone())
-        }
+        Some(Command::Action {
+            name,
+            value,
+            on_message,
+        }) => (
+            TurnKind::Action {
+                name: name.clone(),
+                value: value.clone(),
+                on_message: on_message.clone(),
+            },
+            message.body.clone(),
+        ),
     };
-    let request = AppendRequest {
+    AppendRequest {
         session_id: session_id.to_owned(),
         installation_id: installation.id.clone(),
         body,
         command_body: message.command_body.clone(),
         channel_message_id: message.message_id.clone(),
         thread_id: message.thread_id.clone(),
-        sender_id: message.sender.open_id.clone(),
-        turn: turn.clone(),
+        sender_id: message.sender.id.clone(),
+        turn,
         debounce_ms: installation.debounce_ms,
-    };
-    (turn, request)
+    }
 }
 
 /// The outcome of an appended `turn` in `session_id` (step 8).
-fn appended_outcome(
-    turn: TurnKind,
-    appended: AppendedMessage,
-    session_id: String,
-) -> Result<Outcome, DispatchError> {
-    Ok(match turn {
-        TurnKind::Issue { title, .. } => match appended.command_id {
-            Some(command_id) => Outcome::IssueCreated {
-                session_id,
-                command_id,
-                title,
-            },
-            None => {
-                return Err(DispatchError::Store(StoreError::Corrupt {
-                    what: "an /issue append returned no command record".into(),
-                }));
-            }
-        },
-        TurnKind::IssueUsage => Outcome::IssueUsage { session_id },
-        TurnKind::Plain | TurnKind::FreshStart | TurnKind::MarkFresh => {
-            let flush = appended.flush.map(|(generation, due_at_ms)| FlushTicket {
-                session_id: session_id.clone(),
-                generation,
-                due_at_ms,
-            });
-            Outcome::Ingested {
-                session_id,
-                message_id: appended.message_id,
-                flush,
-            }
-        }
-    })
+fn appended_outcome(appended: AppendedMessage, session_id: String) -> Outcome {
+    let flush = appended.flush.map(|(generation, due_at_ms)| FlushTicket {
+        session_id: session_id.clone(),
+        generation,
+        due_at_ms,
+    });
+    Outcome::Ingested {
+        session_id,
+        message_id: appended.message_id,
+        flush,
+    }
 }
 
 /// The audit row for a drop of `event` on `installation`.
@@ -872,13 +936,12 @@ fn audit_entry(installation: &Installation, event: &EventMeta, reason: DropReaso
     }
 }
 
-/// A new session's title, by chat type.
+/// A new session's title, by chat kind.
 fn session_title(channel: &str, key: &SessionKey) -> String {
+    let kind = key.chat_type.as_str();
     match (key.chat_type, &key.thread_id) {
         (ChatKind::Direct, _) => format!("{channel} direct chat {}", key.chat_id),
-        (ChatKind::Group, None) => format!("{channel} group chat {}", key.chat_id),
-        (ChatKind::Group, Some(thread)) => {
-            format!("{channel} topic {thread} in group {}", key.chat_id)
-        }
+        (_, None) => format!("{channel} {kind} chat {}", key.chat_id),
+        (_, Some(thread)) => format!("{channel} thread {thread} in {kind} {}", key.chat_id),
     }
 }

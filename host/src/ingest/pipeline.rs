@@ -13,15 +13,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dispatch::Command;
 use crate::domain::InstallationContext;
 use crate::hygiene::{MAX_ID_BYTES, MAX_TEXT_BYTES, Unstorable, check, check_opt, strip_nul};
 use crate::ingest::reassembly::{Fragment, Limits, Push, Reassembler};
-use crate::runtime::commands::Command;
 use crate::runtime::transport::{
     ConnectionHints, EventReading, FrameClass, WebhookRejection, WebhookRequest, WebhookResponse,
     WebhookVerdict,
 };
-use crate::runtime::types::{InboundMessage, PluginError};
+use crate::runtime::types::{InboundAction, InboundMessage, PluginError};
 use crate::runtime::{CallError, Plugin};
 
 /// What one complete event payload decoded to.
@@ -30,11 +30,13 @@ use crate::runtime::{CallError, Plugin};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum DecodeOutcome {
-    /// A chat message, with the command its `command_body` carries (if any).
+    /// A chat message, with the command its `command_body` carries (if any), or an action
+    /// (a message-shaped record of it with [`Command::Action`]).
     Message {
         /// The decoded message.
         message: InboundMessage,
-        /// The plugin's `commands.parse` of `message.command_body`; `None` for plain text.
+        /// The plugin's `commands.parse` of `message.command_body` as the host reads it;
+        /// `None` for plain text.
         command: Option<Command>,
     },
     /// Not a chat message for the host; the plugin's reason (logged and audited).
@@ -59,12 +61,46 @@ pub async fn decode_payload(
             let command = if message.command_body.trim().is_empty() {
                 None
             } else {
-                plugin.parse_command(cx, &message.command_body).await?
+                plugin
+                    .parse_command(cx, &message.command_body)
+                    .await?
+                    .map(|c| Command::parsed(&c.name, &c.args))
             };
             Ok(DecodeOutcome::Message { message, command })
         }
+        Ok(Decoded::Action(action)) => Ok(action_outcome(action)),
         Ok(Decoded::Ignored(reason)) => Ok(DecodeOutcome::Ignored(reason)),
         Err(error) => Ok(DecodeOutcome::Invalid(error)),
+    }
+}
+
+/// An action as the dispatcher takes it: a message-shaped record (the action id is its dedup
+/// key, its body what the agent reads) with [`Command::Action`].
+pub fn action_outcome(action: InboundAction) -> DecodeOutcome {
+    let body = format!("[action {}] {}", action.name, action.value);
+    let message = InboundMessage {
+        event_id: action.event_id,
+        message_id: action.action_id,
+        chat: action.chat,
+        sender: action.sender,
+        message_type: "action".into(),
+        body,
+        command_body: String::new(),
+        addressed_to_bot: true,
+        parent_id: action.message_id.clone(),
+        root_id: None,
+        thread_id: action.thread_id,
+        create_time_ms: action.create_time_ms,
+        mentions: Vec::new(),
+        attachments: Vec::new(),
+    };
+    DecodeOutcome::Message {
+        message,
+        command: Some(Command::Action {
+            name: action.name,
+            value: action.value,
+            on_message: action.message_id,
+        }),
     }
 }
 
@@ -75,8 +111,9 @@ pub fn read_outcome(event: EventReading) -> DecodeOutcome {
     match event.decoded {
         Ok(Decoded::Message(message)) => DecodeOutcome::Message {
             message,
-            command: event.command,
+            command: event.command.map(|c| Command::parsed(&c.name, &c.args)),
         },
+        Ok(Decoded::Action(action)) => action_outcome(action),
         Ok(Decoded::Ignored(reason)) => DecodeOutcome::Ignored(reason),
         Err(error) => DecodeOutcome::Invalid(error),
     }
@@ -305,13 +342,11 @@ pub fn sanitize_message(
     message: &mut InboundMessage,
     command: Option<&mut Command>,
 ) -> Result<usize, Unstorable> {
-    let ids: [(&str, Option<&str>); 9] = [
+    let ids: [(&str, Option<&str>); 7] = [
         ("event_id", Some(&message.event_id)),
         ("message_id", Some(&message.message_id)),
-        ("chat_id", Some(&message.chat_id)),
-        ("sender.open_id", Some(&message.sender.open_id)),
-        ("sender.union_id", message.sender.union_id.as_deref()),
-        ("sender.user_id", message.sender.user_id.as_deref()),
+        ("chat.id", Some(&message.chat.id)),
+        ("sender.id", Some(&message.sender.id)),
         ("parent_id", message.parent_id.as_deref()),
         ("root_id", message.root_id.as_deref()),
         ("thread_id", message.thread_id.as_deref()),
@@ -319,8 +354,11 @@ pub fn sanitize_message(
     for (field, value) in ids {
         check_opt(field, value, MAX_ID_BYTES)?;
     }
+    for (scheme, id) in &message.sender.alt_ids {
+        check("sender.alt_ids", scheme, MAX_ID_BYTES)?;
+        check("sender.alt_ids", id, MAX_ID_BYTES)?;
+    }
     check("message_type", &message.message_type, MAX_ID_BYTES)?;
-    check("sender.kind", &message.sender.kind, MAX_ID_BYTES)?;
     for (field, text) in [
         ("body", &message.body),
         ("command_body", &message.command_body),
@@ -334,22 +372,30 @@ pub fn sanitize_message(
         }
     }
     let mut stripped = strip_nul(&mut message.body) + strip_nul(&mut message.command_body);
+    if let Some(name) = &mut message.sender.display_name {
+        stripped += strip_nul(name);
+    }
     for mention in &mut message.mentions {
         stripped += strip_nul(&mut mention.key) + strip_nul(&mut mention.name);
-        for id in [&mut mention.open_id, &mut mention.union_id]
+        if let Some(id) = &mut mention.id {
+            stripped += strip_nul(id);
+        }
+    }
+    for attachment in &mut message.attachments {
+        stripped += strip_nul(&mut attachment.kind) + strip_nul(&mut attachment.ref_);
+        for text in [&mut attachment.name, &mut attachment.mime]
             .into_iter()
             .flatten()
         {
-            stripped += strip_nul(id);
+            stripped += strip_nul(text);
         }
     }
     if let Some(command) = command {
         stripped += match command {
-            Command::NewContext(Some(text)) => strip_nul(text),
-            Command::Issue(request) => {
-                strip_nul(&mut request.title) + request.description.as_mut().map_or(0, strip_nul)
-            }
-            Command::NewContext(None) | Command::IssueUsage => 0,
+            Command::New(text) => strip_nul(text),
+            Command::Agent { name, args } => strip_nul(name) + strip_nul(args),
+            Command::Action { name, value, .. } => strip_nul(name) + strip_nul(value),
+            Command::Builtin(_) => 0,
         };
     }
     Ok(stripped)

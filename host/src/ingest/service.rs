@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::batch::Debouncer;
+use crate::dispatch::Command;
 use crate::dispatch::{DispatchError, Dispatcher, DropReason, EventMeta, Outcome};
 use crate::domain::InstallationContext;
 use crate::hygiene;
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
-use crate::runtime::commands::Command;
 use crate::runtime::transport::EventReading;
 use crate::runtime::types::InboundMessage;
 use crate::runtime::{CallError, Plugin, enricher};
@@ -484,6 +484,6 @@ pub struct PreparedMessage {
 impl PreparedMessage {
     /// The chat it belongs to: messages of one chat must be finished in arrival order.
     pub fn chat_id(&self) -> &str {
-        &self.message.chat_id
+        &self.message.chat.id
     }
 }

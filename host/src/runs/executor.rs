@@ -23,7 +23,7 @@ use super::{Compactor, RunService, SessionEvent};
 use crate::agents::{
     AgentError, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
 };
-use crate::delivery::{Delivery, Outbox, chat_type};
+use crate::delivery::{Delivery, Outbox, chat_kind};
 use crate::runtime::types;
 use crate::store::{
     Finished, InstallationStore, Message, RunClaim, RunEnd, RunFinish, RunState, StoreError,
@@ -414,10 +414,10 @@ impl Executor {
             reference = crate::delivery::run_reference(&claim.run_id),
             "run failed: {error}"
         );
-        // The chat gets a reference, never the error text (see `run_failed_for_user`).
+        // The chat gets a reference, never the error text (see `delivery::run_reference`).
         let finish = RunFinish::Failed {
             error: error.clone(),
-            user_text: crate::delivery::run_failed_for_user(&claim.run_id),
+            reference: crate::delivery::run_reference(&claim.run_id).to_string(),
         };
         match self
             .finish(&claim.session_id, &claim.run_id, &finish)
@@ -466,7 +466,7 @@ pub fn claim_target(claim: &RunClaim) -> types::SessionTarget {
     types::SessionTarget {
         session_id: claim.session_id.clone(),
         chat_id: claim.chat_id.clone(),
-        chat_type: chat_type(&claim.chat_type),
+        chat_kind: chat_kind(&claim.chat_type),
         thread_id: claim.thread_id.clone(),
         reply_to: claim.reply_to_message_id.clone(),
         in_thread: claim.reply_thread_id.is_some(),

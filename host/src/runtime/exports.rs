@@ -1,4 +1,4 @@
-//! Typed entry points for the five plugin exports. Each one is a thin wrapper over
+//! Typed entry points for the plugin exports. Each one is a thin wrapper over
 //! [`Plugin::call`](super::plugin::Plugin), which owns deadlines, limits and recycling.
 //!
 //! Results are two-layered: the outer `Result` is the runtime's (trap, timeout, limit), the inner
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::error::CallError;
 use super::plugin::{Export, Plugin, WarmInstance};
-use crate::bindings::{commands, decoder, enricher, outbound, transport, types};
+use crate::bindings::{commands, decoder, enricher, http, outbound, transport, types};
 use crate::domain::InstallationContext;
 
 /// Calls `interface.function(args…)` on the warm instance lent for the call.
@@ -168,21 +168,6 @@ impl Plugin {
         .await
     }
 
-    /// `outbound.flush`: what a debounced batch leads to.
-    pub async fn flush(
-        &self,
-        cx: &Arc<InstallationContext>,
-        batch: &outbound::FlushBatch,
-    ) -> CallResult<Vec<outbound::FlushAction>, types::PluginError> {
-        self.call(
-            cx,
-            Export::Outbound,
-            "outbound.flush",
-            guest!(switchboard_channel_outbound.call_flush(batch)),
-        )
-        .await
-    }
-
     /// `outbound.deliver`: render and send a reply, error or notice.
     pub async fn deliver(
         &self,
@@ -211,6 +196,132 @@ impl Plugin {
             Export::Outbound,
             "outbound.set-typing",
             guest!(switchboard_channel_outbound.call_set_typing(target, change, handle)),
+        )
+        .await
+    }
+
+    /// `transport.plan-poll`: the request of the next long-poll round.
+    pub async fn plan_poll(
+        &self,
+        cx: &Arc<InstallationContext>,
+        cursor: Option<&str>,
+    ) -> CallResult<http::Request, transport::ConnectError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.plan-poll",
+            guest!(switchboard_channel_transport.call_plan_poll(cursor)),
+        )
+        .await
+    }
+
+    /// `transport.parse-poll`: the events and next cursor of a long-poll response.
+    pub async fn parse_poll(
+        &self,
+        cx: &Arc<InstallationContext>,
+        cursor: Option<&str>,
+        response: &http::Response,
+    ) -> CallResult<transport::PollBatch, transport::ConnectError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.parse-poll",
+            guest!(switchboard_channel_transport.call_parse_poll(cursor, response)),
+        )
+        .await
+    }
+
+    /// `outbound.stream-begin`: start a streamed reply; the plugin's handle for it.
+    pub async fn stream_begin(
+        &self,
+        cx: &Arc<InstallationContext>,
+        target: &types::SessionTarget,
+        idempotency_key: &str,
+    ) -> CallResult<String, outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.stream-begin",
+            guest!(switchboard_channel_outbound.call_stream_begin(target, idempotency_key)),
+        )
+        .await
+    }
+
+    /// `outbound.stream-update`: the streamed reply's text so far.
+    pub async fn stream_update(
+        &self,
+        cx: &Arc<InstallationContext>,
+        target: &types::SessionTarget,
+        handle: &str,
+        text: &str,
+    ) -> CallResult<(), outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.stream-update",
+            guest!(switchboard_channel_outbound.call_stream_update(target, handle, text)),
+        )
+        .await
+    }
+
+    /// `outbound.stream-end`: the streamed reply's final text.
+    pub async fn stream_end(
+        &self,
+        cx: &Arc<InstallationContext>,
+        target: &types::SessionTarget,
+        handle: &str,
+        text: &str,
+    ) -> CallResult<outbound::Receipt, outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.stream-end",
+            guest!(switchboard_channel_outbound.call_stream_end(target, handle, text)),
+        )
+        .await
+    }
+
+    /// `outbound.fetch-attachment`: the bytes of an inbound attachment.
+    pub async fn fetch_attachment(
+        &self,
+        cx: &Arc<InstallationContext>,
+        message_id: &str,
+        reference: &str,
+    ) -> CallResult<outbound::AttachmentContent, types::PluginError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.fetch-attachment",
+            guest!(switchboard_channel_outbound.call_fetch_attachment(message_id, reference)),
+        )
+        .await
+    }
+
+    /// `lifecycle.on-install`: config values the channel reports for a new installation.
+    pub async fn on_install(
+        &self,
+        cx: &Arc<InstallationContext>,
+        webhook_url: &str,
+    ) -> CallResult<Vec<(String, String)>, types::PluginError> {
+        self.call(
+            cx,
+            Export::Lifecycle,
+            "lifecycle.on-install",
+            guest!(switchboard_channel_lifecycle.call_on_install(webhook_url)),
+        )
+        .await
+    }
+
+    /// `lifecycle.on-uninstall`: undo what `on-install` registered.
+    pub async fn on_uninstall(
+        &self,
+        cx: &Arc<InstallationContext>,
+    ) -> CallResult<(), types::PluginError> {
+        self.call(
+            cx,
+            Export::Lifecycle,
+            "lifecycle.on-uninstall",
+            guest!(switchboard_channel_lifecycle.call_on_uninstall()),
         )
         .await
     }

@@ -11,12 +11,13 @@ use serde::Deserialize;
 
 use crate::capabilities::policy::{AllowList, AllowListError};
 use crate::capabilities::{KvRequest, Requests};
+use crate::domain::schema::{InstallationSchema, RawSchema};
 
 /// Name of the custom section holding an embedded manifest.
 pub const MANIFEST_SECTION: &str = "switchboard-manifest";
 
 /// The contract version this host implements (the `switchboard:channel` WIT package).
-pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 0);
+pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 2, 0);
 
 /// Budget used for an export whose manifest names none.
 const DEFAULT_CALL_BUDGET_MS: u64 = 1_000;
@@ -42,7 +43,62 @@ pub struct Manifest {
     pub capabilities: Requests,
     /// Per-call budgets.
     pub budgets: Budgets,
+    /// How the plugin receives events.
+    pub transports: Transports,
+    /// Optional exports the plugin really implements.
+    pub features: Features,
+    /// The config and secret keys an installation takes.
+    pub installation: InstallationSchema,
 }
+
+/// The transports a plugin serves (manifest `transports`). The host never calls a transport
+/// export of one the plugin did not declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transports {
+    /// `webhook`: `verify-webhook` and `routing-key` on the hooks URLs.
+    pub webhook: bool,
+    /// `websocket`: `plan-connection`, `classify-frame`, `build-ack`.
+    pub websocket: bool,
+    /// `long-poll`: `plan-poll` and `parse-poll`.
+    pub long_poll: bool,
+}
+
+impl Transports {
+    /// Whether the host keeps a connection (WebSocket or long poll) open per installation.
+    pub fn connected(&self) -> bool {
+        self.websocket || self.long_poll
+    }
+}
+
+/// Optional features (manifest `[features]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `set-typing` works.
+    pub typing: bool,
+    /// `stream-begin`/`stream-update`/`stream-end` work.
+    pub streaming: bool,
+    /// The decoder emits actions.
+    pub actions: bool,
+    /// `fetch-attachment` works.
+    pub attachments: bool,
+    /// Least time between two `stream-update` calls of one reply.
+    pub stream_interval: Duration,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            typing: false,
+            streaming: false,
+            actions: false,
+            attachments: false,
+            stream_interval: Duration::from_millis(DEFAULT_STREAM_INTERVAL_MS),
+        }
+    }
+}
+
+/// `stream_interval_ms` when the manifest names none.
+const DEFAULT_STREAM_INTERVAL_MS: u64 = 1_000;
 
 /// Per-export deadlines and the memory cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +175,26 @@ struct RawManifest {
     capabilities: RawCapabilities,
     #[serde(default)]
     budgets: RawBudgets,
+    #[serde(default)]
+    transports: Vec<String>,
+    #[serde(default)]
+    features: RawFeatures,
+    #[serde(default)]
+    installation: RawSchema,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFeatures {
+    #[serde(default)]
+    typing: bool,
+    #[serde(default)]
+    streaming: bool,
+    #[serde(default)]
+    actions: bool,
+    #[serde(default)]
+    attachments: bool,
+    stream_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -226,6 +302,53 @@ impl Manifest {
                 Some(v) => Ok(Duration::from_millis(v)),
             }
         };
+        let mut transports = Transports::default();
+        for name in &raw.transports {
+            match name.as_str() {
+                "webhook" => transports.webhook = true,
+                "websocket" => transports.websocket = true,
+                "long-poll" => transports.long_poll = true,
+                other => {
+                    return Err(invalid(
+                        "transports",
+                        format!(
+                            "names {other:?}; the transports are \"webhook\", \"websocket\" and \"long-poll\""
+                        ),
+                    ));
+                }
+            }
+        }
+        // A manifest of an older contract has no `transports`: let the loader refuse it for its
+        // contract version, which names both versions, instead of for this key.
+        if transports == Transports::default() && contract >= CONTRACT_VERSION {
+            return Err(invalid(
+                "transports",
+                "must name at least one of \"webhook\", \"websocket\", \"long-poll\"".into(),
+            ));
+        }
+        if transports.websocket && transports.long_poll {
+            return Err(invalid(
+                "transports",
+                "may hold \"websocket\" or \"long-poll\", not both (one connection per installation)"
+                    .into(),
+            ));
+        }
+        let stream_interval_ms = raw
+            .features
+            .stream_interval_ms
+            .unwrap_or(DEFAULT_STREAM_INTERVAL_MS);
+        if !(50..=60_000).contains(&stream_interval_ms) {
+            return Err(invalid(
+                "features.stream_interval_ms",
+                format!("is {stream_interval_ms}; use 50..=60000"),
+            ));
+        }
+        let installation =
+            InstallationSchema::from_raw(raw.installation).map_err(|e| ManifestError::Invalid {
+                origin: origin.to_string(),
+                field: "installation",
+                problem: e.to_string(),
+            })?;
         let memory_mib = raw.budgets.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         if memory_mib == 0 || memory_mib > MAX_MEMORY_MIB {
             return Err(invalid(
@@ -254,6 +377,15 @@ impl Manifest {
                 outbound: ms(raw.budgets.outbound_ms, "budgets.outbound_ms")?,
                 memory_bytes: memory_mib * 1024 * 1024,
             },
+            transports,
+            features: Features {
+                typing: raw.features.typing,
+                streaming: raw.features.streaming,
+                actions: raw.features.actions,
+                attachments: raw.features.attachments,
+                stream_interval: Duration::from_millis(stream_interval_ms),
+            },
+            installation,
         })
     }
 
@@ -280,7 +412,8 @@ mod tests {
 name = "lark"
 version = "0.1.0"
 channel = "lark"
-contract = "0.1.0"
+contract = "0.2.0"
+transports = ["webhook"]
 [capabilities]
 log = true
 http = ["https://open.feishu.cn"]
@@ -323,7 +456,7 @@ memory_mib = 32
             Manifest::parse(&GOOD.replace("memory_mib = 32", "memory_mib = 0"), "x").unwrap_err();
         assert!(err.to_string().contains("budgets.memory_mib"), "{err}");
         let err = Manifest::parse(
-            &GOOD.replace("contract = \"0.1.0\"", "contract = \"one\""),
+            &GOOD.replace("contract = \"0.2.0\"", "contract = \"one\""),
             "x",
         )
         .unwrap_err();

@@ -31,7 +31,7 @@ use crate::bindings::{ChannelPlugin, ChannelPluginPre};
 use crate::capabilities::{Activity, Grants, Services};
 use crate::domain::InstallationContext;
 
-/// The five exports, each with its own budget.
+/// The exported interfaces, each with its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Export {
     /// `transport`
@@ -44,6 +44,8 @@ pub enum Export {
     Commands,
     /// `outbound`
     Outbound,
+    /// `lifecycle` (network calls, like `outbound`)
+    Lifecycle,
 }
 
 impl Export {
@@ -54,7 +56,7 @@ impl Export {
             Export::Decoder => b.decoder,
             Export::Enricher => b.enricher,
             Export::Commands => b.commands,
-            Export::Outbound => b.outbound,
+            Export::Outbound | Export::Lifecycle => b.outbound,
         }
     }
 }

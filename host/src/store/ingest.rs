@@ -25,24 +25,25 @@ use super::{Backend, Database, Inner, StoreError};
 
 /// Inserts or refreshes a user binding inside transaction `$tx`; evaluates to the
 /// [`UserBinding`], or returns [`BindingError::BoundToOtherUser`] from the enclosing function
-/// (which drops, and so rolls back, the transaction). A known union id is never erased.
+/// (which drops, and so rolls back, the transaction). Known alt ids are never erased.
 macro_rules! upsert_binding {
     ($tx:ident, $fail:ident, $installation_id:expr, $channel_user_id:expr, $user_ref:expr,
-     $union_id:expr, $now_ms:expr) => {{
+     $alt_ids:expr, $now_ms:expr) => {{
         let binding: Option<UserBinding> = sqlx::query_as(
-            "INSERT INTO user_bindings (installation_id, channel_user_id, user_ref, union_id,
+            "INSERT INTO user_bindings (installation_id, channel_user_id, user_ref, alt_ids,
                  bound_at_ms)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (installation_id, channel_user_id) DO UPDATE
-             SET union_id = COALESCE(excluded.union_id, user_bindings.union_id),
+             SET alt_ids = CASE WHEN excluded.alt_ids = '[]' THEN user_bindings.alt_ids
+                                ELSE excluded.alt_ids END,
                  bound_at_ms = excluded.bound_at_ms
              WHERE user_bindings.user_ref = excluded.user_ref
-             RETURNING installation_id, channel_user_id, user_ref, union_id, bound_at_ms",
+             RETURNING installation_id, channel_user_id, user_ref, alt_ids, bound_at_ms",
         )
         .bind($installation_id)
         .bind($channel_user_id)
         .bind($user_ref)
-        .bind($union_id.and_then(non_empty))
+        .bind(alt_ids_json($alt_ids))
         .bind($now_ms)
         .fetch_optional(&mut *$tx)
         .await
@@ -72,7 +73,7 @@ pub enum BindingError {
     /// The channel user is already bound to a different host user; nothing changed.
     #[error("channel user {channel_user_id} is already bound to a different user")]
     BoundToOtherUser {
-        /// The channel user (Lark open_id).
+        /// The channel user id.
         channel_user_id: String,
     },
     /// The database failed.
@@ -85,12 +86,13 @@ pub enum BindingError {
 pub struct UserBinding {
     /// The installation the channel user id belongs to.
     pub installation_id: String,
-    /// The channel user (Lark open_id).
+    /// The channel user id (the participant id the plugin reports).
     pub channel_user_id: String,
     /// The host-side user.
     pub user_ref: String,
-    /// The channel's tenant-wide id (Lark union_id), if known.
-    pub union_id: Option<String>,
+    /// Other ids of the same channel user, as `(scheme, id)` pairs; a message whose sender
+    /// carries one of them matches this binding too.
+    pub alt_ids: Vec<(String, String)>,
     /// When the binding was made or refreshed (epoch ms).
     pub bound_at_ms: i64,
 }
@@ -100,10 +102,21 @@ from_row_both!(UserBinding, |row| {
         installation_id: row.try_get("installation_id")?,
         channel_user_id: row.try_get("channel_user_id")?,
         user_ref: row.try_get("user_ref")?,
-        union_id: row.try_get("union_id")?,
+        alt_ids: parse_alt_ids(&row.try_get::<String, _>("alt_ids")?),
         bound_at_ms: row.try_get("bound_at_ms")?,
     })
 });
+
+/// The stored form of alt ids: a JSON array of `[scheme, id]` pairs (empty ids dropped).
+fn alt_ids_json(alt_ids: &[(String, String)]) -> String {
+    let pairs: Vec<&(String, String)> = alt_ids.iter().filter(|(_, id)| !id.is_empty()).collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+}
+
+/// Reads stored alt ids; anything unreadable counts as none.
+fn parse_alt_ids(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
 
 /// A dedup claim on one channel message: finalize it with [`IngestStore::mark_dedup`] or
 /// [`IngestStore::release_dedup`], or hand it to [`IngestStore::append`].
@@ -178,16 +191,29 @@ from_row_both!(AuditRow, |row| {
 pub enum ChatKind {
     /// One-to-one chat with the bot.
     Direct,
-    /// Group chat (or a topic thread inside one).
+    /// Group chat (or a thread inside one).
     Group,
+    /// A broadcast or workspace channel (or a thread inside one).
+    Channel,
 }
 
 impl ChatKind {
-    /// The stored name: `direct` or `group`.
+    /// The stored name: `direct`, `group` or `channel`.
     pub fn as_str(self) -> &'static str {
         match self {
             ChatKind::Direct => "direct",
             ChatKind::Group => "group",
+            ChatKind::Channel => "channel",
+        }
+    }
+
+    /// The kind a stored name names (`None` for an unknown name).
+    pub fn parse(name: &str) -> Option<ChatKind> {
+        match name {
+            "direct" => Some(ChatKind::Direct),
+            "group" => Some(ChatKind::Group),
+            "channel" => Some(ChatKind::Channel),
+            _ => None,
         }
     }
 }
@@ -210,7 +236,9 @@ impl SessionKey {
     /// session (`chat:thread`); direct chats never split on threads.
     pub fn new(chat_id: &str, chat_type: ChatKind, thread_id: Option<&str>) -> SessionKey {
         let thread_id = match chat_type {
-            ChatKind::Group => thread_id.filter(|t| !t.is_empty()).map(str::to_owned),
+            ChatKind::Group | ChatKind::Channel => {
+                thread_id.filter(|t| !t.is_empty()).map(str::to_owned)
+            }
             ChatKind::Direct => None,
         };
         let chat_key = match &thread_id {
@@ -391,21 +419,51 @@ pub enum TurnKind {
     FreshStart,
     /// Bare `/new`: no message; the session's next message starts a new context revision.
     MarkFresh,
-    /// Bare `/issue`: appended as a command turn; no record, no run.
-    IssueUsage,
-    /// `/issue <title>`: appended as a command turn plus a command record; no run.
-    Issue {
-        /// Issue title.
-        title: String,
-        /// Description lines, if any.
-        description: Option<String>,
+    /// A command the host does not run itself: stored as a `command` turn (name and args in
+    /// its meta) for the agent; window armed.
+    Command {
+        /// The command's name.
+        name: String,
+        /// Its argument text.
+        args: String,
+    },
+    /// A button or card callback: stored as an `action` turn for the agent; window armed.
+    Action {
+        /// The control's name.
+        name: String,
+        /// The control's value.
+        value: String,
+        /// The channel message carrying the control, if known.
+        on_message: Option<String>,
     },
 }
 
 impl TurnKind {
     /// Whether the turn schedules an agent run (arms the debounce window).
     pub fn runs(&self) -> bool {
-        matches!(self, TurnKind::Plain | TurnKind::FreshStart)
+        !matches!(self, TurnKind::MarkFresh)
+    }
+
+    /// The stored message kind and meta JSON of the turn.
+    fn stored(&self) -> (&'static str, Option<String>) {
+        match self {
+            TurnKind::Command { name, args } => (
+                "command",
+                Some(serde_json::json!({"command": {"name": name, "args": args}}).to_string()),
+            ),
+            TurnKind::Action {
+                name,
+                value,
+                on_message,
+            } => (
+                "action",
+                Some(
+                    serde_json::json!({"action": {"name": name, "value": value, "message_id": on_message}})
+                        .to_string(),
+                ),
+            ),
+            _ => ("message", None),
+        }
     }
 }
 
@@ -452,8 +510,6 @@ pub struct AppendedMessage {
     pub context_revision: i64,
     /// For turns that run: the armed window `(flush_generation, flush_due_at_ms)`.
     pub flush: Option<(i64, i64)>,
-    /// For `/issue <title>`: the command record id.
-    pub command_id: Option<i64>,
     /// Set when the session was running: the turn went to the session's queue instead of the
     /// history (see [`QueuedTurn`]). `message_id` is then 0 and `flush` `None`, unless the queue
     /// was over the cap and got promoted at once.
@@ -560,8 +616,7 @@ macro_rules! append_turn {
             .map_err($fail)?;
             match updated {
                 Some((revision, generation)) => {
-                    let (message_id, command_id) =
-                        insert_user_message!($tx, $fail, request, revision, now_ms);
+                    let message_id = insert_user_message!($tx, $fail, request, revision, now_ms);
                     let flush = request
                         .turn
                         .runs()
@@ -570,7 +625,6 @@ macro_rules! append_turn {
                         message_id,
                         context_revision: revision,
                         flush,
-                        command_id,
                         queued: None,
                     })
                 }
@@ -581,19 +635,15 @@ macro_rules! append_turn {
 }
 
 /// Inside `$tx`: inserts the user message of `$request` in context revision `$revision` (kind
-/// `command` for `/issue` turns) and, for `/issue <title>`, its command record. Evaluates to
-/// `(message_id, Option<command_id>)`.
+/// `command` or `action` with its meta for those turns). Evaluates to the message id.
 macro_rules! insert_user_message {
     ($tx:ident, $fail:expr, $request:expr, $revision:expr, $now_ms:expr) => {{
         let request: &AppendRequest = $request;
-        let kind = match request.turn {
-            TurnKind::Issue { .. } | TurnKind::IssueUsage => "command",
-            _ => "message",
-        };
+        let (kind, meta) = request.turn.stored();
         let message_id: i64 = sqlx::query_scalar(
             "INSERT INTO messages (session_id, role, kind, body, command_body,
-                 channel_message_id, sender_id, context_revision, created_at_ms)
-             VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, $8)
+                 channel_message_id, sender_id, context_revision, created_at_ms, meta)
+             VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, $8, $9)
              RETURNING id",
         )
         .bind(&request.session_id)
@@ -604,32 +654,11 @@ macro_rules! insert_user_message {
         .bind(non_empty(&request.sender_id))
         .bind($revision)
         .bind($now_ms)
+        .bind(meta)
         .fetch_one(&mut *$tx)
         .await
         .map_err($fail)?;
-
-        let command_id = match &request.turn {
-            TurnKind::Issue { title, description } => Some(
-                sqlx::query_scalar::<_, i64>(
-                    "INSERT INTO commands (installation_id, session_id, message_id, kind,
-                         title, description, sender_id, created_at_ms)
-                     VALUES ($1, $2, $3, 'issue', $4, $5, $6, $7)
-                     RETURNING id",
-                )
-                .bind(&request.installation_id)
-                .bind(&request.session_id)
-                .bind(message_id)
-                .bind(title)
-                .bind(description.as_deref().and_then(non_empty))
-                .bind(non_empty(&request.sender_id))
-                .bind($now_ms)
-                .fetch_one(&mut *$tx)
-                .await
-                .map_err($fail)?,
-            ),
-            _ => None,
-        };
-        (message_id, command_id)
+        message_id
     }};
 }
 
@@ -702,7 +731,6 @@ macro_rules! append_general {
                     message_id: 0,
                     context_revision: revision,
                     flush: None,
-                    command_id: None,
                     queued: Some(QueuedTurn {
                         queued_id,
                         interrupted_run: None,
@@ -736,7 +764,6 @@ macro_rules! append_general {
                     message_id: mine.id,
                     context_revision: mine.context_revision,
                     flush: flush.map(|ticket| (ticket.generation, ticket.due_at_ms)),
-                    command_id: None,
                     queued: Some(QueuedTurn {
                         queued_id,
                         interrupted_run: run_id,
@@ -755,8 +782,7 @@ macro_rules! append_general {
             } else {
                 revision
             };
-            let (message_id, command_id) =
-                insert_user_message!($tx, $fail, request, revision, now_ms);
+            let message_id = insert_user_message!($tx, $fail, request, revision, now_ms);
 
             sqlx::query(
                 "UPDATE sessions SET context_revision = $2, fresh_pending = FALSE,
@@ -805,7 +831,6 @@ macro_rules! append_general {
                 message_id,
                 context_revision: revision,
                 flush,
-                command_id,
                 queued: None,
             })
         }
@@ -824,14 +849,14 @@ impl IngestStore {
     // ---------------------------------------------------------------- bindings and tokens
 
     /// Binds a channel user to `user_ref`, or refreshes an existing binding to the same user
-    /// (a known `union_id` is never erased). A binding to a different user is refused with
-    /// [`BindingError::BoundToOtherUser`].
+    /// (known alt ids are never erased by an empty list). A binding to a different user is
+    /// refused with [`BindingError::BoundToOtherUser`].
     pub async fn bind_user(
         &self,
         installation_id: &str,
         channel_user_id: &str,
         user_ref: &str,
-        union_id: Option<&str>,
+        alt_ids: &[(String, String)],
         now_ms: i64,
     ) -> Result<UserBinding, BindingError> {
         let fail = StoreError::query("binding add", self.backend());
@@ -842,7 +867,7 @@ impl IngestStore {
                 installation_id,
                 channel_user_id,
                 user_ref,
-                union_id,
+                alt_ids,
                 now_ms
             )
         }))
@@ -869,24 +894,51 @@ impl IngestStore {
         Ok(affected > 0)
     }
 
-    /// The binding of a channel user, if any.
+    /// The binding of a channel user, if any: by its id, else by any of its `alt_ids`.
     pub async fn get_binding(
         &self,
         installation_id: &str,
         channel_user_id: &str,
+        alt_ids: &[(String, String)],
     ) -> Result<Option<UserBinding>, StoreError> {
         let fail = StoreError::query("binding get", self.backend());
-        on_reader!(self.db, |pool| {
+        let by_id: Option<UserBinding> = on_reader!(self.db, |pool| {
             sqlx::query_as(
-                "SELECT installation_id, channel_user_id, user_ref, union_id, bound_at_ms
+                "SELECT installation_id, channel_user_id, user_ref, alt_ids, bound_at_ms
                  FROM user_bindings WHERE installation_id = $1 AND channel_user_id = $2",
             )
             .bind(installation_id)
             .bind(channel_user_id)
             .fetch_optional(pool)
             .await
-            .map_err(fail)
-        })
+            .map_err(fail)?
+        });
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        for (scheme, alt) in alt_ids.iter().filter(|(_, id)| !id.is_empty()) {
+            // The JSON text narrows the candidates; the parsed pairs decide.
+            let needle = format!("%{}%", serde_json::to_string(alt).unwrap_or_default());
+            let fail = StoreError::query("binding get by alt id", self.backend());
+            let candidates: Vec<UserBinding> = on_reader!(self.db, |pool| {
+                sqlx::query_as(
+                    "SELECT installation_id, channel_user_id, user_ref, alt_ids, bound_at_ms
+                     FROM user_bindings WHERE installation_id = $1 AND alt_ids LIKE $2",
+                )
+                .bind(installation_id)
+                .bind(&needle)
+                .fetch_all(pool)
+                .await
+                .map_err(fail)?
+            });
+            if let Some(found) = candidates
+                .into_iter()
+                .find(|b| b.alt_ids.iter().any(|(s, id)| s == scheme && id == alt))
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// The bindings of an installation, by channel user id.
@@ -897,7 +949,7 @@ impl IngestStore {
         let fail = StoreError::query("binding list", self.backend());
         on_reader!(self.db, |pool| {
             sqlx::query_as(
-                "SELECT installation_id, channel_user_id, user_ref, union_id, bound_at_ms
+                "SELECT installation_id, channel_user_id, user_ref, alt_ids, bound_at_ms
                  FROM user_bindings WHERE installation_id = $1 ORDER BY channel_user_id",
             )
             .bind(installation_id)
@@ -944,7 +996,7 @@ impl IngestStore {
         &self,
         token: &str,
         user_ref: &str,
-        union_id: Option<&str>,
+        alt_ids: &[(String, String)],
         now_ms: i64,
     ) -> Result<UserBinding, BindingError> {
         let fail = StoreError::query("binding token redeem", self.backend());
@@ -969,7 +1021,7 @@ impl IngestStore {
                 &installation_id,
                 &channel_user_id,
                 user_ref,
-                union_id,
+                alt_ids,
                 now_ms
             )
         }))

@@ -1,6 +1,7 @@
 //! Channel installations (SPEC §3 step 1, §6, §8): one bot of one channel, bound to one agent.
 //!
-//! An installation is found by `(channel, routing_key)` (the Lark app id), carries non-secret
+//! An installation is found by `(channel, routing_key)` (a key its channel's payloads carry, or
+//! its own id when they carry none), carries non-secret
 //! config as a JSON object of strings and its secrets sealed with the operator's key
 //! ([`SecretCipher`]); secrets are opened on every read, so an [`Installation`] in memory always
 //! holds plaintext [`Secret`]s, which never print.
@@ -171,9 +172,10 @@ impl InstallationStatus {
 /// channel and routing key (which [`InstallationStore::create`] refuses: fill them in).
 #[derive(Clone)]
 pub struct NewInstallation {
-    /// Plugin channel type, e.g. `lark`.
+    /// Plugin channel type (the manifest's `channel`).
     pub channel: String,
-    /// How inbound events find the installation (Lark: the app id).
+    /// How inbound events on the channel's shared URL find the installation; empty: none (the
+    /// installation's id is stored instead).
     pub routing_key: String,
     /// Display name.
     pub name: String,
@@ -181,10 +183,6 @@ pub struct NewInstallation {
     pub config: BTreeMap<String, String>,
     /// Secrets (app secret, encrypt key, verification token); sealed before they are stored.
     pub secrets: BTreeMap<String, String>,
-    /// The bot's own channel user id (Lark `open_id`), if known.
-    pub bot_open_id: Option<String>,
-    /// The bot's tenant-wide id (Lark `union_id`), if known.
-    pub bot_union_id: Option<String>,
     /// Identity policy.
     pub access_policy: AccessPolicy,
     /// The bound agent.
@@ -202,8 +200,6 @@ impl Default for NewInstallation {
             name: String::new(),
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),
-            bot_open_id: None,
-            bot_union_id: None,
             access_policy: AccessPolicy::Open,
             agent: "echo".into(),
             debounce_ms: DEFAULT_DEBOUNCE_MS,
@@ -219,8 +215,6 @@ impl fmt::Debug for NewInstallation {
             .field("name", &self.name)
             .field("config", &self.config)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .field("bot_open_id", &self.bot_open_id)
-            .field("bot_union_id", &self.bot_union_id)
             .field("access_policy", &self.access_policy)
             .field("agent", &self.agent)
             .field("debounce_ms", &self.debounce_ms)
@@ -238,7 +232,7 @@ pub struct Installation {
     pub id: String,
     /// Plugin channel type.
     pub channel: String,
-    /// Routing key (Lark app id).
+    /// Routing key.
     pub routing_key: String,
     /// Display name.
     pub name: String,
@@ -246,10 +240,6 @@ pub struct Installation {
     pub config: BTreeMap<String, String>,
     /// Decrypted secrets.
     pub secrets: BTreeMap<String, Secret>,
-    /// The bot's own channel user id.
-    pub bot_open_id: Option<String>,
-    /// The bot's tenant-wide id.
-    pub bot_union_id: Option<String>,
     /// Identity policy.
     pub access_policy: AccessPolicy,
     /// Active or revoked.
@@ -270,22 +260,24 @@ impl Installation {
         self.status == InstallationStatus::Active
     }
 
-    /// The per-call context handed to the channel plugin: the config values plus `app_id`
-    /// (= the routing key), `bot_open_id` and `bot_union_id` when known, and the secrets.
+    /// The per-call context handed to the channel plugin: its config values and secrets, as
+    /// stored (the host adds nothing).
     pub fn context(&self) -> InstallationContext {
-        let mut config = self.config.clone();
-        if let Some(open_id) = &self.bot_open_id {
-            config.insert("bot_open_id".into(), open_id.clone());
-        }
-        if let Some(union_id) = &self.bot_union_id {
-            config.insert("bot_union_id".into(), union_id.clone());
-        }
-        config.insert("app_id".into(), self.routing_key.clone());
         InstallationContext {
             id: self.id.clone(),
-            config,
+            config: self.config.clone(),
             secrets: self.secrets.clone(),
         }
+    }
+
+    /// The installation's locale for notices (config `locale`, default
+    /// [`DEFAULT_LOCALE`](crate::domain::notice::DEFAULT_LOCALE)).
+    pub fn locale(&self) -> &str {
+        self.config
+            .get("locale")
+            .map(String::as_str)
+            .filter(|l| !l.is_empty())
+            .unwrap_or(crate::domain::notice::DEFAULT_LOCALE)
     }
 }
 
@@ -297,8 +289,6 @@ struct InstallationRow {
     name: String,
     config: String,
     secrets: Option<Vec<u8>>,
-    bot_open_id: Option<String>,
-    bot_union_id: Option<String>,
     access_policy: String,
     status: String,
     agent: String,
@@ -315,8 +305,6 @@ from_row_both!(InstallationRow, |row| {
         name: row.try_get("name")?,
         config: row.try_get("config")?,
         secrets: row.try_get("secrets")?,
-        bot_open_id: row.try_get("bot_open_id")?,
-        bot_union_id: row.try_get("bot_union_id")?,
         access_policy: row.try_get("access_policy")?,
         status: row.try_get("status")?,
         agent: row.try_get("agent")?,
@@ -327,8 +315,8 @@ from_row_both!(InstallationRow, |row| {
 });
 
 /// The columns every installation read selects.
-const COLUMNS: &str = "id, channel, routing_key, name, config, secrets, bot_open_id, \
-     bot_union_id, access_policy, status, agent, debounce_ms, created_at_ms, updated_at_ms";
+const COLUMNS: &str = "id, channel, routing_key, name, config, secrets, access_policy, status, \
+     agent, debounce_ms, created_at_ms, updated_at_ms";
 
 impl InstallationRow {
     fn open(self, cipher: &SecretCipher) -> Result<Installation, StoreError> {
@@ -366,8 +354,6 @@ impl InstallationRow {
             name: self.name,
             config,
             secrets,
-            bot_open_id: self.bot_open_id.filter(|s| !s.is_empty()),
-            bot_union_id: self.bot_union_id.filter(|s| !s.is_empty()),
             access_policy,
             status,
             agent: self.agent,
@@ -426,31 +412,35 @@ impl InstallationStore {
         new: &NewInstallation,
         now_ms: i64,
     ) -> Result<Installation, StoreError> {
-        if new.channel.is_empty() || new.routing_key.is_empty() {
+        if new.channel.is_empty() {
             return Err(StoreError::Invalid {
-                what: "installation: channel and routing key must not be empty".into(),
+                what: "installation: the channel must not be empty".into(),
             });
         }
         check_new(new)?;
         let id = uuid::Uuid::new_v4().to_string();
+        // A channel whose payloads carry no routing key is routed by its installation URL or
+        // connection only; the id keeps `(channel, routing_key)` unique.
+        let routing_key = if new.routing_key.is_empty() {
+            &id
+        } else {
+            &new.routing_key
+        };
         let sealed = (!new.secrets.is_empty()).then(|| self.cipher.encrypt(&id, &new.secrets));
         let config = serde_json::to_string(&new.config).unwrap_or_else(|_| "{}".into());
         let fail = StoreError::query("installation create", self.backend());
         let result = on_writer!(self.db, |pool| {
             sqlx::query(
                 "INSERT INTO installations (id, channel, routing_key, name, config, secrets,
-                     bot_open_id, bot_union_id, access_policy, status, agent, debounce_ms,
-                     created_at_ms, updated_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $12)",
+                     access_policy, status, agent, debounce_ms, created_at_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $10)",
             )
             .bind(&id)
             .bind(&new.channel)
-            .bind(&new.routing_key)
+            .bind(routing_key)
             .bind(&new.name)
             .bind(&config)
             .bind(sealed.as_deref())
-            .bind(new.bot_open_id.as_deref())
-            .bind(new.bot_union_id.as_deref())
             .bind(new.access_policy.as_str())
             .bind(&new.agent)
             .bind(new.debounce_ms)
@@ -612,6 +602,25 @@ impl InstallationStore {
             "UPDATE installations SET secrets = $3, updated_at_ms = $2 WHERE id = $1",
             id,
             Some(Value::Bytes(sealed.as_deref())),
+            now_ms,
+        )
+        .await
+    }
+
+    /// Replaces the installation's config map; returns whether it exists.
+    pub async fn set_config(
+        &self,
+        id: &str,
+        config: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        check_map("config", config)?;
+        let text = serde_json::to_string(config).unwrap_or_else(|_| "{}".into());
+        self.update(
+            "installation set config",
+            "UPDATE installations SET config = $3, updated_at_ms = $2 WHERE id = $1",
+            id,
+            Some(Value::Text(&text)),
             now_ms,
         )
         .await
@@ -787,13 +796,11 @@ fn check_map(what: &str, map: &BTreeMap<String, String>) -> Result<(), StoreErro
 
 /// Every value of a new installation: storable, within its bound ([`crate::hygiene`]).
 fn check_new(new: &NewInstallation) -> Result<(), StoreError> {
-    use hygiene::{MAX_ID_BYTES, MAX_NAME_BYTES, check, check_opt};
+    use hygiene::{MAX_NAME_BYTES, check};
     check("channel", &new.channel, MAX_NAME_BYTES).map_err(invalid)?;
     check("routing_key", &new.routing_key, MAX_NAME_BYTES).map_err(invalid)?;
     check("name", &new.name, MAX_NAME_BYTES).map_err(invalid)?;
     check("agent", &new.agent, MAX_NAME_BYTES).map_err(invalid)?;
-    check_opt("bot_open_id", new.bot_open_id.as_deref(), MAX_ID_BYTES).map_err(invalid)?;
-    check_opt("bot_union_id", new.bot_union_id.as_deref(), MAX_ID_BYTES).map_err(invalid)?;
     check_map("config", &new.config)?;
     check_map("secrets", &new.secrets)?;
     check_debounce(new.debounce_ms)

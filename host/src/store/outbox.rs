@@ -30,10 +30,15 @@ pub enum OutboxContent {
         /// The reply text.
         text: String,
     },
-    /// A failed run: the text the user sees (never the failure itself).
+    /// A failed run: the user sees a notice with the run's reference (never the failure
+    /// itself).
     RunError {
-        /// The user-facing text.
+        /// The finished text of a row stored before notices had kinds (empty for new rows).
+        #[serde(default)]
         text: String,
+        /// The run's reference, quoted in the notice.
+        #[serde(default)]
+        reference: Option<String>,
     },
     /// A notice, in the delivery layer's own JSON form.
     Notice {

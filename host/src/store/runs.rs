@@ -216,8 +216,8 @@ pub enum RunFinish {
     Failed {
         /// What went wrong, for the operator (`last_error`, logs).
         error: String,
-        /// What the chat is told instead (never the error itself).
-        user_text: String,
+        /// The reference the chat is given instead (never the error itself).
+        reference: String,
     },
 }
 
@@ -924,12 +924,13 @@ impl RunStore {
                             });
                             (reply, RunState::Idle, None, content)
                         }
-                        RunFinish::Failed { error, user_text } => (
+                        RunFinish::Failed { error, reference } => (
                             None,
                             RunState::Error,
                             Some(error.as_str()),
                             Some(OutboxContent::RunError {
-                                text: user_text.clone(),
+                                text: String::new(),
+                                reference: Some(reference.clone()),
                             }),
                         ),
                     };

@@ -23,6 +23,7 @@
 //! a table and a CPU breakdown (per thread group, context switches) to stderr.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -1143,7 +1144,10 @@ async fn start_host(
             channel: "lark".into(),
             routing_key: app_id.clone(),
             name: format!("bench bot {i}"),
-            bot_open_id: Some(format!("ou_bench_bot_{i:04}")),
+            config: BTreeMap::from([
+                ("app_id".to_string(), app_id.clone()),
+                ("bot_open_id".to_string(), format!("ou_bench_bot_{i:04}")),
+            ]),
             ..NewInstallation::default()
         };
         if args.webhook == WebhookMode::Encrypted {

@@ -1,0 +1,217 @@
+//! Notices: what the host tells a user on its own behalf, and the words it uses.
+//!
+//! The host decides which notice is due ([`NoticeKind`]) and fills in its text from a catalogue
+//! ([`NoticeTexts`]): built-in English and Chinese defaults, overridden per locale by the
+//! operator's `[notices.<locale>]` config. Plugins only render the result. Owns the catalogue;
+//! must not know any channel, and no text here may name another product.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which notice is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The sender must bind their account first (carries the link).
+    BindingRequired,
+    /// `new` was received: the next message starts a fresh context.
+    FreshContext,
+    /// No worker is online for the bound agent; the message is kept.
+    AgentOffline,
+    /// The bound agent is archived.
+    AgentArchived,
+    /// A run failed (carries a reference).
+    RunError,
+    /// A command was used wrongly.
+    CommandUsage,
+    /// The answer to `help`.
+    Help,
+    /// The answer to `status`.
+    Status,
+    /// Free text (operator messages, command results).
+    Info,
+}
+
+impl NoticeKind {
+    /// Every kind, for listing the catalogue.
+    pub const ALL: [NoticeKind; 9] = [
+        NoticeKind::BindingRequired,
+        NoticeKind::FreshContext,
+        NoticeKind::AgentOffline,
+        NoticeKind::AgentArchived,
+        NoticeKind::RunError,
+        NoticeKind::CommandUsage,
+        NoticeKind::Help,
+        NoticeKind::Status,
+        NoticeKind::Info,
+    ];
+
+    /// The snake_case name (config keys, outbox rows).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::BindingRequired => "binding_required",
+            NoticeKind::FreshContext => "fresh_context",
+            NoticeKind::AgentOffline => "agent_offline",
+            NoticeKind::AgentArchived => "agent_archived",
+            NoticeKind::RunError => "run_error",
+            NoticeKind::CommandUsage => "command_usage",
+            NoticeKind::Help => "help",
+            NoticeKind::Status => "status",
+            NoticeKind::Info => "info",
+        }
+    }
+}
+
+/// A notice the host decided on, before its words are chosen. `detail` fills the `{detail}`
+/// placeholder of the catalogue text (a status line, a usage string, an operator's text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Which notice.
+    pub kind: NoticeKind,
+    /// Text for the `{detail}` placeholder (the whole text for `info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A link to offer (binding links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// A reference the user can quote (run errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The participant it is for, when it must be sent privately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+}
+
+impl Notice {
+    /// A notice of `kind` with nothing filled in.
+    pub fn new(kind: NoticeKind) -> Notice {
+        Notice {
+            kind,
+            detail: None,
+            link: None,
+            reference: None,
+            recipient: None,
+        }
+    }
+
+    /// With `{detail}` text.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Notice {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// The locale used when an installation names none.
+pub const DEFAULT_LOCALE: &str = "en";
+
+/// The notice words, per locale.
+#[derive(Debug, Clone, Default)]
+pub struct NoticeTexts {
+    /// Operator overrides: locale → notice kind name → text.
+    overrides: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl NoticeTexts {
+    /// The catalogue with the operator's `[notices.<locale>]` overrides (kind name → text).
+    pub fn new(overrides: BTreeMap<String, BTreeMap<String, String>>) -> NoticeTexts {
+        NoticeTexts { overrides }
+    }
+
+    /// Override keys that name no notice kind (for config validation).
+    pub fn unknown_keys(&self) -> Vec<String> {
+        let known: Vec<&str> = NoticeKind::ALL.iter().map(|k| k.as_str()).collect();
+        self.overrides
+            .iter()
+            .flat_map(|(locale, texts)| {
+                texts
+                    .keys()
+                    .filter(|k| !known.contains(&k.as_str()))
+                    .map(move |k| format!("notices.{locale}.{k}"))
+            })
+            .collect()
+    }
+
+    /// The text of `notice` in `locale`: the operator's override for the locale (or its
+    /// language), else the built-in text for the language, else English; `{detail}` and
+    /// `{reference}` filled in.
+    pub fn render(&self, notice: &Notice, locale: &str) -> String {
+        let kind = notice.kind.as_str();
+        let language = locale.split(['-', '_']).next().unwrap_or(locale);
+        let template = [locale, language]
+            .iter()
+            .find_map(|l| self.overrides.get(*l).and_then(|t| t.get(kind)))
+            .map(String::as_str)
+            .unwrap_or_else(|| builtin(notice.kind, language));
+        let detail = notice.detail.as_deref().unwrap_or("");
+        let text = template
+            .replace("{detail}", detail)
+            .replace("{reference}", notice.reference.as_deref().unwrap_or(""));
+        text.trim().to_string()
+    }
+}
+
+fn builtin(kind: NoticeKind, language: &str) -> &'static str {
+    if language == "zh" {
+        return match kind {
+            NoticeKind::BindingRequired => {
+                "请先绑定你的账号，再和我对话。链接 15 分钟内有效，只能使用一次。"
+            }
+            NoticeKind::FreshContext => "好的，下一条消息将开始新的对话。",
+            NoticeKind::AgentOffline => "助手暂时不在线。你的消息已保存，上线后会回复。",
+            NoticeKind::AgentArchived => "这个助手已停用，不会再回复。请联系管理员。",
+            NoticeKind::RunError => {
+                "抱歉，处理时出错了。请稍后再试；如需帮助，请提供参考号 {reference}。"
+            }
+            NoticeKind::CommandUsage => "用法：{detail}",
+            NoticeKind::Help => "可用命令：\n{detail}",
+            NoticeKind::Status => "{detail}",
+            NoticeKind::Info => "{detail}",
+        };
+    }
+    match kind {
+        NoticeKind::BindingRequired => {
+            "Please link your account before chatting with me. The link works once, for 15 minutes."
+        }
+        NoticeKind::FreshContext => "OK: your next message starts a fresh conversation.",
+        NoticeKind::AgentOffline => {
+            "The assistant is offline right now. Your message is kept and will be answered when it is back."
+        }
+        NoticeKind::AgentArchived => {
+            "This assistant has been retired and will not answer. Please contact your administrator."
+        }
+        NoticeKind::RunError => {
+            "Sorry, something went wrong while answering. Please try again; if it keeps happening, give your administrator the reference {reference}."
+        }
+        NoticeKind::CommandUsage => "Usage: {detail}",
+        NoticeKind::Help => "Commands:\n{detail}",
+        NoticeKind::Status => "{detail}",
+        NoticeKind::Info => "{detail}",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_by_locale_then_language_and_fill_placeholders() {
+        let mut overrides = BTreeMap::new();
+        overrides.insert(
+            "en".to_string(),
+            BTreeMap::from([("agent_offline".to_string(), "Back soon.".to_string())]),
+        );
+        let texts = NoticeTexts::new(overrides);
+        let offline = Notice::new(NoticeKind::AgentOffline);
+        assert_eq!(texts.render(&offline, "en-GB"), "Back soon.");
+        assert!(texts.render(&offline, "zh-CN").contains("不在线"));
+        let mut error = Notice::new(NoticeKind::RunError);
+        error.reference = Some("ab12cd34".into());
+        assert!(texts.render(&error, "fr").contains("ab12cd34"));
+        assert_eq!(
+            texts.render(&Notice::new(NoticeKind::Info).with_detail("hi"), "en"),
+            "hi"
+        );
+        assert!(texts.unknown_keys().is_empty());
+    }
+}

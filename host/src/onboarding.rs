@@ -1,0 +1,128 @@
+//! Adding an installation: the one path the CLI and the admin API share. The values are
+//! checked against the channel plugin's installation schema, the routing key comes from the
+//! schema's routing-key config when none is given, the plugin's `on-install` learns what the
+//! channel says about the bot (stored into the config), and only then is the row written.
+//!
+//! Owns that order; must not know any channel's keys (they come from the manifest).
+
+use std::sync::Arc;
+
+use crate::domain::InstallationContext;
+use crate::domain::schema::Violation;
+use crate::runtime::{Runtime, types};
+use crate::store::{Installation, InstallationStore, NewInstallation, StoreError};
+
+/// Why an installation was not added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// No loaded plugin serves the channel.
+    #[error(
+        "no loaded plugin serves channel `{channel}`; `switchboard plugins list` shows the channels"
+    )]
+    NoPlugin {
+        /// The channel asked for.
+        channel: String,
+    },
+    /// The values break the plugin's installation schema.
+    #[error("the values do not fit channel `{channel}`:\n{}\n{channel} takes:\n{schema}",
+        violations.iter().map(|v| format!("  - {v}")).collect::<Vec<_>>().join("\n"))]
+    Schema {
+        /// The channel.
+        channel: String,
+        /// What is wrong.
+        violations: Vec<Violation>,
+        /// The schema, described.
+        schema: String,
+    },
+    /// The plugin's `on-install` refused the installation (bad credentials, say).
+    #[error("the {channel} plugin refused the installation: {reason}")]
+    Refused {
+        /// The channel.
+        channel: String,
+        /// The plugin's reason.
+        reason: String,
+    },
+    /// The store refused it (a duplicate routing key, an unstorable value) or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Options of [`add`].
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// Skip the plugin's `on-install` (offline setups, tests).
+    pub skip_on_install: bool,
+    /// The host's public URL, to tell the plugin its webhook URL.
+    pub public_url: String,
+}
+
+/// Adds `new` after checking it against its channel's schema and asking the plugin.
+pub async fn add(
+    runtime: &Runtime,
+    installations: &InstallationStore,
+    mut new: NewInstallation,
+    options: &AddOptions,
+    now_ms: i64,
+) -> Result<Installation, AddError> {
+    let plugin = runtime
+        .plugin_for_channel(&new.channel)
+        .ok_or_else(|| AddError::NoPlugin {
+            channel: new.channel.clone(),
+        })?;
+    let schema = &plugin.manifest().installation;
+    let violations = schema.check(&new.config, &new.secrets);
+    if !violations.is_empty() {
+        return Err(AddError::Schema {
+            channel: new.channel.clone(),
+            violations,
+            schema: schema.describe(),
+        });
+    }
+    if new.routing_key.is_empty()
+        && let Some(key) = schema.routing_key_of(&new.config)
+    {
+        new.routing_key = key.to_string();
+    }
+    if !options.skip_on_install {
+        // The id is not known before the row exists; the plugin sees the values only.
+        let cx = Arc::new(InstallationContext {
+            id: String::new(),
+            config: new.config.clone(),
+            secrets: new
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::domain::Secret::new(v.clone())))
+                .collect(),
+        });
+        let webhook_url = format!(
+            "{}/hooks/{}",
+            options.public_url.trim_end_matches('/'),
+            new.channel
+        );
+        let refused = |reason: String| AddError::Refused {
+            channel: new.channel.clone(),
+            reason,
+        };
+        let learned = match plugin.on_install(&cx, &webhook_url).await {
+            Ok(Ok(pairs)) => pairs,
+            Ok(Err(types::PluginError::Unauthorized(reason))) => {
+                return Err(refused(format!(
+                    "{reason} (check the secrets, then add it again)"
+                )));
+            }
+            Ok(Err(
+                types::PluginError::Fatal(reason) | types::PluginError::InvalidInput(reason),
+            )) => return Err(refused(reason)),
+            Ok(Err(types::PluginError::Retryable(reason))) => {
+                return Err(refused(format!(
+                    "{reason} (a temporary failure: try again, or add it with --skip-on-install)"
+                )));
+            }
+            Err(call) => return Err(refused(call.to_string())),
+        };
+        for (key, value) in learned {
+            new.config.entry(key).or_insert(value);
+        }
+    }
+    Ok(installations.create(&new, now_ms).await?)
+}
