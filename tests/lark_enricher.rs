@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
 use switchboard::domain::{InstallationContext, KvBackend};
 use switchboard::runtime::enricher::{Budget, Enrichment};
-use switchboard::runtime::types::{ChatType, InboundMessage, Sender};
+use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};
 use switchboard::runtime::{Plugin, Runtime, RuntimeSettings};
 use time::ManualClock;
 
@@ -258,28 +258,32 @@ impl World {
     }
 }
 
-/// A p2p text from Charlie.
+/// A p2p text from Charlie (a direct chat is always addressed to the bot).
 fn message(body: &str) -> InboundMessage {
     InboundMessage {
         event_id: "ev_1".into(),
         message_id: TRIGGER.into(),
-        chat_id: CHAT.into(),
-        chat_type: ChatType::Direct,
-        sender: Sender {
-            open_id: CHARLIE.into(),
-            union_id: None,
-            user_id: None,
-            kind: "user".into(),
+        chat: Chat {
+            id: CHAT.into(),
+            kind: ChatKind::Direct,
+            title: None,
+        },
+        sender: Participant {
+            id: CHARLIE.into(),
+            display_name: None,
+            is_bot: false,
+            alt_ids: Vec::new(),
         },
         message_type: "text".into(),
         body: body.into(),
         command_body: body.into(),
-        addressed_to_bot: false,
+        addressed_to_bot: true,
         parent_id: None,
         root_id: None,
         thread_id: None,
         create_time_ms: NOW,
         mentions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -291,12 +295,12 @@ fn quoting(body: &str) -> InboundMessage {
     }
 }
 
+/// A group text from Charlie that addresses the bot.
 fn addressed(body: &str) -> InboundMessage {
-    InboundMessage {
-        chat_type: ChatType::Group,
-        addressed_to_bot: true,
-        ..message(body)
-    }
+    let mut message = message(body);
+    message.chat.kind = ChatKind::Group;
+    message.addressed_to_bot = true;
+    message
 }
 
 fn forward() -> InboundMessage {

@@ -20,12 +20,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use switchboard::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
+use switchboard::domain::notice::{Notice as HostNotice, NoticeKind as HostKind, NoticeTexts};
 use switchboard::domain::{InstallationContext, KvBackend};
-use switchboard::runtime::outbound::{
-    AgentState, BatchMessage, Content, Delivery, DeliveryError, FlushAction, FlushBatch, Receipt,
-    TypingChange,
-};
-use switchboard::runtime::types::{BindingLink, ChatType, IssueCreated, Notice, SessionTarget};
+use switchboard::runtime::outbound::{Content, Delivery, DeliveryError, Receipt, TypingChange};
+use switchboard::runtime::types::{ChatKind, Notice, NoticeKind, SessionTarget};
 use switchboard::runtime::{Plugin, Runtime, RuntimeSettings};
 use time::ManualClock;
 
@@ -264,10 +262,35 @@ fn target(in_thread: bool) -> SessionTarget {
     SessionTarget {
         session_id: "sess-1".into(),
         chat_id: GROUP_CHAT.into(),
-        chat_type: ChatType::Group,
+        chat_kind: ChatKind::Group,
         thread_id: in_thread.then(|| "omt_1a7c3e9b5d2f4".to_string()),
         reply_to: Some(TRIGGER.into()),
         in_thread,
+    }
+}
+
+/// The contract's notice for `host` in `locale`, its text chosen by the host's built-in
+/// catalogue (what `Delivery` hands the plugin).
+fn notice(host: HostNotice, locale: &str) -> Notice {
+    let text = NoticeTexts::default().render(&host, locale);
+    assert!(!text.is_empty(), "the host has a text for {:?}", host.kind);
+    Notice {
+        kind: match host.kind {
+            HostKind::BindingRequired => NoticeKind::BindingRequired,
+            HostKind::FreshContext => NoticeKind::FreshContext,
+            HostKind::AgentOffline => NoticeKind::AgentOffline,
+            HostKind::AgentArchived => NoticeKind::AgentArchived,
+            HostKind::RunError => NoticeKind::RunError,
+            HostKind::CommandUsage => NoticeKind::CommandUsage,
+            HostKind::Help => NoticeKind::Help,
+            HostKind::Status => NoticeKind::Status,
+            HostKind::Info => NoticeKind::Info,
+        },
+        locale: locale.into(),
+        text,
+        link: host.link,
+        reference: host.reference,
+        recipient: host.recipient,
     }
 }
 
@@ -523,11 +546,18 @@ async fn the_cached_token_expires_60_s_before_lark_says_with_a_120_s_floor() {
     }
 }
 
+/// A run error is the blue error card (`update_multi`) titled with the agent's name: exactly
+/// the host's text, and the run's reference small underneath.
 #[tokio::test]
 async fn a_failed_run_gets_the_error_card() {
     for w in worlds().await {
         let n = &w.name;
-        w.deliver(target(false), Content::RunError("model timed out".into()))
+        let mut run_error = HostNotice::new(HostKind::RunError);
+        run_error.reference = Some("run-7f3a".into());
+        let notice = notice(run_error, "en");
+        assert!(notice.text.contains("run-7f3a"), "{n}: {}", notice.text);
+        let text = notice.text.clone();
+        w.deliver(target(false), Content::Notice(notice))
             .await
             .expect("delivered");
         let send = &w.fake.api_calls()[0];
@@ -538,13 +568,19 @@ async fn a_failed_run_gets_the_error_card() {
             json!({
                 "config": {"wide_screen_mode": true, "update_multi": true},
                 "header": {"template": "blue", "title": {"tag": "plain_text", "content": "Helper Bot"}},
-                "elements": [{"tag": "div", "text": {"tag": "plain_text", "content": "Run failed: model timed out"}}],
+                "elements": [
+                    {"tag": "div", "text": {"tag": "plain_text", "content": text}},
+                    {"tag": "note", "elements": [{"tag": "plain_text", "content": "run-7f3a"}]},
+                ],
             }),
             "{n}"
         );
     }
 }
 
+/// Contract 0.2: the host chooses every notice's words; the plugin shows exactly that text in
+/// the card of the notice's kind, titled with the configured `agent_name`, and adds only a
+/// button label in the notice's locale.
 #[tokio::test]
 async fn every_notice_is_rendered_as_the_reference_shows_it() {
     for w in worlds().await {
@@ -556,38 +592,32 @@ async fn every_notice_is_rendered_as_the_reference_shows_it() {
                 "elements": [{"tag": "div", "text": {"tag": "plain_text", "content": body}}],
             })
         };
-        let cards = [
-            (
-                Notice::AgentOffline,
-                "Agent 当前离线，消息已记录。下次 daemon 上线后会自动继续处理。",
-            ),
-            (
-                Notice::AgentArchived,
-                "这个 Agent 已被归档，无法继续处理消息。请联系工作区管理员恢复或重新绑定。",
-            ),
-            (
-                Notice::FreshPending,
-                "✅ 已准备开始新对话。你的下一条聊天消息将不带之前的上下文运行。",
-            ),
-            (
-                Notice::IssueUsage,
-                "请填写任务标题，格式如下：\n\n`/issue <标题>`\n`[描述]`（可选）",
-            ),
-        ];
-        for (notice, body) in cards {
-            w.deliver(target(false), Content::Notice(notice))
-                .await
-                .expect("delivered");
-            let send = w.fake.api_calls().pop().unwrap();
-            assert_eq!(send.uri, SEND_TO_CHAT, "{n}");
-            assert_eq!(send.body["msg_type"], "interactive", "{n}");
-            assert_eq!(content_of(&send), grey(body), "{n}");
+        for locale in ["en", "zh-CN"] {
+            for host in [
+                HostNotice::new(HostKind::AgentOffline),
+                HostNotice::new(HostKind::AgentArchived),
+                HostNotice::new(HostKind::FreshContext),
+                HostNotice::new(HostKind::CommandUsage).with_detail("/issue <title>"),
+            ] {
+                let notice = notice(host, locale);
+                let text = notice.text.clone();
+                w.deliver(target(false), Content::Notice(notice))
+                    .await
+                    .expect("delivered");
+                let send = w.fake.api_calls().pop().unwrap();
+                assert_eq!(send.uri, SEND_TO_CHAT, "{n}");
+                assert_eq!(send.body["msg_type"], "interactive", "{n}");
+                assert_eq!(content_of(&send), grey(&text), "{n} {locale}");
+            }
         }
 
         // A notice for a topic trigger threads into the topic.
-        w.deliver(target(true), Content::Notice(Notice::FreshPending))
-            .await
-            .unwrap();
+        w.deliver(
+            target(true),
+            Content::Notice(notice(HostNotice::new(HostKind::FreshContext), "en")),
+        )
+        .await
+        .unwrap();
         let send = w.fake.api_calls().pop().unwrap();
         assert_eq!(
             send.uri,
@@ -596,61 +626,88 @@ async fn every_notice_is_rendered_as_the_reference_shows_it() {
         );
         assert_eq!(send.body["reply_in_thread"], true, "{n}");
 
-        // `/issue` confirmation: plain text with the link.
-        w.deliver(
-            target(false),
-            Content::Notice(Notice::IssueCreated(IssueCreated {
-                title: "Fix login".into(),
-                reference: "https://sb.example/issues/ISS-7".into(),
-            })),
-        )
-        .await
-        .unwrap();
-        let send = w.fake.api_calls().pop().unwrap();
-        assert_eq!(send.body["msg_type"], "text", "{n}");
-        assert_eq!(
-            content_of(&send),
-            json!({"text": "Created ISS-7 — Fix login\nhttps://sb.example/issues/ISS-7"}),
-            "{n}"
-        );
+        // Plain information (a command's result, a status line) reads like a reply: text.
+        for kind in [HostKind::Info, HostKind::Status] {
+            let detail = "Created ISS-7 — Fix login\nhttps://sb.example/issues/ISS-7";
+            w.deliver(
+                target(false),
+                Content::Notice(notice(HostNotice::new(kind).with_detail(detail), "en")),
+            )
+            .await
+            .unwrap();
+            let send = w.fake.api_calls().pop().unwrap();
+            assert_eq!(send.body["msg_type"], "text", "{n} {kind:?}");
+            assert_eq!(content_of(&send), json!({"text": detail}), "{n} {kind:?}");
+        }
 
-        // needs_binding: the binding card as a DM to the sender, even from a group topic.
+        // binding-required: the binding card with the host's text and the link as a button,
+        // sent privately to the recipient (`receive_id_type=open_id`), even from a group topic.
         let url = "https://sb.example/bind?token=abc%2Bdef";
-        w.deliver(
-            target(true),
-            Content::Notice(Notice::NeedsBinding(BindingLink {
-                url: url.into(),
-                open_id: ALICE.into(),
-                expires_in_minutes: 15,
-            })),
-        )
-        .await
-        .unwrap();
-        let send = w.fake.api_calls().pop().unwrap();
-        assert_eq!(
-            send.uri, "/open-apis/im/v1/messages?receive_id_type=open_id",
-            "{n}"
+        for (locale, label) in [("zh-CN", "去绑定"), ("en", "Bind account")] {
+            let mut binding = HostNotice::new(HostKind::BindingRequired);
+            binding.link = Some(url.into());
+            binding.recipient = Some(ALICE.into());
+            let notice = notice(binding, locale);
+            let text = notice.text.clone();
+            w.deliver(target(true), Content::Notice(notice))
+                .await
+                .unwrap();
+            let send = w.fake.api_calls().pop().unwrap();
+            assert_eq!(
+                send.uri, "/open-apis/im/v1/messages?receive_id_type=open_id",
+                "{n}"
+            );
+            assert_eq!(send.body["receive_id"], ALICE, "{n}");
+            assert_eq!(send.body["msg_type"], "interactive", "{n}");
+            assert_eq!(
+                content_of(&send),
+                json!({
+                    "config": {"wide_screen_mode": true},
+                    "header": {"template": "blue", "title": {"tag": "plain_text", "content": "Helper Bot"}},
+                    "elements": [
+                        {"tag": "div", "text": {"tag": "lark_md", "content": text}},
+                        {"tag": "action", "actions": [{
+                            "tag": "button",
+                            "text": {"tag": "plain_text", "content": label},
+                            "type": "primary",
+                            "url": url,
+                        }]},
+                    ],
+                }),
+                "{n} {locale}"
+            );
+        }
+        assert_eq!(w.fake.token_calls(), 1, "{n}");
+
+        // Without an `agent_name` a card has no header (there is no built-in title).
+        let untitled = Arc::new(
+            InstallationContext::new(format!("inst-untitled-{n}"))
+                .with_config("app_id", APP_ID)
+                .with_secret("app_secret", APP_SECRET),
         );
-        assert_eq!(send.body["receive_id"], ALICE, "{n}");
-        assert_eq!(send.body["msg_type"], "interactive", "{n}");
+        let offline = notice(HostNotice::new(HostKind::AgentOffline), "en");
+        let text = offline.text.clone();
+        w.plugin
+            .deliver(
+                &untitled,
+                &Delivery {
+                    target: target(false),
+                    content: Content::Notice(offline),
+                    idempotency_key: String::new(),
+                },
+            )
+            .await
+            .unwrap()
+            .expect("delivered");
+        let send = w.fake.api_calls().pop().unwrap();
         assert_eq!(
             content_of(&send),
             json!({
                 "config": {"wide_screen_mode": true},
-                "header": {"template": "blue", "title": {"tag": "plain_text", "content": "switchboard"}},
-                "elements": [
-                    {"tag": "div", "text": {"tag": "lark_md", "content": "你还没有绑定账户。点击下方按钮完成绑定后即可使用此 Agent。"}},
-                    {"tag": "action", "actions": [{
-                        "tag": "button",
-                        "text": {"tag": "plain_text", "content": "去绑定"},
-                        "type": "primary",
-                        "url": url,
-                    }]},
-                ],
+                "elements": [{"tag": "div", "text": {"tag": "plain_text", "content": text}}],
             }),
             "{n}"
         );
-        assert_eq!(w.fake.token_calls(), 1, "{n}");
     }
 }
 
@@ -806,75 +863,4 @@ async fn the_typing_reaction_is_added_and_removed() {
             .expect_err("refused");
         assert_eq!((err.code, err.retryable), (Some(231001), false), "{n}");
     }
-}
-
-#[tokio::test]
-async fn flush_decides_by_the_agent_state() {
-    let w = worlds().await.into_iter().next().unwrap(); // no I/O: one backend is enough
-    let batch = |agent, create_time_ms| FlushBatch {
-        target: target(false),
-        messages: vec![
-            BatchMessage {
-                message_id: "om_1".into(),
-                sender_open_id: ALICE.into(),
-                body: "first".into(),
-                create_time_ms: NOW - 4_000,
-            },
-            BatchMessage {
-                message_id: "om_2".into(),
-                sender_open_id: ALICE.into(),
-                body: "second".into(),
-                create_time_ms,
-            },
-        ],
-        agent,
-    };
-    let flush = |batch: FlushBatch| {
-        let w = &w;
-        async move {
-            w.plugin
-                .flush(&w.cx, &batch)
-                .await
-                .unwrap()
-                .expect("flushed")
-        }
-    };
-
-    let online = flush(batch(AgentState::Online, NOW - 1_000)).await;
-    assert!(
-        matches!(
-            online.as_slice(),
-            [FlushAction::StartRun, FlushAction::Typing(TypingChange { message_id, on: true })] if message_id == "om_2"
-        ),
-        "{online:?}"
-    );
-
-    // The newest message is older than two minutes (by the host clock): no typing.
-    let stale = flush(batch(AgentState::Online, NOW - 120_001)).await;
-    assert!(
-        matches!(stale.as_slice(), [FlushAction::StartRun]),
-        "{stale:?}"
-    );
-
-    let offline = flush(batch(AgentState::Offline, NOW)).await;
-    assert!(
-        matches!(
-            offline.as_slice(),
-            [
-                FlushAction::StartRun,
-                FlushAction::Notice(Notice::AgentOffline)
-            ]
-        ),
-        "{offline:?}"
-    );
-
-    let archived = flush(batch(AgentState::Archived, NOW)).await;
-    assert!(
-        matches!(
-            archived.as_slice(),
-            [FlushAction::Notice(Notice::AgentArchived)]
-        ),
-        "{archived:?}"
-    );
-    assert!(w.fake.seen().is_empty(), "a flush makes no requests");
 }

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{LocalServer, TestRuntime};
 use switchboard::capabilities::BaseUrlOverride;
+use switchboard::dispatch::{Builtin, Command};
 use switchboard::domain::InstallationContext;
 use switchboard::ingest::pipeline::{
     self, DecodeOutcome, FrameIntake, FrameOutcome, WebhookOutcome,
 };
-use switchboard::runtime::commands::{Command, IssueRequest};
 use switchboard::runtime::transport::{AckStatus, ConnectError, WebhookRequest};
-use switchboard::runtime::types::{ChatType, InboundMessage, PluginError};
+use switchboard::runtime::types::{ChatKind, InboundMessage, PluginError};
 use switchboard::runtime::{Plugin, Runtime};
 use switchboard_lark as native;
 
@@ -29,6 +29,7 @@ const APP_ID: &str = "cli_a5f3c2e1d4b6a789";
 const BOT_OPEN_ID: &str = "ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51";
 const BOT_UNION_ID: &str = "on_5a1c7e3b9d2f48a6c0e7b3d91f4a2c68";
 const ALICE_OPEN_ID: &str = "ou_3f9a1c7e5b2d48f6a0c9e7b1d3f5a2c4";
+const ALICE_UNION_ID: &str = "on_8c2e4a6b0d1f39e7c5a3b9d7f1e2c4a6";
 const BOB_OPEN_ID: &str = "ou_d41e7a9c3b5f20e8c6a4b2d0f9e7c1a3";
 const P2P_CHAT: &str = "oc_9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
 const GROUP_CHAT: &str = "oc_1a2b3c4d5e6f70819a2b3c4d5e6f7081";
@@ -116,24 +117,55 @@ fn native_ctx() -> native::decode::DecodeContext<'static> {
     native::decode::DecodeContext::new(BOT_OPEN_ID, BOT_UNION_ID)
 }
 
-/// Asserts the wasm message equals the native one, field by field.
+/// The sender's alt ids as contract 0.2 carries them: `union_id`, then `user_id`, when known.
+fn alt_ids(union_id: Option<&str>, user_id: Option<&str>) -> Vec<(String, String)> {
+    [("union_id", union_id), ("user_id", user_id)]
+        .into_iter()
+        .filter_map(|(scheme, id)| Some((scheme.to_string(), id?.to_string())))
+        .collect()
+}
+
+/// The alt id of `scheme` of a wasm message's sender.
+fn alt_id<'a>(message: &'a InboundMessage, scheme: &str) -> Option<&'a str> {
+    message
+        .sender
+        .alt_ids
+        .iter()
+        .find(|(s, _)| s == scheme)
+        .map(|(_, id)| id.as_str())
+}
+
+/// Asserts the wasm message equals the native one, field by field, in contract 0.2's terms:
+/// the chat is a `chat` record, the sender a `participant` (open_id as its id, union_id and
+/// user_id as alt ids, `app` senders as bots), mentions say whether they name the bot, and a
+/// direct chat is always addressed to the bot (the native decoder keeps `false` there).
 fn assert_same_message(name: &str, wasm: &InboundMessage, native: &native::decode::InboundMessage) {
     assert_eq!(wasm.event_id, native.event_id, "{name}: event_id");
     assert_eq!(wasm.message_id, native.message_id, "{name}: message_id");
-    assert_eq!(wasm.chat_id, native.chat_id, "{name}: chat_id");
+    assert_eq!(wasm.chat.id, native.chat_id, "{name}: chat id");
     let native_direct = native.chat_type == native::decode::ChatType::Direct;
+    let expected_kind = if native_direct {
+        ChatKind::Direct
+    } else {
+        ChatKind::Group
+    };
+    assert_eq!(wasm.chat.kind, expected_kind, "{name}: chat kind");
+    assert_eq!(wasm.chat.title, None, "{name}: Lark events carry no title");
+    assert_eq!(wasm.sender.id, native.sender.open_id, "{name}: sender");
     assert_eq!(
-        matches!(wasm.chat_type, ChatType::Direct),
-        native_direct,
-        "{name}: chat_type"
+        wasm.sender.alt_ids,
+        alt_ids(
+            native.sender.union_id.as_deref(),
+            native.sender.user_id.as_deref()
+        ),
+        "{name}: sender alt ids"
     );
-    assert_eq!(wasm.sender.open_id, native.sender.open_id, "{name}: sender");
     assert_eq!(
-        wasm.sender.union_id, native.sender.union_id,
-        "{name}: sender"
+        wasm.sender.is_bot,
+        native.sender.kind == "app",
+        "{name}: sender is_bot"
     );
-    assert_eq!(wasm.sender.user_id, native.sender.user_id, "{name}: sender");
-    assert_eq!(wasm.sender.kind, native.sender.kind, "{name}: sender kind");
+    assert_eq!(wasm.sender.display_name, None, "{name}: sender name");
     assert_eq!(
         wasm.message_type, native.message_type,
         "{name}: message_type"
@@ -144,8 +176,9 @@ fn assert_same_message(name: &str, wasm: &InboundMessage, native: &native::decod
         "{name}: command_body"
     );
     assert_eq!(
-        wasm.addressed_to_bot, native.addressed_to_bot,
-        "{name}: addressed"
+        wasm.addressed_to_bot,
+        native.addressed_to_bot || native_direct,
+        "{name}: addressed (always in a direct chat)"
     );
     assert_eq!(wasm.parent_id, native.parent_id, "{name}: parent_id");
     assert_eq!(wasm.root_id, native.root_id, "{name}: root_id");
@@ -157,14 +190,33 @@ fn assert_same_message(name: &str, wasm: &InboundMessage, native: &native::decod
     let wasm_mentions: Vec<_> = wasm
         .mentions
         .iter()
-        .map(|m| (&m.key, &m.name, &m.open_id, &m.union_id))
+        .map(|m| (&m.key, &m.name, &m.id, m.is_bot))
         .collect();
+    let bot = native_ctx().bot;
     let native_mentions: Vec<_> = native
         .mentions
         .iter()
-        .map(|m| (&m.key, &m.name, &m.open_id, &m.union_id))
+        .map(|m| (&m.key, &m.name, &m.open_id, bot.is_mentioned_by(m)))
         .collect();
     assert_eq!(wasm_mentions, native_mentions, "{name}: mentions");
+    let wasm_attachments: Vec<_> = wasm
+        .attachments
+        .iter()
+        .map(|a| (a.kind.as_str(), a.name.as_deref(), a.ref_.as_str()))
+        .collect();
+    let native_attachments: Vec<_> = native
+        .attachments
+        .iter()
+        .map(|a| (a.kind, a.name.as_deref(), a.key.as_str()))
+        .collect();
+    assert_eq!(wasm_attachments, native_attachments, "{name}: attachments");
+    for attachment in &wasm.attachments {
+        assert_eq!(
+            (&attachment.mime, attachment.size),
+            (&None, None),
+            "{name}: Lark events give no mime or size"
+        );
+    }
 }
 
 /// Decodes a payload through the pipeline and asserts the outcome equals the native decoder's.
@@ -240,16 +292,21 @@ async fn text_p2p_decodes_completely() {
     let message = message(&plugin, &installation(), "event_receive_text_p2p.json").await;
     assert_eq!(message.event_id, "9d41f2c7000000000000000000001eef");
     assert_eq!(message.message_id, "om_5b3c000000000000000000000000a001");
-    assert_eq!(message.chat_id, P2P_CHAT);
-    assert!(matches!(message.chat_type, ChatType::Direct));
-    assert_eq!(message.sender.open_id, ALICE_OPEN_ID);
-    assert_eq!(message.sender.user_id.as_deref(), Some("a1b2c3d4"));
-    assert_eq!(message.sender.kind, "user");
+    assert_eq!(message.chat.id, P2P_CHAT);
+    assert_eq!(message.chat.kind, ChatKind::Direct);
+    assert_eq!(message.sender.id, ALICE_OPEN_ID);
+    assert_eq!(
+        message.sender.alt_ids,
+        alt_ids(Some(ALICE_UNION_ID), Some("a1b2c3d4"))
+    );
+    assert!(!message.sender.is_bot);
     assert_eq!(message.message_type, "text");
     let text = "Can you summarise yesterday's design review?\n会后请发我纪要";
     assert_eq!(message.body, text);
     assert_eq!(message.command_body, text);
-    assert!(!message.addressed_to_bot);
+    // Contract 0.2: a direct chat is always addressed to the bot.
+    assert!(message.addressed_to_bot);
+    assert!(message.attachments.is_empty());
     assert_eq!(
         (message.parent_id, message.root_id, message.thread_id),
         (None, None, None)
@@ -264,8 +321,8 @@ async fn text_p2p_decodes_completely() {
     )
     .await;
     assert_eq!(no_user_id.body, "ping");
-    assert_eq!(no_user_id.sender.open_id, BOB_OPEN_ID);
-    assert_eq!(no_user_id.sender.user_id, None);
+    assert_eq!(no_user_id.sender.id, BOB_OPEN_ID);
+    assert_eq!(alt_id(&no_user_id, "user_id"), None);
 }
 
 #[tokio::test]
@@ -274,15 +331,21 @@ async fn group_mentions_address_the_bot_only_when_it_is_known() {
     let plugin = lark(&runtime);
     let name = "event_receive_text_group_mentions.json";
     let message = message(&plugin, &installation(), name).await;
-    assert!(matches!(message.chat_type, ChatType::Group));
-    assert_eq!(message.chat_id, GROUP_CHAT);
+    assert_eq!(message.chat.kind, ChatKind::Group);
+    assert_eq!(message.chat.id, GROUP_CHAT);
     assert!(message.addressed_to_bot);
     assert_eq!(
         message.body,
         "please review @Bob Li's PR [PR #42](https://git.example.com/org/repo/pull/42) before 5pm"
     );
     assert_eq!(message.mentions.len(), 2);
-    assert_eq!(message.mentions[0].open_id.as_deref(), Some(BOT_OPEN_ID));
+    assert_eq!(message.mentions[0].id.as_deref(), Some(BOT_OPEN_ID));
+    assert!(
+        message.mentions[0].is_bot,
+        "the first mention names the bot"
+    );
+    assert_eq!(message.mentions[1].id.as_deref(), Some(BOB_OPEN_ID));
+    assert!(!message.mentions[1].is_bot);
 
     // An installation without a bot identity: nothing stripped, not addressed.
     let anonymous = Arc::new(InstallationContext::new("inst-anonymous"));
@@ -295,6 +358,10 @@ async fn group_mentions_address_the_bot_only_when_it_is_known() {
     };
     assert!(!message.addressed_to_bot);
     assert!(message.body.starts_with("@Helper Bot please review"));
+    assert!(
+        message.mentions.iter().all(|m| !m.is_bot),
+        "no mention names an unknown bot"
+    );
 
     let mention_all = self::message(
         &plugin,
@@ -393,8 +460,30 @@ async fn every_message_type_has_its_body() {
         assert_eq!(message.command_body, "", "{name}: only text and post");
     }
     let system = message(&plugin, &cx, "event_receive_system.json").await;
-    assert_eq!(system.sender.open_id, "");
-    assert_eq!(system.sender.kind, "unknown");
+    assert_eq!(system.sender.id, "");
+    assert!(!system.sender.is_bot);
+    assert!(system.sender.alt_ids.is_empty());
+
+    // Images and files carry their resource key as the attachment's reference.
+    let image = message(&plugin, &cx, "event_receive_image.json").await;
+    let [attachment] = image.attachments.as_slice() else {
+        panic!("one image attachment: {:?}", image.attachments);
+    };
+    assert_eq!(attachment.kind, "image");
+    assert_eq!(
+        attachment.ref_,
+        "img_v3_02gh_7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1f0g"
+    );
+    let file = message(&plugin, &cx, "event_receive_file.json").await;
+    let [attachment] = file.attachments.as_slice() else {
+        panic!("one file attachment: {:?}", file.attachments);
+    };
+    assert_eq!(attachment.kind, "file");
+    assert_eq!(attachment.name.as_deref(), Some("Q3-capacity-plan.pdf"));
+    assert_eq!(
+        attachment.ref_,
+        "file_v3_00gh_1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5g"
+    );
 
     let post = message(&plugin, &cx, "event_receive_post_all_tags.json").await;
     assert_eq!(post.message_type, "post");
@@ -497,43 +586,75 @@ async fn commands_are_parsed_from_the_command_body() {
     assert!(original.contains(text), "the p2p fixture's content text");
     let with_text = |replacement: &str| original.replace(text, replacement).into_bytes();
 
-    let cases: [(&str, Option<Command>); 4] = [
-        (r"/issue Login page crashes\\nSteps: open /login", {
-            Some(Command::Issue(IssueRequest {
-                title: "Login page crashes".into(),
-                description: Some("Steps: open /login".into()),
-            }))
-        }),
-        ("/issue", Some(Command::IssueUsage)),
-        ("/new", Some(Command::NewContext(None))),
+    // (typed, the plugin's `{name, args}`, the host's reading of it). Contract 0.2 commands are
+    // generic: `/issue` is an agent command like any other, with its args intact.
+    let cases: [(&str, (&str, &str), Command); 6] = [
+        (
+            r"/issue Login page crashes\\nSteps: open /login",
+            ("issue", "Login page crashes\nSteps: open /login"),
+            Command::Agent {
+                name: "issue".into(),
+                args: "Login page crashes\nSteps: open /login".into(),
+            },
+        ),
+        (
+            "/issue",
+            ("issue", ""),
+            Command::Agent {
+                name: "issue".into(),
+                args: String::new(),
+            },
+        ),
+        ("/new", ("new", ""), Command::New(String::new())),
         (
             "/new start over",
-            Some(Command::NewContext(Some("start over".into()))),
+            ("new", "start over"),
+            Command::New("start over".into()),
         ),
+        ("/STATUS", ("status", ""), Command::Builtin(Builtin::Status)),
+        ("/help", ("help", ""), Command::Builtin(Builtin::Help)),
     ];
-    for (typed, expected) in cases {
+    for (typed, (name, args), expected) in cases {
         let payload = with_text(typed);
         let DecodeOutcome::Message { command, message } =
             decode_like_native(&plugin, &cx, typed, &payload).await
         else {
             panic!("{typed}: expected a message");
         };
-        let native = native::commands::parse_command(&message.command_body);
+        assert_eq!(command, Some(expected), "{typed}: the host's reading");
+        // The plugin's own answer, and the same answer natively.
+        let parsed = plugin
+            .parse_command(&cx, &message.command_body)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{typed}: a command"));
         assert_eq!(
-            format!("{command:?}"),
-            format!("{expected:?}"),
+            (parsed.name.as_str(), parsed.args.as_str()),
+            (name, args),
             "{typed}: wasm command"
         );
-        // Same answer natively (compared through the variant shapes).
-        let native_as_wit = native.map(|c| match c {
-            native::commands::Command::NewContext(t) => Command::NewContext(t),
-            native::commands::Command::Issue { title, description } => {
-                Command::Issue(IssueRequest { title, description })
-            }
-            native::commands::Command::IssueUsage => Command::IssueUsage,
-        });
-        assert_eq!(format!("{native_as_wit:?}"), format!("{expected:?}"));
+        let native = native::commands::parse_command(&message.command_body)
+            .unwrap_or_else(|| panic!("{typed}: a native command"));
+        assert_eq!(
+            (native.name.as_str(), native.args.as_str()),
+            (name, args),
+            "{typed}: native command"
+        );
     }
+    // Plain text is no command, for the plugin and the host.
+    let DecodeOutcome::Message { command, message } =
+        decode_like_native(&plugin, &cx, "plain", &with_text("see /usr/bin")).await
+    else {
+        panic!("plain text is a message");
+    };
+    assert_eq!(command, None);
+    assert!(
+        plugin
+            .parse_command(&cx, &message.command_body)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Pushes one frame and returns the outcome.
@@ -956,6 +1077,7 @@ fn webhook_request(fixture: &Value) -> WebhookRequest {
     WebhookRequest {
         method: "POST".into(),
         path: "/".into(),
+        query: String::new(),
         headers: request["headers"]
             .as_object()
             .unwrap()
