@@ -15,7 +15,7 @@ use crate::auth::TokenDigest;
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
 use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
 use crate::config::Config;
-use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings};
+use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, Streamer};
 use crate::dispatch::Dispatcher;
 use crate::domain::notice::{Notice, NoticeKind, NoticeTexts};
 use crate::domain::{Clock, KvBackend, SystemClock};
@@ -295,7 +295,12 @@ impl App {
             Arc::new(TokioTimers::new(clock.clone())),
             handler,
         );
-        let runs = unarmed_runs.with_debouncer(debouncer.clone());
+        let streamer = Streamer::new(delivery.clone(), installations.clone(), db.ingest());
+        let runs = unarmed_runs
+            .with_debouncer(debouncer.clone())
+            .with_part_observer(Arc::new(move |session: &str, run: &str, text: &str| {
+                streamer.part(session, run, text)
+            }));
         runs.recover_at_boot().await?;
         let recovered = debouncer.recover().await?;
         if recovered > 0 {
@@ -305,6 +310,7 @@ impl App {
             );
         }
         let public_url: Arc<str> = Arc::from(config.server.public_url.as_str());
+        let compactor = Compactor::new(runs.clone(), agents.clone());
         let replies = Arc::new(
             ChannelReplies::new(
                 delivery.clone(),
@@ -313,7 +319,8 @@ impl App {
                 db.ingest(),
                 public_url.clone(),
             )
-            .with_runs(runs.clone()),
+            .with_runs(runs.clone())
+            .with_compactor(compactor.clone()),
         );
         let dispatcher = Arc::new(Dispatcher::new(installations.clone(), clock.clone()));
         let enrich = EnrichLimits {
@@ -352,7 +359,6 @@ impl App {
             )
             .with_metrics(metrics.clone())
         });
-        let compactor = Compactor::new(runs.clone(), agents.clone());
         let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
             .with_observer(replies)
             .with_compactor(compactor.clone());
@@ -515,5 +521,72 @@ impl App {
         self.state.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod flush_tests {
+    use super::*;
+    use crate::store::BatchMessage;
+
+    fn batch(created_at_ms: &[i64]) -> FlushBatch {
+        FlushBatch {
+            session_id: "s".into(),
+            generation: 1,
+            installation_id: "i".into(),
+            chat_id: "c".into(),
+            chat_type: "direct".into(),
+            thread_id: None,
+            reply_to_message_id: None,
+            reply_thread_id: None,
+            context_revision: 1,
+            messages: created_at_ms
+                .iter()
+                .enumerate()
+                .map(|(n, at)| BatchMessage {
+                    id: n as i64,
+                    body: "hi".into(),
+                    sender_id: Some("u".into()),
+                    channel_message_id: Some(format!("m{n}")),
+                    context_revision: 1,
+                    created_at_ms: *at,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_agent_state_decides_run_notice_and_typing() {
+        let now = 1_000_000;
+        let fresh = batch(&[now - 5_000, now - 1_000]);
+        assert_eq!(
+            flush_actions(AgentState::Archived, &fresh, now),
+            FlushActions {
+                starts_run: false,
+                notice: Some(NoticeKind::AgentArchived),
+                typing_on: None
+            }
+        );
+        for offline in [AgentState::Offline, AgentState::Unknown] {
+            assert_eq!(
+                flush_actions(offline, &fresh, now),
+                FlushActions {
+                    starts_run: true,
+                    notice: Some(NoticeKind::AgentOffline),
+                    typing_on: None
+                }
+            );
+        }
+        assert_eq!(
+            flush_actions(AgentState::Online, &fresh, now),
+            FlushActions {
+                starts_run: true,
+                notice: None,
+                typing_on: Some("m1".into())
+            }
+        );
+        // A redelivered backlog (the newest message older than two minutes) gets no indicator.
+        let old = batch(&[now - TYPING_MAX_AGE_MS - 1]);
+        assert_eq!(flush_actions(AgentState::Online, &old, now).typing_on, None);
     }
 }

@@ -48,32 +48,6 @@ impl Host for CallState {
                 "the http capability is not granted".into(),
             ));
         };
-        let url = Url::parse(&req.url)
-            .map_err(|e| Error::InvalidRequest(format!("url {:?}: {e}", req.url)))?;
-        let mut target = match policy.check(&url) {
-            Egress::Allow(target) => target,
-            Egress::Deny(why) => {
-                tracing::warn!(plugin = %self.plugin, installation = %self.installation.id, "http request refused: {why}");
-                return Err(Error::NotAllowed(why));
-            }
-        };
-        let limits = self.services.limits.clone();
-        if req.body.len() as u64 > limits.http_max_request_bytes {
-            return Err(Error::TooLarge(limits.http_max_request_bytes));
-        }
-        let mut method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| Error::InvalidRequest(format!("method {:?}", req.method)))?;
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in &req.headers {
-            if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
-                continue;
-            }
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| Error::InvalidRequest(format!("header name {name:?}")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| Error::InvalidRequest(format!("value of header {name}")))?;
-            headers.append(name, value);
-        }
         let wanted = req.timeout_ms.map(|ms| Duration::from_millis(ms.into()));
         // Leave the guest a slice of its budget to handle the answer (including `timeout`).
         let remaining = Duration::from_millis(self.remaining_ms());
@@ -83,76 +57,115 @@ impl Host for CallState {
         if timeout.is_zero() {
             return Err(Error::Timeout);
         }
-        let mut body = req.body;
+        let url = req.url.clone();
         let services = self.services.clone();
         self.set_activity(Activity::HostImport("http.send"));
-        let started = std::time::Instant::now();
-        let outcome = async {
-            let mut hops = 0;
-            loop {
-                let left = timeout.saturating_sub(started.elapsed());
-                let client = if policy.is_override_target(&target) {
-                    &services.http_override
-                } else {
-                    &services.http
-                };
-                let response = client
-                    .request(method.clone(), target.clone())
-                    .headers(headers.clone())
-                    .body(body.clone())
-                    .timeout(left)
-                    .send()
-                    .await
-                    .map_err(transport_error)?;
-                if response.status().is_redirection()
-                    && let Some(location) = response
-                        .headers()
-                        .get(LOCATION)
-                        .and_then(|l| l.to_str().ok())
-                {
-                    hops += 1;
-                    if hops > limits.http_max_redirects {
-                        return Err(Error::Transport(format!(
-                            "more than {} redirects",
-                            limits.http_max_redirects
-                        )));
-                    }
-                    let next = target.join(location).map_err(|e| {
-                        Error::Transport(format!("bad redirect location {location:?}: {e}"))
-                    })?;
-                    let next = match policy.check_redirect(&next) {
-                        Egress::Allow(next) => next,
-                        Egress::Deny(why) => return Err(Error::NotAllowed(why)),
-                    };
-                    // Credentials were set for this origin: they do not follow the plugin
-                    // anywhere else (also not back, once dropped).
-                    if next.origin() != target.origin() {
-                        for name in &CREDENTIALS {
-                            headers.remove(name);
-                        }
-                    }
-                    // 303 (and 301/302 after a POST, as browsers do) continue as GET.
-                    let status = response.status();
-                    if status == StatusCode::SEE_OTHER
-                        || ((status == StatusCode::MOVED_PERMANENTLY
-                            || status == StatusCode::FOUND)
-                            && method == Method::POST)
-                    {
-                        method = Method::GET;
-                        body = Vec::new();
-                    }
-                    target = next;
-                    continue;
-                }
-                return read_capped(response, limits.http_max_response_bytes).await;
-            }
-        }
-        .await;
+        let outcome = send_checked(&policy, &services, req, timeout).await;
         self.set_activity(Activity::Guest);
-        if let Err(error) = &outcome {
-            tracing::debug!(plugin = %self.plugin, installation = %self.installation.id, url = %redact(&url), ?error, "plugin http request failed");
+        match &outcome {
+            Err(Error::NotAllowed(why)) => {
+                tracing::warn!(plugin = %self.plugin, installation = %self.installation.id, "http request refused: {why}");
+            }
+            Err(error) => {
+                let shown = Url::parse(&url).map(|u| redact(&u)).unwrap_or_default();
+                tracing::debug!(plugin = %self.plugin, installation = %self.installation.id, url = %shown, ?error, "plugin http request failed");
+            }
+            Ok(_) => {}
         }
         outcome
+    }
+}
+
+/// Sends a plugin's request under its egress `policy`, within `timeout`: the same checks,
+/// redirect handling and caps as the `http` import. The host also uses it for requests a plugin
+/// plans but does not send itself (long-poll rounds).
+pub async fn send_checked(
+    policy: &super::policy::HttpPolicy,
+    services: &super::Services,
+    req: Request,
+    timeout: Duration,
+) -> Result<Response, Error> {
+    let url = Url::parse(&req.url)
+        .map_err(|e| Error::InvalidRequest(format!("url {:?}: {e}", req.url)))?;
+    let mut target = match policy.check(&url) {
+        Egress::Allow(target) => target,
+        Egress::Deny(why) => return Err(Error::NotAllowed(why)),
+    };
+    let limits = services.limits.clone();
+    if req.body.len() as u64 > limits.http_max_request_bytes {
+        return Err(Error::TooLarge(limits.http_max_request_bytes));
+    }
+    let mut method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| Error::InvalidRequest(format!("method {:?}", req.method)))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &req.headers {
+        if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::InvalidRequest(format!("header name {name:?}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| Error::InvalidRequest(format!("value of header {name}")))?;
+        headers.append(name, value);
+    }
+    let mut body = req.body;
+    let started = std::time::Instant::now();
+    let mut hops = 0;
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        let client = if policy.is_override_target(&target) {
+            &services.http_override
+        } else {
+            &services.http
+        };
+        let response = client
+            .request(method.clone(), target.clone())
+            .headers(headers.clone())
+            .body(body.clone())
+            .timeout(left)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if response.status().is_redirection()
+            && let Some(location) = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+        {
+            hops += 1;
+            if hops > limits.http_max_redirects {
+                return Err(Error::Transport(format!(
+                    "more than {} redirects",
+                    limits.http_max_redirects
+                )));
+            }
+            let next = target.join(location).map_err(|e| {
+                Error::Transport(format!("bad redirect location {location:?}: {e}"))
+            })?;
+            let next = match policy.check_redirect(&next) {
+                Egress::Allow(next) => next,
+                Egress::Deny(why) => return Err(Error::NotAllowed(why)),
+            };
+            // Credentials were set for this origin: they do not follow the plugin anywhere
+            // else (also not back, once dropped).
+            if next.origin() != target.origin() {
+                for name in &CREDENTIALS {
+                    headers.remove(name);
+                }
+            }
+            // 303 (and 301/302 after a POST, as browsers do) continue as GET.
+            let status = response.status();
+            if status == StatusCode::SEE_OTHER
+                || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
+                    && method == Method::POST)
+            {
+                method = Method::GET;
+                body = Vec::new();
+            }
+            target = next;
+            continue;
+        }
+        return read_capped(response, limits.http_max_response_bytes).await;
     }
 }
 

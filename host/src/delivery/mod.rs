@@ -253,7 +253,10 @@ impl Delivery {
         text: String,
         idempotency_key: &str,
     ) -> Result<Option<String>, DeliveryFailure> {
-        let handle = run_id.and_then(|run| self.take_stream(&target.session_id, run));
+        let handle = match run_id {
+            Some(run) => self.take_stream(&target.session_id, run).await,
+            None => None,
+        };
         let Some(handle) = handle else {
             return self
                 .send_once(installation, target, Content::Reply(text), idempotency_key)
@@ -276,14 +279,25 @@ impl Delivery {
     }
 
     /// The plugin's handle of run `run_id`'s stream in session `session_id`, taken out (the
-    /// caller ends it), if this host streamed that run.
-    fn take_stream(&self, session_id: &str, run_id: &str) -> Option<String> {
-        let mut streams = self.streams.lock().expect("streams");
-        match streams.get(session_id) {
-            Some(stream) if stream.run_id == run_id && stream.handle.is_some() => {
-                streams.remove(session_id).and_then(|s| s.handle)
+    /// caller ends it), if this host streamed that run. A `stream-begin` or `stream-update` still
+    /// in flight is waited for (bounded), so the end is the last word and the reply is not sent
+    /// a second time beside a stream that was just starting.
+    async fn take_stream(&self, session_id: &str, run_id: &str) -> Option<String> {
+        const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            {
+                let mut streams = self.streams.lock().expect("streams");
+                match streams.get(session_id) {
+                    Some(stream) if stream.run_id == run_id => {
+                        if !stream.busy || tokio::time::Instant::now() >= deadline {
+                            return streams.remove(session_id).and_then(|s| s.handle);
+                        }
+                    }
+                    _ => return None,
+                }
             }
-            _ => None,
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

@@ -37,7 +37,7 @@ pub(super) struct RunStream {
     sent_len: usize,
     last_update: Option<Instant>,
     /// A call (begin or update) is in flight; new parts only accumulate meanwhile.
-    busy: bool,
+    pub(super) busy: bool,
     touched: Option<Instant>,
 }
 

@@ -6,6 +6,7 @@
 
 pub mod connector;
 pub mod pipeline;
+pub mod poller;
 pub mod reassembly;
 pub mod service;
 pub mod supervisor;

@@ -2,11 +2,11 @@
 //! long connection for.
 //!
 //! Every `poll_interval` the supervisor lists the installations and wants a connection for each
-//! active one whose config says `connection = "websocket"` (webhook installations are left
-//! alone) and whose channel has a plugin. For each it starts an owner task that first takes the
+//! active one whose transport ([`transport_of`]) is a WebSocket or a long poll (webhook
+//! installations are left alone) and whose channel has a plugin. For each it starts an owner task that first takes the
 //! installation's lease — a fenced token in the installation row, compare-and-set on both
 //! backends (on SQLite only this process competes, through the same code path) — and only then
-//! runs the [`Connector`]. The owner renews the lease every `renew_interval` (±10 % jitter); when
+//! runs the [`Connector`] (or the [`Poller`]). The owner renews the lease every `renew_interval` (±10 % jitter); when
 //! a renewal says the token is gone, or no renewal succeeded before `ttl − safety_margin` since
 //! the last good one, the connection is closed — before the lease can expire and another replica
 //! could take it. A contended lease ends the owner; the next sweep tries again.
@@ -32,21 +32,43 @@ use tracing::Instrument;
 use crate::domain::Clock;
 use crate::ingest::connector::backoff::BackoffPolicy;
 use crate::ingest::connector::{Connector, ConnectorSettings};
+use crate::ingest::poller::Poller;
 use crate::ingest::service::Ingest;
 use crate::runtime::Runtime;
+use crate::runtime::manifest::Transports;
 use crate::store::{Installation, InstallationStore};
 
-/// The installation config key that selects the transport, and its long-connection value.
+/// The installation config key that selects the transport among those the plugin declares:
+/// `webhook`, `websocket` or `long-poll`.
 pub const CONNECTION_CONFIG_KEY: &str = "connection";
-/// `connection = "websocket"`: the host holds a long connection for the installation.
-pub const CONNECTION_WEBSOCKET: &str = "websocket";
 
-/// Whether `installation` is served over a long connection (config `connection = "websocket"`).
-pub fn uses_long_connection(installation: &Installation) -> bool {
-    installation
+/// How an installation receives its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The channel calls the host's hooks URL; nothing to keep open.
+    Webhook,
+    /// The host holds a WebSocket.
+    WebSocket,
+    /// The host long-polls.
+    LongPoll,
+}
+
+/// The transport of `installation` under a plugin declaring `declared`: config `connection`
+/// when it names a declared transport, else the plugin's only connected transport when it has
+/// no webhooks, else webhooks.
+pub fn transport_of(installation: &Installation, declared: Transports) -> Transport {
+    let chosen = installation
         .config
         .get(CONNECTION_CONFIG_KEY)
-        .is_some_and(|value| value.eq_ignore_ascii_case(CONNECTION_WEBSOCKET))
+        .map(|value| value.to_ascii_lowercase());
+    match chosen.as_deref() {
+        Some("websocket") if declared.websocket => Transport::WebSocket,
+        Some("long-poll" | "long_poll" | "longpoll") if declared.long_poll => Transport::LongPoll,
+        Some("webhook") if declared.webhook => Transport::Webhook,
+        _ if declared.webhook => Transport::Webhook,
+        _ if declared.long_poll => Transport::LongPoll,
+        _ => Transport::WebSocket,
+    }
 }
 
 /// Tunables of the supervisor.
@@ -262,15 +284,16 @@ impl Inner {
                     continue;
                 }
             };
-            if !installation.is_active() || !uses_long_connection(&installation) {
+            if !installation.is_active() {
                 continue;
             }
-            if self
-                .runtime
-                .plugin_for_channel(&installation.channel)
-                .is_none()
-            {
-                tracing::warn!(installation = %installation.id, channel = %installation.channel, "no plugin serves this channel; no long connection");
+            let Some(plugin) = self.runtime.plugin_for_channel(&installation.channel) else {
+                if installation.config.contains_key(CONNECTION_CONFIG_KEY) {
+                    tracing::warn!(installation = %installation.id, channel = %installation.channel, "no plugin serves this channel; no long connection");
+                }
+                continue;
+            };
+            if transport_of(&installation, plugin.manifest().transports) == Transport::Webhook {
                 continue;
             }
             let print = fingerprint(&installation);
@@ -370,13 +393,26 @@ impl Inner {
         };
         let mut confirmed_until = started + ttl - self.settings.safety_margin;
         let connection_stop = stop.child_token();
-        let connector = Connector::new(
-            plugin,
-            installation,
-            self.ingest.clone(),
-            self.settings.connector.clone(),
-        );
-        let mut connection = tokio::spawn(connector.run(connection_stop.clone()).in_current_span());
+        let mut connection = match transport_of(&installation, plugin.manifest().transports) {
+            Transport::LongPoll => {
+                let poller = Poller::new(
+                    plugin,
+                    installation,
+                    self.ingest.clone(),
+                    self.settings.connector.backoff,
+                );
+                tokio::spawn(poller.run(connection_stop.clone()).in_current_span())
+            }
+            _ => {
+                let connector = Connector::new(
+                    plugin,
+                    installation,
+                    self.ingest.clone(),
+                    self.settings.connector.clone(),
+                );
+                tokio::spawn(connector.run(connection_stop.clone()).in_current_span())
+            }
+        };
         let mut wait = jittered(self.settings.renew_interval);
         loop {
             let wake = (Instant::now() + wait).min(confirmed_until);

@@ -84,7 +84,12 @@ pub struct RunService {
     debouncer: Option<Debouncer>,
     /// Raised whenever a published status is `pending` (wakes long-polling workers).
     pending: PendingSignal,
+    /// Sees every published part (streamed replies).
+    part_observer: Option<PartObserver>,
 }
+
+/// A callback for every published reply part: `(session id, run id, text)`. It must not block.
+pub type PartObserver = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for RunService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +117,7 @@ impl RunService {
             settings,
             debouncer: None,
             pending: PendingSignal::new(),
+            part_observer: None,
         }
     }
 
@@ -205,7 +211,17 @@ impl RunService {
     /// Publishes a streamed piece of run `run_id`'s reply (`message_part`); `false` if that run
     /// is not streaming in this host (ended, or lost its ownership).
     pub fn publish_part(&self, session_id: &str, run_id: &str, text: &str) -> bool {
-        self.hub.publish_part(session_id, run_id, text)
+        let published = self.hub.publish_part(session_id, run_id, text);
+        if published && let Some(observer) = &self.part_observer {
+            observer(session_id, run_id, text);
+        }
+        published
+    }
+
+    /// Also hands every published part to `observer` (the channel's streamed reply).
+    pub fn with_part_observer(mut self, observer: PartObserver) -> RunService {
+        self.part_observer = Some(observer);
+        self
     }
 
     /// Stores run `run_id`'s reply (fenced: `None` if not the owner), publishes it and clears

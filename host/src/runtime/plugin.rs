@@ -354,6 +354,11 @@ impl Plugin {
         &self.grants
     }
 
+    /// The host services its calls use (HTTP clients, kv backend, clock, limits).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
     /// Health and counters.
     pub fn stats(&self) -> PluginStats {
         let h = &self.health;
