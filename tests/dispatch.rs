@@ -17,11 +17,11 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use switchboard::dispatch::{
-    DispatchError, Dispatcher, DropReason, EventMeta, Outcome, Step, StepHook, resolve_installation,
+    Builtin, Command, DispatchError, Dispatcher, DropReason, EventMeta, Outcome, Step, StepHook,
+    resolve_installation,
 };
 use switchboard::domain::Clock;
-use switchboard::runtime::commands::{Command, IssueRequest};
-use switchboard::runtime::types::{ChatType, InboundMessage, Sender};
+use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};
 use switchboard::store::{
     AccessPolicy, AppendOutcome, AppendRequest, BindingError, DedupClaim, IngestStore,
     Installation, InstallationStore, NewInstallation, SecretCipher, SecretError, StoreError,
@@ -70,13 +70,16 @@ fn new_installation(routing_key: &str, policy: AccessPolicy) -> NewInstallation 
         channel: "lark".into(),
         routing_key: routing_key.into(),
         name: "Test bot".into(),
-        config: BTreeMap::from([("region".to_owned(), "feishu".to_owned())]),
+        // The bot's own ids are channel config (contract 0.2), not installation columns.
+        config: BTreeMap::from([
+            ("region".to_owned(), "feishu".to_owned()),
+            ("bot_open_id".to_owned(), "ou_bot".to_owned()),
+            ("bot_union_id".to_owned(), "on_bot".to_owned()),
+        ]),
         secrets: BTreeMap::from([
             ("app_secret".to_owned(), "plain-app-secret-123".to_owned()),
             ("encrypt_key".to_owned(), "plain-encrypt-key-456".to_owned()),
         ]),
-        bot_open_id: Some("ou_bot".into()),
-        bot_union_id: Some("on_bot".into()),
         access_policy: policy,
         agent: "echo".into(),
         debounce_ms: 3_000,
@@ -165,18 +168,21 @@ async fn fixtures(policy: AccessPolicy) -> Vec<Fixture> {
     out
 }
 
-/// A direct text message from `ou_alice`.
+/// A direct text message from `ou_alice` (alt id `union_id` = `on_alice`).
 fn msg(message_id: &str, chat_id: &str, body: &str) -> InboundMessage {
     InboundMessage {
         event_id: format!("ev-{message_id}"),
         message_id: message_id.into(),
-        chat_id: chat_id.into(),
-        chat_type: ChatType::Direct,
-        sender: Sender {
-            open_id: "ou_alice".into(),
-            union_id: Some("on_alice".into()),
-            user_id: None,
-            kind: "user".into(),
+        chat: Chat {
+            id: chat_id.into(),
+            kind: ChatKind::Direct,
+            title: None,
+        },
+        sender: Participant {
+            id: "ou_alice".into(),
+            display_name: Some("Alice".into()),
+            is_bot: false,
+            alt_ids: vec![("union_id".into(), "on_alice".into())],
         },
         message_type: "text".into(),
         body: body.into(),
@@ -187,24 +193,41 @@ fn msg(message_id: &str, chat_id: &str, body: &str) -> InboundMessage {
         thread_id: None,
         create_time_ms: T0,
         mentions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
 /// A group message, addressed to the bot or not.
 fn group_msg(message_id: &str, chat_id: &str, body: &str, addressed: bool) -> InboundMessage {
-    InboundMessage {
-        chat_type: ChatType::Group,
-        addressed_to_bot: addressed,
-        ..msg(message_id, chat_id, body)
-    }
+    kind_msg(ChatKind::Group, message_id, chat_id, body, addressed)
+}
+
+/// A message in a chat of `kind`, addressed to the bot or not.
+fn kind_msg(
+    kind: ChatKind,
+    message_id: &str,
+    chat_id: &str,
+    body: &str,
+    addressed: bool,
+) -> InboundMessage {
+    let mut m = msg(message_id, chat_id, body);
+    m.chat.kind = kind;
+    m.addressed_to_bot = addressed;
+    m
+}
+
+/// The command a plugin parse `{name, args}` of `text` gives (`/name args…`).
+fn parsed(text: &str) -> Command {
+    let text = text.trim().trim_start_matches('/');
+    let (name, args) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    Command::parsed(name, args)
 }
 
 fn session_id(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Ingested { session_id, .. }
         | Outcome::FreshPending { session_id }
-        | Outcome::IssueUsage { session_id }
-        | Outcome::IssueCreated { session_id, .. } => session_id.clone(),
+        | Outcome::Builtin { session_id, .. } => session_id.clone(),
         other => panic!("no session in {other:?}"),
     }
 }
@@ -823,6 +846,35 @@ async fn group_message_not_addressed_to_the_bot_is_dropped_and_marked() {
             f.dispatch(&msg("om_d", "oc_d", "hi"), None).await,
             Outcome::Ingested { .. }
         ));
+        // Broadcast channels (new in contract 0.2) are filtered like groups, and their
+        // sessions are of kind `channel`.
+        let channel = kind_msg(ChatKind::Channel, "om_c", "oc_c", "news", false);
+        assert_eq!(
+            f.dispatch(&channel, None).await,
+            Outcome::Dropped(DropReason::NotAddressedInGroup),
+            "{}",
+            f.name()
+        );
+        let channel = kind_msg(ChatKind::Channel, "om_c2", "oc_c", "@bot hi", true);
+        let sid = session_id(&f.dispatch(&channel, None).await);
+        let s = f.ingest.get_session(&sid).await.unwrap().unwrap();
+        assert_eq!(
+            (s.chat_type.as_str(), s.title.as_str()),
+            ("channel", "lark channel chat oc_c"),
+            "{}",
+            f.name()
+        );
+        let mut in_thread = kind_msg(ChatKind::Channel, "om_c3", "oc_c", "@bot more", true);
+        in_thread.thread_id = Some("ts_1".into());
+        let tid = session_id(&f.dispatch(&in_thread, None).await);
+        assert_ne!(tid, sid, "{}: channel threads split sessions", f.name());
+        let t = f.ingest.get_session(&tid).await.unwrap().unwrap();
+        assert_eq!(
+            (t.chat_key.as_str(), t.title.as_str()),
+            ("oc_c:ts_1", "lark thread ts_1 in channel oc_c"),
+            "{}",
+            f.name()
+        );
     }
 }
 
@@ -832,10 +884,10 @@ async fn group_message_not_addressed_to_the_bot_is_dropped_and_marked() {
 async fn bound_policy_unbound_sender_needs_binding_then_binds() {
     for f in fixtures(AccessPolicy::Bound).await {
         let m = msg("om_1", "oc_1", "hello");
-        let Outcome::NeedsBinding { open_id, token } = f.dispatch(&m, None).await else {
+        let Outcome::NeedsBinding { user_id, token } = f.dispatch(&m, None).await else {
             panic!("{}: expected needs_binding", f.name());
         };
-        assert_eq!(open_id, "ou_alice");
+        assert_eq!(user_id, "ou_alice");
         assert_eq!(
             token.len(),
             43,
@@ -865,7 +917,7 @@ async fn bound_policy_unbound_sender_needs_binding_then_binds() {
 
         let binding = f
             .ingest
-            .redeem_binding_token(&token, "user-42", None, f.clock.now())
+            .redeem_binding_token(&token, "user-42", &[], f.clock.now())
             .await
             .unwrap();
         assert_eq!(binding.channel_user_id, "ou_alice");
@@ -884,7 +936,7 @@ async fn bound_policy_unbound_sender_needs_binding_then_binds() {
 async fn bound_policy_with_a_binding_is_ingested_and_without_sender_is_dropped() {
     for f in fixtures(AccessPolicy::Bound).await {
         f.ingest
-            .bind_user(&f.inst.id, "ou_alice", "user-1", None, T0)
+            .bind_user(&f.inst.id, "ou_alice", "user-1", &[], T0)
             .await
             .unwrap();
         let outcome = f.dispatch(&msg("om_1", "oc_1", "hi"), None).await;
@@ -896,15 +948,15 @@ async fn bound_policy_with_a_binding_is_ingested_and_without_sender_is_dropped()
 
         // Another sender in the same chat is not bound.
         let mut bob = msg("om_2", "oc_1", "hi");
-        bob.sender.open_id = "ou_bob".into();
+        bob.sender.id = "ou_bob".into();
         assert!(matches!(
             f.dispatch(&bob, None).await,
-            Outcome::NeedsBinding { ref open_id, .. } if open_id == "ou_bob"
+            Outcome::NeedsBinding { ref user_id, .. } if user_id == "ou_bob"
         ));
 
         // No sender id: nobody to send a link to.
         let mut nobody = msg("om_3", "oc_1", "hi");
-        nobody.sender.open_id = String::new();
+        nobody.sender.id = String::new();
         assert_eq!(
             f.dispatch(&nobody, None).await,
             Outcome::Dropped(DropReason::UnboundUser),
@@ -920,13 +972,81 @@ async fn bound_policy_with_a_binding_is_ingested_and_without_sender_is_dropped()
             .unwrap();
         let open = f.store.get(&f.inst.id).await.unwrap().unwrap();
         let mut carol = msg("om_4", "oc_1", "hi");
-        carol.sender.open_id = "ou_carol".into();
+        carol.sender.id = "ou_carol".into();
         let outcome = f
             .dispatcher
             .dispatch(&open, &carol, None, EVENT)
             .await
             .unwrap();
         assert!(matches!(outcome, Outcome::Ingested { .. }), "{}", f.name());
+    }
+}
+
+#[tokio::test]
+async fn bound_policy_admits_a_sender_bound_only_by_an_alt_id() {
+    for f in fixtures(AccessPolicy::Bound).await {
+        // Bound under another id of the same person (say, their id in another app), with the
+        // tenant-wide id as an alt id; the sender `ou_alice` carries that alt id.
+        f.ingest
+            .bind_user(
+                &f.inst.id,
+                "ou_alice_elsewhere",
+                "user-1",
+                &[("union_id".to_owned(), "on_alice".to_owned())],
+                T0,
+            )
+            .await
+            .unwrap();
+        assert!(
+            f.ingest
+                .get_binding(&f.inst.id, "ou_alice", &[])
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: not bound by its own id",
+            f.name()
+        );
+        // The first message (a new session) and the next (the existing session's short path).
+        for id in ["om_1", "om_2"] {
+            let outcome = f.dispatch(&msg(id, "oc_1", "hi"), None).await;
+            assert!(
+                matches!(outcome, Outcome::Ingested { flush: Some(_), .. }),
+                "{}: {id}: {outcome:?}",
+                f.name()
+            );
+        }
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+
+        // The same id under another scheme, or another id under the scheme, does not match.
+        for (n, alt) in [("user_id", "on_alice"), ("union_id", "on_mallory")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut m = msg(&format!("om_x{n}"), "oc_1", "hi");
+            m.sender.id = "ou_mallory".into();
+            m.sender.alt_ids = vec![(alt.0.into(), alt.1.into())];
+            let outcome = f.dispatch(&m, None).await;
+            assert!(
+                matches!(outcome, Outcome::NeedsBinding { ref user_id, .. } if user_id == "ou_mallory"),
+                "{}: {alt:?}: {outcome:?}",
+                f.name()
+            );
+        }
+        // Without a sender id there is nobody to link, even with a matching alt id.
+        let mut anonymous = msg("om_3", "oc_1", "hi");
+        anonymous.sender.id = String::new();
+        assert_eq!(
+            f.dispatch(&anonymous, None).await,
+            Outcome::Dropped(DropReason::UnboundUser),
+            "{}",
+            f.name()
+        );
+        assert_eq!(
+            f.audit_reasons().await,
+            ["unbound_user", "unbound_user", "unbound_user"],
+            "{}",
+            f.name()
+        );
     }
 }
 
@@ -1069,7 +1189,7 @@ async fn group_topic_threads_split_sessions_and_direct_chats_do_not() {
         assert_eq!(s.chat_id, "oc_g");
         assert_eq!(s.thread_id.as_deref(), Some("omt_1"));
         assert_eq!(s.reply_thread_id.as_deref(), Some("omt_1"));
-        assert_eq!(s.title, "lark topic omt_1 in group oc_g");
+        assert_eq!(s.title, "lark thread omt_1 in group oc_g");
         let g = f.ingest.get_session(&plain_group).await.unwrap().unwrap();
         assert_eq!(
             (g.chat_key.as_str(), g.thread_id.as_deref()),
@@ -1096,7 +1216,7 @@ async fn bare_new_makes_the_next_message_start_revision_2() {
         let outcome = f
             .dispatch(
                 &msg("om_2", "oc_1", "/new"),
-                Some(&Command::NewContext(None)),
+                Some(&Command::New(String::new())),
             )
             .await;
         assert_eq!(
@@ -1125,7 +1245,7 @@ async fn bare_new_makes_the_next_message_start_revision_2() {
         assert_eq!(
             f.dispatch(
                 &msg("om_2", "oc_1", "/new"),
-                Some(&Command::NewContext(None))
+                Some(&Command::New(String::new()))
             )
             .await,
             Outcome::Dropped(DropReason::Duplicate)
@@ -1162,7 +1282,7 @@ async fn bare_new_makes_the_next_message_start_revision_2() {
 async fn new_with_text_starts_a_fresh_context_with_that_text() {
     for f in fixtures(AccessPolicy::Open).await {
         f.dispatch(&msg("om_1", "oc_1", "old topic"), None).await;
-        let command = Command::NewContext(Some("fresh question".into()));
+        let command = Command::New("fresh question".into());
         let outcome = f
             .dispatch(&msg("om_2", "oc_1", "/new fresh question"), Some(&command))
             .await;
@@ -1192,74 +1312,283 @@ async fn new_with_text_starts_a_fresh_context_with_that_text() {
     }
 }
 
+/// The stored `meta` JSON of message `id` (NULL: `None`).
+async fn message_meta(t: &db::TestDb, id: i64) -> Option<serde_json::Value> {
+    let sql = format!("SELECT COALESCE(meta, '') FROM messages WHERE id = {id}");
+    let text = raw_texts(t, &sql).await.pop().expect("the message exists");
+    (!text.is_empty()).then(|| serde_json::from_str(&text).expect("meta is JSON"))
+}
+
 #[tokio::test]
-async fn issue_with_title_creates_a_command_record_and_no_run() {
+async fn unknown_command_is_a_command_turn_for_the_agent_and_runs() {
     for f in fixtures(AccessPolicy::Open).await {
+        // The host knows no `/issue` (contract 0.2): it is the agent's command, name and args
+        // intact, and it runs like a message.
         let text = "/issue Login broken\nSteps:\n  1. open app";
-        let command = Command::Issue(IssueRequest {
-            title: "Login broken".into(),
-            description: Some("Steps:\n  1. open app".into()),
-        });
+        let command = parsed(text);
+        assert_eq!(
+            command,
+            Command::Agent {
+                name: "issue".into(),
+                args: "Login broken\nSteps:\n  1. open app".into()
+            }
+        );
         let outcome = f.dispatch(&msg("om_1", "oc_1", text), Some(&command)).await;
-        let Outcome::IssueCreated {
+        let Outcome::Ingested {
             session_id,
-            command_id,
-            title,
+            message_id,
+            flush: Some(ticket),
         } = outcome
         else {
             panic!("{}: {outcome:?}", f.name());
         };
-        assert_eq!(title, "Login broken");
-        let records = f.ingest.list_commands(&f.inst.id).await.unwrap();
-        assert_eq!(records.len(), 1, "{}", f.name());
-        let record = &records[0];
-        assert_eq!(record.id, command_id);
-        assert_eq!(record.session_id, session_id);
-        assert_eq!(record.kind, "issue");
-        assert_eq!(record.title, "Login broken");
-        assert_eq!(record.description.as_deref(), Some("Steps:\n  1. open app"));
-        assert_eq!(record.sender_id.as_deref(), Some("ou_alice"));
+        assert_eq!(
+            (ticket.generation, ticket.due_at_ms),
+            (1, T0 + 3_000),
+            "{}: the window is armed",
+            f.name()
+        );
         let messages = f.ingest.list_messages(&session_id).await.unwrap();
-        assert_eq!(messages.len(), 1);
-        assert_eq!(record.message_id, Some(messages[0].id));
-        assert_eq!(messages[0].kind, "command", "{}", f.name());
-        assert_eq!(messages[0].command_body.as_deref(), Some(text));
+        assert_eq!(messages.len(), 1, "{}", f.name());
+        let stored = &messages[0];
+        assert_eq!(stored.id, message_id);
+        assert_eq!(stored.kind, "command", "{}", f.name());
+        assert_eq!(stored.body, text);
+        assert_eq!(stored.command_body.as_deref(), Some(text));
+        assert_eq!(stored.sender_id.as_deref(), Some("ou_alice"));
+        assert_eq!(
+            message_meta(&f.t, message_id).await,
+            Some(serde_json::json!({"command": {
+                "name": "issue",
+                "args": "Login broken\nSteps:\n  1. open app"
+            }})),
+            "{}",
+            f.name()
+        );
+        assert!(
+            f.ingest.list_commands(&f.inst.id).await.unwrap().is_empty(),
+            "{}: no command records any more",
+            f.name()
+        );
         let session = f.only_session().await;
-        assert_eq!(session.flush_due_at_ms, None, "{}: no run", f.name());
-        assert_eq!(session.flush_generation, 0);
+        assert_eq!(session.flush_due_at_ms, Some(T0 + 3_000), "{}", f.name());
+        assert_eq!(session.flush_generation, 1);
         assert_eq!(session.reply_to_message_id.as_deref(), Some("om_1"));
+
+        // A bare command and a differently cased name: still the agent's, name lowercased.
+        for (id, text, name, args) in [
+            ("om_2", "/issue", "issue", ""),
+            ("om_3", "/Deploy  prod ", "deploy", "prod"),
+        ] {
+            let Outcome::Ingested {
+                message_id,
+                flush: Some(_),
+                ..
+            } = f
+                .dispatch(&msg(id, "oc_1", text), Some(&parsed(text)))
+                .await
+            else {
+                panic!("{}: {text}", f.name());
+            };
+            assert_eq!(
+                message_meta(&f.t, message_id).await,
+                Some(serde_json::json!({"command": {"name": name, "args": args}})),
+                "{}: {text}",
+                f.name()
+            );
+        }
+        // A plain message has no meta.
+        let Outcome::Ingested { message_id, .. } =
+            f.dispatch(&msg("om_4", "oc_1", "plain"), None).await
+        else {
+            panic!("{}", f.name());
+        };
+        assert_eq!(message_meta(&f.t, message_id).await, None, "{}", f.name());
+        assert_eq!(f.only_session().await.flush_generation, 4, "{}", f.name());
     }
 }
 
 #[tokio::test]
-async fn bare_issue_returns_usage_without_a_record_or_run() {
+async fn action_is_an_action_turn_for_the_agent_and_runs() {
     for f in fixtures(AccessPolicy::Open).await {
+        let action = Command::Action {
+            name: "approve".into(),
+            value: "yes".into(),
+            on_message: Some("om_card".into()),
+        };
         let outcome = f
-            .dispatch(&msg("om_1", "oc_1", "/issue"), Some(&Command::IssueUsage))
+            .dispatch(&msg("act_1", "oc_1", "[approve: yes]"), Some(&action))
             .await;
-        let Outcome::IssueUsage { session_id } = outcome else {
+        let Outcome::Ingested {
+            message_id,
+            flush: Some(ticket),
+            ..
+        } = outcome
+        else {
             panic!("{}: {outcome:?}", f.name());
         };
-        assert!(f.ingest.list_commands(&f.inst.id).await.unwrap().is_empty());
-        let messages = f.ingest.list_messages(&session_id).await.unwrap();
-        assert_eq!(messages.len(), 1, "{}", f.name());
-        assert_eq!(messages[0].kind, "command");
-        let session = f.only_session().await;
+        assert_eq!(ticket.generation, 1, "{}: it runs", f.name());
+        let stored = f.all_messages().await.pop().unwrap();
+        assert_eq!(stored.id, message_id);
+        assert_eq!(stored.kind, "action", "{}", f.name());
+        assert_eq!(stored.body, "[approve: yes]");
         assert_eq!(
-            (session.flush_due_at_ms, session.flush_generation),
-            (None, 0)
+            message_meta(&f.t, message_id).await,
+            Some(serde_json::json!({"action": {
+                "name": "approve", "value": "yes", "message_id": "om_card"
+            }})),
+            "{}",
+            f.name()
         );
-        // A title of blanks is usage too.
-        let blank = Command::Issue(IssueRequest {
-            title: "  ".into(),
-            description: None,
-        });
-        assert!(matches!(
-            f.dispatch(&msg("om_2", "oc_1", "/issue  "), Some(&blank))
+        // Deduplicated like a message.
+        f.clock.advance(61_000);
+        assert_eq!(
+            f.dispatch(&msg("act_1", "oc_1", "[approve: yes]"), Some(&action))
                 .await,
-            Outcome::IssueUsage { .. }
+            Outcome::Dropped(DropReason::Duplicate)
+        );
+        // Without the carrying message.
+        let bare = Command::Action {
+            name: "refresh".into(),
+            value: String::new(),
+            on_message: None,
+        };
+        let Outcome::Ingested { message_id, .. } = f
+            .dispatch(&msg("act_2", "oc_1", "[refresh]"), Some(&bare))
+            .await
+        else {
+            panic!("{}", f.name());
+        };
+        assert_eq!(
+            message_meta(&f.t, message_id).await,
+            Some(serde_json::json!({"action": {
+                "name": "refresh", "value": "", "message_id": null
+            }})),
+            "{}",
+            f.name()
+        );
+        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+    }
+}
+
+#[tokio::test]
+async fn builtins_are_answered_by_the_host_without_a_turn_or_run() {
+    for f in fixtures(AccessPolicy::Open).await {
+        for (name, builtin) in [
+            ("stop", Builtin::Stop),
+            ("compact", Builtin::Compact),
+            ("status", Builtin::Status),
+            ("help", Builtin::Help),
+        ] {
+            assert_eq!(builtin.name(), name);
+            // Names compare case-insensitively; arguments are ignored.
+            for text in [format!("/{name}"), format!("/{}  now", name.to_uppercase())] {
+                assert_eq!(parsed(&text), Command::Builtin(builtin), "{text}");
+            }
+        }
+        assert_eq!(parsed("/new"), Command::New(String::new()));
+        assert_eq!(parsed("/NEW  hi "), Command::New("hi".into()));
+
+        // In a chat without a session (the claim-first path): the session is made, nothing is
+        // appended, no window armed.
+        let stop = Command::Builtin(Builtin::Stop);
+        let outcome = f.dispatch(&msg("om_1", "oc_1", "/stop"), Some(&stop)).await;
+        let Outcome::Builtin {
+            session_id,
+            command: Builtin::Stop,
+        } = outcome.clone()
+        else {
+            panic!("{}: {outcome:?}", f.name());
+        };
+        assert_eq!(outcome.as_str(), "builtin");
+        let session = f.only_session().await;
+        assert_eq!(session.id, session_id, "{}", f.name());
+        assert!(f.all_messages().await.is_empty(), "{}", f.name());
+        assert_eq!(
+            (session.flush_generation, session.flush_due_at_ms),
+            (0, None),
+            "{}",
+            f.name()
+        );
+
+        // In a chat with a session: the same session, still nothing appended, the window and
+        // the reply target untouched.
+        f.dispatch(&msg("om_2", "oc_1", "hello"), None).await;
+        let before = f.only_session().await;
+        for (i, builtin) in [Builtin::Status, Builtin::Help, Builtin::Compact]
+            .into_iter()
+            .enumerate()
+        {
+            let m = msg(&format!("om_b{i}"), "oc_1", &format!("/{}", builtin.name()));
+            assert_eq!(
+                f.dispatch(&m, Some(&Command::Builtin(builtin))).await,
+                Outcome::Builtin {
+                    session_id: session_id.clone(),
+                    command: builtin
+                },
+                "{}",
+                f.name()
+            );
+        }
+        let after = f.only_session().await;
+        assert_eq!(
+            (
+                after.flush_generation,
+                after.flush_due_at_ms,
+                after.reply_to_message_id.as_deref()
+            ),
+            (
+                before.flush_generation,
+                before.flush_due_at_ms,
+                Some("om_2")
+            ),
+            "{}",
+            f.name()
+        );
+        let bodies: Vec<String> = f.all_messages().await.into_iter().map(|m| m.body).collect();
+        assert_eq!(bodies, ["hello"], "{}: no built-in is a turn", f.name());
+
+        // The claim is marked: a redelivery, even much later, is a duplicate (not answered
+        // twice).
+        assert_eq!(claims_in_flight(&f.t).await, 0, "{}", f.name());
+        f.clock.advance(10 * 60_000);
+        for (id, text, builtin) in [
+            ("om_1", "/stop", Builtin::Stop),
+            ("om_b1", "/help", Builtin::Help),
+        ] {
+            assert_eq!(
+                f.dispatch(&msg(id, "oc_1", text), Some(&Command::Builtin(builtin)))
+                    .await,
+                Outcome::Dropped(DropReason::Duplicate),
+                "{}: {text}",
+                f.name()
+            );
+        }
+        assert_eq!(
+            f.audit_reasons().await,
+            ["duplicate", "duplicate"],
+            "{}",
+            f.name()
+        );
+
+        // Built-ins pass the group filter like anything else: unaddressed, dropped.
+        let group = group_msg("om_g", "oc_g", "/status", false);
+        assert_eq!(
+            f.dispatch(&group, Some(&Command::Builtin(Builtin::Status)))
+                .await,
+            Outcome::Dropped(DropReason::NotAddressedInGroup),
+            "{}",
+            f.name()
+        );
+        let addressed = group_msg("om_g2", "oc_g", "/status", true);
+        assert!(matches!(
+            f.dispatch(&addressed, Some(&Command::Builtin(Builtin::Status)))
+                .await,
+            Outcome::Builtin {
+                command: Builtin::Status,
+                ..
+            }
         ));
-        assert!(f.ingest.list_commands(&f.inst.id).await.unwrap().is_empty());
     }
 }
 
@@ -1290,7 +1619,7 @@ async fn audit_rows_never_contain_message_content() {
             .unwrap_err();
         // Without a sender: unbound_user drop.
         let mut anonymous = msg("om_3", "oc_1", BODY);
-        anonymous.sender.open_id = String::new();
+        anonymous.sender.id = String::new();
         f.dispatch(&anonymous, None).await;
 
         let mut reasons = f.audit_reasons().await;
@@ -1357,20 +1686,21 @@ async fn binding_tokens_mint_redeem_expire_and_are_single_use() {
         // Unknown token.
         assert!(matches!(
             f.ingest
-                .redeem_binding_token("bogus", "user-1", None, T0)
+                .redeem_binding_token("bogus", "user-1", &[], T0)
                 .await,
             Err(BindingError::InvalidToken)
         ));
         // Valid until just before expiry; single use.
+        let alt = [("union_id".to_owned(), "on_alice".to_owned())];
         let binding = f
             .ingest
-            .redeem_binding_token(&token, "user-1", Some("on_alice"), T0 + 15 * 60_000 - 1)
+            .redeem_binding_token(&token, "user-1", &alt, T0 + 15 * 60_000 - 1)
             .await
             .unwrap();
-        assert_eq!(binding.union_id.as_deref(), Some("on_alice"));
+        assert_eq!(binding.alt_ids, alt, "{}", f.name());
         assert!(matches!(
             f.ingest
-                .redeem_binding_token(&token, "user-1", None, T0 + 1)
+                .redeem_binding_token(&token, "user-1", &[], T0 + 1)
                 .await,
             Err(BindingError::InvalidToken)
         ));
@@ -1383,13 +1713,13 @@ async fn binding_tokens_mint_redeem_expire_and_are_single_use() {
             .unwrap();
         assert!(matches!(
             f.ingest
-                .redeem_binding_token(&late, "user-2", None, T0 + 15 * 60_000)
+                .redeem_binding_token(&late, "user-2", &[], T0 + 15 * 60_000)
                 .await,
             Err(BindingError::InvalidToken)
         ));
         assert!(
             f.ingest
-                .get_binding(&f.inst.id, "ou_bob")
+                .get_binding(&f.inst.id, "ou_bob", &[])
                 .await
                 .unwrap()
                 .is_none()
@@ -1402,13 +1732,13 @@ async fn binding_tokens_mint_redeem_expire_and_are_single_use() {
             .await
             .unwrap();
         assert!(matches!(
-            f.ingest.redeem_binding_token(&other, "user-9", None, T0 + 1).await,
+            f.ingest.redeem_binding_token(&other, "user-9", &[], T0 + 1).await,
             Err(BindingError::BoundToOtherUser { ref channel_user_id }) if channel_user_id == "ou_alice"
         ));
         assert!(f.ingest.unbind_user(&f.inst.id, "ou_alice").await.unwrap());
         let rebound = f
             .ingest
-            .redeem_binding_token(&other, "user-9", None, T0 + 2)
+            .redeem_binding_token(&other, "user-9", &[], T0 + 2)
             .await
             .unwrap();
         assert_eq!(rebound.user_ref, "user-9", "{}", f.name());
@@ -1418,28 +1748,86 @@ async fn binding_tokens_mint_redeem_expire_and_are_single_use() {
 #[tokio::test]
 async fn user_bindings_add_get_list_remove() {
     for f in fixtures(AccessPolicy::Bound).await {
+        let alt = |scheme: &str, id: &str| vec![(scheme.to_owned(), id.to_owned())];
         let a = f
             .ingest
-            .bind_user(&f.inst.id, "ou_b", "user-b", Some("on_b"), T0)
+            .bind_user(&f.inst.id, "ou_b", "user-b", &alt("union_id", "on_b"), T0)
             .await
             .unwrap();
         assert_eq!(a.bound_at_ms, T0);
-        // Refreshing the same user never erases the union id.
+        assert_eq!(a.alt_ids, alt("union_id", "on_b"), "{}", f.name());
+        // Refreshing the same user without alt ids never erases the known ones.
         let again = f
             .ingest
-            .bind_user(&f.inst.id, "ou_b", "user-b", None, T0 + 5)
+            .bind_user(&f.inst.id, "ou_b", "user-b", &[], T0 + 5)
             .await
             .unwrap();
-        assert_eq!(again.union_id.as_deref(), Some("on_b"), "{}", f.name());
+        assert_eq!(again.alt_ids, alt("union_id", "on_b"), "{}", f.name());
         assert_eq!(again.bound_at_ms, T0 + 5);
+        // Found by its id, or by an alt id (scheme and id must both match); empty alt ids are
+        // not stored.
+        for (id, alts) in [
+            ("ou_b", Vec::new()),
+            ("ou_b_elsewhere", alt("union_id", "on_b")),
+            ("", alt("union_id", "on_b")),
+        ] {
+            let found = f.ingest.get_binding(&f.inst.id, id, &alts).await.unwrap();
+            assert_eq!(
+                found.map(|b| b.user_ref).as_deref(),
+                Some("user-b"),
+                "{}: {id:?} {alts:?}",
+                f.name()
+            );
+        }
+        for (id, alts) in [
+            ("ou_other", Vec::new()),
+            ("ou_other", alt("user_id", "on_b")),
+            ("ou_other", alt("union_id", "on_")),
+            ("ou_other", alt("union_id", "")),
+        ] {
+            assert!(
+                f.ingest
+                    .get_binding(&f.inst.id, id, &alts)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{}: {id:?} {alts:?}",
+                f.name()
+            );
+        }
+        assert!(
+            f.ingest
+                .get_binding("other-inst", "ou_x", &alt("union_id", "on_b"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: alt ids are per installation",
+            f.name()
+        );
+        // A new non-empty list replaces the old one; empty ids are dropped.
+        let replaced = f
+            .ingest
+            .bind_user(
+                &f.inst.id,
+                "ou_b",
+                "user-b",
+                &[
+                    ("union_id".to_owned(), "on_b2".to_owned()),
+                    ("email".to_owned(), String::new()),
+                ],
+                T0 + 6,
+            )
+            .await
+            .unwrap();
+        assert_eq!(replaced.alt_ids, alt("union_id", "on_b2"), "{}", f.name());
         assert!(matches!(
             f.ingest
-                .bind_user(&f.inst.id, "ou_b", "user-x", None, T0)
+                .bind_user(&f.inst.id, "ou_b", "user-x", &[], T0)
                 .await,
             Err(BindingError::BoundToOtherUser { .. })
         ));
         f.ingest
-            .bind_user(&f.inst.id, "ou_a", "user-a", None, T0)
+            .bind_user(&f.inst.id, "ou_a", "user-a", &[], T0)
             .await
             .unwrap();
         let list = f.ingest.list_bindings(&f.inst.id).await.unwrap();
@@ -1447,7 +1835,7 @@ async fn user_bindings_add_get_list_remove() {
         assert_eq!(users, ["ou_a", "ou_b"], "{}", f.name());
         assert_eq!(
             f.ingest
-                .get_binding(&f.inst.id, "ou_b")
+                .get_binding(&f.inst.id, "ou_b", &[])
                 .await
                 .unwrap()
                 .unwrap()
@@ -1458,10 +1846,19 @@ async fn user_bindings_add_get_list_remove() {
         assert!(!f.ingest.unbind_user(&f.inst.id, "ou_b").await.unwrap());
         assert!(
             f.ingest
-                .get_binding(&f.inst.id, "ou_b")
+                .get_binding(&f.inst.id, "ou_b", &[])
                 .await
                 .unwrap()
                 .is_none()
+        );
+        assert!(
+            f.ingest
+                .get_binding(&f.inst.id, "ou_x", &alt("union_id", "on_b2"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: unbinding removes the alt ids too",
+            f.name()
         );
         assert!(
             f.ingest
@@ -1509,9 +1906,17 @@ async fn secrets_are_encrypted_at_rest_and_a_wrong_key_fails_clearly() {
             "Debug hides secrets"
         );
 
+        // The plugin's context is the config and secrets as stored: the host adds nothing (no
+        // `app_id` from the routing key; the bot ids are ordinary config keys).
         let cx = read.context();
         assert_eq!(cx.id, f.inst.id);
-        assert_eq!(cx.config["app_id"], "cli_app");
+        assert_eq!(cx.config, read.config, "{}", f.name());
+        assert_eq!(
+            cx.config.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["bot_open_id", "bot_union_id", "region"],
+            "{}",
+            f.name()
+        );
         assert_eq!(cx.config["bot_open_id"], "ou_bot");
         assert_eq!(cx.config["bot_union_id"], "on_bot");
         assert_eq!(cx.config["region"], "feishu");
@@ -1570,10 +1975,11 @@ async fn installations_create_list_update_and_refuse_bad_input() {
         ));
         let mut bare = new_installation("cli_bare", AccessPolicy::Bound);
         bare.secrets.clear();
-        bare.bot_union_id = None;
+        bare.config.remove("bot_union_id");
         let second = f.store.create(&bare, T0 + 1).await.unwrap();
         assert!(second.secrets.is_empty());
         assert!(!second.context().config.contains_key("bot_union_id"));
+        assert_eq!(second.config["bot_open_id"], "ou_bot");
         assert_ne!(second.id, f.inst.id);
 
         let ids: Vec<String> = f
@@ -1620,6 +2026,30 @@ async fn installations_create_list_update_and_refuse_bad_input() {
         assert_eq!(updated.debounce_ms, 750);
         assert_eq!(updated.updated_at_ms, T0 + 2);
         assert!(f.store.get("missing").await.unwrap().is_none());
+
+        // An empty routing key is allowed (a channel whose payloads carry none): the
+        // installation's own id is stored as its key, so two of them never collide. An empty
+        // channel is still refused.
+        let mut keyless = new_installation("", AccessPolicy::Open);
+        keyless.channel = "testing".into();
+        let k1 = f.store.create(&keyless, T0 + 1).await.unwrap();
+        let k2 = f.store.create(&keyless, T0 + 1).await.unwrap();
+        assert_eq!(k1.routing_key, k1.id, "{}", f.name());
+        assert_eq!(k2.routing_key, k2.id, "{}", f.name());
+        assert_eq!(
+            f.store
+                .get_by_routing_key("testing", &k1.id)
+                .await
+                .unwrap()
+                .map(|i| i.id),
+            Some(k1.id.clone())
+        );
+        let mut no_channel = new_installation("cli_nochannel", AccessPolicy::Open);
+        no_channel.channel = String::new();
+        assert!(matches!(
+            f.store.create(&no_channel, T0).await,
+            Err(StoreError::Invalid { .. })
+        ));
     }
 }
 
@@ -2000,21 +2430,38 @@ async fn a_run_starting_before_the_append_gets_the_message_queued() {
         );
         assert_eq!(claims_in_flight(&f.t).await, 0, "{}: marked", f.name());
 
-        // A command does not run, so it is stored as usual while the run is active; a bare
-        // `/new` flags the session.
-        let command = Command::Issue(IssueRequest {
-            title: "Broken".into(),
-            description: None,
-        });
-        assert!(matches!(
-            f.dispatch(&msg("om_2", "oc_1", "/issue Broken"), Some(&command))
-                .await,
-            Outcome::IssueCreated { .. }
-        ));
+        // An agent command runs (contract 0.2), so it is queued like a message while the run is
+        // active; a built-in is answered without a turn; a bare `/new` flags the session.
+        assert_eq!(
+            f.dispatch(
+                &msg("om_2", "oc_1", "/issue Broken"),
+                Some(&parsed("/issue Broken"))
+            )
+            .await,
+            Outcome::Ingested {
+                session_id: session.clone(),
+                message_id: 0,
+                flush: None
+            },
+            "{}: queued",
+            f.name()
+        );
+        assert_eq!(f.t.db.runs().list_queue(&session).await.unwrap().len(), 2);
+        assert_eq!(
+            f.dispatch(
+                &msg("om_s", "oc_1", "/stop"),
+                Some(&Command::Builtin(Builtin::Stop))
+            )
+            .await,
+            Outcome::Builtin {
+                session_id: session.clone(),
+                command: Builtin::Stop
+            }
+        );
         assert_eq!(
             f.dispatch(
                 &msg("om_3", "oc_1", "/new"),
-                Some(&Command::NewContext(None))
+                Some(&Command::New(String::new()))
             )
             .await,
             Outcome::FreshPending {
@@ -2024,8 +2471,14 @@ async fn a_run_starting_before_the_append_gets_the_message_queued() {
         let after = f.only_session().await;
         assert!(after.fresh_pending, "{}", f.name());
         assert_eq!(after.run_state, "running");
-        assert_eq!(after.reply_to_message_id.as_deref(), Some("om_2"));
-        assert_eq!(f.all_messages().await.len(), 2, "{}", f.name());
+        assert_eq!(
+            after.reply_to_message_id.as_deref(),
+            Some("om_0"),
+            "{}: queued turns do not move the reply target",
+            f.name()
+        );
+        assert_eq!(f.all_messages().await.len(), 1, "{}", f.name());
+        assert_eq!(f.t.db.runs().list_queue(&session).await.unwrap().len(), 2);
     }
 }
 
