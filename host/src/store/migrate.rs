@@ -59,6 +59,11 @@ const SQLITE: &[Embedded] = &[
         "retention",
         include_str!("../../../migrations/sqlite/0007_retention.sql"),
     ),
+    (
+        8,
+        "channel_neutral",
+        include_str!("../../../migrations/sqlite/0008_channel_neutral.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -97,6 +102,11 @@ const POSTGRES: &[Embedded] = &[
         7,
         "retention",
         include_str!("../../../migrations/postgres/0007_retention.sql"),
+    ),
+    (
+        8,
+        "channel_neutral",
+        include_str!("../../../migrations/postgres/0008_channel_neutral.sql"),
     ),
 ];
 
