@@ -1,14 +1,15 @@
-//! `switchboard replay` end to end: the built binary over the Lark fixtures, its JSON lines, its
-//! exit codes and its help.
+//! `switchboard replay` end to end: the built binary over the Lark fixtures and the testing
+//! plugin's raw payloads, its channel-neutral JSON lines, `--outbound`, its exit codes and its
+//! help.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-/// Every key of an output line, in order.
-const KEYS: [&str; 17] = [
+/// Every key of an output line.
+const KEYS: [&str; 16] = [
     "file",
     "kind",
     "reason",
@@ -16,28 +17,27 @@ const KEYS: [&str; 17] = [
     "message_id",
     "chat_id",
     "chat_type",
-    "sender_open_id",
-    "message_type",
+    "thread_id",
+    "sender_id",
+    "sender_name",
     "body",
     "command_body",
     "command",
+    "action",
     "addressed_to_bot",
-    "parent_id",
-    "root_id",
-    "thread_id",
-    "create_time_ms",
+    "attachments",
 ];
 
-/// The fixtures' installation constants (shared/fixtures/lark/README.md).
+/// The fixtures' installation values (shared/fixtures/lark/README.md), as config and secrets.
 const CONSTANTS: [&str; 8] = [
-    "--app-id",
-    "cli_a5f3c2e1d4b6a789",
-    "--bot-open-id",
-    "ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51",
-    "--encrypt-key",
-    "fixture-encrypt-key-7Hq2",
-    "--verification-token",
-    "vT9kQ2mXw7LpR4sZ",
+    "--config-value",
+    "app_id=cli_a5f3c2e1d4b6a789",
+    "--config-value",
+    "bot_open_id=ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51",
+    "--secret",
+    "encrypt_key=fixture-encrypt-key-7Hq2",
+    "--secret",
+    "verification_token=vT9kQ2mXw7LpR4sZ",
 ];
 
 /// The workspace root: the documented invocation runs from there.
@@ -147,12 +147,13 @@ fn replays_every_lark_fixture_as_json_lines() {
     assert_eq!(p2p["message_id"], "om_5b3c000000000000000000000000a001");
     assert_eq!(p2p["chat_id"], "oc_9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b");
     assert_eq!(p2p["chat_type"], "direct");
-    assert_eq!(p2p["sender_open_id"], "ou_3f9a1c7e5b2d48f6a0c9e7b1d3f5a2c4");
-    assert_eq!(p2p["message_type"], "text");
+    assert_eq!(p2p["sender_id"], "ou_3f9a1c7e5b2d48f6a0c9e7b1d3f5a2c4");
     assert_eq!(p2p["command"], Value::Null);
-    assert_eq!(p2p["addressed_to_bot"], false);
-    assert_eq!(p2p["parent_id"], Value::Null);
-    assert_eq!(p2p["create_time_ms"], 1_731_300_000_000i64);
+    assert_eq!(p2p["action"], Value::Null);
+    // A direct chat is always addressed to the bot.
+    assert_eq!(p2p["addressed_to_bot"], true);
+    assert_eq!(p2p["thread_id"], Value::Null);
+    assert_eq!(p2p["attachments"], json!([]));
     assert_eq!(p2p["reason"], Value::Null);
 
     let group = only(&map, "event_receive_text_group_mentions.json");
@@ -165,7 +166,19 @@ fn replays_every_lark_fixture_as_json_lines() {
 
     let thread = only(&map, "event_receive_reply_in_thread.json");
     assert_eq!(thread["thread_id"], "omt_1a7c3e9b5d2f4");
-    assert_eq!(thread["root_id"], thread["parent_id"]);
+    assert_eq!(thread["chat_type"], "group");
+
+    let image = only(&map, "event_receive_image.json");
+    assert_eq!(image["kind"], "message");
+    let attachments = image["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 1, "{image}");
+    assert_eq!(attachments[0]["kind"], "image");
+    assert!(
+        attachments[0]["ref"].as_str().unwrap().starts_with("img_"),
+        "{image}"
+    );
+    let file = only(&map, "event_receive_file.json");
+    assert_eq!(file["attachments"][0]["name"], "Q3-capacity-plan.pdf");
 
     let added = only(&map, "event_bot_added_to_chat.json");
     assert_eq!(added["kind"], "ignored");
@@ -195,11 +208,16 @@ fn replays_every_lark_fixture_as_json_lines() {
     assert_eq!(single["body"], group["body"]);
     let fragmented = only(&map, "ws_frame_event_fragmented.json");
     assert_eq!(fragmented["kind"], "message");
-    assert_eq!(fragmented["message_type"], "post");
-    assert_eq!(
-        fragmented["body"],
-        only(&map, "event_receive_post_all_tags.json")["body"]
-    );
+    let post = only(&map, "event_receive_post_all_tags.json");
+    assert_eq!(fragmented["body"], post["body"]);
+    assert_eq!(fragmented["attachments"], post["attachments"]);
+    let kinds: Vec<&str> = post["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["image", "video"], "{post}");
 
     // Webhooks.
     let signed = only(&map, "webhook_event_encrypted_signed.json");
@@ -228,14 +246,11 @@ fn replays_every_lark_fixture_as_json_lines() {
         let line = only(&map, name);
         assert_eq!(line["kind"], "challenge", "{name}");
         let answer: Value = serde_json::from_str(line["body"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            answer,
-            serde_json::json!({ "challenge": challenge }),
-            "{name}"
-        );
+        assert_eq!(answer, json!({ "challenge": challenge }), "{name}");
     }
 
-    // Files that are no inbound unit.
+    // Files that are no wrapper are raw payloads: the plugin's decoder decides (REST answers
+    // and endpoint responses are no events to it). Replay itself judges no channel keys.
     for name in [
         "rest_bot_info.json",
         "rest_error_rate_limited.json",
@@ -243,20 +258,29 @@ fn replays_every_lark_fixture_as_json_lines() {
         "ws_handshake_error_exceed_conn_limit.json",
     ] {
         let line = only(&map, name);
-        assert_eq!(line["kind"], "error", "{name}");
+        assert_eq!(line["kind"], "ignored", "{name}");
         assert!(
             line["reason"]
                 .as_str()
                 .unwrap()
-                .starts_with("not an event, frame or webhook request"),
+                .contains("neither a v2 nor a v1 event"),
             "{line}"
         );
     }
-    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in &lines {
+        *kinds.entry(line["kind"].as_str().unwrap()).or_default() += 1;
+    }
     assert_eq!(
-        kinds.iter().filter(|k| **k == "error").count(),
-        12,
-        "{kinds:?}"
+        kinds,
+        BTreeMap::from([
+            ("challenge", 2),
+            ("control", 2),
+            ("ignored", 26),
+            ("message", 27),
+            ("rejected", 1),
+        ]),
+        "every fixture is processed; none is an error"
     );
 }
 
@@ -318,6 +342,7 @@ fn commands_and_unreadable_inputs_become_lines() {
         &original.replace(text, "/new start over"),
     );
     let usage = write("d_usage.json", &original.replace(text, "/issue"));
+    let builtin = write("g_status.json", &original.replace(text, "/STATUS now"));
     let garbage = write("e_garbage.json", "this is not JSON");
     let broken = write(
         "f_broken.json",
@@ -326,22 +351,32 @@ fn commands_and_unreadable_inputs_become_lines() {
 
     let output = switchboard(&[
         "replay", "--plugin", "lark", &issue, &bare_new, &new_text, &usage, &garbage, &broken,
+        &builtin,
     ]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let lines = lines(&output);
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    // Commands as the host reads them: `{name, args}`, whatever the channel.
     assert_eq!(
         lines[0]["command"],
-        serde_json::json!({"issue": {"title": "Login page crashes", "description": "Steps: open /login"}})
+        json!({"name": "issue", "args": "Login page crashes\nSteps: open /login"})
     );
-    assert_eq!(lines[1]["command"], serde_json::json!({ "new": null }));
+    assert_eq!(lines[1]["command"], json!({"name": "new", "args": ""}));
     assert_eq!(
         lines[2]["command"],
-        serde_json::json!({ "new": "start over" })
+        json!({"name": "new", "args": "start over"})
     );
-    assert_eq!(lines[3]["command"], "issue_usage");
+    assert_eq!(lines[3]["command"], json!({"name": "issue", "args": ""}));
+    // Not JSON is still a raw payload: the plugin's decoder refuses it, not replay.
     assert_eq!(lines[4]["kind"], "error");
-    assert!(lines[4]["reason"].as_str().unwrap().contains("not JSON"));
+    assert!(
+        lines[4]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid input"),
+        "{}",
+        lines[4]
+    );
     assert_eq!(lines[4]["file"], garbage.as_str());
     // Shaped like an event but refused by the plugin: an error line, not a crash.
     assert_eq!(lines[5]["kind"], "error", "{}", lines[5]);
@@ -351,6 +386,8 @@ fn commands_and_unreadable_inputs_become_lines() {
             .unwrap()
             .starts_with("invalid input")
     );
+    // A built-in: the host's name, its arguments dropped.
+    assert_eq!(lines[6]["command"], json!({"name": "status", "args": ""}));
 }
 
 #[test]
@@ -388,17 +425,40 @@ fn help_documents_inputs_output_and_an_example() {
     let help = String::from_utf8(output.stdout).unwrap();
     for needle in [
         "--plugin",
-        "--encrypt-key",
+        "--config-value <KEY=VALUE>",
+        "--secret <KEY=VALUE>",
+        "--outbound <FILE>",
+        "global configuration-file flag",
         "event payload",
         "frame fixture",
         "webhook request",
+        "raw_body",
         "OUTPUT",
-        "create_time_ms",
+        "attachments",
+        "kind              message | action | ignored | error",
+        "OUTBOUND",
+        "\"target\"",
+        "\"notice\"",
+        "agent_offline",
+        "[redacted]",
         "switchboard replay --plugin lark",
         "../shared/fixtures/lark",
         "README",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    // Nothing of one channel's vocabulary is left in the flags or the shape rules.
+    for gone in [
+        "--app-id",
+        "--bot-open-id",
+        "--bot-union-id",
+        "--encrypt-key",
+        "--verification-token",
+        "sender_open_id",
+        "`schema`",
+        "message_type",
+    ] {
+        assert!(!help.contains(gone), "--help still has {gone:?}:\n{help}");
     }
 }
 
@@ -418,7 +478,7 @@ fn a_fragment_that_never_completes_is_reported() {
     let path = dir.path().join("first_fragment_only.json");
     std::fs::write(
         &path,
-        serde_json::json!({ "fragments": [{ "hex": first }] }).to_string(),
+        json!({ "fragments": [{ "hex": first }] }).to_string(),
     )
     .unwrap();
     let output = switchboard(&["replay", "--plugin", "lark", path.to_str().unwrap()]);
@@ -438,19 +498,13 @@ fn a_fragment_that_never_completes_is_reported() {
 #[test]
 fn an_event_reading_that_contradicts_decode_is_an_error_line() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(
-        Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR).join("switchboard_testing.wasm"),
-        plugins.join("switchboard_testing.wasm"),
-    )
-    .unwrap();
+    let plugins = testing_plugins(dir.path());
     let mut inputs = Vec::new();
     for (name, payload) in [("bad", "bad-reading:echo:hi"), ("good", "echo:hi")] {
         let path = dir.path().join(format!("{name}.json"));
         std::fs::write(
             &path,
-            serde_json::json!({ "frame": { "hex": hex::encode(payload) } }).to_string(),
+            json!({ "frame": { "hex": hex::encode(payload) } }).to_string(),
         )
         .unwrap();
         inputs.push(path.to_str().unwrap().to_string());
@@ -479,5 +533,303 @@ fn an_event_reading_that_contradicts_decode_is_an_error_line() {
         (good["kind"].as_str(), good["body"].as_str()),
         (Some("message"), Some("hi")),
         "{good}"
+    );
+}
+
+/// A plugins directory holding the `testing` plugin.
+fn testing_plugins(dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR).join("switchboard_testing.wasm"),
+        plugins.join("switchboard_testing.wasm"),
+    )
+    .unwrap();
+    plugins
+}
+
+/// Raw payloads of another channel (the testing plugin reads plain text, not JSON) go to its
+/// decoder byte for byte: messages with commands and attachments, actions, ignored payloads;
+/// a webhook wrapper with method, path and query is verified by the plugin; kv lives in memory
+/// for the run.
+#[test]
+fn raw_payloads_of_another_channel_decode_to_neutral_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = testing_plugins(dir.path());
+    let mut inputs = Vec::new();
+    for (name, payload) in [
+        ("a_message.txt", "echo:/deploy prod now".to_string()),
+        ("b_attachment.txt", "attach:image:img_42".to_string()),
+        ("c_action.txt", "action:approve=yes".to_string()),
+        ("d_ignored.txt", "ignore:not for the host".to_string()),
+        ("e_kv.txt", "kv-set:k=v".to_string()),
+        ("f_config.txt", "ctx:token".to_string()),
+        (
+            "g_webhook.json",
+            json!({"request": {"method": "PUT", "path": "/hooks/t", "query": "a=1",
+                "headers": {"x-sig": "1"}, "raw_body": "group:hi @bot"}})
+            .to_string(),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, payload).unwrap();
+        inputs.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec![
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+        "replay",
+        "--plugin",
+        "testing",
+        "--config-value",
+        "token=from-config",
+        "--secret",
+        "token=s3cret",
+    ];
+    args.extend(inputs.iter().map(String::as_str));
+    let output = switchboard(&args);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let map = by_file(&lines(&output));
+
+    let message = only(&map, "a_message.txt");
+    assert_eq!(message["kind"], "message", "{message}");
+    assert_eq!(message["body"], "/deploy prod now");
+    assert_eq!(
+        message["command"],
+        json!({"name": "deploy", "args": "prod now"})
+    );
+    assert_eq!(message["chat_id"], "test-chat");
+    assert_eq!(message["chat_type"], "direct");
+    assert_eq!(message["sender_id"], "test-user");
+    assert_eq!(message["action"], Value::Null);
+
+    let attachment = only(&map, "b_attachment.txt");
+    assert_eq!(attachment["kind"], "message");
+    assert_eq!(attachment["message_id"], "att-img_42");
+    assert_eq!(
+        attachment["attachments"],
+        json!([{"kind": "image", "name": "img_42.bin", "mime": "application/octet-stream",
+            "size": 6, "ref": "img_42"}])
+    );
+    assert_eq!(attachment["command"], Value::Null);
+
+    let action = only(&map, "c_action.txt");
+    assert_eq!(action["kind"], "action", "{action}");
+    assert_eq!(action["message_id"], "action-approve-yes");
+    assert_eq!(action["action"], json!({"name": "approve", "value": "yes"}));
+    assert_eq!(action["body"], "[action approve] yes");
+    assert_eq!(action["command"], Value::Null);
+    assert_eq!(action["command_body"], Value::Null);
+    assert_eq!(action["addressed_to_bot"], true);
+    assert_eq!(action["chat_id"], "test-chat");
+
+    let ignored = only(&map, "d_ignored.txt");
+    assert_eq!(
+        (ignored["kind"].as_str(), ignored["reason"].as_str()),
+        (Some("ignored"), Some("not for the host"))
+    );
+    assert_eq!(only(&map, "e_kv.txt")["body"], "ok", "kv works in memory");
+    // The installation is exactly the pairs given: id `replay`, the config value, the secret.
+    assert_eq!(
+        only(&map, "f_config.txt")["body"],
+        "replay|from-config|true"
+    );
+
+    let webhook = only(&map, "g_webhook.json");
+    assert_eq!(webhook["kind"], "message", "{webhook}");
+    assert_eq!(webhook["chat_type"], "group");
+    assert_eq!(webhook["body"], "hi @bot");
+    assert_eq!(webhook["addressed_to_bot"], true);
+}
+
+#[test]
+fn malformed_pairs_and_outbound_files_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p2p = "../shared/fixtures/lark/event_receive_text_p2p.json";
+    let output = switchboard(&[
+        "replay",
+        "--plugin",
+        "lark",
+        "--config-value",
+        "app_id",
+        p2p,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--config-value \"app_id\": write it as KEY=VALUE"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(output.stdout.is_empty());
+    for (name, content, expected) in [
+        (
+            "both.json",
+            json!({"target": {"chat_id": "c", "chat_type": "direct"}, "reply": "a",
+            "notice": {"kind": "info", "text": "b"}}),
+            "exactly one of",
+        ),
+        (
+            "kind.json",
+            json!({"target": {"chat_id": "c", "chat_type": "direct"},
+            "notice": {"kind": "nope"}}),
+            "unknown variant",
+        ),
+        (
+            "target.json",
+            json!({"reply": "a"}),
+            "missing field `target`",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content.to_string()).unwrap();
+        let output = switchboard(&[
+            "replay",
+            "--plugin",
+            "lark",
+            "--outbound",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{name}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(expected),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
+    // Neither inputs nor --outbound: clap's usage error.
+    let output = switchboard(&["replay", "--plugin", "lark"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// `--outbound` renders a reply through the Lark plugin into the requests it would send: every
+/// origin of its `capabilities.http` answered by a local capture server, so nothing reaches the
+/// real API (the receipt and the token come from the capture server's answer).
+#[test]
+fn outbound_renders_a_reply_to_captured_requests_without_sending_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let reply = dir.path().join("reply.json");
+    std::fs::write(
+        &reply,
+        json!({
+            "target": {"chat_id": "oc_1a2b3c4d5e6f70819a2b3c4d5e6f7081", "chat_type": "group",
+                "reply_to": "om_5b3c000000000000000000000000a001"},
+            "reply": "Here is the **summary** of the review",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let secret = "app-secret-never-printed";
+    let secret_pair = format!("app_secret={secret}");
+    let output = switchboard(&[
+        "replay",
+        "--plugin",
+        "lark",
+        "--config-value",
+        "app_id=cli_a5f3c2e1d4b6a789",
+        "--secret",
+        &secret_pair,
+        "--outbound",
+        reply.to_str().unwrap(),
+    ]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "stderr: {err}");
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert!(!stdout.contains(secret), "a secret was printed: {stdout}");
+    let requests: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for request in &requests {
+        let mut keys: Vec<&str> = request
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["body", "headers", "method", "url"], "{request}");
+        let url = request["url"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://open.feishu.cn/"),
+            "the URL as the plugin wrote it: {url}"
+        );
+    }
+    let send = requests
+        .iter()
+        .find(|r| {
+            r["url"]
+                .as_str()
+                .unwrap()
+                .contains("/open-apis/im/v1/messages")
+        })
+        .unwrap_or_else(|| panic!("no send request in {requests:?}"));
+    assert_eq!(send["method"], "POST");
+    assert_eq!(
+        send["body"]["receive_id"],
+        "oc_1a2b3c4d5e6f70819a2b3c4d5e6f7081"
+    );
+    let content = send["body"]["content"].as_str().unwrap();
+    assert!(
+        content.contains("Here is the **summary** of the review"),
+        "{send}"
+    );
+    assert_eq!(
+        send["headers"]["authorization"], "Bearer [redacted]",
+        "{send}"
+    );
+    // The token the plugin fetched first: its secret is redacted too.
+    let token = &requests[0];
+    assert!(
+        token["url"]
+            .as_str()
+            .unwrap()
+            .contains("tenant_access_token"),
+        "{requests:?}"
+    );
+    assert_eq!(token["body"]["app_secret"], "[redacted]");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    // Only the capture server answers `replay`: the real API was never reached.
+    assert!(
+        err.contains("outbound: delivered; receipt message id \"replay\""),
+        "{err}"
+    );
+
+    // A notice without text gets the host's words in the installation's locale.
+    let notice = dir.path().join("notice.json");
+    std::fs::write(
+        &notice,
+        json!({"target": {"chat_id": "oc_9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b", "chat_type": "direct"},
+            "notice": {"kind": "agent_offline"}})
+        .to_string(),
+    )
+    .unwrap();
+    let output = switchboard(&[
+        "replay",
+        "--plugin",
+        "lark",
+        "--config-value",
+        "app_id=cli_a5f3c2e1d4b6a789",
+        "--config-value",
+        "locale=zh-CN",
+        "--secret",
+        &secret_pair,
+        "--outbound",
+        notice.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let send: Value = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|r| {
+            r["url"]
+                .as_str()
+                .unwrap()
+                .contains("/open-apis/im/v1/messages")
+        })
+        .unwrap_or_else(|| panic!("no send request in {stdout}"));
+    assert!(
+        send["body"]["content"].as_str().unwrap().contains("不在线"),
+        "{send}"
     );
 }
