@@ -72,7 +72,9 @@ impl Host {
             .request(method, format!("{}/api{path}", self.base))
             .bearer_auth(ADMIN);
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
@@ -186,10 +188,20 @@ async fn scenario(database_url: &str) {
 
     // A button press is an action turn for the agent, and it is answered.
     fake.push_action("c1", "direct", "u1", &reply.message_id, "approve", "{\"x\":1}");
-    eventually("the answer to the action", async || {
-        (fake.sent().len() == 2).then_some(())
-    })
-    .await;
+    for _ in 0..200 {
+        if fake.sent().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if fake.sent().len() != 2 {
+        let (_, sessions) = host
+            .admin(reqwest::Method::GET, &format!("/sessions?installation={installation}"), None)
+            .await;
+        let (_, audit) = host.admin(reqwest::Method::GET, "/audit", None).await;
+        let (_, outbox) = host.admin(reqwest::Method::GET, "/outbox", None).await;
+        panic!("no answer to the action: sent {:?}\nsessions {sessions}\naudit {audit}\noutbox {outbox}", fake.sent());
+    }
     let (_, sessions) = host
         .admin(
             reqwest::Method::GET,

@@ -100,7 +100,8 @@ enum Command {
     /// plugin receives a scripted conversation as signed webhook deliveries over loopback.
     Demo,
     /// Replay recorded event payloads, WebSocket frames and webhook requests through a plugin
-    /// and print the decoded messages as JSON lines (the integrator's offline harness).
+    /// and print the decoded messages as channel-neutral JSON lines; `--outbound` shows the HTTP
+    /// requests a delivery would make, without sending them (the integrator's offline harness).
     Replay(replay::ReplayArgs),
     /// Benchmarks (issue 3): inbound events through the wasm plugin and natively, in the SDK
     /// peers' JSON line format.

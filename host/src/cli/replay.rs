@@ -52,8 +52,9 @@ never a channel's own keys):
 INSTALLATION: the plugin runs as installation `replay` whose config and secrets are exactly the
 --config-value and --secret pairs: the host adds nothing, so without the plugin's bot identity
 no group message is addressed to the bot, and without its webhook secrets signed or encrypted
-requests are rejected. The keys are the plugin's (`switchboard plugins inspect NAME`). The flag is
---config-value, not --config: `--config FILE` is the global configuration file.
+requests are rejected. The keys are the plugin's own (the `[installation]` schema of its
+manifest). The flag is --config-value, not --config: `--config FILE` is the global configuration
+file.
 
 OUTPUT: one JSON object per line on stdout, per decoded unit (a webhook with several events gives
 several lines; a fragment that does not complete a message gives none). Every key is always

@@ -318,9 +318,11 @@ impl Manifest {
                 }
             }
         }
-        // A manifest of an older contract has no `transports`: let the loader refuse it for its
-        // contract version, which names both versions, instead of for this key.
-        if transports == Transports::default() && contract >= CONTRACT_VERSION {
+        // A manifest of another contract may have no `transports`: let the loader refuse it for
+        // its contract version, which names both versions, instead of for this key.
+        let this_contract =
+            contract.major == CONTRACT_VERSION.major && contract.minor == CONTRACT_VERSION.minor;
+        if transports == Transports::default() && this_contract {
             return Err(invalid(
                 "transports",
                 "must name at least one of \"webhook\", \"websocket\", \"long-poll\"".into(),

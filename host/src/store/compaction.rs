@@ -522,7 +522,8 @@ pub(super) async fn context_in(
     let after = boundary.as_ref().map_or(0, |(_, upto)| *upto);
     let sql = format!(
         "SELECT {MESSAGE_COLS} FROM messages
-         WHERE session_id = $1 AND id <= $2 AND context_revision = $3 AND kind = 'message'
+         WHERE session_id = $1 AND id <= $2 AND context_revision = $3
+           AND kind IN ('message', 'command', 'action')
            AND id > $4
          ORDER BY id"
     );

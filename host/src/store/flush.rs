@@ -124,7 +124,8 @@ macro_rules! claim_in_tx {
                     "SELECT id, body, sender_id, channel_message_id, context_revision,
                             created_at_ms
                      FROM messages
-                     WHERE session_id = $1 AND id > $2 AND role = 'user' AND kind = 'message'
+                     WHERE session_id = $1 AND id > $2 AND role = 'user'
+                       AND kind IN ('message', 'command', 'action')
                      ORDER BY id",
                 )
                 .bind($session_id)

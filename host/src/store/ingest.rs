@@ -329,7 +329,7 @@ pub struct Message {
     pub session_id: String,
     /// `user`, `assistant` or `system`.
     pub role: String,
-    /// `message`, `command` or `notice`.
+    /// `message`, `command`, `action`, `notice` or `summary`.
     pub kind: String,
     /// What the agent reads (the enriched body).
     pub body: String,
@@ -343,6 +343,10 @@ pub struct Message {
     pub context_revision: i64,
     /// When it was stored (epoch ms).
     pub created_at_ms: i64,
+    /// For `command` turns `{"command": {"name", "args"}}`, for `action` turns
+    /// `{"action": {"name", "value", "message_id"}}`; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 from_row_both!(Message, |row| {
@@ -357,12 +361,15 @@ from_row_both!(Message, |row| {
         sender_id: row.try_get("sender_id")?,
         context_revision: row.try_get("context_revision")?,
         created_at_ms: row.try_get("created_at_ms")?,
+        meta: row
+            .try_get::<Option<String>, _>("meta")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 });
 
 /// The columns every message read selects.
 const MESSAGE_COLUMNS: &str = "id, session_id, role, kind, body, command_body, \
-     channel_message_id, sender_id, context_revision, created_at_ms";
+     channel_message_id, sender_id, context_revision, created_at_ms, meta";
 
 /// A session with its messages, oldest first (admin API).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

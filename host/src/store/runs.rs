@@ -55,7 +55,7 @@ pub const QUEUE_CAP: usize = 20;
 
 /// The columns every message read selects (same as the ingest store's).
 pub(super) const MESSAGE_COLS: &str = "id, session_id, role, kind, body, command_body, \
-     channel_message_id, sender_id, context_revision, created_at_ms";
+     channel_message_id, sender_id, context_revision, created_at_ms, meta";
 
 /// The columns every queued-message read selects.
 const QUEUED_COLS: &str = "id, session_id, body, command_body, channel_message_id, thread_id, \
