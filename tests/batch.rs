@@ -89,6 +89,19 @@ impl Harness {
     }
 }
 
+async fn raw_exec(t: &db::TestDb, sql: &str) {
+    use sqlx::Connection;
+    if t.name == "sqlite" {
+        let mut c = sqlx::sqlite::SqliteConnection::connect(&t.url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::postgres::PgConnection::connect(&t.url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
 async fn session(db: &Database, chat_id: &str) -> String {
     db.ingest()
         .ensure_session(
@@ -307,19 +320,37 @@ async fn claim_flush_fences_and_batches_user_messages_only() {
         let db = &t.db;
         let s = session(db, "oc_claim").await;
         let first = append(db, &s, "hello", NOW).await;
-        // A bare /issue is a command turn: stored, but it neither arms nor joins a batch.
-        let usage = AppendRequest {
+        // A bare `/new` stores nothing and does not arm; the agent's reply and a system notice
+        // in the window are stored but never batched (only user messages are).
+        let fresh = AppendRequest {
             session_id: s.clone(),
             installation_id: INSTALLATION.to_owned(),
-            body: "/issue".to_owned(),
-            command_body: "/issue".to_owned(),
-            channel_message_id: "om_issue".to_owned(),
+            body: String::new(),
+            command_body: "/new".to_owned(),
+            channel_message_id: "om_new".to_owned(),
             thread_id: None,
             sender_id: "ou_sender".to_owned(),
-            turn: TurnKind::IssueUsage,
+            turn: TurnKind::MarkFresh,
             debounce_ms: WINDOW,
         };
-        db.ingest().append(&usage, None, NOW + 10).await.unwrap();
+        assert_eq!(
+            db.ingest().append(&fresh, None, NOW + 10).await.unwrap(),
+            AppendOutcome::FreshPending,
+            "{}",
+            t.name
+        );
+        for (role, kind) in [("assistant", "message"), ("system", "notice")] {
+            raw_exec(
+                &t,
+                &format!(
+                    "INSERT INTO messages (session_id, role, kind, body, context_revision,
+                         created_at_ms)
+                     VALUES ('{s}', '{role}', '{kind}', 'not batched', 1, {})",
+                    NOW + 20
+                ),
+            )
+            .await;
+        }
 
         assert_eq!(
             db.pending_flushes().await.unwrap(),
@@ -371,12 +402,7 @@ async fn claim_flush_fences_and_batches_user_messages_only() {
             .await
             .unwrap()
             .expect("due window is claimed");
-        assert_eq!(
-            bodies(&batch),
-            ["hello"],
-            "{}: command turn excluded",
-            t.name
-        );
+        assert_eq!(bodies(&batch), ["hello"], "{}: user messages only", t.name);
         assert_eq!(
             db.claim_flush(&s, first.generation, first.due_at_ms)
                 .await

@@ -61,7 +61,10 @@ impl Host {
             .expect("app builds");
         let registry = Arc::new(AgentRegistry::from_config(&config.agents).unwrap());
         // Installations use a channel without a plugin: deliveries fail at once (not tested here).
-        let delivery = Delivery::new(app.state.runtime.clone());
+        let delivery = Delivery::new(
+            app.state.runtime.clone(),
+            Arc::new(switchboard::domain::notice::NoticeTexts::default()),
+        );
         let executor = Executor::new(
             app.state.runs.clone(),
             registry,

@@ -128,9 +128,14 @@ impl World {
                     channel: "lark".into(),
                     routing_key: APP_ID.into(),
                     name: "ws".into(),
-                    config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                    // The plugin reads its app id and the bot's id from the config (contract
+                    // 0.2: the host adds nothing to it); `connection` picks the transport.
+                    config: BTreeMap::from([
+                        ("connection".into(), "websocket".into()),
+                        ("app_id".into(), APP_ID.into()),
+                        ("bot_open_id".into(), lark::BOT_OPEN_ID.into()),
+                    ]),
                     secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
-                    bot_open_id: Some(lark::BOT_OPEN_ID.into()),
                     agent: "echo".into(),
                     debounce_ms,
                     ..Default::default()
@@ -292,6 +297,7 @@ async fn an_event_naming_another_installation_on_a_connection_is_acked_audited_a
                     channel: "lark".into(),
                     routing_key: "cli_other_app".into(),
                     name: "other".into(),
+                    config: BTreeMap::from([("app_id".into(), "cli_other_app".into())]),
                     secrets: BTreeMap::from([("verification_token".into(), "t".into())]),
                     agent: "echo".into(),
                     ..Default::default()
@@ -645,7 +651,10 @@ async fn a_websocket_url_outside_the_allow_list_is_never_dialled() {
             &NewInstallation {
                 channel: "lark".into(),
                 routing_key: APP_ID.into(),
-                config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                config: BTreeMap::from([
+                    ("connection".into(), "websocket".into()),
+                    ("app_id".into(), APP_ID.into()),
+                ]),
                 secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
                 ..Default::default()
             },

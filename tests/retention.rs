@@ -153,7 +153,7 @@ async fn a_pass_prunes_exactly_the_old_used_and_expired_rows_and_a_second_pass_n
                 .await
                 .unwrap();
             ingest
-                .redeem_binding_token(&used, "user-b", None, NOW - 5 * MINUTE)
+                .redeem_binding_token(&used, "user-b", &[], NOW - 5 * MINUTE)
                 .await
                 .unwrap();
             let _recently_expired = ingest
@@ -329,7 +329,7 @@ async fn a_pass_prunes_exactly_the_old_used_and_expired_rows_and_a_second_pass_n
             assert!(ingest.mark_dedup(&reclaimed, NOW).await.unwrap(), "{name}");
             // The live binding link still works; once used, it goes at the next pass.
             ingest
-                .redeem_binding_token(&live_token, "user-d", None, NOW)
+                .redeem_binding_token(&live_token, "user-d", &[], NOW)
                 .await
                 .unwrap();
             let third = retention.run_pass().await.unwrap();
