@@ -215,9 +215,12 @@ fn main() -> anyhow::Result<()> {
                             channel: "lark".into(),
                             routing_key: format!("cli_conn_{created:05}"),
                             name: format!("conn {created}"),
-                            config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                            config: BTreeMap::from([
+                                ("connection".into(), "websocket".into()),
+                                ("app_id".into(), format!("cli_conn_{created:05}")),
+                                ("bot_open_id".into(), lark::BOT_OPEN_ID.into()),
+                            ]),
                             secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
-                            bot_open_id: Some(lark::BOT_OPEN_ID.into()),
                             debounce_ms: 3_600_000,
                             ..Default::default()
                         },
