@@ -20,8 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::capabilities::{OperatorPolicy, ServiceLimits, Services};
 use crate::runtime::{Runtime, RuntimeSettings};
 
-/// switchboard: a WebAssembly-pluggable host connecting chat channels (Lark/Feishu first) to AI
-/// agents.
+/// switchboard: a WebAssembly-pluggable host connecting chat channels to AI agents.
 #[derive(Debug, Parser)]
 #[command(
     name = "switchboard",
@@ -96,8 +95,8 @@ enum Command {
     /// List or inspect the loaded plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
-    /// Run the main job on the embedded defaults: a fresh SQLite host with the bundled Lark
-    /// plugin receives a scripted conversation as signed webhook deliveries over loopback.
+    /// Run the main job on the embedded defaults: a fresh SQLite host with the bundled
+    /// channel plugin receives a scripted conversation as signed webhook deliveries over loopback.
     Demo,
     /// Replay recorded event payloads, WebSocket frames and webhook requests through a plugin
     /// and print the decoded messages as channel-neutral JSON lines; `--outbound` shows the HTTP
@@ -257,7 +256,7 @@ mod tests {
             "--config-value",
             "connection=websocket",
             "--config-value",
-            "base_url=https://open.larksuite.com",
+            "base_url=https://api.example.com",
         ])
         .expect("parses");
         assert_eq!(cli.global.config.as_deref(), Some(Path::new("a.toml")));
@@ -265,10 +264,7 @@ mod tests {
             Command::Installations(admin::InstallationsCommand::Add { config_values, .. }) => {
                 assert_eq!(
                     config_values,
-                    [
-                        "connection=websocket",
-                        "base_url=https://open.larksuite.com"
-                    ]
+                    ["connection=websocket", "base_url=https://api.example.com"]
                 );
             }
             other => panic!("parsed as {other:?}"),
