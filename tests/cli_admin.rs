@@ -178,14 +178,18 @@ fn operator_commands_round_trip() {
         &[
             "installations",
             "add",
-            "--app-id",
-            "cli_test_app",
+            "--channel",
+            "lark",
+            "--config-value",
+            "app_id=cli_testapp",
             "--name",
             "Ops bot",
             "--secret",
             "app_secret=s3cr3t-value",
             "--policy",
             "bound",
+            // Lark's on-install would call the Open Platform.
+            "--skip-on-install",
         ],
     ))
     .trim()
@@ -199,7 +203,7 @@ fn operator_commands_round_trip() {
     let list = stdout(&run(d, &["installations", "list"]));
     assert!(
         list.contains(&id)
-            && list.contains("cli_test_app")
+            && list.contains("cli_testapp")
             && list.contains("bound")
             && list.contains("active"),
         "{list}"
@@ -235,16 +239,34 @@ fn operator_commands_round_trip() {
         &[
             "installations",
             "add",
-            "--app-id",
-            "x",
+            "--channel",
+            "lark",
+            "--config-value",
+            "app_id=cli_x",
             "--secret",
             "novalue",
+            "--skip-on-install",
         ],
     );
     assert!(failure(&bad, 1).contains("KEY=VALUE"));
 
     let key = stdout(&run(d, &["keygen"]));
     assert_eq!(key.trim().len(), 64, "32 bytes in hex");
+}
+
+/// A directory holding the `testing` plugin (for `--plugins-dir`).
+fn testing_plugins_dir(d: &Path) -> String {
+    let dir = d.join("plugins.d");
+    if !dir.exists() {
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(
+            Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR)
+                .join("switchboard_testing.wasm"),
+            dir.join("switchboard_testing.wasm"),
+        )
+        .unwrap();
+    }
+    dir.to_str().unwrap().to_owned()
 }
 
 /// `installations add` with every documented flag stores each value where it belongs; without
@@ -260,14 +282,14 @@ fn installations_add_stores_every_documented_flag() {
             "add",
             "--channel",
             "lark",
-            "--app-id",
-            "cli_every_flag",
+            "--config-value",
+            "app_id=cli_everyflag",
             "--name",
             "Every flag",
-            "--bot-open-id",
-            "ou_bot_open",
-            "--bot-union-id",
-            "on_bot_union",
+            "--config-value",
+            "bot_open_id=ou_bot_open",
+            "--config-value",
+            "bot_union_id=on_bot_union",
             "--secret",
             "app_secret=app-secret-1",
             "--secret",
@@ -275,15 +297,16 @@ fn installations_add_stores_every_documented_flag() {
             "--secret",
             "verification_token=verification-token-1",
             "--config-value",
-            "connection=websocket",
-            "--config-value",
             "base_url=https://open.larksuite.com",
+            "--config-value",
+            "locale=en",
             "--policy",
             "bound",
             "--agent",
             "echo",
             "--debounce-ms",
             "1500",
+            "--skip-on-install",
         ],
     );
     let id = stdout(&output).trim().to_string();
@@ -292,21 +315,24 @@ fn installations_add_stores_every_documented_flag() {
     assert!(stderr.contains(&format!("/hooks/lark/{id}")), "{stderr}");
 
     let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
+    // The routing key is the value of the config key the plugin's schema names (`app_id`).
     assert_eq!(
         (
             stored.channel.as_str(),
             stored.routing_key.as_str(),
             stored.name.as_str()
         ),
-        ("lark", "cli_every_flag", "Every flag")
+        ("lark", "cli_everyflag", "Every flag")
     );
-    assert_eq!(stored.bot_open_id.as_deref(), Some("ou_bot_open"));
-    assert_eq!(stored.bot_union_id.as_deref(), Some("on_bot_union"));
+    // The bot's ids are ordinary config values now, and on-install added nothing.
     assert_eq!(
         config_values(&stored),
         BTreeMap::from([
+            ("app_id", "cli_everyflag"),
             ("base_url", "https://open.larksuite.com"),
-            ("connection", "websocket"),
+            ("bot_open_id", "ou_bot_open"),
+            ("bot_union_id", "on_bot_union"),
+            ("locale", "en"),
         ])
     );
     assert_eq!(
@@ -321,37 +347,178 @@ fn installations_add_stores_every_documented_flag() {
     assert_eq!(stored.agent, "echo");
     assert_eq!(stored.debounce_ms, 1500);
 
-    // Only the required flag: the documented defaults.
+    // An explicit --routing-key wins over the schema's key.
     let id = stdout(&run(
         d,
-        &["installations", "add", "--app-id", "cli_defaults"],
+        &[
+            "installations",
+            "add",
+            "--channel",
+            "lark",
+            "--routing-key",
+            "explicit-key",
+            "--config-value",
+            "app_id=cli_routed",
+            "--secret",
+            "app_secret=x",
+            "--skip-on-install",
+        ],
     ))
     .trim()
     .to_string();
     let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
-    assert_eq!(stored.channel, "lark");
+    assert_eq!(stored.routing_key, "explicit-key");
+
+    // Only the required flag, on a channel whose schema asks for nothing: the documented
+    // defaults, and the plugin's on-install ran (the `testing` plugin stores the webhook URL it
+    // was told: the public URL and the channel's hooks path).
+    let plugins = testing_plugins_dir(d);
+    let id = stdout(&run(
+        d,
+        &[
+            "installations",
+            "add",
+            "--channel",
+            "testing",
+            "--plugins-dir",
+            &plugins,
+        ],
+    ))
+    .trim()
+    .to_string();
+    let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
+    assert_eq!(stored.channel, "testing");
     assert_eq!(stored.name, "");
     assert_eq!(stored.access_policy.as_str(), "open");
     assert_eq!(stored.agent, "echo");
     assert_eq!(stored.debounce_ms, 3000);
-    assert!(stored.config.is_empty() && stored.secrets.is_empty());
-    assert_eq!((stored.bot_open_id, stored.bot_union_id), (None, None));
+    assert!(stored.secrets.is_empty());
+    assert_eq!(
+        config_values(&stored),
+        BTreeMap::from([("webhook_url", "http://127.0.0.1:8080/hooks/testing")]),
+        "learned by on-install"
+    );
+    assert_eq!(
+        stored.routing_key, stored.id,
+        "no routing key in the schema: the installation's id"
+    );
+    // --skip-on-install: the plugin is not asked.
+    let id = stdout(&run(
+        d,
+        &[
+            "installations",
+            "add",
+            "--channel",
+            "testing",
+            "--plugins-dir",
+            &plugins,
+            "--skip-on-install",
+        ],
+    ))
+    .trim()
+    .to_string();
+    let stored = stored_installation(&d.join("cli.db"), &d.join("keys/secret.key"), &id);
+    assert!(stored.config.is_empty(), "{:?}", stored.config);
 
     let list = stdout(&run(d, &["installations", "list"]));
     assert!(list.starts_with("ID "), "a header line: {list}");
     assert_eq!(
         list.lines().count(),
-        3,
-        "header + two installations: {list}"
+        5,
+        "header + four installations: {list}"
     );
     assert!(
-        list.contains("cli_every_flag") && list.contains("cli_defaults"),
+        list.contains("cli_everyflag") && list.contains("explicit-key"),
         "{list}"
     );
     assert!(
         list.contains("Every flag") && !list.contains("app-secret-1"),
         "{list}"
     );
+}
+
+/// `installations add` checks the values against the plugin's installation schema before it
+/// stores anything, and says what the channel takes.
+#[test]
+fn installations_add_refuses_values_outside_the_plugin_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lark = |extra: &[&str]| -> Output {
+        let args: Vec<&str> = ["installations", "add", "--channel", "lark"]
+            .iter()
+            .chain(extra)
+            .chain(&["--skip-on-install"])
+            .copied()
+            .collect();
+        run(d, &args)
+    };
+    let missing = failure(&lark(&["--secret", "app_secret=x"]), 1);
+    assert!(
+        missing.contains("config `app_id` is required") && missing.contains("lark takes:"),
+        "{missing}"
+    );
+    let no_secret = failure(&lark(&["--config-value", "app_id=cli_ok"]), 1);
+    assert!(
+        no_secret.contains("secret `app_secret` is required"),
+        "{no_secret}"
+    );
+    let pattern = failure(
+        &lark(&[
+            "--config-value",
+            "app_id=not-an-app",
+            "--secret",
+            "app_secret=x",
+        ]),
+        1,
+    );
+    assert!(
+        pattern.contains("config `app_id` is \"not-an-app\", which does not match"),
+        "{pattern}"
+    );
+    let unknown = failure(
+        &lark(&[
+            "--config-value",
+            "app_id=cli_ok",
+            "--config-value",
+            "colour=blue",
+            "--secret",
+            "app_secret=x",
+            "--secret",
+            "pin=1234",
+        ]),
+        1,
+    );
+    assert!(
+        unknown.contains("config `colour` is not a key of this channel")
+            && unknown.contains("secret `pin` is not a key of this channel")
+            && unknown.contains("app_id"),
+        "{unknown}"
+    );
+    // A secret's value is never repeated in the message.
+    let encrypt = failure(
+        &lark(&[
+            "--config-value",
+            "app_id=cli_ok",
+            "--secret",
+            "app_secret=hunter2-secret-value",
+            "--config-value",
+            "bot_open_id=bad",
+        ]),
+        1,
+    );
+    assert!(
+        !encrypt.contains("hunter2-secret-value"),
+        "a secret is echoed: {encrypt}"
+    );
+    let channel = failure(&run(d, &["installations", "add", "--channel", "nope"]), 1);
+    assert!(
+        channel.contains("no loaded plugin serves channel `nope`")
+            && channel.contains("plugins list"),
+        "{channel}"
+    );
+    // Nothing was stored.
+    let list = stdout(&run(d, &["installations", "list"]));
+    assert_eq!(list.lines().count(), 1, "only the header: {list}");
 }
 
 /// The crash: `--config-value` beside a configuration file, given as `--config FILE`
@@ -392,10 +559,15 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
         &[
             "installations",
             "add",
-            "--app-id",
-            "cli_flag_after",
+            "--channel",
+            "lark",
             "--config-value",
-            "connection=websocket",
+            "app_id=cli_flagafter",
+            "--secret",
+            "app_secret=after",
+            "--config-value",
+            "locale=en",
+            "--skip-on-install",
             "--config",
             file,
         ],
@@ -407,12 +579,15 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
             file,
             "installations",
             "add",
-            "--app-id",
-            "cli_flag_before",
+            "--channel",
+            "lark",
+            "--config-value",
+            "app_id=cli_flagbefore",
             "--config-value",
             "base_url=https://open.larksuite.com",
             "--secret",
             "app_secret=from-file-secret",
+            "--skip-on-install",
         ],
         no_env,
     );
@@ -420,10 +595,15 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
         &[
             "installations",
             "add",
-            "--app-id",
-            "cli_env",
+            "--channel",
+            "lark",
             "--config-value",
-            "connection=websocket",
+            "app_id=cli_env",
+            "--secret",
+            "app_secret=env",
+            "--config-value",
+            "locale=zh",
+            "--skip-on-install",
         ],
         &with_env_file,
     );
@@ -439,12 +619,21 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
         "nothing went to the default database"
     );
     for (id, expected) in [
-        (&after, BTreeMap::from([("connection", "websocket")])),
+        (
+            &after,
+            BTreeMap::from([("app_id", "cli_flagafter"), ("locale", "en")]),
+        ),
         (
             &before,
-            BTreeMap::from([("base_url", "https://open.larksuite.com")]),
+            BTreeMap::from([
+                ("app_id", "cli_flagbefore"),
+                ("base_url", "https://open.larksuite.com"),
+            ]),
         ),
-        (&from_env, BTreeMap::from([("connection", "websocket")])),
+        (
+            &from_env,
+            BTreeMap::from([("app_id", "cli_env"), ("locale", "zh")]),
+        ),
     ] {
         let stored = stored_installation(&database, &key, id);
         assert_eq!(config_values(&stored), expected, "{}", stored.routing_key);
@@ -462,7 +651,7 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
             &["installations", "list"]
         };
         let list = stdout(&run_env(d, args, env));
-        for app in ["cli_flag_after", "cli_flag_before", "cli_env"] {
+        for app in ["cli_flagafter", "cli_flagbefore", "cli_env"] {
             assert!(list.contains(app), "{app} in:\n{list}");
         }
     }
@@ -503,7 +692,17 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
 fn wrong_input_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let add = ["installations", "add", "--app-id", "cli_x"];
+    let add = [
+        "installations",
+        "add",
+        "--channel",
+        "lark",
+        "--config-value",
+        "app_id=cli_x",
+        "--secret",
+        "app_secret=x",
+        "--skip-on-install",
+    ];
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         add.iter().chain(extra).copied().collect()
     };
@@ -516,8 +715,8 @@ fn wrong_input_is_refused_with_a_message() {
     );
     let debounce = run(d, &with(&["--debounce-ms", "soon"]));
     assert!(failure(&debounce, 2).contains("--debounce-ms"));
-    let no_app = run(d, &["installations", "add", "--name", "x"]);
-    assert!(failure(&no_app, 2).contains("--app-id"));
+    let no_channel = run(d, &["installations", "add", "--name", "x"]);
+    assert!(failure(&no_channel, 2).contains("--channel"));
     let config_value = run(d, &with(&["--config-value", "novalue"]));
     assert!(
         failure(&config_value, 1).contains("--config-value \"novalue\": write it as KEY=VALUE")
@@ -595,12 +794,14 @@ fn plugins_list_and_inspect() {
     );
 
     let text = stdout(&run(d, &["plugins", "inspect", "lark"]));
-    assert!(text.starts_with("lark 0.1.0"), "{text}");
+    assert!(text.starts_with("lark 0.2.0"), "{text}");
     for part in [
         "channel:",
+        "contract:     switchboard:channel@0.2.0",
         "sha256:",
-        "switchboard:channel/decoder@0.1.0",
-        "switchboard:channel/crypto@0.1.0",
+        "switchboard:channel/decoder@0.2.0",
+        "switchboard:channel/lifecycle@0.2.0",
+        "switchboard:channel/crypto@0.2.0",
     ] {
         assert!(text.contains(part), "{part} in:\n{text}");
     }
@@ -643,7 +844,7 @@ fn plugins_list_and_inspect() {
         &["plugins", "inspect", "testing"],
         &[("SWITCHBOARD_PLUGINS_DIR", Some(plugins_dir))],
     ));
-    assert!(testing.starts_with("testing 0.1.0"), "{testing}");
+    assert!(testing.starts_with("testing 0.2.0"), "{testing}");
 
     let missing_dir = run(d, &["plugins", "list", "--plugins-dir", "no-such-dir"]);
     assert!(failure(&missing_dir, 1).contains("--plugins-dir"));
@@ -739,19 +940,29 @@ fn every_subcommand_documents_itself() {
     let add = stdout(&run(d, &["installations", "add", "-h"]));
     for flag in [
         "--channel <CHANNEL>",
-        "--app-id <APP_ID>",
+        "--routing-key <ROUTING_KEY>",
         "--name <NAME>",
-        "--bot-open-id <BOT_OPEN_ID>",
-        "--bot-union-id <BOT_UNION_ID>",
         "--secret <KEY=VALUE>",
         "--config-value <KEY=VALUE>",
+        "--skip-on-install",
         "--policy <POLICY>",
         "--agent <AGENT>",
         "--debounce-ms <DEBOUNCE_MS>",
-        "connection=websocket",
+        "locale=en",
     ] {
         assert!(add.contains(flag), "{flag} in:\n{add}");
     }
+    // The channel-specific flags of contract 0.1 are gone (the plugin's schema has the keys).
+    for gone in ["--app-id", "--bot-open-id", "--bot-union-id"] {
+        assert!(!add.contains(gone), "{gone} in:\n{add}");
+    }
+    let bind = stdout(&run(d, &["bindings", "add", "--help"]));
+    assert!(
+        bind.contains("<INSTALLATION> <USER_ID> <USER_REF>"),
+        "{bind}"
+    );
+    let token = stdout(&run(d, &["bindings", "token", "--help"]));
+    assert!(token.contains("<INSTALLATION> <USER_ID>"), "{token}");
     let version = stdout(&run(d, &["--version"]));
     assert_eq!(
         version.trim(),
