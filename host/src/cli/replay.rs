@@ -1139,8 +1139,14 @@ async fn capture_request(
 /// Plugin kv for the run, in memory: nothing a replay does is stored.
 #[derive(Default)]
 struct MemoryKv {
-    entries: Mutex<HashMap<(KvScope, String), (Vec<u8>, Option<i64>)>>,
+    entries: Mutex<HashMap<KvKey, KvEntry>>,
 }
+
+/// A kv key within its scope.
+type KvKey = (KvScope, String);
+
+/// A kv value and when it expires (milliseconds since the epoch; `None`: never).
+type KvEntry = (Vec<u8>, Option<i64>);
 
 impl KvBackend for MemoryKv {
     fn get<'a>(
