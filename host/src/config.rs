@@ -328,7 +328,7 @@ impl IngestConfig {
     }
 }
 
-/// `[connections]`: long connections and their ownership leases (multica-lark §O).
+/// `[connections]`: long connections and their ownership leases (SPEC §3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionsConfig {
@@ -458,7 +458,7 @@ pub struct RetentionConfig {
     /// Seconds from start-up to the first pass (0 to 86400).
     pub first_run_after_s: u64,
     /// Dedup claims are kept this many days (1 to 3650); a redelivery of an older message is
-    /// processed again. Lark's last redelivery comes about 6 hours after the first attempt.
+    /// processed again. Channels redeliver for hours at most (one retries up to about 6 hours).
     pub dedup_days: u64,
     /// Drop-audit rows are kept this many days (1 to 3650).
     pub audit_days: u64,
@@ -651,14 +651,14 @@ mod tests {
     fn file_values_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[server]\nevent_coalesce_ms = 0\n[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://open.feishu.cn\" = \"http://127.0.0.1:9\"\n").unwrap();
+        std::fs::write(&path, "[server]\nevent_coalesce_ms = 0\n[database]\nurl = \"postgres://x@127.0.0.1/db\"\n[plugins.base_urls]\n\"https://api.example.com\" = \"http://127.0.0.1:9\"\n").unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.database.url, "postgres://x@127.0.0.1/db");
         assert_eq!(c.server.event_coalesce_ms, 0);
         assert_eq!(
             c.plugins
                 .base_urls
-                .get("https://open.feishu.cn")
+                .get("https://api.example.com")
                 .map(String::as_str),
             Some("http://127.0.0.1:9")
         );

@@ -199,7 +199,7 @@ fn transport_error(e: reqwest::Error) -> Error {
     } else if let Some(refused) = dns::refused_in(&e) {
         Error::NotAllowed(refused.to_string())
     } else {
-        // The URL may carry credentials (Lark's WebSocket URL does): report without it.
+        // The URL may carry credentials (a WebSocket URL often does): report without it.
         Error::Transport(e.without_url().to_string())
     }
 }

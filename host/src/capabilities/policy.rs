@@ -34,7 +34,7 @@ enum HostPattern {
 pub enum AllowListError {
     /// The entry is not `scheme://host[:port]`.
     #[error(
-        "entry {entry:?} {problem}; write it as scheme://host[:port], e.g. \"https://open.feishu.cn\""
+        "entry {entry:?} {problem}; write it as scheme://host[:port], e.g. \"https://api.example.com\""
     )]
     Entry {
         /// The entry as written.
@@ -203,7 +203,7 @@ impl AllowList {
     }
 }
 
-/// An operator rule that sends requests for one origin somewhere else (e.g. a local fake Lark).
+/// An operator rule that sends requests for one origin somewhere else (e.g. a local fake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrlOverride {
     from: Origin,
@@ -211,8 +211,8 @@ pub struct BaseUrlOverride {
 }
 
 impl BaseUrlOverride {
-    /// `from` is an origin the plugin uses (`https://open.feishu.cn`, or a WebSocket origin such
-    /// as `wss://msg-frontier.feishu.cn`); `to` is where requests go instead
+    /// `from` is an origin the plugin uses (`https://api.example.com`, or a WebSocket origin such
+    /// as `wss://ws.example.com`); `to` is where requests go instead
     /// (`http://127.0.0.1:9300`).
     pub fn new(from: &str, to: &str) -> Result<BaseUrlOverride, AllowListError> {
         let from = Origin::parse_in(from, Schemes::Any)?;
@@ -445,23 +445,23 @@ mod tests {
 
     #[test]
     fn entries_match_scheme_host_and_port() {
-        let list = AllowList::parse(&["https://open.feishu.cn", "http://127.0.0.1:8080"]).unwrap();
-        assert!(list.allows(&url("https://open.feishu.cn/open-apis/x")));
-        assert!(list.allows(&url("https://open.feishu.cn:443/")));
-        assert!(!list.allows(&url("http://open.feishu.cn/")));
-        assert!(!list.allows(&url("https://open.feishu.cn:8443/")));
-        assert!(!list.allows(&url("https://open.feishu.cn.evil.com/")));
+        let list = AllowList::parse(&["https://api.example.com", "http://127.0.0.1:8080"]).unwrap();
+        assert!(list.allows(&url("https://api.example.com/open-apis/x")));
+        assert!(list.allows(&url("https://api.example.com:443/")));
+        assert!(!list.allows(&url("http://api.example.com/")));
+        assert!(!list.allows(&url("https://api.example.com:8443/")));
+        assert!(!list.allows(&url("https://api.example.com.evil.com/")));
         assert!(list.allows(&url("http://127.0.0.1:8080/a")));
         assert!(!list.allows(&url("http://127.0.0.1:8081/a")));
     }
 
     #[test]
     fn wildcards_match_subdomains_only() {
-        let list = AllowList::parse(&["https://*.larksuite.com"]).unwrap();
-        assert!(list.allows(&url("https://open.larksuite.com/")));
-        assert!(list.allows(&url("https://a.b.larksuite.com/")));
-        assert!(!list.allows(&url("https://larksuite.com/")));
-        assert!(!list.allows(&url("https://evillarksuite.com/")));
+        let list = AllowList::parse(&["https://*.example.org"]).unwrap();
+        assert!(list.allows(&url("https://open.example.org/")));
+        assert!(list.allows(&url("https://a.b.example.org/")));
+        assert!(!list.allows(&url("https://example.org/")));
+        assert!(!list.allows(&url("https://evilexample.org/")));
     }
 
     #[test]
@@ -469,7 +469,7 @@ mod tests {
         for entry in [
             "*",
             "https://*",
-            "open.feishu.cn",
+            "api.example.com",
             "ftp://x.org",
             "https://x.org/path",
             "https://u:p@x.org",
@@ -482,11 +482,11 @@ mod tests {
     #[test]
     fn overrides_rewrite_after_the_allow_list_check() {
         let policy = HttpPolicy::new(
-            AllowList::parse(&["https://open.feishu.cn"]).unwrap(),
-            vec![BaseUrlOverride::new("https://open.feishu.cn", "http://127.0.0.1:9300").unwrap()],
+            AllowList::parse(&["https://api.example.com"]).unwrap(),
+            vec![BaseUrlOverride::new("https://api.example.com", "http://127.0.0.1:9300").unwrap()],
         );
         assert_eq!(
-            policy.check(&url("https://open.feishu.cn/open-apis/a?b=1")),
+            policy.check(&url("https://api.example.com/open-apis/a?b=1")),
             Egress::Allow(url("http://127.0.0.1:9300/open-apis/a?b=1"))
         );
         // The override target itself is not something the plugin may name directly.
@@ -501,7 +501,7 @@ mod tests {
         );
         // A redirect back to the allow-listed origin goes where the operator points it.
         assert_eq!(
-            policy.check_redirect(&url("https://open.feishu.cn/z")),
+            policy.check_redirect(&url("https://api.example.com/z")),
             Egress::Allow(url("http://127.0.0.1:9300/z"))
         );
         assert!(matches!(
@@ -516,11 +516,11 @@ mod tests {
 
     #[test]
     fn websocket_urls_are_checked_against_their_own_allow_list() {
-        let allow = AllowList::parse_websocket(&["wss://msg-frontier.feishu.cn"]).unwrap();
-        assert!(AllowList::parse_websocket(&["https://open.feishu.cn"]).is_err());
-        assert!(AllowList::parse(&["wss://msg-frontier.feishu.cn"]).is_err());
+        let allow = AllowList::parse_websocket(&["wss://ws.example.com"]).unwrap();
+        assert!(AllowList::parse_websocket(&["https://api.example.com"]).is_err());
+        assert!(AllowList::parse(&["wss://ws.example.com"]).is_err());
         let bare = WebSocketPolicy::new(allow.clone(), Vec::new());
-        let frontier = url("wss://msg-frontier.feishu.cn/ws/v2?ticket=t");
+        let frontier = url("wss://ws.example.com/ws/v2?ticket=t");
         assert_eq!(bare.check(&frontier), Egress::Allow(frontier.clone()));
         let Egress::Deny(why) = bare.check(&url("ws://10.0.0.5:9000/ws/v2")) else {
             panic!("a URL outside the allow-list must be refused")
@@ -535,9 +535,8 @@ mod tests {
         let local = WebSocketPolicy::new(
             allow,
             vec![
-                BaseUrlOverride::new("https://open.feishu.cn", "http://127.0.0.1:9300").unwrap(),
-                BaseUrlOverride::new("wss://msg-frontier.feishu.cn", "ws://127.0.0.1:9301")
-                    .unwrap(),
+                BaseUrlOverride::new("https://api.example.com", "http://127.0.0.1:9300").unwrap(),
+                BaseUrlOverride::new("wss://ws.example.com", "ws://127.0.0.1:9301").unwrap(),
             ],
         );
         assert_eq!(

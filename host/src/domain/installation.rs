@@ -29,7 +29,7 @@ impl fmt::Debug for Secret {
 pub struct InstallationContext {
     /// Host id of the installation; warm instances are never shared between installations.
     pub id: String,
-    /// Non-secret config (`app_id`, `bot_open_id`, `base_url`, …).
+    /// Non-secret config (the plugin's schema: routing key, bot ids, `base_url`, …).
     pub config: BTreeMap<String, String>,
     /// Decrypted secrets (`app_secret`, `encrypt_key`, `verification_token`, …).
     pub secrets: BTreeMap<String, Secret>,

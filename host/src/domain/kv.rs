@@ -13,7 +13,7 @@ use std::pin::Pin;
 pub struct KvScope {
     /// The plugin's name, as in its manifest.
     pub plugin: String,
-    /// The installation (e.g. one Lark bot) the call is made for.
+    /// The installation (e.g. one bot of a channel) the call is made for.
     pub installation: String,
 }
 

@@ -1,5 +1,5 @@
-//! The long-connection connector (SPEC §3, multica-lark §A, lark-protocol §1): one installation's
-//! WebSocket to the channel, driven by the plugin's `transport` exports.
+//! The long-connection connector (SPEC §3): one installation's WebSocket to the channel, driven
+//! by the plugin's `transport` exports.
 //!
 //! Per connection: endpoint discovery through the plugin's connect plan (host `http`; a fresh
 //! single-use URL every time) → dial (tokio-tungstenite, handshake deadline; a refused upgrade is
@@ -52,7 +52,7 @@ use crate::store::Installation;
 pub struct ConnectorSettings {
     /// Reconnect backoff.
     pub backoff: BackoffPolicy,
-    /// Ping interval when the server does not say (Lark's SDK default: 120 s).
+    /// Ping interval when the server does not say (120 s, a common SDK default).
     pub default_ping_interval: Duration,
     /// Drop the socket when nothing arrived for this long; `None` = 2 × ping interval + 10 s.
     pub read_timeout: Option<Duration>,

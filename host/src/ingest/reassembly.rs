@@ -1,5 +1,5 @@
-//! Fragment reassembly for multi-frame channel messages (Lark long connection: lark-protocol
-//! §1.7, multica-lark §B5).
+//! Fragment reassembly for multi-frame channel messages (a long connection that splits one
+//! transport message into numbered fragments; SPEC §3).
 //!
 //! Owns: the per-connection buffers of partially received transport messages, keyed by
 //! (connection id, transport message id); their sliding time-to-live; the guard rails (fragment
@@ -710,7 +710,7 @@ mod tests {
         assert_eq!(reassembler.drop_connection(CONN), 2);
         assert_eq!(reassembler.drop_connection(CONN), 0);
         assert_eq!(reassembler.buffered_bytes(CONN), 0);
-        // After a reconnect Lark resends from fragment 0; nothing stale remains.
+        // After a reconnect the channel resends from fragment 0; nothing stale remains.
         assert_eq!(
             pending(reassembler.push(fragment("a", 1, 2, b"z"), now)),
             (1, 2)

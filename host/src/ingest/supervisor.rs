@@ -1,4 +1,4 @@
-//! Connection ownership (SPEC §3, multica-lark §O): which installations this process holds a
+//! Connection ownership (SPEC §3): which installations this process holds a
 //! long connection for.
 //!
 //! Every `poll_interval` the supervisor lists the installations and wants a connection for each

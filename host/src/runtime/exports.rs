@@ -107,7 +107,7 @@ impl Plugin {
         .await
     }
 
-    /// `transport.routing-key`: the installation key (Lark app_id) carried by an event payload.
+    /// `transport.routing-key`: the routing key an event payload carries (names its installation).
     pub async fn routing_key(
         &self,
         cx: &Arc<InstallationContext>,

@@ -29,11 +29,11 @@ pub const MAX_MEMORY_MIB: u64 = 1_024;
 /// A validated plugin manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
-    /// Unique plugin name (`lark`).
+    /// Unique plugin name (`chat`).
     pub name: String,
     /// The plugin's own version.
     pub version: semver::Version,
-    /// Channel type it serves (`lark`).
+    /// Channel type it serves (`chat`).
     pub channel: String,
     /// WIT contract version it was built against.
     pub contract: semver::Version,
@@ -249,7 +249,7 @@ impl Manifest {
         if raw.channel.is_empty() {
             return Err(invalid(
                 "channel",
-                "must name the channel type, e.g. \"lark\"".into(),
+                "must name the channel type, e.g. \"chat\"".into(),
             ));
         }
         let version = semver::Version::parse(&raw.version)
@@ -411,14 +411,14 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
-name = "lark"
+name = "chat"
 version = "0.1.0"
-channel = "lark"
+channel = "chat"
 contract = "0.2.0"
 transports = ["webhook"]
 [capabilities]
 log = true
-http = ["https://open.feishu.cn"]
+http = ["https://api.example.com"]
 kv = { max_keys = 10, max_bytes = 100 }
 [budgets]
 decoder_ms = 50
@@ -428,7 +428,7 @@ memory_mib = 32
     #[test]
     fn parses_a_full_manifest() {
         let m = Manifest::parse(GOOD, "test").unwrap();
-        assert_eq!(m.name, "lark");
+        assert_eq!(m.name, "chat");
         assert_eq!(m.contract, CONTRACT_VERSION);
         assert!(m.capabilities.log && !m.capabilities.clock);
         assert_eq!(
@@ -463,7 +463,7 @@ memory_mib = 32
         )
         .unwrap_err();
         assert!(err.to_string().contains("contract"), "{err}");
-        let err = Manifest::parse(&GOOD.replace("https://open.feishu.cn", "*"), "x").unwrap_err();
+        let err = Manifest::parse(&GOOD.replace("https://api.example.com", "*"), "x").unwrap_err();
         assert!(err.to_string().contains("capabilities.http"), "{err}");
     }
 }

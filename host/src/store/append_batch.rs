@@ -204,7 +204,7 @@ mod tests {
                 .installations(SecretCipher::from_key_bytes(&[7; 32]))
                 .create(
                     &NewInstallation {
-                        channel: "lark".into(),
+                        channel: "chat".into(),
                         routing_key: "cli_batch".into(),
                         agent: "echo".into(),
                         debounce_ms: 3_000,

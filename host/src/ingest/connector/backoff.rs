@@ -1,4 +1,4 @@
-//! Reconnect backoff of a long connection (multica-lark §O6): start at 2 s, double up to 60 s,
+//! Reconnect backoff of a long connection: start at 2 s, double up to 60 s,
 //! start over after a connection that lived at least 60 s; every sleep is jittered uniformly in
 //! [0.5×, 1.5×] so replicas that lost their connections together do not reconnect together.
 //!
