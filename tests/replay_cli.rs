@@ -441,8 +441,8 @@ fn help_documents_inputs_output_and_an_example() {
         "\"notice\"",
         "agent_offline",
         "[redacted]",
-        "switchboard replay --plugin lark",
-        "../shared/fixtures/lark",
+        "switchboard replay --plugin PLUGIN",
+        "../shared/fixtures/CHANNEL",
         "README",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
@@ -457,6 +457,10 @@ fn help_documents_inputs_output_and_an_example() {
         "sender_open_id",
         "`schema`",
         "message_type",
+        "lark",
+        "feishu",
+        "open_id",
+        "app_id",
     ] {
         assert!(!help.contains(gone), "--help still has {gone:?}:\n{help}");
     }

@@ -98,16 +98,15 @@ Logs go to stderr. Exit status: 0 when every input was processed (even if some w
 errors) and the --outbound delivery succeeded, 1 when that delivery failed, 2 for unusable
 arguments (missing file, unknown plugin, a malformed KEY=VALUE or --outbound file).
 
-EXAMPLES (from the repository checkout, with the shared fixtures next to it; the fixtures'
-README lists their installation values):
-  switchboard replay --plugin lark --config-value app_id=cli_a5f3c2e1d4b6a789 \\
-    --config-value bot_open_id=ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51 \\
-    --secret encrypt_key=fixture-encrypt-key-7Hq2 --secret verification_token=vT9kQ2mXw7LpR4sZ \\
-    ../shared/fixtures/lark
-  switchboard replay --plugin lark ../shared/fixtures/lark/event_receive_text_p2p.json | jq .body
-  echo '{\"target\":{\"chat_id\":\"oc_1\",\"chat_type\":\"group\"},\"reply\":\"**hi**\"}' > reply.json
-  switchboard replay --plugin lark --config-value app_id=cli_a5f3c2e1d4b6a789 \\
-    --secret app_secret=s3cret --outbound reply.json";
+EXAMPLES (PLUGIN is a loaded plugin's name, CHANNEL a directory of recorded units; a fixtures
+directory's README lists the installation values its files were made with):
+  switchboard replay --plugin PLUGIN --config-value bot_id=B0T1 \\
+    --secret signing_key=fixture-key ../shared/fixtures/CHANNEL
+  switchboard replay --plugin PLUGIN ../shared/fixtures/CHANNEL/some_event.json | jq .body
+  printf 'raw bytes as the channel sends them' > event.bin
+  switchboard replay --plugin PLUGIN event.bin
+  echo '{\"target\":{\"chat_id\":\"C1\",\"chat_type\":\"group\"},\"reply\":\"**hi**\"}' > reply.json
+  switchboard replay --plugin PLUGIN --secret api_secret=s3cret --outbound reply.json";
 
 /// Help heading of the installation options.
 const INSTALLATION: &str = "Installation (only what is given here; nothing is assumed)";
