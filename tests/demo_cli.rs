@@ -26,8 +26,8 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "redelivery of the first message      → dropped:duplicate",
         "unbound sender (bound policy)        → needs_binding",
         "/new                                 → fresh_pending",
-        "/issue with a description            → issue_created",
-        "/issue without a title               → issue_usage",
+        "/issue: a command for the agent      → ingested",
+        "/status: answered by the host        → builtin",
         "user      message  r1 three",
         // Over the long connection: every event ACKed only after it was durable; a lost ACK
         // makes the fake redeliver, and the redelivery is absorbed.
@@ -41,7 +41,8 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "<quoted_message message_id=\"om_demo_p2p_1\"",
         "<forwarded_messages count=\"2\">",
         // Notices for the outcomes that ask for one.
-        "Created #1 — Login times out after 5 minutes",
+        "user      command  r2 /issue Login times out after 5 minutes",
+        "send  oc_demo_p2p_carol          text        Run: ",
         "send  ou_demo_bob                interactive",
         // One compaction with its events.
         "compaction_start   about",

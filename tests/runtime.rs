@@ -322,6 +322,32 @@ async fn installation_context_is_per_call_and_secrets_stay_out_of_debug_output()
 }
 
 #[tokio::test]
+async fn a_plugin_of_contract_0_1_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("old.wasm");
+    std::fs::copy(test_plugin("switchboard_testing_future.wasm"), &wasm).unwrap();
+    // A 0.1 manifest: no `transports`, `[features]` or `[installation]`, contract 0.1.0.
+    std::fs::write(
+        dir.path().join("old.toml"),
+        "name = \"old\"\nversion = \"0.1.0\"\nchannel = \"old\"\ncontract = \"0.1.0\"\n",
+    )
+    .unwrap();
+    let runtime = TestRuntime::default().build();
+    let error = runtime
+        .load_file(&wasm)
+        .expect_err("contract 0.1.0 must be refused");
+    assert!(
+        matches!(error, LoadError::UnsupportedContract { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("switchboard:channel@0.1.0") && text.contains("switchboard:channel@0.2.0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn plugin_built_for_another_contract_major_is_refused_with_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("future.wasm");
@@ -342,13 +368,17 @@ async fn plugin_built_for_another_contract_major_is_refused_with_both_versions()
     );
     let text = error.to_string();
     assert!(
-        text.contains("switchboard:channel@1.0.0") && text.contains("0.1.0"),
+        text.contains("switchboard:channel@1.0.0") && text.contains("0.2.0"),
         "{text}"
     );
-    // The component itself (not just the manifest) is checked: claim 0.1.0 and it is still refused.
+    // The component itself (not just the manifest) is checked: a manifest claiming this host's
+    // contract does not make it loadable.
     std::fs::write(
         dir.path().join("future.toml"),
-        manifest.replace("contract = \"1.0.0\"", "contract = \"0.1.0\""),
+        manifest.replace(
+            "contract = \"1.0.0\"",
+            "contract = \"0.2.0\"\ntransports = [\"webhook\"]",
+        ),
     )
     .unwrap();
     let error = runtime

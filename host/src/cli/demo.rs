@@ -19,7 +19,9 @@ use anyhow::Context;
 use fake_lark::{FakeLark, FakeOptions, RestRequest};
 use serde_json::{Value, json};
 
-use super::lark_wire::{Event, Mention};
+#[path = "lark_wire.rs"]
+mod lark_wire;
+use lark_wire::{Event, Mention};
 use crate::app::App;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
@@ -160,7 +162,7 @@ fn script() -> Vec<Step> {
             ),
         ),
         step(
-            "/issue with a description",
+            "/issue: a command for the agent",
             text(
                 "om_demo_issue",
                 "oc_demo_p2p_carol",
@@ -169,12 +171,12 @@ fn script() -> Vec<Step> {
             ),
         ),
         step(
-            "/issue without a title",
+            "/status: answered by the host",
             text(
-                "om_demo_issue_usage",
+                "om_demo_status",
                 "oc_demo_p2p_carol",
                 "ou_demo_carol",
-                "/issue",
+                "/status",
             ),
         ),
         step(

@@ -6,7 +6,6 @@
 mod admin;
 mod bench;
 mod demo;
-mod lark_wire;
 mod plugins;
 mod replay;
 mod serve;
