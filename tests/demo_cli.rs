@@ -59,6 +59,6 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         .expect("summary line");
     assert_eq!(
         summary,
-        "demo: 16 events, 18 messages stored, 6 runs, 6 replies delivered, 4 dropped"
+        "demo: 16 events, 17 messages stored, 6 runs, 6 replies delivered, 4 dropped"
     );
 }
