@@ -65,6 +65,23 @@ fn details(plugin: &Plugin) -> serde_json::Value {
             "outbound": b.outbound.as_millis() as u64,
         },
         "memory_mib": b.memory_bytes >> 20,
+        "transports": {
+            "webhook": m.transports.webhook,
+            "websocket": m.transports.websocket,
+            "long_poll": m.transports.long_poll,
+        },
+        "features": {
+            "typing": m.features.typing,
+            "streaming": m.features.streaming,
+            "actions": m.features.actions,
+            "attachments": m.features.attachments,
+            "stream_interval_ms": m.features.stream_interval.as_millis() as u64,
+        },
+        "installation": {
+            "routing_key": m.installation.routing_key,
+            "config": schema_keys(&m.installation.config),
+            "secrets": schema_keys(&m.installation.secrets),
+        },
         "exports": plugin.exports(),
         "imports": plugin.imports(),
         "state": stats.state.to_string(),
@@ -125,6 +142,24 @@ pub async fn run(runtime: &Runtime, command: PluginsCommand) -> anyhow::Result<(
     }
 }
 
+fn schema_keys(
+    keys: &std::collections::BTreeMap<String, crate::domain::schema::SchemaKey>,
+) -> serde_json::Value {
+    keys.iter()
+        .map(|(key, spec)| {
+            (
+                key.clone(),
+                serde_json::json!({
+                    "description": spec.description,
+                    "required": spec.required,
+                    "pattern": spec.pattern.as_ref().map(|p| p.as_str().to_string()),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn print_details(d: &serde_json::Value) {
     let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
     println!("{} {} — {}", s("name"), s("version"), s("description"));
@@ -144,6 +179,32 @@ fn print_details(d: &serde_json::Value) {
         "  budgets (ms): {}   memory cap: {} MiB",
         d["budgets_ms"], d["memory_mib"]
     );
+    println!("  transports:   {}", d["transports"]);
+    println!("  features:     {}", d["features"]);
+    println!(
+        "  installation (switchboard installations add --channel {} …):",
+        s("channel")
+    );
+    for (section, flag) in [("config", "config-value"), ("secrets", "secret")] {
+        for (key, spec) in d["installation"][section].as_object().into_iter().flatten() {
+            println!(
+                "    --{flag} {key}=…{}  {}{}",
+                if spec["required"].as_bool().unwrap_or(false) {
+                    " (required)"
+                } else {
+                    ""
+                },
+                spec["description"].as_str().unwrap_or_default(),
+                spec["pattern"]
+                    .as_str()
+                    .map(|p| format!(" [matches {p}]"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(key) = d["installation"]["routing_key"].as_str() {
+        println!("    routing key: the value of config `{key}`");
+    }
     println!("  exports:");
     for e in d["exports"].as_array().into_iter().flatten() {
         println!("    {}", e.as_str().unwrap_or_default());

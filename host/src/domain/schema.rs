@@ -98,7 +98,8 @@ impl fmt::Display for Violation {
                 description,
             } => write!(
                 f,
-                "{section} `{key}` is required ({description}); pass --{section} {key}=VALUE"
+                "{section} `{key}` is required ({description}); pass --{} {key}=VALUE",
+                flag(section)
             ),
             Violation::Unknown {
                 section,
@@ -208,7 +209,8 @@ impl InstallationSchema {
         for (section, keys) in [("config", &self.config), ("secret", &self.secrets)] {
             for (key, spec) in keys {
                 out.push_str(&format!(
-                    "  --{section} {key}=…{}  {}{}\n",
+                    "  --{} {key}=…{}  {}{}\n",
+                    flag(section),
                     if spec.required { " (required)" } else { "" },
                     spec.description,
                     spec.pattern
@@ -225,8 +227,18 @@ impl InstallationSchema {
     }
 }
 
-/// Config keys every installation may carry whatever its channel: the host reads them itself.
-pub const HOST_CONFIG_KEYS: &[&str] = &["locale"];
+/// The CLI flag that sets a key of `section`.
+fn flag(section: &str) -> &'static str {
+    if section == "config" {
+        "config-value"
+    } else {
+        "secret"
+    }
+}
+
+/// Config keys every installation may carry whatever its channel: the host reads them itself
+/// (`locale` for notices, `connection` to pick a transport the plugin declares).
+pub const HOST_CONFIG_KEYS: &[&str] = &["locale", "connection"];
 
 fn check_section(
     section: &'static str,
@@ -338,7 +350,7 @@ pattern = "^t-"
         );
         let missing = s.check(&map(&[]), &map(&[]));
         assert_eq!(missing.len(), 2);
-        assert!(missing[0].to_string().contains("--config app=VALUE"));
+        assert!(missing[0].to_string().contains("--config-value app=VALUE"));
     }
 
     #[test]
