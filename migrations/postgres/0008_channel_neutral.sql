@@ -34,3 +34,25 @@ ALTER TABLE messages DROP CONSTRAINT messages_kind_check;
 ALTER TABLE messages ADD CONSTRAINT messages_kind_check
     CHECK (kind IN ('message', 'command', 'notice', 'summary', 'action'));
 ALTER TABLE messages ADD COLUMN meta TEXT NULL;
+
+-- Outbox notices: the host now chooses a notice's kind and words; rows stored in the old shapes
+-- are rewritten to the new ones so they are still delivered.
+UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
+        'kind', 'binding_required',
+        'link', content::jsonb #>> '{notice,url}',
+        'recipient', content::jsonb #>> '{notice,open_id}'))::text
+WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'needs_binding';
+UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
+        'kind', 'fresh_context'))::text
+WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'fresh_pending';
+UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
+        'kind', 'command_usage', 'detail', '/issue <title>'))::text
+WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'issue_usage';
+UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
+        'kind', 'info',
+        'detail', 'Recorded: ' || (content::jsonb #>> '{notice,title}') || ' ('
+                  || (content::jsonb #>> '{notice,reference}') || ')'))::text
+WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'issue_created';
+UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
+        'kind', 'info', 'detail', content::jsonb #>> '{notice,text}'))::text
+WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'text';

@@ -125,3 +125,25 @@ SELECT 'messages_new', MAX(seq) FROM (
 DROP TABLE messages;
 ALTER TABLE messages_new RENAME TO messages;
 CREATE INDEX messages_session ON messages (session_id, id);
+
+-- Outbox notices: the host now chooses a notice's kind and words; rows stored in the old shapes
+-- are rewritten to the new ones so they are still delivered.
+UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
+        'kind', 'binding_required',
+        'link', json_extract(content, '$.notice.url'),
+        'recipient', json_extract(content, '$.notice.open_id')))
+WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'needs_binding';
+UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
+        'kind', 'fresh_context'))
+WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'fresh_pending';
+UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
+        'kind', 'command_usage', 'detail', '/issue <title>'))
+WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'issue_usage';
+UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
+        'kind', 'info',
+        'detail', 'Recorded: ' || json_extract(content, '$.notice.title') || ' ('
+                  || json_extract(content, '$.notice.reference') || ')'))
+WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'issue_created';
+UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
+        'kind', 'info', 'detail', json_extract(content, '$.notice.text')))
+WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'text';
