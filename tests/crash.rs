@@ -202,6 +202,8 @@ async fn run_variant(
     // during one (the retried send then carries the same `uuid`).
     fake.set_failure(Route::Send, Failure::Slow(Duration::from_millis(80)));
     fake.set_failure(Route::Reply, Failure::Slow(Duration::from_millis(80)));
+    // The installation's on-install asks the fake who the bot is.
+    fake.set_bot(lark::BOT_OPEN_ID, "crash test bot");
     let key = switchboard::store::SecretCipher::generate_key_hex();
     let mut replicas: Vec<Replica> = (0..replica_count)
         .map(|i| Replica {
@@ -624,7 +626,8 @@ fn log_stats(dir: &Path) -> String {
         .join(", ")
 }
 
-/// Creates the installation, bound to `echo` with a short debounce window.
+/// Creates the installation, bound to `echo` with a short debounce window; its on-install
+/// learns the bot's open_id from the fake.
 async fn install(http: &reqwest::Client, base: &str) -> Result<String, String> {
     let response = http
         .post(format!("{base}/api/installations"))
@@ -635,7 +638,6 @@ async fn install(http: &reqwest::Client, base: &str) -> Result<String, String> {
                 "channel": "lark",
                 "routing_key": lark::APP_ID,
                 "name": "crash test",
-                "bot_open_id": lark::BOT_OPEN_ID,
                 "agent": "echo",
                 "debounce_ms": 100,
                 "config": {"app_id": lark::APP_ID},
@@ -655,6 +657,11 @@ async fn install(http: &reqwest::Client, base: &str) -> Result<String, String> {
         serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
     if status.as_u16() != 201 {
         return Err(format!("creating the installation: {status} {body}"));
+    }
+    if body["config"]["bot_open_id"] != lark::BOT_OPEN_ID {
+        return Err(format!(
+            "creating the installation: on-install did not learn the bot's open_id: {body}"
+        ));
     }
     Ok(body["id"].as_str().unwrap().to_string())
 }

@@ -42,6 +42,11 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// The bot `GET /open-apis/bot/v3/info` answers unless [`FakeLark::set_bot`] chose another.
+pub const DEFAULT_BOT_OPEN_ID: &str = "ou_fakelark0bot0000000000000000001";
+/// The app name `GET /open-apis/bot/v3/info` answers by default.
+pub const DEFAULT_BOT_NAME: &str = "Fake Lark bot";
+
 /// Tunables of a [`FakeLark`].
 #[derive(Debug, Clone)]
 pub struct FakeOptions {
@@ -112,6 +117,8 @@ pub enum Route {
     Endpoint,
     /// `POST /open-apis/auth/v3/tenant_access_token/internal`.
     TenantToken,
+    /// `GET /open-apis/bot/v3/info`.
+    BotInfo,
     /// `GET /open-apis/im/v1/messages/{id}`.
     GetMessage,
     /// `GET /open-apis/im/v1/messages?container_id_type=…`.
@@ -212,6 +219,8 @@ struct State {
     /// Sends and replies that posted a message (a repeated `uuid` posts nothing).
     posted: Vec<RestRequest>,
     users: HashMap<String, String>,
+    /// What `GET /open-apis/bot/v3/info` answers: (open_id, app_name); `None` = the defaults.
+    bot: Option<(String, String)>,
 }
 
 struct Shared {
@@ -424,6 +433,12 @@ impl FakeLark {
     /// Event deliveries made (a fragmented event counts once per delivery).
     pub fn deliveries(&self) -> u64 {
         self.shared.state().deliveries
+    }
+
+    /// Makes `GET /open-apis/bot/v3/info` answer this bot (by default [`DEFAULT_BOT_OPEN_ID`]
+    /// named [`DEFAULT_BOT_NAME`]).
+    pub fn set_bot(&self, open_id: &str, app_name: &str) {
+        self.shared.state().bot = Some((open_id.to_string(), app_name.to_string()));
     }
 
     /// Makes `GET /open-apis/im/v1/messages/{id}` answer `items` (a merge_forward: the container
@@ -748,6 +763,7 @@ fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
         ("POST", "/callback/ws/endpoint") => Route::Endpoint,
         ("POST", "/open-apis/auth/v3/tenant_access_token/internal") => Route::TenantToken,
         ("GET", "/open-apis/contact/v3/users/batch") => Route::BatchUsers,
+        ("GET", "/open-apis/bot/v3/info") => Route::BotInfo,
         ("POST", MESSAGES) if query.contains("receive_id_type=") => Route::Send,
         ("GET", MESSAGES) => Route::ListMessages,
         (_, p) if p.starts_with(MESSAGES) && p.contains("/reactions") => Route::Reactions,
@@ -896,6 +912,20 @@ async fn rest(
             // slow answer, concurrent calls).
             state.posted.push(request);
             ok(json!({"message_id": id}))
+        }
+        Route::BotInfo => {
+            let (open_id, app_name) = state.bot.clone().unwrap_or_else(|| {
+                (
+                    DEFAULT_BOT_OPEN_ID.to_string(),
+                    DEFAULT_BOT_NAME.to_string(),
+                )
+            });
+            // The bot object is top-level, not under `data`.
+            axum::Json(json!({
+                "code": 0, "msg": "ok",
+                "bot": {"open_id": open_id, "app_name": app_name, "activate_status": 2},
+            }))
+            .into_response()
         }
         Route::Reactions if method == Method::DELETE => {
             axum::Json(json!({"code": 0, "msg": "success"})).into_response()
