@@ -118,16 +118,19 @@ impl Server {
             .admin(
                 reqwest::Method::POST,
                 "/installations",
+                // No Open Platform here to ask who the bot is: the operator says it.
                 Some(json!({
                     "channel": "lark",
                     "routing_key": lark::APP_ID,
-                    "bot_open_id": lark::BOT_OPEN_ID,
                     "agent": agent,
                     "debounce_ms": 100,
+                    "config": {"app_id": lark::APP_ID, "bot_open_id": lark::BOT_OPEN_ID},
                     "secrets": {
+                        "app_secret": "hygiene-app-secret",
                         "encrypt_key": lark::ENCRYPT_KEY,
                         "verification_token": lark::VERIFICATION_TOKEN,
                     },
+                    "skip_on_install": true,
                 })),
             )
             .await;
@@ -264,7 +267,8 @@ async fn nul_in_text_is_removed_and_stored_nul_in_ids_is_refused_with_an_audit_r
             let event = event_with("om_bad_chat", "oc_\u{0}", "x");
             let (status, _, answer) = server.deliver(&id, &event, 5).await;
             assert_eq!(status, 400, "{name}: {answer}");
-            assert!(answer.contains("chat_id"), "{name}: {answer}");
+            // (Contract 0.2 names the neutral chat's field.)
+            assert!(answer.contains("chat.id"), "{name}: {answer}");
             let long_id = format!("om_{}", "x".repeat(600));
             let (status, _, answer) = server
                 .deliver(&id, &event_with(&long_id, "oc_chat", "x"), 6)
@@ -339,10 +343,13 @@ async fn the_admin_api_refuses_unstorable_and_out_of_range_values_with_400() {
         for test_db in db::test_databases().await {
             let name = &test_db.name;
             let server = Server::start(&test_db.url, |_| {}).await;
+            // Values that fit the Lark schema, so that each case reaches the storage bounds.
             let base = json!({
                 "channel": "lark",
                 "routing_key": "cli_bounds",
-                "secrets": {"encrypt_key": "k", "verification_token": "t"},
+                "config": {"app_id": "cli_bounds"},
+                "secrets": {"app_secret": "s", "encrypt_key": "k", "verification_token": "t"},
+                "skip_on_install": true,
             });
             let with = |key: &str, value: Value| {
                 let mut body = base.clone();
@@ -367,9 +374,13 @@ async fn the_admin_api_refuses_unstorable_and_out_of_range_values_with_400() {
                     "name is 257 bytes long",
                 ),
                 (
+                    // `locale` is the host's own key: no schema bounds it, the store does.
                     "long config value",
-                    with("config", json!({"base_url": "u".repeat(70 * 1024)})),
-                    "config.base_url",
+                    with(
+                        "config",
+                        json!({"app_id": "cli_bounds", "locale": "u".repeat(70 * 1024)}),
+                    ),
+                    "config.locale is 71680 bytes long",
                 ),
             ] {
                 let (status, error) = server
@@ -379,6 +390,24 @@ async fn the_admin_api_refuses_unstorable_and_out_of_range_values_with_400() {
                 let message = error["error"].as_str().unwrap_or_default();
                 assert!(message.contains(expected), "{name}: {case}: {message}");
             }
+            // A schema key is bounded before that, by the schema: 422 naming it.
+            let long_url = format!("https://{}", "u".repeat(70 * 1024));
+            let (status, error) = server
+                .admin(
+                    reqwest::Method::POST,
+                    "/installations",
+                    Some(with(
+                        "config",
+                        json!({"app_id": "cli_bounds", "base_url": long_url}),
+                    )),
+                )
+                .await;
+            assert_eq!(status, 422, "{name}: long base_url: {error}");
+            let message = error["error"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("config `base_url` is longer than 4096 bytes"),
+                "{name}: {message}"
+            );
             // NUL anywhere in an admin JSON body: 400 naming the field.
             for (body, field) in [
                 (
@@ -878,6 +907,7 @@ fn cli(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i3
             "SWITCHBOARD_DATABASE__URL",
             format!("sqlite://{}", dir.join("cli.db").display()),
         )
+        .env("SWITCHBOARD_CACHE_DIR", support::shared_cache_dir())
         .env("SWITCHBOARD_SECRETS__KEY_FILE", dir.join("secret.key"))
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
@@ -908,29 +938,52 @@ fn cli(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i3
 #[test]
 fn the_cli_refuses_out_of_range_installations_and_serve_out_of_range_numbers() {
     let dir = tempfile::tempdir().unwrap();
+    // Offline: no on-install (there is no Open Platform to ask), the bot id given.
     let add = |extra: &[&str]| {
-        let mut args = vec!["installations", "add", "--bot-open-id", "ou_x"];
+        let mut args = vec![
+            "installations",
+            "add",
+            "--channel",
+            "lark",
+            "--config-value",
+            "bot_open_id=ou_x",
+            "--secret",
+            "app_secret=s",
+            "--skip-on-install",
+        ];
         args.extend_from_slice(extra);
         cli(dir.path(), &args, &[])
     };
-    let (code, err) = add(&["--app-id", "cli_ok", "--debounce-ms", &i64::MAX.to_string()]);
+    let app = ["--config-value", "app_id=cli_ok"];
+    let max = i64::MAX.to_string();
+    let (code, err) = add(&[&app[..], &["--debounce-ms", &max]].concat());
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("--debounce-ms") && err.contains("1..=3600000"),
         "{err}"
     );
-    let long_key = "k".repeat(300);
-    let (code, err) = add(&["--app-id", &long_key]);
+    // A 300-byte app id fits the schema; the routing key taken from it does not fit the store.
+    let long_app = format!("app_id=cli_{}", "k".repeat(296));
+    let (code, err) = add(&["--config-value", &long_app]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("routing_key is 300 bytes long; at most 256"),
         "{err}"
     );
-    let long_value = format!("base_url={}", "u".repeat(70 * 1024));
-    let (code, err) = add(&["--app-id", "cli_ok", "--config-value", &long_value]);
+    // `locale` is the host's own key: no schema bounds it, the store does.
+    let long_value = format!("locale={}", "u".repeat(70 * 1024));
+    let (code, err) = add(&[&app[..], &["--config-value", &long_value]].concat());
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("config.base_url is"), "{err}");
-    let (code, err) = add(&["--app-id", "cli_ok"]);
+    assert!(err.contains("config.locale is"), "{err}");
+    // A schema key is bounded by the schema first.
+    let long_url = format!("base_url=https://{}", "u".repeat(70 * 1024));
+    let (code, err) = add(&[&app[..], &["--config-value", &long_url]].concat());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("config `base_url` is longer than 4096 bytes"),
+        "{err}"
+    );
+    let (code, err) = add(&app);
     assert_eq!(code, Some(0), "{err}");
 
     let (code, err) = cli(

@@ -22,9 +22,12 @@ use serde_json::{Value, json};
 use switchboard::agents::AgentConfig;
 use switchboard::app::App;
 use switchboard::config::Config;
+use switchboard::domain::notice::{Notice, NoticeKind, NoticeTexts};
 
 const ADMIN: &str = "replies-admin-token-0123456789abcdef";
 const WORKER_TOKEN: &str = "replies-worker-token-0123456789";
+/// The app name the fake Lark answers for the bot.
+const BOT_NAME: &str = "E2E Helper";
 
 /// One request the fake Lark received.
 #[derive(Debug, Clone)]
@@ -81,6 +84,9 @@ async fn fake_lark(
     }
     let answer = if path.ends_with("/tenant_access_token/internal") {
         json!({"code": 0, "msg": "ok", "tenant_access_token": "t-e2e", "expire": 7200})
+    } else if method == Method::GET && path == "/open-apis/bot/v3/info" {
+        // On-install asks who the bot is (the bot object is top-level, not under `data`).
+        json!({"code": 0, "msg": "ok", "bot": {"open_id": lark::BOT_OPEN_ID, "app_name": BOT_NAME}})
     } else if path.ends_with("/reactions") {
         json!({"code": 0, "msg": "success", "data": {"reaction_id": "r_e2e"}})
     } else if method == Method::DELETE {
@@ -244,7 +250,8 @@ impl World {
         value
     }
 
-    /// Creates an open installation bound to `agent` with app id `app_id`; returns its id.
+    /// Creates an open installation bound to `agent` with app id `app_id` (its routing key);
+    /// on-install learns the bot from the fake Lark. Returns its id.
     async fn installation(&self, app_id: &str, agent: &str) -> String {
         let created = self
             .admin(
@@ -252,7 +259,7 @@ impl World {
                 "/installations",
                 Some(json!({
                     "channel": "lark", "routing_key": app_id, "name": agent,
-                    "bot_open_id": lark::BOT_OPEN_ID, "agent": agent, "debounce_ms": 150,
+                    "agent": agent, "debounce_ms": 150,
                     "config": {"app_id": app_id},
                     "secrets": {
                         "encrypt_key": lark::ENCRYPT_KEY,
@@ -262,6 +269,14 @@ impl World {
                 })),
             )
             .await;
+        assert_eq!(
+            (
+                &created["config"]["bot_open_id"],
+                &created["config"]["bot_name"]
+            ),
+            (&json!(lark::BOT_OPEN_ID), &json!(BOT_NAME)),
+            "on-install learned the bot: {created}"
+        );
         created["id"].as_str().unwrap().to_string()
     }
 
@@ -326,6 +341,36 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     panic!("timed out waiting for {what}");
 }
 
+/// The host's words for `notice` in English (no operator overrides here).
+fn host_text(notice: Notice) -> String {
+    NoticeTexts::default().render(&notice, "en")
+}
+
+/// The notice card's text and its note (the run reference, if any).
+fn card_text(card: &Seen) -> (String, Option<String>) {
+    assert_eq!(card.body["msg_type"], "interactive", "{card:?}");
+    let content: Value = serde_json::from_str(card.body["content"].as_str().unwrap()).unwrap();
+    let text = content["elements"][0]["text"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a card with text: {content}"))
+        .to_string();
+    let note = content["elements"][1]["elements"][0]["content"]
+        .as_str()
+        .map(str::to_string);
+    (text, note)
+}
+
+/// Asserts that `card` is the run-error notice: exactly the host's text with the run's
+/// reference, which the card also shows as its note.
+fn assert_run_error_card(card: &Seen, name: &str) {
+    let (text, reference) = card_text(card);
+    let reference = reference.unwrap_or_else(|| panic!("{name}: a reference note: {card:?}"));
+    assert!(!reference.is_empty(), "{name}");
+    let mut notice = Notice::new(NoticeKind::RunError);
+    notice.reference = Some(reference);
+    assert_eq!(text, host_text(notice), "{name}");
+}
+
 /// The message sends (chat-level or DM) the fake Lark received for `receive_id`.
 fn sends_to(seen: &[Seen], receive_id: &str) -> Vec<Seen> {
     seen.iter()
@@ -344,11 +389,11 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
     for test_db in db::test_databases().await {
         let name = &test_db.name;
         let world = World::start(&test_db.url).await;
-        let id = world.installation("cli_e2e_gpt", "gpt").await;
+        let id = world.installation("cli_e2egpt", "gpt").await;
         // The first send fails with a 502: the delivery is retried and lands.
         world.lark.1.store(1, std::sync::atomic::Ordering::SeqCst);
         world
-            .message(&id, "cli_e2e_gpt", "oc_gpt_chat", "om_gpt_1", "hello there")
+            .message(&id, "cli_e2egpt", "oc_gpt_chat", "om_gpt_1", "hello there")
             .await;
 
         let lark = world.lark.clone();
@@ -464,7 +509,7 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
         world
             .message(
                 &id,
-                "cli_e2e_gpt",
+                "cli_e2egpt",
                 "oc_gpt_chat",
                 "om_gpt_2",
                 "please fail now",
@@ -493,6 +538,7 @@ async fn openai_reply_reaches_lark_and_a_failed_run_sends_the_error_card() {
             !content.contains("overloaded") && content.contains("reference"),
             "{name}: the card gives a reference, not the failure: {content}"
         );
+        assert_run_error_card(&card, name);
         let session = world.session(&id).await;
         assert_eq!(session["session"]["run_state"], "error", "{name}");
         let status = world.run_status(&session).await;
@@ -513,15 +559,9 @@ async fn an_unreachable_agent_gives_an_error_card_without_internal_details() {
     for test_db in db::test_databases().await {
         let name = &test_db.name;
         let world = World::start(&test_db.url).await;
-        let id = world.installation("cli_e2e_gone", "gone").await;
+        let id = world.installation("cli_e2egone", "gone").await;
         world
-            .message(
-                &id,
-                "cli_e2e_gone",
-                "oc_gone",
-                "om_gone_1",
-                "are you there?",
-            )
+            .message(&id, "cli_e2egone", "oc_gone", "om_gone_1", "are you there?")
             .await;
         let lark = world.lark.clone();
         let card = eventually("the error card", || {
@@ -545,6 +585,7 @@ async fn an_unreachable_agent_gives_an_error_card_without_internal_details() {
             );
         }
         assert!(content.contains("reference"), "{name}: {content}");
+        assert_run_error_card(&card, name);
         // The run was released as failed before its card was sent.
         let session = world.session(&id).await;
         assert_eq!(
@@ -568,11 +609,11 @@ async fn archived_agent_gets_a_notice_and_no_run_offline_worker_runs_when_a_work
         let world = World::start(&test_db.url).await;
 
         // Archived: a notice card, no run, the session settles back to idle.
-        let shelved = world.installation("cli_e2e_shelved", "shelved").await;
+        let shelved = world.installation("cli_e2eshelved", "shelved").await;
         world
             .message(
                 &shelved,
-                "cli_e2e_shelved",
+                "cli_e2eshelved",
                 "oc_shelved",
                 "om_sh_1",
                 "anyone there?",
@@ -584,17 +625,22 @@ async fn archived_agent_gets_a_notice_and_no_run_offline_worker_runs_when_a_work
         })
         .await;
         assert_eq!(notice.body["msg_type"], "interactive", "{name}");
+        assert_eq!(
+            card_text(&notice),
+            (host_text(Notice::new(NoticeKind::AgentArchived)), None),
+            "{name}: the host's archived notice"
+        );
         // (The flush settles the state before it carries out the notice.)
         let session = world.session(&shelved).await;
         assert_eq!(session["session"]["run_state"], "idle", "{name}: no run");
         assert_eq!(session["messages"].as_array().unwrap().len(), 1, "{name}");
 
         // Offline worker agent: a notice, the run waits as pending.
-        let team = world.installation("cli_e2e_team", "team").await;
+        let team = world.installation("cli_e2eteam", "team").await;
         world
             .message(
                 &team,
-                "cli_e2e_team",
+                "cli_e2eteam",
                 "oc_team",
                 "om_team_1",
                 "please review PR 7",
@@ -606,6 +652,11 @@ async fn archived_agent_gets_a_notice_and_no_run_offline_worker_runs_when_a_work
         })
         .await;
         assert_eq!(offline.body["msg_type"], "interactive", "{name}");
+        assert_eq!(
+            card_text(&offline),
+            (host_text(Notice::new(NoticeKind::AgentOffline)), None),
+            "{name}: the host's offline notice"
+        );
         assert_ne!(
             offline.body["content"], notice.body["content"],
             "{name}: offline and archived notices differ"
