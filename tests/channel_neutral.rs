@@ -1,7 +1,8 @@
-//! The host is channel-neutral: no channel's name in `host/src/**` or in new migrations.
+//! The host is channel-neutral: no channel's name in `host/src/**`, `crates/core/src/**` (the
+//! domain and the store) or in new migrations.
 //!
 //! The words below (case-insensitive, also inside identifiers such as `bot_open_id` or
-//! `larksuite`, and in file names) must not appear in `host/src/**` or `migrations/**`, except in
+//! `larksuite`, and in file names) must not appear in those trees, except in
 //! the files listed in [`ALLOWED`], each with the reason it may. Channel words belong in
 //! `plugins/`; the host uses neutral names (channel, routing key, participant, alt id, …).
 //!
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 const WORDS: &[&str] = &["lark", "feishu", "open_id", "union_id", "app_id"];
 
 /// Directories scanned, relative to the repository root.
-const SCANNED: &[&str] = &["host/src", "migrations"];
+const SCANNED: &[&str] = &["host/src", "crates/core/src", "migrations"];
 
 /// Paths (relative to the repository root, `/`-separated) that may name a channel. An entry
 /// ending in `/` allows everything under that directory.
@@ -215,6 +216,7 @@ fn the_scan_reports_a_planted_word() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("host/src");
     std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(dir.path().join("crates/core/src")).unwrap();
     std::fs::create_dir_all(dir.path().join("migrations/sqlite")).unwrap();
     std::fs::write(src.join("clean.rs"), "fn routing_key() {}\n").unwrap();
     std::fs::write(src.join("dirty.rs"), "// ok\n/// The Lark app\n").unwrap();

@@ -19,30 +19,34 @@ use wasmtime::component::Component;
 const TEXT_P2P: &[u8] = include_bytes!("../../../shared/fixtures/lark/event_receive_text_p2p.json");
 
 fn native_echo(payload: &[u8]) -> decoder::Decoded {
-    use switchboard::runtime::types::{ChatType, InboundMessage, Sender};
+    use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};
     let text = String::from_utf8(payload.to_vec()).unwrap();
     let (_, body) = text.split_once(':').unwrap();
     let body = body.to_string();
     decoder::Decoded::Message(InboundMessage {
         event_id: String::new(),
         message_id: String::new(),
-        chat_id: "test-chat".into(),
-        chat_type: ChatType::Direct,
-        sender: Sender {
-            open_id: "test-user".into(),
-            union_id: None,
-            user_id: None,
-            kind: "user".into(),
+        chat: Chat {
+            id: "test-chat".into(),
+            kind: ChatKind::Direct,
+            title: None,
+        },
+        sender: Participant {
+            id: "test-user".into(),
+            display_name: None,
+            is_bot: false,
+            alt_ids: Vec::new(),
         },
         message_type: "text".into(),
         command_body: body.clone(),
         body,
-        addressed_to_bot: false,
+        addressed_to_bot: true,
         parent_id: None,
         root_id: None,
         thread_id: None,
         create_time_ms: 0,
         mentions: Vec::new(),
+        attachments: Vec::new(),
     })
 }
 

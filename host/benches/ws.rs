@@ -55,9 +55,12 @@ async fn run_one(
                 channel: "lark".into(),
                 routing_key: app_id.clone(),
                 name: "bench".into(),
-                config: BTreeMap::from([("connection".into(), "websocket".into())]),
+                config: BTreeMap::from([
+                    ("connection".into(), "websocket".into()),
+                    ("app_id".into(), app_id.clone()),
+                    ("bot_open_id".into(), lark::BOT_OPEN_ID.into()),
+                ]),
                 secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
-                bot_open_id: Some(lark::BOT_OPEN_ID.into()),
                 debounce_ms: 3_600_000,
                 ..Default::default()
             },

@@ -100,19 +100,30 @@ fn check(rule: &Rule, shown: &str, text: &str) -> Vec<String> {
     found
 }
 
+/// Where a module's sources live: the leaves and the store moved to the `switchboard-core`
+/// crate (`crates/core`, which Cargo keeps free of wasmtime), the rest is this crate.
+fn root_of(module: &str) -> &'static str {
+    match module {
+        "domain" | "hygiene.rs" | "store" => "crates/core/src",
+        _ => "host/src",
+    }
+}
+
 #[test]
 fn the_store_domain_and_capabilities_keep_their_layers() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut violations = Vec::new();
     for rule in RULES {
+        let root = root_of(rule.module);
+        let src = workspace.join(root);
         let mut files = Vec::new();
         rust_files(&src.join(rule.module), &mut files);
-        assert!(!files.is_empty(), "no sources under src/{}", rule.module);
+        assert!(!files.is_empty(), "no sources under {root}/{}", rule.module);
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
             let shown = file.strip_prefix(&src).unwrap_or(&file).display();
-            violations.extend(check(rule, &format!("host/src/{shown}"), &text));
+            violations.extend(check(rule, &format!("{root}/{shown}"), &text));
         }
     }
     assert!(

@@ -17,8 +17,8 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
-pub mod domain;
-pub mod hygiene;
+pub use switchboard_core::domain;
+pub use switchboard_core::hygiene;
 pub mod ingest;
 #[cfg(test)]
 mod layering;
@@ -27,4 +27,4 @@ pub mod onboarding;
 pub mod retention;
 pub mod runs;
 pub mod runtime;
-pub mod store;
+pub use switchboard_core::store;

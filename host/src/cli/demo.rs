@@ -21,12 +21,12 @@ use serde_json::{Value, json};
 
 #[path = "lark_wire.rs"]
 mod lark_wire;
-use lark_wire::{Event, Mention};
 use crate::app::App;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::ingest::service::Dispatched;
 use crate::store::{AccessPolicy, NewInstallation, SecretCipher};
+use lark_wire::{Event, Mention};
 
 const OPEN_APP: &str = "cli_demo_open_0001";
 const BOUND_APP: &str = "cli_demo_bound_002";

@@ -90,11 +90,18 @@ impl Poller {
                 Round::Retry(why) => {
                     backoff.connection_ended(started.elapsed());
                     let wait = backoff.next_delay();
-                    tracing::warn!(round, wait_ms = wait.as_millis() as u64, "long-poll round failed; retrying: {why}");
+                    tracing::warn!(
+                        round,
+                        wait_ms = wait.as_millis() as u64,
+                        "long-poll round failed; retrying: {why}"
+                    );
                     wait
                 }
                 Round::Terminal(why) => {
-                    tracing::error!(round, "long polling stopped: {why}. Fix the installation's credentials or config; polling restarts when they change");
+                    tracing::error!(
+                        round,
+                        "long polling stopped: {why}. Fix the installation's credentials or config; polling restarts when they change"
+                    );
                     stop.cancelled().await;
                     break;
                 }
@@ -138,9 +145,16 @@ impl Poller {
             max_value_bytes: MAX_CURSOR_BYTES as u64,
         };
         let now = self.plugin.services().clock.now_ms();
-        kv.set(&self.scope(), CURSOR_KEY, cursor.as_bytes(), None, now, quota)
-            .await
-            .map_err(|e| format!("storing the cursor: {e}"))
+        kv.set(
+            &self.scope(),
+            CURSOR_KEY,
+            cursor.as_bytes(),
+            None,
+            now,
+            quota,
+        )
+        .await
+        .map_err(|e| format!("storing the cursor: {e}"))
     }
 
     async fn round(&self) -> Round {
@@ -166,8 +180,7 @@ impl Poller {
             .map(|ms| Duration::from_millis(ms.into()))
             .unwrap_or(DEFAULT_ROUND)
             .min(MAX_ROUND);
-        let response = match send_checked(&policy, self.plugin.services(), request, timeout).await
-        {
+        let response = match send_checked(&policy, self.plugin.services(), request, timeout).await {
             Ok(response) => response,
             Err(e) => return Round::Retry(format!("the poll request failed: {e:?}")),
         };

@@ -27,42 +27,42 @@ const SQLITE: &[Embedded] = &[
     (
         1,
         "plugin_kv",
-        include_str!("../../../migrations/sqlite/0001_plugin_kv.sql"),
+        include_str!("../../../../migrations/sqlite/0001_plugin_kv.sql"),
     ),
     (
         2,
         "ingest",
-        include_str!("../../../migrations/sqlite/0002_ingest.sql"),
+        include_str!("../../../../migrations/sqlite/0002_ingest.sql"),
     ),
     (
         3,
         "runs",
-        include_str!("../../../migrations/sqlite/0003_runs.sql"),
+        include_str!("../../../../migrations/sqlite/0003_runs.sql"),
     ),
     (
         4,
         "agent_presence",
-        include_str!("../../../migrations/sqlite/0004_agent_presence.sql"),
+        include_str!("../../../../migrations/sqlite/0004_agent_presence.sql"),
     ),
     (
         5,
         "compaction",
-        include_str!("../../../migrations/sqlite/0005_compaction.sql"),
+        include_str!("../../../../migrations/sqlite/0005_compaction.sql"),
     ),
     (
         6,
         "outbox",
-        include_str!("../../../migrations/sqlite/0006_outbox.sql"),
+        include_str!("../../../../migrations/sqlite/0006_outbox.sql"),
     ),
     (
         7,
         "retention",
-        include_str!("../../../migrations/sqlite/0007_retention.sql"),
+        include_str!("../../../../migrations/sqlite/0007_retention.sql"),
     ),
     (
         8,
         "channel_neutral",
-        include_str!("../../../migrations/sqlite/0008_channel_neutral.sql"),
+        include_str!("../../../../migrations/sqlite/0008_channel_neutral.sql"),
     ),
 ];
 
@@ -71,42 +71,42 @@ const POSTGRES: &[Embedded] = &[
     (
         1,
         "plugin_kv",
-        include_str!("../../../migrations/postgres/0001_plugin_kv.sql"),
+        include_str!("../../../../migrations/postgres/0001_plugin_kv.sql"),
     ),
     (
         2,
         "ingest",
-        include_str!("../../../migrations/postgres/0002_ingest.sql"),
+        include_str!("../../../../migrations/postgres/0002_ingest.sql"),
     ),
     (
         3,
         "runs",
-        include_str!("../../../migrations/postgres/0003_runs.sql"),
+        include_str!("../../../../migrations/postgres/0003_runs.sql"),
     ),
     (
         4,
         "agent_presence",
-        include_str!("../../../migrations/postgres/0004_agent_presence.sql"),
+        include_str!("../../../../migrations/postgres/0004_agent_presence.sql"),
     ),
     (
         5,
         "compaction",
-        include_str!("../../../migrations/postgres/0005_compaction.sql"),
+        include_str!("../../../../migrations/postgres/0005_compaction.sql"),
     ),
     (
         6,
         "outbox",
-        include_str!("../../../migrations/postgres/0006_outbox.sql"),
+        include_str!("../../../../migrations/postgres/0006_outbox.sql"),
     ),
     (
         7,
         "retention",
-        include_str!("../../../migrations/postgres/0007_retention.sql"),
+        include_str!("../../../../migrations/postgres/0007_retention.sql"),
     ),
     (
         8,
         "channel_neutral",
-        include_str!("../../../migrations/postgres/0008_channel_neutral.sql"),
+        include_str!("../../../../migrations/postgres/0008_channel_neutral.sql"),
     ),
 ];
 
@@ -156,7 +156,7 @@ mod tests {
     /// Versions and descriptions parsed from the file names in `migrations/<dir>/`.
     fn files_in(dir: &str) -> Vec<(i64, String)> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../migrations")
+            .join("../../migrations")
             .join(dir);
         let mut found: Vec<(i64, String)> = std::fs::read_dir(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
