@@ -66,7 +66,12 @@ impl Host {
         }
     }
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}/api{path}", self.base))
@@ -138,7 +143,10 @@ async fn scenario(database_url: &str) {
         )
         .await;
     assert_eq!(status, 422, "{refused}");
-    assert!(refused["error"].as_str().unwrap().contains("token"), "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("token"),
+        "{refused}"
+    );
 
     // on-install asked the channel who the bot is; its answer is in the config.
     let (status, created) = host
@@ -159,9 +167,9 @@ async fn scenario(database_url: &str) {
     let first = fake.push_message("c1", "direct", "u1", "hello poll");
     let sent = eventually("the streamed reply to end", async || {
         let sent = fake.sent();
-        let done = sent.first().is_some_and(|m| {
-            fake.edits(&m.message_id).last().is_some_and(|e| e.is_final)
-        });
+        let done = sent
+            .first()
+            .is_some_and(|m| fake.edits(&m.message_id).last().is_some_and(|e| e.is_final));
         done.then_some(sent)
     })
     .await;
@@ -170,7 +178,10 @@ async fn scenario(database_url: &str) {
     assert_eq!(reply.chat_id, "c1");
     let edits = fake.edits(&reply.message_id);
     let last = edits.last().unwrap();
-    assert!(last.text.contains("hello poll"), "the echo reply: {edits:?}");
+    assert!(
+        last.text.contains("hello poll"),
+        "the echo reply: {edits:?}"
+    );
     assert_eq!(
         edits.iter().filter(|e| e.is_final).count(),
         1,
@@ -187,7 +198,14 @@ async fn scenario(database_url: &str) {
     .await;
 
     // A button press is an action turn for the agent, and it is answered.
-    fake.push_action("c1", "direct", "u1", &reply.message_id, "approve", "{\"x\":1}");
+    fake.push_action(
+        "c1",
+        "direct",
+        "u1",
+        &reply.message_id,
+        "approve",
+        "{\"x\":1}",
+    );
     for _ in 0..200 {
         if fake.sent().len() == 2 {
             break;
@@ -196,11 +214,18 @@ async fn scenario(database_url: &str) {
     }
     if fake.sent().len() != 2 {
         let (_, sessions) = host
-            .admin(reqwest::Method::GET, &format!("/sessions?installation={installation}"), None)
+            .admin(
+                reqwest::Method::GET,
+                &format!("/sessions?installation={installation}"),
+                None,
+            )
             .await;
         let (_, audit) = host.admin(reqwest::Method::GET, "/audit", None).await;
         let (_, outbox) = host.admin(reqwest::Method::GET, "/outbox", None).await;
-        panic!("no answer to the action: sent {:?}\nsessions {sessions}\naudit {audit}\noutbox {outbox}", fake.sent());
+        panic!(
+            "no answer to the action: sent {:?}\nsessions {sessions}\naudit {audit}\noutbox {outbox}",
+            fake.sent()
+        );
     }
     let (_, sessions) = host
         .admin(
@@ -242,6 +267,10 @@ async fn scenario(database_url: &str) {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fake.sent().len(), answered, "no reply twice after a restart");
+    assert_eq!(
+        fake.sent().len(),
+        answered,
+        "no reply twice after a restart"
+    );
     host.stop().await;
 }

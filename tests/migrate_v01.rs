@@ -485,8 +485,14 @@ async fn v01_database_migrates_with_data_intact(raw: Raw, url: &str) {
     let contents = raw
         .column("SELECT content FROM outbox ORDER BY idempotency_key")
         .await;
-    assert_eq!(contents[0], r#"{"text":"done"}"#, "{name}: a reply is untouched");
-    assert_eq!(contents[1], r#"{"text":"hi"}"#, "{name}: an unknown shape is untouched");
+    assert_eq!(
+        contents[0], r#"{"text":"done"}"#,
+        "{name}: a reply is untouched"
+    );
+    assert_eq!(
+        contents[1], r#"{"text":"hi"}"#,
+        "{name}: an unknown shape is untouched"
+    );
     let binding: serde_json::Value = serde_json::from_str(&contents[2]).unwrap();
     assert_eq!(
         binding,
