@@ -126,3 +126,32 @@ pub async fn add(
     }
     Ok(installations.create(&new, now_ms).await?)
 }
+
+/// Revokes installation `id`: the plugin's `on-uninstall` undoes what `on-install` registered
+/// (best effort: a failure is logged, the installation is revoked anyway), then its events are
+/// dropped from now on. Returns whether it existed.
+pub async fn revoke(
+    runtime: &Runtime,
+    installations: &InstallationStore,
+    id: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let Some(installation) = installations.get(id).await? else {
+        return Ok(false);
+    };
+    if installation.is_active()
+        && let Some(plugin) = runtime.plugin_for_channel(&installation.channel)
+    {
+        let cx = Arc::new(installation.context());
+        match plugin.on_uninstall(&cx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(installation = %id, "the plugin's on-uninstall failed ({e:?}); revoking anyway")
+            }
+            Err(e) => {
+                tracing::warn!(installation = %id, "the plugin's on-uninstall call failed ({e}); revoking anyway")
+            }
+        }
+    }
+    installations.revoke(id, now_ms).await
+}

@@ -65,6 +65,11 @@ pub struct ContextMessage {
     pub role: Role,
     /// The text.
     pub body: String,
+    /// For a command turn `{"command": {"name", "args"}}` (a command the host does not run
+    /// itself, name and args intact), for an action turn `{"action": {"name", "value",
+    /// "message_id"}}`; absent for plain messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 impl ContextMessage {
@@ -73,6 +78,7 @@ impl ContextMessage {
         ContextMessage {
             role,
             body: body.into(),
+            meta: None,
         }
     }
 }

@@ -166,8 +166,7 @@ async fn revoke_installation(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     find(&s, &id).await?;
-    s.installations
-        .revoke(&id, s.clock.now_ms())
+    onboarding::revoke(&s.runtime, &s.installations, &id, s.clock.now_ms())
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(installation_json(&find(&s, &id).await?)))

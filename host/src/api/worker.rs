@@ -494,7 +494,10 @@ fn context_of(spec: &AgentSpec, messages: &[Message]) -> WorkerContext {
                     "system" => Role::System,
                     _ => Role::User,
                 };
-                ContextMessage::new(role, m.body.clone())
+                ContextMessage {
+                    meta: m.meta.clone(),
+                    ..ContextMessage::new(role, m.body.clone())
+                }
             })
             .collect(),
     }

@@ -168,8 +168,9 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
             }
         }
         InstallationsCommand::Revoke { id } => {
+            let runtime = crate::app::build_runtime(&config, None)?;
             anyhow::ensure!(
-                store.revoke(&id, now).await?,
+                onboarding::revoke(&runtime, &store, &id, now).await?,
                 "no installation `{id}` (see `switchboard installations list`)"
             );
             println!("revoked {id}");
