@@ -20,7 +20,9 @@ use switchboard::app::App;
 use switchboard::config::Config;
 use switchboard::domain::Clock;
 use switchboard::runs::{RunEnded, RunOutcome, SessionEvent};
-use switchboard::store::{ChatKind, NewInstallation, RunState, SessionKey};
+use switchboard::store::{
+    AppendRequest, ChatKind, NewInstallation, RunState, SessionKey, TurnKind,
+};
 use time::ManualClock;
 
 const TOKEN: &str = "bot-worker-token-0123456789";
@@ -481,6 +483,56 @@ async fn the_context_has_the_system_prompt_and_the_messages_in_order() {
             )
             .await;
         assert_eq!(status, 409, "{name}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_command_turn_reaches_the_worker_with_its_name_and_args() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let host = Host::start(&test_db).await;
+        let session = host.session("bot").await;
+        let installation = host
+            .app_state
+            .records
+            .get_session(&session)
+            .await
+            .unwrap()
+            .unwrap()
+            .installation_id;
+        // What the dispatcher stores for `/issue Login fails\nOn Safari.`: the host does not
+        // run `issue` itself, so the agent gets it as a command turn.
+        let request = AppendRequest {
+            session_id: session.clone(),
+            installation_id: installation,
+            body: "/issue Login fails\nOn Safari.".into(),
+            command_body: "/issue Login fails\nOn Safari.".into(),
+            channel_message_id: "om_cmd".into(),
+            thread_id: None,
+            sender_id: "u1".into(),
+            turn: TurnKind::Command {
+                name: "issue".into(),
+                args: "Login fails\nOn Safari.".into(),
+            },
+            debounce_ms: 3_000,
+        };
+        host.app_state
+            .records
+            .append(&request, None, host.clock.now_ms())
+            .await
+            .unwrap();
+        host.submit(&session, "thanks").await;
+        let (status, claim) = host.claim("bot", TOKEN, 0).await;
+        assert_eq!(status, 200, "{name}: {claim}");
+        assert_eq!(
+            claim["context"]["messages"],
+            json!([
+                {"role": "user", "body": "/issue Login fails\nOn Safari.",
+                 "meta": {"command": {"name": "issue", "args": "Login fails\nOn Safari."}}},
+                {"role": "user", "body": "thanks"},
+            ]),
+            "{name}"
+        );
     }
 }
 
