@@ -250,7 +250,19 @@ async fn scenario(database_url: &str) {
     eventually("the retried reply", async || {
         fake.sent()
             .iter()
-            .any(|m| m.chat_id == "c2" && m.text.contains("second chat"))
+            .any(|m| {
+                m.chat_id == "c2"
+                    && (fake.edits(&m.message_id).iter().any(|e| e.is_final)
+                        || m.sent_text.contains("second chat"))
+            })
+            .then_some(())
+    })
+    .await;
+    eventually("every outbox row delivered", async || {
+        let (_, rows) = host.admin(reqwest::Method::GET, "/outbox", None).await;
+        rows.as_array()?
+            .iter()
+            .all(|r| r["state"] == "delivered")
             .then_some(())
     })
     .await;

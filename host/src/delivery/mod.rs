@@ -264,18 +264,26 @@ impl Delivery {
         };
         let plugin = self.plugin(installation)?;
         let cx = Arc::new(installation.context());
-        match plugin.stream_end(&cx, target, &handle, &text).await {
+        let failure = match plugin.stream_end(&cx, target, &handle, &text).await {
             Ok(Ok(receipt)) => {
                 tracing::info!(installation = %installation.id, session = %target.session_id, sent = ?receipt.message_id, "streamed reply ended");
-                Ok(receipt.message_id.or(Some(handle)))
+                return Ok(receipt.message_id.or(Some(handle)));
             }
-            Ok(Err(refused)) => Err(DeliveryFailure::Refused {
+            Ok(Err(refused)) => DeliveryFailure::Refused {
                 code: refused.code,
                 message: refused.message,
                 retryable: refused.retryable,
-            }),
-            Err(call) => Err(call.into()),
+            },
+            Err(call) => call.into(),
+        };
+        // The outbox retries: the next attempt ends the same stream.
+        if let Some(run_id) = run_id {
+            self.streams.lock().expect("streams").insert(
+                target.session_id.clone(),
+                stream::RunStream::started(run_id, handle),
+            );
         }
+        Err(failure)
     }
 
     /// The plugin's handle of run `run_id`'s stream in session `session_id`, taken out (the

@@ -22,6 +22,19 @@ use crate::store::{IngestStore, Installation, InstallationStore};
 /// Runs whose stream could not start are not retried; streams idle this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
+impl RunStream {
+    /// A stream of `run_id` whose plugin handle is known and nothing in flight (the state an
+    /// unfinished `stream-end` is put back in for the outbox's next attempt).
+    pub(super) fn started(run_id: &str, handle: String) -> RunStream {
+        RunStream {
+            run_id: run_id.to_string(),
+            handle: Some(handle),
+            touched: Some(Instant::now()),
+            ..RunStream::default()
+        }
+    }
+}
+
 /// The streams of a host, by session id (one run streams per session at a time).
 pub(super) type Streams = Arc<Mutex<HashMap<String, RunStream>>>;
 
@@ -133,7 +146,9 @@ impl Streamer {
         };
         let plugin = self.delivery.plugin_of(&installation);
         let cx = Arc::new(installation.context());
-        let key = format!("stream-{run_id}");
+        // The reply's own outbox key: a redelivery of the reply after a crash is then the
+        // same message to the channel.
+        let key = crate::store::reply_key(run_id);
         let handle = match plugin {
             Some(plugin) => match plugin.stream_begin(&cx, &target, &key).await {
                 Ok(Ok(handle)) => Some(handle),

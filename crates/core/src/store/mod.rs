@@ -51,7 +51,9 @@ pub use installations::{
 };
 pub use kv::{KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
-pub use outbox::{NewOutboxRow, OutboxContent, OutboxCounts, OutboxRow, OutboxStore, OutboxTarget};
+pub use outbox::{
+    NewOutboxRow, OutboxContent, OutboxCounts, OutboxRow, OutboxStore, OutboxTarget, reply_key,
+};
 pub use retention::{RetainedTable, RetentionStore};
 pub use runs::{
     Edited, Finished, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd,

@@ -152,8 +152,8 @@ from_row_both!(OutboxRow, |row| {
     })
 });
 
-/// Inside transaction `$tx`: inserts `$row` (a [`NewOutboxRow`]) due at `$now_ms` with a fresh
-/// idempotency key; evaluates to its id.
+/// Inside transaction `$tx`: inserts `$row` (a [`NewOutboxRow`]) due at `$now_ms` with its
+/// idempotency key ([`idempotency_key`]); evaluates to its id.
 macro_rules! insert_outbox {
     ($tx:ident, $fail:expr, $row:expr, $now_ms:expr) => {{
         let row: &$crate::store::outbox::NewOutboxRow<'_> = $row;
@@ -171,13 +171,28 @@ macro_rules! insert_outbox {
         .bind(row.content.kind())
         .bind(content)
         .bind(target)
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind($crate::store::outbox::idempotency_key(row))
         .bind($now_ms)
         .fetch_one(&mut *$tx)
         .await
         .map_err($fail)?;
         id
     }};
+}
+
+/// The idempotency key a new row gets: for a run's reply `reply-<run id>` (a run has at most
+/// one reply, and a streamed reply was started with the same key, so a redelivery after a
+/// crash is recognised by the channel as the same message), otherwise a fresh UUID.
+pub fn idempotency_key(row: &NewOutboxRow<'_>) -> String {
+    match (row.run_id, row.content) {
+        (Some(run_id), OutboxContent::Reply { .. }) => reply_key(run_id),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The idempotency key of run `run_id`'s reply (and of its stream).
+pub fn reply_key(run_id: &str) -> String {
+    format!("reply-{run_id}")
 }
 
 /// Inside transaction `$tx`: claims the row `$id` just inserted for `$owner` until
