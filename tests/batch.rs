@@ -133,6 +133,7 @@ async fn append(db: &Database, session_id: &str, body: &str, now_ms: i64) -> Flu
         thread_id: None,
         sender_id: "ou_sender".to_owned(),
         turn: TurnKind::Plain,
+        attachments: Vec::new(),
         debounce_ms: WINDOW,
     };
     match db.ingest().append(&request, None, now_ms).await {
@@ -331,6 +332,7 @@ async fn claim_flush_fences_and_batches_user_messages_only() {
             thread_id: None,
             sender_id: "ou_sender".to_owned(),
             turn: TurnKind::MarkFresh,
+            attachments: Vec::new(),
             debounce_ms: WINDOW,
         };
         assert_eq!(

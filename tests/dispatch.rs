@@ -629,6 +629,7 @@ async fn claim_lost_inside_the_append_transaction_stores_nothing() {
             thread_id: None,
             sender_id: "ou_alice".into(),
             turn: TurnKind::Plain,
+            attachments: Vec::new(),
             debounce_ms: 3_000,
         };
         assert_eq!(
@@ -2333,6 +2334,7 @@ async fn store_level_appends_to_a_deleted_session() {
                 thread_id: None,
                 sender_id: "ou_alice".into(),
                 turn,
+                attachments: Vec::new(),
                 debounce_ms: 3_000,
             };
             // The claim-first append: a conflict (the dispatcher releases its claim).
@@ -2371,6 +2373,7 @@ async fn store_level_appends_to_a_deleted_session() {
             thread_id: None,
             sender_id: String::new(),
             turn: TurnKind::Plain,
+            attachments: Vec::new(),
             debounce_ms: 3_000,
         };
         assert!(matches!(

@@ -239,6 +239,7 @@ async fn append(db: &Database, installation: &str, session: &str, body: &str) ->
         thread_id: None,
         sender_id: "ou_sender".to_owned(),
         turn: TurnKind::Plain,
+        attachments: Vec::new(),
         debounce_ms: 60_000,
     };
     match db.ingest().append(&request, None, NOW).await {

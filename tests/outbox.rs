@@ -149,6 +149,7 @@ async fn a_run_ended_but_never_delivered(db: &Database, key: &str, reply: &str) 
         thread_id: None,
         sender_id: "ou_user".into(),
         turn: TurnKind::Plain,
+        attachments: Vec::new(),
         debounce_ms: 10,
     };
     let AppendOutcome::Appended(appended) = ingest.append(&request, None, 1_000).await.unwrap()
@@ -202,6 +203,7 @@ async fn another_run(db: &Database, session: &str, n: i64) -> String {
         thread_id: None,
         sender_id: "ou_user".into(),
         turn: TurnKind::Plain,
+        attachments: Vec::new(),
         debounce_ms: 10,
     };
     let now = 10_000 * n;

@@ -88,6 +88,7 @@ async fn channel_message(db: &Database, session_id: &str, body: &str, now: i64) 
         thread_id: None,
         sender_id: "ou_sender".to_owned(),
         turn: TurnKind::Plain,
+        attachments: Vec::new(),
         debounce_ms: DEBOUNCE,
     };
     match db.ingest().append(&request, None, now).await.unwrap() {

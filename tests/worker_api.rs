@@ -77,9 +77,23 @@ impl Host {
         Host::start_with(test_db, Duration::from_secs(3600)).await
     }
 
+    /// A host that also loads the plugins in `dir`.
+    async fn start_with_plugins(test_db: &db::TestDb, dir: &Path) -> Host {
+        Host::start_config(test_db, Duration::from_secs(3600), Some(dir)).await
+    }
+
     /// A host whose waiting claims re-check for pending runs every `repoll_interval`.
     async fn start_with(test_db: &db::TestDb, repoll_interval: Duration) -> Host {
+        Host::start_config(test_db, repoll_interval, None).await
+    }
+
+    async fn start_config(
+        test_db: &db::TestDb,
+        repoll_interval: Duration,
+        plugins: Option<&Path>,
+    ) -> Host {
         let mut config = Config::default();
+        config.plugins.dir = plugins.map(Path::to_path_buf);
         config.database.url = test_db.url.clone();
         config.secrets.key = Some(switchboard::store::SecretCipher::generate_key_hex());
         config.plugins.cache_dir =
@@ -123,12 +137,17 @@ impl Host {
 
     /// A session of a new installation bound to `agent`.
     async fn session(&self, agent: &str) -> String {
+        self.session_of("lark", agent).await
+    }
+
+    /// A session of a new `channel` installation bound to `agent`.
+    async fn session_of(&self, channel: &str, agent: &str) -> String {
         let installation = self
             .app_state
             .installations
             .create(
                 &NewInstallation {
-                    channel: "lark".into(),
+                    channel: channel.into(),
                     routing_key: format!("cli_{}", uuid::Uuid::new_v4().simple()),
                     agent: agent.into(),
                     ..Default::default()
@@ -514,6 +533,7 @@ async fn a_command_turn_reaches_the_worker_with_its_name_and_args() {
                 name: "issue".into(),
                 args: "Login fails\nOn Safari.".into(),
             },
+            attachments: Vec::new(),
             debounce_ms: 3_000,
         };
         host.app_state
@@ -534,6 +554,89 @@ async fn a_command_turn_reaches_the_worker_with_its_name_and_args() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_worker_fetches_only_the_attachments_of_its_context() {
+    let test_db = db::sqlite_file_db().await;
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(switchboard::runtime::bundled::TEST_PLUGIN_DIR).join("switchboard_testing.wasm"),
+        plugins.path().join("switchboard_testing.wasm"),
+    )
+    .unwrap();
+    let host = Host::start_with_plugins(&test_db, plugins.path()).await;
+    let session = host.session_of("testing", "bot").await;
+    let installation = host
+        .app_state
+        .records
+        .get_session(&session)
+        .await
+        .unwrap()
+        .unwrap()
+        .installation_id;
+    let request = AppendRequest {
+        session_id: session.clone(),
+        installation_id: installation,
+        body: "[Image]".into(),
+        command_body: String::new(),
+        channel_message_id: "om_pic".into(),
+        thread_id: None,
+        sender_id: "u1".into(),
+        turn: TurnKind::Plain,
+        attachments: vec![
+            json!({"kind": "image", "name": null, "mime": null, "size": null, "ref": "img_1"}),
+        ],
+        debounce_ms: 3_000,
+    };
+    host.app_state
+        .records
+        .append(&request, None, host.clock.now_ms())
+        .await
+        .unwrap();
+    host.submit(&session, "what is in it?").await;
+    let (status, claim) = host.claim("bot", TOKEN, 0).await;
+    assert_eq!(status, 200, "{claim}");
+    assert_eq!(
+        claim["context"]["messages"][0]["meta"]["attachments"][0]["ref"], "img_1",
+        "{claim}"
+    );
+    let fetch = |message: &str, reference: &str| {
+        format!(
+            "{}?message={message}&ref={reference}",
+            run_path("bot", &claim, "attachment")
+        )
+    };
+    let response = host
+        .http
+        .get(format!("{}{}", host.base, fetch("om_pic", "img_1")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/plain"
+    );
+    // The testing plugin answers with the ref itself: the bytes came through the plugin.
+    assert_eq!(response.text().await.unwrap(), "img_1");
+    // Anything not listed in the run's context is refused, whatever the plugin would answer.
+    for (message, reference) in [("om_pic", "img_2"), ("om_other", "img_1")] {
+        let (status, body) = host
+            .call(
+                reqwest::Method::GET,
+                &fetch(message, reference),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "{message} {reference}: {body}");
+    }
+    let (status, _) = host
+        .call(reqwest::Method::GET, &fetch("om_pic", "img_1"), None, None)
+        .await;
+    assert_eq!(status, 401, "no token, no bytes");
 }
 
 #[tokio::test]

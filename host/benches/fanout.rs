@@ -127,6 +127,7 @@ impl Bench {
             thread_id: None,
             sender_id: "ou_bench".into(),
             turn: TurnKind::Plain,
+            attachments: Vec::new(),
             debounce_ms: 60_000,
         };
         let Ok(AppendOutcome::Appended(appended)) =

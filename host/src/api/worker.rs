@@ -241,6 +241,10 @@ pub(super) fn routes() -> Router<AppState> {
             get(context),
         )
         .route(
+            "/api/agents/{agent}/runs/{session}/{run}/attachment",
+            get(attachment),
+        )
+        .route(
             "/api/agents/{agent}/runs/{session}/{run}/heartbeat",
             post(heartbeat),
         )
@@ -749,6 +753,103 @@ async fn context(
     match api.runs.run_context(&session_id, &run_id).await? {
         Some(messages) => Ok(Json(context_of(spec, &messages))),
         None => Err(WorkerError::not_owner(&session_id, &run_id)),
+    }
+}
+
+/// Query of `GET …/attachment`: the channel message id and the attachment's `ref`, as the
+/// context's `meta.attachments` gives them.
+#[derive(Debug, Deserialize)]
+struct AttachmentQuery {
+    message: String,
+    r#ref: String,
+}
+
+/// `GET …/attachment?message=…&ref=…`: the bytes of an attachment of a message in the run's
+/// context, fetched through the channel plugin (`outbound.fetch-attachment`). Only attachments
+/// of the context's messages can be fetched.
+async fn attachment(
+    State(state): State<AppState>,
+    path: RunPath,
+    query: Result<axum::extract::Query<AttachmentQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> WorkerResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let axum::extract::Query(query) = query.map_err(|e| {
+        WorkerError::bad_request(
+            format!("the query is not usable: {e}"),
+            "pass ?message=<channel message id>&ref=<ref> from the context's meta.attachments",
+        )
+    })?;
+    owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    let Some(messages) = api.runs.run_context(&session_id, &run_id).await? else {
+        return Err(WorkerError::not_owner(&session_id, &run_id));
+    };
+    let listed = messages.iter().any(|m| {
+        m.channel_message_id.as_deref() == Some(query.message.as_str())
+            && m.meta
+                .as_ref()
+                .and_then(|meta| meta["attachments"].as_array())
+                .is_some_and(|attachments| {
+                    attachments.iter().any(|a| a["ref"] == query.r#ref.as_str())
+                })
+    });
+    let missing = || {
+        WorkerError::new(
+            StatusCode::NOT_FOUND,
+            "no such attachment in this run's context",
+            "use a message id and ref listed in the context's meta.attachments",
+        )
+    };
+    if !listed {
+        return Err(missing());
+    }
+    let installation = match state.records.get_session(&session_id).await? {
+        Some(session) => state.installations.get(&session.installation_id).await?,
+        None => None,
+    }
+    .ok_or_else(missing)?;
+    let plugin = state
+        .runtime
+        .plugin_for_channel(&installation.channel)
+        .filter(|p| p.manifest().features.attachments)
+        .ok_or_else(|| {
+            WorkerError::new(
+                StatusCode::NOT_FOUND,
+                "the channel's plugin does not serve attachments",
+                "the attachment record is all there is; read its name and kind",
+            )
+        })?;
+    let cx = std::sync::Arc::new(installation.context());
+    match plugin
+        .fetch_attachment(&cx, &query.message, &query.r#ref)
+        .await
+    {
+        Ok(Ok(content)) => {
+            let mime = content
+                .mime
+                .filter(|m| axum::http::HeaderValue::from_str(m).is_ok())
+                .unwrap_or_else(|| "application/octet-stream".into());
+            Ok(([(axum::http::header::CONTENT_TYPE, mime)], content.body).into_response())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(session = %session_id, run = %run_id, "fetching an attachment failed: {e:?}");
+            Err(WorkerError::new(
+                StatusCode::BAD_GATEWAY,
+                "the channel did not hand out the attachment",
+                "try again later",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(session = %session_id, run = %run_id, "the fetch-attachment call failed: {e}");
+            Err(WorkerError::new(
+                StatusCode::BAD_GATEWAY,
+                "the channel did not hand out the attachment",
+                "try again later",
+            ))
+        }
     }
 }
 

@@ -905,6 +905,15 @@ fn append_request(
         thread_id: message.thread_id.clone(),
         sender_id: message.sender.id.clone(),
         turn,
+        attachments: message
+            .attachments
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "kind": a.kind, "name": a.name, "mime": a.mime, "size": a.size, "ref": a.ref_,
+                })
+            })
+            .collect(),
         debounce_ms: installation.debounce_ms,
     }
 }

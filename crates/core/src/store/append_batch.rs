@@ -264,6 +264,7 @@ mod tests {
                 thread_id: None,
                 sender_id: "ou_sender".into(),
                 turn: TurnKind::Plain,
+                attachments: Vec::new(),
                 debounce_ms: 3_000,
             },
             token: uuid::Uuid::new_v4().to_string(),

@@ -451,12 +451,13 @@ impl TurnKind {
         !matches!(self, TurnKind::MarkFresh)
     }
 
-    /// The stored message kind and meta JSON of the turn.
-    fn stored(&self) -> (&'static str, Option<String>) {
-        match self {
+    /// The stored message kind and meta JSON of the turn, with `attachments` (records of the
+    /// message's files, fetched through the plugin on demand) when there are any.
+    fn stored(&self, attachments: &[serde_json::Value]) -> (&'static str, Option<String>) {
+        let (kind, mut meta) = match self {
             TurnKind::Command { name, args } => (
                 "command",
-                Some(serde_json::json!({"command": {"name": name, "args": args}}).to_string()),
+                serde_json::json!({"command": {"name": name, "args": args}}),
             ),
             TurnKind::Action {
                 name,
@@ -464,13 +465,15 @@ impl TurnKind {
                 on_message,
             } => (
                 "action",
-                Some(
-                    serde_json::json!({"action": {"name": name, "value": value, "message_id": on_message}})
-                        .to_string(),
-                ),
+                serde_json::json!({"action": {"name": name, "value": value, "message_id": on_message}}),
             ),
-            _ => ("message", None),
+            _ => ("message", serde_json::json!({})),
+        };
+        if !attachments.is_empty() {
+            meta["attachments"] = serde_json::Value::Array(attachments.to_vec());
         }
+        let empty = meta.as_object().is_some_and(|m| m.is_empty());
+        (kind, (!empty).then(|| meta.to_string()))
     }
 }
 
@@ -493,6 +496,9 @@ pub struct AppendRequest {
     pub sender_id: String,
     /// What kind of turn.
     pub turn: TurnKind,
+    /// The message's attachments as records `{kind, name, mime, size, ref}` (stored in the
+    /// message's meta; the bytes stay with the channel).
+    pub attachments: Vec<serde_json::Value>,
     /// The installation's debounce window, for the arm.
     pub debounce_ms: i64,
 }
@@ -646,7 +652,7 @@ macro_rules! append_turn {
 macro_rules! insert_user_message {
     ($tx:ident, $fail:expr, $request:expr, $revision:expr, $now_ms:expr) => {{
         let request: &AppendRequest = $request;
-        let (kind, meta) = request.turn.stored();
+        let (kind, meta) = request.turn.stored(&request.attachments);
         let message_id: i64 = sqlx::query_scalar(
             "INSERT INTO messages (session_id, role, kind, body, command_body,
                  channel_message_id, sender_id, context_revision, created_at_ms, meta)
