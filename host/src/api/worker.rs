@@ -7,7 +7,12 @@
 //!    pending run of the agent; `200` with the run and its context, or `204` when nothing became
 //!    pending in time. The worker id comes from the `x-switchboard-worker` header or the body's
 //!    `worker_id` (default `anonymous`).
-//! 2. `GET runs/{session}/{run}/context` — the run's context again.
+//! 2. `GET runs/{session}/{run}/context` — the run's context again. A message's `meta` carries a
+//!    command (`{"command": {"name", "args"}}`: a command the host does not run itself), an
+//!    action (`{"action": {"name", "value", "message_id"}}`) and its attachments' records
+//!    (`{"attachments": [{kind, name, mime, size, ref}]}`); `GET runs/{session}/{run}/attachment
+//!    ?message=<channel message id>&ref=<ref>` hands out an attachment's bytes through the
+//!    channel plugin (only attachments of the run's context; 404 otherwise).
 //! 3. `POST runs/{session}/{run}/heartbeat` every `heartbeat_interval_ms`, optionally with the
 //!    usage of the last model step (`{"usage": {"prompt_tokens", "completion_tokens"}}`) —
 //!    `{"continue": true}`, or `409 {"continue": false}`: the run was
