@@ -2482,6 +2482,26 @@ async fn a_run_starting_before_the_append_gets_the_message_queued() {
         );
         assert_eq!(f.all_messages().await.len(), 1, "{}", f.name());
         assert_eq!(f.t.db.runs().list_queue(&session).await.unwrap().len(), 2);
+
+        // Interrupted, the queue is promoted: the command is still a command turn, name and
+        // args intact, not a plain message.
+        f.t.db
+            .runs()
+            .interrupt(&session, 1_800_000_000_000)
+            .await
+            .unwrap();
+        let promoted = f.all_messages().await;
+        let command = promoted
+            .iter()
+            .find(|m| m.body == "/issue Broken")
+            .unwrap_or_else(|| panic!("{}: promoted: {promoted:?}", f.name()));
+        assert_eq!(command.kind, "command", "{}", f.name());
+        assert_eq!(
+            command.meta,
+            Some(serde_json::json!({"command": {"name": "issue", "args": "Broken"}})),
+            "{}",
+            f.name()
+        );
     }
 }
 

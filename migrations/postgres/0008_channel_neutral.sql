@@ -56,3 +56,8 @@ WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'issue_created';
 UPDATE outbox SET content = jsonb_build_object('kind', 'notice', 'notice', jsonb_build_object(
         'kind', 'info', 'detail', content::jsonb #>> '{notice,text}'))::text
 WHERE kind = 'notice' AND content::jsonb #>> '{notice,kind}' = 'text';
+
+-- A command or action that arrives while a run is active waits in the queue: it keeps its kind
+-- and meta there, so it is promoted as the same turn.
+ALTER TABLE queued_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+ALTER TABLE queued_messages ADD COLUMN meta TEXT NULL;

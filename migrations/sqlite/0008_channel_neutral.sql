@@ -147,3 +147,8 @@ WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'issue_create
 UPDATE outbox SET content = json_object('kind', 'notice', 'notice', json_object(
         'kind', 'info', 'detail', json_extract(content, '$.notice.text')))
 WHERE kind = 'notice' AND json_extract(content, '$.notice.kind') = 'text';
+
+-- A command or action that arrives while a run is active waits in the queue: it keeps its kind
+-- and meta there, so it is promoted as the same turn.
+ALTER TABLE queued_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+ALTER TABLE queued_messages ADD COLUMN meta TEXT NULL;

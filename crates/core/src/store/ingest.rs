@@ -709,11 +709,12 @@ macro_rules! append_general {
             // context, no debounce), so the run answers the turns it was made for and this one
             // gets a run of its own: it is promoted when the run ends. At the cap it is still
             // queued, and the run is interrupted so the backlog runs next.
+            let (kind, meta) = request.turn.stored(&request.attachments);
             let queued_id: i64 = sqlx::query_scalar(
                 "INSERT INTO queued_messages (session_id, body, command_body,
                      channel_message_id, thread_id, sender_id, source, fresh_start,
-                     created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'channel', $7, $8)
+                     created_at_ms, kind, meta)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'channel', $7, $8, $9, $10)
                  RETURNING id",
             )
             .bind(&request.session_id)
@@ -724,6 +725,8 @@ macro_rules! append_general {
             .bind(non_empty(&request.sender_id))
             .bind(request.turn == TurnKind::FreshStart)
             .bind(now_ms)
+            .bind(kind)
+            .bind(meta)
             .fetch_one(&mut *$tx)
             .await
             .map_err($fail)?;

@@ -417,6 +417,8 @@ pub(super) type QueuedRow = (
     i64,
     String,
     Option<String>,
+    String,
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -425,8 +427,8 @@ pub(super) type QueuedRow = (
 );
 
 /// Selects a session's queue (`$1`) for promotion, oldest first.
-pub(super) const QUEUED_ROWS_SQL: &str = "SELECT id, body, command_body, channel_message_id, \
-     thread_id, sender_id, fresh_start, created_at_ms FROM queued_messages
+pub(super) const QUEUED_ROWS_SQL: &str = "SELECT id, kind, meta, body, command_body, \
+     channel_message_id, thread_id, sender_id, fresh_start, created_at_ms FROM queued_messages
      WHERE session_id = $1 ORDER BY id";
 
 /// Inside transaction `$tx` (session row already locked): moves `$rows` (queued rows, oldest
@@ -448,6 +450,8 @@ macro_rules! promote_rows {
             let mut anchor: Option<(String, Option<String>)> = None;
             for (
                 id,
+                kind,
+                meta,
                 body,
                 command_body,
                 channel_message_id,
@@ -463,8 +467,8 @@ macro_rules! promote_rows {
                 }
                 let message: $crate::store::Message = sqlx::query_as(&format!(
                     "INSERT INTO messages (session_id, role, kind, body, command_body,
-                         channel_message_id, sender_id, context_revision, created_at_ms)
-                     VALUES ($1, 'user', 'message', $2, $3, $4, $5, $6, $7)
+                         channel_message_id, sender_id, context_revision, created_at_ms, meta)
+                     VALUES ($1, 'user', $8, $2, $3, $4, $5, $6, $7, $9)
                      RETURNING {}",
                     $crate::store::runs::MESSAGE_COLS
                 ))
@@ -475,6 +479,8 @@ macro_rules! promote_rows {
                 .bind(sender_id.as_deref())
                 .bind(revision)
                 .bind(created_at_ms)
+                .bind(&kind)
+                .bind(meta.as_deref())
                 .fetch_one(&mut *$tx)
                 .await
                 .map_err($fail)?;
@@ -1173,8 +1179,18 @@ impl RunStore {
                     Submitted::Queued(row)
                 }
                 RunState::Idle | RunState::Error => {
-                    let rows: Vec<QueuedRow> =
-                        vec![(0, body.to_owned(), None, None, None, None, false, now_ms)];
+                    let rows: Vec<QueuedRow> = vec![(
+                        0,
+                        "message".to_owned(),
+                        None,
+                        body.to_owned(),
+                        None,
+                        None,
+                        None,
+                        None,
+                        false,
+                        now_ms,
+                    )];
                     // Inserted like a promoted queue row (revision rules included); the DELETE of
                     // queued row 0 matches nothing.
                     let mut promoted = promote_rows!(tx, fail, session_id, rows, now_ms);
@@ -1208,8 +1224,8 @@ impl RunStore {
                 return Err(not_found_session(session_id));
             };
             let row: Option<QueuedRow> = sqlx::query_as(
-                "SELECT id, body, command_body, channel_message_id, thread_id, sender_id,
-                     fresh_start, created_at_ms
+                "SELECT id, kind, meta, body, command_body, channel_message_id, thread_id,
+                     sender_id, fresh_start, created_at_ms
                  FROM queued_messages WHERE session_id = $1 AND id = $2",
             )
             .bind(session_id)
