@@ -35,6 +35,27 @@ pub fn render_content(message_type: &str, content: &str, mentions: &[Mention]) -
     render(message_type, content, mentions).into_owned()
 }
 
+/// [`render`] and [`attachments`] in one pass over a post (the other types' attachments are read
+/// from their small content objects).
+pub(crate) fn render_with_attachments<'c>(
+    message_type: &str,
+    content: &'c str,
+    mentions: &[Mention],
+) -> (Cow<'c, str>, Vec<Attachment>) {
+    if message_type != "post" {
+        return (
+            render(message_type, content, mentions),
+            attachments(message_type, content),
+        );
+    }
+    let renderer = Renderer::new(mentions);
+    let rendered = renderer
+        .post_json(content)
+        .map(Cow::Owned)
+        .unwrap_or_default();
+    (rendered, renderer.found.into_inner())
+}
+
 /// [`render_content`], borrowing from `content` where the body is one of its strings (`text`).
 ///
 /// The content is parsed once, into the typed fields its `message_type` uses; only the open
@@ -47,7 +68,7 @@ pub(crate) fn render<'c>(
     if message_type == "merge_forward" {
         return Cow::Borrowed(FORWARDED);
     }
-    let renderer = Renderer { mentions };
+    let renderer = Renderer::new(mentions);
     let rendered = match message_type {
         "text" => fields::<TextContent<'_>>(content).map(|text| text.text.0.unwrap_or_default()),
         "post" => renderer.post_json(content).map(Cow::Owned),
@@ -187,47 +208,8 @@ pub fn attachments(message_type: &str, content: &str) -> Vec<Attachment> {
                 single("video", video.file_key, Some(name))
             })
             .unwrap_or_default(),
-        // Most posts carry neither: only those that mention a key are read again.
-        "post" if content.contains("image_key") || content.contains("file_key") => {
-            let mut found = Vec::new();
-            if let Some(post) = value(content) {
-                post_attachments(&post, &mut found);
-            }
-            found
-        }
+        "post" => render_with_attachments("post", content, &[]).1,
         _ => Vec::new(),
-    }
-}
-
-/// The `img` (image) and `media` (video) elements anywhere in a post, flat or locale-wrapped.
-fn post_attachments(value: &Value, found: &mut Vec<Attachment>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|item| post_attachments(item, found)),
-        Value::Object(fields) => {
-            let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("");
-            let (kind, key) = match text("tag") {
-                "img" => ("image", text("image_key")),
-                "media" => ("video", text("file_key")),
-                _ => {
-                    fields
-                        .values()
-                        .for_each(|field| post_attachments(field, found));
-                    return;
-                }
-            };
-            if !key.is_empty()
-                && !found
-                    .iter()
-                    .any(|seen| seen.kind == kind && seen.key == key)
-            {
-                found.push(Attachment {
-                    kind,
-                    name: None,
-                    key: key.to_string(),
-                });
-            }
-        }
-        _ => {}
     }
 }
 
@@ -239,7 +221,7 @@ pub fn flatten_content(message_type: &str, content: &str) -> String {
 /// Flattens a `post` body (flat `{title, content}` or locale-wrapped `{"zh_cn": {…}}`): the title
 /// on its own first line when present, then one line per paragraph. Returns "" when malformed.
 pub fn flatten_post(post: &Value, mentions: &[Mention]) -> String {
-    let renderer = Renderer { mentions };
+    let renderer = Renderer::new(mentions);
     PostSeed {
         renderer: &renderer,
         capacity: 0,
@@ -367,11 +349,43 @@ json_object! {
         href: JsonStr<'a> = "href",
         user_id: JsonStr<'a> = "user_id",
         user_name: JsonStr<'a> = "user_name",
+        image_key: JsonStr<'a> = "image_key",
+        file_key: JsonStr<'a> = "file_key",
     }
 }
 
 struct Renderer<'m> {
     mentions: &'m [Mention],
+    /// The `img` and `media` elements met while rendering a post (read in the same pass, so
+    /// attachments cost no second parse).
+    found: std::cell::RefCell<Vec<Attachment>>,
+}
+
+impl<'m> Renderer<'m> {
+    fn new(mentions: &'m [Mention]) -> Renderer<'m> {
+        Renderer {
+            mentions,
+            found: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Records a post's image or video once.
+    fn found(&self, kind: &'static str, key: &str) {
+        if key.is_empty() {
+            return;
+        }
+        let mut found = self.found.borrow_mut();
+        if !found
+            .iter()
+            .any(|seen| seen.kind == kind && seen.key == key)
+        {
+            found.push(Attachment {
+                kind,
+                name: None,
+                key: key.to_string(),
+            });
+        }
+    }
 }
 
 impl Renderer<'_> {
@@ -826,6 +840,11 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
         paragraphs.count += 1;
         let line_start = paragraphs.text.len();
         while let Some(Obj(element)) = seq.next_element::<Obj<PostElement<'de>>>()? {
+            match element.tag.as_str() {
+                "img" => self.renderer.found("image", element.image_key.as_str()),
+                "media" => self.renderer.found("video", element.file_key.as_str()),
+                _ => {}
+            }
             let piece = self.renderer.post_piece(
                 element.tag.as_str(),
                 element.text.as_str(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 pub use crate::content::Attachment;
-use crate::content::{attachments, render};
+use crate::content::render_with_attachments;
 use crate::json::visit_rest_as;
 use crate::mentions::{BotIdentity, Mention, resolve_mentions};
 
@@ -255,8 +255,7 @@ fn build_message(
     };
     let message_type = owned(message.message_type.0);
     let content = message.content.0.unwrap_or_default();
-    let rendered = render(&message_type, &content, &mentions);
-    let attachments = attachments(&message_type, &content);
+    let (rendered, attachments) = render_with_attachments(&message_type, &content, &mentions);
     let body = resolve_mentions(&rendered, &mentions, &ctx.bot);
     let command_body = match message_type.as_str() {
         "text" | "post" => body.clone(),
