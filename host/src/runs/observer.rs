@@ -19,6 +19,9 @@ use crate::agents::Usage;
 use crate::store::Message;
 
 /// How a run ended, as the worker API saw it.
+// One value per run end, moved once to the observers: boxing the reply would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
     /// The worker completed the run and the session is `idle` (or `pending` again if queued
