@@ -347,7 +347,12 @@ impl Executor {
                 }
                 // Shared: the executor only looks at status events, no need to copy each one.
                 event = events.recv_shared() => match event.as_deref() {
-                    Ok(SessionEvent::Status { state, .. }) if *state != RunState::Running => {
+                    // A status may be stale (another task publishes the state it read before
+                    // this run was acquired): the store decides whether this run was stopped.
+                    Ok(SessionEvent::Status { state, .. })
+                        if *state != RunState::Running
+                            && !self.runs.heartbeat(session, run).await.unwrap_or(true) =>
+                    {
                         lost = true;
                         cancel.cancel();
                     }
