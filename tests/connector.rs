@@ -688,7 +688,7 @@ async fn a_websocket_url_outside_the_allow_list_is_never_dialled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_with_a_quote_starts_fresh_and_keeps_the_quoted_block() {
-    // multica-lark inventory #126: `/new` + quote → directive removed, quoted block kept.
+    // the reference inventory #126: `/new` + quote → directive removed, quoted block kept.
     for t in db::test_databases().await {
         let w = World::start(t, FakeOptions::default(), 3_000).await;
         let template: Value =

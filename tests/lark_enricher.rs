@@ -3,7 +3,7 @@
 //! server (axum on 127.0.0.1:0) that `https://open.feishu.cn` is redirected to. Covers the quoted
 //! parent, merge_forward transcripts (cap and nesting), recent group context, speaker names, and
 //! every failure mode degrading to its placeholder while the body is still returned
-//! (multica-lark §F, §S, §6.5).
+//! (reference §F, §S, §6.5).
 
 #[path = "support/db.rs"]
 mod db;

@@ -1,7 +1,7 @@
 //! The Lark plugin's `outbound` export through the host runtime: the real wasm plugin, its
 //! tenant-token cache in the host kv store (SQLite and PostgreSQL), and a local fake Lark REST
 //! server (axum on 127.0.0.1:0) that `https://open.feishu.cn` is redirected to. Every test
-//! asserts the exact requests the plugin made (multica-lark §L, §M, §S, §6.5–6.6).
+//! asserts the exact requests the plugin made (reference §L, §M, §S, §6.5–6.6).
 
 #[path = "support/db.rs"]
 mod db;

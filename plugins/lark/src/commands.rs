@@ -1,4 +1,4 @@
-//! Chat commands typed by users: `/<name> [args]` (multica-lark §H).
+//! Chat commands typed by users: `/<name> [args]` (reference §H).
 //!
 //! A command is recognised only on the first non-empty line of the user's own text (the bot's
 //! own mention is already removed from it by the decoder), after leading whitespace. The name

@@ -1,4 +1,4 @@
-//! Event payload → inbound chat message (multica-lark §C, lark-protocol §2.6 and §3).
+//! Event payload → inbound chat message (reference §C, lark-protocol §2.6 and §3).
 //!
 //! Only `im.message.receive_v1` produces a message; every other event, non-event envelopes
 //! (`heartbeat`, `frame_ack`, …) and legacy v1 envelopes are ignored with a reason. The decoder

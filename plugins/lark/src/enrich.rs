@@ -1,4 +1,4 @@
-//! The enricher (the `enricher` export, multica-lark §F): what a message's body becomes once the
+//! The enricher (the `enricher` export, reference §F): what a message's body becomes once the
 //! context the user attached or addressed is fetched — the quoted parent, the transcript of a
 //! merged-and-forwarded bundle, the recent messages of a group chat the bot was asked in, and
 //! the speakers' names.
@@ -35,7 +35,7 @@ use crate::rest::{self, ApiErrorKind, RestMessage, TenantToken, api_base};
 use crate::transport::HttpRequestSpec;
 
 /// Recent messages fetched for an addressed group message when the installation does not say
-/// otherwise (`RecentContextSize`, multica-lark §1.1).
+/// otherwise (`RecentContextSize`, reference §1.1).
 pub const DEFAULT_RECENT_CONTEXT_SIZE: u32 = 10;
 /// Lark's page-size cap of the message list.
 pub const MAX_PAGE_SIZE: u32 = 50;
@@ -103,7 +103,7 @@ pub trait EnrichHost {
     fn warn(&mut self, message: &str, fields: &[(&str, &str)]);
 }
 
-/// Enriches `message` (multica-lark §F):
+/// Enriches `message` (reference §F):
 ///
 /// 1. `/new <text>` in the user's own text: the core is `<text>` (bare `/new`: empty).
 /// 2. Nothing to do — no parent, not a forward, and no recent window wanted (the window needs a
@@ -280,7 +280,7 @@ impl SenderIds {
     }
 }
 
-/// The recent window (multica-lark §F7–§F8): one list call (a second one only when the first
+/// The recent window (reference §F7–§F8): one list call (a second one only when the first
 /// failed with a retryable category other than a token problem, whose retry is the token
 /// refresh itself), then the trigger and the quoted parent dropped, the bot's own cards
 /// dropped, inside a topic only that topic's messages up to the trigger kept (fail-closed: a

@@ -1,4 +1,4 @@
-//! The enricher's pure half (multica-lark §F6, §F8–§F14): how fetched messages become the
+//! The enricher's pure half (reference §F6, §F8–§F14): how fetched messages become the
 //! `<recent_context>`, `<quoted_message>` and `<forwarded_messages>` blocks, who each speaker is
 //! called, and what a failed fetch means (its category, whether one retry may help, and the
 //! one-line note that replaces the recent-context block).
@@ -32,7 +32,7 @@ pub const NO_FORWARDED_CONTENT: &str = "[no forwarded content available]";
 pub const FORWARD_ERROR_BLOCK: &str =
     "<forwarded_messages type=\"error\">[unable to fetch]</forwarded_messages>";
 
-/// Why the recent-context fetch (or any enrichment fetch) failed (multica-lark §F10–§F11).
+/// Why the recent-context fetch (or any enrichment fetch) failed (reference §F10–§F11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureCategory {
     /// The message has no `chat_id` to read history from.
@@ -138,7 +138,7 @@ fn classified(category: FailureCategory, retryable: bool) -> Classified {
     }
 }
 
-/// Classifies a failed fetch (multica-lark §F11): a Lark code names the failure exactly; then
+/// Classifies a failed fetch (reference §F11): a Lark code names the failure exactly; then
 /// the HTTP status; then the wording of the message.
 pub fn classify(error: &FetchError) -> Classified {
     use FailureCategory::*;
@@ -245,7 +245,7 @@ fn contains_any(text: &str, needles: &[&str]) -> bool {
     needles.iter().any(|needle| text.contains(needle))
 }
 
-/// Labels the speakers of one block (multica-lark §F14): app senders are `Bot`; a sender whose
+/// Labels the speakers of one block (reference §F14): app senders are `Bot`; a sender whose
 /// name resolved is called by it; the others are `User 1`, `User 2`, … in order of first
 /// appearance (a missing sender id counts as one speaker, `unknown`).
 pub struct SpeakerLabels<'a> {
@@ -361,7 +361,7 @@ pub fn forwarded_block(
     out
 }
 
-/// The quoted parent `parent_id` from the items its GET returned (multica-lark §F12). A failed
+/// The quoted parent `parent_id` from the items its GET returned (reference §F12). A failed
 /// fetch, no items or a recalled parent give the error block; a parent that is itself a forward
 /// carries its transcript (from the same items) inside.
 pub fn quoted_block(

@@ -1,5 +1,5 @@
 //! The enricher over a scripted host: one test per behaviour of the reference's enricher
-//! inventory (multica-lark §4.1, inbound_enricher tests 102–137) plus the budget and failure
+//! inventory (reference §4.1, inbound_enricher tests 102–137) plus the budget and failure
 //! modes of this port.
 
 use std::collections::HashMap;

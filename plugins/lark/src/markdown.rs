@@ -1,5 +1,5 @@
 //! The markdown detector that picks between a plain `text` message and a schema-2.0 markdown
-//! card for an agent reply (multica-lark §L7).
+//! card for an agent reply (reference §L7).
 //!
 //! It is a port of the reference's nine regular expressions as hand-written scans (the plugin
 //! carries no regex engine). It deliberately leans towards "markdown": prose that happens to

@@ -1,4 +1,4 @@
-//! Mentions (multica-lark §E, lark-protocol §3.2): recognising the bot's own mention and
+//! Mentions (reference §E, lark-protocol §3.2): recognising the bot's own mention and
 //! rewriting `@_user_N` placeholders into readable text.
 //!
 //! The bot is identified by `union_id` first: in multi-bot groups `open_id`s are per-app, so an

@@ -1,5 +1,5 @@
 //! Delivery (the `outbound` export): where a reply or notice goes and how it is sent
-//! (multica-lark §L, §S), the typing reaction (§M) and attachment downloads (§N2).
+//! (reference §L, §S), the typing reaction (§M) and attachment downloads (§N2).
 //!
 //! Everything here is plain Rust. The few host calls delivery needs (HTTP, kv for the token
 //! cache, logging) go through the [`LarkHost`] trait, which `component` implements on the host

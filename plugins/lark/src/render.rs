@@ -1,4 +1,4 @@
-//! What the user sees: the `content` JSON of every message the plugin sends (multica-lark §6.6,
+//! What the user sees: the `content` JSON of every message the plugin sends (reference §6.6,
 //! §J, §L) and the size limits Lark puts on it (lark-protocol §5.7).
 //!
 //! Pure functions of their inputs: no host calls, no wire requests (those are in `rest`), no

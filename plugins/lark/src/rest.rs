@@ -15,14 +15,14 @@ use crate::transport::{DEFAULT_BASE_URL, HttpRequestSpec};
 
 /// Path of the internal tenant access token call.
 pub const TENANT_TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
-/// Seconds a cached token is given up before its expiry (multica-lark §S1).
+/// Seconds a cached token is given up before its expiry (reference §S1).
 pub const TOKEN_EXPIRY_MARGIN_S: u64 = 60;
 /// A token lifetime below this many seconds is treated as this long before the margin is taken
-/// (multica-lark §S1), so a short `expire` still caches the token for a minute.
+/// (reference §S1), so a short `expire` still caches the token for a minute.
 pub const TOKEN_MIN_EXPIRE_S: u64 = 120;
 /// Path of the send-message call (`?receive_id_type=…` is appended).
 pub const SEND_MESSAGE_PATH: &str = "/open-apis/im/v1/messages";
-/// Emoji of the typing-indicator reaction (multica-lark §M1).
+/// Emoji of the typing-indicator reaction (reference §M1).
 pub const TYPING_EMOJI: &str = "Typing";
 
 /// What a failed REST call means for the caller.
@@ -147,7 +147,7 @@ impl TenantToken {
     }
 }
 
-/// Whether a failed threaded reply may be retried once as a chat-level send (multica-lark §L6):
+/// Whether a failed threaded reply may be retried once as a chat-level send (reference §L6):
 /// the target was recalled (230011), its topic is gone (230019), it is invisible (230050), the
 /// chat does not support thread replies (230071), the target is an aggregated message (230072)
 /// or a self-destructing one (230111). Rate limits (230020), "being sent" (230049), transport

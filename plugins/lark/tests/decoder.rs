@@ -1,4 +1,4 @@
-//! Decoder, content flattening and mention behaviour (multica-lark §C–E and the
+//! Decoder, content flattening and mention behaviour (reference §C–E and the
 //! ws_frame_decoder / content_flatten tests), on constructed payloads.
 
 use serde_json::{Value, json};

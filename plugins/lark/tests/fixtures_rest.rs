@@ -45,7 +45,7 @@ fn rest_tenant_access_token() {
     let token = parse_tenant_token(status_of(response), &[], &body_of(response)).unwrap();
     assert_eq!(token.token, "t-g1049bcdfixture0a1b2c3d4e5f6a7b8c9d0e1f2");
     assert_eq!(token.expire_s, 7200);
-    // Cache rule (multica-lark §S1): expire − 60 s.
+    // Cache rule (reference §S1): expire − 60 s.
     assert_eq!(token.cache_ttl_ms(), (7200 - 60) * 1000);
 }
 

@@ -1,4 +1,4 @@
-//! The `pbbp2.Frame` codec (multica-lark §B1–B4 and its ws_frame tests).
+//! The `pbbp2.Frame` codec (reference §B1–B4 and its ws_frame tests).
 
 use switchboard_lark::frame::{Frame, Header, METHOD_CONTROL, METHOD_DATA};
 use switchboard_lark::transport::{AckStatus, build_ack, build_ping};
