@@ -1116,3 +1116,32 @@ fn serve_guards_the_admin_api_and_metrics_with_tokens_from_the_environment() {
     assert!(status.success(), "{status}: {log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `plugins inspect lark | head -1`: the reader closes the pipe early; the command ends
+/// quietly (no panic text, no error line) instead of panicking inside `println!`.
+#[test]
+fn printing_commands_end_quietly_when_the_reader_goes_away() {
+    let d = tempfile::tempdir().unwrap();
+    let mut child = command(d.path(), &["plugins", "inspect", "lark"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the binary");
+    let stderr = drain(child.stderr.take().unwrap());
+    // Read one line, then close the pipe, like `head -1`.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let status = wait_within(&mut child, Duration::from_secs(60)).expect("it ends");
+    let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    assert!(first.starts_with("lark "), "{first}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    // Either it printed everything before the pipe closed, or SIGPIPE ended it.
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {stderr}"
+    );
+}

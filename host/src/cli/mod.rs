@@ -197,8 +197,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Entry point of the binary.
+/// Commands that only print what they read: a closed stdout (`… | head`) ends them quietly, as
+/// it ends other command-line tools, instead of a panic inside `println!`. Commands that serve
+/// or talk to peers keep Rust's default (SIGPIPE ignored, errors returned).
+fn end_quietly_on_a_closed_pipe(command: &Command) {
+    if matches!(
+        command,
+        Command::Plugins(_)
+            | Command::Installations(_)
+            | Command::Bindings(_)
+            | Command::Sessions(_)
+    ) {
+        // SAFETY: restores the default disposition of one signal before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    end_quietly_on_a_closed_pipe(&cli.command);
     if let Err(e) = init_logging(&cli.global, &cli.command) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
