@@ -888,3 +888,55 @@ async fn worker_agents_get_compaction_jobs_before_runs_and_on_manual_requests() 
         assert_eq!(host.failures(&session).await, 1, "{name}");
     }
 }
+
+/// A slow model: answers after 400 ms.
+async fn slow_completion() -> Json<Value> {
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    Json(json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "slow answer"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2},
+    }))
+}
+
+/// A status event published from a state read before the run was acquired (the flush handler
+/// does this) must not cancel the run: only the store decides whether the run lost the session.
+#[tokio::test]
+async fn a_stale_status_event_does_not_cancel_a_running_run() {
+    let test_db = db::sqlite_file_db().await;
+    let router = axum::Router::new().route("/v1/chat/completions", post(slow_completion));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let mut agents = AgentsConfig::new();
+    agents.insert(
+        "gpt".into(),
+        agent(json!({"kind": "openai", "base_url": origin, "model": "m"})),
+    );
+    let host = Arc::new(Host::start(&test_db, agents).await);
+    let (session, _) = host.session("gpt").await;
+    let turn = {
+        let host = host.clone();
+        let session = session.clone();
+        tokio::spawn(async move { host.turn(&session, "gpt", "hello").await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while host.run_state(&session).await != RunState::Running {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the run starts");
+    host.state.runs.hub().publish(
+        &session,
+        SessionEvent::Status {
+            state: RunState::Pending,
+            last_error: None,
+        },
+    );
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), turn)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert!(matches!(result, RunResult::Replied { .. }), "{result:?}");
+    assert_eq!(host.run_state(&session).await, RunState::Idle);
+}
