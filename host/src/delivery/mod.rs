@@ -62,7 +62,30 @@ pub enum DeliveryFailure {
         message: String,
         /// Whether the last failure was still classified retryable.
         retryable: bool,
+        /// The least wait before a retry the channel asked for (a rate limit's `Retry-After`).
+        retry_after: Option<std::time::Duration>,
     },
+}
+
+impl DeliveryFailure {
+    fn refused(error: outbound::DeliveryError) -> DeliveryFailure {
+        DeliveryFailure::Refused {
+            code: error.code,
+            message: error.message,
+            retryable: error.retryable,
+            retry_after: error
+                .retry_after_ms
+                .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+        }
+    }
+
+    /// The least wait before a retry the channel asked for, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            DeliveryFailure::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// The typing indicator shown on one message while its run is pending or running.
@@ -234,11 +257,7 @@ impl Delivery {
                 tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = ?receipt.message_id, "delivered");
                 Ok(receipt.message_id)
             }
-            Ok(Err(refused)) => Err(DeliveryFailure::Refused {
-                code: refused.code,
-                message: refused.message,
-                retryable: refused.retryable,
-            }),
+            Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
             Err(call) => Err(call.into()),
         }
     }
@@ -269,11 +288,7 @@ impl Delivery {
                 tracing::info!(installation = %installation.id, session = %target.session_id, sent = ?receipt.message_id, "streamed reply ended");
                 return Ok(receipt.message_id.or(Some(handle)));
             }
-            Ok(Err(refused)) => DeliveryFailure::Refused {
-                code: refused.code,
-                message: refused.message,
-                retryable: refused.retryable,
-            },
+            Ok(Err(refused)) => DeliveryFailure::refused(refused),
             Err(call) => call.into(),
         };
         // The outbox retries: the next attempt ends the same stream.

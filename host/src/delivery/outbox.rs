@@ -73,6 +73,16 @@ impl OutboxSettings {
     }
 
     /// The wait after attempt `attempts` failed.
+    /// The wait before retry `attempts + 1`: the backoff, or the channel's `retry_after` when it
+    /// asked for longer, never beyond `max_backoff`.
+    fn wait(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.backoff(attempts);
+        match retry_after {
+            Some(asked) if asked > backoff => asked.min(self.max_backoff.max(backoff)),
+            _ => backoff,
+        }
+    }
+
     fn backoff(&self, attempts: i64) -> Duration {
         let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
         self.first_backoff
@@ -271,7 +281,7 @@ impl Outbox {
             Ok(None) => return self.give_up(&row, "the installation is gone").await,
             Err(e) => {
                 return self
-                    .retry(&row, &format!("reading the installation: {e}"))
+                    .retry(&row, &format!("reading the installation: {e}"), None)
                     .await;
             }
         };
@@ -342,11 +352,16 @@ impl Outbox {
             | Err(failure @ DeliveryFailure::NoPlugin { .. }) => {
                 self.give_up(&row, &failure.to_string()).await
             }
-            Err(failure) => self.retry(&row, &failure.to_string()).await,
+            Err(failure) => {
+                self.retry(&row, &failure.to_string(), failure.retry_after())
+                    .await
+            }
         }
     }
 
-    async fn retry(&self, row: &OutboxRow, error: &str) -> Attempt {
+    /// Reschedules `row` after the backoff of its attempt count, or after the channel's
+    /// `retry_after` when that is longer (capped at the longest backoff).
+    async fn retry(&self, row: &OutboxRow, error: &str, retry_after: Option<Duration>) -> Attempt {
         let inner = &self.inner;
         if row.attempts >= i64::from(inner.settings.attempts) {
             let error = format!(
@@ -355,7 +370,7 @@ impl Outbox {
             );
             return self.give_up(row, &error).await;
         }
-        let wait = inner.settings.backoff(row.attempts);
+        let wait = inner.settings.wait(row.attempts, retry_after);
         let next = inner
             .clock
             .now_ms()
@@ -482,5 +497,23 @@ mod tests {
         };
         let waits: Vec<u64> = (1..=6).map(|a| settings.backoff(a).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn a_channel_retry_after_lengthens_the_wait_up_to_the_cap() {
+        let settings = OutboxSettings {
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..OutboxSettings::default()
+        };
+        let secs = |attempts, asked: Option<u64>| {
+            settings
+                .wait(attempts, asked.map(Duration::from_secs))
+                .as_secs()
+        };
+        assert_eq!(secs(1, None), 1);
+        assert_eq!(secs(1, Some(3)), 3, "a longer Retry-After wins");
+        assert_eq!(secs(3, Some(2)), 4, "a shorter one does not shorten the backoff");
+        assert_eq!(secs(1, Some(60)), 10, "capped at the longest backoff");
     }
 }

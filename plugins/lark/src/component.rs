@@ -511,6 +511,7 @@ fn no_streaming() -> outbound::DeliveryError {
         code: None,
         message: NO_STREAMING.into(),
         retryable: false,
+        retry_after_ms: None,
     }
 }
 
@@ -593,6 +594,7 @@ fn reported(failure: DeliveryFailure, export: &str, session: &str) -> outbound::
         code: failure.code,
         message: failure.message,
         retryable: failure.retryable,
+        retry_after_ms: None,
     }
 }
 

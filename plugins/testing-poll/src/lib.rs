@@ -378,10 +378,11 @@ pub fn local_failure(message: impl Into<String>, retryable: bool) -> DeliveryErr
         code: None,
         message: message.into(),
         retryable,
+        retry_after_ms: None,
     }
 }
 
-/// A non-2xx answer: retryable for 429 and 5xx.
+/// A non-2xx answer: retryable for 429 (after its `Retry-After`, in seconds) and 5xx.
 fn status_failure(response: &Response) -> DeliveryError {
     let status = response.status;
     let detail = body_json(response)
@@ -391,6 +392,12 @@ fn status_failure(response: &Response) -> DeliveryError {
         code: Some(i64::from(status)),
         message: format!("the channel answered {status}: {detail}"),
         retryable: status == 429 || status >= 500,
+        retry_after_ms: response
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+            .and_then(|(_, value)| value.trim().parse::<u32>().ok())
+            .map(|seconds| seconds.saturating_mul(1000)),
     }
 }
 

@@ -339,6 +339,7 @@ fn check_text(text: &str) -> Result<(), outbound::DeliveryError> {
         code: Some(if retryable { 500 } else { 400 }),
         message: text.to_string(),
         retryable,
+        retry_after_ms: None,
     })
 }
 
