@@ -126,8 +126,25 @@ impl ConnectionError {
 
 /// What the writer task sends.
 enum Outgoing {
-    Frame(Vec<u8>),
+    /// A frame of the plugin's protocol, as a text message when `text` (an answer to a text
+    /// frame) and otherwise as a binary one.
+    Frame { bytes: Vec<u8>, text: bool },
+    /// A WebSocket protocol ping (for a plan without an application ping frame).
+    Ping,
 }
+
+/// What one inbound frame asks of the read loop.
+enum FrameStep {
+    /// Keep reading.
+    Continue,
+    /// Keep reading at this new ping interval.
+    PingInterval(Duration),
+    /// The channel asked for a fresh connection (a control frame of kind `reconnect`).
+    Reconnect,
+}
+
+/// The control-frame kind by which a plugin asks for a fresh connection now.
+const RECONNECT: &str = "reconnect";
 
 /// One installation's long connection with reconnects.
 pub struct Connector {
@@ -216,9 +233,17 @@ impl Connector {
             _ = stop.cancelled() => return Ok(()),
             opened = self.open(&cx) => opened?,
         };
-        let (plan, socket) = opened;
+        let (mut plan, mut socket) = opened;
         tracing::info!("connected");
-        self.serve(cx, plan, socket, stop).await
+        // A reconnect request opens the next connection before the old one closes.
+        while let Some((next_plan, next_socket)) =
+            self.serve(cx.clone(), plan, socket, stop).await?
+        {
+            (plan, socket) = (next_plan, next_socket);
+            tracing::Span::current().record("connection", plan.connection_id.as_str());
+            tracing::info!("reconnected at the channel's request");
+        }
+        Ok(())
     }
 
     /// Discovery and dial.
@@ -331,14 +356,16 @@ impl Connector {
         )
     }
 
-    /// Serves one open socket until it ends.
+    /// Serves one open socket until it ends. When the channel asks for a fresh connection
+    /// (control kind `reconnect`), the next one is opened first, the events in flight on this one
+    /// are finished and answered, this one is closed, and the next one is returned.
     async fn serve(
         &self,
         cx: Arc<InstallationContext>,
         plan: ConnectPlan,
         socket: Socket,
         stop: &CancellationToken,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<Option<(ConnectPlan, Socket)>, ConnectionError> {
         let (sink, mut stream) = socket.split();
         let (out, outgoing) = mpsc::channel::<Outgoing>(64);
         let writer_failed = CancellationToken::new();
@@ -373,7 +400,7 @@ impl Connector {
                 .unwrap_or(ping_interval * 2 + Duration::from_secs(10));
             let next = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break Ok(()),
+                _ = stop.cancelled() => break Ok(None),
                 _ = writer_failed.cancelled() => {
                     break Err(ConnectionError::Write("the writer stopped".into()));
                 }
@@ -389,31 +416,40 @@ impl Connector {
                 Ok(Some(Err(e))) => break Err(ConnectionError::Read(e.to_string())),
                 Ok(Some(Ok(message))) => message,
             };
+            let (bytes, text) = match &message {
+                Message::Binary(bytes) => (bytes.as_ref(), false),
+                // Text protocols (JSON envelopes) are classified like binary ones, and answered
+                // in text.
+                Message::Text(text) => (text.as_bytes(), true),
+                _ => (&[][..], false),
+            };
             match message {
-                Message::Binary(bytes) => {
+                Message::Binary(_) | Message::Text(_) => {
+                    let frame = Inbound { bytes, text };
                     let step = self
-                        .on_frame(
-                            &cx,
-                            &mut intake,
-                            &bytes,
-                            &out,
-                            &mut ping_interval,
-                            &mut events,
-                        )
-                        .await;
-                    if let Some(interval) = step? {
-                        let _ = interval_tx.send(interval);
+                        .on_frame(&cx, &mut intake, frame, &out, &mut ping_interval, &mut events)
+                        .await?;
+                    match step {
+                        FrameStep::Continue => {}
+                        FrameStep::PingInterval(interval) => {
+                            let _ = interval_tx.send(interval);
+                        }
+                        FrameStep::Reconnect => {
+                            tracing::info!("the channel asked for a fresh connection; opening it");
+                            let next = tokio::select! {
+                                _ = stop.cancelled() => break Ok(None),
+                                opened = self.open(&cx) => opened,
+                            };
+                            break next.map(Some);
+                        }
                     }
-                }
-                Message::Text(text) => {
-                    tracing::warn!(bytes = text.len(), "text WebSocket message dropped")
                 }
                 Message::Close(frame) => {
                     let (code, reason) = frame
                         .map(|f| (f.code, f.reason.to_string()))
                         .unwrap_or((CloseCode::Status, String::new()));
                     break match code {
-                        CloseCode::Normal | CloseCode::Away => Ok(()),
+                        CloseCode::Normal | CloseCode::Away => Ok(None),
                         other => Err(ConnectionError::Closed(format!(
                             "close code {} {reason:?}",
                             u16::from(other)
@@ -446,28 +482,30 @@ impl Connector {
         result
     }
 
-    /// Handles one binary frame; returns a new ping interval when a pong carried one.
+    /// Handles one data message (binary or text); says whether the ping interval changed or
+    /// the channel asked for a fresh connection.
     async fn on_frame(
         &self,
         cx: &Arc<InstallationContext>,
         intake: &mut FrameIntake,
-        bytes: &[u8],
+        frame: Inbound<'_>,
         out: &mpsc::Sender<Outgoing>,
         ping_interval: &mut Duration,
         events: &mut InFlight,
-    ) -> Result<Option<Duration>, ConnectionError> {
+    ) -> Result<FrameStep, ConnectionError> {
+        let Inbound { bytes, text } = frame;
         let arrived = Instant::now();
         let outcome = match intake.push(&self.plugin, cx, bytes, arrived).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!("classify-frame failed; frame dropped without ACK: {e}");
-                return Ok(None);
+                return Ok(FrameStep::Continue);
             }
         };
         match outcome {
             FrameOutcome::Control { kind, reply, hints } => {
                 if let Some(reply) = reply {
-                    send(out, reply).await?;
+                    send(out, reply, text).await?;
                 }
                 let interval = hints
                     .and_then(|h| h.ping_interval_ms)
@@ -482,11 +520,15 @@ impl Connector {
                     *ping_interval = interval;
                 }
                 tracing::trace!(%kind, "control frame");
-                Ok(interval)
+                Ok(if kind == RECONNECT {
+                    FrameStep::Reconnect
+                } else {
+                    interval.map_or(FrameStep::Continue, FrameStep::PingInterval)
+                })
             }
             FrameOutcome::Ignored(reason) => {
                 tracing::debug!("frame ignored: {reason}");
-                Ok(None)
+                Ok(FrameStep::Continue)
             }
             FrameOutcome::Partial {
                 message_id,
@@ -494,11 +536,11 @@ impl Connector {
                 total,
             } => {
                 tracing::trace!(%message_id, received, total, "fragment buffered");
-                Ok(None)
+                Ok(FrameStep::Continue)
             }
             FrameOutcome::Invalid(reason) => {
                 tracing::warn!("frame dropped without ACK: {reason}");
-                Ok(None)
+                Ok(FrameStep::Continue)
             }
             FrameOutcome::Complete {
                 kind,
@@ -515,6 +557,7 @@ impl Connector {
                     out: out.clone(),
                     channel: self.installation.channel.clone(),
                     ack_frame,
+                    text,
                     arrived,
                     kind: kind.to_string(),
                     fragments,
@@ -542,10 +585,16 @@ impl Connector {
                         });
                     }
                 }
-                Ok(None)
+                Ok(FrameStep::Continue)
             }
         }
     }
+}
+
+/// One inbound data message: its bytes, and whether it came as text.
+struct Inbound<'a> {
+    bytes: &'a [u8],
+    text: bool,
 }
 
 /// Everything needed to answer one event once its outcome is known (owned, so the answer can be
@@ -557,6 +606,8 @@ struct Answer {
     out: mpsc::Sender<Outgoing>,
     channel: String,
     ack_frame: Vec<u8>,
+    /// The frame came as text: its ACK goes out as text.
+    text: bool,
     arrived: Instant,
     kind: String,
     fragments: u32,
@@ -609,7 +660,7 @@ impl Answer {
             .build_ack(&self.cx, &self.ack_frame, status, processing_ms, None)
             .await
         {
-            Ok(Ok(bytes)) => send(&self.out, bytes).await,
+            Ok(Ok(bytes)) => send(&self.out, bytes, self.text).await,
             Ok(Err(e)) => {
                 tracing::error!("build-ack refused; no ACK sent: {e:?}");
                 Ok(())
@@ -729,9 +780,13 @@ async fn dial_public(
     Err(WsError::Io(last))
 }
 
-/// Queues one frame for the writer.
-async fn send(out: &mpsc::Sender<Outgoing>, frame: Vec<u8>) -> Result<(), ConnectionError> {
-    out.send(Outgoing::Frame(frame))
+/// Queues one frame for the writer (as text when `text`).
+async fn send(
+    out: &mpsc::Sender<Outgoing>,
+    bytes: Vec<u8>,
+    text: bool,
+) -> Result<(), ConnectionError> {
+    out.send(Outgoing::Frame { bytes, text })
         .await
         .map_err(|_| ConnectionError::Write("the writer stopped".into()))
 }
@@ -744,8 +799,19 @@ async fn write_loop(
     write_timeout: Duration,
     failed: CancellationToken,
 ) {
-    while let Some(Outgoing::Frame(frame)) = outgoing.recv().await {
-        match tokio::time::timeout(write_timeout, sink.send(Message::Binary(frame.into()))).await {
+    while let Some(outgoing) = outgoing.recv().await {
+        let message = match outgoing {
+            Outgoing::Ping => Message::Ping(Default::default()),
+            Outgoing::Frame { bytes, text: true } => match String::from_utf8(bytes) {
+                Ok(text) => Message::Text(text.into()),
+                Err(not_text) => {
+                    tracing::warn!("a frame for a text protocol is not UTF-8; sent as binary");
+                    Message::Binary(not_text.into_bytes().into())
+                }
+            },
+            Outgoing::Frame { bytes, text: false } => Message::Binary(bytes.into()),
+        };
+        match tokio::time::timeout(write_timeout, sink.send(message)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!("socket write failed: {e}");
@@ -766,14 +832,23 @@ async fn write_loop(
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
 
-/// Sends the application ping right away and then every interval (the watch carries changes).
+/// Sends the application ping right away and then every interval (the watch carries changes);
+/// a plan with an empty ping frame gets WebSocket protocol pings instead.
 async fn ping_loop(
     ping: Vec<u8>,
     out: mpsc::Sender<Outgoing>,
     mut interval: watch::Receiver<Duration>,
 ) {
     loop {
-        if out.send(Outgoing::Frame(ping.clone())).await.is_err() {
+        let frame = if ping.is_empty() {
+            Outgoing::Ping
+        } else {
+            Outgoing::Frame {
+                bytes: ping.clone(),
+                text: false,
+            }
+        };
+        if out.send(frame).await.is_err() {
             return;
         }
         let sent = tokio::time::Instant::now();
