@@ -62,8 +62,10 @@ pub fn transport_of(installation: &Installation, declared: Transports) -> Transp
         .get(CONNECTION_CONFIG_KEY)
         .map(|value| value.to_ascii_lowercase());
     match chosen.as_deref() {
-        Some("websocket") if declared.websocket => Transport::WebSocket,
-        Some("long-poll" | "long_poll" | "longpoll") if declared.long_poll => Transport::LongPoll,
+        Some("websocket" | "socket") if declared.websocket => Transport::WebSocket,
+        Some("long-poll" | "long_poll" | "longpoll" | "poll") if declared.long_poll => {
+            Transport::LongPoll
+        }
         Some("webhook") if declared.webhook => Transport::Webhook,
         _ if declared.webhook => Transport::Webhook,
         _ if declared.long_poll => Transport::LongPoll,
