@@ -203,7 +203,9 @@ fn span(rest: &str, word_start: bool) -> Option<(String, usize)> {
         return Some((format!("<code>{}</code>", escape(&code[..end])), end + 2));
     }
     if let Some(label) = rest.strip_prefix('[') {
-        let close = label.find("](")?;
+        let close = label
+            .find(']')
+            .filter(|c| label[c + 1..].starts_with('('))?;
         let url_len = label[close + 2..].find(')')?;
         let url = &label[close + 2..close + 2 + url_len];
         if close == 0 || url.is_empty() || url.contains(char::is_whitespace) {

@@ -39,7 +39,10 @@ fn a_private_text_is_addressed_and_keyed_by_chat_and_message() {
     let m = message("private_text");
     assert_eq!(m.event_id, "900000001");
     assert_eq!(m.message_id, "111222333:10");
-    assert_eq!((m.chat.id.as_str(), m.chat.kind), ("111222333", ChatKind::Direct));
+    assert_eq!(
+        (m.chat.id.as_str(), m.chat.kind),
+        ("111222333", ChatKind::Direct)
+    );
     assert_eq!(m.chat.title.as_deref(), Some("Ann Lee"));
     assert_eq!(m.sender.id, "111222333");
     assert_eq!(m.sender.display_name.as_deref(), Some("Ann Lee"));
@@ -63,7 +66,10 @@ fn group_addressing_rules() {
     assert!(!plain.mentions[0].is_bot);
 
     let mention = message("group_mention");
-    assert!(mention.addressed_to_bot, "a mention entity of @bot_username (any case)");
+    assert!(
+        mention.addressed_to_bot,
+        "a mention entity of @bot_username (any case)"
+    );
     assert_eq!(mention.mentions[0].key, "@Switchboard_Test_Bot");
     assert!(mention.mentions[0].is_bot);
     assert_eq!(mention.mentions[0].id.as_deref(), Some("7000000001"));
@@ -108,11 +114,17 @@ fn media_bodies_captions_and_attachments() {
     assert_eq!(photo.attachments.len(), 1);
     let a = &photo.attachments[0];
     assert_eq!((a.kind.as_str(), a.ref_.as_str()), ("image", "AgAC-large"));
-    assert_eq!((a.size, a.mime.as_deref()), (Some(98765), Some("image/jpeg")));
+    assert_eq!(
+        (a.size, a.mime.as_deref()),
+        (Some(98765), Some("image/jpeg"))
+    );
 
     let document = message("document");
     assert_eq!(document.body, "[document: report.pdf] /summarize please");
-    assert_eq!(command(&document), Some(("summarize".into(), "please".into())));
+    assert_eq!(
+        command(&document),
+        Some(("summarize".into(), "please".into()))
+    );
     let a = &document.attachments[0];
     assert_eq!((a.kind.as_str(), a.ref_.as_str()), ("file", "BQAC-doc"));
     assert_eq!(
@@ -121,14 +133,20 @@ fn media_bodies_captions_and_attachments() {
     );
 
     let video = message("video");
-    assert_eq!((video.message_type.as_str(), video.body.as_str()), ("video", "[video, 12 s]"));
+    assert_eq!(
+        (video.message_type.as_str(), video.body.as_str()),
+        ("video", "[video, 12 s]")
+    );
     assert_eq!(video.attachments[0].ref_, "BAAC-vid");
     assert_eq!(video.attachments[0].mime.as_deref(), Some("video/mp4"));
 
     let voice = message("voice");
     assert_eq!(voice.body, "[voice message, 3 s]");
     assert_eq!(
-        (voice.attachments[0].kind.as_str(), voice.attachments[0].ref_.as_str()),
+        (
+            voice.attachments[0].kind.as_str(),
+            voice.attachments[0].ref_.as_str()
+        ),
         ("audio", "AwAC-voice")
     );
 }
@@ -148,7 +166,10 @@ fn stickers_locations_contacts_polls_and_dice_have_meaningful_bodies() {
 
 #[test]
 fn edits_membership_and_service_messages_are_ignored_with_a_reason() {
-    assert_eq!(ignored("edited_message"), "an edit does not start a new turn");
+    assert_eq!(
+        ignored("edited_message"),
+        "an edit does not start a new turn"
+    );
     assert!(ignored("my_chat_member").contains("my_chat_member"));
     assert!(ignored("service_new_members").contains("new_chat_members"));
     assert!(matches!(
@@ -163,8 +184,14 @@ fn a_callback_query_is_an_action_on_its_message() {
         Ok(Decoded::Action(a)) => a,
         other => panic!("{other:?}"),
     };
-    assert_eq!((a.event_id.as_str(), a.action_id.as_str()), ("900000018", "4382bfdwdsb323b2d9"));
-    assert_eq!((a.name.as_str(), a.value.as_str()), ("approve", "deploy-42"));
+    assert_eq!(
+        (a.event_id.as_str(), a.action_id.as_str()),
+        ("900000018", "4382bfdwdsb323b2d9")
+    );
+    assert_eq!(
+        (a.name.as_str(), a.value.as_str()),
+        ("approve", "deploy-42")
+    );
     assert_eq!(a.message_id.as_deref(), Some("-1001234567890:30"));
     assert_eq!(a.thread_id.as_deref(), Some("40"));
     assert_eq!(a.chat.kind, ChatKind::Group);
@@ -175,7 +202,11 @@ fn a_callback_query_is_an_action_on_its_message() {
 
 #[test]
 fn broken_updates_are_invalid_input() {
-    for payload in [&b"not json"[..], br#"{"message":{}}"#, br#"{"update_id":1,"message":{"message_id":1,"date":1,"text":"x"}}"#] {
+    for payload in [
+        &b"not json"[..],
+        br#"{"message":{}}"#,
+        br#"{"update_id":1,"message":{"message_id":1,"date":1,"text":"x"}}"#,
+    ] {
         assert!(
             matches!(decode(payload, &BOT), Err(PluginError::InvalidInput(_))),
             "{}",
@@ -188,7 +219,10 @@ fn broken_updates_are_invalid_input() {
 fn commands_follow_the_lark_rules() {
     let p = |t: &str| parse(t).map(|c| (c.name, c.args));
     assert_eq!(p("/New"), Some(("new".into(), String::new())));
-    assert_eq!(p("  /stop now\nplease "), Some(("stop".into(), "now\nplease".into())));
+    assert_eq!(
+        p("  /stop now\nplease "),
+        Some(("stop".into(), "now\nplease".into()))
+    );
     assert_eq!(p("/new@other_bot"), None);
     assert_eq!(p("/usr/bin"), None);
     assert_eq!(p("hello /new"), None);
