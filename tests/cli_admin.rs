@@ -393,9 +393,11 @@ fn installations_add_stores_every_documented_flag() {
     assert_eq!(stored.agent, "echo");
     assert_eq!(stored.debounce_ms, 3000);
     assert!(stored.secrets.is_empty());
+    // on-install is told the installation's own URL, before the row exists.
+    let own_url = format!("http://127.0.0.1:8080/hooks/testing/{id}");
     assert_eq!(
         config_values(&stored),
-        BTreeMap::from([("webhook_url", "http://127.0.0.1:8080/hooks/testing")]),
+        BTreeMap::from([("webhook_url", own_url.as_str())]),
         "learned by on-install"
     );
     assert_eq!(

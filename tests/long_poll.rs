@@ -162,6 +162,16 @@ async fn scenario(database_url: &str) {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["config"]["bot_id"], fake_poll::BOT_ID, "{created}");
     let installation = created["id"].as_str().unwrap().to_string();
+    // on-install was told the installation's own URL (a channel without routing keys registers
+    // it), and the required `bot_id` the operator left out was accepted because on-install
+    // filled it.
+    let registered = created["config"]["webhook_url"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        registered.ends_with(&format!("/hooks/testing-poll/{installation}")),
+        "{created}"
+    );
 
     // A message is long-polled, stored, run, and the reply streamed as one channel message.
     let first = fake.push_message("c1", "direct", "u1", "hello poll");

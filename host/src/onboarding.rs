@@ -1,7 +1,9 @@
 //! Adding an installation: the one path the CLI and the admin API share. The values are
-//! checked against the channel plugin's installation schema, the routing key comes from the
-//! schema's routing-key config when none is given, the plugin's `on-install` learns what the
-//! channel says about the bot (stored into the config), and only then is the row written.
+//! checked against the channel plugin's installation schema (required config values may be left
+//! to `on-install`), the installation's id is chosen, the plugin's `on-install` registers the
+//! installation's own URL with the channel and learns what the channel says about the bot
+//! (stored into the config), the schema is checked in full, the routing key comes from the
+//! schema's routing-key config when none is given, and only then is the row written.
 //!
 //! Owns that order; must not know any channel's keys (they come from the manifest).
 
@@ -10,7 +12,9 @@ use std::sync::Arc;
 use crate::domain::InstallationContext;
 use crate::domain::schema::Violation;
 use crate::runtime::{Runtime, types};
-use crate::store::{Installation, InstallationStore, NewInstallation, StoreError};
+use crate::store::{
+    Installation, InstallationStore, NewInstallation, StoreError, new_installation_id,
+};
 
 /// Why an installation was not added.
 #[derive(Debug, thiserror::Error)]
@@ -70,23 +74,35 @@ pub async fn add(
             channel: new.channel.clone(),
         })?;
     let schema = &plugin.manifest().installation;
-    let violations = schema.check(&new.config, &new.secrets);
+    let schema_error = |violations| AddError::Schema {
+        channel: new.channel.clone(),
+        violations,
+        schema: schema.describe(),
+    };
+    // A required config value `on-install` learns from the channel (the bot's own id) may be
+    // left out when `on-install` runs: the full check comes after its answer is merged.
+    let violations: Vec<Violation> = schema
+        .check(&new.config, &new.secrets)
+        .into_iter()
+        .filter(|v| {
+            options.skip_on_install
+                || !matches!(
+                    v,
+                    Violation::Missing {
+                        section: "config",
+                        ..
+                    }
+                )
+        })
+        .collect();
     if !violations.is_empty() {
-        return Err(AddError::Schema {
-            channel: new.channel.clone(),
-            violations,
-            schema: schema.describe(),
-        });
+        return Err(schema_error(violations));
     }
-    if new.routing_key.is_empty()
-        && let Some(key) = schema.routing_key_of(&new.config)
-    {
-        new.routing_key = key.to_string();
-    }
+    // The id is chosen now so `on-install` can register the installation's own URL.
+    let id = new_installation_id();
     if !options.skip_on_install {
-        // The id is not known before the row exists; the plugin sees the values only.
         let cx = Arc::new(InstallationContext {
-            id: String::new(),
+            id: id.clone(),
             config: new.config.clone(),
             secrets: new
                 .secrets
@@ -95,7 +111,7 @@ pub async fn add(
                 .collect(),
         });
         let webhook_url = format!(
-            "{}/hooks/{}",
+            "{}/hooks/{}/{id}",
             options.public_url.trim_end_matches('/'),
             new.channel
         );
@@ -123,8 +139,23 @@ pub async fn add(
         for (key, value) in learned {
             new.config.entry(key).or_insert(value);
         }
+        // Keys `on-install` adds beyond the schema are the plugin's business; what it must do
+        // is fill the required values the operator left out.
+        let missing: Vec<Violation> = schema
+            .check(&new.config, &new.secrets)
+            .into_iter()
+            .filter(|v| matches!(v, Violation::Missing { .. }))
+            .collect();
+        if !missing.is_empty() {
+            return Err(schema_error(missing));
+        }
     }
-    Ok(installations.create(&new, now_ms).await?)
+    if new.routing_key.is_empty()
+        && let Some(key) = schema.routing_key_of(&new.config)
+    {
+        new.routing_key = key.to_string();
+    }
+    Ok(installations.create_with_id(&id, &new, now_ms).await?)
 }
 
 /// Revokes installation `id`: the plugin's `on-uninstall` undoes what `on-install` registered

@@ -513,7 +513,11 @@ mod tests {
         };
         assert_eq!(secs(1, None), 1);
         assert_eq!(secs(1, Some(3)), 3, "a longer Retry-After wins");
-        assert_eq!(secs(3, Some(2)), 4, "a shorter one does not shorten the backoff");
+        assert_eq!(
+            secs(3, Some(2)),
+            4,
+            "a shorter one does not shorten the backoff"
+        );
         assert_eq!(secs(1, Some(60)), 10, "capped at the longest backoff");
     }
 }

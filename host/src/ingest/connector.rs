@@ -427,7 +427,14 @@ impl Connector {
                 Message::Binary(_) | Message::Text(_) => {
                     let frame = Inbound { bytes, text };
                     let step = self
-                        .on_frame(&cx, &mut intake, frame, &out, &mut ping_interval, &mut events)
+                        .on_frame(
+                            &cx,
+                            &mut intake,
+                            frame,
+                            &out,
+                            &mut ping_interval,
+                            &mut events,
+                        )
                         .await?;
                     match step {
                         FrameStep::Continue => {}

@@ -181,12 +181,16 @@ impl outbound::Guest for PollPlugin {
 }
 
 impl lifecycle::Guest for PollPlugin {
-    fn on_install(_webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
+    /// Learns the bot from `me`, and reports the URL the host would have it register (the
+    /// host's tests check it names the installation).
+    fn on_install(webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
         install_panic_hook();
         let root = root().ok_or_else(|| PluginError::Unauthorized(NO_TOKEN.into()))?;
         let response = http::send(&me_request(&root))
             .map_err(|error| PluginError::Retryable(format!("`me` failed: {error:?}")))?;
-        parse_me(&response)
+        let mut learned = parse_me(&response)?;
+        learned.push(("webhook_url".to_string(), webhook_url));
+        Ok(learned)
     }
     fn on_uninstall() -> Result<(), PluginError> {
         Ok(())

@@ -166,6 +166,11 @@ impl InstallationStatus {
     }
 }
 
+/// A fresh installation id (a random UUID), for [`InstallationStore::create_with_id`].
+pub fn new_installation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// What an operator provides to register an installation.
 ///
 /// `Default` gives an `open`, `echo`-agent installation with the default 3 s debounce and empty
@@ -412,13 +417,25 @@ impl InstallationStore {
         new: &NewInstallation,
         now_ms: i64,
     ) -> Result<Installation, StoreError> {
+        self.create_with_id(&new_installation_id(), new, now_ms)
+            .await
+    }
+
+    /// [`create`](Self::create) under an id chosen beforehand with [`new_installation_id`] (so
+    /// the plugin's `on-install` can be told the installation's own URL before the row exists).
+    pub async fn create_with_id(
+        &self,
+        id: &str,
+        new: &NewInstallation,
+        now_ms: i64,
+    ) -> Result<Installation, StoreError> {
         if new.channel.is_empty() {
             return Err(StoreError::Invalid {
                 what: "installation: the channel must not be empty".into(),
             });
         }
         check_new(new)?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = id.to_string();
         // A channel whose payloads carry no routing key is routed by its installation URL or
         // connection only; the id keeps `(channel, routing_key)` unique.
         let routing_key = if new.routing_key.is_empty() {

@@ -47,7 +47,7 @@ pub use ingest::{
 };
 pub use installations::{
     AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
-    NewInstallation,
+    NewInstallation, new_installation_id,
 };
 pub use kv::{KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
