@@ -18,6 +18,7 @@ const PLUGINS: &[(&str, &str)] = &[
         "switchboard_testing_escape.wasm",
     ),
     ("switchboard-testing-poll", "switchboard_testing_poll.wasm"),
+    ("switchboard-slack", "switchboard_slack.wasm"),
 ];
 
 /// Variables of the outer build that must not leak into the nested wasm build.

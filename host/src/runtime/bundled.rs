@@ -11,10 +11,16 @@ pub struct BundledPlugin {
 }
 
 /// The plugins this binary carries.
-pub const BUNDLED: &[BundledPlugin] = &[BundledPlugin {
-    file: "switchboard_lark.wasm",
-    wasm: include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_lark.wasm")),
-}];
+pub const BUNDLED: &[BundledPlugin] = &[
+    BundledPlugin {
+        file: "switchboard_lark.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_lark.wasm")),
+    },
+    BundledPlugin {
+        file: "switchboard_slack.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_slack.wasm")),
+    },
+];
 
 /// Directory holding the test plugins built alongside (used by the test suite and benchmarks).
 pub const TEST_PLUGIN_DIR: &str = env!("SWITCHBOARD_TEST_PLUGIN_DIR");
