@@ -89,11 +89,18 @@ impl DeliveryFailure {
 }
 
 /// The typing indicator shown on one message while its run is pending or running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct TypingIndicator {
     message_id: String,
     handle: Option<String>,
+    /// Re-shows the indicator while it is on (manifest `typing_refresh_ms`); aborted when it
+    /// goes off.
+    refresher: Option<tokio::task::AbortHandle>,
 }
+
+/// A refreshed indicator is refreshed for at most this long (a run that outlives it keeps the
+/// last one until it ends).
+const MAX_TYPING_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Delivers content through channel plugins. Cheap to clone.
 #[derive(Clone)]
@@ -352,13 +359,20 @@ impl Delivery {
         };
         match plugin.set_typing(&cx, target, &change, None).await {
             Ok(Ok(handle)) => {
-                self.typing.lock().expect("typing map").insert(
+                let refresher = plugin.manifest().features.typing_refresh.map(|every| {
+                    self.spawn_typing_refresh(installation, target, message_id, &handle, every)
+                });
+                let previous = self.typing.lock().expect("typing map").insert(
                     target.session_id.clone(),
                     TypingIndicator {
                         message_id: message_id.to_string(),
                         handle,
+                        refresher,
                     },
                 );
+                if let Some(refresher) = previous.and_then(|p| p.refresher) {
+                    refresher.abort();
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(installation = %installation.id, session = %target.session_id, code = ?e.code, "typing indicator not shown: {}", e.message)
@@ -367,6 +381,59 @@ impl Delivery {
                 tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")
             }
         }
+    }
+
+    /// Calls `set-typing` (on, with the indicator's handle) every `every` while the session's
+    /// indicator is still the one on `message_id`, for at most [`MAX_TYPING_REFRESH`].
+    fn spawn_typing_refresh(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        message_id: &str,
+        handle: &Option<String>,
+        every: std::time::Duration,
+    ) -> tokio::task::AbortHandle {
+        let delivery = self.clone();
+        let installation = installation.clone();
+        let target = target.clone();
+        let message_id = message_id.to_string();
+        let handle = handle.clone();
+        let span = tracing::debug_span!(
+            "typing_refresh",
+            installation = %installation.id,
+            session = %target.session_id
+        );
+        let task = async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let shown = delivery
+                    .indicator(&target.session_id)
+                    .is_some_and(|t| t.message_id == message_id);
+                if !shown || started.elapsed() >= MAX_TYPING_REFRESH {
+                    return;
+                }
+                let Ok(plugin) = delivery.plugin(&installation) else {
+                    return;
+                };
+                let cx = Arc::new(installation.context());
+                let change = outbound::TypingChange {
+                    message_id: message_id.clone(),
+                    on: true,
+                };
+                match plugin
+                    .set_typing(&cx, &target, &change, handle.as_deref())
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(code = ?e.code, "typing indicator not refreshed: {}", e.message)
+                    }
+                    Err(e) => tracing::debug!("typing refresh call failed: {e}"),
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span)).abort_handle()
     }
 
     /// Clears the session's typing indicator, if one is shown.
@@ -379,6 +446,9 @@ impl Delivery {
         else {
             return;
         };
+        if let Some(refresher) = &indicator.refresher {
+            refresher.abort();
+        }
         let Ok(plugin) = self.plugin(installation) else {
             return;
         };

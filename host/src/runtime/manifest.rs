@@ -83,6 +83,9 @@ pub struct Features {
     pub attachments: bool,
     /// Least time between two `stream-update` calls of one reply.
     pub stream_interval: Duration,
+    /// While a typing indicator is shown, `set-typing` is called again this often (channels whose
+    /// indicator fades by itself); `None`: once.
+    pub typing_refresh: Option<Duration>,
 }
 
 impl Default for Features {
@@ -93,6 +96,7 @@ impl Default for Features {
             actions: false,
             attachments: false,
             stream_interval: Duration::from_millis(DEFAULT_STREAM_INTERVAL_MS),
+            typing_refresh: None,
         }
     }
 }
@@ -195,6 +199,7 @@ struct RawFeatures {
     #[serde(default)]
     attachments: bool,
     stream_interval_ms: Option<u64>,
+    typing_refresh_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -345,6 +350,24 @@ impl Manifest {
                 format!("is {stream_interval_ms}; use 50..=60000"),
             ));
         }
+        let typing_refresh = match raw.features.typing_refresh_ms {
+            None => None,
+            Some(ms) if (1_000..=60_000).contains(&ms) && raw.features.typing => {
+                Some(Duration::from_millis(ms))
+            }
+            Some(ms) if !raw.features.typing => {
+                return Err(invalid(
+                    "features.typing_refresh_ms",
+                    format!("is {ms}, but `typing` is false: drop it or set typing = true"),
+                ));
+            }
+            Some(ms) => {
+                return Err(invalid(
+                    "features.typing_refresh_ms",
+                    format!("is {ms}; use 1000..=60000"),
+                ));
+            }
+        };
         let installation =
             InstallationSchema::from_raw(raw.installation).map_err(|e| ManifestError::Invalid {
                 origin: origin.to_string(),
@@ -386,6 +409,7 @@ impl Manifest {
                 actions: raw.features.actions,
                 attachments: raw.features.attachments,
                 stream_interval: Duration::from_millis(stream_interval_ms),
+                typing_refresh,
             },
             installation,
         })
@@ -444,6 +468,23 @@ memory_mib = 32
             Duration::from_millis(DEFAULT_CALL_BUDGET_MS)
         );
         assert_eq!(m.budgets.memory_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn typing_refresh_needs_typing_and_a_sane_interval() {
+        let with = |features: &str| {
+            Manifest::parse(
+                &GOOD.replace("[capabilities]", &format!("[features]\n{features}\n[capabilities]")),
+                "x",
+            )
+        };
+        let m = with("typing = true\ntyping_refresh_ms = 4000").unwrap();
+        assert_eq!(m.features.typing_refresh, Some(Duration::from_secs(4)));
+        assert_eq!(with("typing = true").unwrap().features.typing_refresh, None);
+        let err = with("typing_refresh_ms = 4000").unwrap_err();
+        assert!(err.to_string().contains("typing = true"), "{err}");
+        let err = with("typing = true\ntyping_refresh_ms = 10").unwrap_err();
+        assert!(err.to_string().contains("1000..=60000"), "{err}");
     }
 
     #[test]
