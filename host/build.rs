@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ),
     ("switchboard-testing-poll", "switchboard_testing_poll.wasm"),
     ("switchboard-slack", "switchboard_slack.wasm"),
+    ("switchboard-telegram", "switchboard_telegram.wasm"),
 ];
 
 /// Variables of the outer build that must not leak into the nested wasm build.

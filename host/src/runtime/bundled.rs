@@ -20,6 +20,10 @@ pub const BUNDLED: &[BundledPlugin] = &[
         file: "switchboard_slack.wasm",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_slack.wasm")),
     },
+    BundledPlugin {
+        file: "switchboard_telegram.wasm",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_telegram.wasm")),
+    },
 ];
 
 /// Directory holding the test plugins built alongside (used by the test suite and benchmarks).

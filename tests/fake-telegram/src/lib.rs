@@ -206,6 +206,8 @@ struct Bot {
     blocked: Vec<i64>,
     files: HashMap<String, (String, Vec<u8>)>,
     last_offset: Option<i64>,
+    /// The `offset` of the latest `getUpdates` that named one.
+    latest_offset: Option<i64>,
     requests: HashMap<String, u64>,
     request_log: Vec<(String, Instant)>,
 }
@@ -505,6 +507,11 @@ impl FakeTelegram {
         self.shared.bot().last_offset
     }
 
+    /// The `offset` the latest `getUpdates` asked for (a poller that went back would show here).
+    pub fn latest_offset(&self) -> Option<i64> {
+        self.shared.bot().latest_offset
+    }
+
     /// Updates still queued (not confirmed by an offset nor delivered to the webhook).
     pub fn pending_updates(&self) -> usize {
         self.shared.bot().queue.len()
@@ -759,6 +766,7 @@ async fn get_updates(shared: Arc<Shared>, p: Value) -> Response {
                 bot.queue
                     .retain(|u| u["update_id"].as_i64().is_some_and(|id| id >= offset));
                 bot.last_offset = bot.last_offset.max(Some(offset));
+                bot.latest_offset = Some(offset);
             }
             let ready: Vec<Value> = bot.queue.iter().take(100).cloned().collect();
             if !ready.is_empty() {
