@@ -11,7 +11,9 @@
 //!   `chat.update` (the host calls at most one update per `stream_interval_ms`, 1 s); a final
 //!   text longer than one message continues in further messages in the thread.
 //! - Typing: `assistant.threads.setStatus` when config `assistant` is `true` and the session has
-//!   a thread, else an `eyes` reaction on the user's message, removed when typing stops.
+//!   a thread, else an `eyes` reaction on the user's message, removed when typing stops. The
+//!   host refreshes the indicator every minute (`typing_refresh_ms`): the status is set again
+//!   (Slack clears it after two minutes), the reaction is left as it is.
 
 use serde_json::{Value, json};
 use switchboard_plugin_sdk::bindings::exports::switchboard::channel::outbound::{
@@ -214,6 +216,10 @@ pub fn set_typing(
         api::call(host, "POST", "assistant.threads.setStatus", Some(&body))
             .map_err(|e| e.delivery())?;
         return Ok(change.on.then(|| "status".into()));
+    }
+    // A reaction stays until removed: a refresh has nothing to do.
+    if change.on && handle == Some("reaction") {
+        return Ok(Some("reaction".into()));
     }
     // The message id is `{channel}:{ts}`; a slash command has no message to react to.
     let Some((channel, ts)) = change

@@ -361,6 +361,13 @@ fn typing_is_a_reaction_or_an_assistant_status() {
         host.body(0),
         json!({"channel": "C0GENERAL1", "timestamp": "1718000002.000300", "name": "eyes"})
     );
+    let refreshed = outbound::set_typing(&mut host, &t, &on, handle.as_deref()).unwrap();
+    assert_eq!(refreshed, handle);
+    assert_eq!(
+        host.requests.len(),
+        1,
+        "a refresh leaves the reaction as it is"
+    );
     let off = TypingChange {
         on: false,
         ..on.clone()

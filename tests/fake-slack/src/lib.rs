@@ -23,6 +23,8 @@
 //!
 //! Owns only its sockets and its in-memory record of what it saw; dropping it stops it.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,48 +57,65 @@ pub const BOT_NAME: &str = "switchboard";
 /// A message the bot posted (`chat.postMessage` or `chat.postEphemeral`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Posted {
+    /// The channel id.
     pub channel: String,
+    /// The message `ts`.
     pub ts: String,
+    /// The thread it was posted in.
     pub thread_ts: Option<String>,
     /// The current text (the latest `chat.update`'s).
     pub text: String,
+    /// Its Block Kit blocks, if any.
     pub blocks: Option<Value>,
     /// The recipient of an ephemeral message.
     pub ephemeral_user: Option<String>,
+    /// When the fake received it.
     pub at: Instant,
 }
 
 /// One `chat.update`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
+    /// The channel id.
     pub channel: String,
+    /// The message `ts`.
     pub ts: String,
+    /// The text sent.
     pub text: String,
+    /// Its Block Kit blocks, if any.
     pub blocks: Option<Value>,
+    /// When the fake received it.
     pub at: Instant,
 }
 
 /// One reaction change (`reactions.add` or `reactions.remove`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaction {
+    /// The channel id.
     pub channel: String,
+    /// The `ts` of the message reacted to.
     pub timestamp: String,
+    /// The emoji name.
     pub name: String,
+    /// Added (`reactions.add`) or removed.
     pub added: bool,
 }
 
 /// One Socket Mode ACK.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
+    /// The envelope it acknowledges.
     pub envelope_id: String,
     /// The connection (1-based, in accept order) it came on.
     pub connection: u64,
+    /// When the fake received it.
     pub at: Instant,
 }
 
 /// One Web API request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
+    /// The Web API method (`chat.postMessage`).
     pub method: String,
     /// The merged parameters (query, JSON or form body).
     pub params: Value,
@@ -104,14 +123,18 @@ pub struct ApiCall {
     pub status: u16,
     /// Slack's `error` when `ok` was false.
     pub error: Option<String>,
+    /// When the fake received it.
     pub at: Instant,
 }
 
 /// One Socket Mode connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionRecord {
+    /// 1-based, in accept order.
     pub id: u64,
+    /// When the upgrade completed.
     pub opened_at: Instant,
+    /// When it closed, if it did.
     pub closed_at: Option<Instant>,
 }
 
