@@ -53,8 +53,9 @@ pub fn decode(host: &mut impl Host, payload: &[u8]) -> Result<Decoded, PluginErr
                 )));
             }
         },
-        None if value.get("type").and_then(Value::as_str) == Some("hello") => {
-            return Ok(Decoded::Ignored("Socket Mode hello".into()));
+        None if matches!(str_at(&value, "/type"), "hello" | "disconnect") => {
+            let kind = str_at(&value, "/type");
+            return Ok(Decoded::Ignored(format!("Socket Mode {kind}")));
         }
         None => value,
     };
@@ -91,17 +92,17 @@ fn event(host: &mut impl Host, body: &Value, bot: &str) -> Result<Decoded, Plugi
             "event {kind:?} is not a chat message"
         )));
     }
-    let subtype = str_at(event, "/subtype");
-    if !CHAT_SUBTYPES.contains(&subtype) {
-        return Ok(Decoded::Ignored(format!(
-            "message subtype {subtype:?} is not a new chat message"
-        )));
-    }
     let user = str_at(event, "/user");
     if event.get("bot_id").is_some_and(|b| !b.is_null()) || (!bot.is_empty() && user == bot) {
         return Ok(Decoded::Ignored(
             "a bot's message (the bot's own, or another app's)".into(),
         ));
+    }
+    let subtype = str_at(event, "/subtype");
+    if !CHAT_SUBTYPES.contains(&subtype) {
+        return Ok(Decoded::Ignored(format!(
+            "message subtype {subtype:?} is not a new chat message"
+        )));
     }
     let (channel, ts) = (str_at(event, "/channel"), str_at(event, "/ts"));
     if channel.is_empty() || ts.is_empty() || user.is_empty() {

@@ -161,6 +161,7 @@ fn bots_edits_deletions_joins_and_other_events_are_ignored_with_a_reason() {
     assert!(ignored("reaction_added.json").contains("reaction_added"));
     assert!(ignored("url_verification.json").contains("url_verification"));
     assert!(ignored("socket_hello.json").contains("hello"));
+    assert!(ignored("socket_disconnect.json").contains("disconnect"));
 }
 
 #[test]
