@@ -122,6 +122,16 @@ impl ApiError {
     }
 }
 
+/// A delivery that cannot be made (not retried): no token, an answer without what it must hold.
+pub fn refused(message: impl Into<String>) -> DeliveryError {
+    DeliveryError {
+        code: None,
+        message: message.into(),
+        retryable: false,
+        retry_after_ms: None,
+    }
+}
+
 /// A request that got no answer. A timed-out send may have been posted: the retry can repeat it
 /// (Telegram has no idempotency key; see `outbound`).
 pub fn transport_failure(error: &http::Error) -> DeliveryError {

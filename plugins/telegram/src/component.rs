@@ -31,6 +31,17 @@ fn token() -> Option<String> {
     installation::secret("bot_token").filter(|value| !value.is_empty())
 }
 
+/// Why calls that need the token cannot be made.
+const NO_TOKEN: &str = "the installation has no bot_token secret";
+
+fn warn(message: &str, what: &str, error: &dyn std::fmt::Debug) {
+    log_write(
+        log::Level::Warn,
+        message,
+        &[("what", what), ("error", &format!("{error:?}"))],
+    );
+}
+
 /// The Bot API through host `http`, and the plugin's `kv`.
 struct Host {
     token: String,
@@ -38,14 +49,8 @@ struct Host {
 
 impl Host {
     fn new() -> Result<Host, Failure> {
-        token().map(|token| Host { token }).ok_or_else(|| {
-            Failure::Unanswered(outbound::DeliveryError {
-                code: None,
-                message: "the installation has no bot_token secret".into(),
-                retryable: false,
-                retry_after_ms: None,
-            })
-        })
+        let token = token().ok_or_else(|| Failure::Unanswered(api::refused(NO_TOKEN)))?;
+        Ok(Host { token })
     }
 }
 
@@ -53,11 +58,7 @@ impl Client for Host {
     fn call(&mut self, method: &str, params: Value) -> Result<Value, Failure> {
         let request = api::call(&self.token, method, &params, CALL_TIMEOUT_MS);
         let response = http::send(&request).map_err(|error| {
-            log_write(
-                log::Level::Warn,
-                "Bot API request failed",
-                &[("method", method), ("error", &format!("{error:?}"))],
-            );
+            warn("Bot API request failed", method, &error);
             Failure::Unanswered(api::transport_failure(&error))
         })?;
         api::result(&response).map_err(Failure::Api)
@@ -70,11 +71,7 @@ impl Client for Host {
     }
     fn remember(&mut self, key: &str, value: &str) {
         if let Err(error) = kv::set(key, value.as_bytes(), Some(RECORD_TTL_MS)) {
-            log_write(
-                log::Level::Warn,
-                "a send could not be recorded",
-                &[("error", &format!("{error:?}"))],
-            );
+            warn("a send could not be recorded", key, &error);
         }
     }
 }
@@ -160,9 +157,7 @@ impl transport::Guest for TelegramPlugin {
     }
     fn plan_poll(cursor: Option<String>) -> Result<transport::Request, transport::ConnectError> {
         install_panic_hook();
-        let token = token().ok_or_else(|| {
-            transport::ConnectError::Terminal("the installation has no bot_token secret".into())
-        })?;
+        let token = token().ok_or_else(|| transport::ConnectError::Terminal(NO_TOKEN.into()))?;
         transport_logic::poll_request(&token, cursor.as_deref())
     }
     fn parse_poll(
@@ -178,11 +173,10 @@ impl transport::Guest for TelegramPlugin {
                 if let Err(failure) =
                     host.call("answerCallbackQuery", json!({"callback_query_id": id}))
                 {
-                    let why = format!("{:?}", failure.delivery().message);
-                    log_write(
-                        log::Level::Warn,
+                    warn(
                         "a callback query was not answered",
-                        &[("error", &why)],
+                        &id,
+                        &failure.delivery().message,
                     );
                 }
             }
@@ -300,18 +294,14 @@ impl outbound::Guest for TelegramPlugin {
 impl lifecycle::Guest for TelegramPlugin {
     fn on_install(webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
         install_panic_hook();
-        let mut host = Host::new().map_err(|_| {
-            PluginError::Unauthorized("the installation has no bot_token secret".into())
-        })?;
+        let mut host = Host::new().map_err(|_| PluginError::Unauthorized(NO_TOKEN.into()))?;
         let secret = installation::secret("webhook_secret");
         let poll = flows::polls(config("connection").as_deref());
         flows::install(&mut host, &webhook_url, poll, secret.as_deref())
     }
     fn on_uninstall() -> Result<(), PluginError> {
         install_panic_hook();
-        let mut host = Host::new().map_err(|_| {
-            PluginError::Unauthorized("the installation has no bot_token secret".into())
-        })?;
+        let mut host = Host::new().map_err(|_| PluginError::Unauthorized(NO_TOKEN.into()))?;
         flows::uninstall(&mut host, flows::polls(config("connection").as_deref()))
     }
 }

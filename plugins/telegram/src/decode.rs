@@ -68,16 +68,11 @@ fn message_key(chat_id: &str, message: &Value) -> Option<String> {
 }
 
 fn full_name(user: &Value) -> Option<String> {
-    let first = user["first_name"].as_str().unwrap_or_default();
-    let name = match user["last_name"].as_str() {
-        Some(last) if !last.is_empty() => format!("{first} {last}"),
-        _ => first.to_string(),
-    };
-    let name = if name.is_empty() {
-        user["title"].as_str().unwrap_or_default().to_string()
-    } else {
-        name
-    };
+    let parts: Vec<&str> = ["first_name", "last_name", "title"]
+        .iter()
+        .filter_map(|k| user[*k].as_str())
+        .collect();
+    let name = parts.join(" ").trim().to_string();
     (!name.is_empty()).then_some(name)
 }
 
@@ -128,53 +123,41 @@ fn utf16_slice(text: &str, offset: usize, length: usize) -> &str {
     start.map_or("", |start| &text[start..end.max(start)])
 }
 
-/// What a message holds: its type, the body the agent reads, and its files.
-struct Content {
-    kind: &'static str,
-    body: String,
-    attachments: Vec<Attachment>,
-}
+/// What a message holds: its type, the body the agent reads, and its file.
+type Content = (&'static str, String, Option<Attachment>);
 
-fn attachment(kind: &str, file: &Value, name: Option<&str>, mime: Option<&str>) -> Attachment {
-    Attachment {
+/// Media that are a file: (message key, attachment kind, what the body calls it).
+const FILES: [(&str, &str, &str); 6] = [
+    ("animation", "video", "animation"),
+    ("video", "video", "video"),
+    ("video_note", "video", "video message"),
+    ("voice", "audio", "voice message"),
+    ("audio", "audio", "audio"),
+    ("document", "file", "document"),
+];
+
+fn attachment(kind: &str, file: &Value) -> Option<Attachment> {
+    let mime = file["mime_type"]
+        .as_str()
+        .or((kind == "image").then_some("image/jpeg"));
+    Some(Attachment {
         kind: kind.into(),
-        name: name
-            .or_else(|| file["file_name"].as_str())
-            .map(str::to_string),
-        mime: mime
-            .or_else(|| file["mime_type"].as_str())
-            .map(str::to_string),
+        name: file["file_name"].as_str().map(str::to_string),
+        mime: mime.map(str::to_string),
         size: file["file_size"].as_u64(),
-        ref_: file["file_id"].as_str().unwrap_or_default().to_string(),
-    }
+        ref_: file["file_id"].as_str()?.to_string(),
+    })
 }
 
-fn content(message: &Value) -> Option<Content> {
-    let m = message;
+fn content(m: &Value) -> Option<Content> {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let with = |kind, body: String, attachments| {
-        Some(Content {
-            kind,
-            body,
-            attachments,
-        })
-    };
     if let Some(text) = m["text"].as_str() {
-        return with("text", text.to_string(), Vec::new());
+        return Some(("text", text.into(), None));
     }
-    if let Some(sizes) = m["photo"].as_array() {
-        let largest = sizes.last()?;
-        let file = attachment("image", largest, None, Some("image/jpeg"));
-        return with("photo", "[photo]".into(), vec![file]);
+    if let Some(largest) = m["photo"].as_array().and_then(|sizes| sizes.last()) {
+        return Some(("photo", "[photo]".into(), attachment("image", largest)));
     }
-    for (key, kind, label) in [
-        ("animation", "video", "animation"),
-        ("video", "video", "video"),
-        ("video_note", "video", "video message"),
-        ("voice", "audio", "voice message"),
-        ("audio", "audio", "audio"),
-        ("document", "file", "document"),
-    ] {
+    for (key, kind, label) in FILES {
         let file = &m[key];
         if file.is_object() {
             let body = match (file["file_name"].as_str(), file["duration"].as_u64()) {
@@ -182,47 +165,39 @@ fn content(message: &Value) -> Option<Content> {
                 (None, Some(seconds)) => format!("[{label}, {seconds} s]"),
                 _ => format!("[{label}]"),
             };
-            return with(key, body, vec![attachment(kind, file, None, None)]);
+            return Some((key, body, attachment(kind, file)));
         }
     }
-    let sticker = &m["sticker"];
-    if sticker.is_object() {
-        let emoji = sticker["emoji"]
-            .as_str()
-            .map_or(String::new(), |e| format!(" {e}"));
+    let (sticker, venue, location) = (&m["sticker"], &m["venue"], &m["location"]);
+    let (contact, poll, dice) = (&m["contact"], &m["poll"], &m["dice"]);
+    Some(if sticker.is_object() {
         let set = sticker["set_name"]
             .as_str()
             .map_or(String::new(), |n| format!(" from the set \"{n}\""));
-        let file = attachment("sticker", sticker, None, None);
-        return with("sticker", format!("[sticker{emoji}{set}]"), vec![file]);
-    }
-    let venue = &m["venue"];
-    let location = if venue.is_object() {
-        &venue["location"]
-    } else {
-        &m["location"]
-    };
-    if location.is_object() {
-        let at = format!("{}, {}", location["latitude"], location["longitude"]);
-        let body = if venue.is_object() {
-            format!(
-                "[venue: {}, {} ({at})]",
-                s(&venue["title"]),
-                s(&venue["address"])
-            )
-        } else {
-            format!("[location: {at}]")
-        };
-        return with("location", body, Vec::new());
-    }
-    let contact = &m["contact"];
-    if contact.is_object() {
+        let body = format!("[sticker {}{set}]", s(&sticker["emoji"]));
+        ("sticker", body, attachment("sticker", sticker))
+    } else if venue.is_object() {
+        let at = &venue["location"];
+        let (title, address) = (s(&venue["title"]), s(&venue["address"]));
+        let body = format!(
+            "[venue: {title}, {address} ({}, {})]",
+            at["latitude"], at["longitude"]
+        );
+        ("location", body, None)
+    } else if location.is_object() {
+        let body = format!(
+            "[location: {}, {}]",
+            location["latitude"], location["longitude"]
+        );
+        ("location", body, None)
+    } else if contact.is_object() {
         let name = full_name(contact).unwrap_or_default();
-        let body = format!("[contact: {name}, {}]", s(&contact["phone_number"]));
-        return with("contact", body, Vec::new());
-    }
-    let poll = &m["poll"];
-    if poll.is_object() {
+        (
+            "contact",
+            format!("[contact: {name}, {}]", s(&contact["phone_number"])),
+            None,
+        )
+    } else if poll.is_object() {
         let options: Vec<String> = poll["options"]
             .as_array()
             .into_iter()
@@ -234,22 +209,20 @@ fn content(message: &Value) -> Option<Content> {
             s(&poll["question"]),
             options.join(" / ")
         );
-        return with("poll", body, Vec::new());
-    }
-    let dice = &m["dice"];
-    if dice.is_object() {
-        return with(
+        ("poll", body, None)
+    } else if dice.is_object() {
+        (
             "dice",
             format!("[dice {}: {}]", s(&dice["emoji"]), dice["value"]),
-            Vec::new(),
-        );
-    }
-    None
+            None,
+        )
+    } else {
+        return None;
+    })
 }
 
 /// The body of the agent: the content, a caption after its marker, and the parent quoted.
-fn body_of(message: &Value, content: &Content, bot: &Bot) -> String {
-    let mut body = content.body.clone();
+fn body_of(message: &Value, mut body: String, bot: &Bot) -> String {
     if let Some(caption) = message["caption"].as_str().filter(|c| !c.is_empty()) {
         body = format!("{body} {caption}");
     }
@@ -272,7 +245,7 @@ fn body_of(message: &Value, content: &Content, bot: &Bot) -> String {
                 .or(parent["caption"].as_str())
                 .map(str::to_string)
         })
-        .or_else(|| content_of_parent(parent))
+        .or_else(|| content(parent).map(|(_, body, _)| body))
         .unwrap_or_else(|| "a message that is not available".into());
     let mut quoted: String = quoted.chars().take(QUOTE_CHARS).collect();
     if quoted.chars().count() == QUOTE_CHARS {
@@ -281,13 +254,9 @@ fn body_of(message: &Value, content: &Content, bot: &Bot) -> String {
     format!("[in reply to {who}: \"{quoted}\"]\n{body}")
 }
 
-fn content_of_parent(parent: &Value) -> Option<String> {
-    content(parent).map(|c| c.body)
-}
-
 fn decode_message(event_id: String, m: &Value, bot: &Bot) -> Result<Decoded, PluginError> {
     let chat = chat_of(m)?;
-    let Some(content) = content(m) else {
+    let Some((kind, body, attachment)) = content(m) else {
         let what = m.as_object().and_then(|fields| {
             fields.keys().find(|k| {
                 !matches!(
@@ -382,8 +351,8 @@ fn decode_message(event_id: String, m: &Value, bot: &Bot) -> Result<Decoded, Plu
     Ok(Decoded::Message(InboundMessage {
         event_id,
         message_id: message_key(&chat.id, m).unwrap_or_default(),
-        body: body_of(m, &content, bot),
-        message_type: content.kind.into(),
+        body: body_of(m, body, bot),
+        message_type: kind.into(),
         command_body,
         addressed_to_bot: addressed,
         parent_id,
@@ -391,7 +360,7 @@ fn decode_message(event_id: String, m: &Value, bot: &Bot) -> Result<Decoded, Plu
         thread_id: topic(m),
         create_time_ms: m["date"].as_i64().unwrap_or(0).saturating_mul(1000),
         mentions,
-        attachments: content.attachments,
+        attachments: attachment.into_iter().collect(),
         sender,
         chat,
     }))

@@ -13,7 +13,7 @@ use switchboard_plugin_sdk::bindings::exports::switchboard::channel::outbound::{
 };
 use switchboard_plugin_sdk::types::{Notice, PluginError, SessionTarget};
 
-use crate::api::{ALLOWED_UPDATES, ApiError, id_text};
+use crate::api::{ALLOWED_UPDATES, ApiError, id_text, refused};
 use crate::render;
 
 /// The text of a streamed reply's message before its first update.
@@ -159,12 +159,8 @@ fn send_all(
                 json!({"message_id": reply_to, "allow_sending_without_reply": true});
         }
         let message = c.call("sendMessage", params).map_err(Failure::delivery)?;
-        let id = id_text(&message["message_id"]).ok_or_else(|| DeliveryError {
-            code: None,
-            message: "sendMessage answered no message_id".into(),
-            retryable: false,
-            retry_after_ms: None,
-        })?;
+        let id = id_text(&message["message_id"])
+            .ok_or_else(|| refused("sendMessage answered no message_id"))?;
         sent.push(format!("{}:{id}", to.chat_id));
         if let Some(key) = record {
             c.remember(key, &sent.join(","));
@@ -179,12 +175,7 @@ fn edit(c: &mut dyn Client, handle: &str, text: &str) -> Result<(), DeliveryErro
     let (chat_id, message_id) = handle
         .rsplit_once(':')
         .and_then(|(chat, id)| Some((chat, id.parse::<i64>().ok()?)))
-        .ok_or_else(|| DeliveryError {
-            code: None,
-            message: format!("{handle:?} is not a message of this plugin"),
-            retryable: false,
-            retry_after_ms: None,
-        })?;
+        .ok_or_else(|| refused(format!("{handle:?} is not a message of this plugin")))?;
     let params =
         json!({"chat_id": chat_id, "message_id": message_id, "text": text, "parse_mode": "HTML"});
     match c.call("editMessageText", params) {

@@ -87,7 +87,7 @@ fn a_reply_is_html_in_the_topic_replying_to_the_message() {
 
 #[test]
 fn a_long_reply_is_several_messages_and_a_retry_sends_only_the_rest() {
-    let text = vec!["x".repeat(3000); 3].join("\n\n");
+    let text = ["x".repeat(3000), "x".repeat(3000), "x".repeat(3000)].join("\n\n");
     let mut whole = Mock::default();
     outbound::deliver(
         &mut whole,
@@ -233,7 +233,7 @@ fn streaming_begins_edits_and_ends_with_the_rest_as_new_messages() {
     // The same text again: Telegram's "not modified" is no failure.
     mock.errors.push(error(400, "Bad Request: message is not modified: specified new message content and reply markup are exactly the same", None));
     outbound::stream_update(&mut mock, &handle, "par").unwrap();
-    let long = vec!["y".repeat(3000); 2].join("\n\n");
+    let long = ["y".repeat(3000), "y".repeat(3000)].join("\n\n");
     let end = outbound::stream_end(&mut mock, &target(Some("40")), &handle, &long).unwrap();
     assert_eq!(end, handle);
     let tail = mock.calls.last().unwrap();

@@ -73,7 +73,7 @@ fn empty_text_is_no_message() {
 #[test]
 fn long_text_is_cut_between_paragraphs_and_every_chunk_fits() {
     let paragraph = "word ".repeat(300); // 1,500 units
-    let text = vec![paragraph.trim(); 6].join("\n\n");
+    let text = [paragraph.trim(); 6].join("\n\n");
     let chunks = markdown_chunks(&text);
     assert!(chunks.len() >= 3, "{}", chunks.len());
     for chunk in &chunks {
@@ -114,7 +114,7 @@ fn a_split_never_falls_inside_a_surrogate_pair_or_an_entity() {
     assert!(
         pieces
             .iter()
-            .all(|p| units(p) <= MAX_UNITS - 1 && units(p) % 2 == 0)
+            .all(|p| units(p) < MAX_UNITS && units(p).is_multiple_of(2))
     );
     assert_eq!(pieces.concat(), text);
     let entities = split_escaped(&"&".repeat(2000), 4096);
