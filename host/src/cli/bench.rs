@@ -1,5 +1,6 @@
-//! `switchboard bench`: `decode`, the inbound benchmark of issue 3 (below), and `ingest`, the
-//! webhook → durable → response benchmark of issue 4 ([`ingest`]).
+//! `switchboard bench`: `decode`, the inbound benchmark of issue 3 (below), `ingest`, the
+//! webhook → durable → response benchmark of issue 4 ([`ingest`]), and `channels`, the Slack and
+//! Telegram inbound benchmark of issues 16 and 17 ([`channels`]).
 //!
 //! `switchboard bench decode` runs side by side with the official SDK peers in `shared/peers/`
 //! (`run_peers.sh`).
@@ -36,6 +37,7 @@ use switchboard_lark::{
     decode as lark_decode, transport as lark_transport, webhook as lark_webhook,
 };
 
+mod channels;
 mod ingest;
 
 use super::GlobalArgs;
@@ -80,6 +82,9 @@ enum BenchCommand {
     /// Webhook deliveries over loopback to an in-process host on a fresh SQLite or PostgreSQL
     /// database: sustained messages per second and latency percentiles (issue 4).
     Ingest(ingest::IngestArgs),
+    /// Slack and Telegram inbound events through the wasm plugins and natively, printing the
+    /// JSON lines of the Bolt and grammY peers (`scripts/peers/`).
+    Channels(channels::ChannelsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +163,7 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<()> {
             .spawn_scoped(scope, || match args.command {
                 BenchCommand::Decode(args) => decode_command(global, args),
                 BenchCommand::Ingest(args) => ingest::ingest_command(global, args),
+                BenchCommand::Channels(args) => channels::channels_command(global, args),
             })
             .context("starting the benchmark thread")?
             .join()
