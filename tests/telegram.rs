@@ -168,20 +168,16 @@ async fn reply_containing(
     .await
 }
 
-fn run<F: Future<Output = ()>>(
-    name: &'static str,
-    scenario: impl Fn(String) -> F,
-) -> impl Future<Output = ()> {
-    async move {
-        tokio::time::timeout(Duration::from_secs(240), async {
-            for test_db in db::test_databases().await {
-                scenario(test_db.url.clone()).await;
-                eprintln!("{}: {name} passed", test_db.name);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} finishes in time"));
-    }
+/// Runs `scenario` on SQLite, then on PostgreSQL, within a bound.
+async fn run<F: Future<Output = ()>>(name: &'static str, scenario: impl Fn(String) -> F) {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        for test_db in db::test_databases().await {
+            scenario(test_db.url.clone()).await;
+            eprintln!("{}: {name} passed", test_db.name);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} finishes in time"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
