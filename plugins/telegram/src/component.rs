@@ -16,8 +16,8 @@ use crate::{commands as command_logic, transport as transport_logic};
 /// Why the WebSocket exports refuse.
 const NO_WEBSOCKET: &str = "Telegram has no WebSocket transport: use webhooks or long polling";
 
-/// How long a send's record of posted messages is kept (the outbox retries within hours).
-const RECORD_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long a send's record of posted messages is kept (the outbox gives up within hours).
+const RECORD_TTL_MS: u64 = 24 * 3600 * 1000;
 
 struct TelegramPlugin;
 
