@@ -510,7 +510,7 @@ impl FakeSlack {
         };
         if signature != Signature::Missing {
             let ts = ts.to_string();
-            let sig = switchboard_slack::webhook::signature(&secret, &ts, &body);
+            let sig = sign(&secret, &ts, &body);
             request = request
                 .header("x-slack-request-timestamp", ts)
                 .header("x-slack-signature", sig);
@@ -1001,4 +1001,15 @@ fn call(shared: &Shared, state: &mut State, method: &str, params: &Value) -> (St
         }
         _ => fail("unknown_method"),
     }
+}
+
+/// Slack's request signature: `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}` under the
+/// signing secret.
+fn sign(signing_secret: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(signing_secret.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(format!("v0:{timestamp}:").as_bytes());
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
