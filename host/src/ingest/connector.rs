@@ -668,6 +668,11 @@ impl Answer {
             .await
         {
             Ok(Ok(bytes)) => send(&self.out, bytes, self.text).await,
+            // A channel without negative acknowledgements redelivers what is not ACKed.
+            Ok(Err(e)) if status == AckStatus::Failed => {
+                tracing::debug!("no NACK for this channel ({e:?}); it redelivers the event");
+                Ok(())
+            }
             Ok(Err(e)) => {
                 tracing::error!("build-ack refused; no ACK sent: {e:?}");
                 Ok(())
