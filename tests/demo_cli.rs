@@ -62,3 +62,85 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "demo: 16 events, 17 messages stored, 6 runs, 6 replies delivered, 4 dropped"
     );
 }
+
+/// Runs `switchboard demo --channel <channel>` and returns its stdout (asserting success).
+fn run_demo(channel: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["demo", "--channel", channel])
+        .env(
+            "SWITCHBOARD_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"),
+        )
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn assert_lines(stdout: &str, expected: &[&str]) {
+    for line in expected {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn the_slack_demo_runs_over_socket_mode() {
+    let stdout = run_demo("slack");
+    assert_lines(
+        &stdout,
+        &[
+            "learned bot UFAKEBOT01 in team TFAKETEAM1 from auth.test",
+            "DM                                           → ingested",
+            "reply in the bot's thread, no mention        → ingested",
+            "channel chatter, bot not addressed           → dropped:not_addressed_in_group",
+            "the same event delivered twice               → ingested then dropped:duplicate",
+            "`disconnect` → new connection, then a DM     → ingested",
+            "button press on the bot's reply              → ACKed once stored",
+            "user      action   r2 [action approve] yes",
+            // The mention's reply and the thread reply's answer are in the mention's thread.
+            "OK: your next message starts a fresh conversation.",
+            "Socket Mode: 2 connections, 9 ACKs, 0 envelopes never ACKed",
+        ],
+    );
+    let threaded = stdout
+        .lines()
+        .filter(|l| l.starts_with("  C0DEMOTEAM  thread 1"))
+        .count();
+    assert_eq!(threaded, 2, "both channel replies in the thread:\n{stdout}");
+    let summary = stdout.lines().find(|l| l.starts_with("demo: ")).unwrap();
+    assert_eq!(
+        summary,
+        "demo: 8 steps, 11 messages stored, 5 replies stored, 6 posted, 2 dropped"
+    );
+}
+
+#[test]
+fn the_telegram_demo_runs_over_long_polling() {
+    let stdout = run_demo("telegram");
+    assert_lines(
+        &stdout,
+        &[
+            "learned @switchboard_test_bot from getMe",
+            "private message                              → ingested",
+            "group chatter, bot not addressed             → dropped:not_addressed_in_group",
+            "/status@some_other_bot (another bot's)       → dropped:not_addressed_in_group",
+            "reply to the bot's message                   → ingested",
+            "button press (callback_query)                → answered",
+            "/new                                         → fresh_pending",
+            // Markdown became Telegram HTML, escaped; the topic reply stayed in its topic.
+            "echo: Can you summarise <i>yesterday's</i> review?",
+            "chat -1003001  topic 77   reply to 5    echo: @switchboard_test_bot is the &lt;b&gt; tag escaped?",
+            "0 updates left unconfirmed",
+        ],
+    );
+    let summary = stdout.lines().find(|l| l.starts_with("demo: ")).unwrap();
+    assert_eq!(
+        summary,
+        "demo: 8 steps, 10 messages stored, 5 replies stored, 6 sent, 2 dropped"
+    );
+}

@@ -19,8 +19,14 @@ use anyhow::Context;
 use fake_lark::{FakeLark, FakeOptions, RestRequest};
 use serde_json::{Value, json};
 
+#[path = "demo/common.rs"]
+mod common;
 #[path = "lark_wire.rs"]
 mod lark_wire;
+#[path = "demo/slack.rs"]
+mod slack;
+#[path = "demo/telegram.rs"]
+mod telegram;
 use crate::app::App;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
@@ -208,15 +214,39 @@ fn preview(text: &str) -> String {
     }
 }
 
-/// Runs the demo. `cache_dir` is the precompiled-artifact cache.
-pub async fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+/// `switchboard demo` options.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// The bundled channel to demonstrate, each against its local fake.
+    #[arg(long, value_enum, default_value_t)]
+    pub channel: DemoChannel,
+}
+
+/// The bundled channel a demo runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DemoChannel {
+    /// Lark over its long connection, two installations, enrichment and compaction.
+    #[default]
+    Lark,
+    /// Slack over Socket Mode.
+    Slack,
+    /// Telegram over long polling.
+    Telegram,
+}
+
+/// Runs the demo of `channel`. `cache_dir` is the precompiled-artifact cache.
+pub async fn run(cache_dir: Option<PathBuf>, channel: DemoChannel) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!(
         "switchboard-demo-{}-{}",
         std::process::id(),
         SystemClock.now_ms()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = run_in(&dir, cache_dir).await;
+    let result = match channel {
+        DemoChannel::Lark => run_in(&dir, cache_dir).await,
+        DemoChannel::Slack => slack::run(&dir, cache_dir).await,
+        DemoChannel::Telegram => telegram::run(&dir, cache_dir).await,
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -94,9 +94,9 @@ enum Command {
     /// List or inspect the loaded plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
-    /// Run the main job on the embedded defaults: a fresh SQLite host with the bundled
-    /// channel plugin receives a scripted conversation as signed webhook deliveries over loopback.
-    Demo,
+    /// Run the main job on the embedded defaults: a fresh SQLite host with a bundled channel
+    /// plugin receives a scripted conversation from a local fake of the channel over loopback.
+    Demo(demo::DemoArgs),
     /// Replay recorded event payloads, WebSocket frames and webhook requests through a plugin
     /// and print the decoded messages as channel-neutral JSON lines; `--outbound` shows the HTTP
     /// requests a delivery would make, without sending them (the integrator's offline harness).
@@ -177,8 +177,12 @@ fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
-        Command::Demo => {
-            demo::run((!cli.global.no_cache).then(|| cli.global.cache_dir.clone())).await
+        Command::Demo(args) => {
+            demo::run(
+                (!cli.global.no_cache).then(|| cli.global.cache_dir.clone()),
+                args.channel,
+            )
+            .await
         }
         Command::Replay(args) => replay::run(&cli.global, args).await,
         Command::Bench(args) => bench::run(&cli.global, args).await,
