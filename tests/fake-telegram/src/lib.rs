@@ -12,8 +12,10 @@
 //! | `editMessageText` `{chat_id, message_id, text, parse_mode}` | replaces the text; the same text is 400 "message is not modified" |
 //! | `sendChatAction` / `answerCallbackQuery` / `getFile` and `/file/bot{token}/{path}` | recorded / recorded (unknown id: 400) / files added with [`FakeTelegram::add_file`] |
 //!
-//! Failures: [`FakeTelegram::fail_next`] (say a 429 with `retry_after`) and
-//! [`FakeTelegram::block_bot`] (403 for every send to a chat).
+//! Failures: [`FakeTelegram::fail_next`] (say a 429 with `retry_after`),
+//! [`FakeTelegram::block_bot`] (403 for every send to a chat) and
+//! [`FakeTelegram::set_send_delay`] (sends and edits held before they are carried out).
+//! [`FakeTelegram::served`] lists the `getUpdates` answers that carried updates.
 //!
 //! ```ignore
 //! let fake = FakeTelegram::start("123:abc").await;
@@ -156,6 +158,7 @@ pub struct SentMessage {
     pub reply_to: Option<i64>,
     /// Accepted edits, in order.
     pub edits: Vec<String>,
+    /// When the send arrived (before any send delay).
     pub received_at: Instant,
 }
 
@@ -180,6 +183,17 @@ pub struct Webhook {
 pub struct WebhookAnswer {
     pub status: u16,
     pub body: String,
+}
+
+/// A `getUpdates` answer that carried updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The `update_id`s answered, in order.
+    pub update_ids: Vec<i64>,
+    /// The request's `offset`.
+    pub offset: Option<i64>,
+    /// When the answer was handed to the server to send.
+    pub at: Instant,
 }
 
 struct Failure {
@@ -210,6 +224,9 @@ struct Bot {
     latest_offset: Option<i64>,
     requests: HashMap<String, u64>,
     request_log: Vec<(String, Instant)>,
+    served: Vec<Served>,
+    /// How long a send or edit waits before it is carried out.
+    send_delay: Duration,
 }
 
 struct Shared {
@@ -220,6 +237,8 @@ struct Shared {
     /// Bumped by every poll: a held poll that sees it change was replaced (409).
     poll_generation: AtomicU64,
     waiting_polls: AtomicUsize,
+    /// Sends and edits held by the send delay right now.
+    held_sends: AtomicUsize,
     unauthorized: AtomicU64,
     client: reqwest::Client,
 }
@@ -293,6 +312,7 @@ impl FakeTelegram {
             wake: Notify::new(),
             poll_generation: AtomicU64::new(0),
             waiting_polls: AtomicUsize::new(0),
+            held_sends: AtomicUsize::new(0),
             unauthorized: AtomicU64::new(0),
             client: reqwest::Client::new(),
         });
@@ -340,6 +360,23 @@ impl FakeTelegram {
         };
         self.shared.wake.notify_waiters();
         id
+    }
+
+    /// Queues updates made with [`MessageBuilder::build`] (their ids kept, so build them in
+    /// order) all at once: a held poll answers them in one batch. Returns their ids.
+    pub fn push_built(&self, updates: Vec<Value>) -> Vec<i64> {
+        let ids = {
+            let mut bot = self.shared.bot();
+            let ids: Vec<i64> = updates
+                .iter()
+                .filter_map(|u| u["update_id"].as_i64())
+                .collect();
+            bot.queue.extend(updates);
+            bot.queue.sort_by_key(|u| u["update_id"].as_i64());
+            ids
+        };
+        self.shared.wake.notify_waiters();
+        ids
     }
 
     /// A message update of `from` in `chat`, to customise, [`MessageBuilder::push`] or
@@ -410,6 +447,12 @@ impl FakeTelegram {
             status,
             retry_after,
         });
+    }
+
+    /// Every later `sendMessage` and `editMessageText` waits `delay` before it is carried out
+    /// (a slow network): a client that goes away meanwhile cancels it.
+    pub fn set_send_delay(&self, delay: Duration) {
+        self.shared.bot().send_delay = delay;
     }
 
     /// Every send, edit and chat action to `chat_id` answers 403: the user blocked the bot (or
@@ -495,6 +538,16 @@ impl FakeTelegram {
     /// Requests refused for a wrong token.
     pub fn unauthorized_requests(&self) -> u64 {
         self.shared.unauthorized.load(Ordering::SeqCst)
+    }
+
+    /// Sends and edits waiting out the send delay right now.
+    pub fn sends_in_flight(&self) -> usize {
+        self.shared.held_sends.load(Ordering::SeqCst)
+    }
+
+    /// The `getUpdates` answers that carried updates, in order.
+    pub fn served(&self) -> Vec<Served> {
+        self.shared.bot().served.clone()
     }
 
     /// Polls being held right now.
@@ -641,6 +694,15 @@ async fn method(
         return error(401, "Unauthorized", None);
     }
     let p = params(&body, query);
+    let arrived = Instant::now();
+    if matches!(method.as_str(), "sendMessage" | "editMessageText") {
+        let delay = shared.bot().send_delay;
+        if !delay.is_zero() {
+            shared.held_sends.fetch_add(1, Ordering::SeqCst);
+            let _held = Held(&shared.held_sends);
+            tokio::time::sleep(delay).await;
+        }
+    }
     {
         let mut bot = shared.bot();
         *bot.requests.entry(method.clone()).or_default() += 1;
@@ -685,7 +747,7 @@ async fn method(
             let url = bot.webhook.as_ref().map_or("", |w| w.url.as_str());
             ok(json!({"url": url, "pending_update_count": bot.queue.len()}))
         }
-        "sendMessage" => send_message(&shared, &p),
+        "sendMessage" => send_message(&shared, &p, arrived),
         "editMessageText" => edit_message(&shared, &p),
         "sendChatAction" => {
             let Some(chat_id) = int(&p, "chat_id") else {
@@ -770,6 +832,15 @@ async fn get_updates(shared: Arc<Shared>, p: Value) -> Response {
             }
             let ready: Vec<Value> = bot.queue.iter().take(100).cloned().collect();
             if !ready.is_empty() {
+                let update_ids = ready
+                    .iter()
+                    .filter_map(|u| u["update_id"].as_i64())
+                    .collect();
+                bot.served.push(Served {
+                    update_ids,
+                    offset,
+                    at: Instant::now(),
+                });
                 return ok(Value::Array(ready));
             }
         }
@@ -779,7 +850,7 @@ async fn get_updates(shared: Arc<Shared>, p: Value) -> Response {
     }
 }
 
-/// Decrements the held-poll gauge however the handler ends (the client may go away).
+/// Decrements a gauge (held polls, held sends) however the handler ends (the client may go away).
 struct Held<'a>(&'a AtomicUsize);
 
 impl Drop for Held<'_> {
@@ -931,7 +1002,7 @@ fn message_json(m: &SentMessage) -> Value {
     message
 }
 
-fn send_message(shared: &Shared, p: &Value) -> Response {
+fn send_message(shared: &Shared, p: &Value, arrived: Instant) -> Response {
     let Some(chat_id) = int(p, "chat_id") else {
         return error(400, "Bad Request: chat_id is empty", None);
     };
@@ -950,7 +1021,7 @@ fn send_message(shared: &Shared, p: &Value) -> Response {
         thread_id: int(p, "message_thread_id"),
         reply_to: int(&p["reply_parameters"], "message_id"),
         edits: Vec::new(),
-        received_at: Instant::now(),
+        received_at: arrived,
     };
     let answer = message_json(&message);
     bot.sent.push(message);
