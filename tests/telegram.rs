@@ -487,3 +487,103 @@ async fn delivery_failures(database_url: String) {
     assert_eq!(fake.requests("sendMessage"), 3, "403 is not retried");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_refreshed_while_a_worker_run_is_active() {
+    run("typing refresh", typing_refresh).await;
+}
+
+/// Telegram's chat action fades after 5 s: the manifest's `typing_refresh_ms` (4 s) makes the host
+/// send `sendChatAction` again while a worker holds the run, and not after the reply.
+async fn typing_refresh(database_url: String) {
+    const WORKER_TOKEN: &str = "typing-worker-token-0123456789";
+    let fake = FakeTelegram::start(TOKEN).await;
+    let key = switchboard::store::SecretCipher::generate_key_hex();
+    let mut config = config(&database_url, &key, fake.base_url());
+    config.agents.insert(
+        "bot".into(),
+        switchboard::agents::AgentConfig {
+            kind: Some("worker".into()),
+            token: Some(WORKER_TOKEN.into()),
+            ..Default::default()
+        },
+    );
+    let host = Host::start(&config).await;
+    let body = json!({
+        "channel": "telegram", "name": "tg", "agent": "bot", "debounce_ms": 50,
+        "config": {"connection": "poll"}, "secrets": {"bot_token": TOKEN},
+    });
+    let (status, created) = host
+        .admin(reqwest::Method::POST, "/installations", Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+
+    // The worker is online (waiting in a claim) before the message arrives.
+    let worker = reqwest::Client::new();
+    let claim_url = format!("{}/api/agents/bot/runs/claim?wait_ms=20000", host.base);
+    let claim = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            worker
+                .post(claim_url)
+                .bearer_auth(WORKER_TOKEN)
+                .header("x-switchboard-worker", "typing-test")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    let ann = User::new(311, "Ann");
+    let dm = Chat::private(&ann);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.message(&dm, &ann, "think about it slowly").push();
+    let claim = tokio::time::timeout(Duration::from_secs(20), claim)
+        .await
+        .expect("the worker claims the run")
+        .unwrap();
+    let claim: Value = serde_json::from_str(&claim).expect("a claim, not a timeout");
+    let typing = |fake: &FakeTelegram| {
+        fake.chat_actions()
+            .iter()
+            .filter(|a| a.chat_id == ann.id && a.action == "typing")
+            .count()
+    };
+    // While the worker holds the run (heartbeating), the indicator is sent again.
+    eventually("a refreshed typing indicator", async || {
+        let path = format!(
+            "{}/api/agents/bot/runs/{}/{}/heartbeat",
+            host.base,
+            claim["session_id"].as_str().unwrap(),
+            claim["run_id"].as_str().unwrap()
+        );
+        let _ = worker
+            .post(path)
+            .bearer_auth(WORKER_TOKEN)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await;
+        (typing(&fake) >= 2).then_some(())
+    })
+    .await;
+    let complete = format!(
+        "{}/api/agents/bot/runs/{}/{}/complete",
+        host.base,
+        claim["session_id"].as_str().unwrap(),
+        claim["run_id"].as_str().unwrap()
+    );
+    let response = worker
+        .post(complete)
+        .bearer_auth(WORKER_TOKEN)
+        .header("content-type", "application/json")
+        .body(json!({"reply": "done thinking"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    reply_containing(&fake, ann.id, "done thinking").await;
+    host.stop().await;
+}
