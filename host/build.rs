@@ -71,6 +71,11 @@ fn main() {
         return;
     }
 
+    if !ensure_wasm_target() {
+        // `cargo::error` has been printed; cargo fails the build after this script returns.
+        return;
+    }
+
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -108,6 +113,73 @@ fn main() {
         "cargo:rustc-env=SWITCHBOARD_TEST_PLUGIN_DIR={}",
         out_dir.display()
     );
+}
+
+/// The target the plugins are built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain building this crate has the standard library of [`WASM_TARGET`],
+/// adding it through rustup when it is missing: rustup installs the targets listed in
+/// `rust-toolchain.toml` only together with a toolchain, never into one already installed, so a
+/// machine that had the pinned toolchain before would otherwise fail with "can't find crate for
+/// `core`" deep inside the nested build. Returns false after printing one `cargo::error` with
+/// the one thing to do when the target cannot be added.
+fn ensure_wasm_target() -> bool {
+    // RUSTC is the compiler cargo uses for this build (a rustup proxy or a toolchain's own
+    // binary); with a proxy, RUSTUP_TOOLCHAIN (set by rustup's cargo proxy) picks the same
+    // toolchain again.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let install = match &toolchain {
+        Some(name) => format!("rustup target add {WASM_TARGET} --toolchain {name}"),
+        None => format!("rustup target add {WASM_TARGET}"),
+    };
+    let sysroot = match Command::new(&rustc).args(["--print", "sysroot"]).output() {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+        // Without a sysroot there is nothing to check: let the nested build speak for itself.
+        _ => return true,
+    };
+    let target_lib = sysroot.join("lib").join("rustlib").join(WASM_TARGET);
+    if target_lib.is_dir() {
+        return true;
+    }
+
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", WASM_TARGET]);
+    if let Some(name) = &toolchain {
+        rustup.args(["--toolchain", name]);
+    }
+    let outcome = match rustup.status() {
+        Ok(status) if status.success() && target_lib.is_dir() => Ok(()),
+        Ok(status) if status.success() => Err(format!(
+            "rustup reported success but {} is still missing",
+            target_lib.display()
+        )),
+        Ok(status) => Err(format!("`{install}` failed ({status})")),
+        Err(e) => Err(format!("rustup could not be run ({e})")),
+    };
+    match outcome {
+        Ok(()) => {
+            println!(
+                "cargo:warning=the {WASM_TARGET} target was missing from the Rust toolchain \
+                 ({}); added it with `{install}`",
+                sysroot.display()
+            );
+            true
+        }
+        Err(why) => {
+            println!(
+                "cargo::error=the bundled plugins need the {WASM_TARGET} standard library, which \
+                 is not installed in {} and could not be added: {why}. Install it with \
+                 `{install}` (or your Rust distribution's {WASM_TARGET} standard library) and \
+                 build again.",
+                sysroot.display()
+            );
+            false
+        }
+    }
 }
 
 fn copy(from: &Path, to: &Path) {
