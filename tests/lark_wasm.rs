@@ -1,4 +1,4 @@
-//! Every Lark fixture (`shared/fixtures/lark`) through the bundled wasm plugin, driven by the
+//! Every Lark fixture (`tests/fixtures/lark`) through the bundled wasm plugin, driven by the
 //! host's inbound pipeline (`ingest::pipeline`): decoded messages, ignore reasons, frame
 //! classification and host reassembly, ACK bytes, webhook verification, endpoint discovery and
 //! handshake failures. Expectations are the native plugin tests' (`plugins/lark/tests`); where it
@@ -24,7 +24,7 @@ use switchboard::runtime::types::{ChatKind, InboundMessage, PluginError};
 use switchboard::runtime::{Plugin, Runtime};
 use switchboard_lark as native;
 
-// The fixtures' constants (shared/fixtures/lark/README.md and plugins/lark/tests/common).
+// The fixtures' constants (tests/fixtures/lark/README.md and plugins/lark/tests/common).
 const APP_ID: &str = "cli_a5f3c2e1d4b6a789";
 const BOT_OPEN_ID: &str = "ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51";
 const BOT_UNION_ID: &str = "on_5a1c7e3b9d2f48a6c0e7b3d91f4a2c68";
@@ -37,7 +37,7 @@ const ENCRYPT_KEY: &str = "fixture-encrypt-key-7Hq2";
 const VERIFICATION_TOKEN: &str = "vT9kQ2mXw7LpR4sZ";
 
 fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/lark")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lark")
 }
 
 fn fixture_bytes(name: &str) -> Vec<u8> {

@@ -28,7 +28,7 @@ const KEYS: [&str; 16] = [
     "attachments",
 ];
 
-/// The fixtures' installation values (shared/fixtures/lark/README.md), as config and secrets.
+/// The fixtures' installation values (tests/fixtures/lark/README.md), as config and secrets.
 const CONSTANTS: [&str; 8] = [
     "--config-value",
     "app_id=cli_a5f3c2e1d4b6a789",
@@ -45,7 +45,7 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const FIXTURES: &str = "../shared/fixtures/lark";
+const FIXTURES: &str = "tests/fixtures/lark";
 
 /// Runs `switchboard <args>` from the workspace root with a cache in the test tmpdir.
 fn switchboard(args: &[&str]) -> Output {
@@ -131,10 +131,7 @@ fn replays_every_lark_fixture_as_json_lines() {
     let mut sorted = files.clone();
     sorted.sort_unstable();
     assert_eq!(files, sorted, "a directory is replayed in name order");
-    assert_eq!(
-        files[0],
-        "../shared/fixtures/lark/event_bot_added_to_chat.json"
-    );
+    assert_eq!(files[0], "tests/fixtures/lark/event_bot_added_to_chat.json");
 
     let p2p = only(&map, "event_receive_text_p2p.json");
     assert_eq!(p2p["kind"], "message");
@@ -290,8 +287,8 @@ fn nothing_is_assumed_without_the_installation_constants() {
         "replay",
         "--plugin",
         "lark",
-        "../shared/fixtures/lark/event_receive_text_group_mentions.json",
-        "../shared/fixtures/lark/webhook_event_encrypted_signed.json",
+        "tests/fixtures/lark/event_receive_text_group_mentions.json",
+        "tests/fixtures/lark/webhook_event_encrypted_signed.json",
     ]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let lines = lines(&output);
@@ -406,7 +403,7 @@ fn missing_file_exits_2_and_names_it() {
         "replay",
         "--plugin",
         "lark",
-        "../shared/fixtures/lark/event_receive_text_p2p.json",
+        "tests/fixtures/lark/event_receive_text_p2p.json",
         "no/such/file.json",
     ]);
     assert_eq!(output.status.code(), Some(2));
@@ -442,7 +439,7 @@ fn help_documents_inputs_output_and_an_example() {
         "agent_offline",
         "[redacted]",
         "switchboard replay --plugin PLUGIN",
-        "../shared/fixtures/CHANNEL",
+        "tests/fixtures/CHANNEL",
         "README",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
@@ -649,7 +646,7 @@ fn raw_payloads_of_another_channel_decode_to_neutral_lines() {
 #[test]
 fn malformed_pairs_and_outbound_files_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let p2p = "../shared/fixtures/lark/event_receive_text_p2p.json";
+    let p2p = "tests/fixtures/lark/event_receive_text_p2p.json";
     let output = switchboard(&[
         "replay",
         "--plugin",

@@ -23,7 +23,7 @@ use switchboard::domain::InstallationContext;
 use switchboard::runtime::bundled::TEST_PLUGIN_DIR;
 use switchboard::runtime::{Runtime, RuntimeSettings, decoder};
 
-const TEXT_P2P: &[u8] = include_bytes!("../../../shared/fixtures/lark/event_receive_text_p2p.json");
+const TEXT_P2P: &[u8] = include_bytes!("../../tests/fixtures/lark/event_receive_text_p2p.json");
 
 fn native_echo(payload: &[u8]) -> decoder::Decoded {
     use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};

@@ -11,10 +11,10 @@ pub const ENCRYPT_KEY: &str = "fixture-encrypt-key-7Hq2";
 pub const VERIFICATION_TOKEN: &str = "vT9kQ2mXw7LpR4sZ";
 pub const BOT_OPEN_ID: &str = "ou_7b2e9c41f0a35d68e1c4b97a2d0f3e51";
 
-/// Path of a shared Lark fixture.
+/// Path of a Lark fixture (`tests/fixtures/lark`).
 pub fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/lark")
+        .join("../tests/fixtures/lark")
         .join(name)
 }
 

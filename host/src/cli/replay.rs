@@ -101,8 +101,8 @@ arguments (missing file, unknown plugin, a malformed KEY=VALUE or --outbound fil
 EXAMPLES (PLUGIN is a loaded plugin's name, CHANNEL a directory of recorded units; a fixtures
 directory's README lists the installation values its files were made with):
   switchboard replay --plugin PLUGIN --config-value bot_id=B0T1 \\
-    --secret signing_key=fixture-key ../shared/fixtures/CHANNEL
-  switchboard replay --plugin PLUGIN ../shared/fixtures/CHANNEL/some_event.json | jq .body
+    --secret signing_key=fixture-key tests/fixtures/CHANNEL
+  switchboard replay --plugin PLUGIN tests/fixtures/CHANNEL/some_event.json | jq .body
   printf 'raw bytes as the channel sends them' > event.bin
   switchboard replay --plugin PLUGIN event.bin
   echo '{\"target\":{\"chat_id\":\"C1\",\"chat_type\":\"group\"},\"reply\":\"**hi**\"}' > reply.json
