@@ -13,7 +13,7 @@ use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
 use switchboard_plugin_sdk::types::{
     self, Attachment, Chat, ChatKind, InboundMessage, Mention, Participant, PluginError,
 };
-use switchboard_plugin_sdk::{http, install_panic_hook, installation, kv, log, log_write};
+use switchboard_plugin_sdk::{clock, http, install_panic_hook, installation, kv, log, log_write};
 
 use crate::decode::{self, DecodeContext, Decoded};
 use crate::mentions::BotIdentity;
@@ -32,9 +32,6 @@ use crate::{
 
 /// What `plan-poll` and `parse-poll` answer: events come over the long connection or webhooks.
 const NO_LONG_POLL: &str = "this channel does not long-poll";
-
-/// What the streaming exports answer until CardKit streaming is implemented.
-const NO_STREAMING: &str = "streaming is not supported by this plugin";
 
 /// Timeout asked of the host for the endpoint discovery call (the host clamps it to the call's
 /// remaining deadline).
@@ -465,27 +462,46 @@ impl outbound::Guest for LarkPlugin {
         result.map_err(|failure| reported(failure, "set-typing", &target.session_id))
     }
 
+    /// A CardKit card sent to the session (see `cardkit`); never an error: without a card the
+    /// handle says so and the end sends an ordinary reply.
     fn stream_begin(
-        _target: outbound::SessionTarget,
-        _idempotency_key: String,
+        target: outbound::SessionTarget,
+        idempotency_key: String,
     ) -> Result<String, outbound::DeliveryError> {
-        Err(no_streaming())
+        install_panic_hook();
+        let target = logic_target(target);
+        let credentials = credentials();
+        let mut host = ImportHost;
+        Ok(LarkClient::new(&mut host, &credentials).stream_begin(&target, &idempotency_key))
     }
 
     fn stream_update(
-        _target: outbound::SessionTarget,
-        _handle: String,
-        _text: String,
+        target: outbound::SessionTarget,
+        handle: String,
+        text: String,
     ) -> Result<(), outbound::DeliveryError> {
-        Err(no_streaming())
+        install_panic_hook();
+        let target = logic_target(target);
+        let credentials = credentials();
+        let mut host = ImportHost;
+        LarkClient::new(&mut host, &credentials)
+            .stream_update(&target, &handle, &text)
+            .map_err(|failure| reported(failure, "stream-update", &target.session_id))
     }
 
     fn stream_end(
-        _target: outbound::SessionTarget,
-        _handle: String,
-        _text: String,
+        target: outbound::SessionTarget,
+        handle: String,
+        text: String,
     ) -> Result<outbound::Receipt, outbound::DeliveryError> {
-        Err(no_streaming())
+        install_panic_hook();
+        let target = logic_target(target);
+        let credentials = credentials();
+        let mut host = ImportHost;
+        LarkClient::new(&mut host, &credentials)
+            .stream_end(&target, &handle, &text)
+            .map(|message_id| outbound::Receipt { message_id })
+            .map_err(|failure| reported(failure, "stream-end", &target.session_id))
     }
 
     /// The message resource API: `type=image` for an `img_…` key, `type=file` otherwise.
@@ -503,15 +519,6 @@ impl outbound::Guest for LarkPlugin {
                 body: resource.body,
             })
             .map_err(|failure| plugin_error(failure, "fetch-attachment"))
-    }
-}
-
-fn no_streaming() -> outbound::DeliveryError {
-    outbound::DeliveryError {
-        code: None,
-        message: NO_STREAMING.into(),
-        retryable: false,
-        retry_after_ms: None,
     }
 }
 
@@ -639,6 +646,15 @@ impl LarkHost for ImportHost {
 
     fn warn(&mut self, message: &str, fields: &[(&str, &str)]) {
         log_write(log::Level::Warn, message, fields);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        u64::try_from(clock::now_ms()).unwrap_or(0)
+    }
+
+    fn sleep_ms(&mut self, ms: u64) {
+        // WASI's monotonic clock: the call waits in the host, not spinning in the guest.
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 

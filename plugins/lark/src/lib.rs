@@ -20,6 +20,8 @@
 //! - [`outbound`]: delivery (token cache, thread fallback, error classification), notices
 //!   (rendered from the host's text), the typing reaction, attachment downloads and the bot
 //!   info of `on-install`, over a small host trait.
+//! - [`cardkit`]: streamed replies in CardKit cards (create, send, update, close, follow-up
+//!   cards past the size limit, pacing, the plain fallback), over the same host trait.
 //! - [`render`]: message content (text, markdown card, notice/error/binding cards, button
 //!   labels, size limits);
 //!   [`markdown`]: the text-or-card detector.
@@ -31,6 +33,7 @@
 //!
 //! In a wasm build, `component` implements the `switchboard:channel` exports on top of them.
 
+pub mod cardkit;
 pub mod commands;
 pub mod content;
 pub mod crypto;

@@ -263,6 +263,13 @@ pub trait LarkHost {
     fn kv_delete(&mut self, key: &str);
     /// Logs a warning (never with secrets or tokens in it).
     fn warn(&mut self, message: &str, fields: &[(&str, &str)]);
+    /// Wall-clock milliseconds (pacing of card updates; 0 when unknown, which turns pacing by
+    /// time off).
+    fn now_ms(&mut self) -> u64 {
+        0
+    }
+    /// Waits `ms` milliseconds (pacing of card updates).
+    fn sleep_ms(&mut self, _ms: u64) {}
 }
 
 /// The installation's Open Platform credentials.
@@ -278,13 +285,13 @@ pub struct Credentials {
 
 /// Why one REST call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum CallError {
+pub(crate) enum CallError {
     Api(ApiError),
     Transport(TransportFailure),
 }
 
 impl CallError {
-    fn code(&self) -> Option<i64> {
+    pub(crate) fn code(&self) -> Option<i64> {
         match self {
             CallError::Api(err) if err.code != 0 => Some(err.code),
             _ => None,
@@ -319,7 +326,7 @@ impl CallError {
         }
     }
 
-    fn into_failure(self, what: &str) -> DeliveryFailure {
+    pub(crate) fn into_failure(self, what: &str) -> DeliveryFailure {
         match self {
             CallError::Api(err) => DeliveryFailure {
                 code: (err.code != 0).then_some(err.code),
@@ -351,8 +358,8 @@ pub enum PluginFailure {
 
 /// A Lark Open Platform client over a [`LarkHost`] for one call of the plugin.
 pub struct LarkClient<'a, H: LarkHost> {
-    host: &'a mut H,
-    credentials: &'a Credentials,
+    pub(crate) host: &'a mut H,
+    pub(crate) credentials: &'a Credentials,
     idempotency_key: Option<String>,
 }
 
@@ -398,41 +405,58 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         let mut first_id = None;
         for (index, message) in messages.iter().enumerate() {
             let uuid = self.uuid(index);
-            let uuid = uuid.as_deref();
-            let sent = match &destination {
-                Destination::Chat { chat_id } => {
-                    self.send(ReceiveIdType::ChatId, chat_id, message, uuid)
-                }
-                Destination::Direct { open_id } => {
-                    self.send(ReceiveIdType::OpenId, open_id, message, uuid)
-                }
-                Destination::Thread {
-                    message_id,
-                    chat_id,
-                } => match self.reply_in_thread(message_id, message, uuid) {
-                    Err(err) if err.code().is_some_and(is_thread_reply_unsupported) => {
-                        let code = err.code().unwrap_or_default().to_string();
-                        self.host.warn(
-                            "lark thread reply refused; sending at chat level",
-                            &[
-                                ("session", &target.session_id),
-                                ("message_id", message_id),
-                                ("code", &code),
-                            ],
-                        );
-                        let chat_id = chat_id.clone();
-                        destination = Destination::Chat {
-                            chat_id: chat_id.clone(),
-                        };
-                        self.send(ReceiveIdType::ChatId, &chat_id, message, uuid)
-                    }
-                    other => other,
-                },
-            };
-            let id = sent.map_err(|err| err.into_failure("lark send failed"))?;
+            let id = self.send_to(
+                &mut destination,
+                &target.session_id,
+                message,
+                uuid.as_deref(),
+            )?;
             first_id.get_or_insert(id);
         }
         Ok(first_id)
+    }
+
+    /// Sends one message to `destination` with Lark's `uuid`. A threaded reply that Lark
+    /// refuses with a thread-unsupported code ([`is_thread_reply_unsupported`]) is sent once
+    /// more at chat level, and `destination` becomes that chat for the messages that follow.
+    pub(crate) fn send_to(
+        &mut self,
+        destination: &mut Destination,
+        session_id: &str,
+        message: &Rendered,
+        uuid: Option<&str>,
+    ) -> Result<String, DeliveryFailure> {
+        let sent = match &*destination {
+            Destination::Chat { chat_id } => {
+                self.send(ReceiveIdType::ChatId, chat_id, message, uuid)
+            }
+            Destination::Direct { open_id } => {
+                self.send(ReceiveIdType::OpenId, open_id, message, uuid)
+            }
+            Destination::Thread {
+                message_id,
+                chat_id,
+            } => match self.reply_in_thread(message_id, message, uuid) {
+                Err(err) if err.code().is_some_and(is_thread_reply_unsupported) => {
+                    let code = err.code().unwrap_or_default().to_string();
+                    self.host.warn(
+                        "lark thread reply refused; sending at chat level",
+                        &[
+                            ("session", session_id),
+                            ("message_id", message_id),
+                            ("code", &code),
+                        ],
+                    );
+                    let chat_id = chat_id.clone();
+                    *destination = Destination::Chat {
+                        chat_id: chat_id.clone(),
+                    };
+                    self.send(ReceiveIdType::ChatId, &chat_id, message, uuid)
+                }
+                other => other,
+            },
+        };
+        sent.map_err(|err| err.into_failure("lark send failed"))
     }
 
     /// Adds the typing reaction to `message_id` and returns its reaction id (none, without a
@@ -516,7 +540,7 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
         .map_err(|err| err.into_plugin_failure("lark resource download failed", false))
     }
 
-    fn check_credentials(&self) -> Result<(), DeliveryFailure> {
+    pub(crate) fn check_credentials(&self) -> Result<(), DeliveryFailure> {
         if self.credentials.app_id.is_empty() || self.credentials.app_secret.is_empty() {
             return Err(DeliveryFailure::invalid(
                 "installation has no app_id/app_secret: configure both to deliver to Lark",
@@ -574,7 +598,10 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
 
     /// Runs an authorized call; when Lark says the token is invalid (99991663/99991664/
     /// 99991671) the cached token is dropped and the call runs once more with a new one.
-    fn authorized(&mut self, build: impl Fn(&str) -> HttpRequestSpec) -> Result<Value, CallError> {
+    pub(crate) fn authorized(
+        &mut self,
+        build: impl Fn(&str) -> HttpRequestSpec,
+    ) -> Result<Value, CallError> {
         self.authorized_with(build, |answer| {
             rest::check_response(answer.status, &answer.headers, &answer.body)
         })

@@ -154,92 +154,178 @@ pub fn link_label(locale: &str, binding: bool) -> &'static str {
 /// The messages for a reply text: nothing when it is blank; markdown (see
 /// [`contains_markdown`]) as schema-2.0 cards, anything else as text messages; text longer than
 /// the type's limit is split at line boundaries into several messages (markdown keeps code
-/// fences balanced: a fence cut in two is closed and reopened).
+/// fences balanced: a fence cut in two is closed and reopened). Sizes are measured as the text
+/// travels in the send request ([`wire_len`]), so no part's request outgrows Lark's limit.
 pub fn reply_messages(text: &str) -> Vec<Rendered> {
     if text.trim().is_empty() {
         return Vec::new();
     }
     if contains_markdown(text) {
-        split_chunks(text, CARD_CONTENT_LIMIT - ENVELOPE_RESERVE, true)
+        split_chunks(text, CARD_TEXT_BUDGET, true)
             .iter()
             .map(|chunk| markdown_card(chunk))
             .collect()
     } else {
-        split_chunks(text, TEXT_CONTENT_LIMIT - ENVELOPE_RESERVE, false)
+        split_chunks(text, TEXT_TEXT_BUDGET, false)
             .iter()
             .map(|chunk| text_message(chunk))
             .collect()
     }
 }
 
+/// Largest [`wire_len`] of the user's text in one `text` message.
+pub const TEXT_TEXT_BUDGET: usize = TEXT_CONTENT_LIMIT - ENVELOPE_RESERVE;
+/// Largest [`wire_len`] of the user's text in one card (a markdown card, or one CardKit card of
+/// a streamed reply).
+pub const CARD_TEXT_BUDGET: usize = CARD_CONTENT_LIMIT - ENVELOPE_RESERVE;
+
 /// Bytes `text` takes inside a JSON string (serde_json's escaping).
 pub fn escaped_len(text: &str) -> usize {
-    text.chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
-        })
-        .sum()
+    text.chars().map(escaped_char_len).sum()
 }
 
-/// Splits `text` into pieces whose [`escaped_len`] is at most `budget`, at line boundaries
-/// (a single line longer than half the budget is cut between characters). With `fences`, a
-/// ```` ``` ```` block cut in two is closed at the end of one piece and reopened (with its
-/// opening line) at the start of the next. Text within the budget comes back as one piece.
+fn escaped_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Bytes `text` takes in a send request: a message's `content` is a JSON document carried as a
+/// JSON string, so the text is escaped twice (`"` becomes `\\\"`, a newline `\\n`). Lark's
+/// size limits are on the request, so parts are measured this way.
+pub fn wire_len(text: &str) -> usize {
+    text.chars().map(wire_char_len).sum()
+}
+
+fn wire_char_len(c: char) -> usize {
+    match c {
+        // `\"` and `\\` escaped again: a backslash pair, then the escaped character.
+        '"' | '\\' => 4,
+        // `\n` and friends: the backslash escaped, the letter as is.
+        '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 3,
+        // `\u00XX`: the backslash escaped.
+        c if (c as u32) < 0x20 => 7,
+        c => c.len_utf8(),
+    }
+}
+
+/// One part of a split text: `range` of the original text, shown after `reopen` (the opening
+/// line of a code fence the previous part closed) and followed by `close` (the fence closed
+/// because the part ends inside a code block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The bytes of the original text this part carries (always on character boundaries).
+    pub range: std::ops::Range<usize>,
+    /// A fence opening line to put first (without its newline).
+    pub reopen: Option<String>,
+    /// Text that closes a fence left open at the end.
+    pub close: Option<&'static str>,
+}
+
+impl Chunk {
+    /// The part as shown: `reopen`, the text, `close`.
+    pub fn render(&self, text: &str) -> String {
+        let body = &text[self.range.clone()];
+        let mut out = String::with_capacity(body.len() + 16);
+        if let Some(open) = &self.reopen {
+            out.push_str(open);
+            out.push('\n');
+        }
+        out.push_str(body);
+        if let Some(close) = self.close {
+            out.push_str(close);
+        }
+        out
+    }
+}
+
+/// Splits `text` into pieces whose [`wire_len`] is at most `budget`, at line boundaries
+/// (a single line longer than half the budget is cut between characters, never inside one).
+/// With `fences`, a ```` ``` ```` block cut in two is closed at the end of one piece and
+/// reopened (with its opening line) at the start of the next. Text within the budget comes back
+/// as one piece.
 pub fn split_chunks(text: &str, budget: usize, fences: bool) -> Vec<String> {
-    if escaped_len(text) <= budget {
-        return vec![text.to_string()];
+    plan_chunks(text, budget, fences)
+        .iter()
+        .map(|chunk| chunk.render(text))
+        .collect()
+}
+
+/// [`split_chunks`] as ranges of `text` (what a streamed reply needs to know how much of the
+/// text one card holds). The pieces cover `text` in order, without gaps or overlaps.
+pub fn plan_chunks(text: &str, budget: usize, fences: bool) -> Vec<Chunk> {
+    if wire_len(text) <= budget {
+        return vec![Chunk {
+            range: 0..text.len(),
+            reopen: None,
+            close: None,
+        }];
     }
     let piece_budget = (budget / 2).max(1);
-    let mut pieces: Vec<&str> = Vec::new();
+    // Piece ranges: lines, and long lines cut between characters.
+    let mut pieces: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut at = 0;
     for line in text.split_inclusive('\n') {
-        if escaped_len(line) <= piece_budget {
-            pieces.push(line);
+        let start = at;
+        at += line.len();
+        if wire_len(line) <= piece_budget {
+            pieces.push(start..at);
         } else {
-            pieces.extend(cut_by_escaped_len(line, piece_budget));
+            pieces.extend(cut_by_wire_len(line, piece_budget, start));
         }
     }
 
     const CLOSE: &str = "\n```\n";
+    const CLOSE_AT_LINE_START: &str = "```\n";
     let mut chunks = Vec::new();
-    let mut current = String::new();
+    let mut current = Chunk {
+        range: 0..0,
+        reopen: None,
+        close: None,
+    };
     let mut current_len = 0;
     // The opening line of the fence the current chunk is inside, if any.
     let mut open_fence: Option<String> = None;
     for piece in pieces {
-        let piece_len = escaped_len(piece);
-        let reserve = if open_fence.is_some() || (fences && is_fence_line(piece)) {
-            escaped_len(CLOSE)
+        let piece_text = &text[piece.clone()];
+        let piece_len = wire_len(piece_text);
+        let fence_line = fences && is_fence_line(piece_text);
+        let reserve = if open_fence.is_some() || fence_line {
+            wire_len(CLOSE)
         } else {
             0
         };
         if current_len > 0 && current_len + piece_len + reserve > budget {
             if open_fence.is_some() {
-                current.push_str(if current.ends_with('\n') {
-                    "```\n"
+                current.close = Some(if text[..current.range.end].ends_with('\n') {
+                    CLOSE_AT_LINE_START
                 } else {
                     CLOSE
                 });
             }
-            chunks.push(std::mem::take(&mut current));
-            current_len = 0;
-            if let Some(open) = &open_fence {
-                current.push_str(open);
-                current.push('\n');
-                current_len = escaped_len(&current);
-            }
+            let next_start = current.range.end;
+            chunks.push(std::mem::replace(
+                &mut current,
+                Chunk {
+                    range: next_start..next_start,
+                    reopen: open_fence.clone(),
+                    close: None,
+                },
+            ));
+            current_len = open_fence.as_ref().map_or(0, |open| wire_len(open) + 3);
         }
-        current.push_str(piece);
+        current.range.end = piece.end;
         current_len += piece_len;
-        if fences && is_fence_line(piece) {
+        if fence_line {
             open_fence = match open_fence {
                 Some(_) => None,
-                None => Some(reopen_line(piece)),
+                None => Some(reopen_line(piece_text)),
             };
         }
     }
-    if !current.is_empty() {
+    if !current.range.is_empty() || current.reopen.is_some() {
         chunks.push(current);
     }
     chunks
@@ -261,24 +347,29 @@ fn reopen_line(line: &str) -> String {
     }
 }
 
-/// Cuts `line` between characters into pieces of at most `budget` escaped bytes.
-fn cut_by_escaped_len(line: &str, budget: usize) -> Vec<&str> {
+/// Cuts `line` (which starts at byte `offset` of its text) between characters into ranges of
+/// at most `budget` wire bytes.
+fn cut_by_wire_len(
+    line: &str,
+    budget: usize,
+    offset: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut used = 0;
     for (at, c) in line.char_indices() {
-        let len = escaped_len(c.encode_utf8(&mut [0; 4]));
+        let len = wire_char_len(c);
         if used + len > budget && at > start {
-            pieces.push(&line[start..at]);
+            pieces.push(offset + start..offset + at);
             start = at;
             used = 0;
         }
         used += len;
     }
     if start < line.len() {
-        pieces.push(&line[start..]);
+        pieces.push(offset + start..offset + line.len());
     }
-    pieces
+    pieces.into_iter()
 }
 
 /// The first `max` characters of `text`, with "…" when something was cut.
@@ -506,6 +597,59 @@ mod tests {
                 .unwrap()
                 .ends_with("The end.\n")
         );
+    }
+
+    #[test]
+    fn wire_len_is_the_size_inside_a_send_request() {
+        for text in ["plain", "a\"b\\c\nd\re\tf\u{1}g\u{8}", "中文🚀", ""] {
+            let content = json!({ "text": text }).to_string();
+            let body = serde_json::to_string(&content).unwrap();
+            let envelope = serde_json::to_string(&json!({ "text": "" }).to_string()).unwrap();
+            assert_eq!(wire_len(text), body.len() - envelope.len(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn quote_heavy_text_keeps_every_send_request_within_the_limit() {
+        // Quotes double twice: sized by the content alone, these parts would be too big.
+        let text = "\"quoted\" \\ path\n".repeat(20_000);
+        let messages = reply_messages(&text);
+        assert!(messages.len() >= 3);
+        let mut joined = String::new();
+        for message in &messages {
+            let request =
+                json!({"receive_id": "oc_1", "msg_type": "text", "content": message.content});
+            assert!(request.to_string().len() <= TEXT_CONTENT_LIMIT);
+            joined.push_str(parsed(message)["text"].as_str().unwrap());
+        }
+        assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn planned_chunks_cover_the_text_in_order() {
+        let mut text = String::from("intro 中文\n```py\n");
+        for i in 0..2_000 {
+            text.push_str(&format!("print('é{i}')\n"));
+        }
+        text.push_str("```\ntail\n");
+        let chunks = plan_chunks(&text, 5_000, true);
+        assert!(chunks.len() > 3);
+        let mut at = 0;
+        for (index, chunk) in chunks.iter().enumerate() {
+            assert_eq!(
+                chunk.range.start, at,
+                "chunk {index} follows the previous one"
+            );
+            at = chunk.range.end;
+            let shown = chunk.render(&text);
+            assert!(wire_len(&shown) <= 5_000, "chunk {index}");
+            assert_eq!(
+                shown.lines().filter(|l| l.starts_with("```")).count() % 2,
+                0
+            );
+        }
+        assert_eq!(at, text.len());
+        assert_eq!(chunks[1].reopen.as_deref(), Some("```py"));
     }
 
     #[test]

@@ -286,6 +286,65 @@ pub fn delete_reaction_request(
     request
 }
 
+/// Path of the CardKit card entity calls (`/{card_id}/…` follows).
+pub const CARDKIT_CARDS_PATH: &str = "/open-apis/cardkit/v1/cards";
+
+/// `POST {base}/open-apis/cardkit/v1/cards` with `{"type":"card_json","data":<card JSON as a
+/// string>}`: creates a card entity (its id is `data.card_id`).
+pub fn create_card_request(base_url: &str, token: &str, card_json: &str) -> HttpRequestSpec {
+    authorized(
+        "POST",
+        format!("{}{CARDKIT_CARDS_PATH}", api_base(base_url)),
+        token,
+        serde_json::json!({ "type": "card_json", "data": card_json }),
+    )
+}
+
+/// `PUT {base}/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content` with
+/// `{content, sequence}`: replaces the element's whole text (a longer text that starts with the
+/// old one types out the rest).
+pub fn card_content_request(
+    base_url: &str,
+    token: &str,
+    card_id: &str,
+    element_id: &str,
+    content: &str,
+    sequence: u32,
+) -> HttpRequestSpec {
+    authorized(
+        "PUT",
+        format!(
+            "{}{CARDKIT_CARDS_PATH}/{}/elements/{}/content",
+            api_base(base_url),
+            path_segment(card_id),
+            path_segment(element_id)
+        ),
+        token,
+        serde_json::json!({ "content": content, "sequence": sequence }),
+    )
+}
+
+/// `PATCH {base}/open-apis/cardkit/v1/cards/{card_id}/settings` with `{settings, sequence}`
+/// (`settings` is a JSON document carried as a string).
+pub fn card_settings_request(
+    base_url: &str,
+    token: &str,
+    card_id: &str,
+    settings: &str,
+    sequence: u32,
+) -> HttpRequestSpec {
+    authorized(
+        "PATCH",
+        format!(
+            "{}{CARDKIT_CARDS_PATH}/{}/settings",
+            api_base(base_url),
+            path_segment(card_id)
+        ),
+        token,
+        serde_json::json!({ "settings": settings, "sequence": sequence }),
+    )
+}
+
 /// Path of the bot identity call.
 pub const BOT_INFO_PATH: &str = "/open-apis/bot/v3/info";
 
