@@ -166,7 +166,15 @@ impl PluginFlush {
             in_thread: batch.reply_thread_id.is_some(),
         };
         let actions = flush_actions(agent, &batch, now);
-        tracing::info!(session = %batch.session_id, messages = batch.messages.len(), ?agent, ?actions, "flushed");
+        tracing::info!(
+            session = %batch.session_id,
+            messages = batch.messages.len(),
+            agent = agent_state_label(agent),
+            starts_run = actions.starts_run,
+            notice = actions.notice.map(NoticeKind::as_str),
+            typing = actions.typing_on.is_some(),
+            "flushed"
+        );
         if !actions.starts_run && !batch.messages.is_empty() {
             self.runs
                 .store()
@@ -202,6 +210,16 @@ struct FlushActions {
     notice: Option<NoticeKind>,
     /// The message to show the typing indicator on.
     typing_on: Option<String>,
+}
+
+/// The agent state as a log field (a plain word, not the enum's debug form).
+fn agent_state_label(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Online => "online",
+        AgentState::Offline => "offline",
+        AgentState::Archived => "archived",
+        AgentState::Unknown => "unknown",
+    }
 }
 
 /// The host's flush decision by the bound agent's state: an archived agent gets no run and a
@@ -260,12 +278,13 @@ impl App {
         ));
         // The flush handler needs the run service and the run service the debouncer: the
         // handler's copy only settles and publishes states, which need no debouncer.
-        let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings);
+        let metrics = Arc::new(Metrics::new(runtime.clone()));
+        let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings)
+            .with_metrics(metrics.clone());
         let delivery = Delivery::new(
             runtime.clone(),
             Arc::new(NoticeTexts::new(config.notices.clone())),
         );
-        let metrics = Arc::new(Metrics::new(runtime.clone()));
         config
             .delivery
             .validate()

@@ -137,7 +137,14 @@ async fn deliver(
             .await
             .map_err(ApiError::internal)?
             .filter(|i| i.channel == channel)
-            .ok_or_else(|| ApiError::not_found(format!("no {channel} installation `{id}`")))?,
+            .ok_or_else(|| {
+                // `channel` names a loaded plugin here: a bounded label.
+                state
+                    .ingest
+                    .metrics()
+                    .webhook_rejected(channel, "unknown_installation");
+                ApiError::not_found(format!("no {channel} installation `{id}`"))
+            })?,
         None => route_shared_url(state, &plugin, channel, &body).await?,
     };
     let span = tracing::info_span!(
@@ -176,8 +183,12 @@ async fn verify_and_ingest(
             .collect(),
         body: body.to_vec(),
     };
-    let refused = |label: &str, status: StatusCode, message: String| {
-        state.ingest.metrics().ingested(channel, label);
+    let refused = |reason: &'static str, status: StatusCode, message: String| {
+        state
+            .ingest
+            .metrics()
+            .ingested(channel, &format!("rejected:{reason}"));
+        state.ingest.metrics().webhook_rejected(channel, reason);
         tracing::warn!("webhook refused: {message}");
         Err(ApiError::new(status, message))
     };
@@ -194,7 +205,7 @@ async fn verify_and_ingest(
                     StatusCode::UNAUTHORIZED
                 };
                 return refused(
-                    &format!("rejected:{}", rejected.kind),
+                    rejected.kind,
                     status,
                     format!("{}: {}", rejected.kind, rejected.reason),
                 );
@@ -213,7 +224,7 @@ async fn verify_and_ingest(
         if u128::from(skew_ms.unsigned_abs()) > window.as_millis() {
             let skew_s = skew_ms / 1000;
             return refused(
-                "rejected:stale",
+                "stale",
                 StatusCode::UNAUTHORIZED,
                 format!(
                     "the request was signed {} s {} this host's clock, outside the replay \
@@ -241,7 +252,7 @@ async fn verify_and_ingest(
                 DropReason::RoutedElsewhere,
             ))) => {
                 return refused(
-                    "rejected:routed_elsewhere",
+                    "routed_elsewhere",
                     StatusCode::UNAUTHORIZED,
                     format!(
                         "an event of this request names another installation than `{}`, whose \
@@ -254,7 +265,7 @@ async fn verify_and_ingest(
             }
             Prepared::Done(PayloadOutcome::Invalid(reason)) => {
                 return refused(
-                    "rejected:malformed",
+                    "malformed",
                     StatusCode::BAD_REQUEST,
                     format!("the request is authenticated but an event is malformed: {reason}"),
                 );
@@ -302,6 +313,10 @@ async fn route_shared_url(
             .ingest
             .metrics()
             .ingested(channel, "rejected:unroutable");
+        state
+            .ingest
+            .metrics()
+            .webhook_rejected(channel, "unroutable");
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
@@ -320,6 +335,10 @@ async fn route_shared_url(
         .map_err(ApiError::internal)?;
     installation.ok_or_else(|| {
         state.ingest.metrics().ingested(channel, "rejected:unknown");
+        state
+            .ingest
+            .metrics()
+            .webhook_rejected(channel, "unknown_installation");
         tracing::warn!(
             channel,
             "webhook refused: no installation for its routing key"

@@ -140,6 +140,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(hooks)
         .merge(worker)
@@ -170,14 +171,47 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
             }
         }
     }
+    // Prometheus asks for OpenMetrics first; other scrapers and people get the classic format.
+    let format = crate::metrics::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        state.metrics.render_as(format),
     )
         .into_response()
+}
+
+/// How long `/readyz` waits for the database's answer.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: 200 while the database answers a trivial query within [`READY_TIMEOUT`], else
+/// 503 with the reason (the URL and credentials are never shown). `/healthz` stays liveness
+/// only: a host whose database is away is alive, but should get no traffic.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let reason = match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => return (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(backend = %state.db.backend(), "not ready: the database failed: {e}");
+            format!("the {} database does not answer", state.db.backend())
+        }
+        Err(_) => {
+            tracing::warn!(backend = %state.db.backend(), "not ready: the database did not answer in time");
+            format!(
+                "the {} database did not answer within {} s",
+                state.db.backend(),
+                READY_TIMEOUT.as_secs()
+            )
+        }
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {reason}"),
+    )
+    .into_response()
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {

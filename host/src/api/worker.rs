@@ -1040,7 +1040,7 @@ async fn complete(
     };
     let reply = finished.reply;
     let state_now = Some(finished.released.state);
-    tracing::info!(agent, session = %session_id, run = %run_id, reply = ?reply.as_ref().map(|m| m.id), ?usage, "run completed by a worker");
+    tracing::info!(agent, session = %session_id, run = %run_id, reply = reply.as_ref().map(|m| m.id), prompt_tokens = usage.as_ref().map(|u| u.prompt_tokens), completion_tokens = usage.as_ref().map(|u| u.completion_tokens), "run completed by a worker");
     let message_id = reply.as_ref().map(|m| m.id);
     api.observer.run_ended(RunEnded {
         session_id,

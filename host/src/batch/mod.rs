@@ -502,10 +502,10 @@ impl Inner {
         let messages = batch.messages.len();
         let last_message_id = batch.messages.last().map(|m| m.id);
         match self.handler.flush(batch).await {
-            Ok(()) => tracing::debug!(messages, ?last_message_id, "debounce window flushed"),
+            Ok(()) => tracing::debug!(messages, last_message_id, "debounce window flushed"),
             Err(error) => tracing::error!(
                 messages,
-                ?last_message_id,
+                last_message_id,
                 error = %format!("{error:#}"),
                 "flush handler failed; the batch was claimed and the run is pending"
             ),

@@ -68,7 +68,14 @@ impl Host for CallState {
             }
             Err(error) => {
                 let shown = Url::parse(&url).map(|u| redact(&u)).unwrap_or_default();
-                tracing::debug!(plugin = %self.plugin, installation = %self.installation.id, url = %shown, ?error, "plugin http request failed");
+                let (kind, detail) = match error {
+                    Error::NotAllowed(why) => ("not_allowed", why.clone()),
+                    Error::Timeout => ("timeout", String::new()),
+                    Error::TooLarge(cap) => ("too_large", format!("cap {cap} bytes")),
+                    Error::InvalidRequest(why) => ("invalid_request", why.clone()),
+                    Error::Transport(why) => ("transport", why.clone()),
+                };
+                tracing::debug!(plugin = %self.plugin, installation = %self.installation.id, url = %shown, error = kind, detail, "plugin http request failed");
             }
             Ok(_) => {}
         }

@@ -146,7 +146,10 @@ impl GlobalArgs {
             })?;
             for (path, result) in results {
                 if let Err(e) = result {
-                    eprintln!("warning: skipped {}: {e}", path.display());
+                    notice(
+                        tracing::Level::WARN,
+                        &format!("skipped {}: {e}", path.display()),
+                    );
                 }
             }
         }
@@ -157,6 +160,34 @@ impl GlobalArgs {
 /// Default `--log` filter.
 const DEFAULT_LOG: &str = "warn,switchboard=info";
 
+/// Set once `--log-format json` is installed: then every line this process writes to stderr is a
+/// JSON object, its own notices and errors included (see [`notice`]).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stderr carries JSON lines only.
+fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line for the operator on stderr: as it is for a person, or as a log event (JSON) when the
+/// logs are JSON, so a log shipper never meets a line it cannot parse.
+fn notice(level: tracing::Level, text: &str) {
+    if !json_logs() {
+        let prefix = match level {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            _ => "",
+        };
+        eprintln!("{prefix}{text}");
+    } else if level == tracing::Level::ERROR {
+        tracing::error!("{text}");
+    } else if level == tracing::Level::WARN {
+        tracing::warn!("{text}");
+    } else {
+        tracing::info!("{text}");
+    }
+}
+
 fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     // Info logs would interleave with what these commands print; keep them to warnings unless
     // the operator asked for a filter.
@@ -164,12 +195,18 @@ fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
     let wanted = if quiet { "warn" } else { global.log.as_str() };
     let filter = tracing_subscriber::EnvFilter::try_new(wanted)
         .map_err(|e| anyhow::anyhow!("invalid --log filter {wanted:?}: {e}"))?;
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match global.log_format {
         LogFormat::Human => builder.compact().try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().try_init().inspect(|()| {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+        }),
     }
     .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
@@ -232,14 +269,17 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            notice(
+                tracing::Level::ERROR,
+                &format!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            notice(tracing::Level::ERROR, &format!("{e:#}"));
             // Unusable arguments exit like clap's own usage errors.
             if e.is::<replay::UsageError>() {
                 ExitCode::from(2)

@@ -28,12 +28,16 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
                 config.server.listen
             )
         })?;
-    eprintln!(
-        "switchboard listening on http://{} (database {}, {} plugin(s)); Ctrl-C stops it",
-        listener.local_addr()?,
-        crate::store::redact_url(&config.database.url),
-        app.state.runtime.plugins().len()
-    );
+    let address = listener.local_addr()?;
+    let database = crate::store::redact_url(&config.database.url);
+    let plugins = app.state.runtime.plugins().len();
+    if super::json_logs() {
+        tracing::info!(%address, %database, plugins, "switchboard listening");
+    } else {
+        eprintln!(
+            "switchboard listening on http://{address} (database {database}, {plugins} plugin(s)); Ctrl-C stops it"
+        );
+    }
     app.serve(listener, shutdown_signal()).await
 }
 

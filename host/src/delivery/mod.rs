@@ -54,7 +54,10 @@ pub enum DeliveryFailure {
     #[error(transparent)]
     Plugin(#[from] CallError),
     /// The channel refused the delivery.
-    #[error("channel refused the delivery (code {code:?}): {message}")]
+    #[error(
+        "channel refused the delivery{}: {message}",
+        code.map(|c| format!(" (code {c})")).unwrap_or_default()
+    )]
     Refused {
         /// The channel's error code, if any.
         code: Option<i64>,
@@ -261,7 +264,7 @@ impl Delivery {
         };
         match plugin.deliver(&cx, &delivery).await {
             Ok(Ok(receipt)) => {
-                tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = ?receipt.message_id, "delivered");
+                tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = receipt.message_id.as_deref(), "delivered");
                 Ok(receipt.message_id)
             }
             Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
@@ -292,7 +295,7 @@ impl Delivery {
         let cx = Arc::new(installation.context());
         let failure = match plugin.stream_end(&cx, target, &handle, &text).await {
             Ok(Ok(receipt)) => {
-                tracing::info!(installation = %installation.id, session = %target.session_id, sent = ?receipt.message_id, "streamed reply ended");
+                tracing::info!(installation = %installation.id, session = %target.session_id, sent = receipt.message_id.as_deref(), "streamed reply ended");
                 return Ok(receipt.message_id.or(Some(handle)));
             }
             Ok(Err(refused)) => DeliveryFailure::refused(refused),
@@ -375,7 +378,7 @@ impl Delivery {
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(installation = %installation.id, session = %target.session_id, code = ?e.code, "typing indicator not shown: {}", e.message)
+                tracing::warn!(installation = %installation.id, session = %target.session_id, code = e.code, "typing indicator not shown: {}", e.message)
             }
             Err(e) => {
                 tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")
@@ -427,7 +430,11 @@ impl Delivery {
                 {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        tracing::debug!(code = ?e.code, "typing indicator not refreshed: {}", e.message)
+                        tracing::debug!(
+                            code = e.code,
+                            "typing indicator not refreshed: {}",
+                            e.message
+                        )
                     }
                     Err(e) => tracing::debug!("typing refresh call failed: {e}"),
                 }
@@ -463,7 +470,7 @@ impl Delivery {
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(installation = %installation.id, session = %target.session_id, code = ?e.code, "typing indicator not cleared: {}", e.message)
+                tracing::warn!(installation = %installation.id, session = %target.session_id, code = e.code, "typing indicator not cleared: {}", e.message)
             }
             Err(e) => {
                 tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")

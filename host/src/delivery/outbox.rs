@@ -332,6 +332,10 @@ impl Outbox {
                 match marked {
                     Ok(true) => {
                         inner.metrics.outbox("delivered");
+                        let waited = inner.clock.now_ms().saturating_sub(row.created_at_ms);
+                        inner
+                            .metrics
+                            .delivery_latency(Duration::from_millis(waited.max(0) as u64));
                         Attempt::Delivered
                     }
                     Ok(false) => Attempt::LostLease,

@@ -153,7 +153,11 @@ impl Streamer {
             Some(plugin) => match plugin.stream_begin(&cx, &target, &key).await {
                 Ok(Ok(handle)) => Some(handle),
                 Ok(Err(e)) => {
-                    tracing::warn!(code = ?e.code, "the channel refused to start a streamed reply; it is delivered whole: {}", e.message);
+                    tracing::warn!(
+                        code = e.code,
+                        "the channel refused to start a streamed reply; it is delivered whole: {}",
+                        e.message
+                    );
                     None
                 }
                 Err(e) => {
@@ -210,7 +214,11 @@ impl Streamer {
             match plugin.stream_update(&cx, &target, &handle, &text).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(code = ?e.code, "a streamed update was refused: {}", e.message)
+                    tracing::warn!(
+                        code = e.code,
+                        "a streamed update was refused: {}",
+                        e.message
+                    )
                 }
                 Err(e) => tracing::warn!("stream-update failed: {e}"),
             }

@@ -122,6 +122,21 @@ impl ConnectionError {
     pub fn is_terminal(&self) -> bool {
         matches!(self, ConnectionError::Terminal(_))
     }
+
+    /// The `reason` label of the reconnect that follows this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectionError::Retryable(_) => "retryable",
+            ConnectionError::Terminal(_) => "terminal",
+            ConnectionError::Plugin(_) => "plugin",
+            ConnectionError::HandshakeTimeout(_) => "handshake_timeout",
+            ConnectionError::Closed(_) => "closed",
+            ConnectionError::Read(_) => "read",
+            ConnectionError::Idle(_) => "idle",
+            ConnectionError::Write(_) => "write",
+            ConnectionError::Ingest(_) => "ingest",
+        }
+    }
 }
 
 /// What the writer task sends.
@@ -201,6 +216,13 @@ impl Connector {
                 backoff.saturate();
             }
             let delay = backoff.next_delay();
+            let reason = result
+                .as_ref()
+                .err()
+                .map_or("closed_normally", ConnectionError::reason);
+            self.ingest
+                .metrics()
+                .reconnect(&self.installation.channel, reason);
             match result {
                 Ok(()) => tracing::info!(
                     lived_ms = started.elapsed().as_millis() as u64,
@@ -242,6 +264,9 @@ impl Connector {
             (plan, socket) = (next_plan, next_socket);
             tracing::Span::current().record("connection", plan.connection_id.as_str());
             tracing::info!("reconnected at the channel's request");
+            self.ingest
+                .metrics()
+                .reconnect(&self.installation.channel, "requested");
         }
         Ok(())
     }
@@ -632,7 +657,9 @@ impl Answer {
         match outcome {
             Ok(outcome) => {
                 // Counted before it is queued, so whoever sees the ACK sees the count.
-                self.ingest.metrics().acknowledged(&self.channel, true);
+                self.ingest
+                    .metrics()
+                    .acknowledged(&self.channel, true, self.arrived.elapsed());
                 self.send(AckStatus::Ok, processing_ms).await?;
                 tracing::info!(
                     kind = %self.kind,
@@ -650,7 +677,9 @@ impl Answer {
                     processing_ms,
                     "event not stored, sending NACK: {e}"
                 );
-                self.ingest.metrics().acknowledged(&self.channel, false);
+                self.ingest
+                    .metrics()
+                    .acknowledged(&self.channel, false, self.arrived.elapsed());
                 if let Err(write) = self.send(AckStatus::Failed, processing_ms).await {
                     tracing::warn!("the NACK could not be queued: {write}");
                 }

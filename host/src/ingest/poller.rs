@@ -90,6 +90,9 @@ impl Poller {
                 Round::Retry(why) => {
                     backoff.connection_ended(started.elapsed());
                     let wait = backoff.next_delay();
+                    self.ingest
+                        .metrics()
+                        .reconnect(&self.installation.channel, "poll_failed");
                     tracing::warn!(
                         round,
                         wait_ms = wait.as_millis() as u64,

@@ -269,12 +269,17 @@ impl Ingest {
             installation = %prepared.installation.id,
             message_id = %prepared.message.message_id,
         );
+        let arrived = prepared.arrived;
         let result = self.dispatch(plugin, prepared).instrument(span).await;
+        let channel = &plugin.manifest().channel;
         let label = match &result {
-            Ok(outcome) => outcome.label(),
+            Ok(outcome) => {
+                self.metrics.ingest_latency(channel, arrived.elapsed());
+                outcome.label()
+            }
             Err(_) => "error".to_string(),
         };
-        self.metrics.ingested(&plugin.manifest().channel, &label);
+        self.metrics.ingested(channel, &label);
         result
     }
 
@@ -449,6 +454,21 @@ impl Ingest {
         let (installation, message, outcome) = task
             .await
             .map_err(|e| DispatchError::Aborted(e.to_string()))??;
+        if let Outcome::Ingested {
+            session_id,
+            message_id,
+            ..
+        } = &outcome
+        {
+            // One line per accepted message, ids only (never its content).
+            tracing::info!(
+                installation = %installation.id,
+                session = %session_id,
+                message_id = %message.message_id,
+                row = message_id,
+                "message accepted"
+            );
+        }
         let outcome = PayloadOutcome::Dispatched(outcome);
         if self.watchers.receiver_count() > 0 {
             let _ = self.watchers.send(Arc::new(Dispatched {
@@ -457,7 +477,7 @@ impl Ingest {
                 outcome: outcome.label(),
             }));
         }
-        tracing::debug!(?outcome, "dispatched");
+        tracing::debug!(outcome = %outcome.label(), "dispatched");
         Ok(outcome)
     }
 }

@@ -32,6 +32,7 @@ pub use observer::{NoopObserver, PendingSignal, RunEndObserver, RunEnded, RunOut
 
 use crate::batch::Debouncer;
 use crate::domain::Clock;
+use crate::metrics::{Metrics, RunResult};
 use crate::store::{
     Database, Edited, Finished, FlushTicket, Message, QUEUE_CAP, QueuedMessage, ReleaseOutcome,
     RunClaim, RunEnd, RunError, RunFinish, RunStatus, RunStore, StoreError, Submitted, Transition,
@@ -86,6 +87,18 @@ pub struct RunService {
     pending: PendingSignal,
     /// Sees every published part (streamed replies).
     part_observer: Option<PartObserver>,
+    /// Counts and times run ends (`/metrics`).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// How a run handed back through [`RunService::release`] counts in `/metrics`.
+fn release_result(end: &RunEnd) -> RunResult {
+    match end {
+        RunEnd::Completed => RunResult::Completed,
+        RunEnd::Failed(_) => RunResult::Failed,
+        RunEnd::Interrupted => RunResult::Interrupted,
+        RunEnd::Shutdown => RunResult::Requeued,
+    }
 }
 
 /// A callback for every published reply part: `(session id, run id, text)`. It must not block.
@@ -118,6 +131,20 @@ impl RunService {
             debouncer: None,
             pending: PendingSignal::new(),
             part_observer: None,
+            metrics: None,
+        }
+    }
+
+    /// Counts run ends by outcome and times runs acquired here in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> RunService {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Run `run` of `session` ended (if `run` is `None`: whichever run the session had).
+    fn count_end(&self, session: &str, run: Option<&str>, result: RunResult) {
+        if let Some(metrics) = &self.metrics {
+            metrics.run_ended(session, run, result);
         }
     }
 
@@ -181,6 +208,9 @@ impl RunService {
             .await?;
         if let Some(claim) = &claim {
             tracing::info!(session = %claim.session_id, run = %claim.run_id, worker = %worker_id, agent, "run acquired");
+            if let Some(metrics) = &self.metrics {
+                metrics.run_started(&claim.session_id, &claim.run_id);
+            }
             self.hub.begin_parts(&claim.session_id, &claim.run_id);
             self.publish_status(&claim.session_id).await;
         }
@@ -280,7 +310,12 @@ impl RunService {
             self.hub.publish(session_id, SessionEvent::message(message));
         }
         let released = &done.released;
-        tracing::info!(session = %session_id, run = %run_id, state = %released.state, promoted = released.promoted.len(), outbox = ?done.outbox_id, "run ended");
+        tracing::info!(session = %session_id, run = %run_id, state = %released.state, promoted = released.promoted.len(), outbox = done.outbox_id, "run ended");
+        let result = match finish {
+            RunFinish::Completed { .. } => RunResult::Completed,
+            RunFinish::Failed { .. } => RunResult::Failed,
+        };
+        self.count_end(session_id, Some(run_id), result);
         self.hub.end_parts(session_id);
         self.after_promotion(session_id, &released.promoted, released.flush.as_ref())
             .await;
@@ -311,10 +346,11 @@ impl RunService {
             .await?;
         match &outcome {
             ReleaseOutcome::NotOwner => {
-                tracing::info!(session = %session_id, run = %run_id, ?end, "release by a worker that no longer owns the run: nothing changed");
+                tracing::info!(session = %session_id, run = %run_id, end = release_result(&end).as_str(), "release by a worker that no longer owns the run: nothing changed");
             }
             ReleaseOutcome::Released(released) => {
                 tracing::info!(session = %session_id, run = %run_id, state = %released.state, promoted = released.promoted.len(), "run ended");
+                self.count_end(session_id, Some(run_id), release_result(&end));
                 self.hub.end_parts(session_id);
                 self.after_promotion(session_id, &released.promoted, released.flush.as_ref())
                     .await;
@@ -342,6 +378,7 @@ impl RunService {
         let recovered = self.store.recover_stale(stale_before, now).await?;
         for session_id in &recovered {
             tracing::warn!(session = %session_id, "stale run (no heartbeat within the stale window) returned to pending");
+            self.count_end(session_id, None, RunResult::Stale);
             self.hub.end_parts(session_id);
             self.publish_status(session_id).await;
             self.publish_queue(session_id).await;
@@ -455,7 +492,7 @@ impl RunService {
             .store
             .promote_queued(session_id, queued_id, self.now_ms())
             .await?;
-        tracing::info!(session = %session_id, queued = queued_id, message = message.id, interrupted_run = ?transition.interrupted_run, "queued message promoted");
+        tracing::info!(session = %session_id, queued = queued_id, message = message.id, interrupted_run = transition.interrupted_run.as_deref(), "queued message promoted");
         self.after_interrupt(session_id, &transition);
         self.publish_queue(session_id).await;
         self.hub
@@ -478,7 +515,7 @@ impl RunService {
     /// published and their debounce armed.
     pub async fn interrupt(&self, session_id: &str) -> Result<Transition, RunError> {
         let transition = self.store.interrupt(session_id, self.now_ms()).await?;
-        tracing::info!(session = %session_id, state = %transition.state, interrupted_run = ?transition.interrupted_run, "interrupt");
+        tracing::info!(session = %session_id, state = %transition.state, interrupted_run = transition.interrupted_run.as_deref(), "interrupt");
         self.after_interrupt(session_id, &transition);
         self.after_promotion(session_id, &transition.promoted, transition.flush.as_ref())
             .await;
@@ -503,6 +540,7 @@ impl RunService {
         tracing::info!(session = %session_id, message = message_id, truncated = edited.truncated, dequeued = edited.dequeued, "message edited");
         if let Some(run_id) = &edited.interrupted_run {
             tracing::info!(session = %session_id, run = %run_id, "run interrupted by an edit");
+            self.count_end(session_id, Some(run_id), RunResult::Interrupted);
             self.hub.end_parts(session_id);
         }
         self.hub
@@ -519,6 +557,9 @@ impl RunService {
         let deleted = self.store.delete_session(session_id).await?;
         if deleted {
             tracing::info!(session = %session_id, "session deleted");
+            if let Some(metrics) = &self.metrics {
+                metrics.run_forgotten(session_id);
+            }
             self.hub.end_parts(session_id);
             self.hub.publish(
                 session_id,
@@ -607,6 +648,7 @@ impl RunService {
     fn after_interrupt(&self, session_id: &str, transition: &Transition) {
         if let Some(run_id) = &transition.interrupted_run {
             tracing::info!(session = %session_id, run = %run_id, "run interrupted");
+            self.count_end(session_id, Some(run_id), RunResult::Interrupted);
             self.hub.end_parts(session_id);
         }
     }

@@ -81,6 +81,18 @@ pub enum NoticeKind {
     Error,
 }
 
+impl NoticeKind {
+    /// The kind's name as it is serialized (a plain log field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Message => "message",
+            NoticeKind::Status => "status",
+            NoticeKind::Queue => "queue",
+            NoticeKind::Error => "error",
+        }
+    }
+}
+
 /// The payload of one notification on [`CHANNEL`] (JSON). It only says what to re-read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
@@ -208,7 +220,7 @@ async fn send_notices(db: Database, mut notices: mpsc::UnboundedReceiver<Notice>
         if let Err(e) = db.notify(CHANNEL, &payload).await {
             // Best effort, like A.11's pubsub: other replicas catch up with the next notice
             // for the session (message reads start at the last relayed id).
-            tracing::warn!(session = %notice.session, kind = ?notice.kind, "notice not sent (other replicas see this change with the next one): {e}");
+            tracing::warn!(session = %notice.session, kind = notice.kind.as_str(), "notice not sent (other replicas see this change with the next one): {e}");
         }
     }
 }
@@ -313,7 +325,12 @@ impl Receiver {
             return;
         }
         let session = notice.session.as_str();
-        tracing::debug!(session, kind = ?notice.kind, after = ?notice.after_message_id, "relaying a change from another replica");
+        tracing::debug!(
+            session,
+            kind = notice.kind.as_str(),
+            after = notice.after_message_id,
+            "relaying a change from another replica"
+        );
         match notice.kind {
             NoticeKind::Message => {
                 self.relay_messages(session, notice.after_message_id.unwrap_or(0))

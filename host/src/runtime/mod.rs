@@ -86,7 +86,11 @@ impl Runtime {
                 stage: "configure",
                 message: format!("{e:#}"),
             })?;
-        tracing::debug!(?allocator, "wasm engine ready");
+        let allocator_label = match allocator {
+            engine::Allocator::Pooling => "pooling",
+            engine::Allocator::OnDemand => "on_demand",
+        };
+        tracing::debug!(allocator = allocator_label, "wasm engine ready");
         let ticker = EpochTicker::start(engine.clone(), settings.engine.epoch_tick);
         Ok(Runtime {
             engine,

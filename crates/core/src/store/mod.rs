@@ -277,6 +277,20 @@ impl Database {
         }
     }
 
+    /// Runs a trivial query (`SELECT 1`): whether the database answers now (readiness). On
+    /// SQLite it asks the read pool, which answers while a long write holds the writer.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let backend = self.backend();
+        match &self.inner {
+            Inner::Sqlite(pools) => sqlx::query("SELECT 1")
+                .execute(&pools.reader)
+                .await
+                .map(drop),
+            Inner::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .map_err(StoreError::query("ping", backend))
+    }
+
     /// Closes every pooled connection, waiting for checked-out ones to be returned.
     ///
     /// Affects all clones of this handle; later operations fail. An in-memory SQLite database is
