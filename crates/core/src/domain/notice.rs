@@ -102,6 +102,11 @@ impl Notice {
     }
 }
 
+/// The catalogue key of the words that end a streamed reply whose run stopped before it
+/// finished (interrupted, or the host shutting down): shown after the text streamed so far.
+/// Not a notice of its own; overridden like one, in `[notices.<locale>]`.
+pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
+
 /// The locale used when an installation names none.
 pub const DEFAULT_LOCALE: &str = "en";
 
@@ -120,7 +125,11 @@ impl NoticeTexts {
 
     /// Override keys that name no notice kind (for config validation).
     pub fn unknown_keys(&self) -> Vec<String> {
-        let known: Vec<&str> = NoticeKind::ALL.iter().map(|k| k.as_str()).collect();
+        let known: Vec<&str> = NoticeKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .chain([STREAM_INTERRUPTED])
+            .collect();
         self.overrides
             .iter()
             .flat_map(|(locale, texts)| {
@@ -136,18 +145,38 @@ impl NoticeTexts {
     /// language), else the built-in text for the language, else English; `{detail}` and
     /// `{reference}` filled in.
     pub fn render(&self, notice: &Notice, locale: &str) -> String {
-        let kind = notice.kind.as_str();
         let language = locale.split(['-', '_']).next().unwrap_or(locale);
-        let template = [locale, language]
-            .iter()
-            .find_map(|l| self.overrides.get(*l).and_then(|t| t.get(kind)))
-            .map(String::as_str)
+        let template = self
+            .override_of(notice.kind.as_str(), locale)
             .unwrap_or_else(|| builtin(notice.kind, language));
         let detail = notice.detail.as_deref().unwrap_or("");
         let text = template
             .replace("{detail}", detail)
             .replace("{reference}", notice.reference.as_deref().unwrap_or(""));
         text.trim().to_string()
+    }
+
+    /// The words that end a streamed reply whose run stopped before it finished
+    /// ([`STREAM_INTERRUPTED`]) in `locale`: the operator's override, else the built-in text.
+    pub fn stream_interrupted(&self, locale: &str) -> String {
+        let language = locale.split(['-', '_']).next().unwrap_or(locale);
+        let text = self
+            .override_of(STREAM_INTERRUPTED, locale)
+            .unwrap_or(if language == "zh" {
+                "（回答已中断）"
+            } else {
+                "(The answer was interrupted.)"
+            });
+        text.trim().to_string()
+    }
+
+    /// The operator's text for catalogue key `key` in `locale` (or its language).
+    fn override_of(&self, key: &str, locale: &str) -> Option<&str> {
+        let language = locale.split(['-', '_']).next().unwrap_or(locale);
+        [locale, language]
+            .iter()
+            .find_map(|l| self.overrides.get(*l).and_then(|t| t.get(key)))
+            .map(String::as_str)
     }
 }
 
@@ -213,5 +242,18 @@ mod tests {
             "hi"
         );
         assert!(texts.unknown_keys().is_empty());
+    }
+
+    #[test]
+    fn the_interrupted_words_have_both_languages_and_an_override() {
+        let texts = NoticeTexts::default();
+        assert!(texts.stream_interrupted("en").contains("interrupted"));
+        assert!(texts.stream_interrupted("zh-CN").contains("中断"));
+        let texts = NoticeTexts::new(BTreeMap::from([(
+            "en".to_string(),
+            BTreeMap::from([(STREAM_INTERRUPTED.to_string(), " [stopped] ".to_string())]),
+        )]));
+        assert_eq!(texts.stream_interrupted("en-US"), "[stopped]");
+        assert!(texts.unknown_keys().is_empty(), "the key is known");
     }
 }

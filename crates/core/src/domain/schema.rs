@@ -237,8 +237,17 @@ fn flag(section: &str) -> &'static str {
 }
 
 /// Config keys every installation may carry whatever its channel: the host reads them itself
-/// (`locale` for notices, `connection` to pick a transport the plugin declares).
-pub const HOST_CONFIG_KEYS: &[&str] = &["locale", "connection"];
+/// (`locale` for notices, `connection` to pick a transport the plugin declares, `reply_mode`
+/// to stream replies or send them whole).
+pub const HOST_CONFIG_KEYS: &[&str] = &["locale", "connection", REPLY_MODE];
+
+/// The host config key that says how replies reach the chat: `stream` (the default: streamed
+/// while the run produces them, when the plugin declares `streaming`) or `final` (one message
+/// when the run ends).
+pub const REPLY_MODE: &str = "reply_mode";
+
+/// The values host config keys accept, where they are a fixed set.
+const HOST_CONFIG_VALUES: &[(&str, &[&str])] = &[(REPLY_MODE, &["stream", "final"])];
 
 fn check_section(
     section: &'static str,
@@ -264,6 +273,16 @@ fn check_section(
                     section,
                     key: key.clone(),
                     known: schema.keys().cloned().collect(),
+                });
+            } else if let Some((_, accepted)) = HOST_CONFIG_VALUES
+                .iter()
+                .find(|(name, _)| *name == key.as_str())
+                && !accepted.contains(&value.as_str())
+            {
+                violations.push(Violation::BadValue {
+                    section,
+                    key: key.clone(),
+                    expected: format!("is {value:?}, which is not one of {}", accepted.join(", ")),
                 });
             }
             continue;
@@ -351,6 +370,31 @@ pattern = "^t-"
         let missing = s.check(&map(&[]), &map(&[]));
         assert_eq!(missing.len(), 2);
         assert!(missing[0].to_string().contains("--config-value app=VALUE"));
+    }
+
+    #[test]
+    fn reply_mode_is_a_host_key_with_two_values() {
+        let s = schema();
+        for mode in ["stream", "final"] {
+            assert!(
+                s.check(
+                    &map(&[("app", "a1"), ("reply_mode", mode)]),
+                    &map(&[("token", "t-x")])
+                )
+                .is_empty(),
+                "{mode}"
+            );
+        }
+        let v = s.check(
+            &map(&[("app", "a1"), ("reply_mode", "fast")]),
+            &map(&[("token", "t-x")]),
+        );
+        assert_eq!(v.len(), 1);
+        let text = v[0].to_string();
+        assert!(
+            text.contains("reply_mode") && text.contains("stream, final"),
+            "{text}"
+        );
     }
 
     #[test]
