@@ -18,4 +18,6 @@ wasmtime::component::bindgen!({
 pub use exports::switchboard::channel::{
     commands, decoder, enricher, lifecycle, outbound, transport,
 };
-pub use switchboard::channel::{http, types};
+// `self::`: doc-tests see this crate as the extern crate `switchboard` too, which would make a
+// bare `switchboard::` ambiguous with the generated module of the same name.
+pub use self::switchboard::channel::{http, types};
