@@ -223,6 +223,9 @@ async fn crash_test(name: &str, database_url: &str, replicas: usize, plan: Vec<K
 /// What one fetch kill found once the poller was dead.
 struct FetchKill {
     batch: Vec<i64>,
+    /// The batch's messages already durable at the kill: they must come again and be dropped
+    /// as duplicates.
+    durable: Vec<String>,
     stored: usize,
     cursor: Option<i64>,
 }
@@ -376,8 +379,11 @@ async fn run_variant(
                 let stored = stored_keys(&db, &installation).await;
                 let keys = load.keys_of(&batch);
                 let cursor = read_cursor(&db, &installation).await;
+                let durable: Vec<String> =
+                    keys.into_iter().filter(|k| stored.contains(k)).collect();
                 let fetch = FetchKill {
-                    stored: keys.iter().filter(|k| stored.contains(*k)).count(),
+                    stored: durable.len(),
+                    durable,
                     batch,
                     cursor,
                 };
@@ -455,7 +461,17 @@ async fn run_variant(
         fake.pending_updates(),
         fake.last_offset()
     );
-    let check = Check::new(&facts, &load, &fake, &kill_times, &fetch_kills);
+    let dropped: HashSet<String> = rows!(
+        &db,
+        (Option<String>,),
+        "SELECT message_id FROM inbound_audit WHERE installation_id = $1
+         AND drop_reason = 'duplicate'",
+        &installation
+    )
+    .into_iter()
+    .filter_map(|(id,)| id)
+    .collect();
+    let check = Check::new(&facts, &load, &fake, &kill_times, &fetch_kills, &dropped);
     let summary = format!(
         "messages {TOTAL}, kills {}, {}; in the logs: {}",
         kill_times.len(),
@@ -846,7 +862,7 @@ async fn install(http: &reqwest::Client, base: &str) -> Result<String, String> {
     if status.as_u16() != 201 {
         return Err(format!("creating the installation: {status} {body}"));
     }
-    if body["config"]["bot_id"] != BOT_ID.to_string()
+    if body["config"]["bot_id"].as_str() != Some(BOT_ID.to_string().as_str())
         || body["config"]["bot_username"] != BOT_USERNAME
     {
         return Err(format!(
@@ -1263,6 +1279,12 @@ struct Check {
     last_offset: Option<i64>,
     last_update: i64,
     fetch_kills: usize,
+    /// Messages durable when a fetch kill landed (their batch to come again).
+    durable_at_kill: usize,
+    /// Those not dropped as duplicates when they came again.
+    not_dropped: Vec<String>,
+    /// Messages dropped as duplicates (audited).
+    dropped: usize,
     replayed_kills: usize,
     partial_kills: usize,
     served_again: usize,
@@ -1275,6 +1297,7 @@ impl Check {
         fake: &FakeTelegram,
         kills: &[Instant],
         fetch_kills: &[FetchKill],
+        dropped: &HashSet<String>,
     ) -> Check {
         let pushed: Vec<String> = load
             .pushed
@@ -1453,6 +1476,19 @@ impl Check {
             last_offset: fake.last_offset(),
             last_update: load.last_update_id(),
             fetch_kills: fetch_kills.len(),
+            durable_at_kill: fetch_kills
+                .iter()
+                .filter(|f| f.replays())
+                .map(|f| f.durable.len())
+                .sum(),
+            not_dropped: fetch_kills
+                .iter()
+                .filter(|f| f.replays())
+                .flat_map(|f| f.durable.iter())
+                .filter(|k| !dropped.contains(*k))
+                .cloned()
+                .collect(),
+            dropped: dropped.len(),
             replayed_kills: fetch_kills.iter().filter(|f| f.replays()).count(),
             partial_kills: fetch_kills
                 .iter()
@@ -1469,7 +1505,8 @@ impl Check {
     fn summary(&self) -> String {
         format!(
             "fetch kills {} ({} before the cursor passed the batch, {} of them with part of \
-             the batch stored), updates served again {}, user messages stored {}, \
+             the batch stored: {} messages, every one dropped as a duplicate when it came \
+             again: {}), updates served again {}, duplicates dropped {}, user messages stored {}, \
              duplicates {} (user messages {}, replies posted twice {}), lost {} (missing {}, \
              runs lost {}, replies never delivered {}), sessions {}, replies {}, reply rows \
              {:?} (max attempts {}), other outbox rows {:?}, messages sent {}, second copies \
@@ -1478,7 +1515,10 @@ impl Check {
             self.fetch_kills,
             self.replayed_kills,
             self.partial_kills,
+            self.durable_at_kill,
+            self.not_dropped.is_empty(),
             self.served_again,
+            self.dropped,
             self.stored_user,
             self.duplicated.len() + self.posted_twice.len(),
             self.duplicated.len(),
@@ -1593,6 +1633,14 @@ impl Check {
             format!(
                 "the offset did not pass every update: offset {:?}, last update {}, {} unconfirmed",
                 self.last_offset, self.last_update, self.unconfirmed
+            ),
+        );
+        check(
+            self.not_dropped.is_empty(),
+            format!(
+                "messages durable when their batch was cut, not dropped as duplicates when it \
+                 came again: {}",
+                few(&self.not_dropped)
             ),
         );
         check(
