@@ -315,10 +315,14 @@ impl App {
             handler,
         );
         let streamer = Streamer::new(delivery.clone(), installations.clone(), db.ingest());
+        let stopped = streamer.clone();
         let runs = unarmed_runs
             .with_debouncer(debouncer.clone())
             .with_part_observer(Arc::new(move |session: &str, run: &str, text: &str| {
                 streamer.part(session, run, text)
+            }))
+            .with_stop_observer(Arc::new(move |session: &str, run: &str| {
+                stopped.stopped(session, run)
             }));
         runs.recover_at_boot().await?;
         let recovered = debouncer.recover().await?;

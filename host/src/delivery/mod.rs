@@ -91,6 +91,18 @@ impl DeliveryFailure {
     }
 }
 
+/// Why a streamed reply ends without its run's reply: the host's words that close it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamStop {
+    /// The run was interrupted or handed back: the `stream_interrupted` words.
+    Interrupted,
+    /// The run failed: the `run_error` notice's words, with its reference.
+    Failed(Notice),
+}
+
+/// Attempts at ending an interrupted run's stream (no outbox row stands behind it).
+const INTERRUPTED_END_ATTEMPTS: u32 = 3;
+
 /// The typing indicator shown on one message while its run is pending or running.
 #[derive(Debug, Clone)]
 struct TypingIndicator {
@@ -286,7 +298,7 @@ impl Delivery {
             Some(run) => self.take_stream(&target.session_id, run).await,
             None => None,
         };
-        let Some(handle) = handle else {
+        let Some((handle, _)) = handle else {
             return self
                 .send_once(installation, target, Content::Reply(text), idempotency_key)
                 .await;
@@ -305,17 +317,139 @@ impl Delivery {
         if let Some(run_id) = run_id {
             self.streams.lock().expect("streams").insert(
                 target.session_id.clone(),
-                stream::RunStream::started(run_id, handle),
+                stream::RunStream::started(run_id, handle, text),
             );
         }
         Err(failure)
     }
 
-    /// The plugin's handle of run `run_id`'s stream in session `session_id`, taken out (the
-    /// caller ends it), if this host streamed that run. A `stream-begin` or `stream-update` still
+    /// Delivers the `run_error` notice of run `run_id`: when this host streams that run, the
+    /// stream is ended with the text so far and the notice's words (the streamed message is
+    /// the error's place, never left half-finished), else the notice is sent on its own.
+    pub async fn send_run_error(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        run_id: Option<&str>,
+        notice: Notice,
+        idempotency_key: &str,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let stream = match run_id {
+            Some(run) => self.take_stream(&target.session_id, run).await,
+            None => None,
+        };
+        let (Some(run_id), Some((handle, so_far))) = (run_id, stream) else {
+            return self
+                .send_once(
+                    installation,
+                    target,
+                    Content::Notice(notice),
+                    idempotency_key,
+                )
+                .await;
+        };
+        let ended = self
+            .end_stream_now(
+                installation,
+                target,
+                run_id,
+                handle.clone(),
+                so_far.clone(),
+                StreamStop::Failed(notice),
+            )
+            .await;
+        if ended.is_err() {
+            // The outbox retries: the next attempt ends the same stream.
+            self.streams.lock().expect("streams").insert(
+                target.session_id.clone(),
+                stream::RunStream::started(run_id, handle, so_far),
+            );
+        }
+        ended
+    }
+
+    /// Ends run `run_id`'s stream, if this host streams it, after the run stopped without a
+    /// reply: the text so far and the `stream_interrupted` words. Nothing in the outbox stands
+    /// behind it, so a retryable refusal is retried a few times here; failures are logged.
+    pub async fn end_interrupted(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        run_id: &str,
+    ) {
+        let Some((handle, so_far)) = self.take_stream(&target.session_id, run_id).await else {
+            return;
+        };
+        for attempt in 1..=INTERRUPTED_END_ATTEMPTS {
+            let ended = self
+                .end_stream_now(
+                    installation,
+                    target,
+                    run_id,
+                    handle.clone(),
+                    so_far.clone(),
+                    StreamStop::Interrupted,
+                )
+                .await;
+            match ended {
+                Ok(_) => return,
+                Err(DeliveryFailure::Refused {
+                    retryable: true,
+                    retry_after,
+                    ..
+                }) if attempt < INTERRUPTED_END_ATTEMPTS => {
+                    let wait = std::time::Duration::from_secs(u64::from(attempt));
+                    tokio::time::sleep(retry_after.unwrap_or(wait).max(wait)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(installation = %installation.id, session = %target.session_id, run = run_id, "the interrupted run's stream could not be ended: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Calls `stream-end` on `handle` with `so_far` and the words of `stop` (in the
+    /// installation's locale), after a blank line.
+    pub(crate) async fn end_stream_now(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        run_id: &str,
+        handle: String,
+        so_far: String,
+        stop: StreamStop,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let words = match &stop {
+            StreamStop::Interrupted => self.texts.stream_interrupted(installation.locale()),
+            StreamStop::Failed(notice) => self.render_notice(installation, notice).text,
+        };
+        let text = if so_far.trim().is_empty() {
+            words
+        } else {
+            format!("{}\n\n{words}", so_far.trim_end())
+        };
+        let plugin = self.plugin(installation)?;
+        let cx = Arc::new(installation.context());
+        match plugin.stream_end(&cx, target, &handle, &text).await {
+            Ok(Ok(receipt)) => {
+                let why = match stop {
+                    StreamStop::Interrupted => "interrupted",
+                    StreamStop::Failed(_) => "failed",
+                };
+                tracing::info!(installation = %installation.id, session = %target.session_id, run = run_id, why, "streamed reply closed early");
+                Ok(receipt.message_id.or(Some(handle)))
+            }
+            Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
+            Err(call) => Err(call.into()),
+        }
+    }
+
+    /// The plugin's handle of run `run_id`'s stream in session `session_id` and the text it
+    /// shows, taken out (the caller ends it), if this host streamed that run. A `stream-begin` or `stream-update` still
     /// in flight is waited for (bounded), so the end is the last word and the reply is not sent
     /// a second time beside a stream that was just starting.
-    async fn take_stream(&self, session_id: &str, run_id: &str) -> Option<String> {
+    async fn take_stream(&self, session_id: &str, run_id: &str) -> Option<(String, String)> {
         const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
@@ -324,7 +458,10 @@ impl Delivery {
                 match streams.get(session_id) {
                     Some(stream) if stream.run_id == run_id => {
                         if !stream.busy || tokio::time::Instant::now() >= deadline {
-                            return streams.remove(session_id).and_then(|s| s.handle);
+                            return streams.remove(session_id).and_then(|s| {
+                                let text = s.text().to_string();
+                                s.handle.map(|handle| (handle, text))
+                            });
                         }
                     }
                     _ => return None,
@@ -608,7 +745,13 @@ impl ChannelReplies {
         // delivery clears the typing indicator. Only an ending without one clears it here.
         let delivered_later = match &ended.outcome {
             RunOutcome::Completed { reply, .. } => reply.is_some(),
-            RunOutcome::Lost => false,
+            RunOutcome::Lost => {
+                // Interrupted while the worker streamed: close what it streamed.
+                self.delivery
+                    .end_interrupted(&installation, &target, &ended.run_id)
+                    .await;
+                false
+            }
             RunOutcome::Failed { error } => {
                 tracing::warn!(
                     session = %ended.session_id,

@@ -301,6 +301,19 @@ impl Outbox {
         };
         let ends_run = !matches!(row.content, OutboxContent::Notice { .. });
         let sent = match content {
+            // A failed run's words close its stream when this host streams it.
+            Content::Notice(notice) if notice.kind == NoticeKind::RunError => {
+                inner
+                    .delivery
+                    .send_run_error(
+                        &installation,
+                        &target,
+                        row.run_id.as_deref(),
+                        notice,
+                        &row.idempotency_key,
+                    )
+                    .await
+            }
             Content::Reply(text) => {
                 inner
                     .delivery

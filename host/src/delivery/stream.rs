@@ -23,15 +23,22 @@ use crate::store::{IngestStore, Installation, InstallationStore};
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl RunStream {
-    /// A stream of `run_id` whose plugin handle is known and nothing in flight (the state an
-    /// unfinished `stream-end` is put back in for the outbox's next attempt).
-    pub(super) fn started(run_id: &str, handle: String) -> RunStream {
+    /// A stream of `run_id` whose plugin handle is known, showing `text`, and nothing in flight
+    /// (the state an unfinished `stream-end` is put back in for the next attempt).
+    pub(super) fn started(run_id: &str, handle: String, text: String) -> RunStream {
         RunStream {
             run_id: run_id.to_string(),
             handle: Some(handle),
+            sent_len: text.len(),
+            text,
             touched: Some(Instant::now()),
             ..RunStream::default()
         }
+    }
+
+    /// The text streamed so far.
+    pub(super) fn text(&self) -> &str {
+        &self.text
     }
 }
 
@@ -84,23 +91,39 @@ impl Streamer {
     /// streams and its interval has passed (never blocks the caller).
     pub fn part(&self, session_id: &str, run_id: &str, delta: &str) {
         let now = Instant::now();
+        let mut superseded = None;
         let start = {
             let mut streams = self.streams.lock().expect("streams");
             streams.retain(|_, s| s.touched.is_some_and(|t| now - t < FORGET_AFTER));
             let stream = streams.entry(session_id.to_string()).or_default();
             if stream.run_id != run_id {
-                *stream = RunStream {
-                    run_id: run_id.to_string(),
-                    ..RunStream::default()
-                };
+                let previous = std::mem::replace(
+                    stream,
+                    RunStream {
+                        run_id: run_id.to_string(),
+                        ..RunStream::default()
+                    },
+                );
+                // A run that stopped without this host ending its stream (its end went
+                // unnoticed): end it now, so no card or message is left "streaming".
+                if previous.handle.is_some() {
+                    superseded = Some(previous);
+                }
             }
             stream.text.push_str(delta);
             stream.touched = Some(now);
             if stream.busy || stream.failed {
-                return;
+                None
+            } else {
+                stream.busy = true;
+                Some(stream.handle.is_none())
             }
-            stream.busy = true;
-            stream.handle.is_none()
+        };
+        if let Some(previous) = superseded {
+            self.end_superseded(session_id, previous);
+        }
+        let Some(start) = start else {
+            return;
         };
         let this = self.clone();
         let (session_id, run_id) = (session_id.to_string(), run_id.to_string());
@@ -117,6 +140,61 @@ impl Streamer {
         );
     }
 
+    /// Run `run_id` of `session_id` stopped without a reply (interrupted, or handed back at
+    /// shutdown): its stream, if this host has one, is ended with the text so far and the
+    /// host's `stream_interrupted` words (never blocks the caller).
+    pub fn stopped(&self, session_id: &str, run_id: &str) {
+        let this = self.clone();
+        let (session_id, run_id) = (session_id.to_string(), run_id.to_string());
+        let span = tracing::info_span!("stream_stop", session = %session_id, run = %run_id);
+        tokio::spawn(
+            async move {
+                if let Some((installation, target, _)) = this.context(&session_id).await {
+                    this.delivery
+                        .end_interrupted(&installation, &target, &run_id)
+                        .await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Ends the stream of a run that a newer run of the session replaced.
+    fn end_superseded(&self, session_id: &str, previous: RunStream) {
+        let this = self.clone();
+        let session_id = session_id.to_string();
+        let span =
+            tracing::info_span!("stream_stop", session = %session_id, run = %previous.run_id);
+        tokio::spawn(
+            async move {
+                let Some((installation, target, _)) = this.context(&session_id).await else {
+                    return;
+                };
+                let (Some(handle), run_id) = (previous.handle, previous.run_id) else {
+                    return;
+                };
+                let ended = this
+                    .delivery
+                    .end_stream_now(
+                        &installation,
+                        &target,
+                        &run_id,
+                        handle,
+                        previous.text,
+                        super::StreamStop::Interrupted,
+                    )
+                    .await;
+                if let Err(e) = ended {
+                    tracing::warn!("a replaced run's stream could not be ended: {e}");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The installation, target and update interval of the session's stream; `None` when its
+    /// replies are not streamed (the plugin does not declare `streaming`, or the installation's
+    /// `reply_mode` is `final`).
     async fn context(
         &self,
         session_id: &str,
@@ -127,6 +205,9 @@ impl Streamer {
             .get(&session.installation_id)
             .await
             .ok()??;
+        if !streams_replies(&installation) {
+            return None;
+        }
         let plugin = self.delivery.plugin_of(&installation)?;
         let features = plugin.manifest().features;
         if !features.streaming {
@@ -239,4 +320,13 @@ impl Streamer {
             stream.busy = !failed;
         }
     }
+}
+
+/// Whether `installation` wants replies streamed: its `reply_mode` config (a host key) is
+/// `stream` or unset; `final` sends each reply whole when its run ends.
+pub fn streams_replies(installation: &Installation) -> bool {
+    installation
+        .config
+        .get(crate::domain::schema::REPLY_MODE)
+        .is_none_or(|mode| mode != "final")
 }

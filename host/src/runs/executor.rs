@@ -399,12 +399,16 @@ impl Executor {
             }
             Err(AgentError::Cancelled) if stopping && !lost => {
                 self.runs.release(session, run, RunEnd::Shutdown).await?;
+                // The run is retried from the start: what it streamed is closed, not left
+                // "streaming".
+                self.runs.run_stopped(session, run);
                 Ok(RunResult::ShutDown)
             }
             Err(AgentError::Cancelled) => {
                 // Interrupted (or ownership lost): release is fenced, so it only changes
                 // something if this run still owns the session.
                 self.runs.release(session, run, RunEnd::Interrupted).await?;
+                self.runs.run_stopped(session, run);
                 self.clear_typing(claim).await;
                 Ok(RunResult::Abandoned)
             }

@@ -87,6 +87,8 @@ pub struct RunService {
     pending: PendingSignal,
     /// Sees every published part (streamed replies).
     part_observer: Option<PartObserver>,
+    /// Told when a run stops without a reply (its streamed reply is ended).
+    stop_observer: Option<StopObserver>,
     /// Counts and times run ends (`/metrics`).
     metrics: Option<Arc<Metrics>>,
 }
@@ -103,6 +105,10 @@ fn release_result(end: &RunEnd) -> RunResult {
 
 /// A callback for every published reply part: `(session id, run id, text)`. It must not block.
 pub type PartObserver = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// A callback for a run that stopped without a reply — interrupted (an interrupt, a promoted
+/// or edited message) or handed back at shutdown: `(session id, run id)`. It must not block.
+pub type StopObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl std::fmt::Debug for RunService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,6 +137,7 @@ impl RunService {
             debouncer: None,
             pending: PendingSignal::new(),
             part_observer: None,
+            stop_observer: None,
             metrics: None,
         }
     }
@@ -252,6 +259,23 @@ impl RunService {
     pub fn with_part_observer(mut self, observer: PartObserver) -> RunService {
         self.part_observer = Some(observer);
         self
+    }
+
+    /// Also tells `observer` about every run that stops without a reply (see
+    /// [`RunService::run_stopped`]).
+    pub fn with_stop_observer(mut self, observer: StopObserver) -> RunService {
+        self.stop_observer = Some(observer);
+        self
+    }
+
+    /// Run `run_id` of `session_id` stopped without a reply (interrupted, or handed back at
+    /// shutdown): tells the stop observer, which ends its streamed reply. Called by this
+    /// service for the interrupts it carries out and by workers that see their run stop; a
+    /// second call for the same run finds nothing left to end.
+    pub fn run_stopped(&self, session_id: &str, run_id: &str) {
+        if let Some(observer) = &self.stop_observer {
+            observer(session_id, run_id);
+        }
     }
 
     /// Stores run `run_id`'s reply (fenced: `None` if not the owner), publishes it and clears
@@ -542,6 +566,7 @@ impl RunService {
             tracing::info!(session = %session_id, run = %run_id, "run interrupted by an edit");
             self.count_end(session_id, Some(run_id), RunResult::Interrupted);
             self.hub.end_parts(session_id);
+            self.run_stopped(session_id, run_id);
         }
         self.hub
             .publish(session_id, SessionEvent::message(&edited.message));
@@ -650,6 +675,7 @@ impl RunService {
             tracing::info!(session = %session_id, run = %run_id, "run interrupted");
             self.count_end(session_id, Some(run_id), RunResult::Interrupted);
             self.hub.end_parts(session_id);
+            self.run_stopped(session_id, run_id);
         }
     }
 

@@ -4,9 +4,12 @@
 //!
 //! - **HTTP** ([`FakeLark::origin`]): endpoint discovery (`POST /callback/ws/endpoint`, answering
 //!   a single-use `ws://` URL and a `ClientConfig`) and the REST calls the host makes — tenant
-//!   token, bot info, send, reply, reactions, get message, list messages, batch users — with
-//!   switchable failures ([`FakeLark::set_failure`]: rate limit, token expired, permission denied,
-//!   5xx, slow, or any code).
+//!   token, bot info, send, reply, reactions, get message, list messages, batch users, and the
+//!   CardKit calls of streamed replies (create a card entity, put an element's content, change
+//!   its settings: [`FakeLark::cards`] records every update in order with its sequence and
+//!   arrival time, refuses a sequence that does not increase like the platform, and sends a card
+//!   entity once) — with switchable failures ([`FakeLark::set_failure`]: rate limit, token
+//!   expired, permission denied, 5xx, slow, or any code).
 //! - **WebSocket**: the long connection speaking `pbbp2` frames (lark-protocol §1): answers every
 //!   client ping with a pong carrying the `ClientConfig`, delivers events pushed with
 //!   [`FakeLark::push_event`] as data frames (split into several fragments above
@@ -131,6 +134,80 @@ pub enum Route {
     Reply,
     /// `POST`/`DELETE …/reactions`.
     Reactions,
+    /// `POST /open-apis/cardkit/v1/cards` (create a card entity).
+    CardCreate,
+    /// `PUT /open-apis/cardkit/v1/cards/{id}/elements/{element}/content`.
+    CardContent,
+    /// `PATCH /open-apis/cardkit/v1/cards/{id}/settings`.
+    CardSettings,
+}
+
+/// Which CardKit call changed a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardOp {
+    /// An element's content was replaced.
+    Content,
+    /// The card's settings changed (streaming mode, summary).
+    Settings,
+}
+
+/// One accepted CardKit update of a card.
+#[derive(Debug, Clone)]
+pub struct CardUpdate {
+    /// What changed.
+    pub op: CardOp,
+    /// The request's `sequence`.
+    pub sequence: i64,
+    /// When it arrived, since the fake started.
+    pub at: Duration,
+    /// The new content (content updates).
+    pub content: Option<String>,
+}
+
+/// A card entity created through CardKit, as the fake holds it.
+#[derive(Debug, Clone)]
+pub struct Card {
+    /// Its id (`data.card_id` of the create call).
+    pub card_id: String,
+    /// The card JSON it was created with.
+    pub created: Value,
+    /// The text of its streaming element now (the first element with an `element_id`).
+    pub content: String,
+    /// That element's id.
+    pub element_id: Option<String>,
+    /// Whether streaming mode is on.
+    pub streaming: bool,
+    /// The summary its settings set last.
+    pub summary: Option<String>,
+    /// Accepted updates, in arrival order.
+    pub updates: Vec<CardUpdate>,
+    /// Updates refused for a sequence that did not increase.
+    pub refused_sequences: u32,
+    /// The message that shows it, once sent.
+    pub message_id: Option<String>,
+}
+
+impl Card {
+    /// The most updates that arrived within any one second.
+    pub fn max_updates_per_second(&self) -> usize {
+        let times: Vec<Duration> = self.updates.iter().map(|u| u.at).collect();
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether the sequences of its updates strictly increase.
+    pub fn sequences_increase(&self) -> bool {
+        self.updates
+            .windows(2)
+            .all(|pair| pair[0].sequence < pair[1].sequence)
+    }
 }
 
 /// How a REST call fails.
@@ -221,10 +298,13 @@ struct State {
     users: HashMap<String, String>,
     /// What `GET /open-apis/bot/v3/info` answers: (open_id, app_name); `None` = the defaults.
     bot: Option<(String, String)>,
+    /// CardKit card entities, in creation order.
+    cards: Vec<Card>,
 }
 
 struct Shared {
     options: FakeOptions,
+    started: Instant,
     state: Mutex<State>,
     wake: Notify,
     ws_origin: String,
@@ -276,6 +356,7 @@ impl FakeLark {
         let origin = format!("http://{}", http.local_addr()?);
         let shared = Arc::new(Shared {
             options,
+            started: Instant::now(),
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             ws_origin: format!("ws://{}", ws.local_addr()?),
@@ -449,6 +530,11 @@ impl FakeLark {
             state.chat_messages.push(first.clone());
         }
         state.messages.insert(id.to_string(), items);
+    }
+
+    /// Every CardKit card entity created so far, in creation order.
+    pub fn cards(&self) -> Vec<Card> {
+        self.shared.state().cards.clone()
     }
 
     /// Makes batch user lookups know `open_id` as `name`.
@@ -759,6 +845,7 @@ fn data_frames(state: &mut State, options: &FakeOptions, delivery: &Delivery) ->
 
 fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
     const MESSAGES: &str = "/open-apis/im/v1/messages";
+    const CARDS: &str = "/open-apis/cardkit/v1/cards";
     Some(match (method.as_str(), path) {
         ("POST", "/callback/ws/endpoint") => Route::Endpoint,
         ("POST", "/open-apis/auth/v3/tenant_access_token/internal") => Route::TenantToken,
@@ -767,6 +854,9 @@ fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
         ("POST", MESSAGES) if query.contains("receive_id_type=") => Route::Send,
         ("GET", MESSAGES) => Route::ListMessages,
         (_, p) if p.starts_with(MESSAGES) && p.contains("/reactions") => Route::Reactions,
+        ("POST", CARDS) => Route::CardCreate,
+        ("PUT", p) if p.starts_with(CARDS) && p.ends_with("/content") => Route::CardContent,
+        ("PATCH", p) if p.starts_with(CARDS) && p.ends_with("/settings") => Route::CardSettings,
         ("POST", p) if p.starts_with(MESSAGES) && p.ends_with("/reply") => Route::Reply,
         ("GET", p) if p.starts_with(MESSAGES) => Route::GetMessage,
         _ => return None,
@@ -905,6 +995,35 @@ async fn rest(
                 return ok(json!({"message_id": known}));
             }
             let id = format!("om_sent_{n}");
+            // A card entity sent by id: it must exist, and is sent once.
+            let card_id = (body["msg_type"] == "interactive")
+                .then(|| body["content"].as_str())
+                .flatten()
+                .and_then(|content| serde_json::from_str::<Value>(content).ok())
+                .filter(|content| content["type"] == "card")
+                .map(|content| {
+                    content["data"]["card_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                });
+            if let Some(card_id) = card_id {
+                let Some(card) = state.cards.iter_mut().find(|c| c.card_id == card_id) else {
+                    return lark_error(
+                        400,
+                        230_099,
+                        "Failed to create card content: card not found",
+                    );
+                };
+                if card.message_id.is_some() {
+                    return lark_error(
+                        400,
+                        230_099,
+                        "Failed to create card content: the card entity was sent already",
+                    );
+                }
+                card.message_id = Some(id.clone());
+            }
             if let Some(uuid) = uuid {
                 state.uuids.insert(uuid.to_string(), id.clone());
             }
@@ -926,6 +1045,95 @@ async fn rest(
                 "bot": {"open_id": open_id, "app_name": app_name, "activate_status": 2},
             }))
             .into_response()
+        }
+        Route::CardCreate => {
+            let card = body["data"]
+                .as_str()
+                .and_then(|data| serde_json::from_str::<Value>(data).ok());
+            let Some(card) = card.filter(|c| body["type"] == "card_json" && c["schema"] == "2.0")
+            else {
+                return lark_error(400, 300_301, "card_json data must be a schema 2.0 card");
+            };
+            let element = card["body"]["elements"]
+                .as_array()
+                .and_then(|elements| elements.iter().find(|e| e["element_id"].is_string()));
+            let card_id = format!("ck_{n:06}");
+            state.cards.push(Card {
+                card_id: card_id.clone(),
+                content: element
+                    .and_then(|e| e["content"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                element_id: element
+                    .and_then(|e| e["element_id"].as_str())
+                    .map(str::to_string),
+                streaming: card["config"]["streaming_mode"] == true,
+                summary: None,
+                created: card,
+                updates: Vec::new(),
+                refused_sequences: 0,
+                message_id: None,
+            });
+            ok(json!({"card_id": card_id}))
+        }
+        Route::CardContent | Route::CardSettings => {
+            let at = shared.started.elapsed();
+            let mut segments = path
+                .trim_start_matches("/open-apis/cardkit/v1/cards/")
+                .split('/');
+            let card_id = segments.next().unwrap_or("").to_string();
+            let element_id =
+                (route == Route::CardContent).then(|| segments.nth(1).unwrap_or("").to_string());
+            let Some(card) = state.cards.iter_mut().find(|c| c.card_id == card_id) else {
+                return lark_error(400, 300_302, "card not found");
+            };
+            let Some(sequence) = body["sequence"].as_i64().filter(|s| *s > 0) else {
+                return lark_error(400, 300_303, "sequence must be a positive integer");
+            };
+            if card
+                .updates
+                .last()
+                .is_some_and(|last| sequence <= last.sequence)
+            {
+                card.refused_sequences += 1;
+                return lark_error(400, 300_317, "sequence number compare failed");
+            }
+            let update = if let Some(element_id) = element_id {
+                if card.element_id.as_deref() != Some(element_id.as_str()) {
+                    return lark_error(400, 300_304, "element not found");
+                }
+                let Some(content) = body["content"].as_str() else {
+                    return lark_error(400, 300_305, "content is required");
+                };
+                card.content = content.to_string();
+                CardUpdate {
+                    op: CardOp::Content,
+                    sequence,
+                    at,
+                    content: Some(content.to_string()),
+                }
+            } else {
+                let Some(settings) = body["settings"]
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                else {
+                    return lark_error(400, 300_305, "settings must be a JSON string");
+                };
+                if let Some(streaming) = settings["config"]["streaming_mode"].as_bool() {
+                    card.streaming = streaming;
+                }
+                if let Some(summary) = settings["config"]["summary"]["content"].as_str() {
+                    card.summary = Some(summary.to_string());
+                }
+                CardUpdate {
+                    op: CardOp::Settings,
+                    sequence,
+                    at,
+                    content: None,
+                }
+            };
+            card.updates.push(update);
+            ok(json!({}))
         }
         Route::Reactions if method == Method::DELETE => {
             axum::Json(json!({"code": 0, "msg": "success"})).into_response()
