@@ -69,7 +69,8 @@ fn wait_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
 }
 
 /// Runs the binary to its end: (status, stdout, stderr).
-fn run(command: &mut Command) -> (ExitStatus, String, String) {
+fn run(mut command: impl std::borrow::BorrowMut<Command>) -> (ExitStatus, String, String) {
+    let command = command.borrow_mut();
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
