@@ -449,6 +449,19 @@ async fn the_host_reconnects_after_the_server_closes_the_socket() {
         w.connected(2).await;
         w.fake.close_connections();
         w.connected(3).await;
+        // Each reconnect is counted, labelled with why the connection ended.
+        let metrics = reqwest::get(format!("{}/metrics", w.host.as_ref().unwrap().base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let reconnects: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("switchboard_reconnects_total{channel=\"lark\",reason="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(reconnects, 2, "{}: {metrics}", w.name());
         assert_eq!(
             w.fake.discoveries(),
             3,
