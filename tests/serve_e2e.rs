@@ -283,6 +283,8 @@ async fn encrypted_signed_webhooks_land_once_and_tampered_ones_store_nothing() {
             "switchboard_ingest_events_total{channel=\"lark\",outcome=\"ingested\"} 3",
             "switchboard_ingest_events_total{channel=\"lark\",outcome=\"rejected:stale\"} 1",
             "switchboard_ingest_events_total{channel=\"lark\",outcome=\"rejected:bad-signature\"} 1",
+            "switchboard_webhook_rejections_total{channel=\"lark\",reason=\"stale\"} 1",
+            "switchboard_webhook_rejections_total{channel=\"lark\",reason=\"bad-signature\"} 1",
             "switchboard_ingest_events_total{channel=\"lark\",outcome=\"dropped:duplicate\"} 1",
             "switchboard_long_connections_open 0",
             "switchboard_plugin_degraded{plugin=\"lark\"} 0",
