@@ -27,7 +27,7 @@ use crate::runs::executor::{Executor, ExecutorSettings};
 use crate::runs::relay::Relay;
 use crate::runs::{Compactor, EventHub, RunService, RunSettings};
 use crate::runtime::{Runtime, RuntimeSettings, types};
-use crate::store::{Database, FlushBatch, InstallationStore, SecretCipher};
+use crate::store::{Backend, Database, FlushBatch, InstallationStore, SecretCipher};
 
 /// How long a graceful shutdown waits for built-in agent runs in flight.
 const SHUTDOWN_RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -54,19 +54,82 @@ pub struct App {
     window_sweep: std::time::Duration,
 }
 
-/// Reads the configured key, or creates the key file on first start.
-pub fn load_secret_key(config: &Config) -> anyhow::Result<SecretCipher> {
+/// Why start-up found no secrets key and generated none (the key is generated only for a fresh
+/// SQLite database: a new key cannot open secrets an earlier key sealed, and PostgreSQL replicas
+/// would each seal with their own).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretKeyError {
+    /// No key is configured and the key file does not exist, but the database holds secrets
+    /// sealed with some key.
+    #[error(
+        "no secrets key, and {installations} installation(s) in the database hold secrets sealed \
+         with one: refusing to generate a new key, which could not open them. The key is looked \
+         for in `[secrets] key` (or SWITCHBOARD_SECRETS__KEY), then in the file `[secrets] \
+         key_file` (or SWITCHBOARD_SECRETS__KEY_FILE) = {key_file}, read here as {resolved}, \
+         which does not exist. Provide the key the secrets were stored with: start from the \
+         directory that holds {key_file}, point key_file at that file, or set the key itself."
+    )]
+    MissingForSealedSecrets {
+        /// Installations whose secrets are sealed.
+        installations: i64,
+        /// `[secrets] key_file` as configured.
+        key_file: String,
+        /// The key file as resolved against the working directory.
+        resolved: String,
+    },
+    /// PostgreSQL, no key configured and no key file: every replica must share one key, so
+    /// none is generated.
+    #[error(
+        "no secrets key: on PostgreSQL the key must be given explicitly (every replica needs \
+         the same one), so none is generated. The key is looked for in `[secrets] key` (or \
+         SWITCHBOARD_SECRETS__KEY), then in the file `[secrets] key_file` (or \
+         SWITCHBOARD_SECRETS__KEY_FILE) = {key_file}, read here as {resolved}, which does not \
+         exist. Create a key with `switchboard keygen`, then set SWITCHBOARD_SECRETS__KEY to it \
+         or write it to a file (mode 600) that key_file names."
+    )]
+    PostgresNeedsKey {
+        /// `[secrets] key_file` as configured.
+        key_file: String,
+        /// The key file as resolved against the working directory.
+        resolved: String,
+    },
+}
+
+/// The secrets key: `[secrets] key`, else the file `[secrets] key_file`. The file is created
+/// with a fresh key only on SQLite and only while no installation holds sealed secrets;
+/// otherwise a missing key is a [`SecretKeyError`] naming where it was looked for.
+pub async fn load_secret_key(config: &Config, db: &Database) -> anyhow::Result<SecretCipher> {
     if let Some(key) = &config.secrets.key {
         return SecretCipher::from_key_str(key).context("secrets.key (SWITCHBOARD_SECRETS__KEY)");
     }
     let path = &config.secrets.key_file;
     if !path.exists() {
+        let key_file = path.display().to_string();
+        let resolved = std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string();
+        let sealed = db
+            .installations_with_sealed_secrets()
+            .await
+            .context("counting the installations with sealed secrets")?;
+        if sealed > 0 {
+            return Err(SecretKeyError::MissingForSealedSecrets {
+                installations: sealed,
+                key_file,
+                resolved,
+            }
+            .into());
+        }
+        if db.backend() == Backend::Postgres {
+            return Err(SecretKeyError::PostgresNeedsKey { key_file, resolved }.into());
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         write_private(path, &SecretCipher::generate_key_hex())
             .with_context(|| format!("writing {}", path.display()))?;
-        tracing::warn!(key_file = %path.display(), "generated a new secrets key; back it up — installations' secrets cannot be read without it");
+        tracing::warn!(key_file = %resolved, "generated a new secrets key for this fresh SQLite database; back it up — installations' secrets cannot be read without it");
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading secrets key file {}", path.display()))?;
@@ -266,7 +329,7 @@ impl App {
             .context("invalid [retention] configuration")?;
         let db = Database::connect(&config.database.url).await?;
         db.migrate().await?;
-        let cipher = load_secret_key(config)?;
+        let cipher = load_secret_key(config, &db).await?;
         let installations = db.installations(cipher);
         let runtime = Arc::new(build_runtime(config, Some(db.kv()))?);
         let agents = Arc::new(

@@ -249,7 +249,8 @@ impl Default for DatabaseConfig {
 pub struct SecretsConfig {
     /// 32-byte key, hex or base64. Takes precedence over `key_file`.
     pub key: Option<String>,
-    /// File holding the key; created with a fresh key on first start when `key` is unset.
+    /// File holding the key; when `key` is unset and the file is missing, created with a fresh
+    /// key only for a SQLite database holding no sealed secrets (else start-up is refused).
     pub key_file: PathBuf,
 }
 

@@ -109,7 +109,7 @@ async fn open(config: &Config) -> anyhow::Result<Database> {
 /// Runs an installations subcommand.
 pub async fn installations(config: Config, command: InstallationsCommand) -> anyhow::Result<()> {
     let db = open(&config).await?;
-    let store = db.installations(load_secret_key(&config)?);
+    let store = db.installations(load_secret_key(&config, &db).await?);
     let now = SystemClock.now_ms();
     match command {
         InstallationsCommand::Add {
@@ -184,7 +184,7 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
 pub async fn bindings(config: Config, command: BindingsCommand) -> anyhow::Result<()> {
     let db = open(&config).await?;
     let records = db.ingest();
-    let installations = db.installations(load_secret_key(&config)?);
+    let installations = db.installations(load_secret_key(&config, &db).await?);
     let now = SystemClock.now_ms();
     let installation = match &command {
         BindingsCommand::Add { installation, .. }

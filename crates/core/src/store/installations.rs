@@ -385,6 +385,22 @@ fn parse_config(id: &str, text: &str) -> Result<BTreeMap<String, String>, StoreE
         .collect())
 }
 
+impl Database {
+    /// How many installations (revoked ones included) hold secrets sealed with a key: the
+    /// start-up check that refuses to generate a new key for a database whose secrets only an
+    /// earlier key can open. Needs no key itself.
+    pub async fn installations_with_sealed_secrets(&self) -> Result<i64, StoreError> {
+        let fail = StoreError::query("installations with sealed secrets", self.backend());
+        let count: i64 = on_reader!(self, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM installations WHERE secrets IS NOT NULL")
+                .fetch_one(pool)
+                .await
+                .map_err(fail)?
+        });
+        Ok(count)
+    }
+}
+
 /// Installations on a [`Database`]: a cheap, cloneable handle that seals and opens secrets.
 #[derive(Debug, Clone)]
 pub struct InstallationStore {
