@@ -112,9 +112,13 @@ pub struct ChannelsArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub(crate) enum Case {
+    /// Signed Events API requests: verify-webhook, then decode.
     SlackEventsApi,
+    /// Socket Mode `events_api` envelopes: classify-frame, decode, build-ack.
     SlackSocketMode,
+    /// Updates with the secret-token header: verify-webhook (which reads them).
     TelegramWebhook,
+    /// `getUpdates` answers of 100 updates: parse-poll (which reads them).
     TelegramPoll,
 }
 
@@ -1192,7 +1196,7 @@ fn run_case(
     source: &InputSource,
 ) -> anyhow::Result<Json> {
     let per_input = case.events_per_input();
-    if n % per_input != 0 || warmup % per_input != 0 {
+    if !n.is_multiple_of(per_input) || !warmup.is_multiple_of(per_input) {
         bail!(
             "{}: N and --warmup must be multiples of {per_input} (updates per getUpdates answer)",
             case.name()
@@ -1358,8 +1362,7 @@ mod tests {
                 let count = if case == Case::TelegramPoll { 1 } else { 6 };
                 let read = |driver: &mut dyn FnMut(usize) -> anyhow::Result<Vec<Handled>>| {
                     (0..count)
-                        .map(|i| driver(i).unwrap())
-                        .flatten()
+                        .flat_map(|i| driver(i).unwrap())
                         .collect::<Vec<_>>()
                 };
                 let mut via_wasm = |i: usize| {
