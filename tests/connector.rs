@@ -134,6 +134,8 @@ impl World {
                         ("connection".into(), "websocket".into()),
                         ("app_id".into(), APP_ID.into()),
                         ("bot_open_id".into(), lark::BOT_OPEN_ID.into()),
+                        // The echo replies are asserted as plain messages, not streamed cards.
+                        ("reply_mode".into(), "final".into()),
                     ]),
                     secrets: BTreeMap::from([("app_secret".into(), "s3cret".into())]),
                     agent: "echo".into(),

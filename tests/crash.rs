@@ -640,7 +640,9 @@ async fn install(http: &reqwest::Client, base: &str) -> Result<String, String> {
                 "name": "crash test",
                 "agent": "echo",
                 "debounce_ms": 100,
-                "config": {"app_id": lark::APP_ID},
+                // Replies whole: the durability asserted here is the outbox's (a streamed
+                // card's handle does not survive a SIGKILL).
+                "config": {"app_id": lark::APP_ID, "reply_mode": "final"},
                 "secrets": {
                     "encrypt_key": lark::ENCRYPT_KEY,
                     "verification_token": lark::VERIFICATION_TOKEN,
