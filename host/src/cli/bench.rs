@@ -83,7 +83,7 @@ enum BenchCommand {
     /// database: sustained messages per second and latency percentiles (issue 4).
     Ingest(ingest::IngestArgs),
     /// Slack and Telegram inbound events through the wasm plugins and natively, printing the
-    /// JSON lines of the Bolt and grammY peers (`scripts/peers/`).
+    /// channel SDK peers' JSON lines (`scripts/peers/`).
     Channels(channels::ChannelsArgs),
 }
 

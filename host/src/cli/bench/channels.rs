@@ -99,8 +99,8 @@ pub struct ChannelsArgs {
     /// and exit.
     #[arg(long, value_name = "DIR")]
     write_inputs: Option<PathBuf>,
-    /// Unix seconds the Slack requests are signed at (default: now). Slack and Bolt refuse
-    /// signatures older than five minutes.
+    /// Unix seconds the Slack requests are signed at (default: now). Signatures older than
+    /// five minutes are refused, by the plugin and by the peers.
     #[arg(long, value_name = "SECONDS")]
     signed_at: Option<u64>,
     /// Run one case in this process (used for the per-case child processes).
