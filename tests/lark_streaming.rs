@@ -340,7 +340,7 @@ async fn a_streamed_reply_is_one_card_updated_in_order_and_closed() {
         // The card was the reply: one message, interactive, naming the card, with the
         // reply's uuid namespace; no plain reply beside it.
         let posted = world.fake.posted_messages();
-        assert_eq!(posted_card_ids(&posted), [card.card_id.clone()], "{name}");
+        assert_eq!(posted_card_ids(&posted), [card.card_id.as_str()], "{name}");
         assert_eq!(posted.len(), 1, "{name}: {posted:?}");
         assert_eq!(
             posted[0].body["uuid"],
@@ -613,7 +613,7 @@ async fn card_creation_failing_falls_back_to_a_plain_reply() {
             (!posted.is_empty()).then_some(posted)
         })
         .await;
-        assert_eq!(posted_texts(&posted), [reply.clone()], "{name}");
+        assert_eq!(posted_texts(&posted), [reply.as_str()], "{name}");
         assert_eq!(
             posted[0].body["uuid"],
             format!("reply-{}-0", run.run),
