@@ -295,10 +295,10 @@ impl Delivery {
         idempotency_key: &str,
     ) -> Result<Option<String>, DeliveryFailure> {
         let handle = match run_id {
-            Some(run) => self.take_stream(&target.session_id, run).await,
+            Some(run) => self.take_stream(installation, run).await,
             None => None,
         };
-        let Some((handle, _)) = handle else {
+        let (Some(run_id), Some((handle, _))) = (run_id, handle) else {
             return self
                 .send_once(installation, target, Content::Reply(text), idempotency_key)
                 .await;
@@ -308,18 +308,17 @@ impl Delivery {
         let failure = match plugin.stream_end(&cx, target, &handle, &text).await {
             Ok(Ok(receipt)) => {
                 tracing::info!(installation = %installation.id, session = %target.session_id, sent = receipt.message_id.as_deref(), "streamed reply ended");
+                stream::forget_handle(&plugin, installation, run_id).await;
                 return Ok(receipt.message_id.or(Some(handle)));
             }
             Ok(Err(refused)) => DeliveryFailure::refused(refused),
             Err(call) => call.into(),
         };
         // The outbox retries: the next attempt ends the same stream.
-        if let Some(run_id) = run_id {
-            self.streams.lock().expect("streams").insert(
-                target.session_id.clone(),
-                stream::RunStream::started(run_id, handle, text),
-            );
-        }
+        self.streams
+            .lock()
+            .expect("streams")
+            .insert(run_id.to_string(), stream::RunStream::started(handle, text));
         Err(failure)
     }
 
@@ -335,7 +334,7 @@ impl Delivery {
         idempotency_key: &str,
     ) -> Result<Option<String>, DeliveryFailure> {
         let stream = match run_id {
-            Some(run) => self.take_stream(&target.session_id, run).await,
+            Some(run) => self.take_stream(installation, run).await,
             None => None,
         };
         let (Some(run_id), Some((handle, so_far))) = (run_id, stream) else {
@@ -361,8 +360,8 @@ impl Delivery {
         if ended.is_err() {
             // The outbox retries: the next attempt ends the same stream.
             self.streams.lock().expect("streams").insert(
-                target.session_id.clone(),
-                stream::RunStream::started(run_id, handle, so_far),
+                run_id.to_string(),
+                stream::RunStream::started(handle, so_far),
             );
         }
         ended
@@ -377,7 +376,7 @@ impl Delivery {
         target: &types::SessionTarget,
         run_id: &str,
     ) {
-        let Some((handle, so_far)) = self.take_stream(&target.session_id, run_id).await else {
+        let Some((handle, so_far)) = self.take_stream(installation, run_id).await else {
             return;
         };
         for attempt in 1..=INTERRUPTED_END_ATTEMPTS {
@@ -438,6 +437,7 @@ impl Delivery {
                     StreamStop::Failed(_) => "failed",
                 };
                 tracing::info!(installation = %installation.id, session = %target.session_id, run = run_id, why, "streamed reply closed early");
+                stream::forget_handle(&plugin, installation, run_id).await;
                 Ok(receipt.message_id.or(Some(handle)))
             }
             Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
@@ -445,30 +445,45 @@ impl Delivery {
         }
     }
 
-    /// The plugin's handle of run `run_id`'s stream in session `session_id` and the text it
-    /// shows, taken out (the caller ends it), if this host streamed that run. A `stream-begin` or `stream-update` still
-    /// in flight is waited for (bounded), so the end is the last word and the reply is not sent
-    /// a second time beside a stream that was just starting.
-    async fn take_stream(&self, session_id: &str, run_id: &str) -> Option<(String, String)> {
-        const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+    /// The plugin's handle of run `run_id`'s stream and the text it shows, taken out (the caller
+    /// ends it), if the run was streamed: from this host's memory — a `stream-begin` or
+    /// `stream-update` still in flight is waited for (bounded), so the end is the last word and
+    /// the reply is not sent a second time beside a stream that was just starting — or else
+    /// from the stored handle, when another replica (or this one before a restart) began it
+    /// (the text so far is then unknown here).
+    async fn take_stream(
+        &self,
+        installation: &Installation,
+        run_id: &str,
+    ) -> Option<(String, String)> {
+        // One bound for both waits, well inside the outbox's claim lease (30 s by default): a
+        // row whose lease ran out while this waited would be delivered by another replica too.
+        const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
             {
                 let mut streams = self.streams.lock().expect("streams");
-                match streams.get(session_id) {
-                    Some(stream) if stream.run_id == run_id => {
+                match streams.get(run_id) {
+                    Some(stream) => {
                         if !stream.busy || tokio::time::Instant::now() >= deadline {
-                            return streams.remove(session_id).and_then(|s| {
-                                let text = s.text().to_string();
-                                s.handle.map(|handle| (handle, text))
-                            });
+                            let stream = streams.remove(run_id)?;
+                            let text = stream.text().to_string();
+                            return match stream.handle {
+                                Some(handle) => Some((handle, text)),
+                                // Begun here but refused: delivered whole.
+                                None => None,
+                            };
                         }
                     }
-                    _ => return None,
+                    None => break,
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        let plugin = self.plugin_of(installation)?;
+        // Another replica's `stream-begin` in flight is waited for, within the same bound.
+        let handle = stream::recall_handle(&plugin, installation, run_id, deadline).await?;
+        Some((handle, String::new()))
     }
 
     /// Shows the typing indicator on `message_id` for the session of `target`, replacing the

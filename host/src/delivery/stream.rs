@@ -3,11 +3,14 @@
 //! once per the manifest's `stream_interval_ms`), and the outbox finishes it with `stream-end`
 //! when the run's reply row is delivered. A plugin without the feature gets one `deliver`.
 //!
-//! Owns the in-memory state of each streaming run (the plugin's handle, the text so far, when it
-//! last updated). Must not decide what is said, nor store anything: the outbox row stays the
-//! durable record of the reply, so a crash mid-stream loses only the partial updates; the reply
-//! is then delivered whole (after `stream-end` on the handle if this host still knows it, else
-//! with `deliver`).
+//! Owns the state of each streaming run: in memory, the text so far and when it last updated;
+//! durably (the host's kv scope `switchboard:stream`, per installation, keyed by the reply's
+//! outbox key), the plugin's handle, so whichever replica delivers the run's reply row — this
+//! one, another, or this one after a restart — ends the same stream with `stream-end` instead of
+//! posting the reply a second time. Streams are kept per run: a session's next run may stream
+//! while the previous run's reply still waits in the outbox. Must not decide what is said: the
+//! outbox row stays the durable record of the reply; a crash mid-stream loses only the partial
+//! updates.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,18 +19,18 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::{Delivery, session_target};
-use crate::runtime::types;
+use crate::domain::{KvQuota, KvScope};
+use crate::runtime::{Plugin, types};
 use crate::store::{IngestStore, Installation, InstallationStore};
 
 /// Runs whose stream could not start are not retried; streams idle this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl RunStream {
-    /// A stream of `run_id` whose plugin handle is known, showing `text`, and nothing in flight
+    /// A stream whose plugin handle is known, showing `text`, and nothing in flight
     /// (the state an unfinished `stream-end` is put back in for the next attempt).
-    pub(super) fn started(run_id: &str, handle: String, text: String) -> RunStream {
+    pub(super) fn started(handle: String, text: String) -> RunStream {
         RunStream {
-            run_id: run_id.to_string(),
             handle: Some(handle),
             sent_len: text.len(),
             text,
@@ -42,12 +45,109 @@ impl RunStream {
     }
 }
 
-/// The streams of a host, by session id (one run streams per session at a time).
+/// The streams of a host, by run id.
 pub(super) type Streams = Arc<Mutex<HashMap<String, RunStream>>>;
+
+/// The host's kv scope holding each streaming run's plugin handle (per installation).
+const HANDLE_SCOPE: &str = "switchboard:stream";
+/// A stored handle outlives any reply row that could still end it.
+const HANDLE_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn handle_scope(installation: &Installation) -> KvScope {
+    KvScope::new(HANDLE_SCOPE, installation.id.clone())
+}
+
+/// What is stored while `stream-begin` is in flight: a replica delivering the reply then waits
+/// for the handle instead of posting the reply beside a stream that is just starting.
+const BEGINNING: &str = "";
+
+/// Stores run `run_id`'s stream handle (or [`BEGINNING`]) so any replica can end the stream. A
+/// failure is logged: the reply is then posted whole if another replica delivers it.
+pub(super) async fn remember_handle(
+    plugin: &Plugin,
+    installation: &Installation,
+    run_id: &str,
+    handle: &str,
+) {
+    let Some(kv) = plugin.services().kv.as_ref() else {
+        return;
+    };
+    let now = plugin.services().clock.now_ms();
+    let quota = KvQuota {
+        max_keys: 1_000_000,
+        max_bytes: 1 << 30,
+        max_value_bytes: 64 * 1024,
+    };
+    let key = crate::store::reply_key(run_id);
+    // The marker lasts only as long as a `stream-begin` call may: a replica killed mid-call
+    // leaves nothing that makes others wait longer.
+    let ttl_ms = if handle == BEGINNING {
+        i64::try_from(begin_window(plugin).as_millis()).unwrap_or(i64::MAX)
+    } else {
+        HANDLE_TTL_MS
+    };
+    if let Err(e) = kv
+        .set(
+            &handle_scope(installation),
+            &key,
+            handle.as_bytes(),
+            Some(now.saturating_add(ttl_ms)),
+            now,
+            quota,
+        )
+        .await
+    {
+        tracing::warn!(run = run_id, "the stream handle could not be stored: {e}");
+    }
+}
+
+/// How long a `stream-begin` may be in flight: the plugin's outbound budget and a margin.
+fn begin_window(plugin: &Plugin) -> Duration {
+    plugin.manifest().budgets.outbound + Duration::from_secs(2)
+}
+
+/// The stored handle of run `run_id`'s stream, if one was begun (by any replica). While its
+/// `stream-begin` is still in flight elsewhere, waits for it until `deadline`.
+pub(super) async fn recall_handle(
+    plugin: &Plugin,
+    installation: &Installation,
+    run_id: &str,
+    deadline: tokio::time::Instant,
+) -> Option<String> {
+    let kv = plugin.services().kv.as_ref()?;
+    let key = crate::store::reply_key(run_id);
+    loop {
+        let now = plugin.services().clock.now_ms();
+        let stored = match kv.get(&handle_scope(installation), &key, now).await {
+            Ok(value) => value.and_then(|bytes| String::from_utf8(bytes).ok()),
+            Err(e) => {
+                tracing::warn!(run = run_id, "the stream handle could not be read: {e}");
+                None
+            }
+        };
+        match stored {
+            Some(handle) if handle != BEGINNING => return Some(handle),
+            Some(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Forgets run `run_id`'s stored handle once its stream is ended.
+pub(super) async fn forget_handle(plugin: &Plugin, installation: &Installation, run_id: &str) {
+    let Some(kv) = plugin.services().kv.as_ref() else {
+        return;
+    };
+    let key = crate::store::reply_key(run_id);
+    if let Err(e) = kv.delete(&handle_scope(installation), &key).await {
+        tracing::debug!(run = run_id, "the stream handle could not be deleted: {e}");
+    }
+}
 
 #[derive(Default)]
 pub(super) struct RunStream {
-    pub(super) run_id: String,
     /// The plugin's handle once `stream-begin` answered; `None` while it is being called or if
     /// it failed (then the reply is delivered whole).
     pub(super) handle: Option<String>,
@@ -67,7 +167,7 @@ pub struct Streamer {
     delivery: Delivery,
     installations: InstallationStore,
     sessions: IngestStore,
-    /// Session id → its current run's stream (shared with `delivery`, which ends them).
+    /// Run id → its stream (shared with `delivery`, which ends them).
     streams: Streams,
 }
 
@@ -91,25 +191,12 @@ impl Streamer {
     /// streams and its interval has passed (never blocks the caller).
     pub fn part(&self, session_id: &str, run_id: &str, delta: &str) {
         let now = Instant::now();
-        let mut superseded = None;
         let start = {
             let mut streams = self.streams.lock().expect("streams");
             streams.retain(|_, s| s.touched.is_some_and(|t| now - t < FORGET_AFTER));
-            let stream = streams.entry(session_id.to_string()).or_default();
-            if stream.run_id != run_id {
-                let previous = std::mem::replace(
-                    stream,
-                    RunStream {
-                        run_id: run_id.to_string(),
-                        ..RunStream::default()
-                    },
-                );
-                // A run that stopped without this host ending its stream (its end went
-                // unnoticed): end it now, so no card or message is left "streaming".
-                if previous.handle.is_some() {
-                    superseded = Some(previous);
-                }
-            }
+            // Per run: the session's previous run keeps its stream until its reply row (or its
+            // failure or interruption) ends it.
+            let stream = streams.entry(run_id.to_string()).or_default();
             stream.text.push_str(delta);
             stream.touched = Some(now);
             if stream.busy || stream.failed {
@@ -119,9 +206,6 @@ impl Streamer {
                 Some(stream.handle.is_none())
             }
         };
-        if let Some(previous) = superseded {
-            self.end_superseded(session_id, previous);
-        }
         let Some(start) = start else {
             return;
         };
@@ -159,39 +243,6 @@ impl Streamer {
         );
     }
 
-    /// Ends the stream of a run that a newer run of the session replaced.
-    fn end_superseded(&self, session_id: &str, previous: RunStream) {
-        let this = self.clone();
-        let session_id = session_id.to_string();
-        let span =
-            tracing::info_span!("stream_stop", session = %session_id, run = %previous.run_id);
-        tokio::spawn(
-            async move {
-                let Some((installation, target, _)) = this.context(&session_id).await else {
-                    return;
-                };
-                let (Some(handle), run_id) = (previous.handle, previous.run_id) else {
-                    return;
-                };
-                let ended = this
-                    .delivery
-                    .end_stream_now(
-                        &installation,
-                        &target,
-                        &run_id,
-                        handle,
-                        previous.text,
-                        super::StreamStop::Interrupted,
-                    )
-                    .await;
-                if let Err(e) = ended {
-                    tracing::warn!("a replaced run's stream could not be ended: {e}");
-                }
-            }
-            .instrument(span),
-        );
-    }
-
     /// The installation, target and update interval of the session's stream; `None` when its
     /// replies are not streamed (the plugin does not declare `streaming`, or the installation's
     /// `reply_mode` is `final`).
@@ -222,7 +273,7 @@ impl Streamer {
 
     async fn begin(&self, session_id: &str, run_id: &str) {
         let Some((installation, target, _)) = self.context(session_id).await else {
-            self.finish_call(session_id, run_id, None, true);
+            self.finish_call(run_id, None, true);
             return;
         };
         let plugin = self.delivery.plugin_of(&installation);
@@ -230,9 +281,15 @@ impl Streamer {
         // The reply's own outbox key: a redelivery of the reply after a crash is then the
         // same message to the channel.
         let key = crate::store::reply_key(run_id);
-        let handle = match plugin {
+        if let Some(plugin) = &plugin {
+            remember_handle(plugin, &installation, run_id, BEGINNING).await;
+        }
+        let handle = match &plugin {
             Some(plugin) => match plugin.stream_begin(&cx, &target, &key).await {
-                Ok(Ok(handle)) => Some(handle),
+                Ok(Ok(handle)) => {
+                    remember_handle(plugin, &installation, run_id, &handle).await;
+                    Some(handle)
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(
                         code = e.code,
@@ -249,7 +306,11 @@ impl Streamer {
             None => None,
         };
         let failed = handle.is_none();
-        self.finish_call(session_id, run_id, handle, failed);
+        if failed && let Some(plugin) = &plugin {
+            // No stream: whoever delivers the reply posts it whole, without waiting.
+            forget_handle(plugin, &installation, run_id).await;
+        }
+        self.finish_call(run_id, handle, failed);
         if !failed {
             self.update(session_id, run_id).await;
         }
@@ -259,7 +320,7 @@ impl Streamer {
     /// once so the last part before a pause is shown too.
     async fn update(&self, session_id: &str, run_id: &str) {
         let Some((installation, target, interval)) = self.context(session_id).await else {
-            self.finish_call(session_id, run_id, None, true);
+            self.finish_call(run_id, None, true);
             return;
         };
         let Some(plugin) = self.delivery.plugin_of(&installation) else {
@@ -269,8 +330,7 @@ impl Streamer {
         loop {
             let (handle, text, wait) = {
                 let mut streams = self.streams.lock().expect("streams");
-                let Some(stream) = streams.get_mut(session_id).filter(|s| s.run_id == run_id)
-                else {
+                let Some(stream) = streams.get_mut(run_id) else {
                     return;
                 };
                 let Some(handle) = stream.handle.clone() else {
@@ -304,7 +364,7 @@ impl Streamer {
                 Err(e) => tracing::warn!("stream-update failed: {e}"),
             }
             let mut streams = self.streams.lock().expect("streams");
-            let Some(stream) = streams.get_mut(session_id).filter(|s| s.run_id == run_id) else {
+            let Some(stream) = streams.get_mut(run_id) else {
                 return;
             };
             stream.sent_len = sent_len;
@@ -312,9 +372,9 @@ impl Streamer {
         }
     }
 
-    fn finish_call(&self, session_id: &str, run_id: &str, handle: Option<String>, failed: bool) {
+    fn finish_call(&self, run_id: &str, handle: Option<String>, failed: bool) {
         let mut streams = self.streams.lock().expect("streams");
-        if let Some(stream) = streams.get_mut(session_id).filter(|s| s.run_id == run_id) {
+        if let Some(stream) = streams.get_mut(run_id) {
             stream.handle = handle;
             stream.failed = failed;
             stream.busy = !failed;
