@@ -34,9 +34,11 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         "rich post (its ACK is lost)          → ingested",
         "ACK lost; redelivered after 1 s → dropped:duplicate (stored once)",
         "long connections: 2 WebSockets, 17 event deliveries, 16 ACKs (all 200: true)",
-        // The echo agent's replies, delivered to the fake Lark.
-        "send  oc_demo_p2p_dave           text        echo: one ⏎ two ⏎ three",
-        "send  oc_demo_team               text        echo: <recent_context count=\"1\"> ⏎ [Bob]: deploy",
+        // The echo agent's replies, streamed into CardKit cards at the fake Lark and closed.
+        "send  oc_demo_p2p_dave           card        echo: one ⏎ two ⏎ three",
+        "send  oc_demo_team               card        echo: <recent_context count=\"1\"> ⏎ [Bob]: deploy",
+        "replies streamed into cards: 6 cards,",
+        "all closed: true",
         // Enrichment through the fake's REST API: quoted parent, forwarded transcript.
         "<quoted_message message_id=\"om_demo_p2p_1\"",
         "<forwarded_messages count=\"2\">",

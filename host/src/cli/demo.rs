@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fake_lark::{FakeLark, FakeOptions, RestRequest};
+use fake_lark::{Card, FakeLark, FakeOptions, RestRequest};
 use serde_json::{Value, json};
 
 #[path = "demo/common.rs"]
@@ -579,7 +579,19 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         .iter()
         .filter(|r| r.method == "POST" && r.uri.contains("/reactions"))
         .count();
-    let sent: Vec<Sent> = lark.sent_messages().iter().map(Sent::of).collect();
+    let cards = lark.cards();
+    let sent: Vec<Sent> = lark
+        .sent_messages()
+        .iter()
+        .map(|request| Sent::of(request, &cards))
+        .collect();
+    let streamed: Vec<&Card> = cards.iter().filter(|c| c.message_id.is_some()).collect();
+    println!(
+        "\nreplies streamed into cards: {} cards, {} updates, all closed: {}",
+        streamed.len(),
+        streamed.iter().map(|c| c.updates.len()).sum::<usize>(),
+        streamed.iter().all(|c| !c.streaming)
+    );
     println!("\nsent by the bot to the fake Lark ({typing} typing reactions):");
     for message in &sent {
         println!(
@@ -621,7 +633,8 @@ struct Sent {
 }
 
 impl Sent {
-    fn of(request: &RestRequest) -> Sent {
+    /// `cards`: the fake's CardKit cards, which a card reference in a send names.
+    fn of(request: &RestRequest, cards: &[Card]) -> Sent {
         let path = request.uri.split('?').next().unwrap_or_default();
         let (how, to) = match path.strip_suffix("/reply") {
             Some(prefix) => ("reply", prefix.rsplit('/').next().unwrap_or_default()),
@@ -634,13 +647,25 @@ impl Sent {
             .as_str()
             .and_then(|c| serde_json::from_str(c).ok())
             .unwrap_or(Value::Null);
+        let msg_type = request.body["msg_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // A streamed reply is sent as a reference to a CardKit card; its text is the card's.
+        if let Some(card_id) = content["data"]["card_id"].as_str()
+            && let Some(card) = cards.iter().find(|c| c.card_id == card_id)
+        {
+            return Sent {
+                how,
+                to: to.to_string(),
+                msg_type: "card".into(),
+                text: card.content.clone(),
+            };
+        }
         Sent {
             how,
             to: to.to_string(),
-            msg_type: request.body["msg_type"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            msg_type,
             text: readable(&content),
         }
     }
