@@ -834,3 +834,97 @@ fn outbound_renders_a_reply_to_captured_requests_without_sending_them() {
         "{send}"
     );
 }
+
+/// `replay --plugin slack|telegram` over each plugin's own fixtures (raw Events API bodies and
+/// Socket Mode envelopes; raw Telegram `Update`s), as the issues' replay lines promise.
+#[test]
+fn replays_the_slack_and_telegram_fixtures() {
+    let slack = switchboard(&[
+        "replay",
+        "--plugin",
+        "slack",
+        "--config-value",
+        "bot_user_id=U0BOT00001",
+        "--config-value",
+        "team_id=T0001",
+        "plugins/slack/tests/fixtures",
+    ]);
+    assert!(slack.status.success(), "{}", stderr(&slack));
+    let slack = by_file(&lines(&slack));
+    let kind = |map: &BTreeMap<String, Vec<Value>>, name: &str| {
+        only(map, name)["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (file, expected) in [
+        ("im_message.json", "message"),
+        ("app_mention.json", "message"),
+        ("thread_reply.json", "message"),
+        ("socket_events_api.json", "message"),
+        ("socket_slash_commands.json", "message"),
+        ("block_actions.json", "action"),
+        ("socket_interactive.json", "action"),
+        ("bot_message.json", "ignored"),
+        ("own_message.json", "ignored"),
+        ("message_changed.json", "ignored"),
+        ("message_deleted.json", "ignored"),
+        ("channel_join.json", "ignored"),
+        ("socket_hello.json", "ignored"),
+    ] {
+        assert_eq!(kind(&slack, file), expected, "slack {file}");
+    }
+    let mention = only(&slack, "app_mention.json");
+    assert_eq!(mention["command"]["name"], "summarize", "{mention}");
+    assert_eq!(
+        mention["thread_id"], "1718000002.000300",
+        "a top-level mention starts a thread keyed by its ts: {mention}"
+    );
+    let dm = only(&slack, "im_message.json");
+    assert_eq!(dm["chat_type"], "direct", "{dm}");
+    assert!(
+        dm["body"].as_str().unwrap().contains("[the docs](https://"),
+        "<url|label> became markdown: {dm}"
+    );
+
+    let telegram = switchboard(&[
+        "replay",
+        "--plugin",
+        "telegram",
+        "--config-value",
+        "bot_username=switchboard_test_bot",
+        "--config-value",
+        "bot_id=7000000001",
+        "plugins/telegram/tests/fixtures",
+    ]);
+    assert!(telegram.status.success(), "{}", stderr(&telegram));
+    let telegram = by_file(&lines(&telegram));
+    for (file, expected) in [
+        ("private_text.json", "message"),
+        ("group_mention.json", "message"),
+        ("forum_topic.json", "message"),
+        ("photo_caption.json", "message"),
+        ("sticker.json", "message"),
+        ("callback_query.json", "action"),
+        ("edited_message.json", "ignored"),
+        ("my_chat_member.json", "ignored"),
+        ("service_new_members.json", "ignored"),
+    ] {
+        assert_eq!(kind(&telegram, file), expected, "telegram {file}");
+    }
+    let ours = only(&telegram, "group_command_ours.json");
+    assert_eq!(
+        ours["command"]["name"], "new",
+        "/new@ourbot is ours: {ours}"
+    );
+    let other = only(&telegram, "group_command_other.json");
+    assert!(
+        other["command"].is_null(),
+        "/new@other_bot is not ours: {other}"
+    );
+    let topic = only(&telegram, "forum_topic.json");
+    assert_eq!(
+        topic["thread_id"], "40",
+        "a forum topic is a thread: {topic}"
+    );
+}
