@@ -601,7 +601,7 @@ fn reported(failure: DeliveryFailure, export: &str, session: &str) -> outbound::
         code: failure.code,
         message: failure.message,
         retryable: failure.retryable,
-        retry_after_ms: None,
+        retry_after_ms: failure.retry_after_ms,
     }
 }
 

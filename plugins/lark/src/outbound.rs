@@ -166,6 +166,10 @@ pub struct DeliveryFailure {
     pub message: String,
     /// Whether retrying later may help: rate limits, 5xx, transport failures.
     pub retryable: bool,
+    /// How long a rate-limited send must wait before its retry, from Lark's
+    /// `x-ogw-ratelimit-reset` header (seconds), so the host's outbox does not retry into the
+    /// same window.
+    pub retry_after_ms: Option<u32>,
 }
 
 impl DeliveryFailure {
@@ -175,6 +179,7 @@ impl DeliveryFailure {
             code: None,
             message: message.into(),
             retryable: false,
+            retry_after_ms: None,
         }
     }
 }
@@ -331,11 +336,16 @@ impl CallError {
             CallError::Api(err) => DeliveryFailure {
                 code: (err.code != 0).then_some(err.code),
                 retryable: err.kind() == ApiErrorKind::RateLimited || err.http_status >= 500,
+                retry_after_ms: (err.kind() == ApiErrorKind::RateLimited)
+                    .then_some(err.retry_after_s)
+                    .flatten()
+                    .map(|s| u32::try_from(s.saturating_mul(1000)).unwrap_or(u32::MAX)),
                 message: format!("{what}: {err}"),
             },
             CallError::Transport(failure) => DeliveryFailure {
                 code: None,
                 retryable: failure.retryable,
+                retry_after_ms: None,
                 message: format!("{what}: {}", failure.message),
             },
         }
@@ -1066,6 +1076,34 @@ mod tests {
             .deliver(&target(false), &Content::Reply("hi".into()), "H")
             .unwrap_err();
         assert_eq!((err.code, err.retryable), (Some(99_991_400), true));
+        assert_eq!(err.retry_after_ms, None, "no reset header, no wait");
+
+        // A 429 with `x-ogw-ratelimit-reset` tells the host how long to wait.
+        let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
+        host.answers.push_back(Ok(HttpAnswer {
+            status: 429,
+            headers: vec![("X-Ogw-Ratelimit-Reset".into(), " 3 ".into())],
+            body: lark_error(99_991_400).to_string().into_bytes(),
+        }));
+        let err = LarkClient::new(&mut host, &creds)
+            .deliver(&target(false), &Content::Reply("hi".into()), "H")
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.retryable, err.retry_after_ms),
+            (Some(99_991_400), true, Some(3_000))
+        );
+
+        // A reset header on a refusal that is not a rate limit is ignored.
+        let mut host = Scripted::default().answer(200, token_answer("t-1", 7200));
+        host.answers.push_back(Ok(HttpAnswer {
+            status: 400,
+            headers: vec![("x-ogw-ratelimit-reset".into(), "3".into())],
+            body: lark_error(230_049).to_string().into_bytes(),
+        }));
+        let err = LarkClient::new(&mut host, &creds)
+            .deliver(&target(false), &Content::Reply("hi".into()), "H")
+            .unwrap_err();
+        assert_eq!((err.retryable, err.retry_after_ms), (false, None));
 
         // Transport failure: as the host classified it.
         let mut host = Scripted::default();
