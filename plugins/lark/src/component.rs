@@ -15,6 +15,7 @@ use switchboard_plugin_sdk::types::{
 };
 use switchboard_plugin_sdk::{clock, http, install_panic_hook, installation, kv, log, log_write};
 
+use crate::card_action;
 use crate::decode::{self, DecodeContext, Decoded};
 use crate::mentions::BotIdentity;
 use crate::outbound::{
@@ -220,6 +221,9 @@ impl decoder::Guest for LarkPlugin {
 
 /// `decoder.decode`.
 fn decode_payload(payload: &[u8]) -> Result<decoder::Decoded, PluginError> {
+    if let Some(action) = decode_action(payload)? {
+        return Ok(decoder::Decoded::Action(wit_action(action)));
+    }
     let bot = Bot::from_config();
     decode_native(payload, &bot).map(|decoded| match decoded {
         Decoded::Ignored(reason) => decoder::Decoded::Ignored(reason),
@@ -261,6 +265,28 @@ fn decode_native(payload: &[u8], bot: &Bot) -> Result<Decoded, PluginError> {
 /// What `routing-key`, `decode` and `commands.parse` answer for one whole event payload, in
 /// one parse when the payload is a v2 message event (its `header.app_id` is the routing key).
 fn read_event(payload: &[u8], bot: &Bot) -> transport::EventReading {
+    match decode_action(payload) {
+        Ok(None) => {}
+        Ok(Some(mut action)) => {
+            let routing_key = if action.app_id.is_empty() {
+                decode::routing_key(payload)
+            } else {
+                Some(std::mem::take(&mut action.app_id))
+            };
+            return transport::EventReading {
+                routing_key,
+                decoded: Ok(decoder::Decoded::Action(wit_action(action))),
+                command: None,
+            };
+        }
+        Err(error) => {
+            return transport::EventReading {
+                routing_key: decode::routing_key(payload),
+                decoded: Err(error),
+                command: None,
+            };
+        }
+    }
     let (decoded, routing_key, command) = match decode_native(payload, bot) {
         Ok(Decoded::Message(mut message)) => {
             let routing_key = if message.app_id.is_empty() {
@@ -819,6 +845,44 @@ fn wit_webhook_response(response: webhook::WebhookResponse) -> transport::Webhoo
         status: response.status,
         content_type: response.content_type,
         body: response.body,
+    }
+}
+
+/// A `card.action.trigger` payload as a card action (none for other events).
+fn decode_action(payload: &[u8]) -> Result<Option<card_action::CardAction>, PluginError> {
+    card_action::decode_card_action(payload).map_err(|err| {
+        PluginError::InvalidInput(format!("card.action.trigger payload: {err}"))
+    })
+}
+
+/// The card action as the WIT type: the event id is the action id (Lark re-pushes an
+/// unanswered callback with the same id), and the answer is due within 3 s.
+fn wit_action(action: card_action::CardAction) -> types::InboundAction {
+    let alt_ids = [("union_id", action.union_id), ("user_id", action.user_id)]
+        .into_iter()
+        .filter_map(|(scheme, id)| Some((scheme.to_string(), id?)))
+        .collect();
+    types::InboundAction {
+        action_id: action.event_id.clone(),
+        event_id: action.event_id,
+        chat: Chat {
+            id: action.chat_id,
+            // The callback does not say whether the card's chat is a group or a direct chat.
+            kind: ChatKind::Group,
+            title: None,
+        },
+        sender: Participant {
+            id: action.open_id,
+            display_name: None,
+            is_bot: false,
+            alt_ids,
+        },
+        message_id: action.message_id,
+        thread_id: None,
+        name: action.name,
+        value: action.value,
+        answer_deadline_ms: Some(card_action::ANSWER_DEADLINE_MS),
+        create_time_ms: action.create_time_ms,
     }
 }
 

@@ -8,7 +8,8 @@
 //!   failure classification.
 //! - [`webhook`]: webhook signature, decryption, token and URL-verification handling;
 //!   [`crypto`]: its SHA-256 and AES (the host's `crypto` import in wasm, RustCrypto natively).
-//! - [`decode`]: `im.message.receive_v1` → inbound message.
+//! - [`decode`]: `im.message.receive_v1` → inbound message; [`card_action`]:
+//!   `card.action.trigger` → inbound action and its toast answer.
 //! - [`content`]: readable text and attachments for every message type; [`mentions`]: mention
 //!   resolution.
 //! - [`commands`]: `/<name> [args]`.
@@ -33,6 +34,7 @@
 //!
 //! In a wasm build, `component` implements the `switchboard:channel` exports on top of them.
 
+pub mod card_action;
 pub mod cardkit;
 pub mod commands;
 pub mod content;

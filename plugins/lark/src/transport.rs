@@ -261,6 +261,14 @@ pub fn build_ack(
         key: HEADER_BIZ_RT,
         value: format_u32(processing_ms, &mut digits),
     };
+    // A card callback's answer travels in its ACK (§1.9): the host passes none, so the plugin
+    // answers a durable card action with its toast itself.
+    let response = match (response, status, inbound.payload) {
+        (None, AckStatus::Ok, Some(payload)) if crate::card_action::is_card_action(payload) => {
+            Some(crate::card_action::TOAST_RESPONSE)
+        }
+        (response, ..) => response,
+    };
     Ok(inbound.encode_ack(biz_rt, &ack_payload(status, response)))
 }
 

@@ -183,16 +183,25 @@ pub fn verify_webhook(
     };
     Ok(match outcome {
         Outcome::Challenge(response) => WebhookVerdict::Challenge(response),
-        Outcome::Event => WebhookVerdict::Events(WebhookEvents {
+        Outcome::Event => {
             // The plain body or the decrypted envelope, as is: never re-serialized.
-            payloads: vec![plaintext.unwrap_or_else(|| request.body.to_vec())],
-            signed_at_ms,
-            response: WebhookResponse {
-                status: 200,
-                content_type: "application/json; charset=utf-8".into(),
-                body: br#"{"msg":"success"}"#.to_vec(),
-            },
-        }),
+            let payload = plaintext.unwrap_or_else(|| request.body.to_vec());
+            // A card callback is answered in the HTTP body (§3.2): the toast.
+            let body = if crate::card_action::is_card_action(&payload) {
+                crate::card_action::TOAST_RESPONSE.to_vec()
+            } else {
+                br#"{"msg":"success"}"#.to_vec()
+            };
+            WebhookVerdict::Events(WebhookEvents {
+                payloads: vec![payload],
+                signed_at_ms,
+                response: WebhookResponse {
+                    status: 200,
+                    content_type: "application/json; charset=utf-8".into(),
+                    body,
+                },
+            })
+        }
     })
 }
 
