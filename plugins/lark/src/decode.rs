@@ -212,7 +212,13 @@ fn triage(
             return Some("payload is neither a v2 nor a v1 event envelope".into());
         }
         let event_type = event_kind.unwrap_or("unknown");
-        return Some(format!("legacy v1 event `{event_type}` is not handled"));
+        // Refused, not decoded: v1 `message` events lack the v2 message body (`content`,
+        // mentions, `thread_id`) the decoder and enricher build on, and Lark stopped offering
+        // them to new apps; the reason tells the operator what to subscribe to instead.
+        return Some(format!(
+            "legacy v1 event `{event_type}` is not handled: subscribe the app to \
+             `im.message.receive_v1` (event schema 2.0)"
+        ));
     }
     match header.event_type.0.as_deref() {
         Some(RECEIVE_EVENT_TYPE) => None,

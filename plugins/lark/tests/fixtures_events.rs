@@ -507,7 +507,10 @@ fn event_card_action_trigger() {
 #[test]
 fn event_v1_message_legacy() {
     // v1 envelopes carry the app id inside `event`.
-    assert_ignored_event("event_v1_message_legacy.json", "legacy v1 event `message`");
+    assert_ignored_event(
+        "event_v1_message_legacy.json",
+        "legacy v1 event `message` is not handled: subscribe the app to `im.message.receive_v1`",
+    );
 }
 
 #[test]
