@@ -229,6 +229,22 @@ async fn decode_like_native(
     let outcome = pipeline::decode_payload(plugin, cx, payload)
         .await
         .unwrap_or_else(|e| panic!("{name}: the call failed: {e}"));
+    // Card callbacks are actions (native `card_action`), not messages of `decode_event`.
+    if let Ok(Some(expected)) = native::card_action::decode_card_action(payload) {
+        match &outcome {
+            DecodeOutcome::Message {
+                message,
+                command: Some(Command::Action { name: n, value, .. }),
+            } => {
+                assert_eq!(message.message_id, expected.event_id, "{name}: action id");
+                assert_eq!(message.sender.id, expected.open_id, "{name}: sender");
+                assert_eq!(message.chat.id, expected.chat_id, "{name}: chat");
+                assert_eq!((n, value), (&expected.name, &expected.value), "{name}");
+            }
+            other => panic!("{name}: wasm {other:?} but native {expected:?}"),
+        }
+        return outcome;
+    }
     match (
         &outcome,
         native::decode::decode_event(payload, &native_ctx()),
@@ -913,6 +929,23 @@ async fn ws_frame_card_type_ignored() {
 }
 
 #[tokio::test]
+async fn event_card_action_trigger_is_an_action() {
+    let runtime = runtime();
+    let plugin = lark(&runtime);
+    let name = "event_card_action_trigger.json";
+    match decode_like_native(&plugin, &installation(), name, &fixture_bytes(name)).await {
+        DecodeOutcome::Message { message, .. } => {
+            assert_eq!(message.message_type, "action");
+            assert_eq!(
+                message.parent_id.as_deref(),
+                Some("om_5b3c0000000000000000000000ccc001")
+            );
+        }
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn ws_frame_card_action_callback_and_ack() {
     let runtime = runtime();
     let plugin = lark(&runtime);
@@ -1432,7 +1465,11 @@ async fn frame_events_read_at_classification_match_the_separate_calls() {
                     format!("{command:?}"),
                     "{name}: command"
                 );
-                commands += usize::from(command.is_some());
+                commands += usize::from(
+                    command
+                        .as_ref()
+                        .is_some_and(|c| !matches!(c, Command::Action { .. })),
+                );
             }
             (DecodeOutcome::Ignored(read), DecodeOutcome::Ignored(reason)) => {
                 assert_eq!(read, reason, "{name}: ignore reason")

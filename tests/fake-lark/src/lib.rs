@@ -93,6 +93,9 @@ pub struct Ack {
     pub seq: u32,
     /// The `biz_rt` header (processing time in ms) if present.
     pub biz_rt: Option<String>,
+    /// The ACK payload's `data` as sent (base64 of a callback's answer, e.g. a card action's
+    /// toast); `None` when `null` or absent.
+    pub data: Option<String>,
     /// From queueing the delivery's frames to receiving this ACK (`None` for an ACK of an event
     /// no longer in flight).
     pub latency: Option<Duration>,
@@ -687,12 +690,18 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
         return;
     }
     let message_id = frame.header(HEADER_MESSAGE_ID).unwrap_or("").to_string();
-    let code = frame
+    let ack_payload = frame
         .payload
         .as_deref()
-        .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        .and_then(|p| serde_json::from_slice::<Value>(p).ok());
+    let code = ack_payload
+        .as_ref()
         .and_then(|v| v["code"].as_i64())
         .unwrap_or(0);
+    let data = ack_payload
+        .as_ref()
+        .and_then(|v| v["data"].as_str())
+        .map(str::to_string);
     if state.acks_to_lose > 0 {
         state.acks_to_lose -= 1;
         state.lost_acks += 1;
@@ -711,6 +720,7 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         biz_rt: frame.header("biz_rt").map(str::to_string),
+        data,
         latency,
     });
     if let Some(flight) = state.inflight.remove(&message_id)
