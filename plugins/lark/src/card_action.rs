@@ -7,7 +7,24 @@
 
 use serde_json::{Map, Value};
 
-use crate::decode::DecodeError;
+/// Why a card callback cannot become an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A part without which the action could be neither deduplicated nor routed.
+    MissingField(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::MissingField(field) => {
+                write!(f, "{CARD_ACTION_EVENT_TYPE} payload has no `{field}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 /// The event type of a card callback.
 pub const CARD_ACTION_EVENT_TYPE: &str = "card.action.trigger";
@@ -352,6 +369,14 @@ mod tests {
             body: FIXTURE.as_bytes(),
         };
         assert!(verify_webhook(&request, &wrong).is_err());
+    }
+
+    #[test]
+    fn the_error_names_the_event_type_and_the_field() {
+        assert_eq!(
+            DecodeError::MissingField("event.operator.open_id").to_string(),
+            "card.action.trigger payload has no `event.operator.open_id`"
+        );
     }
 
     #[test]

@@ -850,9 +850,8 @@ fn wit_webhook_response(response: webhook::WebhookResponse) -> transport::Webhoo
 
 /// A `card.action.trigger` payload as a card action (none for other events).
 fn decode_action(payload: &[u8]) -> Result<Option<card_action::CardAction>, PluginError> {
-    card_action::decode_card_action(payload).map_err(|err| {
-        PluginError::InvalidInput(format!("card.action.trigger payload: {err}"))
-    })
+    card_action::decode_card_action(payload)
+        .map_err(|err| PluginError::InvalidInput(err.to_string()))
 }
 
 /// The card action as the WIT type: the event id is the action id (Lark re-pushes an
