@@ -187,6 +187,15 @@ fn replays_every_lark_fixture_as_json_lines() {
     );
     assert_eq!(added["message_id"], Value::Null);
 
+    let card = only(&map, "event_card_action_trigger.json");
+    assert_eq!(card["kind"], "action", "{card}");
+    assert_eq!(card["action"]["name"], "approve", "{card}");
+    assert_eq!(card["sender_id"], "ou_3f9a1c7e5b2d48f6a0c9e7b1d3f5a2c4");
+    assert_eq!(
+        only(&map, "ws_frame_card_action_callback_and_ack.json")["kind"],
+        "action"
+    );
+
     // Frames: control, ignored, the single event and the reassembled fragmented one.
     let pong = only(&map, "ws_frame_pong_with_config.json");
     assert_eq!(pong["kind"], "control");
@@ -271,9 +280,11 @@ fn replays_every_lark_fixture_as_json_lines() {
     assert_eq!(
         kinds,
         BTreeMap::from([
+            // The card callback, as a webhook-style event and inside its frame.
+            ("action", 2),
             ("challenge", 2),
             ("control", 2),
-            ("ignored", 26),
+            ("ignored", 24),
             ("message", 27),
             ("rejected", 1),
         ]),
