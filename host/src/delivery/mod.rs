@@ -22,6 +22,7 @@ use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
 use crate::store::{IngestStore, Installation, InstallationStore, Session};
 
 pub mod outbox;
+pub mod pace;
 pub mod stream;
 pub use outbox::{Outbox, OutboxSettings};
 pub use stream::Streamer;
@@ -126,6 +127,8 @@ pub struct Delivery {
     /// Session id → its indicator. In memory: after a restart a stale indicator stays on the
     /// message (cosmetic), which is what the reference does too.
     typing: Arc<Mutex<HashMap<String, TypingIndicator>>>,
+    /// Per-chat and per-installation token buckets every sending plugin call waits on.
+    pacer: Arc<pace::Pacer>,
 }
 
 /// What to deliver, before a notice's words are chosen.
@@ -211,7 +214,16 @@ impl Delivery {
             texts,
             streams: Arc::default(),
             typing: Arc::new(Mutex::new(HashMap::new())),
+            pacer: Arc::new(pace::Pacer::new()),
         }
+    }
+
+    /// Waits for a token of the plugin's `[pacing]` buckets for one send to `chat` (the
+    /// session's chat, or a private notice's recipient) of `installation`.
+    async fn pace(&self, plugin: &Plugin, installation: &Installation, chat: &str) {
+        self.pacer
+            .wait(plugin.manifest().pacing, &installation.id, chat)
+            .await;
     }
 
     /// The contract's form of `notice` for `installation`: its words in the installation's
@@ -269,6 +281,14 @@ impl Delivery {
                 outbound::Content::Notice(self.render_notice(installation, &notice))
             }
         };
+        let chat = match &content {
+            outbound::Content::Notice(types::Notice {
+                recipient: Some(recipient),
+                ..
+            }) => recipient.as_str(),
+            _ => target.chat_id.as_str(),
+        };
+        self.pace(&plugin, installation, chat).await;
         let delivery = outbound::Delivery {
             target: target.clone(),
             content,
@@ -305,6 +325,7 @@ impl Delivery {
         };
         let plugin = self.plugin(installation)?;
         let cx = Arc::new(installation.context());
+        self.pace(&plugin, installation, &target.chat_id).await;
         let failure = match plugin.stream_end(&cx, target, &handle, &text).await {
             Ok(Ok(receipt)) => {
                 tracing::info!(installation = %installation.id, session = %target.session_id, sent = receipt.message_id.as_deref(), "streamed reply ended");
@@ -430,6 +451,7 @@ impl Delivery {
         };
         let plugin = self.plugin(installation)?;
         let cx = Arc::new(installation.context());
+        self.pace(&plugin, installation, &target.chat_id).await;
         match plugin.stream_end(&cx, target, &handle, &text).await {
             Ok(Ok(receipt)) => {
                 let why = match stop {
@@ -497,14 +519,34 @@ impl Delivery {
         if message_id.is_empty() {
             return;
         }
-        let current = self.indicator(&target.session_id);
-        if current.as_ref().is_some_and(|t| t.message_id == message_id) {
-            return;
+        // The session's slot is claimed before the call, atomically: while an indicator is on
+        // (or being put on) nothing is re-sent, whichever message it is on, so a burst of
+        // messages adds one reaction, not one per message (each is a rate-limited call).
+        {
+            let mut typing = self.typing.lock().expect("typing map");
+            if typing.contains_key(&target.session_id) {
+                return;
+            }
+            typing.insert(
+                target.session_id.clone(),
+                TypingIndicator {
+                    message_id: message_id.to_string(),
+                    handle: None,
+                    refresher: None,
+                },
+            );
         }
-        if current.is_some() {
-            self.typing_off(installation, target).await;
-        }
+        let release = |this: &Delivery| {
+            let mut typing = this.typing.lock().expect("typing map");
+            if typing
+                .get(&target.session_id)
+                .is_some_and(|t| t.message_id == message_id && t.handle.is_none())
+            {
+                typing.remove(&target.session_id);
+            }
+        };
         let Ok(plugin) = self.plugin(installation) else {
+            release(self);
             return;
         };
         let cx = Arc::new(installation.context());
@@ -512,27 +554,50 @@ impl Delivery {
             message_id: message_id.to_string(),
             on: true,
         };
+        self.pace(&plugin, installation, &target.chat_id).await;
         match plugin.set_typing(&cx, target, &change, None).await {
             Ok(Ok(handle)) => {
-                let refresher = plugin.manifest().features.typing_refresh.map(|every| {
-                    self.spawn_typing_refresh(installation, target, message_id, &handle, every)
-                });
-                let previous = self.typing.lock().expect("typing map").insert(
-                    target.session_id.clone(),
-                    TypingIndicator {
+                let kept = {
+                    let mut typing = self.typing.lock().expect("typing map");
+                    match typing.get_mut(&target.session_id) {
+                        Some(slot) if slot.message_id == message_id && slot.handle.is_none() => {
+                            slot.handle = handle.clone();
+                            slot.refresher =
+                                plugin.manifest().features.typing_refresh.map(|every| {
+                                    self.spawn_typing_refresh(
+                                        installation,
+                                        target,
+                                        message_id,
+                                        &handle,
+                                        every,
+                                    )
+                                });
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !kept {
+                    // Cleared (the run ended) while it was being added: take it off again.
+                    let off = outbound::TypingChange {
                         message_id: message_id.to_string(),
-                        handle,
-                        refresher,
-                    },
-                );
-                if let Some(refresher) = previous.and_then(|p| p.refresher) {
-                    refresher.abort();
+                        on: false,
+                    };
+                    self.pace(&plugin, installation, &target.chat_id).await;
+                    if let Ok(Err(e)) = plugin
+                        .set_typing(&cx, target, &off, handle.as_deref())
+                        .await
+                    {
+                        tracing::warn!(installation = %installation.id, session = %target.session_id, code = e.code, "typing indicator not cleared: {}", e.message)
+                    }
                 }
             }
             Ok(Err(e)) => {
+                release(self);
                 tracing::warn!(installation = %installation.id, session = %target.session_id, code = e.code, "typing indicator not shown: {}", e.message)
             }
             Err(e) => {
+                release(self);
                 tracing::warn!(installation = %installation.id, session = %target.session_id, "typing indicator call failed: {e}")
             }
         }
@@ -576,6 +641,7 @@ impl Delivery {
                     message_id: message_id.clone(),
                     on: true,
                 };
+                delivery.pace(&plugin, &installation, &target.chat_id).await;
                 match plugin
                     .set_typing(&cx, &target, &change, handle.as_deref())
                     .await
@@ -616,6 +682,7 @@ impl Delivery {
             message_id: indicator.message_id,
             on: false,
         };
+        self.pace(&plugin, installation, &target.chat_id).await;
         match plugin
             .set_typing(&cx, target, &change, indicator.handle.as_deref())
             .await

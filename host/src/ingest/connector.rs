@@ -6,7 +6,7 @@
 //! classified by the plugin) → one writer task that owns the socket's sending half (every write
 //! has a deadline) → an application ping right away and then at the server's interval (pongs may
 //! change it) → the read loop: any inbound message is proof of life (nothing for
-//! `2 × ping interval + 10 s` drops the socket), frames go through [`FrameIntake`] (plugin
+//! 3 ping intervals drops the socket and re-dials, counted with reason `idle`), frames go through [`FrameIntake`] (plugin
 //! classification + host reassembly), every complete event is routed and decoded in arrival
 //! order ([`Ingest::prepare`]) and then stored ([`Ingest::finish`]) — events of different chats
 //! concurrently (up to `max_events_in_flight`, then the connection stops reading), events of one
@@ -54,7 +54,8 @@ pub struct ConnectorSettings {
     pub backoff: BackoffPolicy,
     /// Ping interval when the server does not say (120 s, a common SDK default).
     pub default_ping_interval: Duration,
-    /// Drop the socket when nothing arrived for this long; `None` = 2 × ping interval + 10 s.
+    /// Drop the socket when nothing arrived for this long; `None` = 3 ping intervals (no pong
+    /// or frame for three pings in a row: the connection is dead even if TCP says otherwise).
     pub read_timeout: Option<Duration>,
     /// Deadline of every socket write.
     pub write_timeout: Duration,
@@ -419,10 +420,7 @@ impl Connector {
         let mut events = InFlight::new(self.settings.max_events_in_flight);
 
         let result = loop {
-            let idle = self
-                .settings
-                .read_timeout
-                .unwrap_or(ping_interval * 2 + Duration::from_secs(10));
+            let idle = self.settings.read_timeout.unwrap_or(ping_interval * 3);
             let next = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break Ok(None),

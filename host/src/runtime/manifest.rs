@@ -49,7 +49,22 @@ pub struct Manifest {
     pub features: Features,
     /// The config and secret keys an installation takes.
     pub installation: InstallationSchema,
+    /// Outbound rate limits the channel imposes (manifest `[pacing]`).
+    pub pacing: Pacing,
 }
+
+/// Outbound sends per second the channel allows (manifest `[pacing]`); the host's delivery
+/// layer waits for a token before every plugin call that sends. `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Pacing {
+    /// Sends per second to one chat (`per_chat_per_s`).
+    pub per_chat_per_s: Option<f64>,
+    /// Sends per second for one installation, all chats together (`per_installation_per_s`).
+    pub per_installation_per_s: Option<f64>,
+}
+
+/// The highest rate `[pacing]` accepts: beyond it pacing is meaningless.
+const MAX_PACING_PER_S: f64 = 10_000.0;
 
 /// The transports a plugin serves (manifest `transports`). The host never calls a transport
 /// export of one the plugin did not declare.
@@ -185,6 +200,17 @@ struct RawManifest {
     features: RawFeatures,
     #[serde(default)]
     installation: RawSchema,
+    #[serde(default)]
+    pacing: RawPacing,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPacing {
+    #[serde(default)]
+    per_chat_per_s: Option<f64>,
+    #[serde(default)]
+    per_installation_per_s: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,6 +400,23 @@ impl Manifest {
                 field: "installation",
                 problem: e.to_string(),
             })?;
+        // 0 (or absent) = unlimited; anything else a finite positive rate within bounds.
+        let rate = |value: Option<f64>, field: &'static str| match value {
+            None => Ok(None),
+            Some(0.0) => Ok(None),
+            Some(v) if v.is_finite() && v > 0.0 && v <= MAX_PACING_PER_S => Ok(Some(v)),
+            Some(v) => Err(invalid(
+                field,
+                format!("is {v}; use 0 (unlimited) or a rate in (0, {MAX_PACING_PER_S}]"),
+            )),
+        };
+        let pacing = Pacing {
+            per_chat_per_s: rate(raw.pacing.per_chat_per_s, "pacing.per_chat_per_s")?,
+            per_installation_per_s: rate(
+                raw.pacing.per_installation_per_s,
+                "pacing.per_installation_per_s",
+            )?,
+        };
         let memory_mib = raw.budgets.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         if memory_mib == 0 || memory_mib > MAX_MEMORY_MIB {
             return Err(invalid(
@@ -412,6 +455,7 @@ impl Manifest {
                 typing_refresh,
             },
             installation,
+            pacing,
         })
     }
 
@@ -485,6 +529,35 @@ memory_mib = 32
         assert!(err.to_string().contains("typing = true"), "{err}");
         let err = with("typing = true\ntyping_refresh_ms = 10").unwrap_err();
         assert!(err.to_string().contains("1000..=60000"), "{err}");
+    }
+
+    #[test]
+    fn pacing_is_validated_and_zero_means_unlimited() {
+        let with = |pacing: &str| Manifest::parse(&format!("{GOOD}[pacing]\n{pacing}\n"), "x");
+        assert_eq!(
+            Manifest::parse(GOOD, "x").unwrap().pacing,
+            Pacing::default()
+        );
+        let m = with("per_chat_per_s = 5\nper_installation_per_s = 50").unwrap();
+        assert_eq!(
+            m.pacing,
+            Pacing {
+                per_chat_per_s: Some(5.0),
+                per_installation_per_s: Some(50.0)
+            }
+        );
+        let m = with("per_chat_per_s = 0.5\nper_installation_per_s = 0").unwrap();
+        assert_eq!(m.pacing.per_chat_per_s, Some(0.5));
+        assert_eq!(m.pacing.per_installation_per_s, None, "0 = unlimited");
+        let err = with("per_chat_per_s = -1").unwrap_err();
+        assert!(err.to_string().contains("pacing.per_chat_per_s"), "{err}");
+        let err = with("per_installation_per_s = 1e9").unwrap_err();
+        assert!(
+            err.to_string().contains("pacing.per_installation_per_s"),
+            "{err}"
+        );
+        let err = with("per_second = 5").unwrap_err();
+        assert!(err.to_string().contains("per_second"), "{err}");
     }
 
     #[test]

@@ -291,6 +291,11 @@ struct State {
     next_seq_id: u64,
     next_id: u64,
     requests: Vec<RestRequest>,
+    /// When each of `requests` arrived, since the fake started (pacing tests count per window).
+    arrivals: Vec<Duration>,
+    /// While set, pings get no pong (with no events pushed, a dead connection that TCP still
+    /// holds open).
+    silent: bool,
     failures: Vec<FailureRule>,
     messages: HashMap<String, Vec<Value>>,
     chat_messages: Vec<Value>,
@@ -489,6 +494,24 @@ impl FakeLark {
         }
     }
 
+    /// Stops (`true`) or resumes answering pings with pongs: a silent connection stays open
+    /// but carries nothing, as a dead peer behind a live TCP connection does.
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.state().silent = silent;
+    }
+
+    /// Every REST request (discovery excluded) with its arrival time since the fake started,
+    /// in order.
+    pub fn request_arrivals(&self) -> Vec<(Duration, RestRequest)> {
+        let state = self.shared.state();
+        state
+            .arrivals
+            .iter()
+            .copied()
+            .zip(state.requests.iter().cloned())
+            .collect()
+    }
+
     /// WebSocket connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.state().accepted
@@ -680,7 +703,7 @@ fn on_frame(shared: &Shared, connection: u64, bytes: &[u8]) {
                 payload: Some(client_config(&shared.options).to_string().into_bytes()),
                 ..Frame::default()
             };
-            if let Some(c) = state.connections.get(&connection) {
+            if let Some(c) = state.connections.get(&connection).filter(|_| !state.silent) {
                 let _ = c.tx.send(Outgoing::Frame(pong.encode_bytes()));
             }
         }
@@ -940,6 +963,8 @@ async fn rest(
         let mut state = shared.state();
         if route != Route::Endpoint {
             state.requests.push(request.clone());
+            let arrived = shared.started.elapsed();
+            state.arrivals.push(arrived);
         }
         take_failure(&mut state, route)
     };
