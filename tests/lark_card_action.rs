@@ -374,8 +374,17 @@ fn lark_node_sdk() -> std::path::PathBuf {
         node.as_ref().is_ok_and(|out| out.status.success()),
         "`node` is not runnable ({node:?}); {HOWTO}"
     );
-    let dir =
-        std::env::temp_dir().join(format!("switchboard-lark-node-sdk-{}", std::process::id()));
+    // One install per lock file, reused by later runs (`installed` checks it).
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        lock.hash(&mut hasher);
+        hasher.finish()
+    };
+    let dir = std::env::temp_dir().join(format!("switchboard-lark-node-sdk-{digest:016x}"));
+    if installed(&dir) {
+        return dir;
+    }
     std::fs::create_dir_all(&dir).unwrap();
     for file in ["package.json", "package-lock.json"] {
         std::fs::copy(sources.join(file), dir.join(file)).unwrap();
