@@ -490,11 +490,8 @@ impl Delivery {
                         if !stream.busy || tokio::time::Instant::now() >= deadline {
                             let stream = streams.remove(run_id)?;
                             let text = stream.text().to_string();
-                            return match stream.handle {
-                                Some(handle) => Some((handle, text)),
-                                // Begun here but refused: delivered whole.
-                                None => None,
-                            };
+                            // Begun here but refused (no handle): delivered whole.
+                            return stream.handle.map(|handle| (handle, text));
                         }
                     }
                     None => break,

@@ -283,6 +283,11 @@ impl Streamer {
         let key = crate::store::reply_key(run_id);
         if let Some(plugin) = &plugin {
             remember_handle(plugin, &installation, run_id, BEGINNING).await;
+            // Starting a stream sends a message: it takes a token of the plugin's pacing
+            // buckets like any send (updates are throttled by `stream_interval_ms` instead).
+            self.delivery
+                .pace(plugin, &installation, &target.chat_id)
+                .await;
         }
         let handle = match &plugin {
             Some(plugin) => match plugin.stream_begin(&cx, &target, &key).await {
