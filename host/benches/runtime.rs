@@ -16,7 +16,7 @@ use switchboard::runtime::bundled::{BUNDLED, TEST_PLUGIN_DIR};
 use switchboard::runtime::{Runtime, RuntimeSettings, decoder, sha256_hex};
 use wasmtime::component::Component;
 
-const TEXT_P2P: &[u8] = include_bytes!("../../../shared/fixtures/lark/event_receive_text_p2p.json");
+const TEXT_P2P: &[u8] = include_bytes!("../../tests/fixtures/lark/event_receive_text_p2p.json");
 
 fn native_echo(payload: &[u8]) -> decoder::Decoded {
     use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};

@@ -851,7 +851,7 @@ fn a_quoted_reply_becomes_a_quoted_block_before_the_prose() {
 #[test]
 fn the_reference_forward_fixture_renders_direct_children_only() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/lark/rest_get_message_merge_forward.json");
+        .join("../../tests/fixtures/lark/rest_get_message_merge_forward.json");
     let Ok(raw) = std::fs::read(&path) else {
         eprintln!("fixture {} not present; skipped", path.display());
         return;

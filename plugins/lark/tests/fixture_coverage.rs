@@ -1,4 +1,4 @@
-//! Guards the "one test per fixture" rule: every file in `shared/fixtures/lark` (except the
+//! Guards the "one test per fixture" rule: every file in `tests/fixtures/lark` (except the
 //! README) must be named by one of the fixture test files.
 
 mod common;

@@ -27,9 +27,9 @@ pub const ENCRYPT_KEY: &str = "fixture-encrypt-key-7Hq2";
 /// The fixtures' Verification Token.
 pub const VERIFICATION_TOKEN: &str = "vT9kQ2mXw7LpR4sZ";
 
-/// `shared/fixtures/lark`, next to the repository checkout.
+/// `tests/fixtures/lark` of this repository.
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/lark")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/lark")
 }
 
 /// The raw bytes of a fixture file.
