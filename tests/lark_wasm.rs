@@ -960,7 +960,10 @@ async fn ws_frame_card_action_callback_and_ack() {
         panic!("card callbacks travel as ordinary event frames");
     };
     // A card callback is an action (native `decode_event` reads chat messages only).
-    match pipeline::decode_payload(&plugin, &cx, &payload).await.unwrap() {
+    match pipeline::decode_payload(&plugin, &cx, &payload)
+        .await
+        .unwrap()
+    {
         DecodeOutcome::Message {
             message,
             command: Some(Command::Action { name, value, .. }),

@@ -518,7 +518,10 @@ memory_mib = 32
     fn typing_refresh_needs_typing_and_a_sane_interval() {
         let with = |features: &str| {
             Manifest::parse(
-                &GOOD.replace("[capabilities]", &format!("[features]\n{features}\n[capabilities]")),
+                &GOOD.replace(
+                    "[capabilities]",
+                    &format!("[features]\n{features}\n[capabilities]"),
+                ),
                 "x",
             )
         };
