@@ -241,6 +241,9 @@ impl World {
 fn fast_acks() -> FakeOptions {
     FakeOptions {
         ack_timeout: Duration::from_millis(600),
+        // A NACK loop redelivers every few hundred milliseconds until the test repairs the
+        // database; the fake's default budget (20) can run out first on a loaded machine.
+        max_deliveries: 1_000,
         ..FakeOptions::default()
     }
 }

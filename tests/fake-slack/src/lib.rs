@@ -642,6 +642,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn serve_socket(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    // A connection counts as opened when its TCP connection is accepted, before the handshake:
+    // the client cannot have finished its handshake (and closed an older socket) before this.
+    let accepted_at = Instant::now();
     // The handshake callback's error type is tungstenite's (a whole HTTP response).
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: WsResponse| {
@@ -665,7 +668,7 @@ async fn serve_socket(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
         let id = state.log.len() as u64 + 1;
         state.log.push(ConnectionRecord {
             id,
-            opened_at: Instant::now(),
+            opened_at: accepted_at,
             closed_at: None,
         });
         let hello = json!({
