@@ -75,7 +75,10 @@ fn the_example_configuration_is_accepted_by_the_binary() {
         .env("SWITCHBOARD_AGENTS__CODER__TOKEN", "t".repeat(32));
     let (ok, output) = run(command);
     assert!(ok, "migrate refused the example configuration:\n{output}");
-    assert!(db.exists(), "migrate did not create the database:\n{output}");
+    assert!(
+        db.exists(),
+        "migrate did not create the database:\n{output}"
+    );
 
     // The same file with a misspelt key is refused, naming it: the example is really read.
     let broken = dir.path().join("broken.toml");
@@ -94,16 +97,29 @@ fn the_example_configuration_is_accepted_by_the_binary() {
         .env("SWITCHBOARD_AGENTS__CODER__TOKEN", "t".repeat(32));
     let (ok, output) = run(command);
     assert!(!ok, "a misspelt key was accepted:\n{output}");
-    assert!(output.contains("public_ulr"), "the error does not name the key:\n{output}");
+    assert!(
+        output.contains("public_ulr"),
+        "the error does not name the key:\n{output}"
+    );
 }
 
 #[test]
 fn the_systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let unit = read("deploy/switchboard.service").replace("/usr/local/bin/switchboard", BINARY);
-    assert!(unit.contains(&format!("ExecStart={BINARY} serve")), "{unit}");
-    assert!(unit.contains(&format!("ExecStartPre={BINARY} migrate")), "{unit}");
-    for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "User=switchboard"] {
+    assert!(
+        unit.contains(&format!("ExecStart={BINARY} serve")),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!("ExecStartPre={BINARY} migrate")),
+        "{unit}"
+    );
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "User=switchboard",
+    ] {
         assert!(unit.contains(hardening), "the unit lost {hardening}");
     }
     let path = dir.path().join("switchboard.service");
@@ -117,7 +133,10 @@ fn the_systemd_unit_verifies() {
         .lines()
         .filter(|line| !line.trim().is_empty() && !line.contains("Documentation"))
         .collect();
-    assert!(ok && problems.is_empty(), "systemd-analyze verify:\n{output}");
+    assert!(
+        ok && problems.is_empty(),
+        "systemd-analyze verify:\n{output}"
+    );
 }
 
 #[test]
@@ -133,7 +152,11 @@ fn the_dockerfile_matches_the_pinned_toolchain_and_drops_root() {
         .lines()
         .filter(|line| line.starts_with("FROM "))
         .collect();
-    assert_eq!(stages.len(), 2, "a build stage and a runtime stage: {stages:?}");
+    assert_eq!(
+        stages.len(),
+        2,
+        "a build stage and a runtime stage: {stages:?}"
+    );
     assert!(
         stages[0].starts_with(&format!("FROM rust:{channel}-")),
         "the build stage must use the pinned toolchain {channel}: {}",
