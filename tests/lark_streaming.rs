@@ -8,6 +8,8 @@
 //! - a 200 KB streamed reply continues in follow-up cards, in order, with code fences closed and
 //!   reopened and no character cut; with `reply_mode = final` it arrives as ordered messages;
 //! - an interrupted run and a failed run both leave a closed card with the host's words;
+//! - a run whose worker vanished (no heartbeat) is recovered as stale: its card is closed with
+//!   the host's words and its typing reaction removed (issue 20);
 //! - card creation failing falls back to one plain reply;
 //! - retried sends and a retried card end carry the same `uuid` and post once;
 //! - `reply_mode = final` sends one plain reply and no card; a bad `reply_mode` is refused.
@@ -47,6 +49,11 @@ struct Run {
 
 impl World {
     async fn start(database_url: &str) -> World {
+        World::start_with(database_url, |_| {}).await
+    }
+
+    /// [`World::start`] with `adjust` applied to the host's config.
+    async fn start_with(database_url: &str, adjust: impl FnOnce(&mut Config)) -> World {
         let fake = FakeLark::start().await;
         let mut config = Config::default();
         config.database.url = database_url.to_string();
@@ -65,6 +72,7 @@ impl World {
         )
         .unwrap();
         config.agents.insert("team".into(), team);
+        adjust(&mut config);
         let app = App::from_config(&config).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -574,6 +582,58 @@ async fn interrupted_and_failed_runs_leave_closed_cards() {
         let posted = world.fake.posted_messages();
         assert_eq!(posted.len(), 2, "{name}: only the two cards: {posted:?}");
         assert_eq!(posted_card_ids(&posted).len(), 2, "{name}");
+        world.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_worker_s_run_is_recovered_with_its_card_closed_and_typing_cleared() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let world = World::start_with(&test_db.url, |config| {
+            config.runs.stale_after_ms = 1_500;
+        })
+        .await;
+        let id = world.installation("cli_stream7", json!({})).await;
+        world
+            .message(&id, "cli_stream7", "oc_stream7", "om_v1", "answer slowly")
+            .await;
+        let typing_on = eventually("the typing reaction", || {
+            world
+                .fake
+                .requests()
+                .into_iter()
+                .find(|r| r.method == "POST" && r.uri.contains("/om_v1/reactions"))
+        })
+        .await;
+        assert!(typing_on.body["reaction_type"].is_object(), "{name}");
+        // The worker claims, streams a little, and is never heard of again.
+        let run = world.claim().await;
+        world
+            .stream(&run, &word_parts(4), Duration::from_millis(20))
+            .await;
+        world.first_card().await;
+
+        let cards = world.closed_cards(1).await;
+        let words = NoticeTexts::default().stream_interrupted("en");
+        let expected = format!("{}\n\n{words}", word_parts(4).concat().trim_end());
+        assert_closed_card(&cards[0], &expected, name);
+        eventually("the typing reaction removed", || {
+            world
+                .fake
+                .requests()
+                .into_iter()
+                .find(|r| r.method == "DELETE" && r.uri.contains("/om_v1/reactions/"))
+        })
+        .await;
+        // The run went back to pending: a worker that comes back gets it again.
+        let again = world.claim().await;
+        assert_eq!(again.session, run.session, "{name}");
+        assert_eq!(
+            world.run_call(&run, "heartbeat", json!({})).await,
+            409,
+            "{name}: the vanished worker's run is no longer its own"
+        );
         world.stop().await;
     }
 }

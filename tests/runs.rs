@@ -364,7 +364,7 @@ async fn a_worker_that_lost_its_run_changes_nothing() {
             runs.recover_stale(NOW + MINUTE, NOW + MINUTE)
                 .await
                 .unwrap(),
-            vec![sid.clone()]
+            vec![(sid.clone(), claim.run_id.clone())]
         );
         for end in [RunEnd::Completed, RunEnd::Failed("late".into())] {
             assert_eq!(

@@ -224,9 +224,10 @@ impl Streamer {
         );
     }
 
-    /// Run `run_id` of `session_id` stopped without a reply (interrupted, or handed back at
-    /// shutdown): its stream, if this host has one, is ended with the text so far and the
-    /// host's `stream_interrupted` words (never blocks the caller).
+    /// Run `run_id` of `session_id` stopped without a reply (interrupted, recovered as stale
+    /// after its worker vanished, or handed back at shutdown): its stream, if this host has
+    /// one, is ended with the text so far and the host's `stream_interrupted` words, and the
+    /// session's typing indicator is cleared (never blocks the caller).
     pub fn stopped(&self, session_id: &str, run_id: &str) {
         let this = self.clone();
         let (session_id, run_id) = (session_id.to_string(), run_id.to_string());
@@ -238,9 +239,23 @@ impl Streamer {
                         .end_interrupted(&installation, &target, &run_id)
                         .await;
                 }
+                if let Some((installation, target)) = this.session(&session_id).await {
+                    this.delivery.typing_off(&installation, &target).await;
+                }
             }
             .instrument(span),
         );
+    }
+
+    /// The session's installation and reply target.
+    async fn session(&self, session_id: &str) -> Option<(Installation, types::SessionTarget)> {
+        let session = self.sessions.get_session(session_id).await.ok()??;
+        let installation = self
+            .installations
+            .get(&session.installation_id)
+            .await
+            .ok()??;
+        Some((installation, session_target(&session)))
     }
 
     /// The installation, target and update interval of the session's stream; `None` when its
@@ -250,12 +265,7 @@ impl Streamer {
         &self,
         session_id: &str,
     ) -> Option<(Installation, types::SessionTarget, Duration)> {
-        let session = self.sessions.get_session(session_id).await.ok()??;
-        let installation = self
-            .installations
-            .get(&session.installation_id)
-            .await
-            .ok()??;
+        let (installation, target) = self.session(session_id).await?;
         if !streams_replies(&installation) {
             return None;
         }
@@ -264,11 +274,7 @@ impl Streamer {
         if !features.streaming {
             return None;
         }
-        Some((
-            installation,
-            session_target(&session),
-            features.stream_interval,
-        ))
+        Some((installation, target, features.stream_interval))
     }
 
     async fn begin(&self, session_id: &str, run_id: &str) {

@@ -400,14 +400,17 @@ impl RunService {
         let now = self.now_ms();
         let stale_before = now.saturating_sub(self.settings.stale_after.as_millis() as i64);
         let recovered = self.store.recover_stale(stale_before, now).await?;
-        for session_id in &recovered {
-            tracing::warn!(session = %session_id, "stale run (no heartbeat within the stale window) returned to pending");
+        for (session_id, run_id) in &recovered {
+            tracing::warn!(session = %session_id, run = %run_id, "stale run (no heartbeat within the stale window) returned to pending");
             self.count_end(session_id, None, RunResult::Stale);
             self.hub.end_parts(session_id);
+            // Its worker is gone: close what it streamed and clear the typing indicator (the
+            // retry shows its own).
+            self.run_stopped(session_id, run_id);
             self.publish_status(session_id).await;
             self.publish_queue(session_id).await;
         }
-        Ok(recovered)
+        Ok(recovered.into_iter().map(|(session, _)| session).collect())
     }
 
     /// Boot recovery: runs left `running` by a host that died are stale once their heartbeat is

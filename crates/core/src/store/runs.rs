@@ -1087,17 +1087,19 @@ impl RunStore {
 
     /// Returns runs whose heartbeat is older than `stale_before_ms` to `pending` (ownership
     /// cleared, so any worker may take them; queued messages promoted so the retry sees them)
-    /// and lists their sessions. Sessions that are not running are never touched.
+    /// and lists them as `(session id, run id)` — the run id of the run taken back, so its
+    /// streamed reply and typing indicator can be closed. Sessions that are not running are
+    /// never touched.
     pub async fn recover_stale(
         &self,
         stale_before_ms: i64,
         now_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let fail = StoreError::query("run stale recovery", self.backend());
         let recovered = in_write_tx!(self.db, fail, |tx, pg| {
             let lock = if pg { "FOR UPDATE SKIP LOCKED" } else { "" };
-            let ids: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM sessions
+            let recovered: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+                "SELECT id, run_id FROM sessions
                  WHERE run_state = 'running'
                    AND COALESCE(heartbeat_at_ms, run_started_at_ms, 0) < $1
                  ORDER BY id {lock}"
@@ -1106,7 +1108,7 @@ impl RunStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(fail)?;
-            for id in &ids {
+            for (id, _) in &recovered {
                 sqlx::query(&format!(
                     "UPDATE sessions SET run_state = 'pending',
                          pending_since_ms = COALESCE(run_started_at_ms, $2), last_error = NULL,
@@ -1128,7 +1130,10 @@ impl RunStore {
                     mark_flushed_unless_window!(tx, fail, id, last.id);
                 }
             }
-            ids
+            recovered
+                .into_iter()
+                .map(|(session, run)| (session, run.unwrap_or_default()))
+                .collect::<Vec<_>>()
         });
         Ok(recovered)
     }
