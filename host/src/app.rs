@@ -332,6 +332,17 @@ impl App {
         let cipher = load_secret_key(config, &db).await?;
         let installations = db.installations(cipher);
         let runtime = Arc::new(build_runtime(config, Some(db.kv()))?);
+        let reloader = crate::runtime::reload::Reloader::new(
+            runtime.clone(),
+            crate::runtime::reload::ReloadSettings {
+                dir: config.plugins.dir.clone(),
+                lock_file: config.plugins.lock_file.clone(),
+                strict: config.plugins.strict,
+                probation: std::time::Duration::from_secs(config.plugins.probation_s),
+                probation_failures: config.plugins.probation_failures,
+            },
+        );
+        reloader.check_loaded()?;
         let agents = Arc::new(
             AgentRegistry::from_config(&config.agents).context("invalid [agents] configuration")?,
         );
@@ -472,6 +483,7 @@ impl App {
             public_url,
             metrics,
             event_coalescing: std::time::Duration::from_millis(config.server.event_coalesce_ms),
+            reloader,
         };
         Ok(App {
             state,

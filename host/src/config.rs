@@ -274,6 +274,15 @@ pub struct PluginsConfig {
     pub cache_dir: Option<PathBuf>,
     /// Operator base-URL overrides: origin a plugin uses → where requests go instead.
     pub base_urls: BTreeMap<String, String>,
+    /// The sha256 pins of directory plugins (`switchboard plugins lock` writes it).
+    pub lock_file: PathBuf,
+    /// Refuse (at start and on reload) any directory plugin the lock file does not pin at its
+    /// exact digest.
+    pub strict: bool,
+    /// How long a plugin version swapped in by a reload is watched, in seconds.
+    pub probation_s: u64,
+    /// Failed calls within the probation window that roll the new version back.
+    pub probation_failures: u64,
 }
 
 impl Default for PluginsConfig {
@@ -282,7 +291,25 @@ impl Default for PluginsConfig {
             dir: None,
             cache_dir: Some(PathBuf::from(".switchboard/cache")),
             base_urls: BTreeMap::new(),
+            lock_file: PathBuf::from("plugins.lock"),
+            strict: false,
+            probation_s: 60,
+            probation_failures: 3,
         }
+    }
+}
+
+impl PluginsConfig {
+    /// Every number within its range (the error names the key and the range).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_range("plugins", "probation_s", self.probation_s, 1, 86_400)?;
+        check_range(
+            "plugins",
+            "probation_failures",
+            self.probation_failures,
+            1,
+            1_000_000,
+        )
     }
 }
 
@@ -568,6 +595,7 @@ impl Config {
         self.ingest.validate()?;
         self.connections.validate()?;
         self.runs.validate()?;
+        self.plugins.validate()?;
         let unknown = crate::domain::notice::NoticeTexts::new(self.notices.clone()).unknown_keys();
         if !unknown.is_empty() {
             anyhow::bail!(

@@ -583,6 +583,13 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Labels of a plugin reload outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
 /// Plugin health and pool figures, read from the runtime at scrape time.
 struct PluginFigures(Arc<Runtime>);
 
@@ -645,6 +652,26 @@ impl Collector for PluginFigures {
         for (labels, stats, _) in &stats {
             let value = i64::from(stats.state == HealthState::Degraded);
             ConstGauge::new(value).encode(degraded.encode_family(labels)?)?;
+        }
+        let mut reloads = encoder.encode_descriptor(
+            "plugin_reloads",
+            "Plugin files handled by reloads, by outcome (swapped, added, refused)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for ((plugin, outcome), count) in self.0.reload_counts() {
+            let labels = ReloadLabels { plugin, outcome };
+            ConstCounter::new(count).encode(reloads.encode_family(&labels)?)?;
+        }
+        let mut rollbacks = encoder.encode_descriptor(
+            "plugin_rollbacks",
+            "New plugin versions rolled back after failing during probation",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (plugin, count) in self.0.rollback_counts() {
+            let labels = PluginLabels { plugin };
+            ConstCounter::new(count).encode(rollbacks.encode_family(&labels)?)?;
         }
         let mut idle = encoder.encode_descriptor(
             "plugin_idle_instances",

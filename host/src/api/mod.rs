@@ -11,6 +11,7 @@ pub mod events;
 mod hooks;
 mod limits;
 mod outbox;
+mod plugins;
 mod runs;
 pub mod server;
 pub mod worker;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Coalescing window of session event streams (`[server] event_coalesce_ms`).
     pub event_coalescing: std::time::Duration,
+    /// Plugin reloads (`POST /api/plugins/reload`, SIGHUP).
+    pub reloader: Arc<crate::runtime::reload::Reloader>,
 }
 
 /// An error answered as JSON `{"error": …}` with a status.
@@ -127,6 +130,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .merge(outbox::routes())
         .merge(events::routes())
         .merge(runs::routes())
+        .merge(plugins::routes())
         .route_layer(middleware::from_fn(limits::reject_nul_json))
         .route_layer(middleware::from_fn_with_state(body, limits::read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));

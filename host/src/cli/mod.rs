@@ -213,6 +213,12 @@ fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Plugins(plugins::PluginsCommand::Lock) => {
+            plugins::lock(&cli.global.runtime()?, &cli.global.config()?)
+        }
+        Command::Plugins(plugins::PluginsCommand::Reload { url }) => {
+            plugins::reload(&cli.global.config()?, url).await
+        }
         Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
         Command::Demo(args) => {
             demo::run(

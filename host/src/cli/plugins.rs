@@ -1,4 +1,4 @@
-//! `switchboard plugins list|inspect` and the current `demo`.
+//! `switchboard plugins list|inspect|lock|reload`.
 
 use clap::Subcommand;
 
@@ -20,6 +20,18 @@ pub enum PluginsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Pin the sha256 of every plugin in the plugins directory in the lock file
+    /// (`[plugins] lock_file`, default `plugins.lock`); with `[plugins] strict = true` the host
+    /// then refuses any plugin file that is not pinned or has changed. Review plugins first.
+    Lock,
+    /// Ask the running `serve` to swap in changed plugin files (same as sending it SIGHUP).
+    /// A new version that fails `[plugins] probation_failures` calls within `probation_s` is
+    /// rolled back.
+    Reload {
+        /// The running host (default: `http://` + `[server] listen`).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
 }
 
@@ -91,6 +103,64 @@ fn details(plugin: &Plugin) -> serde_json::Value {
 }
 
 /// Runs a plugins subcommand.
+/// `plugins lock`: pins the directory plugins `runtime` loaded.
+pub fn lock(runtime: &Runtime, config: &crate::config::Config) -> anyhow::Result<()> {
+    let mut lock = crate::runtime::lock::PluginLock::default();
+    for plugin in runtime.plugins() {
+        if let crate::runtime::Source::File(path) = plugin.source() {
+            lock.pin(plugin.name(), plugin.sha256(), path);
+        }
+    }
+    anyhow::ensure!(
+        !lock.plugins.is_empty(),
+        "no plugin was loaded from a plugins directory: set [plugins] dir or pass --plugins-dir \
+         (bundled plugins are part of the binary and need no pin)"
+    );
+    lock.write(&config.plugins.lock_file)?;
+    for (name, entry) in &lock.plugins {
+        println!("{name}\t{}\t{}", entry.sha256, entry.file);
+    }
+    eprintln!(
+        "pinned {} plugin(s) in {}",
+        lock.plugins.len(),
+        config.plugins.lock_file.display()
+    );
+    Ok(())
+}
+
+/// `plugins reload`: asks the running host to reload its plugins directory.
+pub async fn reload(config: &crate::config::Config, url: Option<String>) -> anyhow::Result<()> {
+    let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
+    let token = config.server.admin_token.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no admin token: set [server] admin_token or SWITCHBOARD_SERVER__ADMIN_TOKEN to the \
+             running host's"
+        )
+    })?;
+    let url = format!("{}/api/plugins/reload", base.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach the host at {base}: {e} (is serve running? --url)")
+        })?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "the host answered {status}: {body}");
+    let report: serde_json::Value = serde_json::from_str(&body)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let refused = report["refused"].as_array().map_or(0, Vec::len);
+    anyhow::ensure!(
+        refused == 0,
+        "{refused} plugin file(s) were refused; the previous versions keep running"
+    );
+    Ok(())
+}
+
+/// `plugins list|inspect`.
 pub async fn run(runtime: &Runtime, command: PluginsCommand) -> anyhow::Result<()> {
     match command {
         PluginsCommand::List { json } => {
@@ -118,6 +188,9 @@ pub async fn run(runtime: &Runtime, command: PluginsCommand) -> anyhow::Result<(
                 );
             }
             Ok(())
+        }
+        PluginsCommand::Lock | PluginsCommand::Reload { .. } => {
+            anyhow::bail!("`plugins lock` and `plugins reload` are run by cli::run")
         }
         PluginsCommand::Inspect { name, json } => {
             let Some(plugin) = runtime.plugin(&name) else {

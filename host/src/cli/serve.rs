@@ -38,7 +38,25 @@ pub async fn run(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
             "switchboard listening on http://{address} (database {database}, {plugins} plugin(s)); Ctrl-C stops it"
         );
     }
+    #[cfg(unix)]
+    reload_on_sighup(app.state.reloader.clone());
     app.serve(listener, shutdown_signal()).await
+}
+
+/// SIGHUP reloads the plugins directory (the same as `switchboard plugins reload`).
+#[cfg(unix)]
+fn reload_on_sighup(reloader: std::sync::Arc<crate::runtime::reload::Reloader>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("SIGHUP cannot be watched; reload plugins through the admin API");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading plugins");
+            reloader.reload().await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

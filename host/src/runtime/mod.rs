@@ -11,8 +11,10 @@ pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod exports;
+pub mod lock;
 pub mod manifest;
 pub mod plugin;
+pub mod reload;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -59,6 +61,9 @@ pub struct Runtime {
     services: Arc<Services>,
     settings: RuntimeSettings,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Reloads by (plugin, outcome) and probation rollbacks by plugin, for `/metrics`.
+    reloads: std::sync::Mutex<BTreeMap<(String, &'static str), u64>>,
+    rollbacks: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// Whether a plugin built against `found` can run on a host implementing `supported`
@@ -100,6 +105,8 @@ impl Runtime {
             services: Arc::new(services),
             settings,
             plugins: RwLock::new(BTreeMap::new()),
+            reloads: Default::default(),
+            rollbacks: Default::default(),
         })
     }
 
@@ -281,6 +288,52 @@ impl Runtime {
             old.recycle_all();
         }
         old
+    }
+
+    /// Replaces `current` with `with` only if `current` is still the registered version of its
+    /// name (a rollback must not undo a later reload); `false` otherwise.
+    pub fn replace_if_current(&self, current: &Arc<Plugin>, with: Arc<Plugin>) -> bool {
+        let mut plugins = self.plugins.write().expect("plugin registry lock");
+        match plugins.get(current.name()) {
+            Some(serving) if Arc::ptr_eq(serving, current) => {
+                plugins.insert(with.name().to_string(), with);
+                current.recycle_all();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts a reload outcome (`swapped`, `added`, `refused`) of `plugin` (empty: unknown).
+    pub fn count_reload(&self, plugin: &str, outcome: &'static str) {
+        *self
+            .reloads
+            .lock()
+            .expect("reload counters")
+            .entry((plugin.to_string(), outcome))
+            .or_default() += 1;
+    }
+
+    /// Counts a probation rollback of `plugin`.
+    pub fn count_rollback(&self, plugin: &str) {
+        *self
+            .rollbacks
+            .lock()
+            .expect("rollback counters")
+            .entry(plugin.to_string())
+            .or_default() += 1;
+    }
+
+    /// Reloads so far by (plugin, outcome).
+    pub fn reload_counts(&self) -> Vec<((String, &'static str), u64)> {
+        let counts = self.reloads.lock().expect("reload counters");
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Probation rollbacks so far by plugin.
+    pub fn rollback_counts(&self) -> Vec<(String, u64)> {
+        let counts = self.rollbacks.lock().expect("rollback counters");
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Loads and registers the plugins embedded in this binary.
