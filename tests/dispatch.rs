@@ -2133,11 +2133,18 @@ async fn secrets_are_encrypted_at_rest_and_a_wrong_key_fails_clearly() {
         let wrong = f.t.db.installations(SecretCipher::from_key_bytes(&[7; 32]));
         let err = wrong.get(&f.inst.id).await.unwrap_err();
         assert!(
-            matches!(err, StoreError::Secret(SecretError::WrongKey { .. })),
+            matches!(err, StoreError::Secret(SecretError::OtherKey { .. })),
             "{}: {err:?}",
             f.name()
         );
-        assert!(err.to_string().contains("wrong secret key"), "{err}");
+        let configured = SecretCipher::from_key_bytes(&[7; 32]).key_id();
+        let sealed_with = SecretCipher::from_key_bytes(&KEY).key_id();
+        assert!(
+            err.to_string().contains(&format!(
+                "sealed with key {sealed_with}, but the configured key is {configured}"
+            )),
+            "{err}"
+        );
         assert!(wrong.list().await.is_err());
         assert!(wrong.get_by_routing_key("lark", "cli_app").await.is_err());
         let meta = EventMeta::default();

@@ -136,6 +136,21 @@ pub enum PairingCommand {
     },
 }
 
+/// Secrets-key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Print the id of the configured secrets key (the first 8 hex digits of its SHA-256;
+    /// sealed secrets carry it).
+    KeyId,
+    /// Re-seal every installation's secrets under a new key, in one transaction; then start
+    /// every host with the new key (`[secrets] key` / `key_file`): the old one opens nothing.
+    Rotate {
+        /// File holding the new key (32 bytes, hex or base64; `switchboard keygen` makes one).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: std::path::PathBuf,
+    },
+}
+
 /// Binding subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BindingsCommand {
@@ -373,6 +388,42 @@ pub async fn pairing(config: Config, command: PairingCommand) -> anyhow::Result<
             println!(
                 "denied: {} gets no access to installation {}",
                 denied.sender_id, denied.installation_id
+            );
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Runs a secrets subcommand.
+pub async fn secrets(config: Config, command: SecretsCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    let current = load_secret_key(&config, &db).await?;
+    match command {
+        SecretsCommand::KeyId => println!("{}", current.key_id()),
+        SecretsCommand::Rotate { new_key_file } => {
+            let text = std::fs::read_to_string(&new_key_file)
+                .with_context(|| format!("reading the new key file {}", new_key_file.display()))?;
+            let new = crate::store::SecretCipher::from_key_str(text.trim())
+                .with_context(|| format!("the new key file {}", new_key_file.display()))?;
+            anyhow::ensure!(
+                new.key_id() != current.key_id(),
+                "the new key is the configured key (id {}); make a new one with `switchboard keygen`",
+                current.key_id()
+            );
+            let count = db
+                .installations(current.clone())
+                .reseal_all(&new, SystemClock.now_ms())
+                .await?;
+            println!(
+                "re-sealed the secrets of {count} installation(s): key {} -> {}",
+                current.key_id(),
+                new.key_id()
+            );
+            eprintln!(
+                "now configure the new key ([secrets] key, SWITCHBOARD_SECRETS__KEY or the key file \
+                 {}) and restart every host: the old key opens nothing any more",
+                config.secrets.key_file.display()
             );
         }
     }

@@ -118,6 +118,9 @@ enum Command {
     /// Approve or deny the pairing codes senders get under the `bound` policy.
     #[command(subcommand)]
     Pairing(admin::PairingCommand),
+    /// The secrets-at-rest key: its id, and re-sealing every installation under a new key.
+    #[command(subcommand)]
+    Secrets(admin::SecretsCommand),
     /// Inspect and operate session runs: list, show, interrupt, promote, dequeue, edit, delete.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
@@ -221,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bindings(command) => admin::bindings(cli.global.config()?, command).await,
         Command::Pairing(command) => admin::pairing(cli.global.config()?, command).await,
+        Command::Secrets(command) => admin::secrets(cli.global.config()?, command).await,
         Command::Sessions(command) => sessions::sessions(cli.global.config()?, command).await,
     }
 }

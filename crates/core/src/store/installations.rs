@@ -738,6 +738,43 @@ impl InstallationStore {
         .await
     }
 
+    /// Re-seals every installation's secrets (revoked ones too) under `new_cipher`, in one
+    /// write transaction: each value is opened with this store's key and sealed again with the
+    /// new one, so either every row moves to the new key or — a row this key cannot open, the
+    /// database failing — none does. Returns how many rows were re-sealed. Hosts still running
+    /// with the old key cannot open the rows afterwards: restart them with the new key.
+    pub async fn reseal_all(
+        &self,
+        new_cipher: &SecretCipher,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let fail = StoreError::query("installation secrets re-seal", self.backend());
+        let count = in_write_tx!(self.db, fail, |tx, pg| {
+            let sql = format!(
+                "SELECT id, secrets FROM installations WHERE secrets IS NOT NULL ORDER BY id{}",
+                if pg { " FOR UPDATE" } else { "" }
+            );
+            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(&sql)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(fail)?;
+            for (id, sealed) in &rows {
+                let secrets = self.cipher.decrypt(id, sealed)?;
+                sqlx::query(
+                    "UPDATE installations SET secrets = $2, updated_at_ms = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(new_cipher.encrypt(id, &secrets))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            }
+            rows.len() as u64
+        });
+        Ok(count)
+    }
+
     /// Replaces the installation's config map; returns whether it exists.
     pub async fn set_config(
         &self,
