@@ -308,3 +308,182 @@ async fn serve_on_postgres_without_a_key_refuses_to_start() {
         "no key generated"
     );
 }
+
+/// Runs the binary with `args` in `cwd` against `url` with secrets key `key` (nothing else from
+/// the environment); fails the test past [`DEADLINE`] or if it panicked.
+fn switchboard(cwd: &Path, url: &str, key: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(args)
+        .current_dir(cwd)
+        .env("SWITCHBOARD_DATABASE__URL", url)
+        .env("SWITCHBOARD_SECRETS__KEY", key)
+        .env("SWITCHBOARD_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!(
+                "`switchboard {}` ran longer than {DEADLINE:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    output
+}
+
+/// Issue 19, part 4: sealed secrets carry their key's id; `reseal_all` moves every installation
+/// (revoked ones too) to a new key in one transaction — all or nothing — on both backends.
+#[tokio::test]
+async fn resealing_moves_every_installation_to_the_new_key_or_none() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let db = &test_db.db;
+        let (old, new) = (
+            SecretCipher::generate_key_hex(),
+            SecretCipher::generate_key_hex(),
+        );
+        let (old_cipher, new_cipher) = (
+            SecretCipher::from_key_str(&old).unwrap(),
+            SecretCipher::from_key_str(&new).unwrap(),
+        );
+        let a = install_with_secrets(db, &old, "reseal-a").await;
+        let b = install_with_secrets(db, &old, "reseal-b").await;
+        let store_old = db.installations(old_cipher.clone());
+        assert!(store_old.revoke(&b, 1_500).await.unwrap());
+        let plain = store_old
+            .create(
+                &NewInstallation {
+                    channel: "testing".into(),
+                    routing_key: "reseal-plain".into(),
+                    ..Default::default()
+                },
+                1_000,
+            )
+            .await
+            .unwrap();
+
+        let moved = store_old.reseal_all(&new_cipher, 2_000).await.unwrap();
+        assert_eq!(moved, 2, "{name}: the two sealed rows, the revoked one too");
+        let store_new = db.installations(new_cipher.clone());
+        for id in [&a, &b] {
+            let read = store_new.get(id).await.unwrap().unwrap();
+            assert_eq!(secret_of(&read), "s3cret", "{name}");
+            let err = store_old.get(id).await.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "sealed with key {}, but the configured key is {}",
+                    new_cipher.key_id(),
+                    old_cipher.key_id()
+                )),
+                "{name}: the error names both keys: {err}"
+            );
+        }
+        assert!(
+            store_new
+                .get(&plain.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .secrets
+                .is_empty()
+        );
+
+        // A row the key cannot open stops the whole rotation: nothing moves.
+        let third = SecretCipher::generate_key_hex();
+        let stray = install_with_secrets(db, &third, "reseal-stray").await;
+        let fourth = SecretCipher::from_key_str(&SecretCipher::generate_key_hex()).unwrap();
+        let err = store_new.reseal_all(&fourth, 3_000).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&stray),
+            "{name}: names the row: {err}"
+        );
+        for id in [&a, &b] {
+            assert_eq!(
+                secret_of(&store_new.get(id).await.unwrap().unwrap()),
+                "s3cret",
+                "{name}: still under the key before the failed rotation"
+            );
+        }
+    }
+}
+
+/// `switchboard secrets key-id` and `secrets rotate --new-key-file`, through the binary, on both
+/// backends: the host then needs the new key, and the old one is refused naming both ids.
+#[tokio::test]
+async fn the_cli_rotates_the_secrets_key() {
+    for test_db in db::test_databases().await {
+        let name = &test_db.name;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = SecretCipher::generate_key_hex();
+        let new = SecretCipher::generate_key_hex();
+        let id = install_with_secrets(&test_db.db, &old, "cli-rotate").await;
+        let (url, old_id, new_id) = (
+            test_db.url.as_str(),
+            SecretCipher::from_key_str(&old).unwrap().key_id(),
+            SecretCipher::from_key_str(&new).unwrap().key_id(),
+        );
+        let printed = switchboard(d, url, &old, &["secrets", "key-id"]);
+        assert!(printed.status.success(), "{name}: {printed:?}");
+        assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), old_id);
+
+        std::fs::write(d.join("new.key"), format!("{new}\n")).unwrap();
+        std::fs::write(d.join("same.key"), &old).unwrap();
+        let same = switchboard(
+            d,
+            url,
+            &old,
+            &["secrets", "rotate", "--new-key-file", "same.key"],
+        );
+        assert_eq!(same.status.code(), Some(1), "{name}");
+        assert!(String::from_utf8_lossy(&same.stderr).contains("switchboard keygen"));
+        let missing = switchboard(
+            d,
+            url,
+            &old,
+            &["secrets", "rotate", "--new-key-file", "nope"],
+        );
+        assert_eq!(missing.status.code(), Some(1), "{name}");
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"));
+
+        let rotated = switchboard(
+            d,
+            url,
+            &old,
+            &["secrets", "rotate", "--new-key-file", "new.key"],
+        );
+        let out = String::from_utf8_lossy(&rotated.stdout);
+        assert!(rotated.status.success(), "{name}: {rotated:?}");
+        assert!(
+            out.contains("1 installation(s)") && out.contains(&format!("{old_id} -> {new_id}")),
+            "{name}: {out}"
+        );
+        assert!(String::from_utf8_lossy(&rotated.stderr).contains("restart every host"));
+
+        let with_new = switchboard(d, url, &new, &["installations", "show", &id]);
+        assert!(with_new.status.success(), "{name}: {with_new:?}");
+        assert!(String::from_utf8_lossy(&with_new.stdout).contains("secrets:     token"));
+        let with_old = switchboard(d, url, &old, &["installations", "show", &id]);
+        assert_eq!(with_old.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&with_old.stderr);
+        assert!(
+            err.contains(&new_id) && err.contains(&old_id),
+            "{name}: names both keys: {err}"
+        );
+    }
+}

@@ -7,7 +7,14 @@
 //! installation id (associated data), so a sealed value copied onto another installation's row
 //! does not decrypt.
 //!
-//! The key never appears in `Debug` output or error messages.
+//! Values sealed since key ids exist start with `SBK1` and the key's id (the first 4 bytes of the
+//! SHA-256 of the key, shown as 8 hex digits): `SBK1 || key id || nonce || ciphertext || tag`. A
+//! value sealed under another key is then refused naming both ids, and `switchboard secrets
+//! rotate` ([`InstallationStore::reseal_all`](super::InstallationStore::reseal_all)) re-seals
+//! every installation under a new key in one transaction. Values sealed before (no prefix) are
+//! still opened.
+//!
+//! The key never appears in `Debug` output or error messages (its id does: it reveals nothing).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +23,7 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 /// Length of an XChaCha20-Poly1305 nonce, stored in front of the ciphertext.
 const NONCE_LEN: usize = 24;
@@ -25,6 +33,10 @@ const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 /// Domain separation for the associated data, so these ciphertexts serve no other purpose.
 const AAD_PREFIX: &[u8] = b"switchboard.installation-secrets.v1\0";
+/// The first bytes of a value sealed with its key id.
+const KEYED_MAGIC: &[u8; 4] = b"SBK1";
+/// Bytes of the key id in a sealed value.
+const KEY_ID_LEN: usize = 4;
 
 /// Why a key could not be used or a sealed value could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +60,20 @@ pub enum SecretError {
         /// The installation whose secrets failed to open.
         installation: String,
     },
+    /// The value was sealed under another key than the configured one.
+    #[error(
+        "the secrets of installation {installation} are sealed with key {sealed_with}, but the \
+         configured key is {configured}; configure the key with id {sealed_with} (after \
+         `switchboard secrets rotate`, the new key)"
+    )]
+    OtherKey {
+        /// The installation whose secrets failed to open.
+        installation: String,
+        /// The id of the key they are sealed with.
+        sealed_with: String,
+        /// The id of the configured key.
+        configured: String,
+    },
     /// The stored value is too short to be a sealed value, or its plaintext is not a JSON
     /// object of strings.
     #[error("the stored secrets of installation {installation} are malformed: {problem}")]
@@ -63,6 +89,8 @@ pub enum SecretError {
 #[derive(Clone)]
 pub struct SecretCipher {
     cipher: XChaCha20Poly1305,
+    /// The first bytes of the key's SHA-256.
+    key_id: [u8; KEY_ID_LEN],
 }
 
 impl fmt::Debug for SecretCipher {
@@ -74,8 +102,12 @@ impl fmt::Debug for SecretCipher {
 impl SecretCipher {
     /// A cipher for a raw 32-byte key.
     pub fn from_key_bytes(key: &[u8; KEY_LEN]) -> SecretCipher {
+        let digest = Sha256::digest(key);
+        let mut key_id = [0u8; KEY_ID_LEN];
+        key_id.copy_from_slice(&digest[..KEY_ID_LEN]);
         SecretCipher {
             cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
+            key_id,
         }
     }
 
@@ -115,6 +147,12 @@ impl SecretCipher {
         Ok(SecretCipher::from_key_bytes(&key))
     }
 
+    /// The key's id: the first 8 hex digits of its SHA-256. Sealed values carry it, so a
+    /// value sealed under another key is refused naming both ids.
+    pub fn key_id(&self) -> String {
+        hex::encode(self.key_id)
+    }
+
     /// A fresh random key as 64 hex digits, suitable for [`SecretCipher::from_key_str`].
     pub fn generate_key_hex() -> String {
         let mut key = [0u8; KEY_LEN];
@@ -140,7 +178,9 @@ impl SecretCipher {
             )
             // Only fails for plaintexts beyond the cipher's ~256 GiB limit.
             .expect("XChaCha20-Poly1305 encryption of a small value");
-        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        let mut out = Vec::with_capacity(KEYED_MAGIC.len() + KEY_ID_LEN + NONCE_LEN + sealed.len());
+        out.extend_from_slice(KEYED_MAGIC);
+        out.extend_from_slice(&self.key_id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         out
@@ -150,6 +190,31 @@ impl SecretCipher {
     ///
     /// A different key (or installation id, or altered bytes) gives [`SecretError::WrongKey`].
     pub fn decrypt(
+        &self,
+        installation_id: &str,
+        sealed: &[u8],
+    ) -> Result<BTreeMap<String, String>, SecretError> {
+        let keyed = KEYED_MAGIC.len() + KEY_ID_LEN;
+        if sealed.len() >= keyed + NONCE_LEN + TAG_LEN && sealed.starts_with(KEYED_MAGIC) {
+            let key_id = &sealed[KEYED_MAGIC.len()..keyed];
+            if key_id == self.key_id {
+                return self.open(installation_id, &sealed[keyed..]);
+            }
+            // A value sealed before key ids whose random nonce happens to start with the
+            // magic (one in 2^32) is still opened; anything else names both keys.
+            return self
+                .open(installation_id, sealed)
+                .map_err(|_| SecretError::OtherKey {
+                    installation: installation_id.to_owned(),
+                    sealed_with: hex::encode(key_id),
+                    configured: self.key_id(),
+                });
+        }
+        self.open(installation_id, sealed)
+    }
+
+    /// Opens `nonce || ciphertext || tag`.
+    fn open(
         &self,
         installation_id: &str,
         sealed: &[u8],
@@ -214,10 +279,42 @@ mod tests {
         ));
         let other = SecretCipher::from_key_str(&SecretCipher::generate_key_hex()).unwrap();
         let err = other.decrypt("inst-1", &sealed).unwrap_err();
-        assert!(err.to_string().contains("wrong secret key"), "{err}");
+        assert!(
+            matches!(&err, SecretError::OtherKey { sealed_with, configured, .. }
+                if *sealed_with == cipher.key_id() && *configured == other.key_id()),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&cipher.key_id()), "{err}");
+        // A keyed value whose body was altered is still a wrong key / corrupt value.
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(matches!(
+            cipher.decrypt("inst-1", &altered),
+            Err(SecretError::WrongKey { .. })
+        ));
         assert!(matches!(
             cipher.decrypt("inst-1", &sealed[..10]),
             Err(SecretError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn sealed_values_carry_the_key_id_and_old_values_still_open() {
+        let cipher = SecretCipher::from_key_bytes(&[9u8; 32]);
+        let id = cipher.key_id();
+        assert_eq!(id.len(), 8);
+        assert_eq!(id, hex::encode(&Sha256::digest([9u8; 32])[..4]));
+        assert_ne!(id, SecretCipher::from_key_bytes(&[8u8; 32]).key_id());
+        let sealed = cipher.encrypt("inst-1", &sample());
+        assert_eq!(&sealed[..4], b"SBK1");
+        assert_eq!(hex::encode(&sealed[4..8]), id);
+        // A value sealed before key ids: nonce || ciphertext || tag, no prefix.
+        let legacy = &sealed[8..];
+        assert_eq!(cipher.decrypt("inst-1", legacy).unwrap(), sample());
+        assert!(matches!(
+            SecretCipher::from_key_bytes(&[8u8; 32]).decrypt("inst-1", legacy),
+            Err(SecretError::WrongKey { .. })
         ));
     }
 
