@@ -83,16 +83,7 @@ pub(crate) struct CreateInstallation {
 impl CreateInstallation {
     pub(crate) fn into_new(self) -> Result<NewInstallation, ApiError> {
         let defaults = NewInstallation::default();
-        let access_policy = match self.access_policy.as_deref() {
-            None | Some("open") => AccessPolicy::Open,
-            Some("bound") => AccessPolicy::Bound,
-            Some(other) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("access_policy {other:?}: use \"open\" or \"bound\""),
-                ));
-            }
-        };
+        let access_policy = access_policy(self.access_policy.as_deref())?;
         Ok(NewInstallation {
             channel: self.channel,
             routing_key: self.routing_key,
@@ -117,15 +108,38 @@ async fn create_installation(
     State(s): State<AppState>,
     Json(body): Json<CreateInstallation>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let skip_on_install = body.skip_on_install;
+    let new = body.into_new()?;
+    let created = add_installation(&s, new, skip_on_install).await?;
+    Ok((StatusCode::CREATED, Json(installation_json(&created))))
+}
+
+/// The access policy named `open` (also the default) or `bound`; 422 for anything else.
+pub(crate) fn access_policy(name: Option<&str>) -> Result<AccessPolicy, ApiError> {
+    match name {
+        None | Some("open") => Ok(AccessPolicy::Open),
+        Some("bound") => Ok(AccessPolicy::Bound),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("access_policy {other:?}: use \"open\" or \"bound\""),
+        )),
+    }
+}
+
+/// Adds an installation (`POST /api/installations` and the console's form).
+pub(crate) async fn add_installation(
+    s: &AppState,
+    new: NewInstallation,
+    skip_on_install: bool,
+) -> Result<Installation, ApiError> {
     let options = AddOptions {
-        skip_on_install: body.skip_on_install,
+        skip_on_install,
         public_url: s.public_url.to_string(),
     };
-    let new = body.into_new()?;
     // No plugin or values that break its schema → 422; the plugin refusing → 422; a value
     // out of bounds or unstorable (NUL, too long, debounce outside 1 ms–1 h) → 400; a second
     // installation for the routing key → 409.
-    let created = onboarding::add(
+    onboarding::add(
         &s.runtime,
         &s.installations,
         new,
@@ -142,11 +156,10 @@ async fn create_installation(
         }
         AddError::Store(e) => ApiError::internal(e),
         e => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    })?;
-    Ok((StatusCode::CREATED, Json(installation_json(&created))))
+    })
 }
 
-async fn find(s: &AppState, id: &str) -> Result<Installation, ApiError> {
+pub(crate) async fn find(s: &AppState, id: &str) -> Result<Installation, ApiError> {
     s.installations
         .get(id)
         .await
@@ -165,11 +178,17 @@ async fn revoke_installation(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    find(&s, &id).await?;
-    onboarding::revoke(&s.runtime, &s.installations, &id, s.clock.now_ms())
+    Ok(Json(installation_json(&revoke(&s, &id).await?)))
+}
+
+/// Revokes an installation (`POST /api/installations/{id}/revoke` and the console's button);
+/// 404 for an unknown id.
+pub(crate) async fn revoke(s: &AppState, id: &str) -> Result<Installation, ApiError> {
+    find(s, id).await?;
+    onboarding::revoke(&s.runtime, &s.installations, id, s.clock.now_ms())
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(installation_json(&find(&s, &id).await?)))
+    find(s, id).await
 }
 
 async fn list_bindings(

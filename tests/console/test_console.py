@@ -1,0 +1,254 @@
+"""The operator console in a real browser (issue 19), driven by tests/console_browser.rs.
+
+Debian's Chromium, headless, through Playwright for Python (the pip wheel's driver; no browser
+download). The Rust test starts `switchboard serve` and hands this script, in the environment:
+SWITCHBOARD_BASE (http://127.0.0.1:<port>), SWITCHBOARD_ADMIN_TOKEN, SWITCHBOARD_WORKER_AGENT,
+SWITCHBOARD_WORKER_TOKEN, SWITCHBOARD_SCREENSHOTS (a directory) and optionally
+SWITCHBOARD_CHROMIUM (default /usr/bin/chromium).
+
+Steps, each with a screenshot: a wrong token refused and the right one accepted; an
+installation added through the form built from the plugin's schema; a conversation arriving on
+the session page without reload (a channel webhook, a worker's streamed and completed reply,
+a second channel message); a run held by a worker interrupted with the page's button, checked
+through the admin API. Exits non-zero with the reason on the first failed check.
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE = os.environ["SWITCHBOARD_BASE"]
+ADMIN = os.environ["SWITCHBOARD_ADMIN_TOKEN"]
+AGENT = os.environ["SWITCHBOARD_WORKER_AGENT"]
+WORKER_TOKEN = os.environ["SWITCHBOARD_WORKER_TOKEN"]
+SHOTS = os.environ["SWITCHBOARD_SCREENSHOTS"]
+CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
+WEBHOOK_SECRET = "console_browser_hook_secret"
+TIMEOUT_MS = 15_000
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def call(method, path, body=None, token=ADMIN, timeout=20):
+    """One HTTP call to the host: (status, parsed JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(BASE + path, data=data, method=method)
+    request.add_header("Authorization", "Bearer " + token)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    try:
+        return status, json.loads(text) if text else None
+    except ValueError:
+        return status, text
+
+
+def webhook(installation, update_id, text):
+    """A channel message delivered to the installation's webhook, as the channel signs it."""
+    update = {
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": {"id": 4242, "is_bot": False, "first_name": "Ada"},
+            "chat": {"id": 4242, "type": "private", "first_name": "Ada"},
+            "date": int(time.time()),
+            "text": text,
+        },
+    }
+    request = urllib.request.Request(
+        f"{BASE}/hooks/telegram/{installation}",
+        data=json.dumps(update).encode(),
+        method="POST",
+    )
+    request.add_header("Content-Type", "application/json")
+    request.add_header("X-Telegram-Bot-Api-Secret-Token", WEBHOOK_SECRET)
+    with urllib.request.urlopen(request, timeout=20) as response:
+        check(response.status == 200, f"webhook answered {response.status}")
+
+
+def claim():
+    """Claims the agent's next run as a worker (long-polls up to 10 s)."""
+    for _ in range(3):
+        status, body = call(
+            "POST", f"/api/agents/{AGENT}/runs/claim?wait_ms=10000", {}, token=WORKER_TOKEN
+        )
+        if status == 200 and body.get("kind", "run") == "run":
+            return body
+        check(status in (200, 204), f"claim answered {status}: {body}")
+    fail("no run became pending to claim")
+
+
+def run_path(run):
+    return f"/api/agents/{AGENT}/runs/{run['session_id']}/{run['run_id']}"
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def fail(message):
+    print(f"FAILED: {message}", flush=True)
+    sys.exit(1)
+
+
+def shot(page, name):
+    path = os.path.join(SHOTS, name + ".png")
+    page.screenshot(path=path, full_page=True)
+    print(f"screenshot {path}", flush=True)
+
+
+def main():
+    os.makedirs(SHOTS, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+
+        # 1. `/` leads to the login page; a wrong token is refused; the right one signs in.
+        page.goto(BASE + "/")
+        expect(page).to_have_url(BASE + "/console/login")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Admin token").fill("not-the-admin-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("not the admin token")
+        check(not page.context.cookies(), "a wrong token set a cookie")
+        shot(page, "01-login-refused")
+        page.get_by_label("Admin token").fill(ADMIN)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(BASE + "/console/installations")
+        cookies = page.context.cookies()
+        check(
+            len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict",
+            f"the session cookie: {cookies}",
+        )
+        shot(page, "02-signed-in")
+
+        # 2. Add an installation through the form built from the plugin's schema.
+        page.get_by_role("link", name="Add an installation").click()
+        page.get_by_label("Channel").select_option("telegram")
+        page.get_by_role("button", name="Show its settings").click()
+        expect(page.get_by_role("heading", name="Settings of a telegram installation")).to_be_visible()
+        check(
+            page.get_by_label("bot_token (required)").get_attribute("type") == "password",
+            "a secret is a password field",
+        )
+        page.get_by_label("Name (optional)").fill("browser test")
+        page.get_by_label("Agent").fill(AGENT)
+        page.get_by_label("Debounce window (ms, optional)").fill("100")
+        page.get_by_label("bot_username (required)").fill("console_browser_bot")
+        page.get_by_label("bot_id (required)").fill("777")
+        page.get_by_label("bot_token (required)").fill("123456:console-browser-token")
+        page.get_by_label("webhook_secret (optional)").fill(WEBHOOK_SECRET)
+        page.get_by_label("Skip the plugin's on-install step").check()
+        shot(page, "03-installation-form")
+        page.get_by_role("button", name="Add installation").click()
+        expect(page).to_have_url(BASE + "/console/installations?done=added")
+        expect(page.get_by_role("status")).to_contain_text("Installation added")
+        expect(page.get_by_role("cell", name="browser test")).to_be_visible()
+        shot(page, "04-installation-added")
+        status, installations = call("GET", "/api/installations")
+        check(status == 200 and len(installations) == 1, f"installations: {installations}")
+        installation = installations[0]
+        check(installation["agent"] == AGENT, f"the agent: {installation}")
+        check(installation["secrets"] == ["bot_token", "webhook_secret"], f"secrets: {installation}")
+        installation = installation["id"]
+
+        # 3. A conversation arrives live on the session page.
+        webhook(installation, 1001, "hello from the channel")
+        deadline = time.monotonic() + 15
+        sessions = []
+        while time.monotonic() < deadline and not sessions:
+            status, sessions = call("GET", f"/api/sessions?installation={installation}")
+            check(status == 200, f"sessions: {status} {sessions}")
+            if not sessions:
+                time.sleep(0.1)
+        check(len(sessions) == 1, f"one session: {sessions}")
+        session = sessions[0]["session"]["id"] if "session" in sessions[0] else sessions[0]["id"]
+        page.get_by_role("link", name="Sessions").click()
+        page.get_by_role("link", name=session).click()
+        expect(page.locator("#live-status")).to_have_text("connected")
+        transcript = page.locator("#transcript")
+        expect(transcript).to_contain_text("hello from the channel")
+        run = claim()
+        check(run["session_id"] == session, f"claimed the session's run: {run}")
+        expect(page.locator("#run-state")).to_have_text("running")
+        status, _ = call("POST", run_path(run) + "/parts", {"text": "Thinking about "}, token=WORKER_TOKEN)
+        check(status in (200, 202, 204), f"parts: {status}")
+        expect(page.locator("#streaming")).to_contain_text("Thinking about")
+        status, body = call(
+            "POST", run_path(run) + "/complete", {"reply": "Reply from the worker: hello, Ada"},
+            token=WORKER_TOKEN,
+        )
+        check(status == 200, f"complete: {status} {body}")
+        expect(transcript).to_contain_text("Reply from the worker: hello, Ada")
+        expect(page.locator("#run-state")).to_have_text("idle")
+        webhook(installation, 1002, "a second message arrives live")
+        expect(transcript).to_contain_text("a second message arrives live")
+        check(page.locator("#transcript li").count() == 3, "three turns in the transcript")
+        shot(page, "05-live-transcript")
+
+        # 4. A run held by a worker, interrupted from the page.
+        held = claim()
+        check(held["session_id"] == session, f"claimed the second run: {held}")
+        expect(page.locator("#run-state")).to_have_text("running")
+        shot(page, "06-run-held")
+        page.get_by_role("button", name="Interrupt").click()
+        expect(page.get_by_role("status")).to_contain_text("Interrupted")
+        status, shown = call("GET", f"/api/sessions/{session}")
+        check(status == 200, f"session: {status} {shown}")
+        check(shown["session"]["state"] != "running", f"still running: {shown}")
+        check(shown["session"]["run_id"] != held["run_id"], f"the held run goes on: {shown}")
+        status, body = call("POST", run_path(held) + "/heartbeat", {}, token=WORKER_TOKEN)
+        check(status == 409 and body.get("continue") is False, f"heartbeat after interrupt: {status} {body}")
+        shot(page, "07-run-interrupted")
+
+        # 5. The other pages render for a signed-in operator.
+        for name, heading in [
+            ("Plugins", "Plugins"),
+            ("Runs and queues", "Runs and queues"),
+            ("Drop audit", "Drop audit"),
+            ("Metrics", "Metrics"),
+        ]:
+            page.get_by_role("link", name=name, exact=True).click()
+            expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        expect(page.get_by_role("cell", name="ingest_events_total").first).to_be_visible()
+        shot(page, "08-metrics")
+
+        # 6. At phone width the navigation still fits without a horizontal scroll.
+        page.set_viewport_size({"width": 375, "height": 800})
+        page.get_by_role("link", name="Installations").click()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        check(width <= 375, f"the page is {width} px wide at phone width")
+        shot(page, "09-phone-width")
+
+        # 7. Log out: the console is closed again.
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(BASE + "/console/login")
+        page.goto(BASE + "/console/sessions")
+        expect(page).to_have_url(BASE + "/console/login")
+        browser.close()
+    print("console browser test: all steps passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+//! Issue 19, over real HTTP on SQLite and PostgreSQL: the operator console's perimeter.
+//!
+//! - `/` and every console page without a session redirect to the login page; the API answers
+//!   401 without a bearer token or console cookie.
+//! - A wrong admin token is refused (401, a form error, no cookie); the right one sets an
+//!   HttpOnly, SameSite=Strict cookie (`Secure` under an https public URL).
+//! - A state-changing form without the session's CSRF token (none, wrong, another session's) is
+//!   403 and changes nothing; a form without a cookie goes to the login page and changes
+//!   nothing; a tampered cookie is no session.
+//! - The console cookie authorizes `GET /api/sessions/{id}/events` only: not other API routes,
+//!   and a request with a wrong bearer token stays 401 whatever cookie it shows.
+//! - An installation form that breaks the plugin's schema is shown again with the error,
+//!   without the secrets typed into it, and nothing is stored; a valid one is stored.
+//! - Log-out clears the cookie and the old cookie no longer opens anything.
+//! - Without an admin token the console is disabled (503).
+//!
+//! Every request is bounded in time by the client's timeout.
+
+#[path = "support/db.rs"]
+mod db;
+#[path = "support/runtime.rs"]
+mod support;
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::{Value, json};
+use switchboard::app::App;
+use switchboard::config::Config;
+
+const ADMIN: &str = "console-admin-token-0123456789abcdef";
+const BOT_TOKEN: &str = "123456:console-bot-token";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start(database_url: &str, adjust: impl FnOnce(&mut Config)) -> Server {
+        let mut config = Config::default();
+        config.database.url = database_url.to_string();
+        config.secrets.key = Some(switchboard::store::SecretCipher::generate_key_hex());
+        config.plugins.cache_dir = Some(support::shared_cache_dir());
+        config.server.admin_token = Some(ADMIN.into());
+        config.connections.enabled = false;
+        // Nothing leaves the machine: the channel's API is a closed local port.
+        config.plugins.base_urls.insert(
+            "https://api.telegram.org".into(),
+            "http://127.0.0.1:1".into(),
+        );
+        adjust(&mut config);
+        let app = App::from_config(&config).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("the server stops in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn post_form(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/api{path}", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Signs in; the `Cookie` header value of the new session.
+    async fn sign_in(&self) -> String {
+        let response = self
+            .post_form("/console/login", None, &[("token", ADMIN)])
+            .await;
+        assert_eq!(response.status().as_u16(), 303);
+        let set = set_cookie(&response).expect("sign-in sets the cookie");
+        set.split(';').next().unwrap().to_string()
+    }
+
+    /// A page's CSRF token (every signed-in page carries it in the log-out form).
+    async fn csrf(&self, cookie: &str) -> String {
+        let page = self.get("/console/installations", Some(cookie)).await;
+        assert_eq!(page.status().as_u16(), 200);
+        let html = page.text().await.unwrap();
+        let marker = "name=\"csrf\" value=\"";
+        let start = html.find(marker).expect("a CSRF field") + marker.len();
+        html[start..start + 64].to_string()
+    }
+
+    async fn installation_status(&self, id: &str) -> String {
+        let (status, body) = self
+            .admin(reqwest::Method::GET, &format!("/installations/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["status"].as_str().unwrap().to_string()
+    }
+}
+
+fn set_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// `text` with its last (hex) character changed.
+fn flip_last(text: &str) -> String {
+    let (head, last) = text.split_at(text.len() - 1);
+    format!("{head}{}", if last == "0" { "1" } else { "0" })
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(LOCATION)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_perimeter() {
+    for t in db::test_databases().await {
+        tokio::time::timeout(Duration::from_secs(120), perimeter(&t.url))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the perimeter checks took too long", t.name));
+    }
+}
+
+async fn perimeter(database_url: &str) {
+    let server = Server::start(database_url, |_| {}).await;
+
+    // Without a session: `/` and every page lead to the login page; the API is 401.
+    let root = server.get("/", None).await;
+    assert_eq!(root.status().as_u16(), 303);
+    assert_eq!(location(&root), "/console/");
+    for page in [
+        "/console/",
+        "/console/installations",
+        "/console/sessions",
+        "/console/runs",
+        "/console/metrics",
+    ] {
+        let response = server.get(page, None).await;
+        assert_eq!(response.status().as_u16(), 303, "{page}");
+        assert_eq!(location(&response), "/console/login", "{page}");
+    }
+    let events = server.get("/api/sessions/none/events", None).await;
+    assert_eq!(events.status().as_u16(), 401);
+    let login = server.get("/console/login", None).await;
+    assert_eq!(login.status().as_u16(), 200);
+    let csp = login.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(
+        login
+            .text()
+            .await
+            .unwrap()
+            .contains("<label for=\"token\">")
+    );
+
+    // A wrong token: refused with a form error and no cookie.
+    for wrong in ["", "console-admin-token-0123456789abcdeF", "x"] {
+        let response = server
+            .post_form("/console/login", None, &[("token", wrong)])
+            .await;
+        assert_eq!(response.status().as_u16(), 401, "{wrong:?}");
+        assert_eq!(set_cookie(&response), None, "{wrong:?}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("That is not the admin token"), "{html}");
+    }
+
+    // The right token: a strict, HttpOnly cookie (no `Secure` over http).
+    let response = server
+        .post_form("/console/login", None, &[("token", ADMIN)])
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/installations");
+    let set = set_cookie(&response).unwrap();
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Strict"), "{set}");
+    assert!(set.contains("Path=/"), "{set}");
+    assert!(!set.contains("Secure"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = server.csrf(&cookie).await;
+
+    // A valid installation through the schema form.
+    let added = server
+        .post_form(
+            "/console/installations",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("channel", "telegram"),
+                ("name", "console test"),
+                ("config.bot_username", "console_bot"),
+                ("config.bot_id", "4242"),
+                ("secret.bot_token", BOT_TOKEN),
+                ("skip_on_install", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        added.status().as_u16(),
+        303,
+        "{}",
+        added.text().await.unwrap()
+    );
+    let (_, list) = server
+        .admin(reqwest::Method::GET, "/installations", None)
+        .await;
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["config"]["bot_username"], "console_bot");
+    assert_eq!(list[0]["secrets"], json!(["bot_token"]));
+
+    // A form that breaks the schema: shown again with the error, secrets not echoed, nothing
+    // stored.
+    let refused = server
+        .post_form(
+            "/console/installations",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("channel", "telegram"),
+                ("name", "bad one"),
+                ("config.bot_username", "not a username!"),
+                ("config.bot_id", "4343"),
+                ("secret.bot_token", "999:typed-secret-value"),
+                ("skip_on_install", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status().as_u16(), 422);
+    let html = refused.text().await.unwrap();
+    assert!(html.contains("bot_username"), "{html}");
+    assert!(html.contains("role=\"alert\""), "{html}");
+    assert!(
+        html.contains("value=\"bad one\""),
+        "the typed name is kept: {html}"
+    );
+    assert!(
+        !html.contains("typed-secret-value"),
+        "a secret is never echoed: {html}"
+    );
+    let (_, list) = server
+        .admin(reqwest::Method::GET, "/installations", None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // Forged POSTs: no CSRF token, a wrong one, another session's. 403, nothing revoked.
+    let revoke = format!("/console/installations/{id}/revoke");
+    let other_cookie = server.sign_in().await;
+    let other_csrf = server.csrf(&other_cookie).await;
+    assert_ne!(other_csrf, csrf);
+    let wrong = flip_last(&csrf);
+    for fields in [
+        vec![],
+        vec![("csrf", "")],
+        vec![("csrf", wrong.as_str())],
+        vec![("csrf", other_csrf.as_str())],
+    ] {
+        let response = server.post_form(&revoke, Some(&cookie), &fields).await;
+        assert_eq!(response.status().as_u16(), 403, "{fields:?}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("CSRF"), "{html}");
+        assert_eq!(
+            server.installation_status(&id).await,
+            "active",
+            "{fields:?}"
+        );
+    }
+    // No cookie (a token alone is nothing): to the login page, nothing revoked.
+    let response = server.post_form(&revoke, None, &[("csrf", &csrf)]).await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/login");
+    // A tampered cookie is no session.
+    let tampered = flip_last(&cookie);
+    let response = server
+        .post_form(&revoke, Some(&tampered), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/login");
+    assert_eq!(server.installation_status(&id).await, "active");
+    // The real thing.
+    let response = server
+        .post_form(&revoke, Some(&cookie), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/installations?done=revoked");
+    assert_eq!(server.installation_status(&id).await, "revoked");
+
+    // The cookie opens the event stream (an unknown session: 404, past authentication) and
+    // nothing else of the API; a wrong bearer token is 401 whatever the cookie.
+    let response = server.get("/api/sessions/none/events", Some(&cookie)).await;
+    assert_eq!(response.status().as_u16(), 404);
+    let response = server
+        .client
+        .get(format!("{}/api/sessions/none/events", server.base))
+        .header(COOKIE, &cookie)
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = server.get("/api/installations", Some(&cookie)).await;
+    assert_eq!(response.status().as_u16(), 401);
+    let response = server
+        .client
+        .post(format!("{}/api/sessions/none/interrupt", server.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    // Log-out: the cookie is cleared and the old one opens nothing any more.
+    let response = server
+        .post_form("/console/logout", Some(&cookie), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(set_cookie(&response).unwrap().contains("Max-Age=0"));
+    let response = server.get("/console/installations", Some(&cookie)).await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/login");
+    let response = server.get("/api/sessions/none/events", Some(&cookie)).await;
+    assert_eq!(response.status().as_u16(), 401);
+    // The other session is still signed in.
+    let response = server.get("/console/plugins", Some(&other_cookie)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("data-plugin=\"telegram\""), "{html}");
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_cookies_are_secure_and_a_console_without_token_is_disabled() {
+    let t = db::sqlite_file_db().await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = Server::start(&t.url, |c| {
+            c.server.public_url = "https://switchboard.example".into();
+        })
+        .await;
+        let response = server
+            .post_form("/console/login", None, &[("token", ADMIN)])
+            .await;
+        assert_eq!(response.status().as_u16(), 303);
+        let set = set_cookie(&response).unwrap();
+        assert!(set.ends_with("; Secure"), "{set}");
+        server.stop().await;
+
+        let server = Server::start(&t.url, |c| c.server.admin_token = None).await;
+        let response = server.get("/console/login", None).await;
+        assert_eq!(response.status().as_u16(), 503);
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .contains("server.admin_token")
+        );
+        let response = server
+            .post_form("/console/login", None, &[("token", "")])
+            .await;
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(set_cookie(&response), None);
+        server.stop().await;
+    })
+    .await
+    .expect("bounded");
+}
