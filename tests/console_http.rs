@@ -120,7 +120,9 @@ impl Server {
             .request(method, format!("{}/api{path}", self.base))
             .bearer_auth(ADMIN);
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();

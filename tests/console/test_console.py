@@ -173,7 +173,10 @@ def main():
         check(installation["secrets"] == ["bot_token", "webhook_secret"], f"secrets: {installation}")
         installation = installation["id"]
 
-        # 3. A conversation arrives live on the session page.
+        # 3. A conversation arrives live on the session page. The worker polls once first, so
+        # the agent counts as online.
+        status, _ = call("POST", f"/api/agents/{AGENT}/runs/claim?wait_ms=0", {}, token=WORKER_TOKEN)
+        check(status == 204, f"the first claim finds nothing: {status}")
         webhook(installation, 1001, "hello from the channel")
         deadline = time.monotonic() + 15
         sessions = []
@@ -184,7 +187,7 @@ def main():
                 time.sleep(0.1)
         check(len(sessions) == 1, f"one session: {sessions}")
         session = sessions[0]["session"]["id"] if "session" in sessions[0] else sessions[0]["id"]
-        page.get_by_role("link", name="Sessions").click()
+        page.get_by_role("row", name="browser test").get_by_role("link", name="Sessions").click()
         page.get_by_role("link", name=session).click()
         expect(page.locator("#live-status")).to_have_text("connected")
         transcript = page.locator("#transcript")
@@ -223,20 +226,21 @@ def main():
         shot(page, "07-run-interrupted")
 
         # 5. The other pages render for a signed-in operator.
+        nav = page.get_by_role("navigation", name="Console")
         for name, heading in [
             ("Plugins", "Plugins"),
             ("Runs and queues", "Runs and queues"),
             ("Drop audit", "Drop audit"),
             ("Metrics", "Metrics"),
         ]:
-            page.get_by_role("link", name=name, exact=True).click()
+            nav.get_by_role("link", name=name, exact=True).click()
             expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.get_by_role("cell", name="ingest_events_total").first).to_be_visible()
         shot(page, "08-metrics")
 
         # 6. At phone width the navigation still fits without a horizontal scroll.
         page.set_viewport_size({"width": 375, "height": 800})
-        page.get_by_role("link", name="Installations").click()
+        nav.get_by_role("link", name="Installations").click()
         width = page.evaluate("document.documentElement.scrollWidth")
         check(width <= 375, f"the page is {width} px wide at phone width")
         shot(page, "09-phone-width")
