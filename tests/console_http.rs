@@ -13,6 +13,8 @@
 //!   without the secrets typed into it, and nothing is stored; a valid one is stored.
 //! - Log-out clears the cookie and the old cookie no longer opens anything.
 //! - Without an admin token the console is disabled (503).
+//! - Runs and queues from the console: a queued message promoted and another deleted (a second
+//!   delete is 404), the session interrupted and deleted, a message's markup shown escaped.
 //!
 //! Every request is bounded in time by the client's timeout.
 
@@ -31,6 +33,9 @@ use switchboard::config::Config;
 
 const ADMIN: &str = "console-admin-token-0123456789abcdef";
 const BOT_TOKEN: &str = "123456:console-bot-token";
+const AGENT: &str = "team";
+const WORKER_TOKEN: &str = "console-worker-token-0123456789";
+const HOOK_SECRET: &str = "console_hook_secret";
 
 struct Server {
     base: String,
@@ -51,6 +56,13 @@ impl Server {
         config.plugins.base_urls.insert(
             "https://api.telegram.org".into(),
             "http://127.0.0.1:1".into(),
+        );
+        config.agents.insert(
+            AGENT.into(),
+            serde_json::from_value::<switchboard::agents::AgentConfig>(
+                json!({"kind": "worker", "token": WORKER_TOKEN, "offline_after_ms": 60000}),
+            )
+            .unwrap(),
         );
         adjust(&mut config);
         let app = App::from_config(&config).await.expect("app builds");
@@ -435,4 +447,196 @@ async fn https_cookies_are_secure_and_a_console_without_token_is_disabled() {
     })
     .await
     .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_queues_from_the_console() {
+    for t in db::test_databases().await {
+        tokio::time::timeout(Duration::from_secs(120), queues(&t.url))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the queue checks took too long", t.name));
+    }
+}
+
+async fn queues(database_url: &str) {
+    let server = Server::start(database_url, |_| {}).await;
+    let cookie = server.sign_in().await;
+    let csrf = server.csrf(&cookie).await;
+    let added = server
+        .post_form(
+            "/console/installations",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("channel", "telegram"),
+                ("agent", AGENT),
+                ("debounce_ms", "50"),
+                ("config.bot_username", "console_bot"),
+                ("config.bot_id", "4242"),
+                ("secret.bot_token", BOT_TOKEN),
+                ("secret.webhook_secret", HOOK_SECRET),
+                ("skip_on_install", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(added.status().as_u16(), 303);
+    let (_, list) = server
+        .admin(reqwest::Method::GET, "/installations", None)
+        .await;
+    let installation = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["agent"], AGENT);
+
+    // The worker has polled (the agent is online); a channel message whose text is markup.
+    let polled = server
+        .client
+        .post(format!(
+            "{}/api/agents/{AGENT}/runs/claim?wait_ms=0",
+            server.base
+        ))
+        .bearer_auth(WORKER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = polled.status().as_u16();
+    assert_eq!(status, 204, "{}", polled.text().await.unwrap());
+    let update = json!({
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "from": {"id": 7, "is_bot": false, "first_name": "Eve"},
+            "chat": {"id": 7, "type": "private", "first_name": "Eve"},
+            "date": 1_700_000_000,
+            "text": "<script>alert('x')</script> hello",
+        },
+    });
+    let hook = server
+        .client
+        .post(format!("{}/hooks/telegram/{installation}", server.base))
+        .header("X-Telegram-Bot-Api-Secret-Token", HOOK_SECRET)
+        .header(CONTENT_TYPE, "application/json")
+        .body(update.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status().as_u16(), 200);
+    let (_, sessions) = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/sessions?installation={installation}"),
+            None,
+        )
+        .await;
+    let session = sessions[0]["session"]["id"].as_str().unwrap().to_string();
+    // Nobody claims the run: the session stays pending once its window closed.
+    let mut state = String::new();
+    for _ in 0..200 {
+        let (_, shown) = server
+            .admin(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+            .await;
+        state = shown["session"]["state"].as_str().unwrap().to_string();
+        if state == "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(state, "pending");
+    let mut queued = Vec::new();
+    for body in ["first queued", "second queued"] {
+        let (status, answer) = server
+            .admin(
+                reqwest::Method::POST,
+                &format!("/sessions/{session}/messages"),
+                Some(json!({ "body": body })),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        queued.push(answer["queued_message"]["id"].as_i64().unwrap());
+    }
+
+    // The runs page lists the session with its queue and controls.
+    let page = server.get("/console/runs", Some(&cookie)).await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!("data-session=\"{session}\"")),
+        "{html}"
+    );
+    assert!(
+        html.contains("first queued") && html.contains("second queued"),
+        "{html}"
+    );
+    assert!(
+        html.contains(">Promote<") && html.contains(">Interrupt<"),
+        "{html}"
+    );
+
+    // Promote the first, delete the second (a second delete is 404), back to the runs page.
+    let promote = format!("/console/sessions/{session}/queue/{}/promote", queued[0]);
+    let response = server
+        .post_form(
+            &promote,
+            Some(&cookie),
+            &[("csrf", &csrf), ("back", "runs")],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/runs?done=promoted");
+    let delete = format!("/console/sessions/{session}/queue/{}/delete", queued[1]);
+    let response = server
+        .post_form(&delete, Some(&cookie), &[("csrf", &csrf), ("back", "runs")])
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    let response = server
+        .post_form(&delete, Some(&cookie), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(response.text().await.unwrap().contains("is gone"));
+    let (_, shown) = server
+        .admin(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+        .await;
+    assert_eq!(shown["queue"], json!([]), "{shown}");
+
+    // The session page: the markup shown as text, the promoted message in the transcript.
+    let page = server
+        .get(&format!("/console/sessions/{session}"), Some(&cookie))
+        .await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert"), "{html}");
+    assert!(html.contains("first queued"), "{html}");
+    assert!(!html.contains("second queued"), "{html}");
+
+    // Interrupt (from the session page), then delete the session.
+    let response = server
+        .post_form(
+            &format!("/console/sessions/{session}/interrupt"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("back", "session")],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(
+        location(&response),
+        format!("/console/sessions/{session}?done=interrupted")
+    );
+    let response = server
+        .post_form(
+            &format!("/console/sessions/{session}/delete"),
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/sessions?done=deleted");
+    let (status, _) = server
+        .admin(reqwest::Method::GET, &format!("/sessions/{session}"), None)
+        .await;
+    assert_eq!(status, 404);
+    let page = server
+        .get(&format!("/console/sessions/{session}"), Some(&cookie))
+        .await;
+    assert_eq!(page.status().as_u16(), 404);
+
+    server.stop().await;
 }

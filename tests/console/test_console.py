@@ -9,8 +9,9 @@ SWITCHBOARD_CHROMIUM (default /usr/bin/chromium).
 Steps, each with a screenshot: a wrong token refused and the right one accepted; an
 installation added through the form built from the plugin's schema; a conversation arriving on
 the session page without reload (a channel webhook, a worker's streamed and completed reply,
-a second channel message); a run held by a worker interrupted with the page's button, checked
-through the admin API. Exits non-zero with the reason on the first failed check.
+a second channel message); operator messages queued behind a run held by a worker, one deleted on the runs page, and
+the run interrupted with the session page's button (promoting the rest), checked through the
+admin API; the other pages; phone width; log-out. Exits non-zero with the reason on the first failed check.
 """
 
 import json
@@ -214,7 +215,25 @@ def main():
         held = claim()
         check(held["session_id"] == session, f"claimed the second run: {held}")
         expect(page.locator("#run-state")).to_have_text("running")
+        # Two operator messages while the run holds the session: queued, the count live.
+        for body in ("queued one: to be deleted", "queued two: promoted by the interrupt"):
+            status, answer = call("POST", f"/api/sessions/{session}/messages", {"body": body})
+            check(status == 202 and answer["queued"], f"submit while running: {status} {answer}")
+        expect(page.locator("#queue-count")).to_have_text("2")
         shot(page, "06-run-held")
+        # Delete the first from the runs page (the confirmation accepted).
+        page.once("dialog", lambda dialog: dialog.accept())
+        nav = page.get_by_role("navigation", name="Console")
+        nav.get_by_role("link", name="Runs and queues").click()
+        card = page.locator(f'section[data-session="{session}"]')
+        expect(card).to_contain_text("running")
+        card.get_by_role("listitem").filter(has_text="queued one").get_by_role("button", name="Delete").click()
+        expect(page.get_by_role("status")).to_contain_text("Queued message deleted")
+        status, shown = call("GET", f"/api/sessions/{session}")
+        check([q["body"] for q in shown["queue"]] == ["queued two: promoted by the interrupt"],
+              f"the queue after the delete: {shown}")
+        shot(page, "07-queue-after-delete")
+        card.get_by_role("link", name=session).click()
         page.get_by_role("button", name="Interrupt").click()
         expect(page.get_by_role("status")).to_contain_text("Interrupted")
         status, shown = call("GET", f"/api/sessions/{session}")
@@ -223,10 +242,11 @@ def main():
         check(shown["session"]["run_id"] != held["run_id"], f"the held run goes on: {shown}")
         status, body = call("POST", run_path(held) + "/heartbeat", {}, token=WORKER_TOKEN)
         check(status == 409 and body.get("continue") is False, f"heartbeat after interrupt: {status} {body}")
-        shot(page, "07-run-interrupted")
+        check(shown["queue"] == [], f"the interrupt promoted the queue: {shown}")
+        expect(transcript).to_contain_text("queued two: promoted by the interrupt")
+        shot(page, "08-run-interrupted")
 
         # 5. The other pages render for a signed-in operator.
-        nav = page.get_by_role("navigation", name="Console")
         for name, heading in [
             ("Plugins", "Plugins"),
             ("Runs and queues", "Runs and queues"),
@@ -236,14 +256,14 @@ def main():
             nav.get_by_role("link", name=name, exact=True).click()
             expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.get_by_role("cell", name="ingest_events_total").first).to_be_visible()
-        shot(page, "08-metrics")
+        shot(page, "09-metrics")
 
         # 6. At phone width the navigation still fits without a horizontal scroll.
         page.set_viewport_size({"width": 375, "height": 800})
         nav.get_by_role("link", name="Installations").click()
         width = page.evaluate("document.documentElement.scrollWidth")
         check(width <= 375, f"the page is {width} px wide at phone width")
-        shot(page, "09-phone-width")
+        shot(page, "10-phone-width")
 
         # 7. Log out: the console is closed again.
         page.get_by_role("button", name="Log out").click()

@@ -481,7 +481,7 @@ async fn statuses(
         .list_statuses(installation)
         .await
         .map_err(PageError::internal)?;
-    all.sort_by(|a, b| b.updated_at_ms.cmp(&a.updated_at_ms));
+    all.sort_by_key(|s| std::cmp::Reverse(s.updated_at_ms));
     all.truncate(MAX_LISTED_SESSIONS);
     Ok(all)
 }

@@ -26,7 +26,13 @@ const NAV: &[(&str, &str)] = &[
 /// A value safe inside a URL path segment or query value (everything but unreserved
 /// characters percent-encoded).
 pub(crate) fn path_segment(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+    /// RFC 3986's unreserved characters stay as they are.
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, ENCODED).to_string()
 }
 
 /// Epoch milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -674,6 +680,8 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(path_segment("a b/c?d"), "a%20b%2Fc%3Fd");
         assert_eq!(path_segment("abc123"), "abc123");
+        assert_eq!(path_segment("cf15c7d9-e095_4.0~cb"), "cf15c7d9-e095_4.0~cb");
+        assert_eq!(path_segment("../x"), "..%2Fx");
     }
 
     #[test]
