@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use switchboard::store::{Database, Installation, SecretCipher};
+use switchboard::store::{
+    Database, Installation, OutboxContent, OutboxTarget, PairingAsk, PairingRequest, SecretCipher,
+};
+
+#[path = "support/db.rs"]
+mod db;
 
 /// The longest one run of the binary may take (a cold plugin compile included).
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -220,10 +225,17 @@ fn operator_commands_round_trip() {
         &["bindings", "add", &id, "ou_alice", "alice@example"],
     ));
     assert!(stdout(&run(d, &["bindings", "list", &id])).contains("ou_alice\talice@example"));
-    let link = stdout(&run(d, &["bindings", "token", &id, "ou_bob"]));
+    let token = run(d, &["bindings", "token", &id, "ou_bob"]);
+    let printed = stdout(&token);
+    assert_eq!(printed.trim().len(), 43, "a raw token, no link: {printed}");
     assert!(
-        link.trim().starts_with("http://127.0.0.1:8080/bind?token="),
-        "{link}"
+        !printed.contains("/bind"),
+        "nothing serves /bind: {printed}"
+    );
+    assert!(
+        String::from_utf8_lossy(&token.stderr)
+            .contains("http://127.0.0.1:8080/api/binding-tokens/redeem"),
+        "says how to redeem it"
     );
 
     assert!(stdout(&run(d, &["installations", "revoke", &id])).contains("revoked"));
@@ -523,6 +535,264 @@ fn installations_add_refuses_values_outside_the_plugin_schema() {
     assert_eq!(list.lines().count(), 1, "only the header: {list}");
 }
 
+/// Issue 19 from the command line, on SQLite and PostgreSQL: `installations show`, `update`
+/// (schema, agents), `rotate-secret` (declared names only, re-sealed, the old value gone),
+/// `revoke` → `add` of the same app id refused with the advice to `restore` → `restore`; and
+/// `pairing list|approve|deny` on codes senders got.
+#[test]
+fn installation_lifecycle_and_pairing_from_the_command_line() {
+    // One runtime for the library's side of the test (the test databases' pools live on it).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let databases = runtime.block_on(db::test_databases());
+    for test_db in &databases {
+        let name = &test_db.name;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = SecretCipher::generate_key_hex();
+        let env: &[(&str, Option<&str>)] = &[
+            ("SWITCHBOARD_DATABASE__URL", Some(test_db.url.as_str())),
+            ("SWITCHBOARD_SECRETS__KEY", Some(key.as_str())),
+            ("SWITCHBOARD_AGENTS__NIGHT__KIND", Some("echo")),
+        ];
+        let sb = |args: &[&str]| run_env(d, args, env);
+        let add = |extra: &[&str]| -> Output {
+            let args: Vec<&str> = [
+                "installations",
+                "add",
+                "--channel",
+                "lark",
+                "--config-value",
+                "app_id=cli_lifecycle",
+                "--secret",
+                "app_secret=first-app-secret",
+                "--secret",
+                "encrypt_key=first-encrypt-key",
+                "--skip-on-install",
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+            sb(&args)
+        };
+        let unknown_agent = failure(&add(&["--agent", "nosuchagent"]), 1);
+        assert!(
+            unknown_agent.contains("no agent `nosuchagent`")
+                && unknown_agent.contains("echo, night"),
+            "{name}: {unknown_agent}"
+        );
+        let id = stdout(&add(&["--agent", "night"])).trim().to_string();
+
+        let show = stdout(&sb(&["installations", "show", &id]));
+        for line in [
+            "app_id = cli_lifecycle",
+            "secrets:     app_secret, encrypt_key",
+            "agent:       night",
+            "policy:      open",
+            "status:      active",
+            "debounce ms: 3000",
+        ] {
+            assert!(show.contains(line), "{name}: {line:?} in:\n{show}");
+        }
+        assert!(
+            !show.contains("first-app-secret"),
+            "{name}: no secret value"
+        );
+        assert!(
+            failure(&sb(&["installations", "show", "no-such-id"]), 1)
+                .contains("installations list")
+        );
+
+        let update = |extra: &[&str]| -> Output {
+            let args: Vec<&str> = ["installations", "update", id.as_str()]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect();
+            sb(&args)
+        };
+        let refused = failure(&update(&["--agent", "nosuchagent"]), 1);
+        assert!(refused.contains("echo, night"), "{name}: {refused}");
+        let refused = failure(&update(&["--config-value", "colour=blue"]), 1);
+        assert!(
+            refused.contains("`colour` is not a key"),
+            "{name}: {refused}"
+        );
+        let refused = failure(&update(&["--unset-config", "app_id"]), 1);
+        assert!(
+            refused.contains("`app_id` is required"),
+            "{name}: {refused}"
+        );
+        let refused = failure(&update(&[]), 1);
+        assert!(refused.contains("nothing to change"), "{name}: {refused}");
+        let updated = stdout(&update(&[
+            "--name",
+            "Renamed",
+            "--policy",
+            "bound",
+            "--agent",
+            "echo",
+            "--debounce-ms",
+            "1500",
+            "--config-value",
+            "locale=zh-CN",
+        ]));
+        for line in [
+            "name:        Renamed",
+            "policy:      bound",
+            "agent:       echo",
+            "debounce ms: 1500",
+            "locale = zh-CN",
+            "app_id = cli_lifecycle",
+        ] {
+            assert!(updated.contains(line), "{name}: {line:?} in:\n{updated}");
+        }
+
+        let refused = failure(
+            &sb(&["installations", "rotate-secret", &id, "--secret", "pin=1"]),
+            1,
+        );
+        assert!(
+            refused.contains("`pin` is not a secret of channel `lark`")
+                && refused.contains("verification_token"),
+            "{name}: {refused}"
+        );
+        let rotated = stdout(&sb(&[
+            "installations",
+            "rotate-secret",
+            &id,
+            "--secret",
+            "encrypt_key=second-encrypt-key",
+        ]));
+        assert!(rotated.contains("encrypt_key"), "{name}: {rotated}");
+        let stored = runtime.block_on(async {
+            let db = Database::connect(&test_db.url).await.unwrap();
+            let store = db.installations(SecretCipher::from_key_str(&key).unwrap());
+            let stored = store.get(&id).await.unwrap().unwrap();
+            db.close().await;
+            stored
+        });
+        assert_eq!(
+            secrets(&stored),
+            BTreeMap::from([
+                ("app_secret", "first-app-secret"),
+                ("encrypt_key", "second-encrypt-key")
+            ]),
+            "{name}"
+        );
+
+        stdout(&sb(&["installations", "revoke", &id]));
+        let again = failure(&add(&[]), 1);
+        assert!(
+            again.contains(&format!("installations restore {id}")),
+            "{name}: {again}"
+        );
+        let restored = stdout(&sb(&["installations", "restore", &id, "--skip-on-install"]));
+        assert!(restored.contains("active"), "{name}: {restored}");
+        assert!(stdout(&sb(&["installations", "show", &id])).contains("status:      active"));
+
+        // Pairing: two senders asked for access (as the dispatcher records them).
+        let code_of = |sender: &str| -> String {
+            runtime.block_on(async {
+                let db = Database::connect(&test_db.url).await.unwrap();
+                let target = OutboxTarget {
+                    chat_id: format!("oc_{sender}"),
+                    chat_type: "direct".into(),
+                    thread_id: None,
+                    reply_to: None,
+                    in_thread: false,
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let asked = db
+                    .pairings()
+                    .request(
+                        &PairingRequest {
+                            installation_id: &id,
+                            sender_id: sender,
+                            sender_alt_ids: &[],
+                            sender_name: Some("Sender Name"),
+                            target: &target,
+                        },
+                        now,
+                    )
+                    .await
+                    .unwrap();
+                db.close().await;
+                match asked {
+                    PairingAsk::Code { code, .. } => code,
+                    PairingAsk::Full => panic!("{name}: full"),
+                }
+            })
+        };
+        let (alice, bob) = (code_of("ou_alice"), code_of("ou_bob"));
+        let list = stdout(&sb(&["pairing", "list"]));
+        assert!(
+            list.contains("ou_alice") && list.contains("ou_bob") && list.contains("Sender Name"),
+            "{name}: {list}"
+        );
+        assert!(
+            !list.contains(&alice) && !list.contains(&bob),
+            "{name}: no codes: {list}"
+        );
+        let other = stdout(&sb(&["pairing", "list", "--installation", "other"]));
+        assert_eq!(other.lines().count(), 1, "{name}: only the header: {other}");
+
+        let wrong = failure(&sb(&["pairing", "approve", "ZZZZ2222"]), 1);
+        assert!(
+            wrong.contains("no pairing has the code") && wrong.contains("pairing list"),
+            "{name}: {wrong}"
+        );
+        let approved = stdout(&sb(&[
+            "pairing",
+            "approve",
+            &alice,
+            "--user-ref",
+            "alice@corp",
+        ]));
+        assert!(approved.contains("ou_alice"), "{name}: {approved}");
+        let bindings = stdout(&sb(&["bindings", "list", &id]));
+        assert!(
+            bindings.contains("ou_alice\talice@corp"),
+            "{name}: {bindings}"
+        );
+        let twice = failure(&sb(&["pairing", "approve", &alice]), 1);
+        assert!(twice.contains("approved already"), "{name}: {twice}");
+        let denied = stdout(&sb(&["pairing", "deny", &bob]));
+        assert!(denied.contains("ou_bob"), "{name}: {denied}");
+        assert!(!stdout(&sb(&["bindings", "list", &id])).contains("ou_bob"));
+        assert_eq!(
+            stdout(&sb(&["pairing", "list"])).lines().count(),
+            1,
+            "{name}"
+        );
+
+        // The granted notice waits in the outbox for the serving host, in alice's chat.
+        let rows = runtime.block_on(async {
+            let db = Database::connect(&test_db.url).await.unwrap();
+            let rows = db.outbox().list(None, None, 10).await.unwrap();
+            db.close().await;
+            rows
+        });
+        let granted: Vec<_> = rows
+            .iter()
+            .filter(|r| {
+                matches!(&r.content, OutboxContent::Notice { notice }
+                    if notice["text_key"] == "pairing_approved"
+                        && notice["recipient"] == "ou_alice")
+            })
+            .collect();
+        assert_eq!(granted.len(), 1, "{name}: {rows:?}");
+        assert_eq!(granted[0].target.chat_id, "oc_ou_alice", "{name}");
+    }
+    runtime.block_on(async move { drop(databases) });
+}
+
 /// The issue's crash: `--config-value` beside a configuration file, given as `--config FILE`
 /// (before or after the subcommand) or as `SWITCHBOARD_CONFIG`. The file is really read: the
 /// installations land in the database it names, and binding links use its public URL.
@@ -657,14 +927,16 @@ fn installations_add_reads_the_config_file_from_the_flag_and_the_environment() {
             assert!(list.contains(app), "{app} in:\n{list}");
         }
     }
-    let link = stdout(&run_env(
+    let token = run_env(
         d,
         &["bindings", "token", &from_env, "ou_carol"],
         &with_env_file,
-    ));
+    );
+    stdout(&token);
+    let hint = String::from_utf8_lossy(&token.stderr);
     assert!(
-        link.starts_with("https://switchboard.example/bind?token="),
-        "the file's public_url: {link}"
+        hint.contains("https://switchboard.example/api/binding-tokens/redeem"),
+        "the file's public_url: {hint}"
     );
 
     // A missing file is an error, by flag or by environment, not a fallback to defaults.
@@ -858,6 +1130,125 @@ fn plugins_list_and_inspect() {
     );
 }
 
+/// Issue 19: every command reads the one configuration the same way — `--config`,
+/// `SWITCHBOARD_CONFIG` or `switchboard.toml` in the working directory, then
+/// `SWITCHBOARD_<SECTION>__<KEY>` — and honours it: `[plugins] dir` is what `plugins list`,
+/// `plugins inspect` and `replay` load; an explicit file that does not exist, an unknown key in
+/// the file or in the environment stop every command with what is wrong.
+#[test]
+fn every_command_reads_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plugins = testing_plugins_dir(d);
+    let file = d.join("custom.toml");
+    std::fs::write(&file, format!("[plugins]\ndir = {plugins:?}\n")).unwrap();
+    let file = file.to_str().unwrap();
+
+    let list = stdout(&run(d, &["plugins", "list", "--config", file]));
+    assert!(
+        list.lines().any(|l| l.starts_with("testing ")) && list.contains("lark"),
+        "the file's plugins dir: {list}"
+    );
+    let list = stdout(&run_env(
+        d,
+        &["plugins", "list"],
+        &[("SWITCHBOARD_CONFIG", Some(file))],
+    ));
+    assert!(list.lines().any(|l| l.starts_with("testing ")), "{list}");
+    let inspect = stdout(&run(
+        d,
+        &["--config", file, "plugins", "inspect", "testing"],
+    ));
+    assert!(inspect.starts_with("testing 0.2.0"), "{inspect}");
+    let plain = stdout(&run(d, &["plugins", "list"]));
+    assert!(
+        !plain.lines().any(|l| l.starts_with("testing ")),
+        "no file, no plugins dir: {plain}"
+    );
+    // The environment's sectioned variable names the directory too.
+    let list = stdout(&run_env(
+        d,
+        &["plugins", "list"],
+        &[("SWITCHBOARD_PLUGINS__DIR", Some(plugins.as_str()))],
+    ));
+    assert!(list.lines().any(|l| l.starts_with("testing ")), "{list}");
+    // So does switchboard.toml in the working directory.
+    let cwd = d.join("project");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::write(
+        cwd.join("switchboard.toml"),
+        format!("[plugins]\ndir = {plugins:?}\n"),
+    )
+    .unwrap();
+    let list = stdout(&run(&cwd, &["plugins", "list"]));
+    assert!(list.lines().any(|l| l.starts_with("testing ")), "{list}");
+    let input = cwd.join("echo.json");
+    std::fs::write(
+        &input,
+        format!(
+            "{{\"frame\": {{\"hex\": \"{}\"}}}}",
+            hex::encode("echo:from the configured dir")
+        ),
+    )
+    .unwrap();
+    let replayed = stdout(&run(
+        &cwd,
+        &["replay", "--plugin", "testing", input.to_str().unwrap()],
+    ));
+    assert!(
+        replayed.contains("from the configured dir"),
+        "replay loads the configured plugins: {replayed}"
+    );
+
+    // An explicit file that does not exist stops every command.
+    let missing = d.join("nonexistent.toml");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        &["demo"][..],
+        &["keygen"],
+        &["plugins", "list"],
+        &["plugins", "inspect", "lark"],
+        &["installations", "list"],
+        &["pairing", "list"],
+        &["migrate"],
+    ] {
+        let with: Vec<&str> = args.iter().copied().chain(["--config", missing]).collect();
+        let stderr = failure(&run(d, &with), 1);
+        assert!(
+            stderr.contains("nonexistent.toml") && stderr.contains("does not exist"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let stderr = failure(
+        &run_env(d, &["demo"], &[("SWITCHBOARD_CONFIG", Some(missing))]),
+        1,
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    // Unknown keys are refused, in the file and in the environment.
+    let typo = d.join("typo.toml");
+    std::fs::write(&typo, "[plugins]\ndirectory = \"plugins.d\"\n").unwrap();
+    let typo = typo.to_str().unwrap();
+    for args in [&["plugins", "list"][..], &["keygen"], &["demo"]] {
+        let with: Vec<&str> = args.iter().copied().chain(["--config", typo]).collect();
+        let stderr = failure(&run(d, &with), 1);
+        assert!(stderr.contains("directory"), "{args:?}: {stderr}");
+    }
+    for (name, args) in [
+        ("SWITCHBOARD_SERVER__NO_SUCH_KEY", &["keygen"][..]),
+        ("SWITCHBOARD_NOSECTION__KEY", &["plugins", "list"]),
+    ] {
+        let stderr = failure(&run_env(d, args, &[(name, Some("1"))]), 1);
+        assert!(
+            stderr.contains("invalid configuration")
+                && stderr
+                    .to_lowercase()
+                    .contains(&name.split("__").last().unwrap().to_lowercase()),
+            "{name}: {stderr}"
+        );
+    }
+}
+
 /// `--help` of the binary and of every subcommand answers with its usage, and the documented
 /// flags are in it.
 #[test]
@@ -881,6 +1272,14 @@ fn every_subcommand_documents_itself() {
         &["installations", "add"],
         &["installations", "list"],
         &["installations", "revoke"],
+        &["installations", "show"],
+        &["installations", "update"],
+        &["installations", "rotate-secret"],
+        &["installations", "restore"],
+        &["pairing"],
+        &["pairing", "list"],
+        &["pairing", "approve"],
+        &["pairing", "deny"],
         &["bindings"],
         &["bindings", "add"],
         &["bindings", "list"],
@@ -920,6 +1319,7 @@ fn every_subcommand_documents_itself() {
         "keygen",
         "installations",
         "bindings",
+        "pairing",
         "sessions",
     ] {
         assert!(

@@ -21,11 +21,12 @@ use switchboard::dispatch::{
     resolve_installation,
 };
 use switchboard::domain::Clock;
+use switchboard::domain::notice::{Notice, NoticeKind, NoticeTexts};
 use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};
 use switchboard::store::{
     AccessPolicy, AppendOutcome, AppendRequest, BindingError, DedupClaim, IngestStore,
-    Installation, InstallationStore, NewInstallation, SecretCipher, SecretError, StoreError,
-    TurnKind,
+    Installation, InstallationStore, NewInstallation, OutboxContent, PairingAsk, PairingError,
+    SecretCipher, SecretError, StoreError, TurnKind,
 };
 use tokio::sync::Notify;
 
@@ -881,53 +882,251 @@ async fn group_message_not_addressed_to_the_bot_is_dropped_and_marked() {
 
 // ----------------------------------------------------------------------------- step 4
 
+/// The pairing code of a `needs_binding` outcome (panics on anything else).
+fn pairing_code(f: &Fixture, outcome: Outcome) -> (String, bool) {
+    match outcome {
+        Outcome::NeedsBinding {
+            pairing: PairingAsk::Code { code, created, .. },
+            ..
+        } => (code, created),
+        other => panic!("{}: expected a pairing code, got {other:?}", f.name()),
+    }
+}
+
+/// A direct message from `sender` (no alt ids).
+fn msg_from(sender: &str, message_id: &str) -> InboundMessage {
+    let mut m = msg(message_id, &format!("oc_{sender}"), "hello");
+    m.sender.id = sender.into();
+    m.sender.alt_ids = Vec::new();
+    m
+}
+
 #[tokio::test]
-async fn bound_policy_unbound_sender_needs_binding_then_binds() {
+async fn bound_policy_unbound_sender_gets_a_pairing_code_then_is_approved() {
     for f in fixtures(AccessPolicy::Bound).await {
         let m = msg("om_1", "oc_1", "hello");
-        let Outcome::NeedsBinding { user_id, token } = f.dispatch(&m, None).await else {
-            panic!("{}: expected needs_binding", f.name());
-        };
-        assert_eq!(user_id, "ou_alice");
-        assert_eq!(
-            token.len(),
-            43,
-            "{}: 32 bytes base64url without padding",
+        let outcome = f.dispatch(&m, None).await;
+        assert!(
+            matches!(&outcome, Outcome::NeedsBinding { user_id, .. } if user_id == "ou_alice"),
+            "{}: {outcome:?}",
             f.name()
         );
+        let (code, created) = pairing_code(&f, outcome);
+        assert!(created, "{}", f.name());
+        assert_eq!(code.len(), 8, "{}: {code}", f.name());
         assert!(
-            token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            code.bytes()
+                .all(|b| b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789".contains(&b)),
+            "{}: unambiguous alphabet: {code}",
+            f.name()
         );
         assert!(f.ingest.list_sessions(&f.inst.id).await.unwrap().is_empty());
         assert_eq!(f.audit_reasons().await, ["unbound_user"], "{}", f.name());
-        // Marked: the redelivery does not mint another link.
+        // Marked: the redelivery asks for nothing again.
         f.clock.advance(61_000);
         assert_eq!(
             f.dispatch(&m, None).await,
             Outcome::Dropped(DropReason::Duplicate)
         );
-        // Every new unbound message mints a new token.
-        let Outcome::NeedsBinding { token: second, .. } =
-            f.dispatch(&msg("om_2", "oc_1", "again"), None).await
-        else {
-            panic!("{}: expected needs_binding", f.name());
-        };
-        assert_ne!(token, second, "{}", f.name());
+        // The same sender within the hour gets the same code, not a new one.
+        let (again, created) =
+            pairing_code(&f, f.dispatch(&msg("om_2", "oc_1", "again"), None).await);
+        assert_eq!(
+            (again.as_str(), created),
+            (code.as_str(), false),
+            "{}",
+            f.name()
+        );
 
-        let binding = f
-            .ingest
-            .redeem_binding_token(&token, "user-42", &[], f.clock.now())
+        let pairings = f.t.db.pairings();
+        let pending = pairings
+            .list_pending(Some(&f.inst.id), f.clock.now())
             .await
             .unwrap();
-        assert_eq!(binding.channel_user_id, "ou_alice");
-        assert_eq!(binding.user_ref, "user-42");
-        assert_eq!(binding.installation_id, f.inst.id);
+        assert_eq!(pending.len(), 1, "{}", f.name());
+        assert_eq!(
+            (
+                pending[0].sender_id.as_str(),
+                pending[0].sender_name.as_deref()
+            ),
+            ("ou_alice", Some("Alice")),
+            "{}",
+            f.name()
+        );
+        let listed = serde_json::to_string(&pending).unwrap();
+        assert!(
+            !listed.contains(&code),
+            "{}: the list never shows the code",
+            f.name()
+        );
+
+        // Approval with the code as a person might type it.
+        let typed = format!(" {}-{} ", code[..4].to_lowercase(), &code[4..]);
+        let approved = switchboard::pairing::approve(&pairings, &typed, None, f.clock.now())
+            .await
+            .unwrap_or_else(|e| panic!("{}: approve: {e}", f.name()));
+        assert_eq!(approved.binding.channel_user_id, "ou_alice");
+        assert_eq!(
+            approved.binding.user_ref,
+            "ou_alice",
+            "{}: default user ref",
+            f.name()
+        );
+        assert_eq!(
+            approved.binding.alt_ids,
+            [("union_id".to_owned(), "on_alice".to_owned())],
+            "{}: the sender's alt ids are bound too",
+            f.name()
+        );
+        // The granted notice waits in the outbox, addressed to the sender in their chat.
+        let rows = f.t.db.outbox().list(None, None, 10).await.unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.id == approved.outbox_id)
+            .expect("outbox row");
+        assert_eq!(row.target.chat_id, "oc_1", "{}", f.name());
+        let notice: Notice = match &row.content {
+            OutboxContent::Notice { notice } => serde_json::from_value(notice.clone()).unwrap(),
+            other => panic!("{}: {other:?}", f.name()),
+        };
+        assert_eq!(notice.kind, NoticeKind::Info, "{}", f.name());
+        assert_eq!(notice.recipient.as_deref(), Some("ou_alice"));
+        assert!(
+            NoticeTexts::default()
+                .render(&notice, "en")
+                .contains("You now have access"),
+            "{}",
+            f.name()
+        );
+
         let outcome = f.dispatch(&msg("om_3", "oc_1", "now bound"), None).await;
         assert!(
             matches!(outcome, Outcome::Ingested { .. }),
             "{}: {outcome:?}",
+            f.name()
+        );
+        // A decided code cannot be used again.
+        let again = switchboard::pairing::approve(&pairings, &code, None, f.clock.now()).await;
+        assert!(
+            matches!(&again, Err(PairingError::Decided { status, .. }) if status == "approved"),
+            "{}: {again:?}",
+            f.name()
+        );
+        assert!(
+            pairings
+                .list_pending(None, f.clock.now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn pairing_codes_are_capped_per_installation_expire_and_can_be_denied() {
+    for f in fixtures(AccessPolicy::Bound).await {
+        let pairings = f.t.db.pairings();
+        let mut codes = Vec::new();
+        for (n, sender) in ["ou_a", "ou_b", "ou_c"].iter().enumerate() {
+            let (code, created) = pairing_code(
+                &f,
+                f.dispatch(&msg_from(sender, &format!("om_{n}")), None)
+                    .await,
+            );
+            assert!(created, "{}", f.name());
+            codes.push(code);
+        }
+        let unique: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), 3, "{}: {codes:?}", f.name());
+        // The fourth sender is told to try later, and nothing is created for them.
+        let fourth = f.dispatch(&msg_from("ou_d", "om_d1"), None).await;
+        assert_eq!(
+            fourth,
+            Outcome::NeedsBinding {
+                user_id: "ou_d".into(),
+                pairing: PairingAsk::Full
+            },
+            "{}",
+            f.name()
+        );
+        let pending = pairings
+            .list_pending(Some(&f.inst.id), f.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 3, "{}", f.name());
+        assert!(
+            pending.iter().all(|p| p.sender_id != "ou_d"),
+            "{}",
+            f.name()
+        );
+        // A sender who has a code still gets theirs while the cap is reached.
+        let (own, created) = pairing_code(&f, f.dispatch(&msg_from("ou_b", "om_b2"), None).await);
+        assert_eq!(
+            (own.as_str(), created),
+            (codes[1].as_str(), false),
+            "{}",
+            f.name()
+        );
+
+        // Denying frees a place: the fourth sender gets a code now.
+        let denied = pairings.deny(&codes[0], f.clock.now()).await.unwrap();
+        assert_eq!(
+            (denied.sender_id.as_str(), denied.status.as_str()),
+            ("ou_a", "denied")
+        );
+        let (fourth_code, _) = pairing_code(&f, f.dispatch(&msg_from("ou_d", "om_d2"), None).await);
+        let refused =
+            switchboard::pairing::approve(&pairings, &codes[0], None, f.clock.now()).await;
+        assert!(
+            matches!(&refused, Err(PairingError::Decided { status, .. }) if status == "denied"),
+            "{}: {refused:?}",
+            f.name()
+        );
+        assert!(
+            f.ingest
+                .get_binding(&f.inst.id, "ou_a", &[])
+                .await
+                .unwrap()
+                .is_none(),
+            "{}: a denied sender is not bound",
+            f.name()
+        );
+
+        // A wrong code is a clear error and changes nothing.
+        let wrong = switchboard::pairing::approve(&pairings, "ZZZZ2222", None, f.clock.now()).await;
+        let Err(e @ PairingError::Unknown { .. }) = wrong else {
+            panic!("{}: {wrong:?}", f.name());
+        };
+        assert!(e.to_string().contains("pairing list"), "{}: {e}", f.name());
+
+        // After an hour every code has expired: approval says so, and the cap is free again.
+        f.clock.advance(60 * 60_000);
+        let expired =
+            switchboard::pairing::approve(&pairings, &fourth_code, None, f.clock.now()).await;
+        let Err(e @ PairingError::Expired { .. }) = expired else {
+            panic!("{}: {expired:?}", f.name());
+        };
+        assert!(e.to_string().contains("write again"), "{}: {e}", f.name());
+        assert!(
+            pairings
+                .list_pending(None, f.clock.now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            f.ingest
+                .get_binding(&f.inst.id, "ou_d", &[])
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            f.name()
+        );
+        let (fresh, created) = pairing_code(&f, f.dispatch(&msg_from("ou_b", "om_b3"), None).await);
+        assert!(
+            created && fresh != codes[1],
+            "{}: a new code after expiry",
             f.name()
         );
     }

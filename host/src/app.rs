@@ -175,7 +175,13 @@ pub fn build_runtime(
     let runtime = Runtime::new(settings, services)?;
     runtime.load_bundled()?;
     if let Some(dir) = &config.plugins.dir {
-        for (path, result) in runtime.load_dir(dir)? {
+        let results = runtime.load_dir(dir).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (check [plugins] dir, --plugins-dir or SWITCHBOARD_PLUGINS_DIR / \
+                 SWITCHBOARD_PLUGINS__DIR)"
+            )
+        })?;
+        for (path, result) in results {
             if let Err(e) = result {
                 tracing::error!(path = %path.display(), "plugin not loaded: {e}");
             }
@@ -403,7 +409,6 @@ impl App {
                 outbox.clone(),
                 installations.clone(),
                 db.ingest(),
-                public_url.clone(),
             )
             .with_runs(runs.clone())
             .with_compactor(compactor.clone()),
@@ -474,6 +479,8 @@ impl App {
             admin_token: config.server.admin_token.as_deref().map(TokenDigest::of),
             metrics_token: config.server.metrics_token.as_deref().map(TokenDigest::of),
             public_url,
+            agent_names: crate::agents::configured_agent_names(&config.agents).into(),
+            outbox: outbox.clone(),
             metrics,
             event_coalescing: std::time::Duration::from_millis(config.server.event_coalesce_ms),
         };

@@ -116,7 +116,7 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Public base URL of this host, used in binding links.
+    /// Public base URL of this host: the installation URLs plugins register with the channel.
     pub public_url: String,
     /// Session event streams (SSE): the hub gathers a session's events per window of this
     /// length into one shared batch that every subscriber writes as one chunk (the first event
@@ -573,7 +573,8 @@ impl Config {
             anyhow::bail!(
                 "invalid configuration: {} name no notice; the notices are binding_required, \
                  fresh_context, agent_offline, agent_archived, run_error, command_usage, help, \
-                 status and info",
+                 status and info, and the texts stream_interrupted, pairing_full and \
+                 pairing_approved",
                 unknown.join(", ")
             );
         }

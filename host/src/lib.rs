@@ -25,6 +25,7 @@ pub mod ingest;
 mod layering;
 pub mod metrics;
 pub mod onboarding;
+pub mod pairing;
 pub mod retention;
 pub mod runs;
 pub mod runtime;

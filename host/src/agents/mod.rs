@@ -32,7 +32,7 @@ pub use openai::OpenAiAgent;
 pub use presence::{AgentPresence, agent_state};
 pub use registry::{
     AgentConfig, AgentConfigError, AgentKind, AgentRegistry, AgentSpec, AgentState, AgentsConfig,
-    CompactionSettings, DEFAULT_AGENT, OpenAiSettings, WorkerSettings,
+    CompactionSettings, DEFAULT_AGENT, OpenAiSettings, WorkerSettings, configured_agent_names,
 };
 
 /// Who said a context message.

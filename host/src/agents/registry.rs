@@ -33,6 +33,18 @@ pub const MIN_WORKER_TOKEN_CHARS: usize = 16;
 /// that should be overridable through `SWITCHBOARD_AGENTS__<NAME>__<KEY>` needs a lower-case name.
 pub type AgentsConfig = BTreeMap<String, AgentConfig>;
 
+/// The names of the agents `config` defines, with [`DEFAULT_AGENT`], sorted: what an
+/// installation may be bound to. Reads names only (no validation, no environment), so operator
+/// commands can check a name without the agents' credentials at hand.
+pub fn configured_agent_names(config: &AgentsConfig) -> Vec<String> {
+    let mut names: Vec<String> = config.keys().cloned().collect();
+    if !names.iter().any(|n| n == DEFAULT_AGENT) {
+        names.push(DEFAULT_AGENT.to_string());
+    }
+    names.sort();
+    names
+}
+
 /// One `[agents.<name>]` section as written; validated by [`AgentRegistry::from_config`].
 ///
 /// Every key is optional at this level so validation can say exactly what is missing.

@@ -15,7 +15,6 @@ mod runs;
 pub mod server;
 pub mod worker;
 
-pub use admin::binding_url;
 pub use hooks::OUTCOME_HEADER;
 pub use limits::HttpLimits;
 pub use worker::WorkerApi;
@@ -63,8 +62,12 @@ pub struct AppState {
     pub admin_token: Option<TokenDigest>,
     /// SHA-256 of the bearer token `GET /metrics` requires (`None` = `/metrics` is open).
     pub metrics_token: Option<TokenDigest>,
-    /// Public URL used in binding links.
+    /// Public URL (installation webhook URLs told to plugins).
     pub public_url: Arc<str>,
+    /// The configured agent names: what an installation may be bound to.
+    pub agent_names: Arc<[String]>,
+    /// The delivery outbox, woken when the API queues a notice (an approved pairing).
+    pub outbox: crate::delivery::Outbox,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Coalescing window of session event streams (`[server] event_coalesce_ms`).

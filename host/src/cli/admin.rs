@@ -1,16 +1,18 @@
-//! `switchboard installations …` and `switchboard bindings …`: operator commands working
-//! directly on the configured database (no running server needed).
+//! `switchboard installations …`, `switchboard bindings …` and `switchboard pairing …`:
+//! operator commands working directly on the configured database (no running server needed;
+//! a running one delivers the notices they queue from its outbox).
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::agents::configured_agent_names;
 use crate::app::load_secret_key;
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
-use crate::onboarding::{self, AddOptions};
-use crate::store::{AccessPolicy, Database, NewInstallation};
+use crate::onboarding::{self, AddOptions, InstallationUpdate};
+use crate::store::{AccessPolicy, Database, Installation, NewInstallation};
 
 /// Installation subcommands.
 #[derive(Debug, Subcommand)]
@@ -56,10 +58,81 @@ pub enum InstallationsCommand {
     },
     /// List installations (secrets are never printed).
     List,
+    /// Show one installation: config, secret names (never values), policy, status, agent,
+    /// debounce.
+    Show {
+        /// Installation id.
+        id: String,
+    },
+    /// Change an installation's settings, checked against the channel plugin's schema and the
+    /// configured agents like `add`.
+    Update {
+        /// Installation id.
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Config value to set as KEY=VALUE (repeatable).
+        #[arg(long = "config-value", value_name = "KEY=VALUE")]
+        config_values: Vec<String>,
+        /// Config key to remove (repeatable).
+        #[arg(long = "unset-config", value_name = "KEY")]
+        unset_config: Vec<String>,
+        /// Identity policy: `open` or `bound`.
+        #[arg(long, value_parser = ["open", "bound"])]
+        policy: Option<String>,
+        /// The bound agent (one of the configured agents).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Debounce window in milliseconds (1 to 3600000).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=crate::hygiene::MAX_DEBOUNCE_MS))]
+        debounce_ms: Option<i64>,
+    },
+    /// Replace secrets (only names the channel's schema declares); the next inbound request
+    /// uses the new values, no restart needed.
+    RotateSecret {
+        /// Installation id.
+        id: String,
+        /// Secret as KEY=VALUE (repeatable; stored encrypted, never printed).
+        #[arg(long = "secret", value_name = "KEY=VALUE", required = true)]
+        secrets: Vec<String>,
+    },
     /// Revoke an installation: its events are dropped from now on.
     Revoke {
         /// Installation id.
         id: String,
+    },
+    /// Put a revoked installation back in service (its sessions and bindings are kept).
+    Restore {
+        /// Installation id.
+        id: String,
+        /// Do not call the plugin's `on-install` (offline setups).
+        #[arg(long)]
+        skip_on_install: bool,
+    },
+}
+
+/// Pairing subcommands: approving the codes senders get under the `bound` policy.
+#[derive(Debug, Subcommand)]
+pub enum PairingCommand {
+    /// List pending pairing requests (codes are not shown: the sender gives you theirs).
+    List {
+        /// Only this installation's.
+        #[arg(long)]
+        installation: Option<String>,
+    },
+    /// Approve a code: the sender is bound and told that they have access.
+    Approve {
+        /// The code the sender gave you.
+        code: String,
+        /// The host-side user the sender is bound to (default: their channel user id).
+        #[arg(long)]
+        user_ref: Option<String>,
+    },
+    /// Deny a code: the sender gets no access.
+    Deny {
+        /// The code the sender gave you.
+        code: String,
     },
 }
 
@@ -80,7 +153,8 @@ pub enum BindingsCommand {
         /// Installation id.
         installation: String,
     },
-    /// Mint a one-time binding link (15 minutes) for a channel user.
+    /// Mint a one-time binding token (15 minutes) for a channel user, redeemed through the admin
+    /// API (`POST /api/binding-tokens/redeem`).
     Token {
         /// Installation id.
         installation: String,
@@ -141,6 +215,7 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
             let options = AddOptions {
                 skip_on_install,
                 public_url: config.server.public_url.clone(),
+                agents: Some(configured_agent_names(&config.agents)),
             };
             let created = onboarding::add(&runtime, &store, new, &options, now).await?;
             println!("{}", created.id);
@@ -167,6 +242,63 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
                 );
             }
         }
+        InstallationsCommand::Show { id } => {
+            let Some(i) = store.get(&id).await? else {
+                anyhow::bail!("no installation `{id}` (see `switchboard installations list`)");
+            };
+            print_installation(&i);
+        }
+        InstallationsCommand::Update {
+            id,
+            name,
+            config_values,
+            unset_config,
+            policy,
+            agent,
+            debounce_ms,
+        } => {
+            let runtime = crate::app::build_runtime(&config, None)?;
+            let change = InstallationUpdate {
+                name,
+                set_config: pairs(&config_values, "--config-value")?,
+                unset_config,
+                access_policy: policy.map(|p| {
+                    if p == "bound" {
+                        AccessPolicy::Bound
+                    } else {
+                        AccessPolicy::Open
+                    }
+                }),
+                agent,
+                debounce_ms,
+            };
+            let agents = configured_agent_names(&config.agents);
+            let updated =
+                onboarding::update(&runtime, &store, &id, &change, Some(&agents), now).await?;
+            print_installation(&updated);
+        }
+        InstallationsCommand::RotateSecret { id, secrets } => {
+            let runtime = crate::app::build_runtime(&config, None)?;
+            let secrets = pairs(&secrets, "--secret")?;
+            onboarding::rotate_secrets(&runtime, &store, &id, &secrets, now).await?;
+            println!(
+                "rotated {} of {id}; the next inbound request uses the new value",
+                secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        InstallationsCommand::Restore {
+            id,
+            skip_on_install,
+        } => {
+            let runtime = crate::app::build_runtime(&config, None)?;
+            let options = AddOptions {
+                skip_on_install,
+                public_url: config.server.public_url.clone(),
+                agents: None,
+            };
+            let restored = onboarding::restore(&runtime, &store, &id, &options, now).await?;
+            println!("restored {} ({})", restored.id, restored.status.as_str());
+        }
         InstallationsCommand::Revoke { id } => {
             let runtime = crate::app::build_runtime(&config, None)?;
             anyhow::ensure!(
@@ -174,6 +306,74 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
                 "no installation `{id}` (see `switchboard installations list`)"
             );
             println!("revoked {id}");
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Prints one installation for `installations show` / `update`: secret names only.
+fn print_installation(i: &Installation) {
+    println!("id:          {}", i.id);
+    println!("channel:     {}", i.channel);
+    println!("routing key: {}", i.routing_key);
+    println!("name:        {}", i.name);
+    println!("status:      {}", i.status.as_str());
+    println!("policy:      {}", i.access_policy.as_str());
+    println!("agent:       {}", i.agent);
+    println!("debounce ms: {}", i.debounce_ms);
+    println!("config:");
+    for (key, value) in &i.config {
+        println!("  {key} = {value}");
+    }
+    println!(
+        "secrets:     {}",
+        if i.secrets.is_empty() {
+            "(none)".to_string()
+        } else {
+            i.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    );
+}
+
+/// Runs a pairing subcommand.
+pub async fn pairing(config: Config, command: PairingCommand) -> anyhow::Result<()> {
+    let db = open(&config).await?;
+    let pairings = db.pairings();
+    let now = SystemClock.now_ms();
+    match command {
+        PairingCommand::List { installation } => {
+            println!(
+                "{:<36} {:<36} {:<24} {:<14} NAME",
+                "ID", "INSTALLATION", "SENDER", "EXPIRES IN"
+            );
+            for p in pairings.list_pending(installation.as_deref(), now).await? {
+                println!(
+                    "{:<36} {:<36} {:<24} {:<14} {}",
+                    p.id,
+                    p.installation_id,
+                    p.sender_id,
+                    format!("{} min", (p.expires_at_ms - now + 59_999) / 60_000),
+                    p.sender_name.as_deref().unwrap_or("")
+                );
+            }
+        }
+        PairingCommand::Approve { code, user_ref } => {
+            let approved =
+                crate::pairing::approve(&pairings, &code, user_ref.as_deref(), now).await?;
+            println!(
+                "approved: {} is bound to {} in installation {}; they are told so",
+                approved.binding.channel_user_id,
+                approved.binding.user_ref,
+                approved.pairing.installation_id
+            );
+        }
+        PairingCommand::Deny { code } => {
+            let denied = pairings.deny(&code, now).await?;
+            println!(
+                "denied: {} gets no access to installation {}",
+                denied.sender_id, denied.installation_id
+            );
         }
     }
     db.close().await;
@@ -213,11 +413,13 @@ pub async fn bindings(config: Config, command: BindingsCommand) -> anyhow::Resul
             let token = records
                 .mint_binding_token(&installation, &user_id, now)
                 .await?;
-            println!(
-                "{}",
-                crate::api::binding_url(&config.server.public_url, &token)
+            println!("{token}");
+            eprintln!(
+                "single use; expires in 15 minutes; redeem it with POST {}/api/binding-tokens/redeem \
+                 {{\"token\": …, \"user_ref\": …}} (senders who write to the bot get a pairing \
+                 code instead: `switchboard pairing approve CODE`)",
+                config.server.public_url.trim_end_matches('/')
             );
-            eprintln!("single use; expires in 15 minutes");
         }
     }
     db.close().await;

@@ -258,6 +258,10 @@ fn forwarded_global_args(global: &GlobalArgs) -> Vec<std::ffi::OsString> {
     if global.no_cache {
         out.push("--no-cache".into());
     }
+    if let Some(file) = &global.config {
+        out.push("--config".into());
+        out.push(file.clone().into_os_string());
+    }
     if let Some(dir) = &global.plugins_dir {
         out.push("--plugins-dir".into());
         out.push(dir.clone().into_os_string());

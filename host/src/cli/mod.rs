@@ -16,8 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::capabilities::{OperatorPolicy, ServiceLimits, Services};
-use crate::runtime::{Runtime, RuntimeSettings};
+use crate::runtime::Runtime;
 
 /// switchboard: a WebAssembly-pluggable host connecting chat channels to AI agents.
 #[derive(Debug, Parser)]
@@ -110,12 +109,15 @@ enum Command {
     Migrate,
     /// Print a fresh secrets key (32 bytes, hex) for `secrets.key`.
     Keygen,
-    /// Create, list and revoke channel installations.
+    /// Add, show, update, rotate secrets of, revoke and restore channel installations.
     #[command(subcommand)]
     Installations(admin::InstallationsCommand),
-    /// Manage user bindings and binding links.
+    /// Manage user bindings and binding tokens.
     #[command(subcommand)]
     Bindings(admin::BindingsCommand),
+    /// Approve or deny the pairing codes senders get under the `bound` policy.
+    #[command(subcommand)]
+    Pairing(admin::PairingCommand),
     /// Inspect and operate session runs: list, show, interrupt, promote, dequeue, edit, delete.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
@@ -132,28 +134,10 @@ impl GlobalArgs {
         Ok(config)
     }
 
+    /// The plugin runtime as the configuration describes it (bundled plugins, `[plugins] dir` or
+    /// `--plugins-dir`, the artifact cache, `[plugins] base_urls`): what `serve` loads.
     fn runtime(&self) -> anyhow::Result<Runtime> {
-        let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
-        let settings = RuntimeSettings {
-            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
-            ..RuntimeSettings::default()
-        };
-        let runtime = Runtime::new(settings, services)?;
-        runtime.load_bundled()?;
-        if let Some(dir) = &self.plugins_dir {
-            let results = runtime.load_dir(dir).map_err(|e| {
-                anyhow::anyhow!("{e} (check --plugins-dir / SWITCHBOARD_PLUGINS_DIR)")
-            })?;
-            for (path, result) in results {
-                if let Err(e) = result {
-                    notice(
-                        tracing::Level::WARN,
-                        &format!("skipped {}: {e}", path.display()),
-                    );
-                }
-            }
-        }
-        Ok(runtime)
+        crate::app::build_runtime(&self.config()?, None)
     }
 }
 
@@ -215,17 +199,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugins(command) => plugins::run(&cli.global.runtime()?, command).await,
         Command::Demo(args) => {
-            demo::run(
-                (!cli.global.no_cache).then(|| cli.global.cache_dir.clone()),
-                args.channel,
-            )
-            .await
+            // The demo runs on its own fresh database and fakes; of the configuration it takes
+            // the artifact cache, but a configuration that cannot be read stops it like any
+            // other command.
+            let config = cli.global.config()?;
+            demo::run(config.plugins.cache_dir, args.channel).await
         }
         Command::Replay(args) => replay::run(&cli.global, args).await,
         Command::Bench(args) => bench::run(&cli.global, args).await,
         Command::Serve(args) => serve::run(cli.global.config()?, args).await,
         Command::Migrate => serve::migrate(cli.global.config()?).await,
         Command::Keygen => {
+            // Needs nothing from the configuration, but refuses one that cannot be read, as
+            // every command does.
+            cli.global.config()?;
             println!("{}", crate::store::SecretCipher::generate_key_hex());
             Ok(())
         }
@@ -233,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin::installations(cli.global.config()?, command).await
         }
         Command::Bindings(command) => admin::bindings(cli.global.config()?, command).await,
+        Command::Pairing(command) => admin::pairing(cli.global.config()?, command).await,
         Command::Sessions(command) => sessions::sessions(cli.global.config()?, command).await,
     }
 }
@@ -247,6 +235,7 @@ fn end_quietly_on_a_closed_pipe(command: &Command) {
         Command::Plugins(_)
             | Command::Installations(_)
             | Command::Bindings(_)
+            | Command::Pairing(_)
             | Command::Sessions(_)
     ) {
         // SAFETY: restores the default disposition of one signal before any thread is started.

@@ -223,25 +223,28 @@ fn services(operator: OperatorPolicy) -> Services {
     )
 }
 
-fn runtime_settings(global: &GlobalArgs) -> RuntimeSettings {
+/// The runtime settings the configuration names (the artifact cache).
+fn runtime_settings(config: &crate::config::Config) -> RuntimeSettings {
     RuntimeSettings {
-        cache_dir: (!global.no_cache).then(|| global.cache_dir.clone()),
+        cache_dir: config.plugins.cache_dir.clone(),
         ..RuntimeSettings::default()
     }
 }
 
-/// The runtime with the bundled plugins and those of `--plugins-dir`, as `GlobalArgs::runtime`
-/// loads them, on the replay's services.
+/// The runtime with the bundled plugins and those of the configured plugins directory
+/// (`[plugins] dir` or `--plugins-dir`), as `GlobalArgs::runtime` loads them, on the replay's
+/// services.
 fn load_runtime(global: &GlobalArgs) -> anyhow::Result<Runtime> {
+    let config = global.config()?;
     let runtime = Runtime::new(
-        runtime_settings(global),
+        runtime_settings(&config),
         services(OperatorPolicy::default()),
     )?;
     runtime.load_bundled()?;
-    if let Some(dir) = &global.plugins_dir {
-        let results = runtime
-            .load_dir(dir)
-            .map_err(|e| anyhow::anyhow!("{e} (check --plugins-dir / SWITCHBOARD_PLUGINS_DIR)"))?;
+    if let Some(dir) = &config.plugins.dir {
+        let results = runtime.load_dir(dir).map_err(|e| {
+            anyhow::anyhow!("{e} (check [plugins] dir, --plugins-dir or SWITCHBOARD_PLUGINS_DIR)")
+        })?;
         for (path, result) in results {
             if let Err(e) = result {
                 eprintln!("warning: skipped {}: {e}", path.display());
@@ -853,6 +856,7 @@ impl NoticeSpec {
             link: self.link,
             reference: self.reference,
             recipient: self.recipient,
+            text_key: None,
         };
         let text = self
             .text
@@ -911,7 +915,7 @@ async fn run_outbound(
         .redirect(reqwest::redirect::Policy::none())
         .proxy(reqwest::Proxy::all(&capture.proxy_url)?)
         .build()?;
-    let runtime = Runtime::new(runtime_settings(global), services)?;
+    let runtime = Runtime::new(runtime_settings(&global.config()?), services)?;
     let capturing = match plugin.source() {
         Source::File(path) => runtime.load_file(path)?,
         Source::Bundled => {

@@ -2,7 +2,8 @@
 //!
 //! An operator signs in with the admin token ([`auth`]: an HttpOnly, SameSite=Strict session
 //! cookie, `Secure` under an https public URL, 12 h) and sees installations (added from the
-//! plugin's installation schema, revoked), plugins and their health, sessions with a live
+//! plugin's installation schema, edited, their secrets rotated, revoked and restored), pending
+//! pairings (approve or deny a code), plugins and their health, sessions with a live
 //! transcript (the browser reads the existing `/api/sessions/{id}/events` stream, which accepts
 //! the console cookie), runs and queues (interrupt, promote, delete), the drop audit and a
 //! metrics overview. Every state-changing form is a POST carrying the session's CSRF token,
@@ -10,7 +11,8 @@
 //!
 //! Owns the pages, the sign-in and the forms. It must not hold business logic or SQL: every
 //! read and change goes through the same store and service functions the admin API calls
-//! (`api::admin::add_installation`, `api::admin::revoke`, `RunService::interrupt`, …). Pages are
+//! (`api::admin::add_installation`, `update`, `rotate_secrets`, `revoke`, `restore`,
+//! `approve_code`, `RunService::interrupt`, …). Pages are
 //! `maud` templates (`pages.rs`, escaped at compile time); the little CSS and JS it needs are
 //! embedded in the binary (`static/`), and nothing is loaded from elsewhere.
 
@@ -31,7 +33,7 @@ use serde::Deserialize;
 pub use auth::{ConsoleAuth, ConsoleSession};
 
 use crate::api::{ApiError, AppState, admin};
-use crate::store::{NewInstallation, RunState};
+use crate::store::{Installation, NewInstallation, RunState};
 
 /// The largest console form accepted (bytes); the host's body limit applies first.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -64,6 +66,19 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             "/console/installations/{id}/revoke",
             post(revoke_installation),
         )
+        .route(
+            "/console/installations/{id}/restore",
+            post(restore_installation),
+        )
+        .route(
+            "/console/installations/{id}/edit",
+            get(edit_installation).post(update_installation),
+        )
+        .route(
+            "/console/installations/{id}/secrets",
+            get(secrets_form).post(rotate_secrets),
+        )
+        .route("/console/pairings", get(pairings).post(decide_pairing))
         .route("/console/plugins", get(plugins))
         .route("/console/sessions", get(sessions))
         .route("/console/sessions/{id}", get(session))
@@ -449,6 +464,250 @@ async fn revoke_installation(State(s): State<AppState>, Path(id): Path<String>) 
     admin::revoke(&s, &id).await?;
     tracing::info!(installation = %id, "installation revoked from the console");
     see_other("/console/installations?done=revoked")
+}
+
+/// Restore runs the plugin's `on-install` again unless the form's box is ticked.
+async fn restore_installation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(form): axum::Extension<FormFields>,
+) -> PageResult {
+    let skip_on_install = form.get("skip_on_install") == Some("on");
+    admin::restore(&s, &id, skip_on_install).await?;
+    tracing::info!(installation = %id, "installation restored from the console");
+    see_other("/console/installations?done=restored")
+}
+
+/// The installation and the plugin serving its channel (404 page for either missing).
+async fn installation_and_plugin(
+    s: &AppState,
+    id: &str,
+) -> Result<(Installation, std::sync::Arc<crate::runtime::Plugin>), PageError> {
+    let installation = admin::find(s, id).await?;
+    let plugin = s
+        .runtime
+        .plugin_for_channel(&installation.channel)
+        .ok_or_else(|| {
+            PageError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "No loaded plugin serves the channel `{}` of this installation.",
+                    installation.channel
+                ),
+            )
+        })?;
+    Ok((installation, plugin))
+}
+
+async fn edit_installation(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let (installation, plugin) = installation_and_plugin(&s, &id).await?;
+    Ok(html(pages::edit_installation(
+        &signed,
+        &installation,
+        &plugin,
+        None,
+        None,
+    )))
+}
+
+async fn update_installation(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    Path(id): Path<String>,
+    axum::Extension(form): axum::Extension<FormFields>,
+) -> PageResult {
+    let (installation, plugin) = installation_and_plugin(&s, &id).await?;
+    let refuse = |e: ApiError| -> PageResult {
+        Ok((
+            e.status(),
+            html(pages::edit_installation(
+                &signed,
+                &installation,
+                &plugin,
+                Some(&form),
+                Some(e.message()),
+            )),
+        )
+            .into_response())
+    };
+    let debounce_ms = match form.get("debounce_ms").map(str::trim) {
+        None | Some("") => None,
+        Some(v) => match v.parse() {
+            Ok(ms) => Some(ms),
+            Err(_) => {
+                return refuse(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "debounce_ms must be a whole number of milliseconds",
+                ));
+            }
+        },
+    };
+    if let Some(ms) = debounce_ms
+        && let Err(what) = crate::hygiene::check_debounce_ms(ms)
+    {
+        return refuse(ApiError::new(StatusCode::BAD_REQUEST, what));
+    }
+    let access_policy = match admin::access_policy(form.get("access_policy")) {
+        Ok(policy) => policy,
+        Err(e) => return refuse(e),
+    };
+    // A config field left empty removes a value that was set; the others are set as shown.
+    let schema = &plugin.manifest().installation;
+    let mut set_config = BTreeMap::new();
+    let mut unset_config = Vec::new();
+    for key in schema.config.keys() {
+        let value = form.get(&format!("config.{key}")).unwrap_or("").trim();
+        match (value.is_empty(), installation.config.get(key)) {
+            (true, Some(_)) => unset_config.push(key.clone()),
+            (true, None) => {}
+            (false, Some(old)) if old == value => {}
+            (false, _) => {
+                set_config.insert(key.clone(), value.to_string());
+            }
+        }
+    }
+    let change = crate::onboarding::InstallationUpdate {
+        name: form.get("name").map(|n| n.trim().to_string()),
+        set_config,
+        unset_config,
+        access_policy: Some(access_policy),
+        agent: form
+            .get("agent")
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string),
+        debounce_ms,
+    };
+    match admin::update(&s, &id, &change).await {
+        Ok(_) => {
+            tracing::info!(installation = %id, "installation updated from the console");
+            see_other("/console/installations?done=updated")
+        }
+        Err(e) if e.status().is_server_error() => Err(e.into()),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn secrets_form(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let (installation, plugin) = installation_and_plugin(&s, &id).await?;
+    Ok(html(pages::rotate_secrets(
+        &signed,
+        &installation,
+        &plugin,
+        None,
+    )))
+}
+
+/// Rotates the secrets typed into the form; empty fields keep their value.
+async fn rotate_secrets(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    Path(id): Path<String>,
+    axum::Extension(form): axum::Extension<FormFields>,
+) -> PageResult {
+    let (installation, plugin) = installation_and_plugin(&s, &id).await?;
+    let secrets = form.prefixed("secret.");
+    let result = if secrets.is_empty() {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Type a new value for at least one secret; empty fields keep their value.",
+        ))
+    } else {
+        admin::rotate_secrets(&s, &id, &secrets).await
+    };
+    match result {
+        Ok(_) => {
+            let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
+            tracing::info!(installation = %id, secrets = ?names, "secrets rotated from the console");
+            see_other("/console/installations?done=rotated")
+        }
+        Err(e) if e.status().is_server_error() => Err(e.into()),
+        Err(e) => Ok((
+            e.status(),
+            html(pages::rotate_secrets(
+                &signed,
+                &installation,
+                &plugin,
+                Some(e.message()),
+            )),
+        )
+            .into_response()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pairings.
+
+async fn pairings(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    Query(q): Query<SessionsQuery>,
+    Query(notice): Query<Notice>,
+) -> PageResult {
+    let installation = q.installation.as_deref().filter(|i| !i.is_empty());
+    let pending = admin::pending_pairings(&s, installation).await?;
+    Ok(html(pages::pairings(
+        &signed,
+        &pending,
+        installation,
+        notice.done.as_deref(),
+        None,
+    )))
+}
+
+/// Approves or denies the code typed into the form (the list never shows codes: the operator
+/// gets one from the sender).
+async fn decide_pairing(
+    State(s): State<AppState>,
+    axum::Extension(signed): axum::Extension<Signed>,
+    axum::Extension(form): axum::Extension<FormFields>,
+) -> PageResult {
+    let code = form.get("code").unwrap_or("").trim().to_string();
+    let user_ref = form
+        .get("user_ref")
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let result = if code.is_empty() {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Type the 8-character code the sender was given.",
+        ))
+    } else if form.get("decision") == Some("deny") {
+        admin::deny_code(&s, &code).await.map(|p| ("denied", p))
+    } else {
+        admin::approve_code(&s, &code, user_ref)
+            .await
+            .map(|a| ("approved", a.pairing))
+    };
+    match result {
+        Ok((done, pairing)) => {
+            tracing::info!(installation = %pairing.installation_id, pairing = %pairing.id, decision = done, "pairing decided from the console");
+            see_other(&format!("/console/pairings?done={done}"))
+        }
+        Err(e) if e.status().is_server_error() => Err(e.into()),
+        Err(e) => {
+            let pending = admin::pending_pairings(&s, None).await?;
+            Ok((
+                e.status(),
+                html(pages::pairings(
+                    &signed,
+                    &pending,
+                    None,
+                    None,
+                    Some(e.message()),
+                )),
+            )
+                .into_response())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

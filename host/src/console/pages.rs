@@ -9,13 +9,14 @@ use super::Signed;
 use super::auth::CSRF_FIELD;
 use crate::runtime::{HealthState, Plugin};
 use crate::store::{
-    AuditRow, Installation, InstallationStatus, Message, QueuedMessage, RunState, RunStatus,
-    Session,
+    AuditRow, Installation, InstallationStatus, Message, Pairing, QueuedMessage, RunState,
+    RunStatus, Session,
 };
 
 /// The navigation: (path, label).
 const NAV: &[(&str, &str)] = &[
     ("/console/installations", "Installations"),
+    ("/console/pairings", "Pairings"),
     ("/console/plugins", "Plugins"),
     ("/console/sessions", "Sessions"),
     ("/console/runs", "Runs and queues"),
@@ -62,6 +63,11 @@ fn notice_text(done: Option<&str>) -> Option<&'static str> {
     Some(match done? {
         "added" => "Installation added.",
         "revoked" => "Installation revoked: its events are refused and its connection closes.",
+        "restored" => "Installation restored: its events are accepted again.",
+        "updated" => "Installation updated.",
+        "rotated" => "Secrets rotated: the next request uses the new values.",
+        "approved" => "Pairing approved: the sender is bound and told so.",
+        "denied" => "Pairing denied.",
         "interrupted" => "Interrupted: the run was stopped and its queue promoted.",
         "promoted" => "Queued message promoted into the conversation.",
         "dequeued" => "Queued message deleted.",
@@ -212,11 +218,24 @@ pub(crate) fn installations(signed: &Signed, all: &[Installation], done: Option<
                                     td.actions {
                                         a href={ "/console/sessions?installation=" (path_segment(&i.id)) } { "Sessions" }
                                         " "
+                                        a href={ "/console/installations/" (path_segment(&i.id)) "/edit" } { "Edit" }
+                                        " "
+                                        a href={ "/console/installations/" (path_segment(&i.id)) "/secrets" } { "Rotate secrets" }
+                                        " "
                                         @if i.status == InstallationStatus::Active {
                                             (action(signed,
                                                 &format!("/console/installations/{}/revoke", path_segment(&i.id)),
                                                 "Revoke", None,
                                                 Some("Revoke this installation? Its events will be refused.")))
+                                        } @else {
+                                            @let skip = format!("skip-{}", i.id);
+                                            form.inline method="post" action={ "/console/installations/" (path_segment(&i.id)) "/restore" } {
+                                                (csrf(signed))
+                                                input id=(skip) name="skip_on_install" type="checkbox";
+                                                label for=(skip) { "skip on-install" }
+                                                " "
+                                                button type="submit" { "Restore" }
+                                            }
                                         }
                                     }
                                 }
@@ -316,6 +335,177 @@ pub(crate) fn new_installation(
                         label for="f-skip" { "Skip the plugin's on-install step (fill every required value yourself)" }
                     }
                     button type="submit" { "Add installation" }
+                }
+            }
+        },
+    )
+}
+
+/// Change an installation: name, agent, policy, debounce and its config keys (from the
+/// schema, shown with their current values; an emptied field removes the value).
+pub(crate) fn edit_installation(
+    signed: &Signed,
+    installation: &Installation,
+    plugin: &Plugin,
+    values: Option<&super::FormFields>,
+    error: Option<&str>,
+) -> Markup {
+    let id = path_segment(&installation.id);
+    let schema = &plugin.manifest().installation;
+    // Re-shown after an error: what was typed; else the stored values.
+    let value = |name: &str, stored: String| -> String {
+        values
+            .and_then(|v| v.get(name))
+            .map(str::to_string)
+            .unwrap_or(stored)
+    };
+    let policy = value(
+        "access_policy",
+        installation.access_policy.as_str().to_string(),
+    );
+    layout(
+        &format!("Edit installation {}", installation.id),
+        Some(signed),
+        "/console/installations",
+        html! {
+            @if let Some(error) = error {
+                p.error role="alert" { (error) }
+            }
+            form.stack method="post" action={ "/console/installations/" (id) "/edit" } {
+                (csrf(signed))
+                fieldset {
+                    legend { "Installation (" (installation.channel) ")" }
+                    label for="f-name" { "Name" }
+                    input id="f-name" name="name" type="text" value=(value("name", installation.name.clone()));
+                    label for="f-agent" { "Agent" }
+                    input id="f-agent" name="agent" type="text" value=(value("agent", installation.agent.clone()));
+                    label for="f-access_policy" { "Access policy" }
+                    select id="f-access_policy" name="access_policy" {
+                        option value="open" selected[policy != "bound"] { "open: anyone in the chat" }
+                        option value="bound" selected[policy == "bound"] { "bound: bound or paired users only" }
+                    }
+                    label for="f-debounce_ms" { "Debounce window (ms)" }
+                    input id="f-debounce_ms" name="debounce_ms" type="number" min="1" max="3600000" inputmode="numeric"
+                        value=(value("debounce_ms", installation.debounce_ms.to_string()));
+                }
+                @if !schema.config.is_empty() {
+                    fieldset {
+                        legend { "Config (an emptied optional field removes its value)" }
+                        @for (key, spec) in &schema.config {
+                            @let field = format!("config-{key}");
+                            @let name = format!("config.{key}");
+                            @let help = format!("{field}-help");
+                            label for=(field) { (key) @if spec.required { " (required)" } @else { " (optional)" } }
+                            input id=(field) name=(name) type="text"
+                                value=(value(&name, installation.config.get(key).cloned().unwrap_or_default()))
+                                aria-required=[spec.required.then_some("true")] aria-describedby=(help);
+                            small id=(help) { (spec.description) }
+                        }
+                    }
+                }
+                button type="submit" { "Save changes" }
+            }
+        },
+    )
+}
+
+/// New values for an installation's secrets (never shown; empty fields keep their value).
+pub(crate) fn rotate_secrets(
+    signed: &Signed,
+    installation: &Installation,
+    plugin: &Plugin,
+    error: Option<&str>,
+) -> Markup {
+    let id = path_segment(&installation.id);
+    let schema = &plugin.manifest().installation;
+    layout(
+        &format!("Rotate secrets of {}", installation.id),
+        Some(signed),
+        "/console/installations",
+        html! {
+            @if let Some(error) = error {
+                p.error role="alert" { (error) }
+            }
+            p { "Type a new value for each secret to replace; empty fields keep their current value. Values are stored encrypted and never shown." }
+            form.stack method="post" action={ "/console/installations/" (id) "/secrets" } {
+                (csrf(signed))
+                fieldset {
+                    legend { "Secrets (" (installation.channel) ")" }
+                    @for (key, spec) in &schema.secrets {
+                        @let field = format!("secret-{key}");
+                        @let help = format!("{field}-help");
+                        label for=(field) {
+                            (key)
+                            @if installation.secrets.contains_key(key) { " (set)" } @else { " (not set)" }
+                        }
+                        input id=(field) name={ "secret." (key) } type="password" autocomplete="off" aria-describedby=(help);
+                        small id=(help) { (spec.description) }
+                    }
+                }
+                button type="submit" { "Rotate" }
+            }
+        },
+    )
+}
+
+/// Pending pairing requests, and the form that approves or denies a code.
+pub(crate) fn pairings(
+    signed: &Signed,
+    pending: &[Pairing],
+    installation: Option<&str>,
+    done: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "Pairings",
+        Some(signed),
+        "/console/pairings",
+        html! {
+            (notice(done))
+            @if let Some(error) = error {
+                p.error role="alert" id="pairing-error" { (error) }
+            }
+            p { "A sender without access under the bound policy is given a code. Ask them for it, then approve or deny it here; codes are never listed." }
+            form.stack method="post" action="/console/pairings" {
+                (csrf(signed))
+                label for="p-code" { "Pairing code" }
+                input id="p-code" name="code" type="text" autocomplete="off" autocapitalize="characters"
+                    required aria-describedby=[error.map(|_| "pairing-error")];
+                label for="p-user_ref" { "Bind to user (optional; default: the sender's channel user id)" }
+                input id="p-user_ref" name="user_ref" type="text";
+                div.actions {
+                    button type="submit" name="decision" value="approve" { "Approve" }
+                    button type="submit" name="decision" value="deny" { "Deny" }
+                }
+            }
+            form.inline-form method="get" action="/console/pairings" role="search" {
+                label for="filter-installation" { "Installation id" }
+                input id="filter-installation" name="installation" type="text" value=(installation.unwrap_or(""));
+                button type="submit" { "Filter" }
+            }
+            @if pending.is_empty() {
+                p { "No pairing is pending." }
+            } @else {
+                div.scroll {
+                    table {
+                        caption { (pending.len()) " pending pairings" }
+                        thead { tr {
+                            th scope="col" { "Sender" } th scope="col" { "Sender id" }
+                            th scope="col" { "Installation" } th scope="col" { "Asked" }
+                            th scope="col" { "Expires" }
+                        } }
+                        tbody {
+                            @for p in pending {
+                                tr {
+                                    td { (p.sender_name.as_deref().unwrap_or("")) }
+                                    td { code { (p.sender_id) } }
+                                    td { code { (p.installation_id) } }
+                                    td { (utc(p.created_at_ms)) }
+                                    td { (utc(p.expires_at_ms)) }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         },

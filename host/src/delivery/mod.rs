@@ -19,7 +19,7 @@ use crate::ingest::service::OutcomeObserver;
 use crate::runs::RunService;
 use crate::runs::observer::{RunEndObserver, RunEnded, RunOutcome};
 use crate::runtime::{CallError, Plugin, Runtime, outbound, types};
-use crate::store::{IngestStore, Installation, InstallationStore, Session};
+use crate::store::{IngestStore, Installation, InstallationStore, PairingAsk, Session};
 
 pub mod outbox;
 pub mod pace;
@@ -180,15 +180,23 @@ pub fn chat_kind_name(kind: types::ChatKind) -> &'static str {
     }
 }
 
-/// The notice an ingest outcome asks for, if any. `binding_url` turns a raw binding token into
-/// the link the user opens.
-pub fn outcome_notice(outcome: &Outcome, binding_url: impl Fn(&str) -> String) -> Option<Notice> {
+/// The notice an ingest outcome asks for, if any: an unbound sender is told their pairing code
+/// (or to try later when too many are pending), privately.
+pub fn outcome_notice(outcome: &Outcome) -> Option<Notice> {
     match outcome {
-        Outcome::NeedsBinding { user_id, token } => Some(Notice {
-            link: Some(binding_url(token)),
-            recipient: Some(user_id.clone()),
-            ..Notice::new(NoticeKind::BindingRequired)
-        }),
+        Outcome::NeedsBinding { user_id, pairing } => {
+            let notice = match pairing {
+                PairingAsk::Code { code, .. } => {
+                    Notice::new(NoticeKind::BindingRequired).with_detail(code.clone())
+                }
+                PairingAsk::Full => Notice::new(NoticeKind::BindingRequired)
+                    .with_text_key(crate::domain::notice::PAIRING_FULL),
+            };
+            Some(Notice {
+                recipient: Some(user_id.clone()),
+                ..notice
+            })
+        }
         Outcome::FreshPending { .. } => Some(Notice::new(NoticeKind::FreshContext)),
         Outcome::Dropped(_) | Outcome::Ingested { .. } | Outcome::Builtin { .. } => None,
     }
@@ -720,18 +728,16 @@ pub struct ChannelReplies {
     compactor: Option<crate::runs::Compactor>,
     installations: InstallationStore,
     sessions: IngestStore,
-    public_url: Arc<str>,
 }
 
 impl ChannelReplies {
     /// Sends notices through `outbox` (stored first, retried, visible when they fail) and
-    /// typing indicators through `delivery`; binding links are built on `public_url`.
+    /// typing indicators through `delivery`.
     pub fn new(
         delivery: Delivery,
         outbox: Outbox,
         installations: InstallationStore,
         sessions: IngestStore,
-        public_url: Arc<str>,
     ) -> ChannelReplies {
         ChannelReplies {
             delivery,
@@ -740,7 +746,6 @@ impl ChannelReplies {
             compactor: None,
             installations,
             sessions,
-            public_url,
         }
     }
 
@@ -856,8 +861,7 @@ impl OutcomeObserver for ChannelReplies {
         message: &types::InboundMessage,
         outcome: &Outcome,
     ) {
-        let public_url = self.public_url.clone();
-        let notice = outcome_notice(outcome, |token| crate::api::binding_url(&public_url, token));
+        let notice = outcome_notice(outcome);
         let session_id = match outcome {
             Outcome::Ingested { session_id, .. }
             | Outcome::FreshPending { session_id }

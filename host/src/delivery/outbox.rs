@@ -200,9 +200,9 @@ impl Outbox {
         let content = OutboxContent::Notice {
             notice: serde_json::to_value(notice).unwrap_or_default(),
         };
-        // A notice outside any session (a binding link DM) is ordered on its own.
+        // A notice outside any session (a pairing code DM) is ordered on its own.
         let session_id = if target.session_id.is_empty() {
-            format!("{SESSIONLESS}{}", uuid::Uuid::new_v4().simple())
+            sessionless_key()
         } else {
             target.session_id.clone()
         };
@@ -468,6 +468,12 @@ pub fn outbox_target(target: &types::SessionTarget) -> OutboxTarget {
 
 /// Prefix of the ordering key of a row that belongs to no session.
 const SESSIONLESS: &str = "sessionless:";
+
+/// A fresh ordering key for an outbox row that belongs to no session (a private notice): it
+/// waits for no other row.
+pub fn sessionless_key() -> String {
+    format!("{SESSIONLESS}{}", uuid::Uuid::new_v4().simple())
+}
 
 /// The session target of a stored row.
 pub fn session_target(session_id: &str, target: &OutboxTarget) -> types::SessionTarget {

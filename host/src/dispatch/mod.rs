@@ -13,11 +13,11 @@
 //! itself
 //! ([`IngestStore::claim_and_append`]) — one write transaction per message instead of a claim
 //! and then an append, and no claim is ever left in flight. A duplicate is still dropped as
-//! `duplicate` (audited once); drops, binding links and first messages of a chat keep the
-//! claim-first order, so replays never re-audit or re-send a link.
+//! `duplicate` (audited once); drops, pairing codes and first messages of a chat keep the
+//! claim-first order, so replays never re-audit or re-send a code.
 //!
 //! Must not touch wasm or HTTP: the caller decodes, enriches and parses commands through the
-//! plugin, hands the results in, and renders the outcome (reply, notice, binding link) itself.
+//! plugin, hands the results in, and renders the outcome (reply, notice, pairing code) itself.
 //! SQL lives in `crate::store`; time comes from an injectable [`Clock`].
 
 use std::collections::HashMap;
@@ -30,7 +30,8 @@ use crate::domain::Clock;
 use crate::runtime::types::{ChatKind as WireChatKind, InboundMessage};
 use crate::store::{
     AccessPolicy, AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, ChatKind, DedupClaim,
-    FlushTicket, IngestStore, Installation, InstallationStore, SessionKey, StoreError, TurnKind,
+    FlushTicket, IngestStore, Installation, InstallationStore, OutboxTarget, PairingAsk,
+    PairingRequest, PairingStore, SessionKey, StoreError, TurnKind,
 };
 
 /// The commands the host runs itself; any other name goes to the agent.
@@ -154,12 +155,13 @@ impl fmt::Display for DropReason {
 pub enum Outcome {
     /// Dropped (and audited) for the given reason.
     Dropped(DropReason),
-    /// The sender must bind their account first (`bound` policy); the caller sends the link.
+    /// The sender is not bound (`bound` policy): the caller tells them their pairing code, or
+    /// that too many are pending ([`PairingAsk::Full`]).
     NeedsBinding {
-        /// The sender's channel user id (the link goes to them directly).
+        /// The sender's channel user id (the notice goes to them directly).
         user_id: String,
-        /// The freshly minted one-time token (raw; only its hash is stored).
-        token: String,
+        /// Their pairing code (new, or the one they already have), or `Full`.
+        pairing: PairingAsk,
     },
     /// The message is stored; its session's debounced run is scheduled.
     Ingested {
@@ -321,7 +323,7 @@ async fn write_audit(ingest: &IngestStore, entry: &AuditEntry, now_ms: i64) {
 
 /// How the claim is finalized once the pipeline body is done.
 enum Finalize {
-    /// Mark it processed (drops after the claim, binding links).
+    /// Mark it processed (drops after the claim, pairing codes).
     Mark,
     /// Nothing to do: marked inside the append transaction, or lost.
     Done,
@@ -372,6 +374,7 @@ impl SessionCache {
 pub struct Dispatcher {
     installations: InstallationStore,
     ingest: IngestStore,
+    pairings: PairingStore,
     clock: Arc<dyn Clock>,
     hook: Option<StepHook>,
     sessions: Arc<SessionCache>,
@@ -390,9 +393,11 @@ impl Dispatcher {
     /// A dispatcher over `installations` (and its database) reading time from `clock`.
     pub fn new(installations: InstallationStore, clock: Arc<dyn Clock>) -> Dispatcher {
         let ingest = installations.database().ingest();
+        let pairings = installations.database().pairings();
         Dispatcher {
             installations,
             ingest,
+            pairings,
             clock,
             hook: None,
             sessions: Arc::default(),
@@ -777,17 +782,28 @@ impl Dispatcher {
                 self.audit(installation, event, DropReason::UnboundUser, now_ms)
                     .await;
                 if user_id.is_empty() {
-                    // Nobody to send a link to.
+                    // Nobody to give a code to.
                     return Ok((Outcome::Dropped(DropReason::UnboundUser), Finalize::Mark));
                 }
-                let token = self
-                    .ingest
-                    .mint_binding_token(&installation.id, user_id, now_ms)
-                    .await?;
+                let target = pairing_target(message);
+                let request = PairingRequest {
+                    installation_id: &installation.id,
+                    sender_id: user_id,
+                    sender_alt_ids: &message.sender.alt_ids,
+                    sender_name: message.sender.display_name.as_deref(),
+                    target: &target,
+                };
+                let pairing = self.pairings.request(&request, now_ms).await?;
+                if pairing == PairingAsk::Full {
+                    tracing::info!(
+                        installation = %installation.id,
+                        "an unbound sender asked for access while the pending pairing codes are at the cap"
+                    );
+                }
                 return Ok((
                     Outcome::NeedsBinding {
                         user_id: user_id.to_owned(),
-                        token,
+                        pairing,
                     },
                     Finalize::Mark,
                 ));
@@ -845,6 +861,18 @@ fn addressed(message: &InboundMessage) -> bool {
 }
 
 /// The session key of `message` (step 5).
+/// Where a pairing's answer goes: the chat the sender wrote from, anchored on their message
+/// (the notice itself is addressed to the sender).
+fn pairing_target(message: &InboundMessage) -> OutboxTarget {
+    OutboxTarget {
+        chat_id: message.chat.id.clone(),
+        chat_type: session_key(message).chat_type.as_str().to_string(),
+        thread_id: message.thread_id.clone(),
+        reply_to: Some(message.message_id.clone()).filter(|id| !id.is_empty()),
+        in_thread: message.thread_id.is_some(),
+    }
+}
+
 fn session_key(message: &InboundMessage) -> SessionKey {
     let chat_kind = match message.chat.kind {
         WireChatKind::Direct => ChatKind::Direct,

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
-    /// The sender must bind their account first (carries the link).
+    /// The sender has no access yet (`bound` policy): carries their pairing code in `detail`
+    /// (or, with the `pairing_full` text, says to try later).
     BindingRequired,
     /// `new` was received: the next message starts a fresh context.
     FreshContext,
@@ -81,6 +82,11 @@ pub struct Notice {
     /// The participant it is for, when it must be sent privately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
+    /// A catalogue key whose words replace the kind's (the pairing texts
+    /// [`PAIRING_FULL`] and [`PAIRING_APPROVED`]); overridable in `[notices.<locale>]` like a
+    /// kind's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_key: Option<String>,
 }
 
 impl Notice {
@@ -92,7 +98,14 @@ impl Notice {
             link: None,
             reference: None,
             recipient: None,
+            text_key: None,
         }
+    }
+
+    /// With the words of catalogue key `key` instead of the kind's.
+    pub fn with_text_key(mut self, key: &str) -> Notice {
+        self.text_key = Some(key.to_string());
+        self
     }
 
     /// With `{detail}` text.
@@ -106,6 +119,17 @@ impl Notice {
 /// finished (interrupted, or the host shutting down): shown after the text streamed so far.
 /// Not a notice of its own; overridden like one, in `[notices.<locale>]`.
 pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
+
+/// The catalogue key of the words an unbound sender gets when the installation already has as
+/// many pending pairing codes as it may: try again later (kind `binding_required`, no code).
+pub const PAIRING_FULL: &str = "pairing_full";
+
+/// The catalogue key of the words a sender gets when the operator approved their pairing code
+/// (kind `info`).
+pub const PAIRING_APPROVED: &str = "pairing_approved";
+
+/// The catalogue keys beyond the notice kinds' own.
+const EXTRA_KEYS: [&str; 3] = [STREAM_INTERRUPTED, PAIRING_FULL, PAIRING_APPROVED];
 
 /// The locale used when an installation names none.
 pub const DEFAULT_LOCALE: &str = "en";
@@ -128,7 +152,7 @@ impl NoticeTexts {
         let known: Vec<&str> = NoticeKind::ALL
             .iter()
             .map(|k| k.as_str())
-            .chain([STREAM_INTERRUPTED])
+            .chain(EXTRA_KEYS)
             .collect();
         self.overrides
             .iter()
@@ -146,9 +170,21 @@ impl NoticeTexts {
     /// `{reference}` filled in.
     pub fn render(&self, notice: &Notice, locale: &str) -> String {
         let language = locale.split(['-', '_']).next().unwrap_or(locale);
-        let template = self
-            .override_of(notice.kind.as_str(), locale)
-            .unwrap_or_else(|| builtin(notice.kind, language));
+        let template = match notice.text_key.as_deref() {
+            Some(key) => self
+                .override_of(key, locale)
+                .unwrap_or_else(|| builtin_extra(key, language)),
+            // A binding link queued before pairing replaced it (no code, a link): its old words.
+            None if notice.kind == NoticeKind::BindingRequired
+                && notice.detail.is_none()
+                && notice.link.is_some() =>
+            {
+                legacy_binding_link(language)
+            }
+            None => self
+                .override_of(notice.kind.as_str(), locale)
+                .unwrap_or_else(|| builtin(notice.kind, language)),
+        };
         let detail = notice.detail.as_deref().unwrap_or("");
         let text = template
             .replace("{detail}", detail)
@@ -180,11 +216,33 @@ impl NoticeTexts {
     }
 }
 
+/// The built-in words of an extra catalogue key ([`PAIRING_FULL`], [`PAIRING_APPROVED`]);
+/// `{detail}` for a key this binary does not know.
+fn builtin_extra(key: &str, language: &str) -> &'static str {
+    let zh = language == "zh";
+    match key {
+        PAIRING_FULL if zh => "现在等待审批的访问请求太多了，请稍后再试。",
+        PAIRING_FULL => "Too many access requests are waiting right now. Please try again later.",
+        PAIRING_APPROVED if zh => "你的访问已获批准，现在可以和我对话了。",
+        PAIRING_APPROVED => "You now have access. Go ahead and chat with me.",
+        _ => "{detail}",
+    }
+}
+
+/// The words of a binding-link notice stored before pairing replaced links (still delivered).
+fn legacy_binding_link(language: &str) -> &'static str {
+    if language == "zh" {
+        "请先绑定你的账号，再和我对话。链接 15 分钟内有效，只能使用一次。"
+    } else {
+        "Please link your account before chatting with me. The link works once, for 15 minutes."
+    }
+}
+
 fn builtin(kind: NoticeKind, language: &str) -> &'static str {
     if language == "zh" {
         return match kind {
             NoticeKind::BindingRequired => {
-                "请先绑定你的账号，再和我对话。链接 15 分钟内有效，只能使用一次。"
+                "你还没有和我对话的权限。请把这个代码交给你的管理员：{detail}（1 小时内有效）。获批后我会通知你。"
             }
             NoticeKind::FreshContext => "好的，下一条消息将开始新的对话。",
             NoticeKind::AgentOffline => "助手暂时不在线。你的消息已保存，上线后会回复。",
@@ -200,7 +258,7 @@ fn builtin(kind: NoticeKind, language: &str) -> &'static str {
     }
     match kind {
         NoticeKind::BindingRequired => {
-            "Please link your account before chatting with me. The link works once, for 15 minutes."
+            "You do not have access to me yet. Give this code to your administrator: {detail} (valid for one hour). I will tell you once you are approved."
         }
         NoticeKind::FreshContext => "OK: your next message starts a fresh conversation.",
         NoticeKind::AgentOffline => {
@@ -242,6 +300,33 @@ mod tests {
             "hi"
         );
         assert!(texts.unknown_keys().is_empty());
+    }
+
+    #[test]
+    fn the_pairing_words_carry_the_code_have_both_languages_and_overrides() {
+        let texts = NoticeTexts::default();
+        let code = Notice::new(NoticeKind::BindingRequired).with_detail("ABCD2345");
+        for locale in ["en", "zh-CN"] {
+            assert!(texts.render(&code, locale).contains("ABCD2345"), "{locale}");
+        }
+        assert!(texts.render(&code, "en").contains("administrator"));
+        assert!(!texts.render(&code, "en").contains("/bind"));
+        let full = Notice::new(NoticeKind::BindingRequired).with_text_key(PAIRING_FULL);
+        assert!(texts.render(&full, "en").contains("try again later"));
+        assert!(texts.render(&full, "zh").contains("稍后再试"));
+        let granted = Notice::new(NoticeKind::Info).with_text_key(PAIRING_APPROVED);
+        assert!(texts.render(&granted, "en").contains("You now have access"));
+        assert!(texts.render(&granted, "zh-TW").contains("获批准"));
+        let texts = NoticeTexts::new(BTreeMap::from([(
+            "en".to_string(),
+            BTreeMap::from([
+                (PAIRING_APPROVED.to_string(), "Welcome aboard.".to_string()),
+                ("binding_required".to_string(), "Code: {detail}".to_string()),
+            ]),
+        )]));
+        assert_eq!(texts.render(&granted, "en"), "Welcome aboard.");
+        assert_eq!(texts.render(&code, "en-US"), "Code: ABCD2345");
+        assert!(texts.unknown_keys().is_empty(), "the keys are known");
     }
 
     #[test]

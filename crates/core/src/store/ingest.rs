@@ -59,6 +59,8 @@ macro_rules! upsert_binding {
     }};
 }
 
+pub(super) use upsert_binding;
+
 /// A dedup claim still in flight may be taken over by a redelivery once it is this old (ms).
 pub const RECLAIM_AFTER_MS: i64 = 60_000;
 /// How long a binding link stays valid (ms): 15 minutes.
@@ -68,7 +70,7 @@ pub const BINDING_TOKEN_TTL_MS: i64 = 15 * 60_000;
 #[derive(Debug, thiserror::Error)]
 pub enum BindingError {
     /// The binding link is unknown, expired or already used; nothing changed.
-    #[error("the binding link is unknown, expired or already used; ask for a new one")]
+    #[error("the binding token is unknown, expired or already used; mint a new one")]
     InvalidToken,
     /// The channel user is already bound to a different host user; nothing changed.
     #[error("channel user {channel_user_id} is already bound to a different user")]
@@ -108,13 +110,13 @@ from_row_both!(UserBinding, |row| {
 });
 
 /// The stored form of alt ids: a JSON array of `[scheme, id]` pairs (empty ids dropped).
-fn alt_ids_json(alt_ids: &[(String, String)]) -> String {
+pub(super) fn alt_ids_json(alt_ids: &[(String, String)]) -> String {
     let pairs: Vec<&(String, String)> = alt_ids.iter().filter(|(_, id)| !id.is_empty()).collect();
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
 }
 
 /// Reads stored alt ids; anything unreadable counts as none.
-fn parse_alt_ids(text: &str) -> Vec<(String, String)> {
+pub(super) fn parse_alt_ids(text: &str) -> Vec<(String, String)> {
     serde_json::from_str(text).unwrap_or_default()
 }
 

@@ -114,7 +114,7 @@ pub enum AccessPolicy {
     /// Any sender.
     #[default]
     Open,
-    /// Only senders bound to a host user; others get a binding link.
+    /// Only senders bound to a host user; others get a pairing code to give the operator.
     Bound,
 }
 
@@ -229,6 +229,39 @@ impl fmt::Debug for NewInstallation {
 
 /// The debounce window of a new installation unless told otherwise (SPEC §4: 3 s).
 pub const DEFAULT_DEBOUNCE_MS: i64 = 3_000;
+
+/// The settings of an installation an operator may change after adding it
+/// ([`InstallationStore::update_settings`]); secrets change through
+/// [`InstallationStore::set_secrets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallationSettings {
+    /// Routing key (empty: the installation's id).
+    pub routing_key: String,
+    /// Display name.
+    pub name: String,
+    /// Non-secret config values.
+    pub config: BTreeMap<String, String>,
+    /// Identity policy.
+    pub access_policy: AccessPolicy,
+    /// The bound agent.
+    pub agent: String,
+    /// Debounce window in milliseconds.
+    pub debounce_ms: i64,
+}
+
+impl Installation {
+    /// Its current settings, to change and write back.
+    pub fn settings(&self) -> InstallationSettings {
+        InstallationSettings {
+            routing_key: self.routing_key.clone(),
+            name: self.name.clone(),
+            config: self.config.clone(),
+            access_policy: self.access_policy,
+            agent: self.agent.clone(),
+            debounce_ms: self.debounce_ms,
+        }
+    }
+}
 
 /// A stored installation with its secrets opened.
 #[derive(Debug, Clone)]
@@ -570,6 +603,71 @@ impl InstallationStore {
             now_ms,
         )
         .await
+    }
+
+    /// Puts a revoked installation back in service; returns whether it exists. Its sessions,
+    /// bindings and secrets are as they were when it was revoked.
+    pub async fn restore(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.update(
+            "installation restore",
+            "UPDATE installations SET status = 'active', updated_at_ms = $2 WHERE id = $1",
+            id,
+            None,
+            now_ms,
+        )
+        .await
+    }
+
+    /// Writes the operator-editable settings of installation `id` in one statement: routing
+    /// key, name, config, policy, agent and debounce (checked like [`create`](Self::create)).
+    /// Returns whether it exists; a routing key another installation of the channel holds is
+    /// [`StoreError::Conflict`].
+    pub async fn update_settings(
+        &self,
+        id: &str,
+        settings: &InstallationSettings,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        use hygiene::{MAX_NAME_BYTES, check};
+        check("routing_key", &settings.routing_key, MAX_NAME_BYTES).map_err(invalid)?;
+        check("name", &settings.name, MAX_NAME_BYTES).map_err(invalid)?;
+        check("agent", &settings.agent, MAX_NAME_BYTES).map_err(invalid)?;
+        check_map("config", &settings.config)?;
+        check_debounce(settings.debounce_ms)?;
+        let routing_key = if settings.routing_key.is_empty() {
+            id
+        } else {
+            &settings.routing_key
+        };
+        let config = serde_json::to_string(&settings.config).unwrap_or_else(|_| "{}".into());
+        let fail = StoreError::query("installation update", self.backend());
+        let result = on_writer!(self.db, |pool| {
+            sqlx::query(
+                "UPDATE installations SET routing_key = $2, name = $3, config = $4,
+                     access_policy = $5, agent = $6, debounce_ms = $7, updated_at_ms = $8
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(routing_key)
+            .bind(&settings.name)
+            .bind(&config)
+            .bind(settings.access_policy.as_str())
+            .bind(&settings.agent)
+            .bind(settings.debounce_ms)
+            .bind(now_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        });
+        match result {
+            Ok(affected) => Ok(affected > 0),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict {
+                what: format!(
+                    "another installation of the channel already has routing key {routing_key}"
+                ),
+            }),
+            Err(e) => Err(fail(e)),
+        }
     }
 
     /// Binds the installation to `agent`; returns whether it exists.

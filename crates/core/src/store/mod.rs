@@ -20,6 +20,7 @@ mod kv;
 mod migrate;
 mod notify;
 mod outbox;
+mod pairing;
 mod retention;
 mod runs;
 mod secrets;
@@ -46,13 +47,17 @@ pub use ingest::{
     RECLAIM_AFTER_MS, Session, SessionHistory, SessionKey, TurnKind, UserBinding,
 };
 pub use installations::{
-    AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationStatus, InstallationStore,
-    NewInstallation, new_installation_id,
+    AccessPolicy, DEFAULT_DEBOUNCE_MS, Installation, InstallationSettings, InstallationStatus,
+    InstallationStore, NewInstallation, new_installation_id,
 };
 pub use kv::{KvSetError, KvStore, KvUsage};
 pub use notify::{Listener, MAX_NOTIFY_PAYLOAD, Notification};
 pub use outbox::{
     NewOutboxRow, OutboxContent, OutboxCounts, OutboxRow, OutboxStore, OutboxTarget, reply_key,
+};
+pub use pairing::{
+    Approved, GrantedNotice, MAX_PENDING_PAIRINGS, PAIRING_CODE_LEN, PAIRING_TTL_MS, Pairing,
+    PairingAsk, PairingError, PairingRequest, PairingStore, normalize_code,
 };
 pub use retention::{RetainedTable, RetentionStore};
 pub use runs::{
@@ -318,6 +323,11 @@ impl Database {
     /// The ingest store (bindings, dedup, audit, sessions, messages) on this database.
     pub fn ingest(&self) -> IngestStore {
         IngestStore::new(self.clone())
+    }
+
+    /// The pairing store (codes for senders the `bound` policy does not know) on this database.
+    pub fn pairings(&self) -> PairingStore {
+        PairingStore::new(self.clone())
     }
 
     /// The run store (run lifecycle, queue, operator operations) on this database.

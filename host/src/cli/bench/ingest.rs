@@ -43,7 +43,6 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use super::{Json, aes_encrypt, build_profile};
 use crate::app::App;
 use crate::cli::{DEFAULT_LOG, GlobalArgs, LogFormat};
-use crate::config::Config;
 use crate::store::{DEFAULT_DEBOUNCE_MS, NewInstallation, SecretCipher};
 
 /// The host's log filter during the bench unless `--log` is given. The bench installations have
@@ -1124,11 +1123,10 @@ async fn start_host(
     args: &IngestArgs,
     database_url: &str,
 ) -> anyhow::Result<Host> {
-    let mut config = Config::default();
+    // The operator's configuration (plugins, limits), on the benchmark's own database and key.
+    let mut config = global.config()?;
     config.database.url = database_url.to_owned();
     config.secrets.key = Some(SecretCipher::generate_key_hex());
-    config.plugins.dir = global.plugins_dir.clone();
-    config.plugins.cache_dir = (!global.no_cache).then(|| global.cache_dir.clone());
     let app = App::from_config(&config)
         .await
         .context("building the host")?;

@@ -96,6 +96,8 @@ impl DemoHost {
         let options = AddOptions {
             skip_on_install: false,
             public_url: self.base.clone(),
+            // The demo configures its own agents; it binds only the default one.
+            agents: None,
         };
         let installation = add(
             &self.state.runtime,
