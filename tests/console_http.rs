@@ -13,6 +13,9 @@
 //!   without the secrets typed into it, and nothing is stored; a valid one is stored.
 //! - Log-out clears the cookie and the old cookie no longer opens anything.
 //! - Without an admin token the console is disabled (503).
+//! - The installation lifecycle from the console: an edit from the schema (a bad value shown
+//!   again, nothing changed), a secret rotation that the next webhook feels, revoke and restore;
+//!   pairing codes approved and denied (a wrong one shown as a form error), never listed.
 //! - Runs and queues from the console: a queued message promoted and another deleted (a second
 //!   delete is 404), the session interrupted and deleted, a message's markup shown escaped.
 //!
@@ -637,6 +640,278 @@ async fn queues(database_url: &str) {
         .get(&format!("/console/sessions/{session}"), Some(&cookie))
         .await;
     assert_eq!(page.status().as_u16(), 404);
+
+    server.stop().await;
+}
+
+impl Server {
+    /// A private-chat message from `sender` to the installation's webhook; the status.
+    async fn telegram_message(
+        &self,
+        installation: &str,
+        secret: &str,
+        update_id: i64,
+        sender: i64,
+    ) -> u16 {
+        let update = json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id,
+                "from": {"id": sender, "is_bot": false, "first_name": "Sender"},
+                "chat": {"id": sender, "type": "private", "first_name": "Sender"},
+                "date": 1_700_000_000,
+                "text": "let me in",
+            },
+        });
+        self.client
+            .post(format!("{}/hooks/telegram/{installation}", self.base))
+            .header("X-Telegram-Bot-Api-Secret-Token", secret)
+            .header(CONTENT_TYPE, "application/json")
+            .body(update.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The pairing code the host queued for `sender` (the outbox notice's detail), waiting for
+    /// it: ingest notices are enqueued after the webhook is answered.
+    async fn pairing_code(&self, sender: &str) -> String {
+        for _ in 0..200 {
+            let (status, rows) = self.admin(reqwest::Method::GET, "/outbox", None).await;
+            assert_eq!(status, 200, "{rows}");
+            let found = rows.as_array().unwrap().iter().find_map(|row| {
+                let notice = &row["content"]["notice"];
+                (notice["kind"] == "binding_required" && notice["recipient"] == sender)
+                    .then(|| notice["detail"].as_str().map(str::to_string))
+                    .flatten()
+            });
+            if let Some(code) = found {
+                return code;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no pairing code was queued for {sender}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installation_lifecycle_and_pairings_from_the_console() {
+    for t in db::test_databases().await {
+        tokio::time::timeout(Duration::from_secs(120), lifecycle(&t.url))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the lifecycle checks took too long", t.name));
+    }
+}
+
+async fn lifecycle(database_url: &str) {
+    let server = Server::start(database_url, |_| {}).await;
+    let cookie = server.sign_in().await;
+    let csrf = server.csrf(&cookie).await;
+    let added = server
+        .post_form(
+            "/console/installations",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("channel", "telegram"),
+                ("name", "lifecycle"),
+                ("agent", AGENT),
+                ("config.bot_username", "console_bot"),
+                ("config.bot_id", "4242"),
+                ("secret.bot_token", BOT_TOKEN),
+                ("secret.webhook_secret", HOOK_SECRET),
+                ("skip_on_install", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(added.status().as_u16(), 303);
+    let (_, list) = server
+        .admin(reqwest::Method::GET, "/installations", None)
+        .await;
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    // The edit form shows the stored values.
+    let page = server
+        .get(&format!("/console/installations/{id}/edit"), Some(&cookie))
+        .await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("value=\"console_bot\""), "{html}");
+    assert!(html.contains("value=\"lifecycle\""), "{html}");
+    // A value the schema refuses: shown again with the error, nothing changed.
+    let edit = format!("/console/installations/{id}/edit");
+    let refused = server
+        .post_form(
+            &edit,
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("name", "renamed"),
+                ("agent", AGENT),
+                ("access_policy", "bound"),
+                ("debounce_ms", "200"),
+                ("config.bot_username", "no spaces allowed"),
+                ("config.bot_id", "4242"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status().as_u16(), 422);
+    let html = refused.text().await.unwrap();
+    assert!(html.contains("role=\"alert\""), "{html}");
+    assert!(html.contains("value=\"no spaces allowed\""), "{html}");
+    let (_, shown) = server
+        .admin(reqwest::Method::GET, &format!("/installations/{id}"), None)
+        .await;
+    assert_eq!(shown["name"], "lifecycle", "{shown}");
+    // A valid edit.
+    let response = server
+        .post_form(
+            &edit,
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("name", "renamed"),
+                ("agent", AGENT),
+                ("access_policy", "bound"),
+                ("debounce_ms", "200"),
+                ("config.bot_username", "renamed_bot"),
+                ("config.bot_id", "4242"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/installations?done=updated");
+    let (_, shown) = server
+        .admin(reqwest::Method::GET, &format!("/installations/{id}"), None)
+        .await;
+    assert_eq!(shown["name"], "renamed", "{shown}");
+    assert_eq!(shown["access_policy"], "bound", "{shown}");
+    assert_eq!(shown["debounce_ms"], 200, "{shown}");
+    assert_eq!(shown["config"]["bot_username"], "renamed_bot", "{shown}");
+
+    // Rotation: nothing typed is refused; a new webhook secret takes effect at once.
+    let secrets = format!("/console/installations/{id}/secrets");
+    let page = server.get(&secrets, Some(&cookie)).await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("type=\"password\""), "{html}");
+    assert!(
+        !html.contains(HOOK_SECRET) && !html.contains(BOT_TOKEN),
+        "{html}"
+    );
+    let response = server
+        .post_form(
+            &secrets,
+            Some(&cookie),
+            &[("csrf", &csrf), ("secret.webhook_secret", "")],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 422);
+    let response = server
+        .post_form(
+            &secrets,
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("secret.webhook_secret", "rotated_hook_secret"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/installations?done=rotated");
+    assert_eq!(server.telegram_message(&id, HOOK_SECRET, 1, 100).await, 401);
+
+    // Pairing: the unbound sender's code is never listed; a wrong code is a form error; the
+    // right one (typed in lower case) binds the sender.
+    assert_eq!(
+        server
+            .telegram_message(&id, "rotated_hook_secret", 2, 100)
+            .await,
+        200
+    );
+    let code = server.pairing_code("100").await;
+    let page = server.get("/console/pairings", Some(&cookie)).await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<code>100</code>"), "{html}");
+    assert!(!html.contains(&code), "codes are never listed: {html}");
+    let response = server
+        .post_form(
+            "/console/pairings",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("code", "ZZZZZZZZ"),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(response.text().await.unwrap().contains("role=\"alert\""));
+    let response = server
+        .post_form(
+            "/console/pairings",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("code", &code.to_lowercase()),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/pairings?done=approved");
+    let (_, bindings) = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/installations/{id}/bindings"),
+            None,
+        )
+        .await;
+    assert!(bindings.to_string().contains("\"100\""), "{bindings}");
+    // Another sender's code, denied; then nothing is pending.
+    assert_eq!(
+        server
+            .telegram_message(&id, "rotated_hook_secret", 3, 200)
+            .await,
+        200
+    );
+    let code = server.pairing_code("200").await;
+    let response = server
+        .post_form(
+            "/console/pairings",
+            Some(&cookie),
+            &[("csrf", &csrf), ("code", &code), ("decision", "deny")],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/pairings?done=denied");
+    let (_, pending) = server.admin(reqwest::Method::GET, "/pairings", None).await;
+    assert_eq!(pending, json!([]), "{pending}");
+
+    // Revoke, then restore (on-install skipped).
+    let response = server
+        .post_form(
+            &format!("/console/installations/{id}/revoke"),
+            Some(&cookie),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(server.installation_status(&id).await, "revoked");
+    let page = server.get("/console/installations", Some(&cookie)).await;
+    assert!(page.text().await.unwrap().contains(">Restore<"));
+    let response = server
+        .post_form(
+            &format!("/console/installations/{id}/restore"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("skip_on_install", "on")],
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(location(&response), "/console/installations?done=restored");
+    assert_eq!(server.installation_status(&id).await, "active");
 
     server.stop().await;
 }
