@@ -11,7 +11,8 @@ installation added through the form built from the plugin's schema; a conversati
 the session page without reload (a channel webhook, a worker's streamed and completed reply,
 a second channel message); operator messages queued behind a run held by a worker, one deleted on the runs page, and
 the run interrupted with the session page's button (promoting the rest), checked through the
-admin API; the other pages; phone width; log-out. Exits non-zero with the reason on the first failed check.
+admin API; the installation switched to the bound policy with its edit form and a newcomer's
+pairing code approved on the pairings page; the other pages; phone width; log-out. Exits non-zero with the reason on the first failed check.
 """
 
 import json
@@ -246,7 +247,60 @@ def main():
         expect(transcript).to_contain_text("queued two: promoted by the interrupt")
         shot(page, "08-run-interrupted")
 
-        # 5. The other pages render for a signed-in operator.
+        # 5. Pairing: the installation is switched to the bound policy with its edit form; a
+        # new sender gets a code (read from the outbox, as the sender would read it in the
+        # channel), which the operator approves on the pairings page.
+        nav = page.get_by_role("navigation", name="Console")
+        nav.get_by_role("link", name="Installations").click()
+        page.get_by_role("row", name="browser test").get_by_role("link", name="Edit").click()
+        expect(page.get_by_label("bot_username (required)")).to_have_value("console_browser_bot")
+        page.get_by_label("Access policy").select_option("bound")
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.get_by_role("status")).to_contain_text("Installation updated")
+        status, shown = call("GET", f"/api/installations/{installation}")
+        check(shown["access_policy"] == "bound", f"the policy after the edit: {shown}")
+        update = {
+            "update_id": 2001,
+            "message": {
+                "message_id": 2001,
+                "from": {"id": 5555, "is_bot": False, "first_name": "Newcomer"},
+                "chat": {"id": 5555, "type": "private", "first_name": "Newcomer"},
+                "date": int(time.time()),
+                "text": "may I?",
+            },
+        }
+        request = urllib.request.Request(
+            f"{BASE}/hooks/telegram/{installation}", data=json.dumps(update).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        request.add_header("X-Telegram-Bot-Api-Secret-Token", WEBHOOK_SECRET)
+        with urllib.request.urlopen(request, timeout=20) as response:
+            check(response.status == 200, f"the newcomer's webhook: {response.status}")
+        code = None
+        deadline = time.monotonic() + 15
+        while code is None and time.monotonic() < deadline:
+            status, rows = call("GET", "/api/outbox")
+            check(status == 200, f"outbox: {status} {rows}")
+            for row in rows:
+                notice = row.get("content", {}).get("notice") or {}
+                if notice.get("kind") == "binding_required" and notice.get("recipient") == "5555":
+                    code = notice.get("detail")
+            if code is None:
+                time.sleep(0.1)
+        check(code is not None, "no pairing code was queued for the newcomer")
+        nav.get_by_role("link", name="Pairings").click()
+        expect(page.get_by_role("cell", name="5555")).to_be_visible()
+        check(code not in page.content(), "the pairings page shows a code")
+        page.get_by_label("Pairing code").fill(code)
+        shot(page, "09-pairing-pending")
+        page.get_by_role("button", name="Approve").click()
+        expect(page.get_by_role("status")).to_contain_text("Pairing approved")
+        expect(page.get_by_text("No pairing is pending.")).to_be_visible()
+        status, bindings = call("GET", f"/api/installations/{installation}/bindings")
+        check(status == 200 and "5555" in json.dumps(bindings), f"bindings: {status} {bindings}")
+        shot(page, "10-pairing-approved")
+
+        # 6. The other pages render for a signed-in operator.
         for name, heading in [
             ("Plugins", "Plugins"),
             ("Runs and queues", "Runs and queues"),
@@ -256,16 +310,16 @@ def main():
             nav.get_by_role("link", name=name, exact=True).click()
             expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.get_by_role("cell", name="ingest_events_total").first).to_be_visible()
-        shot(page, "09-metrics")
+        shot(page, "11-metrics")
 
-        # 6. At phone width the navigation still fits without a horizontal scroll.
+        # 7. At phone width the navigation still fits without a horizontal scroll.
         page.set_viewport_size({"width": 375, "height": 800})
         nav.get_by_role("link", name="Installations").click()
         width = page.evaluate("document.documentElement.scrollWidth")
         check(width <= 375, f"the page is {width} px wide at phone width")
-        shot(page, "10-phone-width")
+        shot(page, "12-phone-width")
 
-        # 7. Log out: the console is closed again.
+        # 8. Log out: the console is closed again.
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(BASE + "/console/login")
         page.goto(BASE + "/console/sessions")
