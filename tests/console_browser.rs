@@ -6,7 +6,8 @@
 //! Python (`apt-get install chromium`, `pip install playwright==1.65.2`; `.ci/run` installs
 //! both, nothing is downloaded at test time). The script signs in (a wrong token refused),
 //! adds an installation through the schema form, watches a conversation arrive live on the
-//! session page, and interrupts a run a worker holds. Screenshots of each step are left in
+//! session page, deletes a queued message and interrupts a run a worker holds, switches the
+//! installation to the bound policy with its edit form and approves a pairing code. Screenshots of each step are left in
 //! `target/console-screenshots/`. The test fails with the script's output and the host's log
 //! when the script fails or runs longer than [`SCRIPT_LIMIT`].
 
