@@ -483,6 +483,10 @@ impl App {
             db,
             installations,
             clock,
+            console: Arc::new(crate::console::ConsoleAuth::new(
+                config.server.admin_token.as_deref().map(TokenDigest::of),
+                &config.server.public_url,
+            )),
             admin_token: config.server.admin_token.as_deref().map(TokenDigest::of),
             metrics_token: config.server.metrics_token.as_deref().map(TokenDigest::of),
             public_url,

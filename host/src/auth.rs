@@ -31,6 +31,17 @@ impl TokenDigest {
     pub fn matches(&self, presented: &str) -> bool {
         self == &TokenDigest::of(presented)
     }
+
+    /// A 32-byte key for `purpose`, derived from the digest (SHA-256 of the purpose and the
+    /// digest): replicas configured with the same token derive the same key, and changing the
+    /// token changes every derived key. The console signs its session cookies with one.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(purpose.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(self.0);
+        hasher.finalize().into()
+    }
 }
 
 impl PartialEq for TokenDigest {

@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub use switchboard_core::domain;

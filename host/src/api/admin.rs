@@ -98,16 +98,7 @@ pub(crate) struct CreateInstallation {
 impl CreateInstallation {
     pub(crate) fn into_new(self) -> Result<NewInstallation, ApiError> {
         let defaults = NewInstallation::default();
-        let access_policy = match self.access_policy.as_deref() {
-            None | Some("open") => AccessPolicy::Open,
-            Some("bound") => AccessPolicy::Bound,
-            Some(other) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("access_policy {other:?}: use \"open\" or \"bound\""),
-                ));
-            }
-        };
+        let access_policy = access_policy(self.access_policy.as_deref())?;
         Ok(NewInstallation {
             channel: self.channel,
             routing_key: self.routing_key,
@@ -132,16 +123,39 @@ async fn create_installation(
     State(s): State<AppState>,
     Json(body): Json<CreateInstallation>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let skip_on_install = body.skip_on_install;
+    let new = body.into_new()?;
+    let created = add_installation(&s, new, skip_on_install).await?;
+    Ok((StatusCode::CREATED, Json(installation_json(&created))))
+}
+
+/// The access policy named `open` (also the default) or `bound`; 422 for anything else.
+pub(crate) fn access_policy(name: Option<&str>) -> Result<AccessPolicy, ApiError> {
+    match name {
+        None | Some("open") => Ok(AccessPolicy::Open),
+        Some("bound") => Ok(AccessPolicy::Bound),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("access_policy {other:?}: use \"open\" or \"bound\""),
+        )),
+    }
+}
+
+/// Adds an installation (`POST /api/installations` and the console's form).
+pub(crate) async fn add_installation(
+    s: &AppState,
+    new: NewInstallation,
+    skip_on_install: bool,
+) -> Result<Installation, ApiError> {
     let options = AddOptions {
-        skip_on_install: body.skip_on_install,
+        skip_on_install,
         public_url: s.public_url.to_string(),
         agents: Some(s.agent_names.to_vec()),
     };
-    let new = body.into_new()?;
     // No plugin or values that break its schema → 422; the plugin refusing → 422; a value
     // out of bounds or unstorable (NUL, too long, debounce outside 1 ms–1 h) → 400; a second
     // installation for the routing key → 409.
-    let created = onboarding::add(
+    onboarding::add(
         &s.runtime,
         &s.installations,
         new,
@@ -149,8 +163,7 @@ async fn create_installation(
         s.clock.now_ms(),
     )
     .await
-    .map_err(add_error)?;
-    Ok((StatusCode::CREATED, Json(installation_json(&created))))
+    .map_err(add_error)
 }
 
 /// The status of a lifecycle error: no such installation → 404; a value out of bounds or
@@ -221,17 +234,25 @@ async fn update_installation(
         agent: body.agent,
         debounce_ms: body.debounce_ms,
     };
-    let updated = onboarding::update(
+    Ok(Json(installation_json(&update(&s, &id, &change).await?)))
+}
+
+/// Changes an installation (`PATCH /api/installations/{id}` and the console's edit form).
+pub(crate) async fn update(
+    s: &AppState,
+    id: &str,
+    change: &InstallationUpdate,
+) -> Result<Installation, ApiError> {
+    onboarding::update(
         &s.runtime,
         &s.installations,
-        &id,
-        &change,
+        id,
+        change,
         Some(&s.agent_names),
         s.clock.now_ms(),
     )
     .await
-    .map_err(add_error)?;
-    Ok(Json(installation_json(&updated)))
+    .map_err(add_error)
 }
 
 /// Body of `POST /api/installations/{id}/rotate-secret`.
@@ -246,16 +267,21 @@ async fn rotate_installation_secrets(
     Path(id): Path<String>,
     Json(body): Json<RotateSecrets>,
 ) -> Result<Json<Value>, ApiError> {
-    let rotated = onboarding::rotate_secrets(
-        &s.runtime,
-        &s.installations,
-        &id,
-        &body.secrets,
-        s.clock.now_ms(),
-    )
-    .await
-    .map_err(add_error)?;
-    Ok(Json(installation_json(&rotated)))
+    Ok(Json(installation_json(
+        &rotate_secrets(&s, &id, &body.secrets).await?,
+    )))
+}
+
+/// Replaces some of an installation's secrets (`POST /api/installations/{id}/rotate-secret`
+/// and the console's form).
+pub(crate) async fn rotate_secrets(
+    s: &AppState,
+    id: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<Installation, ApiError> {
+    onboarding::rotate_secrets(&s.runtime, &s.installations, id, secrets, s.clock.now_ms())
+        .await
+        .map_err(add_error)
 }
 
 /// Body of `POST /api/installations/{id}/restore` (optional).
@@ -272,21 +298,26 @@ async fn restore_installation(
     body: Option<Json<RestoreInstallation>>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
+    Ok(Json(installation_json(
+        &restore(&s, &id, body.skip_on_install).await?,
+    )))
+}
+
+/// Restores a revoked installation (`POST /api/installations/{id}/restore` and the console's
+/// button).
+pub(crate) async fn restore(
+    s: &AppState,
+    id: &str,
+    skip_on_install: bool,
+) -> Result<Installation, ApiError> {
     let options = AddOptions {
-        skip_on_install: body.skip_on_install,
+        skip_on_install,
         public_url: s.public_url.to_string(),
         agents: None,
     };
-    let restored = onboarding::restore(
-        &s.runtime,
-        &s.installations,
-        &id,
-        &options,
-        s.clock.now_ms(),
-    )
-    .await
-    .map_err(add_error)?;
-    Ok(Json(installation_json(&restored)))
+    onboarding::restore(&s.runtime, &s.installations, id, &options, s.clock.now_ms())
+        .await
+        .map_err(add_error)
 }
 
 /// A pairing as the API shows it (never its code).
@@ -313,14 +344,21 @@ async fn list_pairings(
     State(s): State<AppState>,
     Query(q): Query<PairingsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let pending =
-        s.db.pairings()
-            .list_pending(q.installation.as_deref(), s.clock.now_ms())
-            .await
-            .map_err(ApiError::internal)?;
+    let pending = pending_pairings(&s, q.installation.as_deref()).await?;
     Ok(Json(Value::Array(
         pending.iter().map(pairing_json).collect(),
     )))
+}
+
+/// The pending pairings (of one installation, if given): `GET /api/pairings` and the console.
+pub(crate) async fn pending_pairings(
+    s: &AppState,
+    installation: Option<&str>,
+) -> Result<Vec<Pairing>, ApiError> {
+    s.db.pairings()
+        .list_pending(installation, s.clock.now_ms())
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// An unknown, expired or decided code → 404 / 410 / 409 with what to do; a sender bound to
@@ -352,35 +390,44 @@ async fn approve_pairing(
     body: Option<Json<ApprovePairing>>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    check_ids(&[("user_ref", body.user_ref.as_deref())])?;
-    let approved = crate::pairing::approve(
-        &s.db.pairings(),
-        &code,
-        body.user_ref.as_deref(),
-        s.clock.now_ms(),
-    )
-    .await
-    .map_err(pairing_error)?;
-    s.outbox.wake();
+    let approved = approve_code(&s, &code, body.user_ref.as_deref()).await?;
     Ok(Json(json!({
         "pairing": pairing_json(&approved.pairing),
         "binding": serde_json::to_value(&approved.binding).map_err(ApiError::internal)?,
     })))
 }
 
+/// Approves a pairing code, binding its sender and queueing the granted notice (`POST
+/// /api/pairings/{code}/approve` and the console's form).
+pub(crate) async fn approve_code(
+    s: &AppState,
+    code: &str,
+    user_ref: Option<&str>,
+) -> Result<crate::store::Approved, ApiError> {
+    check_ids(&[("user_ref", user_ref)])?;
+    let approved = crate::pairing::approve(&s.db.pairings(), code, user_ref, s.clock.now_ms())
+        .await
+        .map_err(pairing_error)?;
+    s.outbox.wake();
+    Ok(approved)
+}
+
 async fn deny_pairing(
     State(s): State<AppState>,
     Path(code): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let denied =
-        s.db.pairings()
-            .deny(&code, s.clock.now_ms())
-            .await
-            .map_err(pairing_error)?;
-    Ok(Json(pairing_json(&denied)))
+    Ok(Json(pairing_json(&deny_code(&s, &code).await?)))
 }
 
-async fn find(s: &AppState, id: &str) -> Result<Installation, ApiError> {
+/// Denies a pairing code (`POST /api/pairings/{code}/deny` and the console's form).
+pub(crate) async fn deny_code(s: &AppState, code: &str) -> Result<Pairing, ApiError> {
+    s.db.pairings()
+        .deny(code, s.clock.now_ms())
+        .await
+        .map_err(pairing_error)
+}
+
+pub(crate) async fn find(s: &AppState, id: &str) -> Result<Installation, ApiError> {
     s.installations
         .get(id)
         .await
@@ -399,11 +446,17 @@ async fn revoke_installation(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    find(&s, &id).await?;
-    onboarding::revoke(&s.runtime, &s.installations, &id, s.clock.now_ms())
+    Ok(Json(installation_json(&revoke(&s, &id).await?)))
+}
+
+/// Revokes an installation (`POST /api/installations/{id}/revoke` and the console's button);
+/// 404 for an unknown id.
+pub(crate) async fn revoke(s: &AppState, id: &str) -> Result<Installation, ApiError> {
+    find(s, id).await?;
+    onboarding::revoke(&s.runtime, &s.installations, id, s.clock.now_ms())
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(installation_json(&find(&s, &id).await?)))
+    find(s, id).await
 }
 
 async fn list_bindings(

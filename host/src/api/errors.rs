@@ -3,7 +3,8 @@
 //! Handlers answer errors through [`super::ApiError`] already; this layer catches what the
 //! framework answers on its own (the body limit's 413, an unknown route's 404, a wrong method's
 //! 405, an extractor's 400) and rewrites those plain-text bodies into the same JSON shape, with a
-//! message that says what to do. It must not touch successful answers or JSON errors.
+//! message that says what to do. It must not touch successful answers, JSON errors or the
+//! console's HTML pages.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,7 +17,10 @@ const MAX_MESSAGE_BYTES: usize = 512;
 /// Rewrites a non-JSON error answer into `{"error": …}`; anything else passes unchanged.
 pub(super) async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(&response)
+        || is_html(&response)
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -43,6 +47,14 @@ pub(super) async fn json_errors(response: Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(body))
+}
+
+fn is_html(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
 }
 
 fn is_json(response: &Response) -> bool {

@@ -1,6 +1,7 @@
 //! The session event stream (SPEC §5; reference `chat-runs.md` A.11):
 //! `GET /api/sessions/{id}/events?after=<message id>` as Server-Sent Events, behind the admin
-//! bearer token like the rest of `/api`.
+//! bearer token like the rest of `/api`, or the operator console's session cookie when no
+//! `Authorization` header is sent (a browser's `EventSource` cannot send one).
 //!
 //! A subscriber first gets a snapshot, in this order: the run `status`; the buffered
 //! `message_part`s of the run streaming right now; the `message`s with an id above `after`

@@ -5,7 +5,7 @@
 //! errors to HTTP statuses. It must not hold SQL or plugin logic: handlers call `ingest`,
 //! `dispatch` and `store`.
 
-mod admin;
+pub(crate) mod admin;
 mod errors;
 pub mod events;
 mod hooks;
@@ -75,6 +75,8 @@ pub struct AppState {
     pub event_coalescing: std::time::Duration,
     /// Plugin reloads (`POST /api/plugins/reload`, SIGHUP).
     pub reloader: Arc<crate::runtime::reload::Reloader>,
+    /// The operator console's sign-in (session cookies signed under the admin token).
+    pub console: Arc<crate::console::ConsoleAuth>,
 }
 
 /// An error answered as JSON `{"error": …}` with a status.
@@ -91,6 +93,14 @@ impl ApiError {
             status,
             message: message.into(),
         }
+    }
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The message the client sees.
+    pub fn message(&self) -> &str {
+        &self.message
     }
     /// 404.
     pub fn not_found(what: impl Into<String>) -> ApiError {
@@ -131,12 +141,21 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     // read, then checked for NUL.
     let admin = admin::routes()
         .merge(outbox::routes())
-        .merge(events::routes())
         .merge(runs::routes())
         .merge(plugins::routes())
         .route_layer(middleware::from_fn(limits::reject_nul_json))
         .route_layer(middleware::from_fn_with_state(body, limits::read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // The event stream also takes the console's session cookie: a browser's EventSource
+    // cannot send a bearer header. A request that does send one is judged by it alone.
+    let events = events::routes()
+        .route_layer(middleware::from_fn_with_state(body, limits::read_body))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_or_console,
+        ));
+    let console = crate::console::routes(state.clone())
+        .route_layer(middleware::from_fn_with_state(body, limits::read_body));
     let hooks =
         hooks::routes().route_layer(middleware::from_fn_with_state(body, limits::read_body));
     let worker = worker::routes()
@@ -151,7 +170,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(hooks)
         .merge(worker)
-        .nest("/api", admin)
+        .merge(console)
+        .nest("/api", admin.merge(events))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(limits::refuse_nul_path))
         .layer(middleware::map_response(errors::json_errors))
@@ -238,4 +258,20 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         )
         .into_response(),
     }
+}
+
+/// [`require_admin`], except that a request without an `Authorization` header may show a valid
+/// console session cookie instead (GET routes only: the session event stream).
+async fn require_admin_or_console(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.headers().contains_key(header::AUTHORIZATION)
+        && request.method() == axum::http::Method::GET
+        && crate::console::signed_in(&state, request.headers()).is_some()
+    {
+        return next.run(request).await;
+    }
+    require_admin(State(state), request, next).await
 }
