@@ -18,6 +18,7 @@ use sqlx::sqlite::SqliteRow;
 use base64::Engine as _;
 use rand::RngCore;
 
+use super::blobs::insert_blob_jobs;
 use super::installations::{from_row_both, in_write_tx, is_unique_violation, on_reader, on_writer};
 use super::runs::QUEUE_CAP;
 use super::runs::{CLEAR_OWNERSHIP, promote_queue_and_arm};
@@ -1497,7 +1498,11 @@ impl IngestStore {
                     }
                 }
             }
-            Some(append_turn!(tx, pg, fail, request, now_ms))
+            let outcome = append_turn!(tx, pg, fail, request, now_ms);
+            if matches!(outcome, AppendOutcome::Appended(_)) {
+                insert_blob_jobs!(tx, fail, request, now_ms);
+            }
+            Some(outcome)
         });
         Ok(outcome)
     }
@@ -1533,7 +1538,11 @@ pub(super) async fn commit_claimed_batch(
     for append in appends {
         let request = append.request;
         let outcome = if claim_processed!(tx, fail, request, append.token, append.now_ms) {
-            append_turn!(tx, pg, fail, request, append.now_ms)
+            let outcome = append_turn!(tx, pg, fail, request, append.now_ms);
+            if matches!(outcome, AppendOutcome::Appended(_)) {
+                insert_blob_jobs!(tx, fail, request, append.now_ms);
+            }
+            outcome
         } else {
             // Nothing of this one was written; the others go on.
             AppendOutcome::ClaimLost
