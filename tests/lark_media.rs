@@ -8,7 +8,8 @@
 //!   file on disk), the claim shows it `stored` with its URL, the worker fetches the bytes with
 //!   its token; without a token 401, another agent's token 404; the old `…/attachment` route
 //!   serves the stored bytes without asking the channel again;
-//! - a post with an image produces a blob too;
+//! - a post with an image produces a blob too; an `openai` agent with `vision = true` gets the
+//!   stored image as an `image_url` part (the run waited for the download);
 //! - a download the channel refuses, and a file over the per-file cap, leave `failed`
 //!   placeholders with a reason (410 for the bytes), and the message and its run still happen;
 //! - a download still pending when its process was stopped — and one a killed process held
@@ -22,7 +23,7 @@ mod lark;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_lark::{Failure, FakeLark, Route};
@@ -67,6 +68,31 @@ struct Shared {
     database_url: String,
     key: String,
     blobs: PathBuf,
+    /// Origin of the OpenAI-compatible mock the `eyes` agent (`vision = true`) talks to.
+    model: String,
+    /// The request bodies the mock received.
+    model_requests: Arc<Mutex<Vec<Value>>>,
+}
+
+/// The OpenAI-compatible mock: records the request, streams "I see it".
+async fn mock_model(
+    axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<Value>>>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    seen.lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    let mut sse = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"content": "I see it"}}]})
+    );
+    sse.push_str(&format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    ));
+    sse.push_str("data: [DONE]\n\n");
+    ([("content-type", "text/event-stream")], sse).into_response()
 }
 
 struct World {
@@ -106,6 +132,11 @@ impl World {
         config.blobs.lease_ms = 1_000;
         config.blobs.poll_interval_ms = 50;
         config.blobs.run_wait_ms = 2_000;
+        let eyes: AgentConfig = serde_json::from_value(json!({
+            "kind": "openai", "base_url": shared.model, "model": "vision-model", "vision": true,
+        }))
+        .unwrap();
+        config.agents.insert("eyes".into(), eyes);
         for (name, token) in [("team", WORKER_TOKEN), ("other", OTHER_TOKEN)] {
             let agent: AgentConfig = serde_json::from_value(
                 json!({"kind": "worker", "token": token, "offline_after_ms": 60000}),
@@ -141,6 +172,11 @@ impl World {
 
     /// The open installation of [`APP_ID`], bound to `team`.
     async fn installation(&self) -> String {
+        self.installation_for(APP_ID, "team").await
+    }
+
+    /// An open installation of `app_id`, bound to `agent`.
+    async fn installation_for(&self, app_id: &str, agent: &str) -> String {
         let response = self
             .client
             .post(format!("{}/api/installations", self.base))
@@ -148,9 +184,9 @@ impl World {
             .header("content-type", "application/json")
             .body(
                 json!({
-                    "channel": "lark", "routing_key": APP_ID, "name": "media",
-                    "agent": "team", "debounce_ms": 50,
-                    "config": {"app_id": APP_ID},
+                    "channel": "lark", "routing_key": app_id, "name": app_id,
+                    "agent": agent, "debounce_ms": 50,
+                    "config": {"app_id": app_id},
                     "secrets": {
                         "encrypt_key": lark::ENCRYPT_KEY,
                         "verification_token": lark::VERIFICATION_TOKEN,
@@ -168,7 +204,8 @@ impl World {
         created["id"].as_str().unwrap().to_string()
     }
 
-    /// Delivers a p2p message of `message_type` with `content` through the webhook.
+    /// Delivers a p2p message of `message_type` with `content` through the webhook of the
+    /// installation of [`APP_ID`].
     async fn message(
         &self,
         installation: &str,
@@ -176,8 +213,21 @@ impl World {
         message_type: &str,
         content: Value,
     ) {
+        self.message_as(APP_ID, installation, message_id, message_type, content)
+            .await
+    }
+
+    /// Delivers a p2p message to `installation` (of `app_id`) through its webhook.
+    async fn message_as(
+        &self,
+        app_id: &str,
+        installation: &str,
+        message_id: &str,
+        message_type: &str,
+        content: Value,
+    ) {
         let mut event: Value = serde_json::from_slice(&lark::text_event(message_id, "")).unwrap();
-        event["header"]["app_id"] = json!(APP_ID);
+        event["header"]["app_id"] = json!(app_id);
         event["event"]["message"]["message_type"] = json!(message_type);
         event["event"]["message"]["content"] = json!(content.to_string());
         let (headers, body) =
@@ -293,11 +343,72 @@ async fn wait_for_rows(
 }
 
 async fn shared(database_url: &str, blobs: &Path) -> Shared {
+    let model_requests = Arc::new(Mutex::new(Vec::new()));
+    let router = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(mock_model))
+        .with_state(model_requests.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
     Shared {
         fake: Arc::new(FakeLark::start().await),
         database_url: database_url.to_string(),
         key: switchboard::store::SecretCipher::generate_key_hex(),
         blobs: blobs.to_path_buf(),
+        model,
+        model_requests,
+    }
+}
+
+#[tokio::test]
+async fn a_vision_model_gets_the_stored_image_as_an_image_part() {
+    for test_db in db::test_databases().await {
+        let name = test_db.name.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(&test_db.url, dir.path()).await;
+        shared.fake.add_resource("img_v3_seen", png());
+        let world = World::start(&shared, 5).await;
+        let app_id = "cli_media0eyes000001";
+        let installation = world.installation_for(app_id, "eyes").await;
+        world
+            .message_as(
+                app_id,
+                &installation,
+                "om_eyes_1",
+                "image",
+                json!({"image_key": "img_v3_seen"}),
+            )
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let request = loop {
+            if let Some(request) = shared.model_requests.lock().unwrap().first().cloned() {
+                break request;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: the model was never asked"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(png());
+        assert_eq!(
+            request["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": format!("[Image]\n[attachment: image, image/png, {} bytes]", png().len())},
+                {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{data}")}},
+            ]}]),
+            "{name}: the run waited for the download and sent the stored image"
+        );
+        // The model's answer reaches the chat.
+        while shared.fake.posted_messages().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: no reply posted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        world.stop().await;
     }
 }
 
