@@ -10,8 +10,9 @@
 //!   serves the stored bytes without asking the channel again;
 //! - a post with an image produces a blob too; an `openai` agent with `vision = true` gets the
 //!   stored image as an `image_url` part (the run waited for the download);
-//! - a download the channel refuses, and a file over the per-file cap, leave `failed`
-//!   placeholders with a reason (410 for the bytes), and the message and its run still happen;
+//! - a download the channel refuses, a file over the per-file cap and one that would pass the
+//!   installation's cap leave `failed` placeholders with a reason (410 for the bytes), and the
+//!   message and its run still happen;
 //! - a download still pending when its process was stopped — and one a killed process held
 //!   under a lease — is completed by the next process on the same database.
 
@@ -72,6 +73,8 @@ struct Shared {
     model: String,
     /// The request bodies the mock received.
     model_requests: Arc<Mutex<Vec<Value>>>,
+    /// `[blobs] max_installation_bytes` of the hosts.
+    max_installation_bytes: u64,
 }
 
 /// The OpenAI-compatible mock: records the request, streams "I see it".
@@ -126,6 +129,7 @@ impl World {
         config.delivery.poll_interval_ms = 50;
         config.blobs.dir = shared.blobs.clone();
         config.blobs.max_file_bytes = MAX_FILE_BYTES;
+        config.blobs.max_installation_bytes = shared.max_installation_bytes;
         config.blobs.attempts = attempts;
         config.blobs.first_backoff_ms = 50;
         config.blobs.max_backoff_ms = 200;
@@ -357,6 +361,55 @@ async fn shared(database_url: &str, blobs: &Path) -> Shared {
         blobs: blobs.to_path_buf(),
         model,
         model_requests,
+        max_installation_bytes: 1 << 30,
+    }
+}
+
+#[tokio::test]
+async fn the_installation_cap_refuses_what_would_pass_it() {
+    for test_db in db::test_databases().await {
+        let name = test_db.name.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let mut shared = shared(&test_db.url, dir.path()).await;
+        shared.max_installation_bytes = MAX_FILE_BYTES;
+        let size = MAX_FILE_BYTES as usize * 2 / 3;
+        shared.fake.add_resource("file_v3_one", vec![1u8; size]);
+        shared.fake.add_resource("file_v3_two", vec![2u8; size]);
+        let world = World::start(&shared, 5).await;
+        let installation = world.installation().await;
+        for (message, key) in [("om_one", "file_v3_one"), ("om_two", "file_v3_two")] {
+            world
+                .message(
+                    &installation,
+                    message,
+                    "file",
+                    json!({"file_key": key, "file_name": format!("{key}.bin")}),
+                )
+                .await;
+        }
+        let run = world.claim().await;
+        let rows = wait_for_rows(&test_db.db, &run.session, |rows| {
+            rows.len() == 2 && rows.iter().all(|r| r.state != BlobState::Pending)
+        })
+        .await;
+        let stored = rows.iter().filter(|r| r.state == BlobState::Stored).count();
+        let refused: Vec<&BlobRow> = rows
+            .iter()
+            .filter(|r| r.state == BlobState::Failed)
+            .collect();
+        assert_eq!(stored, 1, "{name}: the first fits: {rows:?}");
+        let [refused] = refused.as_slice() else {
+            panic!("{name}: one refused: {rows:?}");
+        };
+        assert!(
+            refused
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("installation's cap")),
+            "{name}: {refused:?}"
+        );
+        world.complete(&run, "ok").await;
+        world.stop().await;
     }
 }
 

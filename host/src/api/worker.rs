@@ -50,7 +50,7 @@
 //! pending (the run service's stale window).
 //!
 //! Owns request parsing, authentication and the mapping to HTTP; holds no SQL (it calls
-//! [`RunService`], [`AgentPresence`] and [`WorkerStore`]). Errors are JSON
+//! [`RunService`], [`AgentPresence`], [`WorkerStore`] and [`Blobs`]). Errors are JSON
 //! `{"error": …, "hint": …}`: what went wrong and what to do.
 //!
 //! [`PendingSignal`]: crate::runs::PendingSignal

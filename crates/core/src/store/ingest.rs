@@ -453,7 +453,7 @@ impl TurnKind {
     }
 
     /// The stored message kind and meta JSON of the turn, with `attachments` (records of the
-    /// message's files, fetched through the plugin on demand) when there are any.
+    /// message's files, downloaded into the blob store after the append) when there are any.
     fn stored(&self, attachments: &[serde_json::Value]) -> (&'static str, Option<String>) {
         let (kind, mut meta) = match self {
             TurnKind::Command { name, args } => (
@@ -498,7 +498,8 @@ pub struct AppendRequest {
     /// What kind of turn.
     pub turn: TurnKind,
     /// The message's attachments as records `{kind, name, mime, size, ref}` (stored in the
-    /// message's meta; the bytes stay with the channel).
+    /// message's meta); a record with a `blob_id` also gets a pending download row in the
+    /// append's transaction (`super::blobs`).
     pub attachments: Vec<serde_json::Value>,
     /// The installation's debounce window, for the arm.
     pub debounce_ms: i64,
