@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use switchboard::agents::{
     AgentConfigError, AgentError, AgentKind, AgentRegistry, AgentReply, AgentState, AgentsConfig,
-    BuiltinAgent, CancellationToken, ContextMessage, EchoAgent, OpenAiAgent, OpenAiSettings, Role,
-    RunInput, Usage,
+    BuiltinAgent, CancellationToken, ContextMessage, EchoAgent, InlineImage, OpenAiAgent,
+    OpenAiSettings, Role, RunInput, Usage,
 };
 use switchboard::config::Config;
 
@@ -199,6 +199,7 @@ fn settings(base_url: &str, timeout_ms: u64) -> OpenAiSettings {
         api_key: Some("sk-test-123".into()),
         timeout_ms,
         max_tokens: Some(256),
+        vision: false,
     }
 }
 
@@ -301,6 +302,67 @@ async fn openai_streams_deltas_in_order_and_reads_usage() {
         ]),
         "system prompt first, then the context with its roles, in order"
     );
+}
+
+#[tokio::test]
+async fn openai_sends_stored_images_as_image_parts_only_to_a_vision_model() {
+    let png: Vec<u8> = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0".to_vec();
+    let message = ContextMessage {
+        meta: Some(json!({"attachments": [{
+            "kind": "image", "name": "cat.png", "ref": "img_1", "blob_id": "bl_1",
+            "state": "stored", "mime": "image/png", "size": png.len(),
+        }, {
+            "kind": "file", "name": "big.bin", "ref": "file_1", "blob_id": "bl_2",
+            "state": "failed", "error": "the file is 9 bytes, over the per-file cap of 8 bytes",
+        }]})),
+        images: vec![InlineImage {
+            mime: "image/png".into(),
+            bytes: png.clone().into(),
+        }],
+        ..ContextMessage::new(Role::User, "what is this?")
+    };
+    let text = format!(
+        "what is this?\n[attachment: image \"cat.png\", image/png, {} bytes]\n[attachment: file \"big.bin\", not available: the file is 9 bytes, over the per-file cap of 8 bytes]",
+        png.len()
+    );
+    let events = [
+        delta_event("a cat"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ];
+    for vision in [true, false] {
+        let mock = Mock::start(Behaviour::Stream(vec![sse_text(&events)])).await;
+        let mut s = settings(&mock.base_url, 60_000);
+        s.vision = vision;
+        let agent = BuiltinAgent::OpenAi(OpenAiAgent::new("eyes", s, client()));
+        let input = RunInput {
+            session_id: "sess-1".into(),
+            run_id: "run-1".into(),
+            system_prompt: None,
+            messages: vec![message.clone()],
+        };
+        let (result, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_collect(&agent, &input, CancellationToken::new()),
+        )
+        .await
+        .expect("the completion ends");
+        assert_eq!(result.unwrap().text, "a cat");
+        let content = mock.seen()[0].body["messages"][0]["content"].clone();
+        if vision {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD.encode(&png);
+            assert_eq!(
+                content,
+                json!([
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{data}")}},
+                ]),
+                "vision: the text with its attachment lines, then the image"
+            );
+        } else {
+            assert_eq!(content, json!(text), "no vision: text lines only");
+        }
+    }
 }
 
 #[tokio::test]

@@ -33,11 +33,15 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         // makes the fake redeliver, and the redelivery is absorbed.
         "rich post (its ACK is lost)          → ingested",
         "ACK lost; redelivered after 1 s → dropped:duplicate (stored once)",
-        "long connections: 2 WebSockets, 17 event deliveries, 16 ACKs (all 200: true)",
+        "long connections: 2 WebSockets, 18 event deliveries, 17 ACKs (all 200: true)",
         // The echo agent's replies, streamed into CardKit cards at the fake Lark and closed.
         "send  oc_demo_p2p_dave           card        echo: one ⏎ two ⏎ three",
+        // An image downloaded into the blob store after it was stored; the echo names it with
+        // the type sniffed from its bytes.
+        "image (downloaded to the blob store) → ingested",
+        "send  oc_demo_p2p_erin           card        echo: [Image] ⏎ [attachment: image, image/png, 67 bytes]",
         "send  oc_demo_team               card        echo: <recent_context count=\"1\"> ⏎ [Bob]: deploy",
-        "replies streamed into cards: 6 cards,",
+        "replies streamed into cards: 7 cards,",
         "all closed: true",
         // Enrichment through the fake's REST API: quoted parent, forwarded transcript.
         "<quoted_message message_id=\"om_demo_p2p_1\"",
@@ -61,7 +65,7 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         .expect("summary line");
     assert_eq!(
         summary,
-        "demo: 16 events, 17 messages stored, 6 runs, 6 replies delivered, 4 dropped"
+        "demo: 17 events, 19 messages stored, 7 runs, 7 replies delivered, 4 dropped"
     );
 }
 

@@ -1,5 +1,6 @@
 //! The composition root: builds the host from a [`Config`] — database and migrations, the
-//! secrets key, the plugin runtime, dispatcher, debouncer, the retention task and HTTP router —
+//! secrets key, the plugin runtime, dispatcher, debouncer, the retention task, the attachment
+//! download worker and HTTP router —
 //! and runs it with a graceful shutdown (stop inbound → flush every pending window once → exit).
 //!
 //! Owns wiring only; every behaviour lives in the modules it wires.
@@ -13,6 +14,7 @@ use crate::agents::{AgentPresence, AgentRegistry, AgentState, CancellationToken,
 use crate::api::{self, AppState};
 use crate::auth::TokenDigest;
 use crate::batch::{Debouncer, FlushHandler, TokioTimers};
+use crate::blobs::{BlobSettings, BlobWorker, Blobs};
 use crate::capabilities::{BaseUrlOverride, OperatorPolicy, ServiceLimits, Services};
 use crate::config::Config;
 use crate::delivery::{ChannelReplies, Delivery, Outbox, OutboxSettings, Streamer};
@@ -52,6 +54,8 @@ pub struct App {
     outbox: Outbox,
     /// How often the debounce sweep runs (`[runs] window_sweep_ms`).
     window_sweep: std::time::Duration,
+    /// The attachment download worker of this replica.
+    blob_worker: BlobWorker,
 }
 
 /// Why start-up found no secrets key and generated none (the key is generated only for a fresh
@@ -369,6 +373,19 @@ impl App {
             .delivery
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config
+            .blobs
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // The directory is created with the first stored file.
+        let blobs = Blobs::new(&db, BlobSettings::from_config(&config.blobs));
+        let blob_worker = BlobWorker::new(
+            blobs.clone(),
+            runtime.clone(),
+            installations.clone(),
+            clock.clone(),
+            format!("host-{}", uuid::Uuid::new_v4().simple()),
+        );
         let outbox = Outbox::new(
             db.outbox(),
             installations.clone(),
@@ -463,7 +480,8 @@ impl App {
         });
         let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
             .with_observer(replies)
-            .with_compactor(compactor.clone());
+            .with_compactor(compactor.clone())
+            .with_blobs(blobs.clone());
         let executor = Executor::new(
             runs.clone(),
             agents,
@@ -472,7 +490,8 @@ impl App {
             ExecutorSettings::default(),
         )
         .with_compactor(compactor.clone())
-        .with_outbox(outbox.clone());
+        .with_outbox(outbox.clone())
+        .with_blobs(blobs);
         let state = AppState {
             runtime,
             ingest,
@@ -506,6 +525,7 @@ impl App {
             http: api::HttpLimits::from_config(&config.server),
             outbox,
             window_sweep: std::time::Duration::from_millis(config.runs.window_sweep_ms),
+            blob_worker,
         })
     }
 
@@ -543,6 +563,9 @@ impl App {
                 .clone()
                 .run(stop_outbox.clone().cancelled_owned()),
         );
+        // Attachments stored before a crash (here or on a replica that died) are downloaded now.
+        let stop_blobs = CancellationToken::new();
+        let blob_worker = tokio::spawn(self.blob_worker.clone().run(stop_blobs.clone()));
         let (stop_recovery, recovery_stopped) = tokio::sync::oneshot::channel::<()>();
         let recovery = self.state.runs.spawn_recovery_loop(async {
             let _ = recovery_stopped.await;
@@ -624,6 +647,9 @@ impl App {
         }
         stop_outbox.cancel();
         let _ = outbox.await;
+        // A download in progress is abandoned; its lease lets the next start retry it.
+        stop_blobs.cancel();
+        let _ = blob_worker.await;
         if let Some(relay) = self.relay {
             relay.stop().await;
         }

@@ -35,6 +35,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The delivery outbox (replies, error cards, notices).
     pub delivery: DeliveryConfig,
+    /// The blob store: attachments downloaded after their message is stored.
+    pub blobs: BlobsConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
     /// The words of the host's notices, per locale: `[notices.<locale>] <kind> = "text"`, where
@@ -97,6 +99,92 @@ impl DeliveryConfig {
             self.first_backoff_ms,
             86_400_000,
         )?;
+        Ok(())
+    }
+}
+
+/// `[blobs]`: where downloaded attachments are kept and how they are downloaded (issue 18).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Directory of the stored files (content-addressed by SHA-256; created when missing).
+    /// Replicas sharing one PostgreSQL database must share this directory too (a network
+    /// mount), or a worker asking one replica for a blob another stored gets 503 + retry.
+    pub dir: PathBuf,
+    /// Largest file stored, in bytes; a bigger attachment is refused and left as a `failed`
+    /// placeholder (default 20 MiB).
+    pub max_file_bytes: u64,
+    /// Most bytes stored per installation; a download that would pass it fails the same way
+    /// (default 1 GiB).
+    pub max_installation_bytes: u64,
+    /// Download attempts of one attachment before it is given up (`failed`).
+    pub attempts: u32,
+    /// Wait before the second attempt, doubled for each further one…
+    pub first_backoff_ms: u64,
+    /// …up to this.
+    pub max_backoff_ms: u64,
+    /// How long a claim holds a download: a replica that dies mid-download leaves it to
+    /// another (or to the next start) after this.
+    pub lease_ms: u64,
+    /// How often each replica looks for due downloads nobody woke it for.
+    pub poll_interval_ms: u64,
+    /// How long a run waits for its messages' pending downloads before it starts anyway with
+    /// placeholders (0: never waits).
+    pub run_wait_ms: u64,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        BlobsConfig {
+            dir: PathBuf::from(".switchboard/blobs"),
+            max_file_bytes: 20 << 20,
+            max_installation_bytes: 1 << 30,
+            attempts: 5,
+            first_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            lease_ms: 60_000,
+            poll_interval_ms: 500,
+            run_wait_ms: 10_000,
+        }
+    }
+}
+
+impl BlobsConfig {
+    /// Checks every value's range; the error names the key and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |key: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "[blobs] {key} = {value} is out of range: use {min}..={max}"
+                ))
+            }
+        };
+        if self.dir.as_os_str().is_empty() {
+            return Err(
+                "[blobs] dir is empty: name a directory, e.g. \".switchboard/blobs\"".into(),
+            );
+        }
+        // The per-file cap bounds what one download holds in memory.
+        check("max_file_bytes", self.max_file_bytes, 1, 1 << 30)?;
+        check(
+            "max_installation_bytes",
+            self.max_installation_bytes,
+            self.max_file_bytes,
+            1 << 50,
+        )?;
+        check("attempts", u64::from(self.attempts), 1, 100)?;
+        check("first_backoff_ms", self.first_backoff_ms, 1, 3_600_000)?;
+        check(
+            "max_backoff_ms",
+            self.max_backoff_ms,
+            self.first_backoff_ms,
+            86_400_000,
+        )?;
+        check("lease_ms", self.lease_ms, 1_000, 3_600_000)?;
+        check("poll_interval_ms", self.poll_interval_ms, 10, 60_000)?;
+        check("run_wait_ms", self.run_wait_ms, 0, 60_000)?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod batch;
 pub mod bindings;
+pub mod blobs;
 pub mod capabilities;
 pub mod cli;
 pub mod config;

@@ -24,17 +24,24 @@ impl EchoAgent {
     }
 
     /// The reply text for `input`: `"echo: "` + the user messages after the last assistant
-    /// message, joined by `\n` (system messages are skipped).
+    /// message, each followed by a line per attachment, joined by `\n` (system messages are
+    /// skipped).
     pub fn reply_text(input: &RunInput) -> String {
         let start = input
             .messages
             .iter()
             .rposition(|m| m.role == Role::Assistant)
             .map_or(0, |i| i + 1);
-        let said: Vec<&str> = input.messages[start..]
+        // Each message with the lines naming its attachments (kind, name, type, size).
+        let said: Vec<String> = input.messages[start..]
             .iter()
             .filter(|m| m.role == Role::User)
-            .map(|m| m.body.as_str())
+            .map(|m| {
+                std::iter::once(m.body.clone())
+                    .chain(m.attachment_lines())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .collect();
         format!("echo: {}", said.join("\n"))
     }

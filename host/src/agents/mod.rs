@@ -68,8 +68,14 @@ pub struct ContextMessage {
     /// For a command turn `{"command": {"name", "args"}}` (a command the host does not run
     /// itself, name and args intact), for an action turn `{"action": {"name", "value",
     /// "message_id"}}`; absent for plain messages.
+    /// Its attachments' records are under `attachments` (`kind`, `name`, `mime`, `size`,
+    /// `ref`, and with the blob store `blob_id`, `state`, `url`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// The stored images of its attachments, read for a built-in agent whose model accepts
+    /// images (never serialized: workers fetch blobs by URL).
+    #[serde(skip)]
+    pub images: Vec<InlineImage>,
 }
 
 impl ContextMessage {
@@ -79,8 +85,56 @@ impl ContextMessage {
             role,
             body: body.into(),
             meta: None,
+            images: Vec::new(),
         }
     }
+
+    /// One line per attachment record of its meta, naming it for an agent that reads text:
+    /// `[attachment: image "photo.png", image/png, 1234 bytes]`, or why its bytes are missing.
+    pub fn attachment_lines(&self) -> Vec<String> {
+        let Some(records) = self
+            .meta
+            .as_ref()
+            .and_then(|meta| meta["attachments"].as_array())
+        else {
+            return Vec::new();
+        };
+        records.iter().map(attachment_line).collect()
+    }
+}
+
+/// The text line naming one attachment record (see [`ContextMessage::attachment_lines`]).
+fn attachment_line(record: &serde_json::Value) -> String {
+    let mut line = format!("[attachment: {}", record["kind"].as_str().unwrap_or("file"));
+    if let Some(name) = record["name"].as_str().filter(|n| !n.is_empty()) {
+        line.push_str(&format!(" {name:?}"));
+    }
+    match record["state"].as_str() {
+        Some("failed") => {
+            let why = record["error"].as_str().unwrap_or("the download failed");
+            line.push_str(&format!(", not available: {why}]"));
+        }
+        Some("pending") => line.push_str(", still downloading]"),
+        _ => {
+            if let Some(mime) = record["mime"].as_str() {
+                line.push_str(&format!(", {mime}"));
+            }
+            if let Some(size) = record["size"].as_u64() {
+                line.push_str(&format!(", {size} bytes"));
+            }
+            line.push(']');
+        }
+    }
+    line
+}
+
+/// An image attachment's bytes, for a model that accepts images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineImage {
+    /// Its MIME type as sniffed from the bytes (`image/…`).
+    pub mime: String,
+    /// The bytes.
+    pub bytes: std::sync::Arc<[u8]>,
 }
 
 /// Everything an agent gets for one run.

@@ -2,7 +2,8 @@
 //!
 //! One run is one `POST {base_url}/v1/chat/completions` with `stream: true` and
 //! `stream_options.include_usage`, the system prompt first and then the context messages with
-//! their roles. The Server-Sent Events answer is parsed incrementally by hand (chunks split
+//! their roles. A message's attachments are named in text lines after its body; with `vision =
+//! true` its stored images also go as `image_url` parts (base64 `data:` URLs). The Server-Sent Events answer is parsed incrementally by hand (chunks split
 //! mid-line, CR/LF/CRLF line ends, comments, multi-line `data:`), each `choices[0].delta.content`
 //! is forwarded as a part, and `usage` is read from the final chunk. An endpoint that ignores
 //! `stream` and answers one JSON completion is accepted too.
@@ -13,13 +14,14 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::registry::OpenAiSettings;
-use super::{AgentError, AgentReply, RunInput, Usage, send_part};
+use super::{AgentError, AgentReply, ContextMessage, RunInput, Usage, send_part};
 
 /// Longest accepted SSE line (a single event's JSON), to bound memory on a hostile stream.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -68,7 +70,7 @@ impl OpenAiAgent {
             messages.push(json!({"role": "system", "content": prompt}));
         }
         for m in &input.messages {
-            messages.push(json!({"role": m.role.as_str(), "content": m.body}));
+            messages.push(json!({"role": m.role.as_str(), "content": self.content(m)}));
         }
         let mut body = json!({
             "model": self.settings.model,
@@ -80,6 +82,30 @@ impl OpenAiAgent {
             body["max_tokens"] = json!(max);
         }
         body
+    }
+
+    /// A message's `content`: its body plus a line naming each attachment (a plain string);
+    /// with `vision` and stored images, an array of a `text` part and one `image_url` part
+    /// per image (a base64 `data:` URL).
+    fn content(&self, message: &ContextMessage) -> Value {
+        let lines = message.attachment_lines();
+        let text = if lines.is_empty() {
+            message.body.clone()
+        } else {
+            format!("{}\n{}", message.body, lines.join("\n"))
+        };
+        if !self.settings.vision || message.images.is_empty() {
+            return json!(text);
+        }
+        let mut parts = vec![json!({"type": "text", "text": text})];
+        for image in &message.images {
+            let data = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
+            parts.push(json!({
+                "type": "image_url",
+                "image_url": {"url": format!("data:{};base64,{data}", image.mime)},
+            }));
+        }
+        Value::Array(parts)
     }
 
     /// Runs one completion; see [`super::BuiltinAgent::run`].

@@ -80,6 +80,11 @@ pub struct AgentConfig {
     /// `openai`: `max_tokens` sent with every request (unset = the endpoint's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// `openai`: whether the model accepts images (default false). When true, stored image
+    /// attachments of the context go to the model as `image_url` content parts (base64 data
+    /// URLs); otherwise every attachment is a text line naming it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
     /// The model's context window in tokens (for compaction).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_limit_tokens: Option<u64>,
@@ -110,6 +115,7 @@ impl fmt::Debug for AgentConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("api_key_env", &self.api_key_env)
             .field("timeout_ms", &self.timeout_ms)
+            .field("vision", &self.vision)
             .field("max_tokens", &self.max_tokens)
             .field("context_limit_tokens", &self.context_limit_tokens)
             .field("compact_threshold_percent", &self.compact_threshold_percent)
@@ -228,6 +234,8 @@ pub struct OpenAiSettings {
     pub timeout_ms: u64,
     /// `max_tokens` sent with the request, if any.
     pub max_tokens: Option<u32>,
+    /// The model accepts images: stored image attachments are sent as `image_url` parts.
+    pub vision: bool,
 }
 
 impl OpenAiSettings {
@@ -245,6 +253,7 @@ impl fmt::Debug for OpenAiSettings {
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("timeout_ms", &self.timeout_ms)
             .field("max_tokens", &self.max_tokens)
+            .field("vision", &self.vision)
             .finish()
     }
 }
@@ -419,8 +428,9 @@ fn validate(
     };
 
     // Keys that only make sense for one kind are refused elsewhere rather than ignored.
-    let openai_keys: [(&str, bool); 6] = [
+    let openai_keys: [(&str, bool); 7] = [
         ("base_url", raw.base_url.is_some()),
+        ("vision", raw.vision.is_some()),
         ("model", raw.model.is_some()),
         ("api_key", raw.api_key.is_some()),
         ("api_key_env", raw.api_key_env.is_some()),
@@ -582,6 +592,7 @@ fn openai(
         api_key,
         timeout_ms,
         max_tokens: raw.max_tokens,
+        vision: raw.vision.unwrap_or(false),
     })
 }
 

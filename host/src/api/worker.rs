@@ -10,9 +10,14 @@
 //! 2. `GET runs/{session}/{run}/context` — the run's context again. A message's `meta` carries a
 //!    command (`{"command": {"name", "args"}}`: a command the host does not run itself), an
 //!    action (`{"action": {"name", "value", "message_id"}}`) and its attachments' records
-//!    (`{"attachments": [{kind, name, mime, size, ref}]}`); `GET runs/{session}/{run}/attachment
-//!    ?message=<channel message id>&ref=<ref>` hands out an attachment's bytes through the
-//!    channel plugin (only attachments of the run's context; 404 otherwise).
+//!    (`{"attachments": [{kind, name, mime, size, ref, blob_id, state, url, …}]}`: `state` is
+//!    `pending`, `stored` — with the stored `size`, the `mime` sniffed from the bytes and
+//!    `sha256` — or `failed` with an `error`; a claim waits up to `[blobs] run_wait_ms` for
+//!    pending downloads first). `GET blobs/{blob_id}` (the record's `url`, relative to the
+//!    host) hands out a stored attachment's bytes: `503` + `Retry-After` while pending, `410`
+//!    once failed, `404` for another agent's. `GET runs/{session}/{run}/attachment
+//!    ?message=<channel message id>&ref=<ref>` still works: from the blob store when stored,
+//!    else through the channel plugin (only attachments of the run's context; 404 otherwise).
 //! 3. `POST runs/{session}/{run}/heartbeat` every `heartbeat_interval_ms`, optionally with the
 //!    usage of the last model step (`{"usage": {"prompt_tokens", "completion_tokens"}}`) —
 //!    `{"continue": true}`, or `409 {"continue": false}`: the run was
@@ -45,7 +50,7 @@
 //! pending (the run service's stale window).
 //!
 //! Owns request parsing, authentication and the mapping to HTTP; holds no SQL (it calls
-//! [`RunService`], [`AgentPresence`] and [`WorkerStore`]). Errors are JSON
+//! [`RunService`], [`AgentPresence`], [`WorkerStore`] and [`Blobs`]). Errors are JSON
 //! `{"error": …, "hint": …}`: what went wrong and what to do.
 //!
 //! [`PendingSignal`]: crate::runs::PendingSignal
@@ -69,9 +74,12 @@ use super::AppState;
 use crate::agents::{
     AgentKind, AgentPresence, AgentRegistry, AgentSpec, ContextMessage, Role, Usage,
 };
+use crate::blobs::Blobs;
 use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
 use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
-use crate::store::{Message, RunClaim, RunEnd, RunFinish, RunOwner, StoreError, WorkerStore};
+use crate::store::{
+    BlobRow, BlobState, Message, RunClaim, RunEnd, RunFinish, RunOwner, StoreError, WorkerStore,
+};
 
 /// Header naming the worker (recorded as the run's owner; for logs and the admin API).
 pub const WORKER_HEADER: &str = "x-switchboard-worker";
@@ -128,6 +136,9 @@ pub struct WorkerApi {
     verified: Arc<Mutex<HashMap<String, VerifiedRun>>>,
     /// Context compaction (`None`: never compacts, usage is ignored).
     compactor: Option<Compactor>,
+    /// Downloaded attachments (`None`: `…/blobs/{id}` answers 503, contexts carry the records
+    /// as stored).
+    blobs: Option<Blobs>,
 }
 
 impl std::fmt::Debug for WorkerApi {
@@ -154,7 +165,15 @@ impl WorkerApi {
             stop: CancellationToken::new(),
             verified: Arc::default(),
             compactor: None,
+            blobs: None,
         }
+    }
+
+    /// Also serves downloaded attachments (`GET …/blobs/{blob_id}`), annotates contexts with
+    /// their states and URLs, and makes a claim wait (bounded) for its run's downloads.
+    pub fn with_blobs(mut self, blobs: Blobs) -> WorkerApi {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Also compacts contexts: compaction jobs at claims, "compact now" on heartbeats, the
@@ -249,6 +268,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/agents/{agent}/runs/{session}/{run}/attachment",
             get(attachment),
         )
+        .route("/api/agents/{agent}/blobs/{blob}", get(blob))
         .route(
             "/api/agents/{agent}/runs/{session}/{run}/heartbeat",
             post(heartbeat),
@@ -692,13 +712,20 @@ async fn claimed_run(
     spec: &AgentSpec,
     claim: &RunClaim,
 ) -> WorkerResult<Option<ClaimedRun>> {
-    let Some(messages) = api
+    let Some(mut messages) = api
         .runs
         .run_context(&claim.session_id, &claim.run_id)
         .await?
     else {
         return Ok(None);
     };
+    if let Some(blobs) = &api.blobs {
+        // The run waits (bounded) for its messages' downloads, then starts with placeholders.
+        if !blobs.wait_settled(&messages).await {
+            tracing::info!(session = %claim.session_id, run = %claim.run_id, "the run starts with attachment downloads still pending");
+        }
+        annotate(api, &claim.agent, &mut messages).await;
+    }
     api.remember(&claim.run_id, &claim.session_id, &claim.agent);
     tracing::info!(agent = %claim.agent, worker = %claim.worker_id, session = %claim.session_id, run = %claim.run_id, messages = messages.len(), "run claimed by a worker");
     Ok(Some(ClaimedRun {
@@ -756,8 +783,123 @@ async fn context(
     let spec = authorize(api, &agent, &headers).await?;
     owner_for_agent(api, &agent, &session_id, &run_id).await?;
     match api.runs.run_context(&session_id, &run_id).await? {
-        Some(messages) => Ok(Json(context_of(spec, &messages))),
+        Some(mut messages) => {
+            annotate(api, &agent, &mut messages).await;
+            Ok(Json(context_of(spec, &messages)))
+        }
         None => Err(WorkerError::not_owner(&session_id, &run_id)),
+    }
+}
+
+/// Adds the blob states and URLs to the attachment records of `messages` (best effort: on a
+/// database failure the records stay as stored).
+async fn annotate(api: &WorkerApi, agent: &str, messages: &mut [Message]) {
+    if let Some(blobs) = &api.blobs
+        && let Err(e) = blobs.annotate(agent, messages).await
+    {
+        tracing::warn!(
+            agent,
+            "attachment states could not be read (records as stored): {e}"
+        );
+    }
+}
+
+/// The answer for a blob's bytes: its sniffed type, never sniffed again by the client, and
+/// offered as a download.
+fn blob_response(row: &BlobRow, bytes: Vec<u8>) -> Response {
+    let mime = row
+        .mime
+        .clone()
+        .filter(|m| axum::http::HeaderValue::from_str(m).is_ok())
+        .unwrap_or_else(|| crate::blobs::OCTET_STREAM.into());
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+            (header::CONTENT_DISPOSITION, "attachment".into()),
+            (
+                header::ETAG,
+                format!("\"{}\"", row.sha256.as_deref().unwrap_or("")),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `503` with `Retry-After`: the blob will be there later.
+fn retry_later(error: String, hint: &str, seconds: u64) -> Response {
+    let mut response =
+        WorkerError::new(StatusCode::SERVICE_UNAVAILABLE, error, hint).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+    response
+}
+
+/// `GET /api/agents/{agent}/blobs/{blob_id}`: the bytes of a downloaded attachment of one of
+/// the agent's sessions. `404` for an unknown blob or another agent's; `503` + `Retry-After`
+/// while it is still being downloaded; `410` with the reason when the download was given up.
+async fn blob(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> WorkerResult<Response> {
+    let api = api(&state)?;
+    let Path((agent, blob_id)) = path.map_err(|rejection| {
+        WorkerError::bad_request(
+            rejection.body_text(),
+            "use /api/agents/{agent}/blobs/{blob_id} with a blob_id from meta.attachments",
+        )
+    })?;
+    authorize(api, &agent, &headers).await?;
+    let Some(blobs) = &api.blobs else {
+        return Err(WorkerError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host does not keep attachments",
+            "fetch them through …/runs/{session}/{run}/attachment?message=…&ref=…",
+        ));
+    };
+    let missing = || {
+        WorkerError::new(
+            StatusCode::NOT_FOUND,
+            format!("agent {agent} has no blob {blob_id}"),
+            "use a url (or blob_id) from the meta.attachments of this agent's run contexts",
+        )
+    };
+    let Some(row) = blobs.get(&blob_id).await? else {
+        return Err(missing());
+    };
+    // One agent's token never reaches another agent's sessions (nor learns they exist).
+    match api.workers.run_owner(&row.session_id).await? {
+        Some(owner) if owner.agent == agent => {}
+        _ => return Err(missing()),
+    }
+    match row.state {
+        BlobState::Pending => Ok(retry_later(
+            format!("blob {blob_id} is still being downloaded from the channel"),
+            "retry after Retry-After seconds; a run's claim already waits up to [blobs] run_wait_ms for its downloads",
+            1,
+        )),
+        BlobState::Failed => Err(WorkerError::new(
+            StatusCode::GONE,
+            format!(
+                "blob {blob_id} could not be downloaded: {}",
+                row.error.as_deref().unwrap_or("the download failed")
+            ),
+            "the attachment record (kind, name) is all there is; tell the user it could not be read",
+        )),
+        BlobState::Stored => match blobs.read(&row).await {
+            Ok(bytes) => Ok(blob_response(&row, bytes)),
+            Err(e) => {
+                tracing::error!(blob = %blob_id, "a stored blob could not be read: {e}");
+                Ok(retry_later(
+                    format!("blob {blob_id} is stored but its file cannot be read on this host"),
+                    "retry later; the operator must check the [blobs] dir (replicas need a shared one)",
+                    5,
+                ))
+            }
+        },
     }
 }
 
@@ -810,6 +952,29 @@ async fn attachment(
     };
     if !listed {
         return Err(missing());
+    }
+    // A stored download is served from the blob store without asking the channel again.
+    if let Some(blobs) = &api.blobs {
+        let blob_id = messages
+            .iter()
+            .filter(|m| m.channel_message_id.as_deref() == Some(query.message.as_str()))
+            .filter_map(|m| m.meta.as_ref()?["attachments"].as_array())
+            .flatten()
+            .find(|a| a["ref"] == query.r#ref.as_str())
+            .and_then(|a| a[crate::store::BLOB_ID_KEY].as_str());
+        if let Some(row) = match blob_id {
+            Some(id) => blobs.get(id).await?,
+            None => None,
+        }
+        .filter(|row| row.state == BlobState::Stored)
+        {
+            match blobs.read(&row).await {
+                Ok(bytes) => return Ok(blob_response(&row, bytes)),
+                Err(e) => {
+                    tracing::warn!(blob = %row.id, "a stored blob could not be read (fetching through the channel): {e}")
+                }
+            }
+        }
     }
     let installation = match state.records.get_session(&session_id).await? {
         Some(session) => state.installations.get(&session.installation_id).await?,

@@ -7,7 +7,9 @@
 //! frames; each event is decoded, enriched (quoted parent, forwarded transcript, group context
 //! and speaker names from the fake's REST API), stored and only then ACKed. Debounce windows
 //! flush, the echo agent answers, and replies, notices and typing reactions reach the fake through
-//! the plugin's outbound calls. Prints a transcript and a summary line; a last step compacts one
+//! the plugin's outbound calls; an image message is downloaded into the blob store after it is
+//! stored, and the echo agent's reply names it (kind, sniffed type, size). Prints a transcript
+//! and a summary line; a last step compacts one
 //! conversation's context on request and prints the compaction events (SPEC §7).
 
 use std::collections::BTreeMap;
@@ -69,6 +71,25 @@ fn text(
         mentions: Vec::new(),
         parent_id: None,
         create_time_ms: SystemClock.now_ms(),
+    }
+}
+
+/// The image the fake Lark serves for the demo's image step.
+const DEMO_IMAGE_KEY: &str = "img_demo_diagram";
+
+/// A 1×1 PNG: what the demo's image message carries (its type is sniffed from these bytes).
+const DEMO_PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\rIDATx\x9cc\xf8\x0f\0\x01\x01\x01\0\x18\xdd\x8d\xb0\0\0\0\0IEND\xaeB`\x82";
+
+fn image(
+    message_id: &'static str,
+    chat_id: &'static str,
+    sender: &'static str,
+    key: &str,
+) -> Event<'static> {
+    Event {
+        message_type: "image",
+        content: json!({ "image_key": key }),
+        ..text(message_id, chat_id, sender, "")
     }
 }
 
@@ -186,6 +207,15 @@ fn script() -> Vec<Step> {
             ),
         ),
         step(
+            "image (downloaded to the blob store)",
+            image(
+                "om_demo_image",
+                "oc_demo_p2p_erin",
+                "ou_demo_erin",
+                DEMO_IMAGE_KEY,
+            ),
+        ),
+        step(
             "burst 1/3",
             text("om_demo_burst_1", "oc_demo_p2p_dave", "ou_demo_dave", "one"),
         ),
@@ -251,8 +281,9 @@ pub async fn run(cache_dir: Option<PathBuf>, channel: DemoChannel) -> anyhow::Re
     result
 }
 
-/// Gives the fake Lark what enrichment reads: the quoted parent, the forwarded transcript, an
-/// earlier group message for context, and the users' names.
+/// Gives the fake Lark what enrichment reads — the quoted parent, the forwarded transcript, an
+/// earlier group message for context, and the users' names — and the image the image step
+/// downloads.
 fn seed(lark: &FakeLark) {
     let now = SystemClock.now_ms();
     let item = |id: &str, chat: &str, sender: &str, at: i64, text: &str| {
@@ -312,6 +343,7 @@ fn seed(lark: &FakeLark) {
             fwd_2,
         ],
     );
+    lark.add_resource(DEMO_IMAGE_KEY, DEMO_PNG.to_vec());
     for (open_id, name) in [
         (ALICE, "Alice"),
         (BOB, "Bob"),
@@ -389,6 +421,7 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         "wss://msg-frontier.feishu.cn".into(),
         lark.ws_origin().to_string(),
     );
+    config.blobs.dir = dir.join("blobs");
     config.connections.poll_interval_ms = 200;
     config.connections.backoff_initial_ms = 200;
     config.connections.backoff_max_ms = 1_000;

@@ -933,13 +933,21 @@ fn append_request(
         thread_id: message.thread_id.clone(),
         sender_id: message.sender.id.clone(),
         turn,
+        // Each record names the blob its bytes are downloaded into after the message is stored
+        // (a random id: `store::blobs`, `crate::blobs`); without a channel message id there is
+        // nothing to fetch the bytes by, so no blob.
         attachments: message
             .attachments
             .iter()
             .map(|a| {
-                serde_json::json!({
+                let mut record = serde_json::json!({
                     "kind": a.kind, "name": a.name, "mime": a.mime, "size": a.size, "ref": a.ref_,
-                })
+                });
+                if !message.message_id.is_empty() {
+                    record[crate::store::BLOB_ID_KEY] =
+                        serde_json::json!(format!("bl_{}", uuid::Uuid::new_v4().simple()));
+                }
+                record
             })
             .collect(),
         debounce_ms: installation.debounce_ms,

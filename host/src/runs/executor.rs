@@ -21,8 +21,9 @@ use tracing::Instrument;
 
 use super::{Compactor, RunService, SessionEvent};
 use crate::agents::{
-    AgentError, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
+    AgentError, AgentKind, AgentRegistry, BuiltinAgent, ContextMessage, Role, RunInput, openai,
 };
+use crate::blobs::Blobs;
 use crate::delivery::{Delivery, Outbox, chat_kind};
 use crate::runtime::types;
 use crate::store::{
@@ -66,7 +67,12 @@ pub struct Executor {
     outbox: Option<Outbox>,
     /// Sessions a draining executor may still acquire (see [`Executor::drain_only`]).
     drain_scope: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Downloaded attachments (`None`: contexts carry the records as stored).
+    blobs: Option<Blobs>,
 }
+
+/// Most images one run hands a model that accepts images (the newest are kept).
+pub const MAX_RUN_IMAGES: usize = 8;
 
 /// How one run ended, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +109,15 @@ impl Executor {
             compactor: None,
             outbox: None,
             drain_scope: Arc::default(),
+            blobs: None,
         }
+    }
+
+    /// Runs wait (bounded by `[blobs] run_wait_ms`) for their messages' attachment downloads,
+    /// then see each record's state; a model that accepts images gets the stored ones.
+    pub fn with_blobs(mut self, blobs: Blobs) -> Executor {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Wakes `outbox`'s delivery worker whenever a run end enqueued a reply or error card
@@ -310,14 +324,47 @@ impl Executor {
         {
             tracing::warn!("pre-run compaction check failed (the run goes on): {e}");
         }
-        let Some(messages) = self.runs.run_context(session, run).await? else {
+        let Some(mut messages) = self.runs.run_context(session, run).await? else {
             return Ok(RunResult::Abandoned);
         };
+        let mut images = std::collections::HashMap::new();
+        if let Some(blobs) = &self.blobs {
+            if !blobs.wait_settled(&messages).await {
+                tracing::info!(
+                    "the run starts with attachment downloads still pending (placeholders)"
+                );
+            }
+            if let Err(e) = blobs.annotate(&claim.agent, &mut messages).await {
+                tracing::warn!(
+                    "the run's attachment states could not be read (records as stored): {e}"
+                );
+            }
+            let vision = matches!(&spec.kind, AgentKind::OpenAi(settings) if settings.vision);
+            if vision {
+                images = blobs
+                    .images(&messages, MAX_RUN_IMAGES)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(
+                            "the run's images could not be read (sent as text lines): {e}"
+                        );
+                        Default::default()
+                    });
+            }
+        }
         let input = RunInput {
             session_id: session.to_string(),
             run_id: run.to_string(),
             system_prompt: spec.system_prompt.clone(),
-            messages: messages.iter().filter_map(context_message).collect(),
+            messages: messages
+                .iter()
+                .enumerate()
+                .filter_map(|(index, message)| {
+                    let mut context = context_message(message)?;
+                    context.images = images.remove(&index).unwrap_or_default();
+                    Some(context)
+                })
+                .collect(),
         };
 
         let cancel = CancellationToken::new();
@@ -493,5 +540,8 @@ fn context_message(message: &Message) -> Option<ContextMessage> {
         "system" => Role::System,
         _ => Role::User,
     };
-    Some(ContextMessage::new(role, message.body.clone()))
+    Some(ContextMessage {
+        meta: message.meta.clone(),
+        ..ContextMessage::new(role, message.body.clone())
+    })
 }

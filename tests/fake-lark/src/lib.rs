@@ -4,7 +4,8 @@
 //!
 //! - **HTTP** ([`FakeLark::origin`]): endpoint discovery (`POST /callback/ws/endpoint`, answering
 //!   a single-use `ws://` URL and a `ClientConfig`) and the REST calls the host makes — tenant
-//!   token, bot info, send, reply, reactions, get message, list messages, batch users, and the
+//!   token, bot info, send, reply, reactions, get message, list messages, batch users, message
+//!   resources (files by key, [`FakeLark::add_resource`], or a Lark error per key), and the
 //!   CardKit calls of streamed replies (create a card entity, put an element's content, change
 //!   its settings: [`FakeLark::cards`] records every update in order with its sequence and
 //!   arrival time, refuses a sequence that does not increase like the platform, and sends a card
@@ -143,6 +144,18 @@ pub enum Route {
     CardContent,
     /// `PATCH /open-apis/cardkit/v1/cards/{id}/settings`.
     CardSettings,
+    /// `GET /open-apis/im/v1/messages/{id}/resources/{key}?type=image|file` (a message's file).
+    Resource,
+}
+
+/// What `GET …/resources/{key}` answers for a key ([`FakeLark::add_resource`],
+/// [`FakeLark::add_resource_error`]).
+#[derive(Debug, Clone)]
+enum Resource {
+    /// The file's bytes (served as `application/octet-stream`, like the platform for files).
+    Bytes(Vec<u8>),
+    /// A Lark error envelope with this HTTP status, code and message.
+    Error { status: u16, code: i64, msg: String },
 }
 
 /// Which CardKit call changed a card.
@@ -308,6 +321,8 @@ struct State {
     bot: Option<(String, String)>,
     /// CardKit card entities, in creation order.
     cards: Vec<Card>,
+    /// Message resources by key.
+    resources: HashMap<String, Resource>,
 }
 
 struct Shared {
@@ -556,6 +571,35 @@ impl FakeLark {
             state.chat_messages.push(first.clone());
         }
         state.messages.insert(id.to_string(), items);
+    }
+
+    /// Makes `GET /open-apis/im/v1/messages/{any}/resources/{key}` answer `bytes`.
+    pub fn add_resource(&self, key: &str, bytes: Vec<u8>) {
+        self.shared
+            .state()
+            .resources
+            .insert(key.to_string(), Resource::Bytes(bytes));
+    }
+
+    /// Makes `GET …/resources/{key}` answer a Lark error (HTTP `status`, `code`, `msg`).
+    pub fn add_resource_error(&self, key: &str, status: u16, code: i64, msg: &str) {
+        self.shared.state().resources.insert(
+            key.to_string(),
+            Resource::Error {
+                status,
+                code,
+                msg: msg.to_string(),
+            },
+        );
+    }
+
+    /// How many resource downloads arrived for `key` (answered or not).
+    pub fn resource_downloads(&self, key: &str) -> usize {
+        let needle = format!("/resources/{key}?");
+        self.requests()
+            .iter()
+            .filter(|r| r.uri.contains(&needle))
+            .count()
     }
 
     /// Every CardKit card entity created so far, in creation order.
@@ -891,6 +935,7 @@ fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
         ("PUT", p) if p.starts_with(CARDS) && p.ends_with("/content") => Route::CardContent,
         ("PATCH", p) if p.starts_with(CARDS) && p.ends_with("/settings") => Route::CardSettings,
         ("POST", p) if p.starts_with(MESSAGES) && p.ends_with("/reply") => Route::Reply,
+        ("GET", p) if p.starts_with(MESSAGES) && p.contains("/resources/") => Route::Resource,
         ("GET", p) if p.starts_with(MESSAGES) => Route::GetMessage,
         _ => return None,
     })
@@ -1228,6 +1273,34 @@ async fn rest(
                 })
                 .collect();
             ok(json!({"items": items}))
+        }
+        Route::Resource => {
+            // Like every other API call, a download needs a tenant token the fake issued.
+            let token_ok = request
+                .authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Bearer t-fake"));
+            if !token_ok {
+                return lark_error(
+                    400,
+                    99_991_663,
+                    "Invalid access token for authorization. Please make a request with token attached.",
+                );
+            }
+            let key = path.rsplit('/').next().unwrap_or("");
+            let kind = query_values(&query, "type").first().copied().unwrap_or("");
+            if !matches!(kind, "image" | "file") || (key.starts_with("img_") != (kind == "image")) {
+                return lark_error(400, 234_001, "Invalid request param: type");
+            }
+            match state.resources.get(key) {
+                Some(Resource::Bytes(bytes)) => (
+                    [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                    bytes.clone(),
+                )
+                    .into_response(),
+                Some(Resource::Error { status, code, msg }) => lark_error(*status, *code, msg),
+                None => lark_error(400, 234_003, "File not in msg."),
+            }
         }
         Route::Api => lark_error(404, 404, "unreachable route"),
     }

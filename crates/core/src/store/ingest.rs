@@ -18,6 +18,7 @@ use sqlx::sqlite::SqliteRow;
 use base64::Engine as _;
 use rand::RngCore;
 
+use super::blobs::insert_blob_jobs;
 use super::installations::{from_row_both, in_write_tx, is_unique_violation, on_reader, on_writer};
 use super::runs::QUEUE_CAP;
 use super::runs::{CLEAR_OWNERSHIP, promote_queue_and_arm};
@@ -454,7 +455,7 @@ impl TurnKind {
     }
 
     /// The stored message kind and meta JSON of the turn, with `attachments` (records of the
-    /// message's files, fetched through the plugin on demand) when there are any.
+    /// message's files, downloaded into the blob store after the append) when there are any.
     fn stored(&self, attachments: &[serde_json::Value]) -> (&'static str, Option<String>) {
         let (kind, mut meta) = match self {
             TurnKind::Command { name, args } => (
@@ -499,7 +500,8 @@ pub struct AppendRequest {
     /// What kind of turn.
     pub turn: TurnKind,
     /// The message's attachments as records `{kind, name, mime, size, ref}` (stored in the
-    /// message's meta; the bytes stay with the channel).
+    /// message's meta); a record with a `blob_id` also gets a pending download row in the
+    /// append's transaction (`super::blobs`).
     pub attachments: Vec<serde_json::Value>,
     /// The installation's debounce window, for the arm.
     pub debounce_ms: i64,
@@ -1499,7 +1501,11 @@ impl IngestStore {
                     }
                 }
             }
-            Some(append_turn!(tx, pg, fail, request, now_ms))
+            let outcome = append_turn!(tx, pg, fail, request, now_ms);
+            if matches!(outcome, AppendOutcome::Appended(_)) {
+                insert_blob_jobs!(tx, fail, request, now_ms);
+            }
+            Some(outcome)
         });
         Ok(outcome)
     }
@@ -1535,7 +1541,11 @@ pub(super) async fn commit_claimed_batch(
     for append in appends {
         let request = append.request;
         let outcome = if claim_processed!(tx, fail, request, append.token, append.now_ms) {
-            append_turn!(tx, pg, fail, request, append.now_ms)
+            let outcome = append_turn!(tx, pg, fail, request, append.now_ms);
+            if matches!(outcome, AppendOutcome::Appended(_)) {
+                insert_blob_jobs!(tx, fail, request, append.now_ms);
+            }
+            outcome
         } else {
             // Nothing of this one was written; the others go on.
             AppendOutcome::ClaimLost

@@ -69,6 +69,11 @@ const SQLITE: &[Embedded] = &[
         "pairing",
         include_str!("../../../../migrations/sqlite/0009_pairing.sql"),
     ),
+    (
+        11,
+        "blobs",
+        include_str!("../../../../migrations/sqlite/0011_blobs.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -117,6 +122,11 @@ const POSTGRES: &[Embedded] = &[
         9,
         "pairing",
         include_str!("../../../../migrations/postgres/0009_pairing.sql"),
+    ),
+    (
+        11,
+        "blobs",
+        include_str!("../../../../migrations/postgres/0011_blobs.sql"),
     ),
 ];
 

@@ -12,6 +12,7 @@
 //! and tests control "now".
 
 mod append_batch;
+pub(crate) mod blobs;
 mod compaction;
 mod flush;
 mod ingest;
@@ -36,6 +37,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use blobs::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, StoredBlob};
 pub use compaction::{
     Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
     NewSummary,
@@ -338,6 +340,11 @@ impl Database {
     /// The delivery outbox on this database.
     pub fn outbox(&self) -> OutboxStore {
         OutboxStore::new(self.clone())
+    }
+
+    /// The blob table (attachment downloads, issue 18) on this database.
+    pub fn blobs(&self) -> BlobStore {
+        BlobStore::new(self.clone())
     }
 
     /// The compaction store (occupancy, failures, summary boundaries) on this database.
