@@ -1280,6 +1280,9 @@ fn every_subcommand_documents_itself() {
         &["pairing", "list"],
         &["pairing", "approve"],
         &["pairing", "deny"],
+        &["secrets"],
+        &["secrets", "key-id"],
+        &["secrets", "rotate"],
         &["bindings"],
         &["bindings", "add"],
         &["bindings", "list"],
@@ -1320,6 +1323,7 @@ fn every_subcommand_documents_itself() {
         "installations",
         "bindings",
         "pairing",
+        "secrets",
         "sessions",
     ] {
         assert!(

@@ -26,7 +26,7 @@ use switchboard::runtime::types::{Chat, ChatKind, InboundMessage, Participant};
 use switchboard::store::{
     AccessPolicy, AppendOutcome, AppendRequest, BindingError, DedupClaim, IngestStore,
     Installation, InstallationStore, NewInstallation, OutboxContent, PairingAsk, PairingError,
-    SecretCipher, SecretError, StoreError, TurnKind,
+    RetainedTable, SecretCipher, SecretError, StoreError, TurnKind,
 };
 use tokio::sync::Notify;
 
@@ -1127,6 +1127,32 @@ async fn pairing_codes_are_capped_per_installation_expire_and_can_be_denied() {
         assert!(
             created && fresh != codes[1],
             "{}: a new code after expiry",
+            f.name()
+        );
+
+        // Retention: codes expired before the cutoff go, whatever became of them (the denied
+        // and the expired ones); the fresh code stays.
+        let pruned =
+            f.t.db
+                .retention()
+                // The four expired exactly now; a cutoff a millisecond later passes them.
+                .prune_batch(RetainedTable::Pairings, f.clock.now() + 1, 100)
+                .await
+                .unwrap();
+        assert_eq!(pruned, 4, "{}: a, b, c and d's codes", f.name());
+        assert_eq!(
+            pairings
+                .list_pending(None, f.clock.now())
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{}",
+            f.name()
+        );
+        assert!(
+            pairings.find(&fresh).await.unwrap().is_some(),
+            "{}",
             f.name()
         );
     }

@@ -581,8 +581,8 @@ pub struct RetentionConfig {
     /// Delivered outbox rows (replies, notices) are kept this many days (1 to 3650); failed
     /// ones stay until an operator retries them.
     pub outbox_days: u64,
-    /// Unused binding tokens are deleted this many hours after they expired (0 to 8760); used
-    /// ones at the next pass.
+    /// Unused binding tokens, and pairing codes whatever became of them, are deleted this many
+    /// hours after they expired (0 to 8760); used binding tokens at the next pass.
     pub binding_token_grace_hours: u64,
     /// Most rows one delete statement removes (1 to 100000); a pass repeats it until a batch
     /// comes back short, letting other writers in between batches.

@@ -47,7 +47,7 @@ struct AckLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetentionLabels {
     /// The pruned table (`inbound_dedup`, `inbound_audit`, `binding_tokens`, `plugin_kv`,
-    /// `outbox`).
+    /// `outbox`, `pairings`).
     table: &'static str,
 }
 

@@ -77,7 +77,10 @@ impl RetentionSettings {
             }
             RetainedTable::Audit => now_ms.saturating_sub(self.audit_max_age_ms),
             RetainedTable::Outbox => now_ms.saturating_sub(self.outbox_max_age_ms),
-            RetainedTable::BindingTokens => now_ms.saturating_sub(self.binding_token_grace_ms),
+            // Pairing codes live an hour; they are kept as long as binding tokens past expiry.
+            RetainedTable::BindingTokens | RetainedTable::Pairings => {
+                now_ms.saturating_sub(self.binding_token_grace_ms)
+            }
             RetainedTable::Kv => now_ms,
         }
     }
@@ -232,6 +235,7 @@ impl Retention {
                         binding_tokens = report.rows(RetainedTable::BindingTokens),
                         kv = report.rows(RetainedTable::Kv),
                         outbox = report.rows(RetainedTable::Outbox),
+                        pairings = report.rows(RetainedTable::Pairings),
                         "retention: pruned old rows"
                     ),
                     Ok(_) => tracing::debug!("retention: nothing to prune"),

@@ -1,5 +1,6 @@
 //! Retention: the bounded deletes that keep the bookkeeping tables from growing without bound
-//! (issue 14) — dedup claims, the drop audit, binding tokens and expired plugin kv rows.
+//! (issue 14) — dedup claims, the drop audit, binding tokens, expired plugin kv rows, delivered
+//! outbox rows and pairing codes.
 //!
 //! Owns one statement per table, each deleting at most `limit` rows whose age is past a cutoff
 //! the caller computes (the periodic task in `crate::retention` decides when and how often, and
@@ -28,16 +29,20 @@ pub enum RetainedTable {
     Kv,
     /// `outbox`: rows delivered before the cutoff (pending and failed rows are never pruned).
     Outbox,
+    /// `pairings`: codes (approved, denied or never used) that expired before the cutoff; the
+    /// binding an approval made stays.
+    Pairings,
 }
 
 impl RetainedTable {
     /// Every pruned table, in the order a pass visits them.
-    pub const ALL: [RetainedTable; 5] = [
+    pub const ALL: [RetainedTable; 6] = [
         RetainedTable::Dedup,
         RetainedTable::Audit,
         RetainedTable::BindingTokens,
         RetainedTable::Kv,
         RetainedTable::Outbox,
+        RetainedTable::Pairings,
     ];
 
     /// The table's SQL name, also the `table` label of the pruned-rows metric.
@@ -48,6 +53,7 @@ impl RetainedTable {
             RetainedTable::BindingTokens => "binding_tokens",
             RetainedTable::Kv => "plugin_kv",
             RetainedTable::Outbox => "outbox",
+            RetainedTable::Pairings => "pairings",
         }
     }
 
@@ -105,6 +111,15 @@ impl RetainedTable {
                      WHERE state = 'delivered' AND done_at_ms < $1
                      LIMIT $2 FOR UPDATE SKIP LOCKED)"
             }
+            (RetainedTable::Pairings, Backend::Sqlite) => {
+                "DELETE FROM pairings WHERE rowid IN (
+                     SELECT rowid FROM pairings WHERE expires_at_ms < $1 LIMIT $2)"
+            }
+            (RetainedTable::Pairings, Backend::Postgres) => {
+                "DELETE FROM pairings WHERE id IN (
+                     SELECT id FROM pairings WHERE expires_at_ms < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
             (RetainedTable::Kv, Backend::Postgres) => {
                 "DELETE FROM plugin_kv
                  WHERE (plugin, installation, key) IN (
@@ -123,6 +138,7 @@ impl RetainedTable {
             RetainedTable::BindingTokens => "retention prune binding_tokens",
             RetainedTable::Kv => "retention prune plugin_kv",
             RetainedTable::Outbox => "retention prune outbox",
+            RetainedTable::Pairings => "retention prune pairings",
         }
     }
 }
@@ -149,6 +165,7 @@ impl RetentionStore {
     /// - [`RetainedTable::BindingTokens`]: unused tokens that expired before it; used tokens go
     ///   whatever the cutoff.
     /// - [`RetainedTable::Kv`]: rows expired at it (expiry at or before it): pass "now".
+    /// - [`RetainedTable::Pairings`]: codes that expired before it, whatever became of them.
     ///
     /// One statement, in its own implicit transaction: on SQLite it holds the writer only for
     /// this batch.
