@@ -80,6 +80,19 @@ mod tests {
     }
 
     #[test]
+    fn derived_keys_follow_the_token_and_the_purpose() {
+        let digest = TokenDigest::of("0123456789abcdef0123456789abcdef");
+        let key = digest.derive_key("console");
+        assert_eq!(
+            key,
+            TokenDigest::of("0123456789abcdef0123456789abcdef").derive_key("console")
+        );
+        assert_ne!(key, digest.derive_key("another purpose"));
+        assert_ne!(key, TokenDigest::of("another token").derive_key("console"));
+        assert_ne!(key, digest.0, "the key is not the digest itself");
+    }
+
+    #[test]
     fn debug_shows_no_digest() {
         let digest = TokenDigest::of("secret");
         let hex = hex::encode(digest.0);
