@@ -322,3 +322,146 @@ async fn the_python_http_channel_verifies_stores_and_calls_back_signed() {
         "nothing refused was stored"
     );
 }
+
+/// One webhook request of `plugin` through `runtime`: verify-webhook (signature through host
+/// `crypto`, the message read in the same call). Panics unless it yields one event.
+async fn verify_once(
+    plugin: &switchboard::runtime::Plugin,
+    cx: &std::sync::Arc<switchboard::domain::InstallationContext>,
+    request: &switchboard::runtime::transport::WebhookRequest,
+) {
+    use switchboard::runtime::transport::WebhookVerdict;
+    let verdict = tokio::time::timeout(WAIT, plugin.verify_webhook(cx, request))
+        .await
+        .expect("the call ends in time")
+        .expect("the call succeeds");
+    match verdict {
+        Ok(WebhookVerdict::Events(events)) => assert_eq!(events.payloads.len(), 1),
+        other => panic!("{} did not verify the request: {other:?}", plugin.name()),
+    }
+}
+
+/// Microseconds per call of `calls` verify-webhook calls (after `warmup`).
+async fn per_call_us(
+    plugin: &switchboard::runtime::Plugin,
+    cx: &std::sync::Arc<switchboard::domain::InstallationContext>,
+    request: &switchboard::runtime::transport::WebhookRequest,
+    warmup: u32,
+    calls: u32,
+) -> f64 {
+    for _ in 0..warmup {
+        verify_once(plugin, cx, request).await;
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..calls {
+        verify_once(plugin, cx, request).await;
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+/// The cost of the Python plugin beside a Rust one (issue 20, `docs/benchmarks.md`): one signed
+/// webhook verified and read per call, with a warm instance and with a fresh instance per call
+/// (`recycle_after_calls = 1`: the difference is the instantiation). Prints the numbers; asserts
+/// only that every call verifies (no timing assertions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_plugin_cost_beside_the_rust_slack_plugin() {
+    use std::sync::Arc;
+    use switchboard::capabilities::{OperatorPolicy, ServiceLimits, Services};
+    use switchboard::domain::InstallationContext;
+    use switchboard::runtime::transport::WebhookRequest;
+    use switchboard::runtime::{PoolSettings, Runtime, RuntimeSettings};
+
+    let plugins = build_plugin().await;
+    let runtime = |recycle_after_calls: u32| {
+        let settings = RuntimeSettings {
+            cache_dir: Some(serve::shared_cache_dir()),
+            pool: PoolSettings {
+                recycle_after_calls,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
+        let runtime = Runtime::new(settings, services).expect("runtime starts");
+        let python = runtime
+            .load_file(&plugins.join("http.wasm"))
+            .expect("the Python plugin loads");
+        runtime.load_bundled().expect("bundled plugins load");
+        let slack = runtime.plugin("slack").expect("slack is bundled");
+        (runtime, python, slack)
+    };
+
+    let now = now_s().to_string();
+    let body = message("m-cost", "how much does a message cost?");
+    let python_request = WebhookRequest {
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        headers: vec![
+            ("x-switchboard-timestamp".into(), now.clone()),
+            (
+                "x-switchboard-signature".into(),
+                signature(SIGNING_SECRET, &now, &body),
+            ),
+        ],
+        body,
+    };
+    let python_cx = Arc::new(
+        InstallationContext::new("cost-python")
+            .with_config("callback_url", format!("{CALLBACK_ORIGIN}/replies"))
+            .with_secret("signing_secret", SIGNING_SECRET),
+    );
+    let slack_body = json!({
+        "type": "event_callback", "team_id": "T0001", "api_app_id": "A0001",
+        "event_id": "Ev0001", "event_time": 1_700_000_000,
+        "event": {"type": "message", "channel": "D0001", "channel_type": "im",
+                  "user": "U0002", "text": "how much does a message cost?",
+                  "ts": "1700000000.000100"},
+    })
+    .to_string()
+    .into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
+    mac.update(format!("v0:{now}:").as_bytes());
+    mac.update(&slack_body);
+    let slack_request = WebhookRequest {
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        headers: vec![
+            ("x-slack-request-timestamp".into(), now.clone()),
+            (
+                "x-slack-signature".into(),
+                format!("v0={}", hex::encode(mac.finalize().into_bytes())),
+            ),
+        ],
+        body: slack_body,
+    };
+    let slack_cx = Arc::new(
+        InstallationContext::new("cost-slack")
+            .with_config("bot_user_id", "U0001")
+            .with_config("team_id", "T0001")
+            .with_secret("bot_token", "xoxb-cost")
+            .with_secret("signing_secret", SIGNING_SECRET),
+    );
+
+    let (_warm_runtime, python, slack) = runtime(10_000);
+    let python_warm = per_call_us(&python, &python_cx, &python_request, 20, 200).await;
+    let slack_warm = per_call_us(&slack, &slack_cx, &slack_request, 20, 200).await;
+    let (_cold_runtime, python_cold, slack_cold) = runtime(1);
+    let python_fresh = per_call_us(&python_cold, &python_cx, &python_request, 2, 30).await;
+    let slack_fresh = per_call_us(&slack_cold, &slack_cx, &slack_request, 2, 30).await;
+    println!(
+        "python-cost: plugin=http(python) warm_verify_us={python_warm:.0} \
+         fresh_instance_verify_us={python_fresh:.0} instantiation_us={:.0}",
+        python_fresh - python_warm
+    );
+    println!(
+        "python-cost: plugin=slack(rust) warm_verify_us={slack_warm:.0} \
+         fresh_instance_verify_us={slack_fresh:.0} instantiation_us={:.0}",
+        slack_fresh - slack_warm
+    );
+    println!(
+        "python-cost: component bytes python={} ",
+        std::fs::metadata(plugins.join("http.wasm")).unwrap().len()
+    );
+}
