@@ -193,11 +193,15 @@ async fn the_python_http_channel_verifies_stores_and_calls_back_signed() {
     let created = http
         .post(format!("{}/api/installations", serve.base))
         .bearer_auth(ADMIN)
-        .json(&json!({
+        .header("content-type", "application/json")
+        .body(
+            json!({
             "channel": "http", "name": "python http", "agent": "echo", "debounce_ms": 100,
             "config": {"callback_url": format!("{CALLBACK_ORIGIN}/replies")},
             "secrets": {"signing_secret": SIGNING_SECRET, "callback_secret": CALLBACK_SECRET},
-        }))
+            })
+            .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -208,7 +212,7 @@ async fn the_python_http_channel_verifies_stores_and_calls_back_signed() {
         created.text().await.unwrap(),
         serve.log_tail(30)
     );
-    let installation: Value = created.json().await.unwrap();
+    let installation: Value = serde_json::from_str(&created.text().await.unwrap()).unwrap();
     let id = installation["id"].as_str().unwrap().to_string();
     let hook = format!("{}/hooks/http/{id}", serve.base);
 
@@ -299,15 +303,16 @@ async fn the_python_http_channel_verifies_stores_and_calls_back_signed() {
     assert_eq!(header("idempotency-key"), key);
 
     // The admin API: one session holding exactly the accepted message and its reply.
-    let sessions: Value = http
+    let sessions = http
         .get(format!("{}/api/sessions?installation={id}", serve.base))
         .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
+    let sessions: Value = serde_json::from_str(&sessions).unwrap();
     let sessions = sessions.as_array().expect("a list of sessions");
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let bodies: Vec<&str> = sessions[0]["messages"]
