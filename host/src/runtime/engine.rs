@@ -63,13 +63,16 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> wasmtime::Result<(Engin
     if settings.pooling {
         let n = settings.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
+        // Per-component caps admit a componentize-py (Python) plugin: CPython, libc and the
+        // app are linked as 38 core module instances in one component. They bound one
+        // component, not the pool: the totals below are what is reserved.
         pool.total_component_instances(n)
             .total_core_instances(n * 8)
-            .max_core_instances_per_component(16)
+            .max_core_instances_per_component(64)
             .total_memories(n * 2)
-            .max_memories_per_component(4)
+            .max_memories_per_component(8)
             .total_tables(n * 4)
-            .max_tables_per_component(8)
+            .max_tables_per_component(32)
             .total_stacks(n)
             .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
             .linear_memory_keep_resident(64 << 10)
