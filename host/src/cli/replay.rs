@@ -783,6 +783,9 @@ struct NoticeSpec {
     recipient: Option<String>,
     #[serde(default)]
     locale: Option<String>,
+    /// Buttons (`{name, value, label, primary}`; `label` a catalogue key or the words).
+    #[serde(default)]
+    actions: Vec<crate::domain::notice::NoticeButton>,
 }
 
 /// Reads and checks an `--outbound` file.
@@ -853,7 +856,10 @@ impl NoticeSpec {
             link: self.link,
             reference: self.reference,
             recipient: self.recipient,
+            actions: self.actions,
+            decided: None,
         };
+        let texts = NoticeTexts::default();
         let text = self
             .text
             .unwrap_or_else(|| NoticeTexts::default().render(&notice, &locale));
@@ -868,7 +874,18 @@ impl NoticeSpec {
                 NoticeKind::Help => types::NoticeKind::Help,
                 NoticeKind::Status => types::NoticeKind::Status,
                 NoticeKind::Info => types::NoticeKind::Info,
+                NoticeKind::Approval => types::NoticeKind::Approval,
             },
+            actions: notice
+                .actions
+                .iter()
+                .map(|button| types::NoticeAction {
+                    name: button.name.clone(),
+                    label: texts.word(&button.label, &locale),
+                    value: button.value.clone(),
+                    primary: button.primary,
+                })
+                .collect(),
             locale,
             text,
             link: notice.link,

@@ -64,6 +64,11 @@ const SQLITE: &[Embedded] = &[
         "channel_neutral",
         include_str!("../../../../migrations/sqlite/0008_channel_neutral.sql"),
     ),
+    (
+        12,
+        "approvals",
+        include_str!("../../../../migrations/sqlite/0012_approvals.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -107,6 +112,11 @@ const POSTGRES: &[Embedded] = &[
         8,
         "channel_neutral",
         include_str!("../../../../migrations/postgres/0008_channel_neutral.sql"),
+    ),
+    (
+        12,
+        "approvals",
+        include_str!("../../../../migrations/postgres/0012_approvals.sql"),
     ),
 ];
 

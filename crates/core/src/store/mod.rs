@@ -12,6 +12,7 @@
 //! and tests control "now".
 
 mod append_batch;
+mod approvals;
 mod compaction;
 mod flush;
 mod ingest;
@@ -35,6 +36,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use approvals::{Approval, ApprovalState, ApprovalStore, Decision, NewApproval};
 pub use compaction::{
     Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
     NewSummary,
@@ -338,6 +340,11 @@ impl Database {
     /// The worker store (agent presence, run ownership lookups) on this database.
     pub fn workers(&self) -> WorkerStore {
         WorkerStore::new(self.clone())
+    }
+
+    /// The approvals store (issue 18: approval requests and their one decision).
+    pub fn approvals(&self) -> ApprovalStore {
+        ApprovalStore::new(self.clone())
     }
 
     /// The retention store (bounded pruning of dedup, audit, binding-token and expired kv rows).
