@@ -33,7 +33,14 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         // makes the fake redeliver, and the redelivery is absorbed.
         "rich post (its ACK is lost)          → ingested",
         "ACK lost; redelivered after 1 s → dropped:duplicate (stored once)",
-        "long connections: 2 WebSockets, 17 event deliveries, 16 ACKs (all 200: true)",
+        // 16 scripted events, the lost ACK's redelivery and the two approval presses.
+        "long connections: 2 WebSockets, 19 event deliveries, 18 ACKs (all 200: true)",
+        // An approval card with its buttons; a non-approver's press refused, the approver's
+        // press answered with the host's toast and the decided card.
+        "send  oc_demo_p2p_alice          interactive Your approval is needed:",
+        "Bob presses Approve    → toast \"You can't approve this\" (error)",
+        "Alice presses Approve  → toast \"Approved\" (success)",
+        "the waiting worker reads: approved",
         // The echo agent's replies, streamed into CardKit cards at the fake Lark and closed.
         "send  oc_demo_p2p_dave           card        echo: one ⏎ two ⏎ three",
         "send  oc_demo_team               card        echo: <recent_context count=\"1\"> ⏎ [Bob]: deploy",

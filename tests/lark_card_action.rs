@@ -499,8 +499,12 @@ async fn a_card_action_framed_by_the_official_node_sdk_is_acked_in_a_frame_it_re
     for test_db in db::test_databases().await {
         let world = World::start(test_db).await;
         let name = world.name().to_string();
+        // English: the plugin's on-install would default a Feishu installation to zh_cn.
         let id = world
-            .installation(app_id, json!({"connection": "websocket"}))
+            .installation(
+                app_id,
+                json!({"connection": "websocket", "locale": "en_us"}),
+            )
             .await;
         eventually("the long connection", || {
             (world.fake.live_connections() == 1).then_some(())
