@@ -33,7 +33,15 @@ fn demo_runs_the_scripted_conversation_and_prints_the_summary() {
         // makes the fake redeliver, and the redelivery is absorbed.
         "rich post (its ACK is lost)          → ingested",
         "ACK lost; redelivered after 1 s → dropped:duplicate (stored once)",
-        "long connections: 2 WebSockets, 18 event deliveries, 17 ACKs (all 200: true)",
+        // 17 scripted events (an image among them), the lost ACK's redelivery and the two
+        // approval presses.
+        "long connections: 2 WebSockets, 20 event deliveries, 19 ACKs (all 200: true)",
+        // An approval card with its buttons; a non-approver's press refused, the approver's
+        // press answered with the host's toast and the decided card.
+        "send  oc_demo_p2p_alice          interactive Your approval is needed:",
+        "Bob presses Approve    → toast \"You can't approve this\" (error)",
+        "Alice presses Approve  → toast \"Approved\" (success)",
+        "the waiting worker reads: approved",
         // The echo agent's replies, streamed into CardKit cards at the fake Lark and closed.
         "send  oc_demo_p2p_dave           card        echo: one ⏎ two ⏎ three",
         // An image downloaded into the blob store after it was stored; the echo names it with

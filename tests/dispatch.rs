@@ -1641,6 +1641,7 @@ async fn action_is_an_action_turn_for_the_agent_and_runs() {
             name: "approve".into(),
             value: "yes".into(),
             on_message: Some("om_card".into()),
+            update_token: None,
         };
         let outcome = f
             .dispatch(&msg("act_1", "oc_1", "[approve: yes]"), Some(&action))
@@ -1678,6 +1679,7 @@ async fn action_is_an_action_turn_for_the_agent_and_runs() {
             name: "refresh".into(),
             value: String::new(),
             on_message: None,
+            update_token: None,
         };
         let Outcome::Ingested { message_id, .. } = f
             .dispatch(&msg("act_2", "oc_1", "[refresh]"), Some(&bare))

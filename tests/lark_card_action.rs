@@ -2,7 +2,8 @@
 //! `App::serve`, the bundled Lark plugin, a worker agent, and `tests/fake-lark`. On SQLite and
 //! PostgreSQL:
 //!
-//! - a card action over the long connection is ACKed with the toast (base64 in the ACK's
+//! - a card action over the long connection is ACKed with the host's toast (its catalogue's
+//!   "received" words; base64 in the ACK's
 //!   `data`, decoded at the fake) and reaches the worker as an action turn with its value; the
 //!   stored turn names the user who pressed the button;
 //! - the same over an encrypted, signed webhook, answered with the toast as the HTTP body; a
@@ -460,7 +461,10 @@ async fn a_card_action_framed_by_the_official_node_sdk_is_acked_in_a_frame_it_re
 
     // The plugin's ACK, read by the SDK's decoder: the same frame, biz_rt added, code 200 and
     // the toast in `data` encoded the way the SDK encodes its handlers' answers.
-    let ack = build_ack(&frame, AckStatus::Ok, 12, None).unwrap();
+    // The answer the host gives a plain card action (its "received" words in the default
+    // locale), built by the plugin's `answer-action`.
+    let response = switchboard_lark::card_action::answer_body("Received", "info", None);
+    let ack = build_ack(&frame, AckStatus::Ok, 12, Some(&response)).unwrap();
     let read = node_sdk(&sdk, &["decode", &hex::encode(&ack)]);
     assert_eq!(read["SeqID"], 7760);
     assert_eq!(
@@ -495,8 +499,12 @@ async fn a_card_action_framed_by_the_official_node_sdk_is_acked_in_a_frame_it_re
     for test_db in db::test_databases().await {
         let world = World::start(test_db).await;
         let name = world.name().to_string();
+        // English: the plugin's on-install would default a Feishu installation to zh_cn.
         let id = world
-            .installation(app_id, json!({"connection": "websocket"}))
+            .installation(
+                app_id,
+                json!({"connection": "websocket", "locale": "en_us"}),
+            )
             .await;
         eventually("the long connection", || {
             (world.fake.live_connections() == 1).then_some(())

@@ -285,12 +285,14 @@ fn notice(host: HostNotice, locale: &str) -> Notice {
             HostKind::Help => NoticeKind::Help,
             HostKind::Status => NoticeKind::Status,
             HostKind::Info => NoticeKind::Info,
+            HostKind::Approval => NoticeKind::Approval,
         },
         locale: locale.into(),
         text,
         link: host.link,
         reference: host.reference,
         recipient: host.recipient,
+        actions: Vec::new(),
     }
 }
 

@@ -405,7 +405,8 @@ async fn webhooks(database_url: String) {
         "{stored:?}"
     );
 
-    // A button press by webhook is answered in the webhook reply, once the action is durable.
+    // A button press by webhook is answered in the webhook reply, once the action is durable,
+    // with the host's words (its "received" toast in the installation's locale).
     let press = fake.callback_query(&forum, &ann, reply.message_id, "approve:release");
     let query = press["callback_query"]["id"].as_str().unwrap().to_string();
     let mut numbered = press.clone();
@@ -415,7 +416,8 @@ async fn webhooks(database_url: String) {
     let body: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(
         body,
-        json!({"method": "answerCallbackQuery", "callback_query_id": query})
+        json!({"method": "answerCallbackQuery", "callback_query_id": query,
+               "text": "Received", "show_alert": false})
     );
     assert_eq!(fake.answered_callbacks(), vec![query]);
     let stored = host.messages(&installation, forum.id).await;

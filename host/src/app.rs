@@ -56,6 +56,10 @@ pub struct App {
     window_sweep: std::time::Duration,
     /// The attachment download worker of this replica.
     blob_worker: BlobWorker,
+    /// Approvals: the expiry sweep runs while serving.
+    approvals: crate::approvals::Approvals,
+    /// What updates expired approval cards.
+    delivery: Delivery,
 }
 
 /// Why start-up found no secrets key and generated none (the key is generated only for a fresh
@@ -365,10 +369,8 @@ impl App {
         let metrics = Arc::new(Metrics::new(runtime.clone()));
         let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings)
             .with_metrics(metrics.clone());
-        let delivery = Delivery::new(
-            runtime.clone(),
-            Arc::new(NoticeTexts::new(config.notices.clone())),
-        );
+        let texts = Arc::new(NoticeTexts::new(config.notices.clone()));
+        let delivery = Delivery::new(runtime.clone(), texts.clone());
         config
             .delivery
             .validate()
@@ -446,8 +448,12 @@ impl App {
             budget: std::time::Duration::from_millis(config.ingest.enrich_budget_ms),
             ..Default::default()
         };
+        let wake = outbox.clone();
+        let approvals = crate::approvals::Approvals::new(&db, texts, clock.clone())
+            .with_outbox_wake(Arc::new(move || wake.wake()));
         let ingest = Arc::new(
             Ingest::new(dispatcher, debouncer.clone(), enrich)
+                .with_approvals(approvals.clone())
                 .with_webhook_max_skew(std::time::Duration::from_secs(
                     config.ingest.webhook_max_skew_s,
                 ))
@@ -481,7 +487,9 @@ impl App {
         let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
             .with_observer(replies)
             .with_compactor(compactor.clone())
-            .with_blobs(blobs.clone());
+            .with_blobs(blobs.clone())
+            .with_approvals(approvals.clone());
+        let card_delivery = delivery.clone();
         let executor = Executor::new(
             runs.clone(),
             agents,
@@ -526,6 +534,8 @@ impl App {
             outbox,
             window_sweep: std::time::Duration::from_millis(config.runs.window_sweep_ms),
             blob_worker,
+            approvals,
+            delivery: card_delivery,
         })
     }
 
@@ -576,6 +586,13 @@ impl App {
             .retention
             .take()
             .map(|retention| retention.spawn(stop_retention.clone()));
+        // Approvals past their deadline expire (and their cards lose their buttons) while serving.
+        let stop_approvals = CancellationToken::new();
+        let approvals = tokio::spawn(self.approvals.clone().run_expiry(
+            self.delivery.clone(),
+            self.state.installations.clone(),
+            stop_approvals.clone().cancelled_owned(),
+        ));
         // Long connections run alongside the HTTP server and stop with it (inbound first).
         let stop_connections = CancellationToken::new();
         let connections = self
@@ -602,6 +619,8 @@ impl App {
         }
         let _ = stop_recovery.send(());
         let _ = recovery.await;
+        stop_approvals.cancel();
+        let _ = approvals.await;
         stop_retention.cancel();
         if let Some(retention) = retention {
             let _ = retention.await;

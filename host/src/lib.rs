@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod auth;
 pub mod batch;
 pub mod bindings;

@@ -275,7 +275,8 @@ async fn verify_and_ingest(
         prepared.push(step);
     }
     let mut labels = Vec::with_capacity(prepared.len());
-    for step in prepared {
+    let mut response = response;
+    for (step, payload) in prepared.into_iter().zip(&payloads) {
         let outcome = match step {
             Prepared::Done(outcome) => outcome,
             Prepared::Message(message) => state
@@ -284,6 +285,15 @@ async fn verify_and_ingest(
                 .await
                 .map_err(ingest_error)?,
         };
+        // A pressed control is answered with the host's words (a toast, an updated card), in
+        // the channel's form; without one the plugin's default answer goes out.
+        if let Some(action) = outcome.action_answer() {
+            match plugin.answer_action(&cx, payload, action).await {
+                Ok(Some(body)) => response.body = body,
+                Ok(None) => {}
+                Err(e) => tracing::warn!("answer-action failed; sending the default answer: {e}"),
+            }
+        }
         labels.push(outcome.label());
     }
     let mut answer = plugin_response(response);

@@ -30,6 +30,14 @@
 //! 6. `POST runs/{session}/{run}/compact {"summary"}` (or `{"error"}` when no summary could be
 //!    made) — `{"compacted": true, "boundary_message_id", "tokens_before", "tokens_after"}` or
 //!    `{"compacted": false, "error"}` (the run goes on uncompacted).
+//! 7. `POST runs/{session}/{run}/approvals {"prompt", "approvers"?, "timeout_s"?}` — only the
+//!    run's owner — `{"approval_id", "state": "pending", "expires_at_ms"}`: the host sends the
+//!    prompt to the session's chat with approve/reject buttons (`crate::approvals`: prompt ≤ 4000
+//!    bytes, ≤ 50 approvers by participant id, none = anyone in the chat, timeout 1 s – 1 day,
+//!    default 15 min). `GET runs/{session}/{run}/approvals/{id}?wait_s=N` waits up to N ≤ 30 s
+//!    while it is pending: `{"state": "pending"|"approved"|"rejected"|"expired",
+//!    "decided_by", "decided_by_name", "decided_at_ms", "expires_at_ms"}` (404 on another run's
+//!    path or another agent's token).
 //!
 //! A claim's `"kind"` is `"run"` or `"compact"`: a compaction job (the context reached the
 //! threshold before the run, or an operator asked). Its `context` is what to summarise and
@@ -75,6 +83,7 @@ use crate::agents::{
     AgentKind, AgentPresence, AgentRegistry, AgentSpec, ContextMessage, Role, Usage,
 };
 use crate::blobs::Blobs;
+use crate::approvals::{ApprovalError, ApprovalRequest, Approvals, MAX_WAIT};
 use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
 use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
 use crate::store::{
@@ -139,6 +148,8 @@ pub struct WorkerApi {
     /// Downloaded attachments (`None`: `…/blobs/{id}` answers 503, contexts carry the records
     /// as stored).
     blobs: Option<Blobs>,
+    /// Approvals (`None`: `…/approvals` answers 503).
+    approvals: Option<Approvals>,
 }
 
 impl std::fmt::Debug for WorkerApi {
@@ -166,6 +177,7 @@ impl WorkerApi {
             verified: Arc::default(),
             compactor: None,
             blobs: None,
+            approvals: None,
         }
     }
 
@@ -173,6 +185,12 @@ impl WorkerApi {
     /// their states and URLs, and makes a claim wait (bounded) for its run's downloads.
     pub fn with_blobs(mut self, blobs: Blobs) -> WorkerApi {
         self.blobs = Some(blobs);
+        self
+    }
+
+    /// Also serves `…/approvals` (without it, those endpoints answer 503).
+    pub fn with_approvals(mut self, approvals: Approvals) -> WorkerApi {
+        self.approvals = Some(approvals);
         self
     }
 
@@ -193,6 +211,11 @@ impl WorkerApi {
     pub fn with_settings(mut self, settings: WorkerApiSettings) -> WorkerApi {
         self.settings = settings;
         self
+    }
+
+    /// The approval service, when this host serves approvals.
+    pub fn approvals(&self) -> Option<&Approvals> {
+        self.approvals.as_ref()
     }
 
     /// The run service.
@@ -285,6 +308,14 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/api/agents/{agent}/runs/{session}/{run}/compact",
             post(compact),
+        )
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/approvals",
+            post(request_approval),
+        )
+        .route(
+            "/api/agents/{agent}/runs/{session}/{run}/approvals/{approval}",
+            get(approval_state),
         )
         .layer(DefaultBodyLimit::max(WORKER_MAX_BODY_BYTES))
 }
@@ -1127,6 +1158,128 @@ async fn parts(
         api.runs.publish_part(&session_id, &run_id, &part.text);
     }
     Ok(Json(json!({ "ok": true })))
+}
+
+// ------------------------------------------------------------------------- approvals
+
+/// Body of `POST …/approvals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalBody {
+    prompt: String,
+    #[serde(default)]
+    approvers: Vec<String>,
+    timeout_s: Option<u64>,
+}
+
+fn approvals_of(api: &WorkerApi) -> WorkerResult<&Approvals> {
+    api.approvals.as_ref().ok_or_else(|| {
+        WorkerError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host does not serve approvals",
+            "run the host with `switchboard serve`, which enables them",
+        )
+    })
+}
+
+/// `POST …/approvals {"prompt", "approvers"?, "timeout_s"?}` → `{"approval_id", "expires_at_ms"}`:
+/// only the run's owner; the question goes to the session's chat with approve/reject buttons.
+async fn request_approval(
+    State(state): State<AppState>,
+    path: RunPath,
+    headers: HeaderMap,
+    body: Result<Json<ApprovalBody>, JsonRejection>,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id)) = path?;
+    authorize(api, &agent, &headers).await?;
+    let approvals = approvals_of(api)?;
+    let Json(body) = body?;
+    let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
+    if !owner.owns(&run_id) {
+        api.forget(&run_id);
+        return Err(WorkerError::not_owner(&session_id, &run_id));
+    }
+    let request = ApprovalRequest {
+        prompt: body.prompt,
+        approvers: body.approvers,
+        timeout: body.timeout_s.map(Duration::from_secs),
+    };
+    match approvals
+        .request(&session_id, &run_id, &agent, &request)
+        .await
+    {
+        Ok(approval) => Ok(Json(json!({
+            "approval_id": approval.id,
+            "state": approval.state.as_str(),
+            "expires_at_ms": approval.expires_at_ms,
+        }))),
+        Err(ApprovalError::Invalid(problem)) => Err(WorkerError::bad_request(
+            format!("approval refused: {problem}"),
+            "send {\"prompt\": \"…\", \"approvers\": [\"<participant id>\", …]?, \"timeout_s\": N?}",
+        )),
+        Err(ApprovalError::NoSession(_)) => Err(WorkerError::not_owner(&session_id, &run_id)),
+        Err(ApprovalError::Store(e)) => Err(WorkerError::internal(e)),
+    }
+}
+
+/// Query of `GET …/approvals/{id}`.
+#[derive(Debug, Deserialize)]
+struct ApprovalWait {
+    wait_s: Option<u64>,
+}
+
+/// `GET …/approvals/{id}?wait_s=N` → `{"state", "decided_by", "decided_by_name",
+/// "decided_at_ms"}`, waiting up to N (≤ 30) seconds while it is pending. Only the agent whose
+/// run asked sees it, on that run's path.
+async fn approval_state(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
+    query: Result<Query<ApprovalWait>, QueryRejection>,
+    headers: HeaderMap,
+) -> WorkerResult<Json<Value>> {
+    let api = api(&state)?;
+    let Path((agent, session_id, run_id, approval_id)) = path?;
+    let Query(query) = query.map_err(|e| {
+        WorkerError::bad_request(
+            e.body_text(),
+            format!(
+                "wait_s is a number of seconds, at most {}",
+                MAX_WAIT.as_secs()
+            ),
+        )
+    })?;
+    authorize(api, &agent, &headers).await?;
+    let approvals = approvals_of(api)?;
+    let not_found = || {
+        WorkerError::new(
+            StatusCode::NOT_FOUND,
+            format!("run {run_id} of session {session_id} asked for no approval {approval_id}"),
+            "use the approval_id that POST …/approvals answered, on the same run's path",
+        )
+    };
+    let mine = |a: &crate::store::Approval| {
+        a.agent == agent && a.session_id == session_id && a.run_id == run_id
+    };
+    match approvals.current(&approval_id).await? {
+        Some(a) if mine(&a) => {}
+        _ => return Err(not_found()),
+    }
+    let wait = Duration::from_secs(query.wait_s.unwrap_or(0)).min(MAX_WAIT);
+    let approval = tokio::select! {
+        found = approvals.wait(&approval_id, wait) => found?,
+        // Shutting down: answer with the state as it is.
+        _ = api.stop.cancelled() => approvals.current(&approval_id).await?,
+    }
+    .ok_or_else(not_found)?;
+    Ok(Json(json!({
+        "approval_id": approval.id,
+        "state": approval.state.as_str(),
+        "decided_by": approval.decided_by,
+        "decided_by_name": approval.decided_by_name,
+        "decided_at_ms": approval.decided_at_ms,
+        "expires_at_ms": approval.expires_at_ms,
+    })))
 }
 
 /// Token usage as workers report it (missing counts are 0).

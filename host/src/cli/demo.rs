@@ -565,6 +565,7 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
     }
     // Deliveries run in their own tasks; give the last ones a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    approval_step(&state, &lark, &open.id).await?;
 
     println!("\nsessions:");
     let (mut stored, mut runs) = (0, 0);
@@ -649,6 +650,103 @@ async fn run_in(dir: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Re
         "\ndemo: {} events, {stored} messages stored, {runs} runs, {replies} replies delivered, {} dropped",
         steps.len(),
         audit.len()
+    );
+    Ok(())
+}
+
+/// An approval on Alice's chat, as a worker would ask for it (`POST …/approvals`): the card
+/// with two buttons reaches the fake, Bob's press is refused and Alice's approves, each answered
+/// in the ACK with the host's toast (and, once decided, the card without its buttons).
+async fn approval_step(
+    state: &crate::api::AppState,
+    lark: &FakeLark,
+    installation: &str,
+) -> anyhow::Result<()> {
+    let approvals = state
+        .workers
+        .as_ref()
+        .and_then(|workers| workers.approvals())
+        .context("the host serves no approvals")?;
+    let session = state
+        .records
+        .list_sessions(installation)
+        .await?
+        .into_iter()
+        .find(|s| s.chat_id == "oc_demo_p2p_alice")
+        .context("Alice's session is missing")?;
+    let request = crate::approvals::ApprovalRequest {
+        prompt: "Deploy v2.3 to production?".into(),
+        approvers: vec![ALICE.into()],
+        timeout: None,
+    };
+    let approval = approvals
+        .request(&session.id, "demo-run", "echo", &request)
+        .await?;
+    println!(
+        "
+approval {} asked on Alice's chat: {:?}",
+        approval.id, request.prompt
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lark
+        .sent_messages()
+        .iter()
+        .any(|m| m.body.to_string().contains(&approval.id))
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the approval card did not reach the fake Lark within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("      the card with Approve / Reject buttons reached the fake Lark");
+    for (who, name, event_id) in [
+        ("Bob presses Approve", BOB, "ev_demo_press_bob"),
+        ("Alice presses Approve", ALICE, "ev_demo_press_alice"),
+    ] {
+        let press = json!({
+            "schema": "2.0",
+            "header": {"event_id": event_id, "event_type": "card.action.trigger",
+                       "create_time": SystemClock.now_ms().to_string(), "app_id": OPEN_APP,
+                       "token": TOKEN},
+            "event": {"operator": {"open_id": name}, "token": format!("c-{event_id}"),
+                      "action": {"tag": "button",
+                                 "value": {"action": crate::approvals::APPROVE,
+                                           "host_value": approval.id}},
+                      "context": {"open_message_id": "om_demo_approval",
+                                  "open_chat_id": "oc_demo_p2p_alice"}},
+        });
+        let transport_id = lark.push_payload(OPEN_APP, press.to_string().into_bytes());
+        acked(lark, &transport_id).await?;
+        let answer = lark
+            .acks()
+            .into_iter()
+            .find(|a| a.message_id == transport_id)
+            .and_then(|a| a.data)
+            .and_then(|data| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(data).ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .unwrap_or_default();
+        let card = if answer.get("card").is_some() {
+            format!(
+                "; the card now reads {:?}",
+                readable(&answer["card"]["data"])
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "      {who:<22} → toast {:?} ({}){card}",
+            answer["toast"]["content"].as_str().unwrap_or(""),
+            answer["toast"]["type"].as_str().unwrap_or("")
+        );
+    }
+    let decided = approvals.current(&approval.id).await?;
+    println!(
+        "      the waiting worker reads: {}",
+        decided.map_or("-", |a| a.state.as_str())
     );
     Ok(())
 }

@@ -786,6 +786,9 @@ struct NoticeSpec {
     recipient: Option<String>,
     #[serde(default)]
     locale: Option<String>,
+    /// Buttons (`{name, value, label, primary}`; `label` a catalogue key or the words).
+    #[serde(default)]
+    actions: Vec<crate::domain::notice::NoticeButton>,
 }
 
 /// Reads and checks an `--outbound` file.
@@ -857,7 +860,10 @@ impl NoticeSpec {
             reference: self.reference,
             recipient: self.recipient,
             text_key: None,
+            actions: self.actions,
+            decided: None,
         };
+        let texts = NoticeTexts::default();
         let text = self
             .text
             .unwrap_or_else(|| NoticeTexts::default().render(&notice, &locale));
@@ -872,7 +878,18 @@ impl NoticeSpec {
                 NoticeKind::Help => types::NoticeKind::Help,
                 NoticeKind::Status => types::NoticeKind::Status,
                 NoticeKind::Info => types::NoticeKind::Info,
+                NoticeKind::Approval => types::NoticeKind::Approval,
             },
+            actions: notice
+                .actions
+                .iter()
+                .map(|button| types::NoticeAction {
+                    name: button.name.clone(),
+                    label: texts.word(&button.label, &locale),
+                    value: button.value.clone(),
+                    primary: button.primary,
+                })
+                .collect(),
             locale,
             text,
             link: notice.link,

@@ -83,6 +83,15 @@ impl DeliveryFailure {
         }
     }
 
+    /// Whether trying again later may help (a plugin call that failed, a retryable refusal).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DeliveryFailure::NoPlugin { .. } => false,
+            DeliveryFailure::Plugin(_) => true,
+            DeliveryFailure::Refused { retryable, .. } => *retryable,
+        }
+    }
+
     /// The least wait before a retry the channel asked for, if it said.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
@@ -214,6 +223,49 @@ pub fn message_target(session_id: &str, message: &types::InboundMessage) -> type
     }
 }
 
+/// The contract's form of `notice` for `installation`: its words (and its buttons' labels) in
+/// the installation's locale, from `texts`.
+pub fn render_notice(
+    texts: &NoticeTexts,
+    installation: &Installation,
+    notice: &Notice,
+) -> types::Notice {
+    let locale = installation.locale();
+    types::Notice {
+        kind: match notice.kind {
+            NoticeKind::BindingRequired => types::NoticeKind::BindingRequired,
+            NoticeKind::FreshContext => types::NoticeKind::FreshContext,
+            NoticeKind::AgentOffline => types::NoticeKind::AgentOffline,
+            NoticeKind::AgentArchived => types::NoticeKind::AgentArchived,
+            NoticeKind::RunError => types::NoticeKind::RunError,
+            NoticeKind::CommandUsage => types::NoticeKind::CommandUsage,
+            NoticeKind::Help => types::NoticeKind::Help,
+            NoticeKind::Status => types::NoticeKind::Status,
+            NoticeKind::Info => types::NoticeKind::Info,
+            NoticeKind::Approval => types::NoticeKind::Approval,
+        },
+        locale: locale.to_string(),
+        text: texts.render_for(
+            notice,
+            locale,
+            installation.config.get("bot_name").map(String::as_str),
+        ),
+        link: notice.link.clone(),
+        reference: notice.reference.clone(),
+        recipient: notice.recipient.clone(),
+        actions: notice
+            .actions
+            .iter()
+            .map(|button| types::NoticeAction {
+                name: button.name.clone(),
+                label: texts.word(&button.label, locale),
+                value: button.value.clone(),
+                primary: button.primary,
+            })
+            .collect(),
+    }
+}
+
 impl Delivery {
     /// Delivery through `runtime`'s plugins, with notice words from `texts`.
     pub fn new(runtime: Arc<Runtime>, texts: Arc<NoticeTexts>) -> Delivery {
@@ -237,25 +289,7 @@ impl Delivery {
     /// The contract's form of `notice` for `installation`: its words in the installation's
     /// locale.
     pub fn render_notice(&self, installation: &Installation, notice: &Notice) -> types::Notice {
-        let locale = installation.locale();
-        types::Notice {
-            kind: match notice.kind {
-                NoticeKind::BindingRequired => types::NoticeKind::BindingRequired,
-                NoticeKind::FreshContext => types::NoticeKind::FreshContext,
-                NoticeKind::AgentOffline => types::NoticeKind::AgentOffline,
-                NoticeKind::AgentArchived => types::NoticeKind::AgentArchived,
-                NoticeKind::RunError => types::NoticeKind::RunError,
-                NoticeKind::CommandUsage => types::NoticeKind::CommandUsage,
-                NoticeKind::Help => types::NoticeKind::Help,
-                NoticeKind::Status => types::NoticeKind::Status,
-                NoticeKind::Info => types::NoticeKind::Info,
-            },
-            locale: locale.to_string(),
-            text: self.texts.render(notice, locale),
-            link: notice.link.clone(),
-            reference: notice.reference.clone(),
-            recipient: notice.recipient.clone(),
-        }
+        render_notice(&self.texts, installation, notice)
     }
 
     /// The plugin serving `installation`, if loaded.
@@ -307,6 +341,30 @@ impl Delivery {
                 tracing::info!(installation = %installation.id, session = %target.session_id, kind, sent = receipt.message_id.as_deref(), "delivered");
                 Ok(receipt.message_id)
             }
+            Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
+            Err(call) => Err(call.into()),
+        }
+    }
+
+    /// Replaces a message the plugin sent for a notice (an approval card) with `notice`
+    /// (`outbound.update-notice`): through `update_token` when given, else by `message_id`.
+    pub async fn update_notice(
+        &self,
+        installation: &Installation,
+        target: &types::SessionTarget,
+        message_id: Option<&str>,
+        update_token: Option<&str>,
+        notice: &Notice,
+    ) -> Result<(), DeliveryFailure> {
+        let plugin = self.plugin(installation)?;
+        let cx = Arc::new(installation.context());
+        self.pace(&plugin, installation, &target.chat_id).await;
+        let notice = self.render_notice(installation, notice);
+        match plugin
+            .update_notice(&cx, target, message_id, update_token, &notice)
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(refused)) => Err(DeliveryFailure::refused(refused)),
             Err(call) => Err(call.into()),
         }

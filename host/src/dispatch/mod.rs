@@ -82,6 +82,8 @@ pub enum Command {
         value: String,
         /// The channel message carrying the control.
         on_message: Option<String>,
+        /// The channel's token for updating that message later (never stored with the turn).
+        update_token: Option<String>,
     },
 }
 
@@ -915,6 +917,7 @@ fn append_request(
             name,
             value,
             on_message,
+            ..
         }) => (
             TurnKind::Action {
                 name: name.clone(),

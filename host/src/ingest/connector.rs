@@ -44,6 +44,7 @@ use crate::ingest::pipeline::{FrameIntake, FrameOutcome};
 use crate::ingest::reassembly::Limits;
 use crate::ingest::service::{Ingest, IngestError, PayloadOutcome, Prepared, Verified};
 use crate::runtime::transport::{AckStatus, ConnectError, ConnectPlan};
+use crate::runtime::types::ActionAnswer;
 use crate::runtime::{CallError, Plugin};
 use crate::store::Installation;
 
@@ -580,6 +581,17 @@ impl Connector {
                 trace_id,
                 event,
             } => {
+                // Routing and decoding run here, in arrival order; storing runs concurrently
+                // for different chats and in order within one chat. The connection was opened
+                // with this installation's credentials: its events go to it or nowhere.
+                let verified = Verified {
+                    installation: &self.installation,
+                    cx,
+                };
+                let prepared = self
+                    .ingest
+                    .prepare(&self.plugin, &payload, arrived, verified, event)
+                    .await;
                 let answer = Answer {
                     plugin: self.plugin.clone(),
                     ingest: self.ingest.clone(),
@@ -592,18 +604,8 @@ impl Connector {
                     kind: kind.to_string(),
                     fragments,
                     trace_id: trace_id.unwrap_or_default(),
+                    payload,
                 };
-                // Routing and decoding run here, in arrival order; storing runs concurrently
-                // for different chats and in order within one chat. The connection was opened
-                // with this installation's credentials: its events go to it or nowhere.
-                let verified = Verified {
-                    installation: &self.installation,
-                    cx,
-                };
-                let prepared = self
-                    .ingest
-                    .prepare(&self.plugin, &payload, arrived, verified, event)
-                    .await;
                 match prepared {
                     Ok(Prepared::Done(outcome)) => answer.answer(Ok(outcome)).await?,
                     Err(e) => answer.answer(Err(e)).await?,
@@ -642,6 +644,8 @@ struct Answer {
     kind: String,
     fragments: u32,
     trace_id: String,
+    /// The event payload: an action's answer is built from it (`answer-action`).
+    payload: Vec<u8>,
 }
 
 impl Answer {
@@ -658,7 +662,12 @@ impl Answer {
                 self.ingest
                     .metrics()
                     .acknowledged(&self.channel, true, self.arrived.elapsed());
-                self.send(AckStatus::Ok, processing_ms).await?;
+                let response = match outcome.action_answer() {
+                    Some(answer) => self.action_response(answer).await,
+                    None => None,
+                };
+                self.send(AckStatus::Ok, processing_ms, response.as_deref())
+                    .await?;
                 tracing::info!(
                     kind = %self.kind,
                     trace_id = %self.trace_id,
@@ -678,7 +687,7 @@ impl Answer {
                 self.ingest
                     .metrics()
                     .acknowledged(&self.channel, false, self.arrived.elapsed());
-                if let Err(write) = self.send(AckStatus::Failed, processing_ms).await {
+                if let Err(write) = self.send(AckStatus::Failed, processing_ms, None).await {
                     tracing::warn!("the NACK could not be queued: {write}");
                 }
                 Err(ConnectionError::Ingest(e))
@@ -686,12 +695,33 @@ impl Answer {
         }
     }
 
-    /// Builds the ACK (or NACK) through the plugin and queues it. A plugin failure is logged
-    /// (no ACK: the channel redelivers, dedup absorbs it); a dead writer is an error.
-    async fn send(&self, status: AckStatus, processing_ms: u32) -> Result<(), ConnectionError> {
+    /// The channel's bytes for the host's answer to a pressed control (`answer-action`); none
+    /// when the plugin has no such answer or fails (the ACK then carries its default).
+    async fn action_response(&self, answer: &ActionAnswer) -> Option<Vec<u8>> {
         match self
             .plugin
-            .build_ack(&self.cx, &self.ack_frame, status, processing_ms, None)
+            .answer_action(&self.cx, &self.payload, answer)
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("answer-action failed; the ACK carries the default answer: {e}");
+                None
+            }
+        }
+    }
+
+    /// Builds the ACK (or NACK) through the plugin and queues it. A plugin failure is logged
+    /// (no ACK: the channel redelivers, dedup absorbs it); a dead writer is an error.
+    async fn send(
+        &self,
+        status: AckStatus,
+        processing_ms: u32,
+        response: Option<&[u8]>,
+    ) -> Result<(), ConnectionError> {
+        match self
+            .plugin
+            .build_ack(&self.cx, &self.ack_frame, status, processing_ms, response)
             .await
         {
             Ok(Ok(bytes)) => send(&self.out, bytes, self.text).await,

@@ -100,6 +100,7 @@ pub fn action_outcome(action: InboundAction) -> DecodeOutcome {
             name: action.name,
             value: action.value,
             on_message: action.message_id,
+            update_token: action.update_token,
         }),
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::approvals::{Approvals, is_approval_action};
 use crate::batch::Debouncer;
 use crate::dispatch::Command;
 use crate::dispatch::{DispatchError, Dispatcher, DropReason, EventMeta, Outcome};
@@ -18,7 +19,7 @@ use crate::hygiene;
 use crate::ingest::pipeline::{self, DecodeOutcome};
 use crate::metrics::Metrics;
 use crate::runtime::transport::EventReading;
-use crate::runtime::types::InboundMessage;
+use crate::runtime::types::{ActionAnswer, InboundMessage};
 use crate::runtime::{CallError, Plugin, enricher};
 use crate::store::Installation;
 
@@ -73,6 +74,16 @@ pub enum PayloadOutcome {
     Ignored(String),
     /// The plugin could not understand the payload; acknowledged so it is not redelivered forever.
     Invalid(String),
+    /// A pressed control, answered by the host (a toast, maybe an updated message): `outcome`
+    /// is what became of the press (an approval press is not stored as a turn: `Answered`).
+    Action {
+        /// What became of the press.
+        outcome: Box<PayloadOutcome>,
+        /// The host's answer, for the plugin's `answer-action`.
+        answer: ActionAnswer,
+    },
+    /// A press on one of the host's own approval buttons, decided (or refused) without a turn.
+    Answered,
 }
 
 impl PayloadOutcome {
@@ -86,6 +97,16 @@ impl PayloadOutcome {
             PayloadOutcome::Dispatched(outcome) => outcome.as_str().to_string(),
             PayloadOutcome::Ignored(_) => "ignored".into(),
             PayloadOutcome::Invalid(_) => "invalid".into(),
+            PayloadOutcome::Action { outcome, .. } => outcome.label(),
+            PayloadOutcome::Answered => "approval".into(),
+        }
+    }
+
+    /// The host's answer to a pressed control, if this outcome is one.
+    pub fn action_answer(&self) -> Option<&ActionAnswer> {
+        match self {
+            PayloadOutcome::Action { answer, .. } => Some(answer),
+            _ => None,
         }
     }
 }
@@ -132,6 +153,8 @@ pub struct Ingest {
     watchers: tokio::sync::broadcast::Sender<Arc<Dispatched>>,
     metrics: Arc<Metrics>,
     webhook_max_skew: Duration,
+    /// Decides presses on the host's approval buttons and words every action's answer.
+    approvals: Option<Approvals>,
 }
 
 /// The default replay window of signed webhook requests (`[ingest] webhook_max_skew_s`).
@@ -148,7 +171,15 @@ impl Ingest {
             watchers: tokio::sync::broadcast::channel(WATCH_CAPACITY).0,
             metrics: Arc::default(),
             webhook_max_skew: DEFAULT_WEBHOOK_MAX_SKEW,
+            approvals: None,
         }
+    }
+
+    /// Decides presses on the host's approval buttons with `approvals` and answers every
+    /// pressed control with its words (without it, actions get the plugin's default answer).
+    pub fn with_approvals(mut self, approvals: Approvals) -> Ingest {
+        self.approvals = Some(approvals);
+        self
     }
 
     /// Refuses signed webhook requests whose timestamp is further than `skew` from the clock.
@@ -359,6 +390,36 @@ impl Ingest {
                         return done(PayloadOutcome::Invalid(problem.to_string()));
                     }
                 }
+                if let (
+                    Some(approvals),
+                    Some(Command::Action {
+                        name,
+                        value,
+                        on_message,
+                        update_token,
+                    }),
+                ) = (&self.approvals, &command)
+                    && is_approval_action(name)
+                {
+                    // The host's own button: decided here, before the channel's deadline, and
+                    // not stored as a turn (the waiting worker learns the decision).
+                    let press = crate::approvals::Press {
+                        sender: &message.sender,
+                        chat_id: &message.chat.id,
+                        name,
+                        value,
+                        on_message: on_message.as_deref(),
+                        update_token: update_token.as_deref(),
+                    };
+                    let answer = approvals
+                        .press(installation, &press)
+                        .await
+                        .map_err(|e| IngestError::Dispatch(DispatchError::from(e)))?;
+                    return done(PayloadOutcome::Action {
+                        outcome: Box::new(PayloadOutcome::Answered),
+                        answer,
+                    });
+                }
                 Ok(Prepared::Message(Box::new(PreparedMessage {
                     installation: installation.clone(),
                     cx: cx.clone(),
@@ -396,6 +457,7 @@ impl Ingest {
             command,
             arrived,
         } = prepared;
+        let is_action = matches!(command, Some(Command::Action { .. }));
         let left = self.enrich.budget.saturating_sub(arrived.elapsed());
         if !left.is_zero() {
             let budget = enricher::Budget {
@@ -469,7 +531,13 @@ impl Ingest {
                 "message accepted"
             );
         }
-        let outcome = PayloadOutcome::Dispatched(outcome);
+        let mut outcome = PayloadOutcome::Dispatched(outcome);
+        if is_action && let Some(approvals) = &self.approvals {
+            outcome = PayloadOutcome::Action {
+                answer: approvals.received(&installation),
+                outcome: Box::new(outcome),
+            };
+        }
         if self.watchers.receiver_count() > 0 {
             let _ = self.watchers.send(Arc::new(Dispatched {
                 installation_id: installation.id.clone(),

@@ -62,6 +62,23 @@ impl Plugin {
         .await
     }
 
+    /// `transport.answer-action`: the channel's answer bytes for the action event `payload`
+    /// carrying the host's `answer` (none: the transport's default answer).
+    pub async fn answer_action(
+        &self,
+        cx: &Arc<InstallationContext>,
+        payload: &[u8],
+        answer: &types::ActionAnswer,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        self.call(
+            cx,
+            Export::Transport,
+            "transport.answer-action",
+            guest!(switchboard_channel_transport.call_answer_action(payload, answer)),
+        )
+        .await
+    }
+
     /// `transport.plan-connection`: endpoint discovery for a new connection.
     pub async fn connect_plan(
         &self,
@@ -179,6 +196,29 @@ impl Plugin {
             Export::Outbound,
             "outbound.deliver",
             guest!(switchboard_channel_outbound.call_deliver(delivery)),
+        )
+        .await
+    }
+
+    /// `outbound.update-notice`: replaces a message the plugin sent for a notice.
+    pub async fn update_notice(
+        &self,
+        cx: &Arc<InstallationContext>,
+        target: &types::SessionTarget,
+        message_id: Option<&str>,
+        update_token: Option<&str>,
+        notice: &types::Notice,
+    ) -> CallResult<(), outbound::DeliveryError> {
+        self.call(
+            cx,
+            Export::Outbound,
+            "outbound.update-notice",
+            guest!(switchboard_channel_outbound.call_update_notice(
+                target,
+                message_id,
+                update_token,
+                notice
+            )),
         )
         .await
     }

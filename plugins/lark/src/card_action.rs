@@ -32,9 +32,30 @@ pub const CARD_ACTION_EVENT_TYPE: &str = "card.action.trigger";
 /// How long Lark waits for the callback's answer (§3.2: "respond within 3 s").
 pub const ANSWER_DEADLINE_MS: u32 = 3000;
 
-/// The callback answer: a toast telling the user the press was received. Lark shows it over
-/// the card; `i18n` picks the user's client language. The text names no product.
-pub const TOAST_RESPONSE: &[u8] = r#"{"toast":{"type":"info","content":"Received","i18n":{"zh_cn":"已收到","en_us":"Received"}}}"#.as_bytes();
+/// The callback answer when the host gives none (`answer-action` was not called, or failed):
+/// `{}`, which Lark shows as nothing and which leaves the card as it is. The words of every
+/// toast are the host's (its catalogue, in the installation's locale), never the plugin's.
+pub const DEFAULT_RESPONSE: &[u8] = b"{}";
+
+/// The callback answer carrying the host's words: a toast of `tone` (`info`, `success`,
+/// `warning`, `error`) saying `toast`, and, when given, the card that replaces the one pressed
+/// (`{"type": "raw", "data": card}`, reference §3.2).
+pub fn answer_body(toast: &str, tone: &str, card: Option<Value>) -> Vec<u8> {
+    let mut answer = Map::new();
+    if !toast.trim().is_empty() {
+        answer.insert(
+            "toast".into(),
+            serde_json::json!({ "type": tone, "content": toast }),
+        );
+    }
+    if let Some(card) = card {
+        answer.insert(
+            "card".into(),
+            serde_json::json!({ "type": "raw", "data": card }),
+        );
+    }
+    Value::Object(answer).to_string().into_bytes()
+}
 
 /// A decoded card callback (mirrors the WIT `inbound-action`, plus the routing key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,11 +162,19 @@ pub fn decode_card_action(payload: &[u8]) -> Result<Option<CardAction>, DecodeEr
         .or_else(|| field(action, "name"))
         .or_else(|| field(action, "tag"))
         .unwrap_or_else(|| "card_action".into());
+    // The host's own buttons carry `{"action": name, "host_value": value}`: the value goes
+    // back as the host wrote it (the WIT promise that a notice-action's value returns as is).
+    let host_value = raw_value
+        .get(crate::render::HOST_VALUE_KEY)
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let form_value = action
         .and_then(|a| a.get("form_value"))
         .filter(|form| form.as_object().is_some_and(|form| !form.is_empty()));
     let input_value = field(action, "input_value");
-    let value = if form_value.is_none() && input_value.is_none() {
+    let value = if let Some(host_value) = host_value {
+        host_value
+    } else if form_value.is_none() && input_value.is_none() {
         raw_value.to_string()
     } else {
         let mut object = Map::new();
@@ -314,7 +343,7 @@ mod tests {
     fn a_card_action_ack_carries_the_toast_and_a_message_ack_none() {
         use crate::transport::{AckStatus, build_ack};
         let ack = build_ack(&event_frame(FIXTURE.as_bytes()), AckStatus::Ok, 5, None).unwrap();
-        assert_eq!(ack_data(&ack).as_deref(), Some(TOAST_RESPONSE));
+        assert_eq!(ack_data(&ack).as_deref(), Some(DEFAULT_RESPONSE));
         // A response the host gives wins over the toast.
         let ack = build_ack(
             &event_frame(FIXTURE.as_bytes()),
@@ -355,7 +384,7 @@ mod tests {
             Ok(WebhookVerdict::Events(events)) => events.response.body,
             other => panic!("not events: {other:?}"),
         };
-        assert_eq!(answer(FIXTURE.as_bytes()), TOAST_RESPONSE);
+        assert_eq!(answer(FIXTURE.as_bytes()), DEFAULT_RESPONSE);
         let message = include_str!("../../../tests/fixtures/lark/event_receive_text_p2p.json");
         assert_eq!(answer(message.as_bytes()), br#"{"msg":"success"}"#);
         // A wrong token is refused before anything is answered.
@@ -380,13 +409,31 @@ mod tests {
     }
 
     #[test]
-    fn the_toast_is_json_with_a_toast() {
-        let toast: Value = serde_json::from_slice(TOAST_RESPONSE).unwrap();
-        assert_eq!(toast["toast"]["type"], "info");
-        assert!(
-            toast["toast"]["content"]
-                .as_str()
-                .is_some_and(|t| !t.is_empty())
+    fn the_answer_carries_the_host_words_and_the_card() {
+        let answer: Value = serde_json::from_slice(&answer_body(
+            "已批准",
+            "success",
+            Some(serde_json::json!({"schema": "2.0"})),
+        ))
+        .unwrap();
+        assert_eq!(answer["toast"]["type"], "success");
+        assert_eq!(answer["toast"]["content"], "已批准");
+        assert_eq!(answer["card"]["type"], "raw");
+        assert_eq!(answer["card"]["data"]["schema"], "2.0");
+        let bare: Value = serde_json::from_slice(&answer_body("Received", "info", None)).unwrap();
+        assert!(bare.get("card").is_none());
+        assert_eq!(bare["toast"]["content"], "Received");
+    }
+
+    #[test]
+    fn a_host_button_press_gives_back_the_host_value() {
+        let payload = r#"{"header":{"event_id":"e3","event_type":"card.action.trigger"},
+            "event":{"operator":{"open_id":"ou_1"},"context":{"open_chat_id":"oc_1"},
+            "action":{"tag":"button","value":{"action":"ap.y","host_value":"abc123"}}}}"#;
+        let action = decode_card_action(payload.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (action.name.as_str(), action.value.as_str()),
+            ("ap.y", "abc123")
         );
     }
 }

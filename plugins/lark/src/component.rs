@@ -112,6 +112,24 @@ impl transport::Guest for LarkPlugin {
             .map_err(|err| PluginError::InvalidInput(err.to_string()))
     }
 
+    fn answer_action(_payload: Vec<u8>, answer: types::ActionAnswer) -> Option<Vec<u8>> {
+        install_panic_hook();
+        let tone = match answer.tone {
+            types::AnswerTone::Info => "info",
+            types::AnswerTone::Success => "success",
+            types::AnswerTone::Warning => "warning",
+            types::AnswerTone::Error => "error",
+        };
+        // The pressed card is replaced by the host's re-rendered notice (an approval showing
+        // its decision): the same card the notice would be sent as.
+        let card = answer.update.map(|notice| {
+            let notice = logic_notice(notice);
+            let header = config("agent_name").unwrap_or_default();
+            crate::render::approval_card_json(&header, &notice.text, &notice.actions)
+        });
+        Some(crate::card_action::answer_body(&answer.toast, tone, card))
+    }
+
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         install_panic_hook();
         let base_url =
@@ -530,6 +548,25 @@ impl outbound::Guest for LarkPlugin {
             .map_err(|failure| reported(failure, "stream-end", &target.session_id))
     }
 
+    /// The card of `notice` (an approval card; its buttons, if any, kept) replaces the card the
+    /// user pressed: through the callback token when the host has one, else by message id.
+    fn update_notice(
+        target: outbound::SessionTarget,
+        message_id: Option<String>,
+        update_token: Option<String>,
+        notice: types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        install_panic_hook();
+        let notice = logic_notice(notice);
+        let header = config("agent_name").unwrap_or_default();
+        let card = crate::render::approval_card_json(&header, &notice.text, &notice.actions);
+        let credentials = credentials();
+        let mut host = ImportHost;
+        LarkClient::new(&mut host, &credentials)
+            .update_card(message_id.as_deref(), update_token.as_deref(), &card)
+            .map_err(|failure| reported(failure, "update-notice", &target.session_id))
+    }
+
     /// The message resource API: `type=image` for an `img_…` key, `type=file` otherwise.
     fn fetch_attachment(
         message_id: String,
@@ -559,11 +596,18 @@ impl lifecycle::Guest for LarkPlugin {
         let bot = LarkClient::new(&mut host, &credentials)
             .bot_info()
             .map_err(|failure| plugin_error(failure, "on-install"))?;
-        Ok([("bot_open_id", bot.open_id), ("bot_name", bot.app_name)]
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty())
-            .map(|(key, value)| (key.to_string(), value))
-            .collect())
+        // Notices default to the language of the channel's edition: Chinese on Feishu, English
+        // on Lark international (the host keeps an operator's `locale`).
+        let locale = crate::transport::default_locale(&credentials.base_url).unwrap_or_default();
+        Ok([
+            ("bot_open_id", bot.open_id),
+            ("bot_name", bot.app_name),
+            ("locale", locale.to_string()),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| (key.to_string(), value))
+        .collect())
     }
 
     fn on_uninstall() -> Result<(), PluginError> {
@@ -752,12 +796,23 @@ fn logic_notice(notice: types::Notice) -> outbound_logic::Notice {
             types::NoticeKind::Help => Kind::Help,
             types::NoticeKind::Status => Kind::Status,
             types::NoticeKind::Info => Kind::Info,
+            types::NoticeKind::Approval => Kind::Approval,
         },
         locale: notice.locale,
         text: notice.text,
         link: notice.link,
         reference: notice.reference,
         recipient: notice.recipient,
+        actions: notice
+            .actions
+            .into_iter()
+            .map(|action| crate::render::ActionButton {
+                name: action.name,
+                label: action.label,
+                value: action.value,
+                primary: action.primary,
+            })
+            .collect(),
     }
 }
 
@@ -881,6 +936,8 @@ fn wit_action(action: card_action::CardAction) -> types::InboundAction {
         name: action.name,
         value: action.value,
         answer_deadline_ms: Some(card_action::ANSWER_DEADLINE_MS),
+        // The callback token (30 min, two uses) lets a later update replace the card.
+        update_token: action.token,
         create_time_ms: action.create_time_ms,
     }
 }

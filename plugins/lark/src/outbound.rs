@@ -58,6 +58,8 @@ pub enum NoticeKind {
     Status,
     /// Anything else the host or an operator says.
     Info,
+    /// A question to approve or reject, with the host's buttons (none once decided).
+    Approval,
 }
 
 /// Something the host asks the plugin to tell the user (the WIT `notice`). The text is the
@@ -76,6 +78,8 @@ pub struct Notice {
     pub reference: Option<String>,
     /// When set, the `open_id` the notice is sent to privately instead of the chat.
     pub recipient: Option<String>,
+    /// The host's buttons (callback buttons on the card).
+    pub actions: Vec<render::ActionButton>,
 }
 
 /// What to deliver (the WIT `content`).
@@ -109,6 +113,9 @@ pub fn notice_messages(notice: &Notice, header: &str) -> Vec<Rendered> {
         .map(str::trim)
         .filter(|r| !r.is_empty());
     let style = match notice.kind {
+        NoticeKind::Approval => {
+            return vec![render::approval_card(header, &notice.text, &notice.actions)];
+        }
         NoticeKind::RunError => CardStyle::Error,
         NoticeKind::BindingRequired => CardStyle::Binding,
         NoticeKind::Info | NoticeKind::Help | NoticeKind::Status
@@ -424,6 +431,34 @@ impl<'a, H: LarkHost> LarkClient<'a, H> {
             first_id.get_or_insert(id);
         }
         Ok(first_id)
+    }
+
+    /// Replaces a card the bot sent with `card`: through the press's callback token when there
+    /// is one (`interactive/v1/card/update`), else by the message id (`PATCH` of the message).
+    pub fn update_card(
+        &mut self,
+        message_id: Option<&str>,
+        callback_token: Option<&str>,
+        card: &Value,
+    ) -> Result<(), DeliveryFailure> {
+        self.check_credentials()?;
+        let base = self.credentials.base_url.clone();
+        match (
+            callback_token.filter(|t| !t.is_empty()),
+            message_id.filter(|m| !m.is_empty()),
+        ) {
+            (Some(callback), _) => self
+                .authorized(|token| rest::card_update_request(&base, token, callback, card))
+                .map(drop)
+                .map_err(|e| e.into_failure("card update")),
+            (None, Some(id)) => self
+                .authorized(|token| rest::patch_message_request(&base, token, id, card))
+                .map(drop)
+                .map_err(|e| e.into_failure("message update")),
+            (None, None) => Err(DeliveryFailure::invalid(
+                "neither a callback token nor a message id names the card to update",
+            )),
+        }
     }
 
     /// Sends one message to `destination` with Lark's `uuid`. A threaded reply that Lark
@@ -747,6 +782,7 @@ mod tests {
 
     fn notice(kind: NoticeKind, text: &str) -> Notice {
         Notice {
+            actions: Vec::new(),
             kind,
             locale: "en".into(),
             text: text.into(),

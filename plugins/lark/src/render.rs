@@ -4,7 +4,7 @@
 //! Pure functions of their inputs: no host calls, no wire requests (those are in `rest`), no
 //! choice of where a message goes (that is `outbound`).
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::markdown::contains_markdown;
 
@@ -136,6 +136,74 @@ pub fn notice_card(
     }
     document.insert("elements".into(), elements.into());
     card(document.into())
+}
+
+/// A button the host put on a notice (the WIT `notice-action`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionButton {
+    /// The action name a press carries back.
+    pub name: String,
+    /// What the button says (the host's words).
+    pub label: String,
+    /// The value a press carries back.
+    pub value: String,
+    /// The confirming choice: a primary button.
+    pub primary: bool,
+}
+
+/// The key of a button's callback value that carries the host's value back, next to `action`
+/// (the action name). Lark wants callback values to be objects.
+pub const HOST_VALUE_KEY: &str = "host_value";
+
+/// The card of an approval (schema 2.0, `update_multi` so the answer to a press and a later
+/// update replace it for everyone): a `header` title when one is given, the text (cut at
+/// [`NOTICE_TEXT_MAX_CHARS`]) as plain text, and one `button` per action, side by side, each
+/// with a `callback` behaviour whose value is `{"action": name, "host_value": value}`. Without
+/// actions (a decided approval) the card shows the text only.
+pub fn approval_card_json(header: &str, text: &str, actions: &[ActionButton]) -> Value {
+    let mut elements = vec![json!({
+        "tag": "div",
+        "text": { "tag": "plain_text", "content": cut_chars(text.trim(), NOTICE_TEXT_MAX_CHARS) },
+    })];
+    if !actions.is_empty() {
+        let columns: Vec<Value> = actions
+            .iter()
+            .map(|button| {
+                json!({
+                    "tag": "column",
+                    "width": "auto",
+                    "elements": [ {
+                        "tag": "button",
+                        "text": { "tag": "plain_text", "content": button.label },
+                        "type": if button.primary { "primary" } else { "default" },
+                        "behaviors": [ {
+                            "type": "callback",
+                            "value": { "action": button.name, HOST_VALUE_KEY: button.value },
+                        } ],
+                    } ],
+                })
+            })
+            .collect();
+        elements.push(json!({ "tag": "column_set", "columns": columns }));
+    }
+    let mut document = json!({
+        "schema": "2.0",
+        "config": { "update_multi": true },
+        "body": { "elements": elements },
+    });
+    let header = header.trim();
+    if !header.is_empty() {
+        document["header"] = json!({
+            "template": if actions.is_empty() { "grey" } else { "blue" },
+            "title": { "tag": "plain_text", "content": header },
+        });
+    }
+    document
+}
+
+/// The approval card as a message ([`approval_card_json`]).
+pub fn approval_card(header: &str, text: &str, actions: &[ActionButton]) -> Rendered {
+    card(approval_card_json(header, text, actions))
 }
 
 /// The label of a notice's link button for `locale` (a BCP 47 tag): Chinese for `zh…`,

@@ -345,6 +345,45 @@ pub fn card_settings_request(
     )
 }
 
+/// Path of the delayed card update (a callback token replaces the card a user pressed).
+pub const CARD_UPDATE_PATH: &str = "/open-apis/interactive/v1/card/update";
+
+/// `POST {base}/open-apis/interactive/v1/card/update` `{"token": <callback token>, "card": …}`
+/// (reference §3.2: token valid 30 min, two uses, only after the callback was answered).
+pub fn card_update_request(
+    base_url: &str,
+    token: &str,
+    callback_token: &str,
+    card: &Value,
+) -> HttpRequestSpec {
+    authorized(
+        "POST",
+        format!("{}{CARD_UPDATE_PATH}", api_base(base_url)),
+        token,
+        serde_json::json!({ "token": callback_token, "card": card }),
+    )
+}
+
+/// `PATCH {base}/open-apis/im/v1/messages/{id}` `{"content": <card JSON string>}`: replaces a
+/// card the bot sent with `update_multi` (reference §3.2, "full update by message id").
+pub fn patch_message_request(
+    base_url: &str,
+    token: &str,
+    message_id: &str,
+    card: &Value,
+) -> HttpRequestSpec {
+    authorized(
+        "PATCH",
+        format!(
+            "{}/open-apis/im/v1/messages/{}",
+            api_base(base_url),
+            path_segment(message_id)
+        ),
+        token,
+        serde_json::json!({ "content": card.to_string() }),
+    )
+}
+
 /// Path of the bot identity call.
 pub const BOT_INFO_PATH: &str = "/open-apis/bot/v3/info";
 

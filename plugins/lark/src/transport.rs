@@ -16,6 +16,34 @@ use crate::frame::{
 
 /// Default Open Platform base URL (Feishu, mainland China).
 pub const DEFAULT_BASE_URL: &str = "https://open.feishu.cn";
+
+/// The notice locale an installation defaults to, from its edition's base URL (blank: the
+/// default, Feishu): `zh_cn` on Feishu (`*.feishu.cn`), `en_us` on Lark international
+/// (`*.larksuite.com`), none for any other address (a private deployment or a test stand-in:
+/// the host's default applies).
+pub fn default_locale(base_url: &str) -> Option<&'static str> {
+    let base = base_url.trim();
+    let base = if base.is_empty() {
+        DEFAULT_BASE_URL
+    } else {
+        base
+    };
+    let host = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split(['/', ':', '?'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    if under("feishu.cn") {
+        Some("zh_cn")
+    } else if under("larksuite.com") {
+        Some("en_us")
+    } else {
+        None
+    }
+}
 /// Path of the endpoint discovery call, relative to the base URL.
 pub const ENDPOINT_PATH: &str = "/callback/ws/endpoint";
 
@@ -261,11 +289,11 @@ pub fn build_ack(
         key: HEADER_BIZ_RT,
         value: format_u32(processing_ms, &mut digits),
     };
-    // A card callback's answer travels in its ACK (§1.9): the host passes none, so the plugin
-    // answers a durable card action with its toast itself.
+    // A card callback's answer travels in its ACK (§1.9): the host's answer (`answer-action`)
+    // when it gives one, else an empty answer that changes nothing.
     let response = match (response, status, inbound.payload) {
         (None, AckStatus::Ok, Some(payload)) if crate::card_action::is_card_action(payload) => {
-            Some(crate::card_action::TOAST_RESPONSE)
+            Some(crate::card_action::DEFAULT_RESPONSE)
         }
         (response, ..) => response,
     };
@@ -663,6 +691,15 @@ mod tests {
             ack_payload(AckStatus::Ok, Some(b"{}")),
             br#"{"code":200,"headers":null,"data":"e30="}"#
         );
+    }
+
+    #[test]
+    fn the_default_locale_follows_the_edition() {
+        assert_eq!(default_locale(""), Some("zh_cn"));
+        assert_eq!(default_locale("https://open.feishu.cn/"), Some("zh_cn"));
+        assert_eq!(default_locale("https://open.larksuite.com"), Some("en_us"));
+        assert_eq!(default_locale("http://127.0.0.1:8080"), None);
+        assert_eq!(default_locale("https://feishu.cn.example.com"), None);
     }
 
     #[test]

@@ -186,9 +186,10 @@ pub fn verify_webhook(
         Outcome::Event => {
             // The plain body or the decrypted envelope, as is: never re-serialized.
             let payload = plaintext.unwrap_or_else(|| request.body.to_vec());
-            // A card callback is answered in the HTTP body (§3.2): the toast.
+            // A card callback is answered in the HTTP body (§3.2); the host replaces this empty
+            // answer with its own (`answer-action`).
             let body = if crate::card_action::is_card_action(&payload) {
-                crate::card_action::TOAST_RESPONSE.to_vec()
+                crate::card_action::DEFAULT_RESPONSE.to_vec()
             } else {
                 br#"{"msg":"success"}"#.to_vec()
             };

@@ -93,6 +93,14 @@ impl transport::Guest for SlackPlugin {
         install_panic_hook();
         socket::build_ack(&frame, status, response.as_deref())
     }
+    fn answer_action(
+        _payload: Vec<u8>,
+        _answer: switchboard_plugin_sdk::types::ActionAnswer,
+    ) -> Option<Vec<u8>> {
+        // Slack shows no toast for a button press, and its interactivity answer (an empty 200,
+        // or the Socket Mode ACK) carries nothing the user sees: the default answer goes out.
+        None
+    }
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         install_panic_hook();
         let token = Imports.secret("app_token").ok_or_else(|| {
@@ -208,6 +216,18 @@ impl outbound::Guest for SlackPlugin {
         install_panic_hook();
         let result = out::stream_end(&mut Imports, &target, &handle, &text);
         logged("stream-end", result).map(|message_id| outbound::Receipt { message_id })
+    }
+    fn update_notice(
+        target: SessionTarget,
+        message_id: Option<String>,
+        _update_token: Option<String>,
+        notice: switchboard_plugin_sdk::types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        install_panic_hook();
+        logged(
+            "update-notice",
+            out::update_notice(&mut Imports, &target, message_id.as_deref(), &notice),
+        )
     }
     fn fetch_attachment(
         _message_id: String,

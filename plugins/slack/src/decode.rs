@@ -243,6 +243,7 @@ fn action(body: &Value) -> Result<Decoded, PluginError> {
         name,
         value,
         answer_deadline_ms: Some(ACTION_DEADLINE_MS),
+        update_token: None,
         create_time_ms: ts_ms(action_ts).unwrap_or_default(),
     }))
 }

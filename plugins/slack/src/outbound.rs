@@ -48,10 +48,33 @@ pub fn render(content: &Content) -> Vec<Message> {
             {
                 text.push_str(&format!("\n(reference: `{}`)", escape(reference)));
             }
-            vec![Message {
-                text: mrkdwn::truncate(&text, TEXT_MAX).to_string(),
-                blocks: None,
-            }]
+            let text = mrkdwn::truncate(&text, TEXT_MAX).to_string();
+            // The host's buttons: a `section` with the text and an `actions` block, one
+            // button per action (`action_id` = the action's name, `value` its value, which a
+            // press's `block_actions` carries back unchanged).
+            let blocks = (!notice.actions.is_empty()).then(|| {
+                let buttons: Vec<Value> = notice
+                    .actions
+                    .iter()
+                    .map(|action| {
+                        let mut button = json!({
+                            "type": "button",
+                            "text": { "type": "plain_text", "text": action.label },
+                            "action_id": action.name,
+                            "value": action.value,
+                        });
+                        if action.primary {
+                            button["style"] = json!("primary");
+                        }
+                        button
+                    })
+                    .collect();
+                vec![
+                    json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
+                    json!({ "type": "actions", "elements": buttons }),
+                ]
+            });
+            vec![Message { text, blocks }]
         }
     }
 }
@@ -160,6 +183,28 @@ fn update(
     // Blocks replace the placeholder's; an empty list clears earlier ones.
     body["blocks"] = json!(message.blocks.clone().unwrap_or_default());
     api::call(host, "POST", "chat.update", Some(&body)).map(drop)
+}
+
+/// `update-notice`: the message `message_id` (a receipt's `ts`, or a press's
+/// `{channel}:{ts}`) re-rendered as `notice` with `chat.update` (its buttons go when the notice
+/// has none). Slack issues no update token; without a message id nothing can be updated.
+pub fn update_notice(
+    host: &mut impl Host,
+    target: &SessionTarget,
+    message_id: Option<&str>,
+    notice: &switchboard_plugin_sdk::types::Notice,
+) -> Result<(), DeliveryError> {
+    let Some(id) = message_id.filter(|id| !id.is_empty()) else {
+        return Err(DeliveryError {
+            code: None,
+            message: "Slack updates a message by its ts; none was given".into(),
+            retryable: false,
+            retry_after_ms: None,
+        });
+    };
+    let ts = id.rsplit(':').next().unwrap_or(id);
+    let messages = render(&Content::Notice(notice.clone()));
+    update(host, target, ts, &messages[0]).map_err(|e| e.delivery())
 }
 
 /// `stream-update`: the reply so far, in the placeholder (its first message's worth).

@@ -271,6 +271,7 @@ fn notice(recipient: Option<&str>) -> Content {
         link: Some("https://switchboard.example/bind/abc".into()),
         reference: None,
         recipient: recipient.map(str::to_string),
+        actions: Vec::new(),
     })
 }
 
@@ -606,4 +607,77 @@ fn the_enricher_puts_placeholders_on_failures() {
         quiet.requests.is_empty(),
         "nothing to fetch for a thread's first message"
     );
+}
+
+/// The host's approval notice with its two buttons.
+fn approval_notice(actions: bool) -> Notice {
+    use switchboard_plugin_sdk::types::NoticeAction;
+    let button = |name: &str, label: &str, primary| NoticeAction {
+        name: name.into(),
+        label: label.into(),
+        value: "a1b2c3".into(),
+        primary,
+    };
+    Notice {
+        kind: NoticeKind::Approval,
+        locale: "en".into(),
+        text: "Your approval is needed:\nDeploy v2?".into(),
+        link: None,
+        reference: None,
+        recipient: None,
+        actions: if actions {
+            vec![
+                button("ap.y", "Approve", true),
+                button("ap.n", "Reject", false),
+            ]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+#[test]
+fn a_notice_with_actions_is_a_section_and_an_actions_block_that_updates_without_them() {
+    let mut host = MockHost::new();
+    let t = target("C0GENERAL1", ChatKind::Channel, None);
+    let ts = outbound::deliver(
+        &mut host,
+        &t,
+        &Content::Notice(approval_notice(true)),
+        "ap1",
+    )
+    .unwrap()
+    .unwrap();
+    let body = host.body(0);
+    assert_eq!(body["blocks"][0]["type"], "section", "{body}");
+    assert!(
+        body["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Deploy v2?")
+    );
+    let buttons = &body["blocks"][1];
+    assert_eq!(buttons["type"], "actions", "{body}");
+    assert_eq!(
+        buttons["elements"],
+        json!([
+            {"type": "button", "text": {"type": "plain_text", "text": "Approve"},
+             "action_id": "ap.y", "value": "a1b2c3", "style": "primary"},
+            {"type": "button", "text": {"type": "plain_text", "text": "Reject"},
+             "action_id": "ap.n", "value": "a1b2c3"},
+        ])
+    );
+    // The decided card replaces it without buttons (by ts, or a press's `channel:ts`).
+    outbound::update_notice(
+        &mut host,
+        &t,
+        Some(&format!("C0GENERAL1:{ts}")),
+        &approval_notice(false),
+    )
+    .unwrap();
+    let update = host.body(1);
+    assert_eq!(host.methods()[1], "chat.update");
+    assert_eq!(update["ts"], json!(ts));
+    assert_eq!(update["blocks"], json!([]), "{update}");
+    assert!(outbound::update_notice(&mut host, &t, None, &approval_notice(false)).is_err());
 }

@@ -132,6 +132,20 @@ impl transport::Guest for TelegramPlugin {
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         Err(transport::ConnectError::Terminal(NO_WEBSOCKET.into()))
     }
+    fn answer_action(
+        payload: Vec<u8>,
+        answer: switchboard_plugin_sdk::types::ActionAnswer,
+    ) -> Option<Vec<u8>> {
+        install_panic_hook();
+        transport_logic::callback_answer(
+            &payload,
+            &answer.toast,
+            matches!(
+                answer.tone,
+                switchboard_plugin_sdk::types::AnswerTone::Error
+            ),
+        )
+    }
     fn classify_handshake_failure(_: u16, _: Vec<(String, String)>) -> transport::ConnectError {
         transport::ConnectError::Terminal(NO_WEBSOCKET.into())
     }
@@ -257,6 +271,14 @@ impl outbound::Guest for TelegramPlugin {
                 message_id: Some(id),
             }
         })
+    }
+    fn update_notice(
+        _target: SessionTarget,
+        message_id: Option<String>,
+        _update_token: Option<String>,
+        notice: switchboard_plugin_sdk::types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        with_host(|host| flows::update_notice(host, message_id.as_deref(), &notice))
     }
     fn fetch_attachment(
         _message_id: String,

@@ -390,6 +390,7 @@ fn decode_callback(event_id: String, q: &Value, bot: &Bot) -> Result<Decoded, Pl
         name: name.into(),
         value: value.into(),
         answer_deadline_ms: Some(CALLBACK_DEADLINE_MS),
+        update_token: None,
         create_time_ms: bot.now_ms,
         chat,
     }))

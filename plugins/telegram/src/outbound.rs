@@ -130,8 +130,29 @@ pub fn deliver(
             (destination, render::plain_chunks(&notice_text(notice)))
         }
     };
+    let keyboard = match content {
+        Content::Notice(notice) => inline_keyboard(notice),
+        Content::Reply(_) => None,
+    };
     let record = (!key.is_empty()).then(|| format!("sent:{key}"));
-    send_all(c, &destination, &chunks, record.as_deref())
+    send_all(c, &destination, &chunks, record.as_deref(), keyboard)
+}
+
+/// Longest `callback_data` Telegram accepts, in bytes.
+pub const CALLBACK_DATA_MAX: usize = 64;
+
+/// The host's buttons as an inline keyboard on one row: each button's `callback_data` is
+/// `name:value`, which the decoder splits back at the first `:`. A button whose data would
+/// exceed [`CALLBACK_DATA_MAX`] bytes is left out (Telegram would refuse the whole message).
+pub fn inline_keyboard(notice: &Notice) -> Option<Value> {
+    let row: Vec<Value> = notice
+        .actions
+        .iter()
+        .map(|action| (action, format!("{}:{}", action.name, action.value)))
+        .filter(|(_, data)| data.len() <= CALLBACK_DATA_MAX)
+        .map(|(action, data)| json!({"text": action.label, "callback_data": data}))
+        .collect();
+    (!row.is_empty()).then(|| json!({ "inline_keyboard": [row] }))
 }
 
 /// Sends `chunks` in order (the first replies to the destination's message), skipping those
@@ -141,6 +162,7 @@ fn send_all(
     to: &Destination,
     chunks: &[String],
     record: Option<&str>,
+    keyboard: Option<Value>,
 ) -> Result<String, DeliveryError> {
     let placeholder = [PLACEHOLDER.to_string()];
     let chunks = if chunks.is_empty() {
@@ -157,6 +179,10 @@ fn send_all(
         if let (0, Some(reply_to)) = (index, to.reply_to) {
             params["reply_parameters"] =
                 json!({"message_id": reply_to, "allow_sending_without_reply": true});
+        }
+        // Buttons go under the last message, below the whole text.
+        if let Some(keyboard) = keyboard.as_ref().filter(|_| index + 1 == chunks.len()) {
+            params["reply_markup"] = keyboard.clone();
         }
         let message = c.call("sendMessage", params).map_err(Failure::delivery)?;
         let id = id_text(&message["message_id"])
@@ -185,6 +211,37 @@ fn edit(c: &mut dyn Client, handle: &str, text: &str) -> Result<(), DeliveryErro
     }
 }
 
+/// Replaces the message `message_id` (`{chat_id}:{message_id}`, as a receipt or a press names
+/// it) with `notice`'s text and its buttons (none: the keyboard goes). Telegram issues no
+/// update token.
+pub fn update_notice(
+    c: &mut dyn Client,
+    message_id: Option<&str>,
+    notice: &Notice,
+) -> Result<(), DeliveryError> {
+    let handle = message_id
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| refused("Telegram edits a message by its id; none was given"))?;
+    let (chat_id, id) = handle
+        .rsplit_once(':')
+        .and_then(|(chat, id)| Some((chat, id.parse::<i64>().ok()?)))
+        .ok_or_else(|| refused(format!("{handle:?} is not a message of this plugin")))?;
+    let text = render::plain_chunks(&notice_text(notice))
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| PLACEHOLDER.into());
+    let mut params =
+        json!({"chat_id": chat_id, "message_id": id, "text": text, "parse_mode": "HTML"});
+    if let Some(keyboard) = inline_keyboard(notice) {
+        params["reply_markup"] = keyboard;
+    }
+    match c.call("editMessageText", params) {
+        Ok(_) => Ok(()),
+        Err(Failure::Api(error)) if error.is_not_modified() => Ok(()),
+        Err(failure) => Err(failure.delivery()),
+    }
+}
+
 /// Starts a streamed reply: a placeholder message replying to the target's message.
 pub fn stream_begin(
     c: &mut dyn Client,
@@ -197,6 +254,7 @@ pub fn stream_begin(
         &Destination::of(target),
         &[PLACEHOLDER.into()],
         record.as_deref(),
+        None,
     )
 }
 
@@ -229,7 +287,7 @@ pub fn stream_end(
             reply_to: None,
             ..Destination::of(target)
         };
-        send_all(c, &to, &chunks[1..], Some(&format!("end:{handle}")))?;
+        send_all(c, &to, &chunks[1..], Some(&format!("end:{handle}")), None)?;
     }
     Ok(handle.to_string())
 }

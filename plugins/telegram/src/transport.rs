@@ -75,6 +75,21 @@ pub fn verify_webhook(
     }))
 }
 
+/// The webhook answer to a callback query carrying the host's words: `answerCallbackQuery`
+/// with `text` (a popup alert when `alert`, for a refusal), as the webhook's response body
+/// (Telegram runs a method named in the answer). None when `payload` is no callback query.
+pub fn callback_answer(payload: &[u8], text: &str, alert: bool) -> Option<Vec<u8>> {
+    let update: Value = serde_json::from_slice(payload).ok()?;
+    let id = api::id_text(&update["callback_query"]["id"])?;
+    // Telegram shows at most 200 characters.
+    let text: String = text.chars().take(200).collect();
+    Some(
+        json!({"method": "answerCallbackQuery", "callback_query_id": id, "text": text, "show_alert": alert})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
 /// `getUpdates` for the updates from `cursor` (the next `offset`; none: what Telegram holds).
 /// Calling it with an offset confirms every update below it, so the host's durable cursor is
 /// the offset.

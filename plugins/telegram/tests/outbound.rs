@@ -193,6 +193,7 @@ fn a_notice_is_plain_text_and_a_private_one_goes_to_the_recipient() {
         link: Some("https://sb.test/bind/1".into()),
         reference: None,
         recipient: Some("111222333".into()),
+        actions: Vec::new(),
     };
     outbound::deliver(
         &mut mock,
@@ -312,4 +313,76 @@ fn install_learns_the_bot_and_registers_or_deletes_the_webhook() {
     assert_eq!(uninstall.calls.len(), 1);
     assert!(outbound::polls(Some("poll")) && outbound::polls(Some("long-poll")));
     assert!(!outbound::polls(Some("webhook")) && !outbound::polls(None));
+}
+
+/// The host's approval notice, with its two buttons or (decided) none.
+fn approval_notice(actions: bool) -> Notice {
+    use switchboard_plugin_sdk::types::NoticeAction;
+    let button = |name: &str, label: &str, primary| NoticeAction {
+        name: name.into(),
+        label: label.into(),
+        value: "0123456789abcdef0123456789abcdef".into(),
+        primary,
+    };
+    Notice {
+        kind: NoticeKind::Approval,
+        locale: "en".into(),
+        text: "Your approval is needed:\nDeploy v2?".into(),
+        link: None,
+        reference: None,
+        recipient: None,
+        actions: if actions {
+            vec![
+                button("ap.y", "Approve", true),
+                button("ap.n", "Reject", false),
+            ]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+#[test]
+fn a_notice_with_actions_carries_an_inline_keyboard_and_its_update_drops_it() {
+    let mut mock = Mock::default();
+    let sent = outbound::deliver(
+        &mut mock,
+        &target(None),
+        &Content::Notice(approval_notice(true)),
+        "ap1",
+    )
+    .unwrap();
+    let (method, params) = &mock.calls[0];
+    assert_eq!(method, "sendMessage");
+    let id = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        params["reply_markup"],
+        json!({"inline_keyboard": [[
+            {"text": "Approve", "callback_data": format!("ap.y:{id}")},
+            {"text": "Reject", "callback_data": format!("ap.n:{id}")},
+        ]]})
+    );
+    for button in params["reply_markup"]["inline_keyboard"][0]
+        .as_array()
+        .unwrap()
+    {
+        assert!(button["callback_data"].as_str().unwrap().len() <= outbound::CALLBACK_DATA_MAX);
+    }
+    // A button whose data would not fit 64 bytes is left out rather than refused by Telegram.
+    let mut long = approval_notice(true);
+    long.actions[0].value = "x".repeat(70);
+    assert_eq!(
+        outbound::inline_keyboard(&long).unwrap()["inline_keyboard"][0]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The decided notice replaces the message's text and keyboard.
+    outbound::update_notice(&mut mock, Some(&sent), &approval_notice(false)).unwrap();
+    let (method, params) = &mock.calls[1];
+    assert_eq!(method, "editMessageText");
+    assert!(params.get("reply_markup").is_none(), "{params}");
+    assert_eq!(params["chat_id"], "-1001234567890");
+    assert!(outbound::update_notice(&mut mock, None, &approval_notice(false)).is_err());
 }

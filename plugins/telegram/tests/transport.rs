@@ -56,6 +56,21 @@ fn a_callback_query_is_answered_in_the_webhook_reply() {
         answer,
         json!({"method": "answerCallbackQuery", "callback_query_id": "cb-9"})
     );
+    // The host's words replace it (a refusal as an alert); a message gets none.
+    let body = br#"{"update_id":6,"callback_query":{"id":"cb-9","from":{"id":1},"data":"x"}}"#;
+    let answer: Value = serde_json::from_slice(
+        &switchboard_telegram::transport::callback_answer(body, "You can't approve this", true)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        answer,
+        json!({"method": "answerCallbackQuery", "callback_query_id": "cb-9",
+               "text": "You can't approve this", "show_alert": true})
+    );
+    assert!(
+        switchboard_telegram::transport::callback_answer(&update(), "Received", false).is_none()
+    );
 }
 
 #[test]

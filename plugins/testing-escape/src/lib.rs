@@ -78,6 +78,12 @@ impl transport::Guest for Escape {
     ) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::Fatal(NOTHING.into()))
     }
+    fn answer_action(
+        _payload: Vec<u8>,
+        _answer: switchboard::channel::types::ActionAnswer,
+    ) -> Option<Vec<u8>> {
+        None
+    }
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         Err(transport::ConnectError::Terminal(NOTHING.into()))
     }
@@ -126,6 +132,7 @@ fn undeliverable() -> outbound::DeliveryError {
         code: None,
         message: NOTHING.into(),
         retryable: false,
+        retry_after_ms: None,
     }
 }
 
@@ -161,6 +168,19 @@ impl outbound::Guest for Escape {
         _text: String,
     ) -> Result<outbound::Receipt, outbound::DeliveryError> {
         Err(undeliverable())
+    }
+    fn update_notice(
+        _target: switchboard::channel::types::SessionTarget,
+        _message_id: Option<String>,
+        _update_token: Option<String>,
+        _notice: switchboard::channel::types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        Err(outbound::DeliveryError {
+            code: None,
+            message: "this test plugin updates no messages".into(),
+            retryable: false,
+            retry_after_ms: None,
+        })
     }
     fn fetch_attachment(
         _message_id: String,

@@ -69,6 +69,12 @@ impl transport::Guest for PollPlugin {
     ) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::Fatal(ONLY_LONG_POLL.into()))
     }
+    fn answer_action(
+        _payload: Vec<u8>,
+        _answer: switchboard_plugin_sdk::types::ActionAnswer,
+    ) -> Option<Vec<u8>> {
+        None
+    }
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         Err(transport::ConnectError::Terminal(ONLY_LONG_POLL.into()))
     }
@@ -168,6 +174,19 @@ impl outbound::Guest for PollPlugin {
         edit(&handle, &text, true)?;
         Ok(outbound::Receipt {
             message_id: Some(handle),
+        })
+    }
+    fn update_notice(
+        _target: switchboard_plugin_sdk::types::SessionTarget,
+        _message_id: Option<String>,
+        _update_token: Option<String>,
+        _notice: switchboard_plugin_sdk::types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        Err(outbound::DeliveryError {
+            code: None,
+            message: "this test plugin updates no messages".into(),
+            retryable: false,
+            retry_after_ms: None,
         })
     }
     fn fetch_attachment(

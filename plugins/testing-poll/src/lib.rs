@@ -294,6 +294,7 @@ fn decode_action(event_id: String, action: &Value) -> Result<Decoded, PluginErro
             .get("deadline_ms")
             .and_then(Value::as_u64)
             .map(|ms| ms.min(u64::from(u32::MAX)) as u32),
+        update_token: None,
         create_time_ms: action.get("date_ms").and_then(Value::as_i64).unwrap_or(0),
     }))
 }
@@ -700,6 +701,7 @@ mod tests {
                 link: link.map(str::to_string),
                 reference: None,
                 recipient: None,
+                actions: Vec::new(),
             })
         };
         assert_eq!(

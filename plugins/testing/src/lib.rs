@@ -129,6 +129,7 @@ fn action(arg: &str) -> decoder::Decoded {
         name: name.to_string(),
         value: value.to_string(),
         answer_deadline_ms: None,
+        update_token: None,
         create_time_ms: 0,
     })
 }
@@ -264,6 +265,12 @@ impl transport::Guest for Testing {
     ) -> Result<Vec<u8>, PluginError> {
         Ok(frame)
     }
+    fn answer_action(
+        _payload: Vec<u8>,
+        _answer: switchboard_plugin_sdk::types::ActionAnswer,
+    ) -> Option<Vec<u8>> {
+        None
+    }
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         Err(transport::ConnectError::Terminal(
             "the testing plugin has no connection".into(),
@@ -383,6 +390,19 @@ impl outbound::Guest for Testing {
         check_text(&text)?;
         Ok(outbound::Receipt {
             message_id: Some(handle),
+        })
+    }
+    fn update_notice(
+        _target: switchboard_plugin_sdk::types::SessionTarget,
+        _message_id: Option<String>,
+        _update_token: Option<String>,
+        _notice: switchboard_plugin_sdk::types::Notice,
+    ) -> Result<(), outbound::DeliveryError> {
+        Err(outbound::DeliveryError {
+            code: None,
+            message: "this test plugin updates no messages".into(),
+            retryable: false,
+            retry_after_ms: None,
         })
     }
     fn fetch_attachment(

@@ -144,6 +144,10 @@ pub enum Route {
     CardContent,
     /// `PATCH /open-apis/cardkit/v1/cards/{id}/settings`.
     CardSettings,
+    /// `POST /open-apis/interactive/v1/card/update` (a delayed update with a callback token).
+    CardUpdate,
+    /// `PATCH /open-apis/im/v1/messages/{id}` (a sent card replaced).
+    PatchMessage,
     /// `GET /open-apis/im/v1/messages/{id}/resources/{key}?type=image|file` (a message's file).
     Resource,
 }
@@ -323,6 +327,8 @@ struct State {
     cards: Vec<Card>,
     /// Message resources by key.
     resources: HashMap<String, Resource>,
+    /// Accepted delayed card updates (callback token + card), in order.
+    card_token_updates: Vec<Value>,
 }
 
 struct Shared {
@@ -465,6 +471,12 @@ impl FakeLark {
                     && (r.uri.contains("receive_id_type=") || r.uri.ends_with("/reply"))
             })
             .collect()
+    }
+
+    /// The delayed card updates accepted (`POST /open-apis/interactive/v1/card/update` bodies:
+    /// `{"token", "card"}`), in order.
+    pub fn card_token_updates(&self) -> Vec<Value> {
+        self.shared.state().card_token_updates.clone()
     }
 
     /// Messages that were posted, in order: [`FakeLark::sent_messages`] without the requests
@@ -936,6 +948,8 @@ fn route_of(method: &Method, path: &str, query: &str) -> Option<Route> {
         ("PATCH", p) if p.starts_with(CARDS) && p.ends_with("/settings") => Route::CardSettings,
         ("POST", p) if p.starts_with(MESSAGES) && p.ends_with("/reply") => Route::Reply,
         ("GET", p) if p.starts_with(MESSAGES) && p.contains("/resources/") => Route::Resource,
+        ("POST", "/open-apis/interactive/v1/card/update") => Route::CardUpdate,
+        ("PATCH", p) if p.starts_with(MESSAGES) => Route::PatchMessage,
         ("GET", p) if p.starts_with(MESSAGES) => Route::GetMessage,
         _ => return None,
     })
@@ -1213,6 +1227,24 @@ async fn rest(
                 }
             };
             card.updates.push(update);
+            ok(json!({}))
+        }
+        Route::CardUpdate => {
+            // Lark wants a callback token (`c-…`) and the whole card.
+            let token_ok = body["token"].as_str().is_some_and(|t| t.starts_with("c-"));
+            if !token_ok || !body["card"].is_object() {
+                return lark_error(400, 200_300, "invalid token or card");
+            }
+            state.card_token_updates.push(body.clone());
+            ok(json!({}))
+        }
+        Route::PatchMessage => {
+            let content = body["content"]
+                .as_str()
+                .and_then(|c| serde_json::from_str::<Value>(c).ok());
+            if content.is_none() {
+                return lark_error(400, 230_001, "content is not a card");
+            }
             ok(json!({}))
         }
         Route::Reactions if method == Method::DELETE => {

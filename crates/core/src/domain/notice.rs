@@ -32,11 +32,14 @@ pub enum NoticeKind {
     Status,
     /// Free text (operator messages, command results).
     Info,
+    /// A worker asks for a decision (the prompt in `detail`, approve/reject buttons in
+    /// `actions`); once decided, the decision in `decided`.
+    Approval,
 }
 
 impl NoticeKind {
     /// Every kind, for listing the catalogue.
-    pub const ALL: [NoticeKind; 9] = [
+    pub const ALL: [NoticeKind; 10] = [
         NoticeKind::BindingRequired,
         NoticeKind::FreshContext,
         NoticeKind::AgentOffline,
@@ -46,6 +49,7 @@ impl NoticeKind {
         NoticeKind::Help,
         NoticeKind::Status,
         NoticeKind::Info,
+        NoticeKind::Approval,
     ];
 
     /// The snake_case name (config keys, outbox rows).
@@ -60,6 +64,7 @@ impl NoticeKind {
             NoticeKind::Help => "help",
             NoticeKind::Status => "status",
             NoticeKind::Info => "info",
+            NoticeKind::Approval => "approval",
         }
     }
 }
@@ -87,6 +92,39 @@ pub struct Notice {
     /// kind's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_key: Option<String>,
+    /// Buttons shown with the text (approval requests); their labels are chosen at render
+    /// time in the installation's locale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<NoticeButton>,
+    /// An approval's decision, shown under its prompt (the card after the decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided: Option<Decided>,
+}
+
+/// A button the host puts on a notice: what a press sends back (`name`, `value`) and which
+/// catalogue words label it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeButton {
+    /// The action name a press carries back (`ap.y`, `ap.n`).
+    pub name: String,
+    /// The value a press carries back (an approval id).
+    pub value: String,
+    /// The catalogue key of its label ([`BUTTON_APPROVE`], [`BUTTON_REJECT`]).
+    pub label: String,
+    /// The confirming choice (styled as primary by channels that can).
+    #[serde(default)]
+    pub primary: bool,
+}
+
+/// How an approval ended, as its card shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The catalogue key of the decision line ([`APPROVAL_APPROVED`], [`APPROVAL_REJECTED`],
+    /// [`APPROVAL_EXPIRED`]).
+    pub line: String,
+    /// Who decided (a display name or participant id), for `{user}`.
+    #[serde(default)]
+    pub by: String,
 }
 
 impl Notice {
@@ -99,6 +137,8 @@ impl Notice {
             reference: None,
             recipient: None,
             text_key: None,
+            actions: Vec::new(),
+            decided: None,
         }
     }
 
@@ -134,6 +174,50 @@ const EXTRA_KEYS: [&str; 3] = [STREAM_INTERRUPTED, PAIRING_FULL, PAIRING_APPROVE
 /// The locale used when an installation names none.
 pub const DEFAULT_LOCALE: &str = "en";
 
+/// Catalogue key: the toast answering a pressed control the host has no other answer for.
+pub const TOAST_RECEIVED: &str = "toast_received";
+/// Catalogue key: the toast answering an approving press.
+pub const TOAST_APPROVED: &str = "toast_approved";
+/// Catalogue key: the toast answering a rejecting press.
+pub const TOAST_REJECTED: &str = "toast_rejected";
+/// Catalogue key: the toast answering a press on an approval that expired.
+pub const TOAST_EXPIRED: &str = "toast_expired";
+/// Catalogue key: the toast refusing a press by someone who may not decide.
+pub const TOAST_NOT_APPROVER: &str = "toast_not_approver";
+/// Catalogue key: the approve button's label.
+pub const BUTTON_APPROVE: &str = "button_approve";
+/// Catalogue key: the reject button's label.
+pub const BUTTON_REJECT: &str = "button_reject";
+/// Catalogue key: the line an approved card shows (`{user}`: who approved).
+pub const APPROVAL_APPROVED: &str = "approval_approved";
+/// Catalogue key: the line a rejected card shows (`{user}`: who rejected).
+pub const APPROVAL_REJECTED: &str = "approval_rejected";
+/// Catalogue key: the line an expired card shows.
+pub const APPROVAL_EXPIRED: &str = "approval_expired";
+
+/// Catalogue keys that are words, not notices (toasts, buttons, decision lines), with their
+/// built-in English and Chinese texts. Overridden like notices, in `[notices.<locale>]`.
+const WORDS: [(&str, &str, &str); 10] = [
+    (TOAST_RECEIVED, "Received", "已收到"),
+    (TOAST_APPROVED, "Approved", "已批准"),
+    (TOAST_REJECTED, "Rejected", "已拒绝"),
+    (TOAST_EXPIRED, "This request has expired", "该请求已过期"),
+    (
+        TOAST_NOT_APPROVER,
+        "You can't approve this",
+        "你无权审批此请求",
+    ),
+    (BUTTON_APPROVE, "Approve", "批准"),
+    (BUTTON_REJECT, "Reject", "拒绝"),
+    (APPROVAL_APPROVED, "Approved by {user}", "已由 {user} 批准"),
+    (APPROVAL_REJECTED, "Rejected by {user}", "已由 {user} 拒绝"),
+    (
+        APPROVAL_EXPIRED,
+        "Expired without a decision",
+        "已过期，未作决定",
+    ),
+];
+
 /// The notice words, per locale.
 #[derive(Debug, Clone, Default)]
 pub struct NoticeTexts {
@@ -153,6 +237,7 @@ impl NoticeTexts {
             .iter()
             .map(|k| k.as_str())
             .chain(EXTRA_KEYS)
+            .chain(WORDS.iter().map(|(key, _, _)| *key))
             .collect();
         self.overrides
             .iter()
@@ -167,8 +252,14 @@ impl NoticeTexts {
 
     /// The text of `notice` in `locale`: the operator's override for the locale (or its
     /// language), else the built-in text for the language, else English; `{detail}` and
-    /// `{reference}` filled in.
+    /// `{reference}` filled in, `{bot}` with the generic name ("the assistant").
     pub fn render(&self, notice: &Notice, locale: &str) -> String {
+        self.render_for(notice, locale, None)
+    }
+
+    /// [`NoticeTexts::render`] with the bot's name for `{bot}` (an installation's `bot_name`
+    /// config; none or blank: the generic name in the locale's language).
+    pub fn render_for(&self, notice: &Notice, locale: &str, bot: Option<&str>) -> String {
         let language = locale.split(['-', '_']).next().unwrap_or(locale);
         let template = match notice.text_key.as_deref() {
             Some(key) => self
@@ -186,10 +277,44 @@ impl NoticeTexts {
                 .unwrap_or_else(|| builtin(notice.kind, language)),
         };
         let detail = notice.detail.as_deref().unwrap_or("");
-        let text = template
+        let bot = bot
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .unwrap_or(if language == "zh" {
+                "助手"
+            } else {
+                "The assistant"
+            });
+        let mut text = template
             .replace("{detail}", detail)
-            .replace("{reference}", notice.reference.as_deref().unwrap_or(""));
-        text.trim().to_string()
+            .replace("{reference}", notice.reference.as_deref().unwrap_or(""))
+            .replace("{bot}", bot)
+            .trim()
+            .to_string();
+        if let Some(decided) = &notice.decided {
+            let line = self
+                .word(&decided.line, locale)
+                .replace("{user}", &decided.by);
+            text = format!("{text}\n\n{line}");
+        }
+        text
+    }
+
+    /// The words of catalogue key `key` (a toast, a button label, a decision line; see
+    /// [`TOAST_RECEIVED`] and its siblings) in `locale`: the operator's override, else the
+    /// built-in text for the language (Chinese for `zh*`, else English). An unknown key is
+    /// returned as is.
+    pub fn word(&self, key: &str, locale: &str) -> String {
+        if let Some(text) = self.override_of(key, locale) {
+            return text.trim().to_string();
+        }
+        let language = locale.split(['-', '_']).next().unwrap_or(locale);
+        WORDS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, en, zh)| if language == "zh" { *zh } else { *en })
+            .unwrap_or(key)
+            .to_string()
     }
 
     /// The words that end a streamed reply whose run stopped before it finished
@@ -245,8 +370,8 @@ fn builtin(kind: NoticeKind, language: &str) -> &'static str {
                 "你还没有和我对话的权限。请把这个代码交给你的管理员：{detail}（1 小时内有效）。获批后我会通知你。"
             }
             NoticeKind::FreshContext => "好的，下一条消息将开始新的对话。",
-            NoticeKind::AgentOffline => "助手暂时不在线。你的消息已保存，上线后会回复。",
-            NoticeKind::AgentArchived => "这个助手已停用，不会再回复。请联系管理员。",
+            NoticeKind::AgentOffline => "{bot}暂时不在线。你的消息已保存，上线后会回复。",
+            NoticeKind::AgentArchived => "{bot}已停用，不会再回复。请联系管理员。",
             NoticeKind::RunError => {
                 "抱歉，处理时出错了。请稍后再试；如需帮助，请提供参考号 {reference}。"
             }
@@ -254,6 +379,7 @@ fn builtin(kind: NoticeKind, language: &str) -> &'static str {
             NoticeKind::Help => "可用命令：\n{detail}",
             NoticeKind::Status => "{detail}",
             NoticeKind::Info => "{detail}",
+            NoticeKind::Approval => "需要你的批准：\n{detail}",
         };
     }
     match kind {
@@ -262,10 +388,10 @@ fn builtin(kind: NoticeKind, language: &str) -> &'static str {
         }
         NoticeKind::FreshContext => "OK: your next message starts a fresh conversation.",
         NoticeKind::AgentOffline => {
-            "The assistant is offline right now. Your message is kept and will be answered when it is back."
+            "{bot} is offline right now. Your message is kept and will be answered when it is back."
         }
         NoticeKind::AgentArchived => {
-            "This assistant has been retired and will not answer. Please contact your administrator."
+            "{bot} has been retired and will not answer. Please contact your administrator."
         }
         NoticeKind::RunError => {
             "Sorry, something went wrong while answering. Please try again; if it keeps happening, give your administrator the reference {reference}."
@@ -274,6 +400,7 @@ fn builtin(kind: NoticeKind, language: &str) -> &'static str {
         NoticeKind::Help => "Commands:\n{detail}",
         NoticeKind::Status => "{detail}",
         NoticeKind::Info => "{detail}",
+        NoticeKind::Approval => "Your approval is needed:\n{detail}",
     }
 }
 
@@ -327,6 +454,46 @@ mod tests {
         assert_eq!(texts.render(&granted, "en"), "Welcome aboard.");
         assert_eq!(texts.render(&code, "en-US"), "Code: ABCD2345");
         assert!(texts.unknown_keys().is_empty(), "the keys are known");
+    fn the_bot_is_named_from_config_or_generically_and_words_have_both_languages() {
+        let texts = NoticeTexts::default();
+        let offline = Notice::new(NoticeKind::AgentOffline);
+        assert!(
+            texts
+                .render_for(&offline, "en_us", Some("Helper"))
+                .starts_with("Helper is offline")
+        );
+        assert!(
+            texts
+                .render(&offline, "en")
+                .starts_with("The assistant is offline")
+        );
+        assert!(
+            texts
+                .render_for(&offline, "zh_cn", Some("小助"))
+                .starts_with("小助暂时不在线")
+        );
+        assert!(
+            texts
+                .render_for(&offline, "zh_cn", Some(" "))
+                .starts_with("助手")
+        );
+        assert_eq!(texts.word(TOAST_APPROVED, "zh_cn"), "已批准");
+        assert_eq!(texts.word(TOAST_APPROVED, "en_us"), "Approved");
+        let overridden = NoticeTexts::new(BTreeMap::from([(
+            "en".to_string(),
+            BTreeMap::from([(BUTTON_APPROVE.to_string(), "Go".to_string())]),
+        )]));
+        assert_eq!(overridden.word(BUTTON_APPROVE, "en_us"), "Go");
+        assert!(overridden.unknown_keys().is_empty(), "words are known keys");
+        let mut decided = Notice::new(NoticeKind::Approval).with_detail("Ship?");
+        decided.decided = Some(Decided {
+            line: APPROVAL_APPROVED.into(),
+            by: "Alice".into(),
+        });
+        assert_eq!(
+            texts.render(&decided, "en"),
+            "Your approval is needed:\nShip?\n\nApproved by Alice"
+        );
     }
 
     #[test]

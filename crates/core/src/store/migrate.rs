@@ -74,6 +74,11 @@ const SQLITE: &[Embedded] = &[
         "blobs",
         include_str!("../../../../migrations/sqlite/0011_blobs.sql"),
     ),
+    (
+        12,
+        "approvals",
+        include_str!("../../../../migrations/sqlite/0012_approvals.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in version order.
@@ -127,6 +132,11 @@ const POSTGRES: &[Embedded] = &[
         11,
         "blobs",
         include_str!("../../../../migrations/postgres/0011_blobs.sql"),
+    ),
+    (
+        12,
+        "approvals",
+        include_str!("../../../../migrations/postgres/0012_approvals.sql"),
     ),
 ];
 

@@ -13,6 +13,7 @@
 
 mod append_batch;
 pub(crate) mod blobs;
+mod approvals;
 mod compaction;
 mod flush;
 mod ingest;
@@ -38,6 +39,7 @@ use sqlx::sqlite::{
 };
 
 pub use blobs::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, StoredBlob};
+pub use approvals::{Approval, ApprovalState, ApprovalStore, Decision, NewApproval};
 pub use compaction::{
     Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
     NewSummary,
@@ -355,6 +357,11 @@ impl Database {
     /// The worker store (agent presence, run ownership lookups) on this database.
     pub fn workers(&self) -> WorkerStore {
         WorkerStore::new(self.clone())
+    }
+
+    /// The approvals store (issue 18: approval requests and their one decision).
+    pub fn approvals(&self) -> ApprovalStore {
+        ApprovalStore::new(self.clone())
     }
 
     /// The retention store (bounded pruning of dedup, audit, binding-token and expired kv rows).

@@ -255,6 +255,19 @@ impl OutboxStore {
         Ok(id)
     }
 
+    /// The row `id`, if it exists.
+    pub async fn get(&self, id: i64) -> Result<Option<OutboxRow>, StoreError> {
+        let fail = StoreError::query("outbox read", self.backend());
+        let sql = format!("SELECT {COLS} FROM outbox WHERE id = $1");
+        Ok(on_reader!(self.db, |pool| {
+            sqlx::query_as(&sql)
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(fail)?
+        }))
+    }
+
     /// Claims up to `limit` due rows for `owner` until `now_ms + lease_ms`, counting an attempt
     /// each; oldest first. A row is due when it is pending, its next attempt time has come, no
     /// live lease holds it, and no older row of its session is still pending (so one session's
