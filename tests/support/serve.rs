@@ -1,4 +1,5 @@
 //! A real `switchboard serve` child process for end-to-end tests: started on a free port with
+#![allow(dead_code)]
 //! a config file, its log kept in a file, SIGKILLed on drop.
 
 use std::path::{Path, PathBuf};
