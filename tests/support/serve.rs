@@ -1,6 +1,7 @@
 //! A real `switchboard serve` child process for end-to-end tests: started on a free port with
-#![allow(dead_code)]
 //! a config file, its log kept in a file, SIGKILLed on drop.
+
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
