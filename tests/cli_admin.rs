@@ -178,7 +178,7 @@ fn operator_commands_round_trip() {
     let d = dir.path();
     assert!(stdout(&run(d, &["migrate"])).contains("sqlite"));
 
-    let id = stdout(&run(
+    let added = run(
         d,
         &[
             "installations",
@@ -196,10 +196,17 @@ fn operator_commands_round_trip() {
             // Lark's on-install would call the Open Platform.
             "--skip-on-install",
         ],
-    ))
-    .trim()
-    .to_string();
+    );
+    let id = stdout(&added).trim().to_string();
     assert_eq!(id.len(), 36, "a UUID is printed: {id:?}");
+    // Skipping on-install leaves the bot's identity unknown: the operator is told what is unset.
+    let warning = String::from_utf8_lossy(&added.stderr);
+    assert!(
+        warning.contains("on-install was skipped")
+            && warning.contains("bot_open_id")
+            && warning.contains("installations update"),
+        "{warning}"
+    );
     assert!(
         d.join("keys/secret.key").exists(),
         "the secrets key file is created on first use"

@@ -112,7 +112,8 @@ impl World {
 
     /// An open installation `app_id` bound to the worker agent, with extra `config`.
     async fn installation(&self, app_id: &str, config: Value) -> String {
-        let mut values = json!({"app_id": app_id});
+        // Lark's on-install would pick zh_cn (a Feishu app): these tests read English.
+        let mut values = json!({"app_id": app_id, "locale": "en"});
         values
             .as_object_mut()
             .unwrap()

@@ -260,7 +260,8 @@ impl World {
                 Some(json!({
                     "channel": "lark", "routing_key": app_id, "name": agent,
                     "agent": agent, "debounce_ms": 150,
-                    "config": {"app_id": app_id},
+                    // Lark's on-install would pick zh_cn (a Feishu app): these tests read English.
+                    "config": {"app_id": app_id, "locale": "en"},
                     "secrets": {
                         "encrypt_key": lark::ENCRYPT_KEY,
                         "verification_token": lark::VERIFICATION_TOKEN,
@@ -344,6 +345,12 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// The host's words for `notice` in English (no operator overrides here).
 fn host_text(notice: Notice) -> String {
     NoticeTexts::default().render(&notice, "en")
+}
+
+/// The host's English words for `notice`, naming the bot as on-install learned it from the
+/// fake Lark (`bot_name`).
+fn bot_text(notice: Notice) -> String {
+    NoticeTexts::default().render_for(&notice, "en", Some("E2E Helper"))
 }
 
 /// The notice card's text and its note (the run reference, if any).
@@ -627,7 +634,7 @@ async fn archived_agent_gets_a_notice_and_no_run_offline_worker_runs_when_a_work
         assert_eq!(notice.body["msg_type"], "interactive", "{name}");
         assert_eq!(
             card_text(&notice),
-            (host_text(Notice::new(NoticeKind::AgentArchived)), None),
+            (bot_text(Notice::new(NoticeKind::AgentArchived)), None),
             "{name}: the host's archived notice"
         );
         // (The flush settles the state before it carries out the notice.)
@@ -654,7 +661,7 @@ async fn archived_agent_gets_a_notice_and_no_run_offline_worker_runs_when_a_work
         assert_eq!(offline.body["msg_type"], "interactive", "{name}");
         assert_eq!(
             card_text(&offline),
-            (host_text(Notice::new(NoticeKind::AgentOffline)), None),
+            (bot_text(Notice::new(NoticeKind::AgentOffline)), None),
             "{name}: the host's offline notice"
         );
         assert_ne!(

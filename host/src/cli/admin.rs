@@ -178,6 +178,33 @@ pub enum BindingsCommand {
     },
 }
 
+/// After `--skip-on-install`: the plugin neither checked the credentials nor filled in what it
+/// learns itself (typically the bot's own id, without which a channel may not recognise
+/// mentions of the bot). Names the schema's config keys still unset, with their descriptions.
+fn warn_about_unlearned(runtime: &crate::runtime::Runtime, installation: &Installation) {
+    let Some(plugin) = runtime.plugin_for_channel(&installation.channel) else {
+        return;
+    };
+    let unset: Vec<String> = plugin
+        .manifest()
+        .installation
+        .config
+        .iter()
+        .filter(|(key, _)| !installation.config.contains_key(*key))
+        .map(|(key, spec)| format!("  {key}: {}", spec.description))
+        .collect();
+    if unset.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: on-install was skipped, so the credentials were not checked and nothing the \
+         plugin learns by itself was stored. These settings are unset:\n{}\nSet what applies \
+         with `switchboard installations update {} --config-value KEY=VALUE`.",
+        unset.join("\n"),
+        installation.id
+    );
+}
+
 fn pairs(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
     items
         .iter()
@@ -238,6 +265,9 @@ pub async fn installations(config: Config, command: InstallationsCommand) -> any
                 "created {} installation {} (routing key {}); webhook URL path: /hooks/{}/{}",
                 created.channel, created.id, created.routing_key, created.channel, created.id
             );
+            if skip_on_install {
+                warn_about_unlearned(&runtime, &created);
+            }
         }
         InstallationsCommand::List => {
             println!(

@@ -64,6 +64,10 @@ class Transport(exports.Transport):
     def routing_key(self, payload: bytes) -> Optional[str]:
         return None
 
+    def answer_action(self, payload: bytes, answer: types.ActionAnswer) -> Optional[bytes]:
+        # No channel-specific answer to a button press: the transport's default answer goes out.
+        return None
+
     def plan_poll(self, cursor: Optional[str]) -> http.Request:
         raise Err(transport.ConnectError_Terminal(_not_served("the long-poll transport")))
 
@@ -115,6 +119,15 @@ class Outbound(exports.Outbound):
 
     def stream_end(self, target: types.SessionTarget, handle: str, text: str) -> outbound.Receipt:
         raise delivery_error(_not_served("streaming (feature `streaming`)"), retryable=False)
+
+    def update_notice(
+        self,
+        target: types.SessionTarget,
+        message_id: Optional[str],
+        update_token: Optional[str],
+        notice: types.Notice,
+    ) -> None:
+        raise delivery_error("this channel cannot update a sent message", retryable=False)
 
     def fetch_attachment(self, message_id: str, ref: str) -> outbound.AttachmentContent:
         raise fatal(_not_served("attachments (feature `attachments`)"))
