@@ -82,8 +82,8 @@ use super::AppState;
 use crate::agents::{
     AgentKind, AgentPresence, AgentRegistry, AgentSpec, ContextMessage, Role, Usage,
 };
-use crate::blobs::Blobs;
 use crate::approvals::{ApprovalError, ApprovalRequest, Approvals, MAX_WAIT};
+use crate::blobs::Blobs;
 use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
 use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
 use crate::store::{

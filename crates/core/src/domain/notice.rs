@@ -454,6 +454,9 @@ mod tests {
         assert_eq!(texts.render(&granted, "en"), "Welcome aboard.");
         assert_eq!(texts.render(&code, "en-US"), "Code: ABCD2345");
         assert!(texts.unknown_keys().is_empty(), "the keys are known");
+    }
+
+    #[test]
     fn the_bot_is_named_from_config_or_generically_and_words_have_both_languages() {
         let texts = NoticeTexts::default();
         let offline = Notice::new(NoticeKind::AgentOffline);

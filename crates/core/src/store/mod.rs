@@ -12,8 +12,8 @@
 //! and tests control "now".
 
 mod append_batch;
-pub(crate) mod blobs;
 mod approvals;
+pub(crate) mod blobs;
 mod compaction;
 mod flush;
 mod ingest;
@@ -38,8 +38,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use blobs::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, StoredBlob};
 pub use approvals::{Approval, ApprovalState, ApprovalStore, Decision, NewApproval};
+pub use blobs::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, StoredBlob};
 pub use compaction::{
     Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
     NewSummary,
