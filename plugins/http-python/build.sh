@@ -22,6 +22,12 @@ fail() {
     exit 1
 }
 
+# One build at a time (tests run in parallel and each asks for the plugin): the others wait,
+# then find it up to date.
+mkdir -p "$repo/target"
+exec 9>"$repo/target/http-python-build.lock"
+flock 9 || fail "could not lock $repo/target/http-python-build.lock"
+
 pinned="$(grep -E '^componentize-py==' "$requirements" | head -n1)"
 [[ -n "$pinned" ]] || fail "no componentize-py==VERSION line in $requirements"
 version="${pinned#componentize-py==}"
