@@ -415,6 +415,7 @@ impl App {
         );
         let streamer = Streamer::new(delivery.clone(), installations.clone(), db.ingest());
         let stopped = streamer.clone();
+        let recovered = streamer.clone();
         let runs = unarmed_runs
             .with_debouncer(debouncer.clone())
             .with_part_observer(Arc::new(move |session: &str, run: &str, text: &str| {
@@ -422,6 +423,9 @@ impl App {
             }))
             .with_stop_observer(Arc::new(move |session: &str, run: &str| {
                 stopped.stopped(session, run)
+            }))
+            .with_recovery_observer(Arc::new(move |session: &str, run: &str| {
+                recovered.recovered(session, run)
             }));
         runs.recover_at_boot().await?;
         let recovered = debouncer.recover().await?;

@@ -224,8 +224,8 @@ impl Streamer {
         );
     }
 
-    /// Run `run_id` of `session_id` stopped without a reply (interrupted, recovered as stale
-    /// after its worker vanished, or handed back at shutdown): its stream, if this host has
+    /// Run `run_id` of `session_id` stopped without a reply (interrupted, or handed back at
+    /// shutdown): its stream, if this host has
     /// one, is ended with the text so far and the host's `stream_interrupted` words, and the
     /// session's typing indicator is cleared (never blocks the caller).
     pub fn stopped(&self, session_id: &str, run_id: &str) {
@@ -239,6 +239,22 @@ impl Streamer {
                         .end_interrupted(&installation, &target, &run_id)
                         .await;
                 }
+                if let Some((installation, target)) = this.session(&session_id).await {
+                    this.delivery.typing_off(&installation, &target).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Run `run_id` of `session_id` was recovered as stale: clears the session's typing
+    /// indicator (never blocks the caller).
+    pub fn recovered(&self, session_id: &str, run_id: &str) {
+        let this = self.clone();
+        let session_id = session_id.to_string();
+        let span = tracing::info_span!("run_recovered", session = %session_id, run = %run_id);
+        tokio::spawn(
+            async move {
                 if let Some((installation, target)) = this.session(&session_id).await {
                     this.delivery.typing_off(&installation, &target).await;
                 }

@@ -89,6 +89,8 @@ pub struct RunService {
     part_observer: Option<PartObserver>,
     /// Told when a run stops without a reply (its streamed reply is ended).
     stop_observer: Option<StopObserver>,
+    /// Told when a run is recovered as stale (its typing indicator is cleared).
+    recovery_observer: Option<StopObserver>,
     /// Counts and times run ends (`/metrics`).
     metrics: Option<Arc<Metrics>>,
 }
@@ -138,6 +140,7 @@ impl RunService {
             pending: PendingSignal::new(),
             part_observer: None,
             stop_observer: None,
+            recovery_observer: None,
             metrics: None,
         }
     }
@@ -265,6 +268,12 @@ impl RunService {
     /// [`RunService::run_stopped`]).
     pub fn with_stop_observer(mut self, observer: StopObserver) -> RunService {
         self.stop_observer = Some(observer);
+        self
+    }
+
+    /// Also tells `observer` about every run recovered as stale (its worker vanished).
+    pub fn with_recovery_observer(mut self, observer: StopObserver) -> RunService {
+        self.recovery_observer = Some(observer);
         self
     }
 
@@ -404,9 +413,11 @@ impl RunService {
             tracing::warn!(session = %session_id, run = %run_id, "stale run (no heartbeat within the stale window) returned to pending");
             self.count_end(session_id, None, RunResult::Stale);
             self.hub.end_parts(session_id);
-            // Its worker is gone: close what it streamed and clear the typing indicator (the
-            // retry shows its own).
-            self.run_stopped(session_id, run_id);
+            // Its worker is gone: clear the typing indicator. Its streamed message is left as
+            // it is: ending it here raced the retry into a second copy of the reply.
+            if let Some(observer) = &self.recovery_observer {
+                observer(session_id, run_id);
+            }
             self.publish_status(session_id).await;
             self.publish_queue(session_id).await;
         }
