@@ -16,7 +16,7 @@ mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -179,17 +179,6 @@ impl Host {
     }
 }
 
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins.d");
@@ -290,7 +279,7 @@ async fn a_changed_plugin_is_swapped_under_load_without_losing_an_event() {
         }));
     }
     // Swap mid-load, through the CLI as an operator would.
-    eventually("the load to be under way", async || {
+    serve::eventually("the load to be under way", DEADLINE, async || {
         (sent.load(std::sync::atomic::Ordering::Relaxed) >= 40).then_some(())
     })
     .await;
@@ -332,7 +321,7 @@ async fn a_changed_plugin_is_swapped_under_load_without_losing_an_event() {
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", d.join("switchboard.db").display()))
         .await
         .unwrap();
-    let stored: i64 = eventually("every message stored", async || {
+    let stored: i64 = serve::eventually("every message stored", DEADLINE, async || {
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE body LIKE 'load-%'")
                 .fetch_one(&db)
@@ -368,7 +357,7 @@ async fn a_version_failing_during_probation_is_rolled_back() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["swapped"][0]["to"], sha256(&bad), "{report}");
     // Its calls fail; after the third failure the previous version is back.
-    eventually("the rollback", async || {
+    serve::eventually("the rollback", DEADLINE, async || {
         let _ = host.post(&installation, "alloc:2").await;
         (host.serving_sha().await == v1).then_some(())
     })

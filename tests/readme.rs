@@ -106,17 +106,6 @@ fn run_block(block: &str, state: &Path, home: &Path, bin: &Path) -> String {
     text
 }
 
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_walkthrough_runs_as_written() {
     let blocks = walkthrough_blocks();
@@ -160,7 +149,7 @@ async fn the_operator_walkthrough_runs_as_written() {
         if block.contains("pairing approve") {
             // The user: a stranger writes to the bot and gets a pairing code.
             fake.message(&chat, &stranger, "hello, may I?").push();
-            let code = eventually("the pairing code in the chat", async || {
+            let code = serve::eventually("the pairing code in the chat", DEADLINE, async || {
                 fake.sent_to(chat.id)
                     .into_iter()
                     .find_map(|m| pairing_code(&m.text))
@@ -173,12 +162,12 @@ async fn the_operator_walkthrough_runs_as_written() {
         if block.contains("pairing approve") {
             // Approved: the user is told, and their next message is answered by the agent.
             let before = fake.sent_to(chat.id).len();
-            eventually("the access-granted notice", async || {
+            serve::eventually("the access-granted notice", DEADLINE, async || {
                 (fake.sent_to(chat.id).len() > before).then_some(())
             })
             .await;
             fake.message(&chat, &stranger, "now?").push();
-            eventually("the agent's answer", async || {
+            serve::eventually("the agent's answer", DEADLINE, async || {
                 fake.sent_to(chat.id)
                     .into_iter()
                     .find(|m| m.text.contains("now?"))
@@ -188,7 +177,7 @@ async fn the_operator_walkthrough_runs_as_written() {
     }
     // `kill "$SERVE_PID"` drained and stopped the host.
     let log = std::fs::read_to_string(workdir.join("serve.log")).unwrap_or_default();
-    eventually("serve to stop", async || {
+    serve::eventually("serve to stop", DEADLINE, async || {
         Command::new("curl")
             .args(["-fsS", &format!("{base}/healthz")])
             .output()

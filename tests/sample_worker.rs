@@ -13,7 +13,7 @@
 mod serve;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake_telegram::{Chat, FakeTelegram, User};
 use serde_json::{Value, json};
@@ -67,17 +67,6 @@ kind = "worker"
 token = "{WORKER_TOKEN}"
 "#
     )
-}
-
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +142,7 @@ async fn the_sample_worker_streams_replies_answers_actions_and_compacts() {
         (run["kind"].as_str(), run["outcome"].as_str()),
         (Some("run"), Some("completed"))
     );
-    let reply = wait_for("the reply in the chat", async || {
+    let reply = serve::eventually("the reply in the chat", DEADLINE, async || {
         fake.sent_to(chat.id)
             .into_iter()
             .find(|m| m.text.contains("You said: hello worker"))
@@ -164,7 +153,7 @@ async fn the_sample_worker_streams_replies_answers_actions_and_compacts() {
     fake.push_callback_query(&chat, &user, reply.message_id, "deploy:prod");
     let action = next_outcome().await;
     assert_eq!(action["outcome"], "completed", "{action}");
-    wait_for("the action turn's reply", async || {
+    serve::eventually("the action turn's reply", DEADLINE, async || {
         fake.sent_to(chat.id)
             .into_iter()
             .find(|m| m.text.contains("pressed") && m.text.contains("deploy"))
@@ -196,7 +185,7 @@ async fn the_sample_worker_streams_replies_answers_actions_and_compacts() {
     ))
     .await
     .unwrap();
-    let summary: String = wait_for("the compaction summary in the session", async || {
+    let summary: String = serve::eventually("the compaction summary in the session", DEADLINE, async || {
         sqlx::query_scalar(
             "SELECT body FROM messages WHERE session_id = ? AND kind = 'summary' ORDER BY id DESC LIMIT 1",
         )
@@ -212,7 +201,8 @@ async fn the_sample_worker_streams_replies_answers_actions_and_compacts() {
     );
 
     // --max-runs 3: the worker exits by itself, successfully.
-    let status = wait_for("the worker to exit", async || worker.try_status()).await;
+    let status =
+        serve::eventually("the worker to exit", DEADLINE, async || worker.try_status()).await;
     assert!(
         status.success(),
         "worker exited with {status}\nserve log:\n{}",

@@ -86,6 +86,27 @@ impl Drop for ServeChild {
     }
 }
 
+/// Polls `probe` every 50 ms until it finds something; the wait is bounded by `limit` (a
+/// test deadline, not a speed claim) and panics naming `what` past it.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let poll = async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    match tokio::time::timeout(limit, poll).await {
+        Ok(found) => found,
+        Err(_) => panic!("timed out waiting for {what} ({limit:?})"),
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
