@@ -310,6 +310,74 @@ async fn a_run_end_claims_its_row_unless_an_older_one_of_the_session_waits() {
     }
 }
 
+/// A slow attempt renews its lease: while the holder renews, no other replica claims the row
+/// (two replicas sending one reply is what renewing prevents); a replica that does not hold
+/// the row cannot renew it, and after the holder stops renewing the row is free again.
+#[tokio::test]
+async fn a_renewed_lease_keeps_other_replicas_off_the_row() {
+    for t in db::test_databases().await {
+        let name = t.name.clone();
+        let key = SecretCipher::generate_key_hex();
+        a_run_ended_but_never_delivered(&t.db, &key, "slow").await;
+        let outbox = t.db.outbox();
+        let rows = outbox.claim_due("slow", 30_000, 1_500, 10).await.unwrap();
+        assert_eq!(rows.len(), 1, "{name}");
+        let id = rows[0].id;
+        // The holder renews every 500 ms for 4.5 s of the store's clock, well past its first
+        // lease; the other replica polls in between and finds nothing.
+        for step in 1..=9 {
+            let now = 30_000 + step * 500;
+            assert!(
+                outbox.renew_lease(id, "slow", now, 1_500).await.unwrap(),
+                "{name}: the holder renews at {now}"
+            );
+            assert!(
+                outbox
+                    .claim_due("other", now + 1, 1_500, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{name}: a renewed row is not due for another replica at {}",
+                now + 1
+            );
+            assert!(
+                !outbox
+                    .renew_lease(id, "other", now + 2, 1_500)
+                    .await
+                    .unwrap(),
+                "{name}: only the holder renews"
+            );
+        }
+        // The holder stops (a crash): once the last renewal runs out, another replica takes it.
+        let taken = outbox
+            .claim_due("other", 34_500 + 1_500, 1_500, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            taken.len(),
+            1,
+            "{name}: free after the last renewal ran out"
+        );
+        assert!(
+            !outbox.renew_lease(id, "slow", 36_001, 1_500).await.unwrap(),
+            "{name}: the old holder learns it lost the row"
+        );
+        assert!(
+            outbox
+                .mark_delivered(id, "other", None, 36_002)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !outbox
+                .renew_lease(id, "other", 36_003, 1_500)
+                .await
+                .unwrap(),
+            "{name}: a delivered row is not renewed"
+        );
+    }
+}
+
 /// Bodies of the messages the fake posted (sends and replies), with their uuids.
 fn posted(fake: &FakeLark) -> Vec<(String, Option<String>)> {
     fake.posted_messages()

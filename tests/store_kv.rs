@@ -614,6 +614,80 @@ async fn concurrent_sets_never_exceed_the_quota() {
     }
 }
 
+/// `set_unless` orders racing writers on one key: of many writers that each write only when
+/// the key is absent, exactly one writes and every other one is shown that value; a writer
+/// whose `keep` rejects the current value overwrites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_unless_lets_exactly_one_of_racing_writers_win() {
+    const WRITERS: usize = 16;
+    let quota = KvQuota {
+        max_keys: 10,
+        max_bytes: 1_000,
+        max_value_bytes: 100,
+    };
+    for t in db::test_databases().await {
+        let s = scope("switchboard:stream", "race-unless");
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let kv = t.db.kv();
+                let s = s.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let value = format!("writer-{i}");
+                    let kept = kv
+                        .set_unless(&s, "reply-1", value.as_bytes(), None, NOW, quota, |_| true)
+                        .await
+                        .unwrap();
+                    (value, kept)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut shown = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (value, None) => winners.push(value),
+                (_, Some(kept)) => shown.push(String::from_utf8(kept).unwrap()),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{}: one writer wins: {winners:?}", t.name);
+        assert!(
+            shown.iter().all(|v| *v == winners[0]),
+            "{}: every other writer sees the winner's value",
+            t.name
+        );
+        let stored = t.db.kv().get(&s, "reply-1", NOW).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(winners[0].as_bytes()), "{}", t.name);
+
+        // `keep` decides: a value it rejects is overwritten, one it accepts is kept.
+        let kept =
+            t.db.kv()
+                .set_unless(&s, "reply-1", b"next", None, NOW, quota, |v| v == b"other")
+                .await
+                .unwrap();
+        assert_eq!(kept, None, "{}: a rejected value is overwritten", t.name);
+        let kept =
+            t.db.kv()
+                .set_unless(&s, "reply-1", b"again", None, NOW, quota, |v| v == b"next")
+                .await
+                .unwrap();
+        assert_eq!(kept.as_deref(), Some(&b"next"[..]), "{}", t.name);
+        // An expired value counts as absent.
+        t.db.kv()
+            .set(&s, "short", b"old", Some(NOW + 10), NOW, quota)
+            .await
+            .unwrap();
+        let kept =
+            t.db.kv()
+                .set_unless(&s, "short", b"new", None, NOW + 10, quota, |_| true)
+                .await
+                .unwrap();
+        assert_eq!(kept, None, "{}: an expired value does not block", t.name);
+    }
+}
+
 #[tokio::test]
 async fn in_memory_sqlite_is_one_database_for_all_handles() {
     let db = Database::connect("sqlite::memory:").await.unwrap();

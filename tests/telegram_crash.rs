@@ -119,7 +119,6 @@ async fn sqlite_poller_survives_sigkill_between_fetch_and_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "REGRESSION (session 8, open): since the merges of the media/approvals/lifecycle work, two live PostgreSQL replicas sometimes post one reply twice with no kill between the copies; run with --ignored; to be fixed first"]
 async fn postgres_two_replicas_survive_sigkill_between_fetch_and_store() {
     let test_db = db::postgres_db().await;
     let plan = vec![

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[cfg(test)]
@@ -273,8 +274,47 @@ impl Outbox {
         Ok(claimed)
     }
 
-    /// One attempt at a claimed row, recorded.
+    /// One attempt at a claimed row, recorded. The lease is renewed while the attempt runs
+    /// (a paced send or a wait for another replica's stream can outlast it); should another
+    /// replica have taken the row over before the send is done, the attempt stops there.
     pub async fn attempt(&self, row: OutboxRow) -> Attempt {
+        let sent = AtomicBool::new(false);
+        tokio::select! {
+            biased;
+            attempt = self.attempt_held(&row, &sent) => attempt,
+            () = self.keep_lease(row.id, &sent) => {
+                tracing::warn!("another replica took the outbox row over before it was sent; this attempt stops");
+                Attempt::LostLease
+            }
+        }
+    }
+
+    /// Renews the lease on row `id` every third of the lease. Returns when the lease is lost
+    /// before the send is over (`sent` unset); otherwise runs until dropped. A renewal that
+    /// fails (the database) is retried at the next tick: recording the attempt checks the
+    /// lease again anyway.
+    async fn keep_lease(&self, id: i64, sent: &AtomicBool) {
+        let inner = &self.inner;
+        let lease_ms = i64::try_from(inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        let every = (inner.settings.lease / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            match inner
+                .store
+                .renew_lease(id, &inner.owner, inner.clock.now_ms(), lease_ms)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) if !sent.load(Ordering::Acquire) => return,
+                // The row was recorded meanwhile (delivered, rescheduled): nothing to keep.
+                Ok(false) => std::future::pending::<()>().await,
+                Err(e) => tracing::warn!("renewing the outbox row's lease failed: {e}"),
+            }
+        }
+    }
+
+    async fn attempt_held(&self, row: &OutboxRow, sent_flag: &AtomicBool) -> Attempt {
+        let row = row.clone();
         let inner = &self.inner;
         let installation = match inner.installations.get(&row.installation_id).await {
             Ok(Some(installation)) => installation,
@@ -333,6 +373,7 @@ impl Outbox {
                     .await
             }
         };
+        sent_flag.store(true, Ordering::Release);
         match sent {
             Ok(sent) => {
                 let marked = inner

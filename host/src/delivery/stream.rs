@@ -61,8 +61,19 @@ fn handle_scope(installation: &Installation) -> KvScope {
 /// for the handle instead of posting the reply beside a stream that is just starting.
 const BEGINNING: &str = "";
 
-/// Stores run `run_id`'s stream handle (or [`BEGINNING`]) so any replica can end the stream. A
-/// failure is logged: the reply is then posted whole if another replica delivers it.
+/// What a replica delivering a reply whole stores when the run has no stream: a streamer that
+/// has not started the run's stream yet then never starts it.
+const DELIVERED_WHOLE: &str = "\u{0}delivered-whole";
+
+/// The host's own kv scope is not a plugin's: generous limits, only values are bounded.
+const HANDLE_QUOTA: KvQuota = KvQuota {
+    max_keys: 1_000_000,
+    max_bytes: 1 << 30,
+    max_value_bytes: 64 * 1024,
+};
+
+/// Stores run `run_id`'s stream handle so any replica can end the stream. A failure is
+/// logged: the reply is then posted whole if another replica delivers it.
 pub(super) async fn remember_handle(
     plugin: &Plugin,
     installation: &Installation,
@@ -73,27 +84,14 @@ pub(super) async fn remember_handle(
         return;
     };
     let now = plugin.services().clock.now_ms();
-    let quota = KvQuota {
-        max_keys: 1_000_000,
-        max_bytes: 1 << 30,
-        max_value_bytes: 64 * 1024,
-    };
-    let key = crate::store::reply_key(run_id);
-    // The marker lasts only as long as a `stream-begin` call may: a replica killed mid-call
-    // leaves nothing that makes others wait longer.
-    let ttl_ms = if handle == BEGINNING {
-        i64::try_from(begin_window(plugin).as_millis()).unwrap_or(i64::MAX)
-    } else {
-        HANDLE_TTL_MS
-    };
     if let Err(e) = kv
         .set(
             &handle_scope(installation),
-            &key,
+            &crate::store::reply_key(run_id),
             handle.as_bytes(),
-            Some(now.saturating_add(ttl_ms)),
+            Some(now.saturating_add(HANDLE_TTL_MS)),
             now,
-            quota,
+            HANDLE_QUOTA,
         )
         .await
     {
@@ -101,13 +99,18 @@ pub(super) async fn remember_handle(
     }
 }
 
-/// How long a `stream-begin` may be in flight: the plugin's outbound budget and a margin.
+/// How long a `stream-begin` may be in flight: the plugin's outbound budget and a margin. The
+/// [`BEGINNING`] marker lasts that long, so a replica killed mid-call leaves nothing that makes
+/// others wait longer.
 fn begin_window(plugin: &Plugin) -> Duration {
     plugin.manifest().budgets.outbound + Duration::from_secs(2)
 }
 
 /// The stored handle of run `run_id`'s stream, if one was begun (by any replica). While its
-/// `stream-begin` is still in flight elsewhere, waits for it until `deadline`.
+/// `stream-begin` is still in flight elsewhere, waits for it until `deadline`. When there is
+/// no stream, marks the reply [`DELIVERED_WHOLE`] in the same locked write that found none, so
+/// a `stream-begin` that has not claimed its start yet (another replica's streamer, late behind
+/// its pacing) never posts the reply a second time.
 pub(super) async fn recall_handle(
     plugin: &Plugin,
     installation: &Installation,
@@ -116,21 +119,69 @@ pub(super) async fn recall_handle(
 ) -> Option<String> {
     let kv = plugin.services().kv.as_ref()?;
     let key = crate::store::reply_key(run_id);
+    let whole_ttl_ms = i64::try_from(FORGET_AFTER.as_millis()).unwrap_or(i64::MAX);
     loop {
         let now = plugin.services().clock.now_ms();
-        let stored = match kv.get(&handle_scope(installation), &key, now).await {
-            Ok(value) => value.and_then(|bytes| String::from_utf8(bytes).ok()),
+        let keep_any = |_: &[u8]| true;
+        let stored = match kv
+            .set_unless(
+                &handle_scope(installation),
+                &key,
+                DELIVERED_WHOLE.as_bytes(),
+                Some(now.saturating_add(whole_ttl_ms)),
+                now,
+                HANDLE_QUOTA,
+                &keep_any,
+            )
+            .await
+        {
+            Ok(kept) => kept.and_then(|bytes| String::from_utf8(bytes).ok()),
             Err(e) => {
                 tracing::warn!(run = run_id, "the stream handle could not be read: {e}");
                 None
             }
         };
         match stored {
+            Some(whole) if whole == DELIVERED_WHOLE => return None,
             Some(handle) if handle != BEGINNING => return Some(handle),
             Some(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             _ => return None,
+        }
+    }
+}
+
+/// Claims the start of run `run_id`'s stream: stores [`BEGINNING`] unless a replica already
+/// delivered the reply whole ([`DELIVERED_WHOLE`]). Returns whether the stream may begin; a kv
+/// failure allows it (the reply is then posted whole if another replica delivers it).
+pub(super) async fn claim_begin(
+    plugin: &Plugin,
+    installation: &Installation,
+    run_id: &str,
+) -> bool {
+    let Some(kv) = plugin.services().kv.as_ref() else {
+        return true;
+    };
+    let now = plugin.services().clock.now_ms();
+    let ttl_ms = i64::try_from(begin_window(plugin).as_millis()).unwrap_or(i64::MAX);
+    let keep_whole = |value: &[u8]| value == DELIVERED_WHOLE.as_bytes();
+    match kv
+        .set_unless(
+            &handle_scope(installation),
+            &crate::store::reply_key(run_id),
+            BEGINNING.as_bytes(),
+            Some(now.saturating_add(ttl_ms)),
+            now,
+            HANDLE_QUOTA,
+            &keep_whole,
+        )
+        .await
+    {
+        Ok(kept) => kept.is_none(),
+        Err(e) => {
+            tracing::warn!(run = run_id, "the stream start could not be recorded: {e}");
+            true
         }
     }
 }
@@ -304,12 +355,17 @@ impl Streamer {
         // same message to the channel.
         let key = crate::store::reply_key(run_id);
         if let Some(plugin) = &plugin {
-            remember_handle(plugin, &installation, run_id, BEGINNING).await;
             // Starting a stream sends a message: it takes a token of the plugin's pacing
             // buckets like any send (updates are throttled by `stream_interval_ms` instead).
+            // Paced first, claimed after: the claim's short life covers the call only.
             self.delivery
                 .pace(plugin, &installation, &target.chat_id)
                 .await;
+            if !claim_begin(plugin, &installation, run_id).await {
+                tracing::info!("the reply was delivered whole meanwhile; no stream is started");
+                self.finish_call(run_id, None, true);
+                return;
+            }
         }
         let handle = match &plugin {
             Some(plugin) => match plugin.stream_begin(&cx, &target, &key).await {

@@ -92,4 +92,32 @@ pub trait KvBackend: Send + Sync {
 
     /// Deletes `key` from `scope`; whether a row was removed.
     fn delete<'a>(&'a self, scope: &'a KvScope, key: &'a str) -> KvFuture<'a, bool>;
+
+    /// Writes like [`KvBackend::set`] unless `key` holds a live value for which `keep` is
+    /// true; then nothing changes and that value is returned (`None`: written). The default
+    /// reads, then writes: enough for a backend used by one process. A backend shared by
+    /// several processes (the database store) overrides it with one locked transaction, so two
+    /// writers racing on a key are ordered.
+    #[allow(clippy::too_many_arguments)]
+    fn set_unless<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+        quota: KvQuota,
+        keep: &'a (dyn Fn(&[u8]) -> bool + Send + Sync),
+    ) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            if let Some(current) = self.get(scope, key, now_ms).await?
+                && keep(&current)
+            {
+                return Ok(Some(current));
+            }
+            self.set(scope, key, value, expires_at_ms, now_ms, quota)
+                .await?;
+            Ok(None)
+        })
+    }
 }

@@ -235,6 +235,78 @@ impl KvStore {
         Ok(())
     }
 
+    /// Writes `value` under `key` like [`KvStore::set`], unless the key holds a live value for
+    /// which `keep` is true: then nothing changes and that value is returned. Read and write
+    /// happen under the scope's write lock, so two writers racing on one key are ordered and
+    /// the second sees the first's value (what a plain get-then-set cannot promise).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_unless(
+        &self,
+        scope: &KvScope,
+        key: &str,
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+        quota: KvQuota,
+        keep: impl Fn(&[u8]) -> bool + Send,
+    ) -> Result<Option<Vec<u8>>, KvSetError> {
+        let len = value.len() as u64;
+        if len > quota.max_value_bytes {
+            return Err(KvSetError::ValueTooLarge {
+                len,
+                max: quota.max_value_bytes,
+            });
+        }
+        let fail = StoreError::query("kv set unless", self.backend());
+        let current_sql = "SELECT value FROM plugin_kv
+                 WHERE plugin = $1 AND installation = $2 AND key = $3
+                   AND (expires_at_ms IS NULL OR expires_at_ms > $4)";
+        match &self.db.inner {
+            Inner::Sqlite(pools) => {
+                let mut tx = pools
+                    .writer
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(fail)?;
+                let current: Option<Vec<u8>> = sqlx::query_scalar(current_sql)
+                    .bind(&scope.plugin)
+                    .bind(&scope.installation)
+                    .bind(key)
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                if let Some(current) = current.filter(|v| keep(v)) {
+                    return Ok(Some(current));
+                }
+                set_in_locked_tx!(tx, fail, scope, key, value, expires_at_ms, now_ms, quota);
+                tx.commit().await.map_err(fail)?;
+            }
+            Inner::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(fail)?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(scope_lock_key(scope))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                let current: Option<Vec<u8>> = sqlx::query_scalar(current_sql)
+                    .bind(&scope.plugin)
+                    .bind(&scope.installation)
+                    .bind(key)
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                if let Some(current) = current.filter(|v| keep(v)) {
+                    return Ok(Some(current));
+                }
+                set_in_locked_tx!(tx, fail, scope, key, value, expires_at_ms, now_ms, quota);
+                tx.commit().await.map_err(fail)?;
+            }
+        }
+        Ok(None)
+    }
+
     /// Deletes `key` from `scope`.
     ///
     /// Returns whether a row was removed; that includes an expired row not purged yet, so
@@ -353,6 +425,23 @@ impl KvBackend for KvStore {
             KvStore::delete(self, scope, key)
                 .await
                 .map_err(|e| KvError::Unavailable(Box::new(e)))
+        })
+    }
+
+    fn set_unless<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        value: &'a [u8],
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+        quota: KvQuota,
+        keep: &'a (dyn Fn(&[u8]) -> bool + Send + Sync),
+    ) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            KvStore::set_unless(self, scope, key, value, expires_at_ms, now_ms, quota, keep)
+                .await
+                .map_err(KvError::from)
         })
     }
 }

@@ -311,6 +311,35 @@ impl OutboxStore {
         Ok(rows)
     }
 
+    /// Extends `owner`'s lease on the claimed row `id` to `now_ms + lease_ms`; returns whether
+    /// `owner` still held it (false: the row was taken over or finished meanwhile). An attempt
+    /// that may outlast its lease (a paced send, a wait for a stream handle) renews it, so no
+    /// other replica claims the row while the first one is still sending it.
+    pub async fn renew_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let fail = StoreError::query("outbox lease renewal", self.backend());
+        let affected = on_writer!(self.db, |pool| {
+            sqlx::query(
+                "UPDATE outbox SET lease_expires_at_ms = $3 + $4
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(now_ms)
+            .bind(lease_ms)
+            .execute(pool)
+            .await
+            .map_err(fail)?
+            .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
     /// Marks a claimed row delivered, if `owner` still holds it; returns whether it did.
     pub async fn mark_delivered(
         &self,
