@@ -26,7 +26,8 @@ const BOT_TOKEN: &str = "7000000002:AAE-openapi_token";
 /// How long one validator run may take (Python start-up and imports included).
 const VALIDATOR_LIMIT: Duration = Duration::from_secs(60);
 /// The markers around the generated endpoint table in docs/api.md.
-const TABLE_BEGIN: &str = "<!-- endpoints:begin (generated from /api/openapi.json by tests/openapi.rs) -->";
+const TABLE_BEGIN: &str =
+    "<!-- endpoints:begin (generated from /api/openapi.json by tests/openapi.rs) -->";
 const TABLE_END: &str = "<!-- endpoints:end -->";
 
 fn config(port: u16, telegram: Option<&str>) -> String {
@@ -102,9 +103,14 @@ async fn fetch_document(http: &reqwest::Client, base: &str) -> Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(answer.status(), 200, "the document is served without a token");
     assert_eq!(
-        answer.headers()["content-type"], "application/json",
+        answer.status(),
+        200,
+        "the document is served without a token"
+    );
+    assert_eq!(
+        answer.headers()["content-type"],
+        "application/json",
         "served as JSON"
     );
     serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
@@ -142,7 +148,10 @@ fn endpoint_table(document: &Value) -> String {
             table.push_str(&format!(
                 "| {} | `{path}` | {} | {auth} |\n",
                 method.to_uppercase(),
-                operation["summary"].as_str().unwrap_or("").replace('|', "\\|"),
+                operation["summary"]
+                    .as_str()
+                    .unwrap_or("")
+                    .replace('|', "\\|"),
             ));
         }
     }
@@ -225,7 +234,10 @@ async fn the_document_is_valid_openapi_31_and_the_reference_page_lists_its_endpo
 
     // A validator we did not write accepts it…
     let (valid, output) = spec_validator(dir.path(), "openapi.json", &document).await;
-    assert!(valid, "openapi-spec-validator refused the document:\n{output}");
+    assert!(
+        valid,
+        "openapi-spec-validator refused the document:\n{output}"
+    );
     assert!(output.contains("OK"), "{output}");
     // …and refuses broken copies: without the required `info.version`; with a path parameter
     // that does not say where it is.
@@ -422,7 +434,10 @@ async fn real_answers_of_a_worker_cycle_and_the_admin_api_conform_to_the_documen
             "/api/sessions",
             format!("{base}/api/sessions?installation={installation_id}"),
         ),
-        ("/api/sessions/{id}", format!("{base}/api/sessions/{session_id}")),
+        (
+            "/api/sessions/{id}",
+            format!("{base}/api/sessions/{session_id}"),
+        ),
         ("/api/outbox", format!("{base}/api/outbox")),
         ("/api/plugins", format!("{base}/api/plugins")),
         ("/api/audit", format!("{base}/api/audit")),
@@ -491,7 +506,10 @@ async fn real_answers_of_a_worker_cycle_and_the_admin_api_conform_to_the_documen
         .iter_mut()
         .find(|s| s["path"] == "/api/agents/{agent}/runs/claim" && s["status"] == 200)
         .unwrap();
-    claim_sample["body"].as_object_mut().unwrap().remove("run_id");
+    claim_sample["body"]
+        .as_object_mut()
+        .unwrap()
+        .remove("run_id");
     let (conform, output) = run_check("tampered.json", &tampered).await;
     assert!(!conform && output.contains("run_id"), "{output}");
     let mut extra = samples.0.clone();

@@ -154,12 +154,7 @@ pub(super) const ADMIN_ERRORS: &[SharedError] = &[
 /// layers and shared checks answer (with `error_schema`) where the handler lists no answer of
 /// that status itself. Called where the group gets its authentication layer, so the document
 /// says what the router does.
-pub(super) fn secure(
-    doc: &mut OpenApi,
-    scheme: &str,
-    error_schema: &str,
-    errors: &[SharedError],
-) {
+pub(super) fn secure(doc: &mut OpenApi, scheme: &str, error_schema: &str, errors: &[SharedError]) {
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -172,10 +167,7 @@ pub(super) fn secure(
             &mut item.trace,
         ];
         for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new(
-                scheme,
-                Vec::<String>::new(),
-            )]);
+            operation.security = Some(vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
             for error in errors {
                 operation
                     .responses

@@ -34,7 +34,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(submit_message))
         .routes(routes!(edit_message))
         .routes(routes!(interrupt))
-        .routes(routes!(compact))
+        .routes(routes!(compact_session))
         .routes(routes!(promote_queued))
         .routes(routes!(delete_queued))
 }
@@ -243,7 +243,7 @@ async fn interrupt(
         (status = 502, description = "The agent failed to summarise.", body = ErrorBody),
     ),
 )]
-async fn compact(
+async fn compact_session(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<ManualOutcome>), ApiError> {

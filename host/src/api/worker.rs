@@ -67,12 +67,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
@@ -293,7 +293,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(parts))
         .routes(routes!(complete))
         .routes(routes!(fail))
-        .routes(routes!(compact))
+        .routes(routes!(compact_run))
         .routes(routes!(request_approval))
         .routes(routes!(approval_state))
         .layer(DefaultBodyLimit::max(WORKER_MAX_BODY_BYTES))
@@ -1049,7 +1049,9 @@ async fn attachment(
                 .as_ref()
                 .and_then(|meta| meta["attachments"].as_array())
                 .is_some_and(|attachments| {
-                    attachments.iter().any(|a| a["ref"] == query.reference.as_str())
+                    attachments
+                        .iter()
+                        .any(|a| a["ref"] == query.reference.as_str())
                 })
     });
     let missing = || {
@@ -1219,8 +1221,7 @@ async fn heartbeat(
             // A compaction job past its timeout was taken back: the worker must stop.
             StepAnswer::Stop => {
                 api.forget(&run_id);
-                return Err(WorkerError::not_owner(&session_id, &run_id)
-                    .stop());
+                return Err(WorkerError::not_owner(&session_id, &run_id).stop());
             }
         }
     }
@@ -1792,7 +1793,7 @@ struct CompactBody {
         (status = 503, description = "This host does not compact contexts: go on without.", body = WorkerErrorBody),
     ),
 )]
-async fn compact(
+async fn compact_run(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
