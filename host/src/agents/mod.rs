@@ -36,7 +36,7 @@ pub use registry::{
 };
 
 /// Who said a context message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A person in the chat.
@@ -59,7 +59,7 @@ impl Role {
 }
 
 /// One message of a run's context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContextMessage {
     /// Who said it.
     pub role: Role,

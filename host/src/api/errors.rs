@@ -9,7 +9,6 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde_json::json;
 
 /// Largest framework error body kept as the message (an extractor's explanation).
 const MAX_MESSAGE_BYTES: usize = 512;
@@ -40,7 +39,8 @@ pub(super) async fn json_errors(response: Response) -> Response {
             .to_lowercase(),
         _ => text,
     };
-    let body = json!({ "error": message }).to_string();
+    let body = serde_json::to_string(&super::ErrorBody { error: message })
+        .unwrap_or_else(|_| r#"{"error":"request failed"}"#.into());
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -45,16 +45,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::runs::events::{BatchReceiver, BatchRecv, EventBatch, message_id_range};
@@ -74,17 +74,40 @@ pub const COALESCE_WINDOW: Duration = crate::runs::events::DEFAULT_COALESCE_WIND
 /// idle_timeout_ms`, which `ServerConfig::validate` checks).
 pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/sessions/{id}/events", get(session_events))
+/// The route (nested under `/api`), registered with its `#[utoipa::path]` operation.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(session_events))
 }
 
 /// Query of `GET /api/sessions/{id}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// Send messages with a larger id in the snapshot.
     after: Option<i64>,
 }
 
+/// The session's events as Server-Sent Events.
+///
+/// A snapshot first (`status`, the parts of the run streaming now, the `message`s after
+/// `after` or `Last-Event-ID`, a `queue_update`), then live `message`, `message_part`,
+/// `status`, `queue_update` and `error` events; each event's data is JSON with an `event` tag.
+/// A browser signed in to the console may present its session cookie instead of the token.
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}/events",
+    tag = "sessions",
+    params(
+        ("id" = String, Path, description = "The session's id."),
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (when `after` is not given)."),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A `Last-Event-ID` that is not a message id.", body = super::ErrorBody),
+        (status = 404, description = "No such session.", body = super::ErrorBody),
+    ),
+)]
 async fn session_events(
     State(s): State<AppState>,
     Path(session_id): Path<String>,

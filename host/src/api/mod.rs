@@ -1,5 +1,5 @@
 //! The HTTP surface (axum): channel webhooks, the admin API, session event streams (SSE),
-//! health and metrics.
+//! the worker API, their OpenAPI document, health and metrics.
 //!
 //! Owns routing, authentication of the admin API, request limits and the mapping of outcomes and
 //! errors to HTTP statuses. It must not hold SQL or plugin logic: handlers call `ingest`,
@@ -10,6 +10,7 @@ mod errors;
 pub mod events;
 mod hooks;
 mod limits;
+pub mod openapi;
 mod outbox;
 mod plugins;
 mod runs;
@@ -22,14 +23,15 @@ pub use worker::WorkerApi;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use axum::{Extension, Router};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{TokenDigest, bearer};
 use crate::domain::Clock;
@@ -116,9 +118,22 @@ impl ApiError {
     }
 }
 
+/// The body of every admin API error (and of the errors the framework answers on its own).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, and what to do about it.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -126,6 +141,10 @@ impl IntoResponse for ApiError {
 /// and fit `limits.max_body_bytes` (413); a `%00` in a path or query is refused (400), and so
 /// is a NUL in an admin API JSON body, while the worker API's have theirs removed
 /// (`limits.rs`).
+///
+/// The worker and admin routes are registered with their OpenAPI operations
+/// (`utoipa_axum::OpenApiRouter`); the document this composition yields is the one served at
+/// [`openapi::DOCUMENT_PATH`].
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let body = limits::BodyRead {
         max_bytes: limits.max_body_bytes,
@@ -139,16 +158,30 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     };
     // Route layers run outermost last: admin requests are authenticated, then their body is
     // read, then checked for NUL.
-    let admin = admin::routes()
+    let mut admin = admin::routes()
         .merge(outbox::routes())
         .merge(runs::routes())
-        .merge(plugins::routes())
+        .merge(plugins::routes());
+    openapi::secure(
+        admin.get_openapi_mut(),
+        openapi::ADMIN_TOKEN,
+        "ErrorBody",
+        openapi::ADMIN_ERRORS,
+    );
+    let admin = admin
         .route_layer(middleware::from_fn(limits::reject_nul_json))
         .route_layer(middleware::from_fn_with_state(body, limits::read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     // The event stream also takes the console's session cookie: a browser's EventSource
     // cannot send a bearer header. A request that does send one is judged by it alone.
-    let events = events::routes()
+    let mut events = events::routes();
+    openapi::secure(
+        events.get_openapi_mut(),
+        openapi::ADMIN_TOKEN,
+        "ErrorBody",
+        openapi::ADMIN_ERRORS,
+    );
+    let events = events
         .route_layer(middleware::from_fn_with_state(body, limits::read_body))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -158,20 +191,36 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route_layer(middleware::from_fn_with_state(body, limits::read_body));
     let hooks =
         hooks::routes().route_layer(middleware::from_fn_with_state(body, limits::read_body));
-    let worker = worker::routes()
+    let mut worker = worker::routes();
+    openapi::secure(
+        worker.get_openapi_mut(),
+        openapi::AGENT_TOKEN,
+        "WorkerErrorBody",
+        openapi::WORKER_ERRORS,
+    );
+    let worker = worker
         .route_layer(middleware::from_fn(limits::strip_nul_json))
         .route_layer(middleware::from_fn_with_state(
             worker_body,
             limits::read_body,
         ));
-    Router::new()
+    // Undocumented routes (health, metrics, webhooks, the console) enter as plain routers.
+    let plain = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(hooks)
+        .merge(console);
+    let (router, document) = OpenApiRouter::from(plain)
         .merge(worker)
-        .merge(console)
+        .routes(routes!(openapi::document))
         .nest("/api", admin.merge(events))
+        .split_for_parts();
+    let document = openapi::complete(document);
+    let document = serde_json::to_vec(&document)
+        .expect("an OpenAPI document serializes (its maps have string keys)");
+    router
+        .layer(Extension(openapi::ServedDocument(document.into())))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(limits::refuse_nul_path))
         .layer(middleware::map_response(errors::json_errors))

@@ -5,32 +5,59 @@
 //! (after the operator fixed what made it fail: credentials, a revoked permission). It reads and
 //! changes rows through the store only; delivering is the delivery worker's job.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
+use crate::store::OutboxRow;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/outbox", get(list_outbox))
-        .route("/outbox/{id}/retry", post(retry_outbox))
+/// The routes (nested under `/api`), each registered with its `#[utoipa::path]` operation.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_outbox))
+        .routes(routes!(retry_outbox))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OutboxQuery {
+    /// `pending`, `delivered` or `failed`.
     state: Option<String>,
+    /// Only this session's rows.
     session: Option<String>,
+    /// At most this many rows (default 100, 1 – 1000).
     limit: Option<i64>,
 }
 
+/// A row put back in the queue.
+#[derive(Debug, Serialize, ToSchema)]
+struct Retried {
+    /// The row.
+    id: i64,
+    /// `pending`.
+    state: String,
+}
+
+/// List outbox rows, newest first.
+#[utoipa::path(
+    get,
+    path = "/outbox",
+    tag = "outbox",
+    params(OutboxQuery),
+    responses(
+        (status = 200, description = "Rows, newest first.", body = Vec<OutboxRow>),
+        (status = 400, description = "An unknown `state`.", body = ErrorBody),
+    ),
+)]
 async fn list_outbox(
     State(s): State<AppState>,
     Query(q): Query<OutboxQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<OutboxRow>>, ApiError> {
     if let Some(state) = q.state.as_deref()
         && !["pending", "delivered", "failed"].contains(&state)
     {
@@ -48,15 +75,24 @@ async fn list_outbox(
             )
             .await
             .map_err(ApiError::internal)?;
-    Ok(Json(
-        serde_json::to_value(rows).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(rows))
 }
 
+/// Put a failed row back in the queue with a fresh attempt budget.
+#[utoipa::path(
+    post,
+    path = "/outbox/{id}/retry",
+    tag = "outbox",
+    params(("id" = i64, Path, description = "The outbox row's id.")),
+    responses(
+        (status = 200, description = "Queued again.", body = Retried),
+        (status = 409, description = "The row is not failed (or does not exist).", body = ErrorBody),
+    ),
+)]
 async fn retry_outbox(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Retried>, ApiError> {
     let retried =
         s.db.outbox()
             .retry_failed(id, s.clock.now_ms())
@@ -68,5 +104,8 @@ async fn retry_outbox(
             format!("outbox row {id} is not failed (or does not exist): nothing to retry"),
         ));
     }
-    Ok(Json(json!({ "id": id, "state": "pending" })))
+    Ok(Json(Retried {
+        id,
+        state: "pending".into(),
+    }))
 }

@@ -67,16 +67,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::agents::{
@@ -87,7 +88,8 @@ use crate::blobs::Blobs;
 use crate::runs::compaction::{CompactJob, Finished, StepAnswer};
 use crate::runs::{Compactor, NoopObserver, RunEndObserver, RunEnded, RunOutcome, RunService};
 use crate::store::{
-    BlobRow, BlobState, Message, RunClaim, RunEnd, RunFinish, RunOwner, StoreError, WorkerStore,
+    BlobRow, BlobState, Message, RunClaim, RunEnd, RunFinish, RunOwner, RunState, StoreError,
+    WorkerStore,
 };
 
 /// Header naming the worker (recorded as the run's owner; for logs and the admin API).
@@ -279,56 +281,59 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The routes, with their full `/api/agents/…` paths (merged at the router's root: they are
-/// not behind the admin token).
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/agents/{agent}/runs/claim", post(claim))
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/context",
-            get(context),
-        )
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/attachment",
-            get(attachment),
-        )
-        .route("/api/agents/{agent}/blobs/{blob}", get(blob))
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/heartbeat",
-            post(heartbeat),
-        )
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/parts",
-            post(parts),
-        )
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/complete",
-            post(complete),
-        )
-        .route("/api/agents/{agent}/runs/{session}/{run}/fail", post(fail))
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/compact",
-            post(compact),
-        )
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/approvals",
-            post(request_approval),
-        )
-        .route(
-            "/api/agents/{agent}/runs/{session}/{run}/approvals/{approval}",
-            get(approval_state),
-        )
+/// not behind the admin token). Each is registered with its `#[utoipa::path]` operation, so
+/// it is in the OpenAPI document (`super::openapi`) by construction.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(claim))
+        .routes(routes!(context))
+        .routes(routes!(attachment))
+        .routes(routes!(blob))
+        .routes(routes!(heartbeat))
+        .routes(routes!(parts))
+        .routes(routes!(complete))
+        .routes(routes!(fail))
+        .routes(routes!(compact_run))
+        .routes(routes!(request_approval))
+        .routes(routes!(approval_state))
         .layer(DefaultBodyLimit::max(WORKER_MAX_BODY_BYTES))
+}
+
+/// The path parameters of every call about one run.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read through `RunPath`'s tuple; this names the parameters for the document
+struct RunParams {
+    /// The agent (`[agents.<agent>]`, kind = "worker"); the token must be this agent's.
+    agent: String,
+    /// The claim's `session_id`.
+    session: String,
+    /// The claim's `run_id`: calls about a run the worker no longer owns answer 409.
+    run: String,
 }
 
 // ------------------------------------------------------------------------------------ errors
 
-/// An error answered as JSON `{"error": …, "hint": …}` (plus any extra fields).
+/// An error answered as JSON `{"error": …, "hint": …}` (plus `"continue": false` where the
+/// worker must stop).
 #[derive(Debug)]
 struct WorkerError {
     status: StatusCode,
     error: String,
     hint: String,
-    extra: Option<(&'static str, Value)>,
+    stop: bool,
+}
+
+/// The body of every worker API error.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkerErrorBody {
+    /// What went wrong.
+    error: String,
+    /// What to do about it.
+    hint: String,
+    /// `false` on the answers to `…/heartbeat` that tell the worker to stop working on the run.
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    keep_going: Option<bool>,
 }
 
 impl WorkerError {
@@ -337,12 +342,13 @@ impl WorkerError {
             status,
             error: error.into(),
             hint: hint.into(),
-            extra: None,
+            stop: false,
         }
     }
 
-    fn with(mut self, key: &'static str, value: Value) -> WorkerError {
-        self.extra = Some((key, value));
+    /// The same error, saying `"continue": false`: the worker must stop working on the run.
+    fn stop(mut self) -> WorkerError {
+        self.stop = true;
         self
     }
 
@@ -421,10 +427,11 @@ impl From<QueryRejection> for WorkerError {
 
 impl IntoResponse for WorkerError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.error, "hint": self.hint });
-        if let Some((key, value)) = self.extra {
-            body[key] = value;
-        }
+        let body = WorkerErrorBody {
+            error: self.error,
+            hint: self.hint,
+            keep_going: self.stop.then_some(false),
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -535,7 +542,7 @@ async fn owner_for_agent(
 // ---------------------------------------------------------------------------- context
 
 /// A run's context as workers get it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerContext {
     /// The agent's system prompt, to send first (as a `system` message), if configured.
     pub system_prompt: Option<String>,
@@ -564,7 +571,7 @@ fn context_of(spec: &AgentSpec, messages: &[Message]) -> WorkerContext {
 }
 
 /// What a claim hands out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClaimKind {
     /// A run: answer the context.
@@ -576,7 +583,7 @@ pub enum ClaimKind {
 }
 
 /// How to do a compaction job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CompactInstructions {
     /// Why: `pre_run` or `manual`.
     pub source: crate::store::CompactionSource,
@@ -587,7 +594,7 @@ pub struct CompactInstructions {
 }
 
 /// The answer to a successful claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClaimedRun {
     /// `run` or `compact` (a compaction job).
     #[serde(default)]
@@ -620,14 +627,17 @@ pub struct ClaimedRun {
 // ------------------------------------------------------------------------------ claim
 
 /// Query of `POST …/runs/claim`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ClaimQuery {
+    /// How long to wait for a pending run (ms; default 25000, larger values are cut to 60000).
     wait_ms: Option<u64>,
 }
 
 /// Optional body of `POST …/runs/claim`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct ClaimBody {
+    /// The worker's name, recorded as the run's owner (the `x-switchboard-worker` header wins).
     worker_id: Option<String>,
 }
 
@@ -669,6 +679,27 @@ fn worker_id(headers: &HeaderMap, body: &Bytes) -> WorkerResult<String> {
     Ok(id)
 }
 
+/// Claim the agent's oldest pending run (long-poll).
+///
+/// Waits up to `wait_ms` for a pending run of the agent. `kind` is `run` (answer the context)
+/// or `compact` (summarise the context as `compact.prompt` says; the summary is the `reply` of
+/// `…/complete`).
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/claim",
+    tag = "worker",
+    params(
+        ("agent" = String, Path, description = "The agent (kind = \"worker\"); the token must be this agent's."),
+        ClaimQuery,
+        ("x-switchboard-worker" = Option<String>, Header, description = "The worker's name (else the body's `worker_id`, else `anonymous`); at most 128 bytes."),
+    ),
+    request_body(content = Option<ClaimBody>, description = "Optional: no body, or `{\"worker_id\"}`."),
+    responses(
+        (status = 200, description = "A run (or a compaction job) and its context.", body = ClaimedRun),
+        (status = 204, description = "Nothing became pending within `wait_ms` (or the host is shutting down): claim again."),
+        (status = 400, description = "A worker id that is too long or not visible ASCII, a body that is not JSON, a bad `wait_ms`.", body = WorkerErrorBody),
+    ),
+)]
 async fn claim(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -804,6 +835,17 @@ fn compact_job(api: &WorkerApi, spec: &AgentSpec, claim: &RunClaim, job: Compact
 
 type RunPath = Result<Path<(String, String, String)>, PathRejection>;
 
+/// The run's context again (after a compaction, for instance).
+#[utoipa::path(
+    get,
+    path = "/api/agents/{agent}/runs/{session}/{run}/context",
+    tag = "worker",
+    params(RunParams),
+    responses(
+        (status = 200, description = "The system prompt and the messages the run works on.", body = WorkerContext),
+        (status = 409, description = "The worker no longer owns the run: stop.", body = WorkerErrorBody),
+    ),
+)]
 async fn context(
     State(state): State<AppState>,
     path: RunPath,
@@ -868,9 +910,27 @@ fn retry_later(error: String, hint: &str, seconds: u64) -> Response {
     response
 }
 
+/// The bytes of a downloaded attachment.
+///
 /// `GET /api/agents/{agent}/blobs/{blob_id}`: the bytes of a downloaded attachment of one of
 /// the agent's sessions. `404` for an unknown blob or another agent's; `503` + `Retry-After`
 /// while it is still being downloaded; `410` with the reason when the download was given up.
+#[utoipa::path(
+    get,
+    path = "/api/agents/{agent}/blobs/{blob}",
+    tag = "worker",
+    params(
+        ("agent" = String, Path, description = "The agent (kind = \"worker\"); the token must be this agent's."),
+        ("blob" = String, Path, description = "A `blob_id` from a context message's `meta.attachments`."),
+    ),
+    responses(
+        (status = 200, description = "The bytes, typed as sniffed when stored (`Content-Disposition: attachment`, `ETag` = the SHA-256).", content_type = "application/octet-stream"),
+        (status = 404, description = "No such blob for this agent.", body = WorkerErrorBody),
+        (status = 410, description = "The download was given up (the reason is in `error`).", body = WorkerErrorBody),
+        (status = 503, description = "Still being downloaded (retry after `Retry-After` seconds), or this host keeps no blobs.", body = WorkerErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+    ),
+)]
 async fn blob(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -936,15 +996,33 @@ async fn blob(
 
 /// Query of `GET …/attachment`: the channel message id and the attachment's `ref`, as the
 /// context's `meta.attachments` gives them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AttachmentQuery {
+    /// The channel message id of a message in the run's context.
     message: String,
-    r#ref: String,
+    /// The attachment's `ref` in that message's `meta.attachments`.
+    #[serde(rename = "ref")]
+    reference: String,
 }
 
-/// `GET …/attachment?message=…&ref=…`: the bytes of an attachment of a message in the run's
-/// context, fetched through the channel plugin (`outbound.fetch-attachment`). Only attachments
-/// of the context's messages can be fetched.
+/// The bytes of an attachment of a message in the run's context.
+///
+/// `GET …/attachment?message=…&ref=…`: from the blob store when stored, else fetched through
+/// the channel plugin (`outbound.fetch-attachment`). Only attachments of the context's
+/// messages can be fetched.
+#[utoipa::path(
+    get,
+    path = "/api/agents/{agent}/runs/{session}/{run}/attachment",
+    tag = "worker",
+    params(RunParams, AttachmentQuery),
+    responses(
+        (status = 200, description = "The bytes, with the type the channel or the blob store gave.", content_type = "application/octet-stream"),
+        (status = 404, description = "No such attachment in the run's context, or the channel serves none.", body = WorkerErrorBody),
+        (status = 409, description = "The worker no longer owns the run: stop.", body = WorkerErrorBody),
+        (status = 502, description = "The channel did not hand out the attachment.", body = WorkerErrorBody),
+    ),
+)]
 async fn attachment(
     State(state): State<AppState>,
     path: RunPath,
@@ -971,7 +1049,9 @@ async fn attachment(
                 .as_ref()
                 .and_then(|meta| meta["attachments"].as_array())
                 .is_some_and(|attachments| {
-                    attachments.iter().any(|a| a["ref"] == query.r#ref.as_str())
+                    attachments
+                        .iter()
+                        .any(|a| a["ref"] == query.reference.as_str())
                 })
     });
     let missing = || {
@@ -991,7 +1071,7 @@ async fn attachment(
             .filter(|m| m.channel_message_id.as_deref() == Some(query.message.as_str()))
             .filter_map(|m| m.meta.as_ref()?["attachments"].as_array())
             .flatten()
-            .find(|a| a["ref"] == query.r#ref.as_str())
+            .find(|a| a["ref"] == query.reference.as_str())
             .and_then(|a| a[crate::store::BLOB_ID_KEY].as_str());
         if let Some(row) = match blob_id {
             Some(id) => blobs.get(id).await?,
@@ -1025,7 +1105,7 @@ async fn attachment(
         })?;
     let cx = std::sync::Arc::new(installation.context());
     match plugin
-        .fetch_attachment(&cx, &query.message, &query.r#ref)
+        .fetch_attachment(&cx, &query.message, &query.reference)
         .await
     {
         Ok(Ok(content)) => {
@@ -1055,17 +1135,43 @@ async fn attachment(
 }
 
 /// Optional body of `POST …/heartbeat`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct HeartbeatBody {
+    /// The usage of the last model step (drives "compact now").
     usage: Option<WorkerUsage>,
 }
 
+/// The answer to a heartbeat the run survives.
+#[derive(Debug, Serialize, ToSchema)]
+struct HeartbeatAnswer {
+    /// Always `true` here (a `409` says `false`).
+    #[serde(rename = "continue")]
+    keep_going: bool,
+    /// `true`: the context reached the agent's threshold; post a summary to `…/compact`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compact: Option<bool>,
+}
+
+/// Keep the run (every `heartbeat_interval_ms`).
+///
+/// Optionally reports the last model step's usage; the answer may ask for a compaction.
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/heartbeat",
+    tag = "worker",
+    params(RunParams),
+    request_body(content = Option<HeartbeatBody>, description = "Optional: no body, or `{\"usage\": {…}}`."),
+    responses(
+        (status = 200, description = "Go on (`compact: true`: compact now).", body = HeartbeatAnswer),
+        (status = 409, description = "`\"continue\": false`: the run was interrupted, edited away or recovered as stale; stop.", body = WorkerErrorBody),
+    ),
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Bytes,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<HeartbeatAnswer>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     let spec = authorize(api, &agent, &headers).await?;
@@ -1082,7 +1188,7 @@ async fn heartbeat(
     let owner = owner_for_agent(api, &agent, &session_id, &run_id)
         .await
         .map_err(|e| match e.status {
-            StatusCode::CONFLICT => e.with("continue", Value::Bool(false)),
+            StatusCode::CONFLICT => e.stop(),
             _ => e,
         })?;
     if api.runs.heartbeat(&session_id, &run_id).await? {
@@ -1100,15 +1206,22 @@ async fn heartbeat(
             None => StepAnswer::Continue,
         };
         match answer {
-            StepAnswer::Continue => return Ok(Json(json!({ "continue": true }))),
+            StepAnswer::Continue => {
+                return Ok(Json(HeartbeatAnswer {
+                    keep_going: true,
+                    compact: None,
+                }));
+            }
             StepAnswer::CompactNow => {
-                return Ok(Json(json!({ "continue": true, "compact": true })));
+                return Ok(Json(HeartbeatAnswer {
+                    keep_going: true,
+                    compact: Some(true),
+                }));
             }
             // A compaction job past its timeout was taken back: the worker must stop.
             StepAnswer::Stop => {
                 api.forget(&run_id);
-                return Err(WorkerError::not_owner(&session_id, &run_id)
-                    .with("continue", Value::Bool(false)));
+                return Err(WorkerError::not_owner(&session_id, &run_id).stop());
             }
         }
     }
@@ -1120,21 +1233,41 @@ async fn heartbeat(
         agent,
         outcome: RunOutcome::Lost,
     });
-    Err(WorkerError::not_owner(&session_id, &run_id).with("continue", Value::Bool(false)))
+    Err(WorkerError::not_owner(&session_id, &run_id).stop())
 }
 
 /// Body of `POST …/parts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct PartBody {
+    /// The next piece of the reply (appended to what was streamed before).
     text: String,
 }
 
+/// `{"ok": true}`: done.
+#[derive(Debug, Serialize, ToSchema)]
+struct Done {
+    /// Always `true`.
+    ok: bool,
+}
+
+/// Stream a piece of the reply to the session's subscribers.
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/parts",
+    tag = "worker",
+    params(RunParams),
+    request_body = PartBody,
+    responses(
+        (status = 200, description = "Published.", body = Done),
+        (status = 409, description = "The worker no longer owns the run: stop.", body = WorkerErrorBody),
+    ),
+)]
 async fn parts(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Result<Json<PartBody>, JsonRejection>,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<Done>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     authorize(api, &agent, &headers).await?;
@@ -1143,7 +1276,7 @@ async fn parts(
     if api.is_verified(&run_id, &session_id, &agent)
         && api.runs.publish_part(&session_id, &run_id, &part.text)
     {
-        return Ok(Json(json!({ "ok": true })));
+        return Ok(Json(Done { ok: true }));
     }
     let owner = owner_for_agent(api, &agent, &session_id, &run_id).await?;
     if !owner.owns(&run_id) {
@@ -1157,19 +1290,50 @@ async fn parts(
         api.runs.hub().begin_parts(&session_id, &run_id);
         api.runs.publish_part(&session_id, &run_id, &part.text);
     }
-    Ok(Json(json!({ "ok": true })))
+    Ok(Json(Done { ok: true }))
 }
 
 // ------------------------------------------------------------------------- approvals
 
 /// Body of `POST …/approvals`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApprovalBody {
+    /// The question shown in the chat (at most 4000 bytes).
     prompt: String,
+    /// Who may decide, by participant id (at most 50); none = anyone in the chat.
     #[serde(default)]
     approvers: Vec<String>,
+    /// How long the question stays open (1 s – 1 day; default 15 min).
     timeout_s: Option<u64>,
+}
+
+/// The answer to an approval request.
+#[derive(Debug, Serialize, ToSchema)]
+struct ApprovalCreated {
+    /// Ask `…/approvals/{approval}` with it.
+    approval_id: String,
+    /// `pending`.
+    state: String,
+    /// When it expires unanswered (epoch ms).
+    expires_at_ms: i64,
+}
+
+/// An approval's state.
+#[derive(Debug, Serialize, ToSchema)]
+struct ApprovalStatus {
+    /// The approval.
+    approval_id: String,
+    /// `pending`, `approved`, `rejected` or `expired`.
+    state: String,
+    /// The participant id of who decided.
+    decided_by: Option<String>,
+    /// Their display name, if the channel gave one.
+    decided_by_name: Option<String>,
+    /// When it was decided (epoch ms).
+    decided_at_ms: Option<i64>,
+    /// When it expires (or expired) unanswered (epoch ms).
+    expires_at_ms: i64,
 }
 
 fn approvals_of(api: &WorkerApi) -> WorkerResult<&Approvals> {
@@ -1182,14 +1346,29 @@ fn approvals_of(api: &WorkerApi) -> WorkerResult<&Approvals> {
     })
 }
 
+/// Ask the chat for an approval.
+///
 /// `POST …/approvals {"prompt", "approvers"?, "timeout_s"?}` → `{"approval_id", "expires_at_ms"}`:
 /// only the run's owner; the question goes to the session's chat with approve/reject buttons.
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/approvals",
+    tag = "worker",
+    params(RunParams),
+    request_body = ApprovalBody,
+    responses(
+        (status = 200, description = "Asked; poll `…/approvals/{approval}`.", body = ApprovalCreated),
+        (status = 400, description = "A prompt, approver list or timeout out of bounds.", body = WorkerErrorBody),
+        (status = 409, description = "The worker no longer owns the run: stop.", body = WorkerErrorBody),
+        (status = 503, description = "This host does not serve approvals.", body = WorkerErrorBody),
+    ),
+)]
 async fn request_approval(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Result<Json<ApprovalBody>, JsonRejection>,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<ApprovalCreated>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     authorize(api, &agent, &headers).await?;
@@ -1209,11 +1388,11 @@ async fn request_approval(
         .request(&session_id, &run_id, &agent, &request)
         .await
     {
-        Ok(approval) => Ok(Json(json!({
-            "approval_id": approval.id,
-            "state": approval.state.as_str(),
-            "expires_at_ms": approval.expires_at_ms,
-        }))),
+        Ok(approval) => Ok(Json(ApprovalCreated {
+            approval_id: approval.id,
+            state: approval.state.as_str().to_owned(),
+            expires_at_ms: approval.expires_at_ms,
+        })),
         Err(ApprovalError::Invalid(problem)) => Err(WorkerError::bad_request(
             format!("approval refused: {problem}"),
             "send {\"prompt\": \"…\", \"approvers\": [\"<participant id>\", …]?, \"timeout_s\": N?}",
@@ -1224,20 +1403,39 @@ async fn request_approval(
 }
 
 /// Query of `GET …/approvals/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ApprovalWait {
+    /// Wait up to this many seconds (at most 30) while the approval is pending.
     wait_s: Option<u64>,
 }
 
+/// An approval's state (long-poll while pending).
+///
 /// `GET …/approvals/{id}?wait_s=N` → `{"state", "decided_by", "decided_by_name",
 /// "decided_at_ms"}`, waiting up to N (≤ 30) seconds while it is pending. Only the agent whose
 /// run asked sees it, on that run's path.
+#[utoipa::path(
+    get,
+    path = "/api/agents/{agent}/runs/{session}/{run}/approvals/{approval}",
+    tag = "worker",
+    params(
+        RunParams,
+        ("approval" = String, Path, description = "The `approval_id` that `POST …/approvals` answered."),
+        ApprovalWait,
+    ),
+    responses(
+        (status = 200, description = "The approval as it is (still `pending` when `wait_s` ran out).", body = ApprovalStatus),
+        (status = 404, description = "This run asked for no such approval.", body = WorkerErrorBody),
+        (status = 503, description = "This host does not serve approvals.", body = WorkerErrorBody),
+    ),
+)]
 async fn approval_state(
     State(state): State<AppState>,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
     query: Result<Query<ApprovalWait>, QueryRejection>,
     headers: HeaderMap,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<ApprovalStatus>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id, approval_id)) = path?;
     let Query(query) = query.map_err(|e| {
@@ -1272,22 +1470,25 @@ async fn approval_state(
         _ = api.stop.cancelled() => approvals.current(&approval_id).await?,
     }
     .ok_or_else(not_found)?;
-    Ok(Json(json!({
-        "approval_id": approval.id,
-        "state": approval.state.as_str(),
-        "decided_by": approval.decided_by,
-        "decided_by_name": approval.decided_by_name,
-        "decided_at_ms": approval.decided_at_ms,
-        "expires_at_ms": approval.expires_at_ms,
-    })))
+    Ok(Json(ApprovalStatus {
+        approval_id: approval.id,
+        state: approval.state.as_str().to_owned(),
+        decided_by: approval.decided_by,
+        decided_by_name: approval.decided_by_name,
+        decided_at_ms: approval.decided_at_ms,
+        expires_at_ms: approval.expires_at_ms,
+    }))
 }
 
 /// Token usage as workers report it (missing counts are 0).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 struct WorkerUsage {
+    /// Tokens of the prompt (the context occupancy the compaction threshold is judged by).
     prompt_tokens: u64,
+    /// Tokens of the completion.
     completion_tokens: u64,
+    /// Their sum, if the model reported one.
     total_tokens: Option<u64>,
 }
 
@@ -1304,19 +1505,58 @@ impl WorkerUsage {
 }
 
 /// Body of `POST …/complete`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CompleteBody {
+    /// The whole reply (blank: no reply is delivered); for a compaction job, the summary.
     #[serde(default)]
     reply: String,
+    /// The usage of the run's last model step.
     usage: Option<WorkerUsage>,
 }
 
+/// The answer to a completed run.
+#[derive(Debug, Serialize, ToSchema)]
+struct RunCompleted {
+    /// Always `true`.
+    ok: bool,
+    /// The stored reply's message id (none for a blank reply).
+    message_id: Option<i64>,
+    /// Whether the session was released (always `true` today).
+    released: bool,
+    /// The session's run state now (`pending` when messages queued meanwhile).
+    state: Option<RunState>,
+}
+
+/// The answer to `…/complete`: a run's, or a compaction job's.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum CompleteAnswer {
+    /// A run was completed.
+    Run(RunCompleted),
+    /// A compaction job was completed (its `reply` was the summary).
+    Job(JobAnswer),
+}
+
+/// Complete the run with its reply.
+///
+/// For a compaction job, `reply` is the summary (blank = failed).
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/complete",
+    tag = "worker",
+    params(RunParams),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "Stored; the reply is on its way to the chat.", body = CompleteAnswer),
+        (status = 409, description = "The worker no longer owns the run (another call ended it first): nothing stored.", body = WorkerErrorBody),
+    ),
+)]
 async fn complete(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Result<Json<CompleteBody>, JsonRejection>,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<CompleteAnswer>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     authorize(api, &agent, &headers).await?;
@@ -1337,7 +1577,8 @@ async fn complete(
                 .worker_summary(&session_id, &run_id, spec, Ok(body.reply))
                 .await?;
             api.forget(&run_id);
-            return job_answer(&session_id, &run_id, finished);
+            return job_answer(&session_id, &run_id, finished)
+                .map(|Json(job)| Json(CompleteAnswer::Job(job)));
         }
         compactor.run_ending(&session_id, &run_id).await?;
     }
@@ -1367,19 +1608,40 @@ async fn complete(
         agent,
         outcome: RunOutcome::Completed { reply, usage },
     });
-    Ok(Json(json!({
-        "ok": true,
-        "message_id": message_id,
-        "released": state_now.is_some(),
-        "state": state_now,
+    Ok(Json(CompleteAnswer::Run(RunCompleted {
+        ok: true,
+        message_id,
+        released: state_now.is_some(),
+        state: state_now,
     })))
 }
 
 /// Body of `POST …/fail`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct FailBody {
+    /// What went wrong (kept for the operator, cut to 4096 bytes; the chat sees a notice with
+    /// the run's reference, never this text).
     #[serde(default)]
     error: String,
+}
+
+/// The answer to a failed run.
+#[derive(Debug, Serialize, ToSchema)]
+struct RunFailed {
+    /// Always `true`.
+    ok: bool,
+    /// The session's run state now.
+    state: RunState,
+}
+
+/// The answer to `…/fail`: a run's, or a compaction job's.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum FailAnswer {
+    /// A run was failed.
+    Run(RunFailed),
+    /// A compaction job was failed.
+    Job(JobAnswer),
 }
 
 /// `error` cut to at most [`MAX_ERROR_BYTES`] on a character boundary.
@@ -1398,12 +1660,26 @@ fn clip_error(error: &str) -> String {
     format!("{}…", &error[..end])
 }
 
+/// Fail the run.
+///
+/// The chat gets a notice with the run's reference; the error is kept for the operator.
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/fail",
+    tag = "worker",
+    params(RunParams),
+    request_body = FailBody,
+    responses(
+        (status = 200, description = "Recorded.", body = FailAnswer),
+        (status = 409, description = "The worker no longer owns the run: nothing changed.", body = WorkerErrorBody),
+    ),
+)]
 async fn fail(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Result<Json<FailBody>, JsonRejection>,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<FailAnswer>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     authorize(api, &agent, &headers).await?;
@@ -1420,7 +1696,8 @@ async fn fail(
                 .worker_summary(&session_id, &run_id, spec, Err(error))
                 .await?;
             api.forget(&run_id);
-            return job_answer(&session_id, &run_id, finished);
+            return job_answer(&session_id, &run_id, finished)
+                .map(|Json(job)| Json(FailAnswer::Job(job)));
         }
         compactor.run_ending(&session_id, &run_id).await?;
     }
@@ -1442,41 +1719,86 @@ async fn fail(
         agent,
         outcome: RunOutcome::Failed { error },
     });
-    Ok(Json(json!({ "ok": true, "state": released.state })))
+    Ok(Json(FailAnswer::Run(RunFailed {
+        ok: true,
+        state: released.state,
+    })))
+}
+
+/// What a compaction summary did.
+#[derive(Debug, Serialize, ToSchema)]
+struct JobAnswer {
+    /// Always `true`.
+    ok: bool,
+    /// Whether the summary was stored (`false`: the session stays uncompacted; go on).
+    compacted: bool,
+    /// The hidden boundary message (compacted only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boundary_message_id: Option<i64>,
+    /// Context occupancy before (compacted only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_before: Option<u64>,
+    /// Estimated occupancy after (compacted only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_after: Option<u64>,
+    /// Why nothing was stored (not compacted only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// The answer to a compaction job's completion (or failure), and to `…/compact`.
-fn job_answer(session_id: &str, run_id: &str, finished: Finished) -> WorkerResult<Json<Value>> {
+fn job_answer(session_id: &str, run_id: &str, finished: Finished) -> WorkerResult<Json<JobAnswer>> {
     match finished {
-        Finished::Done(done) => Ok(Json(json!({
-            "ok": true,
-            "compacted": true,
-            "boundary_message_id": done.boundary_message_id,
-            "tokens_before": done.tokens_before,
-            "tokens_after": done.tokens_after,
-        }))),
-        Finished::Failed(error) => Ok(Json(json!({
-            "ok": true,
-            "compacted": false,
-            "error": error,
-        }))),
+        Finished::Done(done) => Ok(Json(JobAnswer {
+            ok: true,
+            compacted: true,
+            boundary_message_id: Some(done.boundary_message_id),
+            tokens_before: Some(done.tokens_before),
+            tokens_after: Some(done.tokens_after),
+            error: None,
+        })),
+        Finished::Failed(error) => Ok(Json(JobAnswer {
+            ok: true,
+            compacted: false,
+            boundary_message_id: None,
+            tokens_before: None,
+            tokens_after: None,
+            error: Some(error),
+        })),
         Finished::Lost => Err(WorkerError::not_owner(session_id, run_id)),
     }
 }
 
 /// Body of `POST …/compact`: the summary, or why none could be made.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CompactBody {
+    /// The summary of the context (replaces the messages it covers).
     summary: Option<String>,
+    /// Why no summary could be made (the run goes on uncompacted).
     error: Option<String>,
 }
 
-async fn compact(
+/// Compact the context mid-run (after a heartbeat said `compact: true`).
+///
+/// Then re-read `…/context` (system prompt + summary + the messages after it) and go on.
+#[utoipa::path(
+    post,
+    path = "/api/agents/{agent}/runs/{session}/{run}/compact",
+    tag = "worker",
+    params(RunParams),
+    request_body = CompactBody,
+    responses(
+        (status = 200, description = "Compacted, or not (`compacted: false` with the reason).", body = JobAnswer),
+        (status = 409, description = "The worker no longer owns the run: stop.", body = WorkerErrorBody),
+        (status = 503, description = "This host does not compact contexts: go on without.", body = WorkerErrorBody),
+    ),
+)]
+async fn compact_run(
     State(state): State<AppState>,
     path: RunPath,
     headers: HeaderMap,
     body: Result<Json<CompactBody>, JsonRejection>,
-) -> WorkerResult<Json<Value>> {
+) -> WorkerResult<Json<JobAnswer>> {
     let api = api(&state)?;
     let Path((agent, session_id, run_id)) = path?;
     let spec = authorize(api, &agent, &headers).await?;

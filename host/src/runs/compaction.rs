@@ -114,7 +114,7 @@ pub enum CompactError {
 }
 
 /// What a manual request did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ManualOutcome {
     /// A built-in agent summarised: the boundary is stored.
@@ -124,7 +124,7 @@ pub enum ManualOutcome {
 }
 
 /// A stored compaction.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Compaction {
     /// The hidden boundary message.
     pub boundary_message_id: i64,

@@ -35,7 +35,7 @@ pub struct ReloadSettings {
 }
 
 /// What one reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReloadReport {
     /// Plugins whose new version was swapped in (now on probation).
     pub swapped: Vec<Swapped>,
@@ -48,7 +48,7 @@ pub struct ReloadReport {
 }
 
 /// A plugin swapped to a new version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Swapped {
     /// The plugin.
     pub name: String,
@@ -59,7 +59,7 @@ pub struct Swapped {
 }
 
 /// A plugin loaded for the first time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Added {
     /// The plugin.
     pub name: String,
@@ -68,7 +68,7 @@ pub struct Added {
 }
 
 /// A file that was not loaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Refused {
     /// The file.
     pub file: String,

@@ -35,6 +35,7 @@ use super::{Backend, Database, Inner, RunState, StoreError};
 pub const MAX_CONSECUTIVE_FAILURES: i64 = 3;
 
 /// Why a compaction happens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompactionSource {

@@ -85,6 +85,7 @@ pub enum BindingError {
 }
 
 /// A channel user bound to a host user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UserBinding {
     /// The installation the channel user id belongs to.
@@ -153,6 +154,7 @@ pub struct AuditEntry {
 }
 
 /// A stored audit row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRow {
     /// Increasing id.
@@ -258,6 +260,7 @@ impl SessionKey {
 }
 
 /// A stored session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Session {
     /// Host id (a UUID).
@@ -324,6 +327,7 @@ const SESSION_COLUMNS: &str = "id, installation_id, chat_key, chat_id, chat_type
      flush_due_at_ms, flush_generation, flushed_message_id, created_at_ms, updated_at_ms";
 
 /// A stored message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Message {
     /// Increasing id.
@@ -375,6 +379,7 @@ const MESSAGE_COLUMNS: &str = "id, session_id, role, kind, body, command_body, \
      channel_message_id, sender_id, context_revision, created_at_ms, meta";
 
 /// A session with its messages, oldest first (admin API).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionHistory {
     /// The session.

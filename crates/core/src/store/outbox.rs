@@ -22,6 +22,7 @@ use super::installations::{from_row_both, in_write_tx, on_reader, on_writer};
 use super::{Backend, Database, Inner, StoreError};
 
 /// What an outbox row delivers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum OutboxContent {
@@ -60,6 +61,7 @@ impl OutboxContent {
 
 /// Where an outbox row goes, as the session was when it was enqueued (a later message moves the
 /// session's reply anchor; the reply still answers the turn it was made for).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxTarget {
     /// The channel's chat id.
@@ -90,6 +92,7 @@ pub struct NewOutboxRow<'a> {
 }
 
 /// A stored outbox row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxRow {
     /// Increasing id (enqueue order).

@@ -67,6 +67,7 @@ pub(super) const CLEAR_OWNERSHIP: &str = "worker_id = NULL, run_id = NULL, \
      run_context_revision = NULL, run_kind = NULL";
 
 /// A session's run state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -260,6 +261,7 @@ pub struct Released {
 }
 
 /// A message waiting in a session's queue.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueuedMessage {
     /// Increasing id (queue order).
@@ -297,6 +299,7 @@ from_row_both!(QueuedMessage, |row| {
 });
 
 /// A session's run status (admin API, stream snapshot).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunStatus {
     /// The session.
