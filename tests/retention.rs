@@ -639,7 +639,9 @@ async fn expired_and_orphaned_blobs_go_with_their_files_and_live_ones_stay() {
                 ),
             )
             .await;
-            let rows: [(&str, &str, &str, Option<&str>, i64, i64); 7] = [
+            // (id, session, state, digest, size, created)
+            type BlobSeed<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, i64, i64);
+            let rows: [BlobSeed<'_>; 7] = [
                 ("b-old", "s-live", "stored", Some(old.as_str()), 9, NOW - 40 * DAY),
                 ("b-live", "s-live", "stored", Some(live.as_str()), 11, NOW - DAY),
                 ("b-failed-old", "s-live", "failed", None, 0, NOW - 40 * DAY),
