@@ -31,6 +31,8 @@ use switchboard::app::App;
 use switchboard::config::Config;
 
 const ADMIN: &str = "approvals-admin-token-0123456789abcdef0";
+/// The product name the hosts are configured with.
+const PRODUCT: &str = "Acme Desk";
 const WORKER_TOKEN: &str = "approvals-worker-token-0123456789ab";
 const OTHER_TOKEN: &str = "approvals-other-worker-token-012345";
 /// The sender of the fixture's p2p message, and the approver.
@@ -70,6 +72,24 @@ impl World {
         c.backoff_max_ms = 400;
         config.delivery.first_backoff_ms = 50;
         config.delivery.poll_interval_ms = 50;
+        // The operator names the product and words the fresh-context notice with it.
+        config.product_name = Some(PRODUCT.into());
+        config.notices.insert(
+            "en".into(),
+            [(
+                "fresh_context".to_string(),
+                "{product}: your next message starts a fresh conversation.".to_string(),
+            )]
+            .into(),
+        );
+        config.notices.insert(
+            "zh".into(),
+            [(
+                "fresh_context".to_string(),
+                "{product}：好的，下一条消息将开始新的对话。".to_string(),
+            )]
+            .into(),
+        );
         for (name, token) in [("team", WORKER_TOKEN), ("other", OTHER_TOKEN)] {
             let agent: AgentConfig = serde_json::from_value(
                 json!({"kind": "worker", "token": token, "offline_after_ms": 60000}),
@@ -104,6 +124,7 @@ impl World {
     /// A long-connection installation of `app_id` bound to the `team` worker agent, with the
     /// notice `locale`.
     async fn installation(&self, app_id: &str, locale: &str) -> String {
+        let connected = self.fake.live_connections();
         let response = self
             .client
             .post(format!("{}/api/installations", self.base))
@@ -130,7 +151,7 @@ impl World {
         let created: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(status, 201, "{created}");
         eventually("the long connection", || {
-            (self.fake.live_connections() == 1).then_some(())
+            (self.fake.live_connections() > connected).then_some(())
         })
         .await;
         created["id"].as_str().unwrap().to_string()
@@ -752,6 +773,32 @@ async fn notices_toasts_and_buttons_speak_the_installations_language() {
             !notice.body.to_string().contains("fresh conversation"),
             "{name}"
         );
+        assert!(
+            notice.body.to_string().contains(&format!("{PRODUCT}：")),
+            "{name}: the operator's words name the configured product: {}",
+            notice.body
+        );
+        // The same notice in English, on an English installation.
+        world.installation("cli_en1", "en").await;
+        world.say("cli_en1", "om_en_new", "/new");
+        let notice = eventually("the English fresh-context notice", || {
+            world.fake.sent_messages().into_iter().find(|sent| {
+                sent.body["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("fresh conversation")
+            })
+        })
+        .await;
+        assert!(
+            notice
+                .body
+                .to_string()
+                .contains(&format!("{PRODUCT}: your next message")),
+            "{name}: {}",
+            notice.body
+        );
+        assert!(!notice.body.to_string().contains("{product}"), "{name}");
 
         // The approval card, its toast and its update in Chinese; a plain action's toast too.
         world.say(app_id, "om_zh_1", "部署吧");
@@ -779,4 +826,147 @@ async fn notices_toasts_and_buttons_speak_the_installations_language() {
         assert_eq!(received["toast"]["type"], "info", "{name}");
         world.stop().await;
     }
+}
+
+/// The number of rows `sql` (a `SELECT COUNT(*) …`) counts, read through a connection of its
+/// own.
+async fn count(test_db: &db::TestDb, sql: &str) -> i64 {
+    use switchboard::store::Backend;
+    match test_db.db.backend() {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&test_db.url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    }
+}
+
+/// Runs `sql` through a connection of its own.
+async fn execute(test_db: &db::TestDb, sql: &str) {
+    use switchboard::store::Backend;
+    match test_db.db.backend() {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&test_db.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// Creating an approval stores the row and queues its notice in one transaction: when the
+/// notice's insert fails after the approval's row went in (its idempotency key is taken: a
+/// real unique violation in the database), neither is left; a second approval with a taken
+/// id leaves no second notice either.
+#[tokio::test]
+async fn an_approval_and_its_notice_are_stored_together_or_not_at_all() {
+    use switchboard::store::{
+        NewApproval, NewOutboxRow, OutboxContent, OutboxTarget, approval_notice_key,
+    };
+    let test = async {
+        for test_db in db::test_databases().await {
+            let name = test_db.name.clone();
+            let approvals = test_db.db.approvals();
+            let content = OutboxContent::Notice {
+                notice: json!({"kind": "approval", "detail": "deploy?"}),
+            };
+            let target = OutboxTarget {
+                chat_id: "oc_chat".into(),
+                chat_type: "direct".into(),
+                thread_id: None,
+                reply_to: None,
+                in_thread: false,
+            };
+            let notice = NewOutboxRow {
+                installation_id: "inst_1",
+                session_id: "sess_1",
+                run_id: None,
+                content: &content,
+                target: &target,
+            };
+            let new = |id: &'static str| NewApproval {
+                id,
+                installation_id: "inst_1",
+                session_id: "sess_1",
+                run_id: "run_1",
+                agent: "team",
+                prompt: "deploy?",
+                approvers: &[],
+                expires_at_ms: 10_000,
+            };
+
+            let created = approvals
+                .create_with_notice(&new("ap_ok"), &notice, 1_000)
+                .await
+                .unwrap();
+            let outbox_id = created.outbox_id.expect("linked to its notice");
+            let row = test_db.db.outbox().get(outbox_id).await.unwrap().unwrap();
+            assert_eq!(row.idempotency_key, approval_notice_key("ap_ok"), "{name}");
+            assert_eq!(
+                approvals.get("ap_ok").await.unwrap().unwrap().outbox_id,
+                Some(outbox_id),
+                "{name}: the stored row names its notice"
+            );
+
+            // A notice under the key the next approval's notice will need is already there.
+            execute(
+                &test_db,
+                &format!(
+                    "INSERT INTO outbox (installation_id, session_id, kind, content, target,
+                         idempotency_key, next_attempt_at_ms, created_at_ms)
+                     VALUES ('inst_1', 'sess_1', 'notice', '{{}}', '{{}}', '{}', 0, 0)",
+                    approval_notice_key("ap_clash")
+                ),
+            )
+            .await;
+            let outbox_before = count(&test_db, "SELECT COUNT(*) FROM outbox").await;
+            let failed = approvals
+                .create_with_notice(&new("ap_clash"), &notice, 2_000)
+                .await;
+            assert!(failed.is_err(), "{name}: the notice's insert fails");
+            assert_eq!(
+                approvals.get("ap_clash").await.unwrap(),
+                None,
+                "{name}: the approval row inserted before the failure is rolled back"
+            );
+            assert_eq!(
+                count(&test_db, "SELECT COUNT(*) FROM outbox").await,
+                outbox_before,
+                "{name}: no notice either"
+            );
+
+            // The approval's own insert failing (its id is taken) queues nothing.
+            assert!(
+                approvals
+                    .create_with_notice(&new("ap_ok"), &notice, 3_000)
+                    .await
+                    .is_err(),
+                "{name}"
+            );
+            assert_eq!(
+                count(&test_db, "SELECT COUNT(*) FROM outbox").await,
+                outbox_before,
+                "{name}"
+            );
+            assert_eq!(
+                count(&test_db, "SELECT COUNT(*) FROM approvals").await,
+                1,
+                "{name}: only the first approval"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test finishes in time");
 }

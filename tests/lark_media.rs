@@ -13,6 +13,11 @@
 //! - a download the channel refuses, a file over the per-file cap and one that would pass the
 //!   installation's cap leave `failed` placeholders with a reason (410 for the bytes), and the
 //!   message and its run still happen;
+//! - a reply quoting an image message and a forwarded bundle holding an image: the enricher
+//!   reports those images, they are stored as blobs of the reply/forward (marked
+//!   `origin = "context"`), downloaded through the message that carries them, and served to
+//!   the worker; a quoted image whose download fails leaves a `failed` placeholder while the
+//!   message (with its quoted block) is stored and its run happens;
 //! - a download still pending when its process was stopped — and one a killed process held
 //!   under a lease — is completed by the next process on the same database.
 
@@ -234,6 +239,20 @@ impl World {
         event["header"]["app_id"] = json!(app_id);
         event["event"]["message"]["message_type"] = json!(message_type);
         event["event"]["message"]["content"] = json!(content.to_string());
+        self.deliver(installation, event).await
+    }
+
+    /// Delivers a p2p text message replying to `parent_id`.
+    async fn reply(&self, installation: &str, message_id: &str, parent_id: &str, text: &str) {
+        let mut event: Value = serde_json::from_slice(&lark::text_event(message_id, text)).unwrap();
+        event["header"]["app_id"] = json!(APP_ID);
+        event["event"]["message"]["parent_id"] = json!(parent_id);
+        event["event"]["message"]["root_id"] = json!(parent_id);
+        self.deliver(installation, event).await
+    }
+
+    /// Delivers the event `event` to `installation`'s webhook, encrypted and signed.
+    async fn deliver(&self, installation: &str, event: Value) {
         let (headers, body) =
             lark::encrypted_delivery(&serde_json::to_vec(&event).unwrap(), [7; 16]);
         let mut request = self
@@ -769,6 +788,206 @@ async fn a_pending_download_is_completed_by_the_next_process() {
             );
             assert_eq!(row.mime.as_deref(), Some("image/png"), "{name}");
         }
+        world.stop().await;
+    }
+}
+
+/// A REST message item (`GET /open-apis/im/v1/messages/{id}`) of `msg_type` from a user.
+fn rest_item(id: &str, msg_type: &str, content: &str, create_ms: i64) -> Value {
+    json!({
+        "message_id": id,
+        "msg_type": msg_type,
+        "create_time": create_ms.to_string(),
+        "deleted": false,
+        "chat_id": "oc_media_chat",
+        "sender": {"id": "ou_media_sender", "id_type": "open_id", "sender_type": "user"},
+        "body": {"content": content},
+    })
+}
+
+/// The record of the claim whose `ref` is `reference`.
+fn record_of(claim: &Value, reference: &str) -> Value {
+    let found: Vec<Value> = records(claim)
+        .into_iter()
+        .filter(|r| r["ref"] == reference)
+        .collect();
+    let [record] = found.try_into().unwrap_or_else(|found: Vec<Value>| {
+        panic!("one record with ref {reference}: {found:?} in {claim}")
+    });
+    record
+}
+
+#[tokio::test]
+async fn quoted_and_forwarded_images_are_downloaded_through_their_own_messages() {
+    for test_db in db::test_databases().await {
+        let name = test_db.name.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(&test_db.url, dir.path()).await;
+        // The quoted parent: an image message whose bytes Lark serves through the parent only.
+        shared.fake.add_message(
+            "om_parent_img",
+            vec![rest_item(
+                "om_parent_img",
+                "image",
+                r#"{"image_key":"img_v3_quoted"}"#,
+                1_000,
+            )],
+        );
+        shared
+            .fake
+            .add_message_resource("om_parent_img", "img_v3_quoted", png());
+        // A forwarded bundle: the container, a text child and an image child.
+        let mut image_child = rest_item(
+            "om_fwd_child_2",
+            "image",
+            r#"{"image_key":"img_v3_forwarded"}"#,
+            2_000,
+        );
+        image_child["upper_message_id"] = json!("om_fwd_1");
+        let mut text_child = rest_item("om_fwd_child_1", "text", r#"{"text":"look"}"#, 1_500);
+        text_child["upper_message_id"] = json!("om_fwd_1");
+        shared.fake.add_message(
+            "om_fwd_1",
+            vec![
+                rest_item(
+                    "om_fwd_1",
+                    "merge_forward",
+                    "Merged and Forwarded Message",
+                    3_000,
+                ),
+                text_child,
+                image_child,
+            ],
+        );
+        shared
+            .fake
+            .add_message_resource("om_fwd_child_2", "img_v3_forwarded", pdf());
+        let world = World::start(&shared, 5).await;
+        let installation = world.installation().await;
+
+        // 1. A reply quoting the image.
+        world
+            .reply(
+                &installation,
+                "om_reply_1",
+                "om_parent_img",
+                "what is this?",
+            )
+            .await;
+        let run = world.claim().await;
+        let record = record_of(&run.claim, "om_parent_img/img_v3_quoted");
+        assert_eq!(record["state"], "stored", "{name}: {record}");
+        assert_eq!(record["origin"], "context", "{name}: {record}");
+        assert_eq!(record["kind"], "image", "{name}");
+        assert_eq!(record["sha256"], sha256_hex(&png()), "{name}");
+        assert_eq!(record["mime"], "image/png", "{name}");
+        let (status, content_type, bytes) = world
+            .get(record["url"].as_str().unwrap(), Some(WORKER_TOKEN))
+            .await;
+        assert_eq!(
+            (status, content_type.as_str(), bytes),
+            (200, "image/png", png()),
+            "{name}: the worker fetches the quoted image with its token"
+        );
+        let (status, _, _) = world.get(record["url"].as_str().unwrap(), None).await;
+        assert_eq!(status, 401, "{name}: not without it");
+        assert_eq!(
+            shared.fake.resource_download_messages("img_v3_quoted"),
+            ["om_parent_img"],
+            "{name}: downloaded once, through the quoted message"
+        );
+        let body = run.claim["context"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["body"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(body.contains("quoted_message"), "{name}: {body}");
+        world.complete(&run, "a picture").await;
+
+        // 2. A forwarded bundle with an image.
+        world
+            .message(&installation, "om_fwd_1", "merge_forward", json!({}))
+            .await;
+        let run = world.claim().await;
+        let record = record_of(&run.claim, "om_fwd_child_2/img_v3_forwarded");
+        assert_eq!(record["state"], "stored", "{name}: {record}");
+        assert_eq!(record["origin"], "context", "{name}");
+        assert_eq!(record["mime"], "application/pdf", "{name}");
+        let (status, _, bytes) = world
+            .get(record["url"].as_str().unwrap(), Some(WORKER_TOKEN))
+            .await;
+        assert_eq!((status, bytes), (200, pdf()), "{name}");
+        assert_eq!(
+            shared.fake.resource_download_messages("img_v3_forwarded"),
+            ["om_fwd_child_2"],
+            "{name}: through the forwarded child"
+        );
+        let other = record["url"]
+            .as_str()
+            .unwrap()
+            .replace("/agents/team/", "/agents/other/");
+        let (status, _, _) = world.get(&other, Some(OTHER_TOKEN)).await;
+        assert_eq!(status, 404, "{name}: another agent never reaches it");
+        world.complete(&run, "forwarded").await;
+        world.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_quoted_image_that_fails_to_download_leaves_a_placeholder_and_the_message() {
+    for test_db in db::test_databases().await {
+        let name = test_db.name.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(&test_db.url, dir.path()).await;
+        shared.fake.add_message(
+            "om_parent_gone",
+            vec![rest_item(
+                "om_parent_gone",
+                "image",
+                r#"{"image_key":"img_v3_gone"}"#,
+                1_000,
+            )],
+        );
+        shared
+            .fake
+            .add_resource_error("img_v3_gone", 400, 234_003, "File not in msg.");
+        let world = World::start(&shared, 2).await;
+        let installation = world.installation().await;
+        world
+            .reply(
+                &installation,
+                "om_reply_gone",
+                "om_parent_gone",
+                "and this one?",
+            )
+            .await;
+        // The run waited for the download to settle: the claim shows the placeholder.
+        let run = world.claim().await;
+        let claimed = run.claim.clone();
+        let record = record_of(&claimed, "om_parent_gone/img_v3_gone");
+        assert_eq!(record["state"], "failed", "{name}: {record}");
+        assert_eq!(
+            record["error"], "the channel refused to hand out the file",
+            "{name}: {record}"
+        );
+        let rows = wait_for_rows(&test_db.db, &run.session, |rows| !rows.is_empty()).await;
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        assert_eq!(rows[0].state, BlobState::Failed, "{name}: {rows:?}");
+        assert_eq!(rows[0].channel_message_id, "om_reply_gone", "{name}");
+        let (status, _, _) = world
+            .get(record["url"].as_str().unwrap(), Some(WORKER_TOKEN))
+            .await;
+        assert_eq!(status, 410, "{name}: a placeholder has no bytes");
+        let messages = claimed["context"]["messages"].as_array().unwrap();
+        assert!(
+            messages.iter().any(|m| m["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("and this one?"))),
+            "{name}: the message is stored: {claimed}"
+        );
+        world.complete(&run, "could not see it").await;
         world.stop().await;
     }
 }

@@ -573,3 +573,142 @@ async fn a_disabled_task_prunes_nothing_and_bad_settings_stop_the_build() {
     })
     .await;
 }
+
+/// Runs `sql` on a connection of its own.
+async fn execute(t: &db::TestDb, sql: &str) {
+    match t.db.backend() {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// The value of `switchboard_retention_blob_files_deleted_total` in a rendering.
+fn blob_files_metric(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("switchboard_retention_blob_files_deleted_total "))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// Blobs (30 days by default): downloaded and failed rows older than that, and those of a
+/// session that no longer exists, go with the files no remaining row names; a live blob, a file
+/// an old and a live row share, and a pending download stay; the installation's stored bytes
+/// (its cap's measure) shrink with the rows; an old file no row names and a crash's temporary
+/// are swept, a fresh unnamed file is not. A second pass deletes nothing.
+#[tokio::test]
+async fn expired_and_orphaned_blobs_go_with_their_files_and_live_ones_stay() {
+    use switchboard::blobs::BlobFiles;
+    bounded(120, async {
+        for t in db::test_databases().await {
+            let name = t.name.as_str();
+            let dir = tempfile::tempdir().unwrap();
+            let files = BlobFiles::new(dir.path().join("blobs"));
+            let old = files.put(b"old bytes").unwrap();
+            let live = files.put(b"live bytes!").unwrap();
+            let shared = files.put(b"shared").unwrap();
+            let orphan = files.put(b"orphaned session").unwrap();
+            let stray = files.put(b"recorded nowhere").unwrap();
+            let fresh_stray = files.put(b"being recorded").unwrap();
+            let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7_200);
+            let age = |path: &std::path::Path| {
+                std::fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_modified(two_hours_ago)
+                    .unwrap();
+            };
+            age(&files.path_of(&stray).unwrap());
+            let temporary = files.path_of(&stray).unwrap().with_file_name(".tmp-crashed");
+            std::fs::write(&temporary, b"half").unwrap();
+            age(&temporary);
+
+            execute(
+                &t,
+                &format!(
+                    "INSERT INTO sessions (id, installation_id, chat_key, chat_id, chat_type,
+                         title, created_at_ms, updated_at_ms)
+                     VALUES ('s-live', 'inst-1', 'direct:oc_1', 'oc_1', 'direct', 'chat', {NOW}, {NOW})"
+                ),
+            )
+            .await;
+            // (id, session, state, digest, size, created)
+            type BlobSeed<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, i64, i64);
+            let rows: [BlobSeed<'_>; 7] = [
+                ("b-old", "s-live", "stored", Some(old.as_str()), 9, NOW - 40 * DAY),
+                ("b-live", "s-live", "stored", Some(live.as_str()), 11, NOW - DAY),
+                ("b-failed-old", "s-live", "failed", None, 0, NOW - 40 * DAY),
+                ("b-orphan", "s-gone", "stored", Some(orphan.as_str()), 16, NOW - DAY),
+                ("b-shared-old", "s-live", "stored", Some(shared.as_str()), 6, NOW - 40 * DAY),
+                ("b-shared-live", "s-live", "stored", Some(shared.as_str()), 6, NOW - DAY),
+                ("b-pending-old", "s-live", "pending", None, 0, NOW - 40 * DAY),
+            ];
+            for (id, session, state, sha256, size, created) in rows {
+                let (sha256, size) = match sha256 {
+                    Some(sha256) => (format!("'{sha256}'"), size.to_string()),
+                    None => ("NULL".to_string(), "NULL".to_string()),
+                };
+                execute(
+                    &t,
+                    &format!(
+                        "INSERT INTO blobs (id, installation_id, session_id, channel_message_id,
+                             attachment_ref, kind, state, next_attempt_at_ms, size, sha256,
+                             created_at_ms)
+                         VALUES ('{id}', 'inst-1', '{session}', 'om_{id}', 'img_{id}', 'image',
+                             '{state}', {created}, {size}, {sha256}, {created})"
+                    ),
+                )
+                .await;
+            }
+            let blobs = t.db.blobs();
+            assert_eq!(
+                blobs.stored_bytes("inst-1").await.unwrap(),
+                9 + 11 + 16 + 6 + 6,
+                "{name}"
+            );
+
+            let metrics = Arc::new(Metrics::default());
+            let retention = Retention::new(&t.db, time::ManualClock::new(NOW), settings(2))
+                .with_metrics(metrics.clone())
+                .with_blobs(&t.db, files.clone());
+            assert_eq!(pruned_metric(&metrics.render(), "blobs"), Some(0), "{name}");
+            let report = retention.run_pass().await.unwrap();
+            assert_eq!(report.rows(RetainedTable::Blobs), 4, "{name}: {report:?}");
+            assert_eq!(report.batches(RetainedTable::Blobs), 3, "{name}: 2 + 2 + 0");
+            assert_eq!(
+                strings(&t, "SELECT id FROM blobs ORDER BY id").await,
+                ["b-live", "b-pending-old", "b-shared-live"],
+                "{name}"
+            );
+            let exists = |sha256: &str| files.path_of(sha256).unwrap().exists();
+            assert!(!exists(&old), "{name}: the expired blob's file went");
+            assert!(!exists(&orphan), "{name}: the deleted session's file went");
+            assert!(exists(&live), "{name}: a live blob's file stays");
+            assert!(exists(&shared), "{name}: a file a live row names stays");
+            assert!(!exists(&stray), "{name}: an old file no row names went");
+            assert!(exists(&fresh_stray), "{name}: a fresh one may be a download in flight");
+            assert!(!temporary.exists(), "{name}: the crash's temporary went");
+            assert_eq!(report.blob_files, 4, "{name}: {report:?}");
+            assert_eq!(
+                blobs.stored_bytes("inst-1").await.unwrap(),
+                11 + 6,
+                "{name}: the installation's cap counts what is left"
+            );
+            let text = metrics.render();
+            assert_eq!(pruned_metric(&text, "blobs"), Some(4), "{text}");
+            assert_eq!(blob_files_metric(&text), Some(4), "{text}");
+
+            let again = retention.run_pass().await.unwrap();
+            assert_eq!(again.rows(RetainedTable::Blobs), 0, "{name}: {again:?}");
+            assert_eq!(again.blob_files, 0, "{name}: {again:?}");
+        }
+    })
+    .await;
+}

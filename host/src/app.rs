@@ -369,7 +369,10 @@ impl App {
         let metrics = Arc::new(Metrics::new(runtime.clone()));
         let unarmed_runs = RunService::new(&db, clock.clone(), EventHub::default(), run_settings)
             .with_metrics(metrics.clone());
-        let texts = Arc::new(NoticeTexts::new(config.notices.clone()));
+        let texts = Arc::new(
+            NoticeTexts::new(config.notices.clone())
+                .with_product_name(config.product_name.as_deref()),
+        );
         let delivery = Delivery::new(runtime.clone(), texts.clone());
         config
             .delivery
@@ -487,6 +490,7 @@ impl App {
                 RetentionSettings::from_config(&config.retention),
             )
             .with_metrics(metrics.clone())
+            .with_blobs(&db, blobs.files().clone())
         });
         let workers = api::WorkerApi::new(runs.clone(), agents.clone(), presence)
             .with_observer(replies)

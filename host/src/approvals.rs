@@ -203,22 +203,7 @@ impl Approvals {
         let now = self.clock.now_ms();
         let timeout = request.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let approval = self
-            .store
-            .create(
-                &NewApproval {
-                    id: &id,
-                    installation_id: &session.installation_id,
-                    session_id,
-                    run_id,
-                    agent,
-                    prompt: request.prompt.trim(),
-                    approvers: &request.approvers,
-                    expires_at_ms: now.saturating_add(timeout.as_millis() as i64),
-                },
-                now,
-            )
-            .await?;
+        let prompt = request.prompt.trim();
         let notice = Notice {
             actions: vec![
                 NoticeButton {
@@ -234,15 +219,27 @@ impl Approvals {
                     primary: false,
                 },
             ],
-            ..Notice::new(NoticeKind::Approval).with_detail(approval.prompt.clone())
+            ..Notice::new(NoticeKind::Approval).with_detail(prompt.to_owned())
         };
         let content = OutboxContent::Notice {
             notice: serde_json::to_value(&notice).expect("a notice serializes"),
         };
         let target = outbox_target(&session_target(&session));
-        let outbox_id = self
-            .outbox
-            .enqueue(
+        // The approval and the notice that shows its buttons are one transaction: a stored
+        // approval always has its card queued, and a failed request leaves neither behind.
+        let approval = self
+            .store
+            .create_with_notice(
+                &NewApproval {
+                    id: &id,
+                    installation_id: &session.installation_id,
+                    session_id,
+                    run_id,
+                    agent,
+                    prompt,
+                    approvers: &request.approvers,
+                    expires_at_ms: now.saturating_add(timeout.as_millis() as i64),
+                },
                 &NewOutboxRow {
                     installation_id: &session.installation_id,
                     session_id,
@@ -253,7 +250,6 @@ impl Approvals {
                 now,
             )
             .await?;
-        self.store.set_outbox(&id, outbox_id).await?;
         if let Some(wake) = &self.wake_outbox {
             wake();
         }

@@ -39,10 +39,13 @@ pub struct Config {
     pub blobs: BlobsConfig,
     /// Agents by name (`[agents.<name>]`); an `echo` agent exists even when none is configured.
     pub agents: crate::agents::AgentsConfig,
+    /// The product's name in notices (`{product}`; unset or blank: `switchboard`). The bot's
+    /// name (`{bot}`) is each installation's `bot_name` config.
+    pub product_name: Option<String>,
     /// The words of the host's notices, per locale: `[notices.<locale>] <kind> = "text"`, where
     /// kind is `binding_required`, `fresh_context`, `agent_offline`, `agent_archived`,
-    /// `run_error`, `command_usage`, `help`, `status` or `info`; `{detail}` and `{reference}`
-    /// are filled in. Unset kinds keep the built-in text.
+    /// `run_error`, `command_usage`, `help`, `status` or `info`; `{detail}`, `{reference}`,
+    /// `{bot}` and `{product}` are filled in. Unset kinds keep the built-in text.
     pub notices: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
@@ -584,6 +587,9 @@ pub struct RetentionConfig {
     /// Unused binding tokens, and pairing codes whatever became of them, are deleted this many
     /// hours after they expired (0 to 8760); used binding tokens at the next pass.
     pub binding_token_grace_hours: u64,
+    /// Downloaded attachments (blobs) are kept this many days (1 to 3650), then deleted with
+    /// their files; failed ones (placeholders) and those of deleted sessions go too.
+    pub blob_days: u64,
     /// Most rows one delete statement removes (1 to 100000); a pass repeats it until a batch
     /// comes back short, letting other writers in between batches.
     pub batch_size: u32,
@@ -599,6 +605,7 @@ impl Default for RetentionConfig {
             audit_days: 30,
             outbox_days: 7,
             binding_token_grace_hours: 24,
+            blob_days: 30,
             batch_size: 1_000,
         }
     }
@@ -627,6 +634,7 @@ impl RetentionConfig {
         check("dedup_days", self.dedup_days, 1, 3_650, "days")?;
         check("audit_days", self.audit_days, 1, 3_650, "days")?;
         check("outbox_days", self.outbox_days, 1, 3_650, "days")?;
+        check("blob_days", self.blob_days, 1, 3_650, "days")?;
         check(
             "binding_token_grace_hours",
             self.binding_token_grace_hours,

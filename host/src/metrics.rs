@@ -47,7 +47,7 @@ struct AckLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetentionLabels {
     /// The pruned table (`inbound_dedup`, `inbound_audit`, `binding_tokens`, `plugin_kv`,
-    /// `outbox`, `pairings`).
+    /// `outbox`, `pairings`, `blobs`).
     table: &'static str,
 }
 
@@ -223,6 +223,7 @@ pub struct Metrics {
     acks: Family<AckLabels, Counter>,
     connections: Gauge,
     pruned: Family<RetentionLabels, Counter>,
+    blob_files_deleted: Counter,
     outbox: Family<OutcomeLabels, Counter>,
     webhook_rejections: Family<ReasonLabels, Counter>,
     reconnects: Family<ReasonLabels, Counter>,
@@ -357,6 +358,12 @@ impl Metrics {
             "Rows deleted by the retention task, by table",
             Listed(pruned.clone()),
         );
+        let blob_files_deleted = Counter::default();
+        registry.register(
+            "retention_blob_files_deleted",
+            "Blob files the retention task deleted (their last row went, or no row named them)",
+            blob_files_deleted.clone(),
+        );
         if let Some(runtime) = runtime {
             registry.register_collector(Box::new(PluginFigures(runtime)));
         }
@@ -366,6 +373,7 @@ impl Metrics {
             acks,
             connections,
             pruned,
+            blob_files_deleted,
             outbox,
             webhook_rejections,
             reconnects,
@@ -488,6 +496,11 @@ impl Metrics {
         self.pruned
             .get_or_create(&RetentionLabels { table })
             .inc_by(rows);
+    }
+
+    /// The retention task deleted `files` blob files.
+    pub fn blob_files_deleted(&self, files: u64) {
+        self.blob_files_deleted.inc_by(files);
     }
 
     /// A long connection opened; the guard counts it closed when dropped.

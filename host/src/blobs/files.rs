@@ -96,6 +96,58 @@ impl BlobFiles {
         Ok(sha256)
     }
 
+    /// Deletes the file of `sha256` (blocking I/O); returns whether there was one.
+    pub fn remove(&self, sha256: &str) -> Result<bool, FileError> {
+        let path = self.path_of(sha256)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every file of the directory last modified before `before` (blocking I/O): the digests of
+    /// content files, and the paths of temporaries a crash left behind. A missing directory
+    /// has none.
+    pub fn older_than(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<(Vec<String>, Vec<PathBuf>), FileError> {
+        let mut digests = Vec::new();
+        let mut temporaries = Vec::new();
+        let shards = match std::fs::read_dir(&self.dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((digests, temporaries));
+            }
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(io(&self.dir))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
+                let entry = entry.map_err(io(&shard))?;
+                let path = entry.path();
+                let modified = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(io(&path))?;
+                if modified >= before {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") {
+                    temporaries.push(path);
+                } else if self.path_of(&name).is_ok_and(|p| p == path) {
+                    digests.push(name);
+                }
+            }
+        }
+        Ok((digests, temporaries))
+    }
+
     /// The bytes stored under `sha256`, checked against it (blocking I/O).
     pub fn get(&self, sha256: &str) -> Result<Vec<u8>, FileError> {
         let path = self.path_of(sha256)?;

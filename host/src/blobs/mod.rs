@@ -37,6 +37,8 @@ use crate::store::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, Database, Message
 
 /// How often [`Blobs::wait_settled`] looks at the pending downloads again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+/// The `state` of an attachment record whose blob retention deleted (no `url`).
+pub const EXPIRED: &str = "expired";
 /// The type of bytes nothing more specific is known about.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -207,7 +209,8 @@ impl Blobs {
 
     /// Adds to every attachment record of `messages` that names a blob its `state`, the `url`
     /// agent `agent`'s workers fetch it from (relative to the host's base URL), and `size`,
-    /// `mime`, `sha256` once stored or `error` once failed.
+    /// `mime`, `sha256` once stored or `error` once failed; a blob retention deleted is
+    /// [`EXPIRED`] without a URL.
     pub async fn annotate(&self, agent: &str, messages: &mut [Message]) -> Result<(), StoreError> {
         let rows = self.rows_of(messages).await?;
         for message in messages.iter_mut() {
@@ -220,10 +223,15 @@ impl Blobs {
                 continue;
             };
             for record in records {
-                let Some(row) = record[BLOB_ID_KEY].as_str().and_then(|id| rows.get(id)) else {
+                let Some(id) = record[BLOB_ID_KEY].as_str() else {
                     continue;
                 };
-                annotate_record(record, row, agent);
+                match rows.get(id) {
+                    Some(row) => annotate_record(record, row, agent),
+                    // Retention deleted it (and its file): say so rather than hand out a URL
+                    // that answers 404.
+                    None => record["state"] = json!(EXPIRED),
+                }
             }
         }
         Ok(())

@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::Clock;
-use crate::runtime::types::{ChatKind as WireChatKind, InboundMessage};
+use crate::runtime::types::{Attachment, ChatKind as WireChatKind, InboundMessage};
 use crate::store::{
     AccessPolicy, AppendOutcome, AppendRequest, AppendedMessage, AuditEntry, ChatKind, DedupClaim,
     FlushTicket, IngestStore, Installation, InstallationStore, OutboxTarget, PairingAsk,
@@ -509,7 +509,7 @@ impl Dispatcher {
         let command = command.cloned();
         let event_type = event_type.to_owned();
         let task = tokio::spawn(async move {
-            this.run(&installation, &message, command.as_ref(), &event_type)
+            this.run(&installation, &message, &[], command.as_ref(), &event_type)
                 .await
         });
         task.await
@@ -519,14 +519,25 @@ impl Dispatcher {
     /// [`Dispatcher::dispatch`] on the caller's task, for a caller that already runs on a task
     /// of its own together with what must follow the outcome (arming the window, observers):
     /// such a task cannot be dropped halfway either, and the message costs one spawn, not two.
+    /// `context_attachments` are the ones the enricher found in the quoted or forwarded
+    /// messages: stored after the message's own, marked with [`CONTEXT_ORIGIN`], and
+    /// downloaded like them.
     pub async fn dispatch_on_own_task(
         &self,
         installation: &Installation,
         message: &InboundMessage,
+        context_attachments: &[Attachment],
         command: Option<&Command>,
         event_type: &str,
     ) -> Result<Outcome, DispatchError> {
-        self.run(installation, message, command, event_type).await
+        self.run(
+            installation,
+            message,
+            context_attachments,
+            command,
+            event_type,
+        )
+        .await
     }
 
     async fn step(&self, step: Step) {
@@ -561,6 +572,7 @@ impl Dispatcher {
         &self,
         installation: &Installation,
         message: &InboundMessage,
+        context: &[Attachment],
         command: Option<&Command>,
         event_type: &str,
     ) -> Result<Outcome, DispatchError> {
@@ -570,7 +582,7 @@ impl Dispatcher {
         // Steps 2–8 in one transaction when they can be (see the module docs).
         if !message.message_id.is_empty()
             && let Some(outcome) = self
-                .claim_in_append(installation, message, command, &event, now_ms)
+                .claim_in_append(installation, message, context, command, &event, now_ms)
                 .await
                 .inspect_err(|error| {
                     tracing::warn!(
@@ -604,6 +616,7 @@ impl Dispatcher {
             .after_claim(
                 installation,
                 message,
+                context,
                 command,
                 &event,
                 claim.as_ref(),
@@ -695,6 +708,7 @@ impl Dispatcher {
         &self,
         installation: &Installation,
         message: &InboundMessage,
+        context: &[Attachment],
         command: Option<&Command>,
         event: &EventMeta,
         now_ms: i64,
@@ -737,7 +751,7 @@ impl Dispatcher {
         };
 
         // Steps 6–8.
-        let request = append_request(installation, message, command, &session_id);
+        let request = append_request(installation, message, context, command, &session_id);
         self.step(Step::BeforeAppend).await;
         let Some(appended) = self.ingest.claim_and_append(&request, now_ms).await? else {
             // Deleted (a cached id may outlive its session): the claim-first path makes a new
@@ -754,10 +768,14 @@ impl Dispatcher {
     }
 
     /// Steps 3–8, once the claim (if any) is held.
+    // The message's parts travel separately as in `run`; a struct for one private call would
+    // only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn after_claim(
         &self,
         installation: &Installation,
         message: &InboundMessage,
+        context: &[Attachment],
         command: Option<&Command>,
         event: &EventMeta,
         claim: Option<&DedupClaim>,
@@ -834,7 +852,7 @@ impl Dispatcher {
         }
 
         // Steps 6–7: the turn, appended with the in-transaction Mark.
-        let request = append_request(installation, message, command, &session.id);
+        let request = append_request(installation, message, context, command, &session.id);
         self.step(Step::BeforeAppend).await;
         let appended = match self.ingest.append(&request, claim, now_ms).await? {
             AppendOutcome::ClaimLost => {
@@ -884,11 +902,19 @@ fn session_key(message: &InboundMessage) -> SessionKey {
     SessionKey::new(&message.chat.id, chat_kind, message.thread_id.as_deref())
 }
 
+/// The key of an attachment record that says where the enricher found it (see
+/// [`CONTEXT_ORIGIN`]); the message's own attachments have none.
+pub const ORIGIN_KEY: &str = "origin";
+/// [`ORIGIN_KEY`]'s value for an attachment of a quoted or forwarded message (one the enricher
+/// returned), not of the message itself.
+pub const CONTEXT_ORIGIN: &str = "context";
+
 /// The turn `message` makes (by its parsed `command`) and its append to `session_id` (steps
-/// 6–7).
+/// 6–7); `context` are the attachments the enricher found in quoted or forwarded messages.
 fn append_request(
     installation: &Installation,
     message: &InboundMessage,
+    context: &[Attachment],
     command: Option<&Command>,
     session_id: &str,
 ) -> AppendRequest {
@@ -942,10 +968,15 @@ fn append_request(
         attachments: message
             .attachments
             .iter()
-            .map(|a| {
+            .map(|a| (a, false))
+            .chain(context.iter().map(|a| (a, true)))
+            .map(|(a, from_context)| {
                 let mut record = serde_json::json!({
                     "kind": a.kind, "name": a.name, "mime": a.mime, "size": a.size, "ref": a.ref_,
                 });
+                if from_context {
+                    record[ORIGIN_KEY] = serde_json::json!(CONTEXT_ORIGIN);
+                }
                 if !message.message_id.is_empty() {
                     record[crate::store::BLOB_ID_KEY] =
                         serde_json::json!(format!("bl_{}", uuid::Uuid::new_v4().simple()));

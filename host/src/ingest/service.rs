@@ -458,6 +458,7 @@ impl Ingest {
             arrived,
         } = prepared;
         let is_action = matches!(command, Some(Command::Action { .. }));
+        let mut context_attachments = Vec::new();
         let left = self.enrich.budget.saturating_sub(arrived.elapsed());
         if !left.is_zero() {
             let budget = enricher::Budget {
@@ -483,6 +484,8 @@ impl Ingest {
                             "enriched body too large, keeping the plain body"
                         );
                     }
+                    context_attachments =
+                        storable_context_attachments(&message.attachments, enriched.attachments);
                 }
                 // Enrichment degrades, never drops: keep the decoded body.
                 Err(e) => tracing::warn!("enrichment failed, keeping the plain body: {e}"),
@@ -497,7 +500,13 @@ impl Ingest {
         let task = tokio::spawn(
             async move {
                 let outcome = dispatcher
-                    .dispatch_on_own_task(&installation, &message, command.as_ref(), "message")
+                    .dispatch_on_own_task(
+                        &installation,
+                        &message,
+                        &context_attachments,
+                        command.as_ref(),
+                        "message",
+                    )
                     .await?;
                 if let Outcome::Ingested {
                     flush: Some(ticket),
@@ -574,4 +583,47 @@ impl PreparedMessage {
     pub fn chat_id(&self) -> &str {
         &self.message.chat.id
     }
+}
+
+/// Most attachments of quoted or forwarded messages one message keeps (each is a download).
+pub const MAX_CONTEXT_ATTACHMENTS: usize = 20;
+
+/// The enricher's attachments as the store takes them: NULs removed from their text, those
+/// with an empty or over-long `ref` (or kind) dropped, those the message carries itself (same
+/// `ref`) or that repeat one dropped, at most [`MAX_CONTEXT_ATTACHMENTS`]. A plugin's answer
+/// is input like any other.
+fn storable_context_attachments(
+    own: &[crate::runtime::types::Attachment],
+    found: Vec<crate::runtime::types::Attachment>,
+) -> Vec<crate::runtime::types::Attachment> {
+    let mut seen: std::collections::HashSet<String> = own.iter().map(|a| a.ref_.clone()).collect();
+    let mut kept = Vec::new();
+    for mut attachment in found {
+        hygiene::strip_nul(&mut attachment.kind);
+        hygiene::strip_nul(&mut attachment.ref_);
+        for text in [&mut attachment.name, &mut attachment.mime]
+            .into_iter()
+            .flatten()
+        {
+            hygiene::strip_nul(text);
+        }
+        let too_long = attachment.ref_.len() > hygiene::MAX_ID_BYTES
+            || attachment.kind.len() > hygiene::MAX_ID_BYTES
+            || attachment
+                .name
+                .as_ref()
+                .is_some_and(|name| name.len() > hygiene::MAX_VALUE_BYTES);
+        if attachment.ref_.is_empty() || too_long || !seen.insert(attachment.ref_.clone()) {
+            continue;
+        }
+        if kept.len() == MAX_CONTEXT_ATTACHMENTS {
+            tracing::info!(
+                max = MAX_CONTEXT_ATTACHMENTS,
+                "more attachments in the enriched context than kept"
+            );
+            break;
+        }
+        kept.push(attachment);
+    }
+    kept
 }

@@ -360,6 +360,17 @@ impl enricher::Guest for LarkPlugin {
         enricher::Enrichment {
             body: enriched.body,
             notes: enriched.notes,
+            attachments: enriched
+                .attachments
+                .into_iter()
+                .map(|found| Attachment {
+                    kind: found.kind.to_string(),
+                    name: found.name,
+                    mime: None,
+                    size: None,
+                    ref_: found.key,
+                })
+                .collect(),
         }
     }
 }
@@ -567,7 +578,8 @@ impl outbound::Guest for LarkPlugin {
             .map_err(|failure| reported(failure, "update-notice", &target.session_id))
     }
 
-    /// The message resource API: `type=image` for an `img_…` key, `type=file` otherwise.
+    /// The message resource API: `type=image` for an `img_…` key, `type=file` otherwise; by the
+    /// message id and key a context `ref` carries, else by `message_id` and the `ref`.
     fn fetch_attachment(
         message_id: String,
         reference: String,
@@ -575,8 +587,10 @@ impl outbound::Guest for LarkPlugin {
         install_panic_hook();
         let credentials = credentials();
         let mut host = ImportHost;
+        // An attachment of a quoted or forwarded message names its own message (enrich).
+        let (message_id, key) = enrich_logic::resource_of(&message_id, &reference);
         LarkClient::new(&mut host, &credentials)
-            .fetch_resource(&message_id, &reference)
+            .fetch_resource(message_id, key)
             .map(|resource| outbound::AttachmentContent {
                 mime: resource.mime,
                 body: resource.body,

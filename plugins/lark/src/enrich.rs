@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use crate::commands::{Command, NEW_COMMAND, parse_command};
+use crate::content::{self, Attachment};
 use crate::decode::{ChatType, InboundMessage};
 use crate::enrich_render::{
     self, FORWARD_CHILDREN_CAP, FailureCategory, FetchError, classify, forward_children,
@@ -73,6 +74,10 @@ impl Default for Settings {
     }
 }
 
+/// Most attachments one enrichment reports from the quoted parent and a forwarded bundle
+/// (a forward of a hundred images would otherwise queue a hundred downloads per message).
+pub const MAX_CONTEXT_ATTACHMENTS: usize = 20;
+
 /// The enriched body and notes about what could not be fetched (the WIT `enrichment`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enriched {
@@ -80,6 +85,43 @@ pub struct Enriched {
     pub body: String,
     /// One line per fetch that failed or was skipped, for the host's logs.
     pub notes: Vec<String>,
+    /// Images, files, audio and video of the quoted parent and of the forwarded messages, each
+    /// `key` a [`context_ref`] (the resource API downloads by message id *and* key, and the
+    /// host only knows the enriched message's id).
+    pub attachments: Vec<Attachment>,
+}
+
+/// The `ref` of an attachment found in message `message_id` of the fetched context:
+/// `<message id>/<key>` (neither Lark message ids nor resource keys contain a `/`).
+pub fn context_ref(message_id: &str, key: &str) -> String {
+    format!("{message_id}/{key}")
+}
+
+/// The message id and resource key an attachment `reference` of message `message_id` is
+/// downloaded by: the ones a [`context_ref`] carries, else `message_id` and the reference
+/// itself (the message's own attachments).
+pub fn resource_of<'a>(message_id: &'a str, reference: &'a str) -> (&'a str, &'a str) {
+    match reference.split_once('/') {
+        Some((container, key)) if !container.is_empty() && !key.is_empty() => (container, key),
+        _ => (message_id, reference),
+    }
+}
+
+/// The attachments of the fetched context, with [`context_ref`]s: the quoted parent's (and,
+/// for a quoted forward, its children's), then the forwarded children's; recalled messages
+/// skipped, repeated references once, at most [`MAX_CONTEXT_ATTACHMENTS`].
+fn context_attachments<'m>(messages: impl Iterator<Item = &'m RestMessage>) -> Vec<Attachment> {
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for message in messages.filter(|message| !message.deleted) {
+        for attachment in content::attachments(&message.msg_type, &message.content) {
+            let key = context_ref(&message.message_id, &attachment.key);
+            if found.len() < MAX_CONTEXT_ATTACHMENTS && seen.insert(key.clone()) {
+                found.push(Attachment { key, ..attachment });
+            }
+        }
+    }
+    found
 }
 
 /// The host calls the enricher needs. `component` implements it on the host imports; kv
@@ -140,11 +182,19 @@ pub fn enrich<H: EnrichHost>(
         .min(MAX_PAGE_SIZE);
     let want_recent = window > 0 && group && message.addressed_to_bot;
     if parent_id.is_none() && !is_forward && !want_recent {
-        return Enriched { body, notes };
+        return Enriched {
+            body,
+            notes,
+            attachments: Vec::new(),
+        };
     }
     if credentials.app_id.is_empty() || credentials.app_secret.is_empty() {
         notes.push("enrichment skipped: the installation has no app_id/app_secret".into());
-        return Enriched { body, notes };
+        return Enriched {
+            body,
+            notes,
+            attachments: Vec::new(),
+        };
     }
 
     let mut client = Client::new(host, credentials, budget);
@@ -240,9 +290,25 @@ pub fn enrich<H: EnrichHost>(
     if !core.is_empty() {
         blocks.push(core);
     }
+    // What the quoted parent and the forwarded messages carry is downloaded like the message's
+    // own attachments (the recent window's are not: nobody pointed at them).
+    let mut sources: Vec<&RestMessage> = Vec::new();
+    if let Some((id, Ok(items))) = &quoted
+        && !items.is_empty()
+    {
+        let parent = quoted_parent(items, id);
+        sources.push(parent);
+        if parent.msg_type == enrich_render::MERGE_FORWARD {
+            sources.extend(capped_children(items, &parent.message_id));
+        }
+    }
+    if let Some(Ok(items)) = &forward {
+        sources.extend(capped_children(items, &message.message_id));
+    }
     Enriched {
         body: blocks.join("\n\n"),
         notes,
+        attachments: context_attachments(sources.into_iter()),
     }
 }
 

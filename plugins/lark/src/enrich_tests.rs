@@ -918,6 +918,103 @@ fn a_forward_becomes_its_transcript_without_the_sentinel() {
 }
 
 #[test]
+fn the_attachments_of_a_forward_and_a_quoted_parent_name_their_own_messages() {
+    let mut fake = Fake::new().message(
+        TRIGGER_ID,
+        vec![
+            forward_sentinel(TRIGGER_ID, CHARLIE),
+            item(
+                "om_c1",
+                "image",
+                json!({"image_key": "img_1"}),
+                "ou_alice",
+                100,
+            ),
+            item(
+                "om_c2",
+                "file",
+                json!({"file_key": "file_2", "file_name": "a.pdf"}),
+                "ou_bob",
+                200,
+            ),
+            text("om_c3", "words only", "ou_bob", 300),
+        ],
+    );
+    let out = run(&mut fake, &forward_message());
+    let found: Vec<(&str, &str, Option<&str>)> = out
+        .attachments
+        .iter()
+        .map(|a| (a.kind, a.key.as_str(), a.name.as_deref()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("image", "om_c1/img_1", None),
+            ("file", "om_c2/file_2", Some("a.pdf")),
+        ]
+    );
+
+    let mut fake = Fake::new().message(
+        "om_parent",
+        vec![item(
+            "om_parent",
+            "image",
+            json!({"image_key": "img_p"}),
+            "ou_alice",
+            1000,
+        )],
+    );
+    let message = InboundMessage {
+        parent_id: Some("om_parent".into()),
+        ..trigger("what is in this picture?")
+    };
+    let out = run(&mut fake, &message);
+    assert_eq!(out.attachments.len(), 1);
+    assert_eq!(out.attachments[0].key, "om_parent/img_p");
+    // The download goes to the containing message, whatever id the host passes.
+    assert_eq!(
+        resource_of(TRIGGER_ID, &out.attachments[0].key),
+        ("om_parent", "img_p")
+    );
+    assert_eq!(resource_of(TRIGGER_ID, "img_own"), (TRIGGER_ID, "img_own"));
+}
+
+#[test]
+fn recalled_and_failed_context_adds_no_attachments_and_many_are_capped() {
+    let mut recalled = item(
+        "om_parent",
+        "image",
+        json!({"image_key": "img_p"}),
+        "ou_alice",
+        1,
+    );
+    recalled["deleted"] = json!(true);
+    let mut fake = Fake::new().message("om_parent", vec![recalled]);
+    let message = InboundMessage {
+        parent_id: Some("om_parent".into()),
+        ..trigger("and this?")
+    };
+    assert!(run(&mut fake, &message).attachments.is_empty());
+
+    let mut fake = Fake::new().on("/messages/om_parent?", 500, lark_error(1, "boom"));
+    assert!(run(&mut fake, &message).attachments.is_empty());
+
+    let mut items = vec![forward_sentinel(TRIGGER_ID, CHARLIE)];
+    for n in 0..(MAX_CONTEXT_ATTACHMENTS + 5) {
+        items.push(item(
+            &format!("om_c{n}"),
+            "image",
+            json!({"image_key": format!("img_{n}")}),
+            "ou_alice",
+            n as i64 + 1,
+        ));
+    }
+    let mut fake = Fake::new().message(TRIGGER_ID, items);
+    let out = run(&mut fake, &forward_message());
+    assert_eq!(out.attachments.len(), MAX_CONTEXT_ATTACHMENTS);
+}
+
+#[test]
 fn forwarded_children_are_ordered_by_creation_time() {
     let mut fake = Fake::new().message(
         TRIGGER_ID,

@@ -83,10 +83,10 @@ class Decoder(exports.Decoder):
 
 
 class Enricher(exports.Enricher):
-    """``enricher``: the body unchanged, no notes."""
+    """``enricher``: the body unchanged, no notes, no attachments from context."""
 
     def enrich(self, message: types.InboundMessage, budget: enricher.Budget) -> enricher.Enrichment:
-        return enricher.Enrichment(body=message.body, notes=[])
+        return enricher.Enrichment(body=message.body, notes=[], attachments=[])
 
 
 class Commands(exports.Commands):

@@ -77,10 +77,18 @@ pub fn enrich(host: &mut impl Host, message: &InboundMessage, budget: &Budget) -
         .and_then(|root| root.split_once(':'))
         .map(|(_, ts)| ts)
     else {
-        return Enrichment { body, notes };
+        return Enrichment {
+            body,
+            notes,
+            attachments: Vec::new(),
+        };
     };
     if budget.max_context_messages == 0 {
-        return Enrichment { body, notes };
+        return Enrichment {
+            body,
+            notes,
+            attachments: Vec::new(),
+        };
     }
     let own_ts = message.message_id.split_once(':').map_or("", |(_, ts)| ts);
     let method = format!(
@@ -104,6 +112,7 @@ pub fn enrich(host: &mut impl Host, message: &InboundMessage, budget: &Budget) -
             return Enrichment {
                 body: format!("[Earlier messages of this thread are unavailable]\n{body}"),
                 notes,
+                attachments: Vec::new(),
             };
         }
     };
@@ -135,7 +144,11 @@ pub fn enrich(host: &mut impl Host, message: &InboundMessage, budget: &Budget) -
         lines.push(format!("{speaker}: {}", text.body));
     }
     if lines.is_empty() {
-        return Enrichment { body, notes };
+        return Enrichment {
+            body,
+            notes,
+            attachments: Vec::new(),
+        };
     }
     Enrichment {
         body: format!(
@@ -143,5 +156,6 @@ pub fn enrich(host: &mut impl Host, message: &InboundMessage, budget: &Budget) -
             lines.join("\n")
         ),
         notes,
+        attachments: Vec::new(),
     }
 }

@@ -213,6 +213,7 @@ impl enricher::Guest for TelegramPlugin {
         enricher::Enrichment {
             body: message.body,
             notes: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 }

@@ -121,6 +121,7 @@ impl enricher::Guest for PollPlugin {
         enricher::Enrichment {
             body: message.body,
             notes: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 }

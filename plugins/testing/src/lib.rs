@@ -317,6 +317,7 @@ impl enricher::Guest for Testing {
         enricher::Enrichment {
             body: message.body,
             notes: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 }

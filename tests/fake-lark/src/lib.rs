@@ -327,6 +327,9 @@ struct State {
     cards: Vec<Card>,
     /// Message resources by key.
     resources: HashMap<String, Resource>,
+    /// The message a resource belongs to, for keys added with
+    /// [`FakeLark::add_message_resource`] (asked through another message: "File not in msg.").
+    resource_owners: HashMap<String, String>,
     /// Accepted delayed card updates (callback token + card), in order.
     card_token_updates: Vec<Value>,
 }
@@ -591,6 +594,34 @@ impl FakeLark {
             .state()
             .resources
             .insert(key.to_string(), Resource::Bytes(bytes));
+    }
+
+    /// Makes `GET /open-apis/im/v1/messages/{message_id}/resources/{key}` answer `bytes`, and
+    /// the same key asked through any other message answer Lark's "File not in msg." (the
+    /// platform serves a resource only through the message that carries it: a quoted parent's
+    /// image through the parent, a forwarded child's through the child).
+    pub fn add_message_resource(&self, message_id: &str, key: &str, bytes: Vec<u8>) {
+        let mut state = self.shared.state();
+        state
+            .resources
+            .insert(key.to_string(), Resource::Bytes(bytes));
+        state
+            .resource_owners
+            .insert(key.to_string(), message_id.to_string());
+    }
+
+    /// The message ids resource `key` was asked through, in arrival order.
+    pub fn resource_download_messages(&self, key: &str) -> Vec<String> {
+        let needle = format!("/resources/{key}?");
+        self.requests()
+            .iter()
+            .filter(|r| r.uri.contains(&needle))
+            .filter_map(|r| {
+                let path = r.uri.split('?').next()?;
+                let rest = path.strip_prefix("/open-apis/im/v1/messages/")?;
+                Some(rest.split('/').next()?.to_string())
+            })
+            .collect()
     }
 
     /// Makes `GET …/resources/{key}` answer a Lark error (HTTP `status`, `code`, `msg`).
@@ -1323,6 +1354,18 @@ async fn rest(
             let kind = query_values(&query, "type").first().copied().unwrap_or("");
             if !matches!(kind, "image" | "file") || (key.starts_with("img_") != (kind == "image")) {
                 return lark_error(400, 234_001, "Invalid request param: type");
+            }
+            let message_id = path
+                .trim_start_matches("/open-apis/im/v1/messages/")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if state
+                .resource_owners
+                .get(key)
+                .is_some_and(|owner| owner != message_id)
+            {
+                return lark_error(400, 234_003, "File not in msg.");
             }
             match state.resources.get(key) {
                 Some(Resource::Bytes(bytes)) => (

@@ -218,17 +218,40 @@ const WORDS: [(&str, &str, &str); 10] = [
     ),
 ];
 
+/// What `{product}` says when the operator names no product.
+pub const DEFAULT_PRODUCT_NAME: &str = "switchboard";
+
 /// The notice words, per locale.
 #[derive(Debug, Clone, Default)]
 pub struct NoticeTexts {
     /// Operator overrides: locale → notice kind name → text.
     overrides: BTreeMap<String, BTreeMap<String, String>>,
+    /// The product's name for `{product}` (config `product_name`); `None`: the default.
+    product: Option<String>,
 }
 
 impl NoticeTexts {
     /// The catalogue with the operator's `[notices.<locale>]` overrides (kind name → text).
     pub fn new(overrides: BTreeMap<String, BTreeMap<String, String>>) -> NoticeTexts {
-        NoticeTexts { overrides }
+        NoticeTexts {
+            overrides,
+            product: None,
+        }
+    }
+
+    /// The catalogue naming the product `name` in `{product}` (blank or `None`:
+    /// [`DEFAULT_PRODUCT_NAME`]).
+    pub fn with_product_name(mut self, name: Option<&str>) -> NoticeTexts {
+        self.product = name
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned);
+        self
+    }
+
+    /// The name `{product}` renders as.
+    pub fn product_name(&self) -> &str {
+        self.product.as_deref().unwrap_or(DEFAULT_PRODUCT_NAME)
     }
 
     /// Override keys that name no notice kind (for config validation).
@@ -252,7 +275,8 @@ impl NoticeTexts {
 
     /// The text of `notice` in `locale`: the operator's override for the locale (or its
     /// language), else the built-in text for the language, else English; `{detail}` and
-    /// `{reference}` filled in, `{bot}` with the generic name ("the assistant").
+    /// `{reference}` filled in, `{bot}` with the generic name ("the assistant"), `{product}`
+    /// with the product's name ([`NoticeTexts::with_product_name`]).
     pub fn render(&self, notice: &Notice, locale: &str) -> String {
         self.render_for(notice, locale, None)
     }
@@ -289,6 +313,7 @@ impl NoticeTexts {
             .replace("{detail}", detail)
             .replace("{reference}", notice.reference.as_deref().unwrap_or(""))
             .replace("{bot}", bot)
+            .replace("{product}", self.product_name())
             .trim()
             .to_string();
         if let Some(decided) = &notice.decided {
@@ -497,6 +522,42 @@ mod tests {
             texts.render(&decided, "en"),
             "Your approval is needed:\nShip?\n\nApproved by Alice"
         );
+    }
+
+    #[test]
+    fn the_product_is_named_from_config_in_both_languages() {
+        let overrides = BTreeMap::from([
+            (
+                "en".to_string(),
+                BTreeMap::from([(
+                    "agent_offline".to_string(),
+                    "{bot} of {product} is away.".to_string(),
+                )]),
+            ),
+            (
+                "zh".to_string(),
+                BTreeMap::from([(
+                    "agent_offline".to_string(),
+                    "{product}的{bot}暂时不在线。".to_string(),
+                )]),
+            ),
+        ]);
+        let offline = Notice::new(NoticeKind::AgentOffline);
+        let named = NoticeTexts::new(overrides.clone()).with_product_name(Some(" Acme Desk "));
+        assert_eq!(
+            named.render_for(&offline, "en_us", Some("Helper")),
+            "Helper of Acme Desk is away."
+        );
+        assert_eq!(
+            named.render_for(&offline, "zh_cn", Some("小助")),
+            "Acme Desk的小助暂时不在线。"
+        );
+        let unnamed = NoticeTexts::new(overrides).with_product_name(Some("  "));
+        assert_eq!(
+            unnamed.render(&offline, "en"),
+            "The assistant of switchboard is away."
+        );
+        assert_eq!(unnamed.product_name(), DEFAULT_PRODUCT_NAME);
     }
 
     #[test]

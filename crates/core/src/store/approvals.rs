@@ -12,8 +12,15 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::installations::{from_row_both, on_reader, on_writer};
+use super::installations::{from_row_both, in_write_tx, on_reader, on_writer};
+use super::outbox::{NewOutboxRow, insert_outbox};
 use super::{Backend, Database, Inner, StoreError};
+
+/// The idempotency key of the outbox row that delivers approval `id`'s buttons: one notice per
+/// approval (a second row for the same approval fails its insert, and with it the creation).
+pub fn approval_notice_key(id: &str) -> String {
+    format!("approval-{id}")
+}
 
 /// Where an approval stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -172,9 +179,17 @@ impl ApprovalStore {
         self.db.backend()
     }
 
-    /// Stores a pending approval asked at `now_ms`.
-    pub async fn create(&self, new: &NewApproval<'_>, now_ms: i64) -> Result<Approval, StoreError> {
-        let fail = StoreError::query("approval insert", self.backend());
+    /// Stores a pending approval asked at `now_ms` together with the outbox row `notice` that
+    /// delivers its buttons, in one transaction: a failure anywhere (the approval's insert, the
+    /// notice's — its key [`approval_notice_key`] exists already — or linking the two) leaves
+    /// neither. Returns the approval with its `outbox_id` set.
+    pub async fn create_with_notice(
+        &self,
+        new: &NewApproval<'_>,
+        notice: &NewOutboxRow<'_>,
+        now_ms: i64,
+    ) -> Result<Approval, StoreError> {
+        let fail = StoreError::query("approval insert with notice", self.backend());
         let approvers = serde_json::to_string(new.approvers).expect("a list of strings serializes");
         let sql = format!(
             "INSERT INTO approvals (id, installation_id, session_id, run_id, agent, prompt,
@@ -182,8 +197,8 @@ impl ApprovalStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              RETURNING {COLS}"
         );
-        Ok(on_writer!(self.db, |pool| {
-            sqlx::query_as(&sql)
+        let approval = in_write_tx!(self.db, fail, |tx, _pg| {
+            let mut approval: Approval = sqlx::query_as(&sql)
                 .bind(new.id)
                 .bind(new.installation_id)
                 .bind(new.session_id)
@@ -193,10 +208,21 @@ impl ApprovalStore {
                 .bind(&approvers)
                 .bind(now_ms)
                 .bind(new.expires_at_ms)
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await
-                .map_err(fail)?
-        }))
+                .map_err(fail)?;
+            let outbox_id =
+                insert_outbox!(tx, fail, notice, now_ms, key = approval_notice_key(new.id));
+            sqlx::query("UPDATE approvals SET outbox_id = $2 WHERE id = $1")
+                .bind(new.id)
+                .bind(outbox_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            approval.outbox_id = Some(outbox_id);
+            approval
+        });
+        Ok(approval)
     }
 
     /// The approval `id`, if it exists.
@@ -297,21 +323,6 @@ impl ApprovalStore {
             .await
             .map_err(fail)?
             .rows_affected()
-        });
-        Ok(())
-    }
-
-    /// Remembers the outbox row that delivers approval `id`'s buttons.
-    pub async fn set_outbox(&self, id: &str, outbox_id: i64) -> Result<(), StoreError> {
-        let fail = StoreError::query("approval outbox row", self.backend());
-        on_writer!(self.db, |pool| {
-            sqlx::query("UPDATE approvals SET outbox_id = $2 WHERE id = $1")
-                .bind(id)
-                .bind(outbox_id)
-                .execute(pool)
-                .await
-                .map_err(fail)?
-                .rows_affected()
         });
         Ok(())
     }

@@ -342,6 +342,34 @@ impl BlobStore {
         Ok(rows)
     }
 
+    /// The digests among `digests` that a stored row names (its file must stay).
+    pub async fn referenced_digests(
+        &self,
+        digests: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let fail = StoreError::query("blob digests in use", self.backend());
+        let mut found = std::collections::HashSet::new();
+        for chunk in digests.chunks(IDS_PER_QUERY) {
+            let placeholders = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT DISTINCT sha256 FROM blobs
+                 WHERE state = 'stored' AND sha256 IN ({placeholders})"
+            );
+            let rows: Vec<String> = on_reader!(self.db, |pool| {
+                let mut query = sqlx::query_scalar(&sql);
+                for digest in chunk {
+                    query = query.bind(*digest);
+                }
+                query.fetch_all(pool).await.map_err(fail)?
+            });
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     /// Bytes of the stored blobs of `installation_id` (what its quota counts).
     pub async fn stored_bytes(&self, installation_id: &str) -> Result<i64, StoreError> {
         let fail = StoreError::query("blob usage", self.backend());

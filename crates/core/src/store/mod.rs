@@ -38,7 +38,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use approvals::{Approval, ApprovalState, ApprovalStore, Decision, NewApproval};
+pub use approvals::{
+    Approval, ApprovalState, ApprovalStore, Decision, NewApproval, approval_notice_key,
+};
 pub use blobs::{BLOB_ID_KEY, BlobRow, BlobState, BlobStore, StoredBlob};
 pub use compaction::{
     Compacted, CompactionSource, CompactionState, CompactionStore, MAX_CONSECUTIVE_FAILURES,
@@ -63,7 +65,7 @@ pub use pairing::{
     Approved, GrantedNotice, MAX_PENDING_PAIRINGS, PAIRING_CODE_LEN, PAIRING_TTL_MS, Pairing,
     PairingAsk, PairingError, PairingRequest, PairingStore, normalize_code,
 };
-pub use retention::{RetainedTable, RetentionStore};
+pub use retention::{PrunedBlob, RetainedTable, RetentionStore};
 pub use runs::{
     Edited, Finished, QUEUE_CAP, QueuedMessage, ReleaseOutcome, Released, RunClaim, RunEnd,
     RunError, RunFinish, RunState, RunStatus, RunStore, Submitted, Transition,

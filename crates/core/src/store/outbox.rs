@@ -156,10 +156,22 @@ from_row_both!(OutboxRow, |row| {
 });
 
 /// Inside transaction `$tx`: inserts `$row` (a [`NewOutboxRow`]) due at `$now_ms` with its
-/// idempotency key ([`idempotency_key`]); evaluates to its id.
+/// idempotency key ([`idempotency_key`], or `key = …` given); evaluates to its id. The key is
+/// unique: a row whose key exists already fails the statement (and so the transaction).
 macro_rules! insert_outbox {
     ($tx:ident, $fail:expr, $row:expr, $now_ms:expr) => {{
         let row: &$crate::store::outbox::NewOutboxRow<'_> = $row;
+        insert_outbox!(
+            $tx,
+            $fail,
+            row,
+            $now_ms,
+            key = $crate::store::outbox::idempotency_key(row)
+        )
+    }};
+    ($tx:ident, $fail:expr, $row:expr, $now_ms:expr, key = $key:expr) => {{
+        let row: &$crate::store::outbox::NewOutboxRow<'_> = $row;
+        let key: String = $key;
         let content = serde_json::to_string(row.content).expect("outbox content serializes");
         let target = serde_json::to_string(row.target).expect("outbox target serializes");
         let id: i64 = sqlx::query_scalar(
@@ -174,7 +186,7 @@ macro_rules! insert_outbox {
         .bind(row.content.kind())
         .bind(content)
         .bind(target)
-        .bind($crate::store::outbox::idempotency_key(row))
+        .bind(key)
         .bind($now_ms)
         .fetch_one(&mut *$tx)
         .await

@@ -10,8 +10,16 @@
 //! repeated on the row actually deleted, so a row refreshed concurrently (a reclaimed dedup
 //! claim, a kv key rewritten with a new expiry) is kept.
 //!
+//! Blob rows (issue 18) are pruned here too ([`RetentionStore::prune_blobs`]): downloaded or
+//! failed rows created before the cutoff, and those of a session that no longer exists; the
+//! statement returns each deleted row's digest so the caller can delete files no row names any
+//! more (files are the host's, never this module's). Pending rows are left to the download
+//! worker, so a download in flight never loses its row.
+//!
 //! Must not touch anything else: sessions, messages, runs, user bindings, installations and
 //! kv rows without an expiry are never deleted here, and nothing here reads the clock.
+
+use sqlx::Row;
 
 use super::installations::on_writer;
 use super::{Backend, Database, Inner, StoreError};
@@ -32,6 +40,11 @@ pub enum RetainedTable {
     /// `pairings`: codes (approved, denied or never used) that expired before the cutoff; the
     /// binding an approval made stays.
     Pairings,
+    /// `blobs`: downloaded or failed attachments created before the cutoff, and those of
+    /// deleted sessions (pending ones never). Not in [`RetainedTable::ALL`]: its files go with
+    /// it, so the host's retention task prunes it through [`RetentionStore::prune_blobs`] when
+    /// it knows the blob directory.
+    Blobs,
 }
 
 impl RetainedTable {
@@ -54,6 +67,7 @@ impl RetainedTable {
             RetainedTable::Kv => "plugin_kv",
             RetainedTable::Outbox => "outbox",
             RetainedTable::Pairings => "pairings",
+            RetainedTable::Blobs => "blobs",
         }
     }
 
@@ -120,6 +134,25 @@ impl RetainedTable {
                      SELECT id FROM pairings WHERE expires_at_ms < $1
                      LIMIT $2 FOR UPDATE SKIP LOCKED)"
             }
+            (RetainedTable::Blobs, Backend::Sqlite) => {
+                "DELETE FROM blobs WHERE id IN (
+                     SELECT b.id FROM blobs b
+                     WHERE b.state <> 'pending'
+                       AND (b.created_at_ms < $1
+                            OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = b.session_id))
+                     LIMIT $2)
+                 RETURNING id, installation_id, sha256, size"
+            }
+            (RetainedTable::Blobs, Backend::Postgres) => {
+                "DELETE FROM blobs WHERE id IN (
+                     SELECT b.id FROM blobs b
+                     WHERE b.state <> 'pending'
+                       AND (b.created_at_ms < $1
+                            OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = b.session_id))
+                     LIMIT $2 FOR UPDATE OF b SKIP LOCKED)
+                   AND state <> 'pending'
+                 RETURNING id, installation_id, sha256, size"
+            }
             (RetainedTable::Kv, Backend::Postgres) => {
                 "DELETE FROM plugin_kv
                  WHERE (plugin, installation, key) IN (
@@ -139,6 +172,7 @@ impl RetainedTable {
             RetainedTable::Kv => "retention prune plugin_kv",
             RetainedTable::Outbox => "retention prune outbox",
             RetainedTable::Pairings => "retention prune pairings",
+            RetainedTable::Blobs => "retention prune blobs",
         }
     }
 }
@@ -166,6 +200,8 @@ impl RetentionStore {
     ///   whatever the cutoff.
     /// - [`RetainedTable::Kv`]: rows expired at it (expiry at or before it): pass "now".
     /// - [`RetainedTable::Pairings`]: codes that expired before it, whatever became of them.
+    /// - [`RetainedTable::Blobs`]: rows created before it (or of deleted sessions); this leaves
+    ///   their files behind — the host prunes blobs with [`RetentionStore::prune_blobs`].
     ///
     /// One statement, in its own implicit transaction: on SQLite it holds the writer only for
     /// this batch.
@@ -187,5 +223,54 @@ impl RetentionStore {
                 .rows_affected()
         });
         Ok(deleted)
+    }
+}
+
+/// One blob row [`RetentionStore::prune_blobs`] deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedBlob {
+    /// The blob id.
+    pub id: String,
+    /// Its installation (whose stored bytes shrink by `size`).
+    pub installation_id: String,
+    /// The digest of its file, when it was stored (the file may be shared with other rows).
+    pub sha256: Option<String>,
+    /// Its size, when it was stored.
+    pub size: Option<i64>,
+}
+
+impl RetentionStore {
+    /// Deletes at most `limit` blob rows past `cutoff_ms` (see [`RetainedTable::Blobs`]) and
+    /// returns them; fewer than `limit` means nothing else was due. The files are the
+    /// caller's: delete those no remaining row names
+    /// ([`BlobStore::referenced_digests`](super::BlobStore::referenced_digests)).
+    pub async fn prune_blobs(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PrunedBlob>, StoreError> {
+        let backend = self.db.backend();
+        let fail = StoreError::query(RetainedTable::Blobs.op(), backend);
+        let sql = RetainedTable::Blobs.delete_sql(backend);
+        let pruned = on_writer!(self.db, |pool| {
+            sqlx::query(sql)
+                .bind(cutoff_ms)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(fail)?
+                .iter()
+                .map(|row| {
+                    Ok(PrunedBlob {
+                        id: row.try_get("id")?,
+                        installation_id: row.try_get("installation_id")?,
+                        sha256: row.try_get("sha256")?,
+                        size: row.try_get("size")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(fail)?
+        });
+        Ok(pruned)
     }
 }
