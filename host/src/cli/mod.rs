@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod plugins;
 mod replay;
+mod scaffold;
 mod serve;
 mod sessions;
 
@@ -90,7 +91,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List or inspect the loaded plugins.
+    /// Write a new plugin project, or list and inspect the loaded plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
     /// Run the main job on the embedded defaults: a fresh SQLite host with a bundled channel
@@ -200,6 +201,8 @@ fn init_logging(global: &GlobalArgs, command: &Command) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        // Writes files only: no configuration or runtime is needed.
+        Command::Plugins(plugins::PluginsCommand::New(args)) => scaffold::run(args),
         Command::Plugins(plugins::PluginsCommand::Lock) => {
             plugins::lock(&cli.global.runtime()?, &cli.global.config()?)
         }

@@ -1,4 +1,4 @@
-//! `switchboard plugins list|inspect|lock|reload`.
+//! `switchboard plugins list|inspect|lock|reload` (`plugins new` is in `scaffold.rs`).
 
 use clap::Subcommand;
 
@@ -7,6 +7,10 @@ use crate::runtime::{Plugin, Runtime};
 /// Plugin subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
+    /// Write a new plugin project (Rust or Python) that builds, passes its own tests and
+    /// replays its fixtures: a manifest with an installation schema, fixtures, a decode test and
+    /// a README with the next steps.
+    New(super::scaffold::NewArgs),
     /// One line per plugin: name, version, channel, contract, capabilities, state, source.
     List {
         /// Print JSON instead of a table.
@@ -189,8 +193,8 @@ pub async fn run(runtime: &Runtime, command: PluginsCommand) -> anyhow::Result<(
             }
             Ok(())
         }
-        PluginsCommand::Lock | PluginsCommand::Reload { .. } => {
-            anyhow::bail!("`plugins lock` and `plugins reload` are run by cli::run")
+        PluginsCommand::New(_) | PluginsCommand::Lock | PluginsCommand::Reload { .. } => {
+            anyhow::bail!("`plugins new`, `plugins lock` and `plugins reload` are run by cli::run")
         }
         PluginsCommand::Inspect { name, json } => {
             let Some(plugin) = runtime.plugin(&name) else {

@@ -1,25 +1,40 @@
 //! Guest SDK for switchboard channel plugins.
 //!
-//! A plugin crate depends on this crate, implements the six `Guest` traits of the
-//! `switchboard:channel` world (see `wit/channel.wit`) on one type, and exports it:
+//! A plugin crate depends on this crate, implements [`Channel`] on one type — `decode` and the
+//! exports its manifest declares; every other export has a default answer that says clearly
+//! that it is not supported — and exports it with [`export_plugin!`]:
 //!
 //! ```ignore
-//! use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{commands, decoder};
+//! use switchboard_plugin_sdk::{Channel, Decoded, PluginError};
 //! struct MyChannel;
-//! impl decoder::Guest for MyChannel { /* … */ }
-//! // … transport, enricher, commands, outbound, lifecycle …
-//! switchboard_plugin_sdk::export_channel_plugin!(MyChannel);
+//! impl Channel for MyChannel {
+//!     fn decode(payload: Vec<u8>) -> Result<Decoded, PluginError> { /* … */ }
+//!     // verify_webhook, deliver, … as the manifest declares
+//! }
+//! switchboard_plugin_sdk::manifest!("../manifest.toml");
+//! switchboard_plugin_sdk::export_plugin!(MyChannel);
 //! ```
 //!
-//! Build it with `cargo build --target wasm32-wasip2`; the result is a component the host loads.
-//! Declare the plugin's manifest with [`manifest!`] so the host can read it from the component.
+//! (A plugin may also implement the six generated `Guest` traits itself and export them with
+//! [`export_channel_plugin!`], as the bundled channels do.)
 //!
-//! [`secret::eq`] is the one constant-time comparison of tokens, signatures and digests, shared
-//! by the plugins and the host.
+//! Build it with `cargo build --target wasm32-wasip2 --release`; the result is a component the
+//! host loads. `switchboard plugins new NAME` writes a project that does all of this.
+//!
+//! Helpers for the common work:
+//! - [`json`]: parse a payload into your serde types, `invalid-input` naming what is wrong;
+//! - [`signature`]: HMAC-SHA256 request signatures through the host's native `crypto`, compared
+//!   in constant time ([`secret::eq`] is the one constant-time comparison of the host and its
+//!   plugins);
+//! - [`token`]: an access token cached in the host's `kv` until it expires;
+//! - [`markdown`]: the hook that turns an agent's markdown reply into the channel's text;
+//! - [`now_ms`]: the host's clock.
 //!
 //! Everything here is plain Rust: the host-facing functions ([`log`], [`http`], [`kv`], …) are
 //! only callable inside the host, but the types compile natively so plugin logic can be unit
 //! tested with `cargo test`.
+
+#![deny(missing_docs)]
 
 /// Generated bindings of the `switchboard:channel` world (imports and export traits).
 #[allow(missing_docs, clippy::all)]
@@ -33,11 +48,22 @@ pub mod bindings {
     });
 }
 
+mod channel;
+pub mod json;
+pub mod markdown;
 pub mod secret;
+pub mod signature;
+pub mod token;
 
 pub use bindings::export_channel_plugin;
+pub use bindings::exports::switchboard::channel::{
+    commands, decoder, enricher, lifecycle, outbound, transport,
+};
 pub use bindings::switchboard::channel::types;
 pub use bindings::switchboard::channel::{clock, crypto, http, installation, kv, log};
+pub use channel::{Channel, not_supported};
+pub use decoder::Decoded;
+pub use types::PluginError;
 
 /// Version of the WIT contract this SDK was generated from (the `switchboard:channel` package).
 pub const CONTRACT_VERSION: &str = "0.2.0";
@@ -58,6 +84,47 @@ macro_rules! manifest {
         #[unsafe(link_section = "switchboard-manifest")]
         static SWITCHBOARD_MANIFEST: [u8; include_bytes!($path).len()] = *include_bytes!($path);
     };
+}
+
+/// Exports a type implementing [`Channel`] as the plugin's component exports (in a wasm build;
+/// natively the component's export symbols cannot link, so there it only marks the type's
+/// exports as used and the crate's tests build). Write it once, at the crate root:
+///
+/// ```ignore
+/// switchboard_plugin_sdk::export_plugin!(MyChannel);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($($ty:tt)*) => {
+        #[cfg(target_family = "wasm")]
+        $crate::export_channel_plugin!($($ty)*);
+        #[cfg(not(target_family = "wasm"))]
+        const _: () = {
+            // Referenced, so a native build does not report the plugin's code as dead.
+            let _ = <$($ty)* as $crate::decoder::Guest>::decode;
+            let _ = <$($ty)* as $crate::transport::Guest>::verify_webhook;
+            let _ = <$($ty)* as $crate::transport::Guest>::classify_frame;
+            let _ = <$($ty)* as $crate::commands::Guest>::parse;
+            let _ = <$($ty)* as $crate::outbound::Guest>::deliver;
+            let _ = <$($ty)* as $crate::lifecycle::Guest>::on_install;
+        };
+    };
+}
+
+/// Milliseconds since the Unix epoch: the host's `clock` inside the host (the manifest must
+/// request `clock = true`), the system clock in a native build (a plugin's unit tests).
+#[must_use]
+pub fn now_ms() -> i64 {
+    #[cfg(target_family = "wasm")]
+    {
+        clock::now_ms()
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
 }
 
 /// Writes a log record through the host (no-op when not running inside the host).

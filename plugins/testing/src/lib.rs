@@ -31,15 +31,15 @@
 //! - `fetch-attachment` answers the reference itself as `text/plain` bytes.
 //! - `lifecycle.on-install` stores `webhook_url` (when not empty); it refuses the installation
 //!   when its config has `refuse_install`. `on-uninstall` succeeds.
-//! - Long-poll and connections are not served (the manifest declares webhook and websocket).
+//! - Long-poll is not served (the manifest declares webhook and websocket): those exports keep
+//!   the SDK's "not supported" defaults, as do `routing-key`, `answer-action`, `enrich` and
+//!   `on-uninstall`.
 
-use switchboard_plugin_sdk::bindings::exports::switchboard::channel::{
-    commands, decoder, enricher, lifecycle, outbound, transport,
-};
 use switchboard_plugin_sdk::types::{
     Attachment, Chat, ChatKind, InboundAction, InboundMessage, Mention, Participant, PluginError,
     SessionTarget,
 };
+use switchboard_plugin_sdk::{Channel, commands, decoder, outbound, transport};
 use switchboard_plugin_sdk::{http, installation, kv};
 
 switchboard_plugin_sdk::manifest!("../manifest.toml");
@@ -151,9 +151,10 @@ fn allocate(mib: usize) -> usize {
     blocks.len()
 }
 
-impl decoder::Guest for Testing {
+/// `decode` and what the manifest declares; the rest are the SDK's defaults (the panic hook is
+/// installed by the SDK before every call).
+impl Channel for Testing {
     fn decode(payload: Vec<u8>) -> Result<decoder::Decoded, PluginError> {
-        switchboard_plugin_sdk::install_panic_hook();
         let text = String::from_utf8(payload)
             .map_err(|_| PluginError::InvalidInput("payload is not UTF-8".into()))?;
         let (command, arg) = text.split_once(':').unwrap_or((text.as_str(), ""));
@@ -228,13 +229,7 @@ impl decoder::Guest for Testing {
         };
         Ok(message(body))
     }
-}
 
-/// The refusal of every export of a transport this plugin does not declare.
-const NO_LONG_POLL: &str =
-    "the testing plugin does not long-poll (its manifest declares webhook and websocket)";
-
-impl transport::Guest for Testing {
     fn classify_frame(frame: Vec<u8>) -> Result<transport::FrameClass, PluginError> {
         // `bad-reading:…` frames come with an event-reading that contradicts `decode` (which
         // ignores the unknown command): what `switchboard replay` must flag.
@@ -265,12 +260,6 @@ impl transport::Guest for Testing {
     ) -> Result<Vec<u8>, PluginError> {
         Ok(frame)
     }
-    fn answer_action(
-        _payload: Vec<u8>,
-        _answer: switchboard_plugin_sdk::types::ActionAnswer,
-    ) -> Option<Vec<u8>> {
-        None
-    }
     fn plan_connection() -> Result<transport::ConnectPlan, transport::ConnectError> {
         Err(transport::ConnectError::Terminal(
             "the testing plugin has no connection".into(),
@@ -298,32 +287,7 @@ impl transport::Guest for Testing {
             },
         ))
     }
-    fn routing_key(_payload: Vec<u8>) -> Option<String> {
-        None
-    }
-    fn plan_poll(_cursor: Option<String>) -> Result<transport::Request, transport::ConnectError> {
-        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
-    }
-    fn parse_poll(
-        _cursor: Option<String>,
-        _response: transport::Response,
-    ) -> Result<transport::PollBatch, transport::ConnectError> {
-        Err(transport::ConnectError::Terminal(NO_LONG_POLL.into()))
-    }
-}
-
-impl enricher::Guest for Testing {
-    fn enrich(message: InboundMessage, _budget: enricher::Budget) -> enricher::Enrichment {
-        enricher::Enrichment {
-            body: message.body,
-            notes: Vec::new(),
-            attachments: Vec::new(),
-        }
-    }
-}
-
-impl commands::Guest for Testing {
-    fn parse(text: String) -> Option<commands::Command> {
+    fn parse_command(text: String) -> Option<commands::Command> {
         let rest = text.trim().strip_prefix('/')?;
         let (head, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         let name = head.split('@').next().unwrap_or("").to_lowercase();
@@ -332,26 +296,6 @@ impl commands::Guest for Testing {
             args: args.trim().to_string(),
         })
     }
-}
-
-/// `fail:…` is a retryable delivery error and `fatal:…` a permanent one.
-fn check_text(text: &str) -> Result<(), outbound::DeliveryError> {
-    let retryable = if text.starts_with("fail:") {
-        true
-    } else if text.starts_with("fatal:") {
-        false
-    } else {
-        return Ok(());
-    };
-    Err(outbound::DeliveryError {
-        code: Some(if retryable { 500 } else { 400 }),
-        message: text.to_string(),
-        retryable,
-        retry_after_ms: None,
-    })
-}
-
-impl outbound::Guest for Testing {
     fn deliver(delivery: outbound::Delivery) -> Result<outbound::Receipt, outbound::DeliveryError> {
         let text = match &delivery.content {
             outbound::Content::Reply(text) => text,
@@ -394,7 +338,7 @@ impl outbound::Guest for Testing {
         })
     }
     fn update_notice(
-        _target: switchboard_plugin_sdk::types::SessionTarget,
+        _target: SessionTarget,
         _message_id: Option<String>,
         _update_token: Option<String>,
         _notice: switchboard_plugin_sdk::types::Notice,
@@ -415,9 +359,6 @@ impl outbound::Guest for Testing {
             body: reference.into_bytes(),
         })
     }
-}
-
-impl lifecycle::Guest for Testing {
     fn on_install(webhook_url: String) -> Result<Vec<(String, String)>, PluginError> {
         if installation::config("refuse_install").is_some() {
             return Err(PluginError::Unauthorized(
@@ -430,9 +371,23 @@ impl lifecycle::Guest for Testing {
             vec![("webhook_url".into(), webhook_url)]
         })
     }
-    fn on_uninstall() -> Result<(), PluginError> {
-        Ok(())
-    }
 }
 
-switchboard_plugin_sdk::export_channel_plugin!(Testing);
+/// `fail:…` is a retryable delivery error and `fatal:…` a permanent one.
+fn check_text(text: &str) -> Result<(), outbound::DeliveryError> {
+    let retryable = if text.starts_with("fail:") {
+        true
+    } else if text.starts_with("fatal:") {
+        false
+    } else {
+        return Ok(());
+    };
+    Err(outbound::DeliveryError {
+        code: Some(if retryable { 500 } else { 400 }),
+        message: text.to_string(),
+        retryable,
+        retry_after_ms: None,
+    })
+}
+
+switchboard_plugin_sdk::export_plugin!(Testing);
