@@ -71,21 +71,54 @@ async fn run_build(script: &'static str, out: PathBuf, needs: &str) -> PathBuf {
     out
 }
 
-/// Builds (or finds up to date) `hello-js.wasm` + `hello-js.toml` in a directory of their own.
+/// Builds (or finds up to date) `hello-js.wasm` + `hello-js.toml` in a directory of their own,
+/// and compiles the component into the suite's artifact cache, once per test binary.
 async fn build_plugin() -> PathBuf {
-    let out = run_build(
-        "plugins/hello-js/build.sh",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("hello-js-plugins"),
-        "Node 20+ with npm, and the npm registry for `npm ci` the first time",
-    )
-    .await;
-    assert!(out.join("hello-js.wasm").is_file() && out.join("hello-js.toml").is_file());
-    out
+    static BUILT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async {
+            let out = run_build(
+                "plugins/hello-js/build.sh",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("hello-js-plugins"),
+                "Node 20+ with npm, and the npm registry for `npm ci` the first time",
+            )
+            .await;
+            assert!(out.join("hello-js.wasm").is_file() && out.join("hello-js.toml").is_file());
+            compile_into_cache(out.join("hello-js.wasm")).await;
+            out
+        })
+        .await
+        .clone()
+}
+
+/// Cranelift compiles the component (the whole JavaScript engine, ≈ 50 s of CPU) into the shared
+/// artifact cache here, under its own limit, so that the `switchboard` children below load it
+/// from the cache within theirs, and do not all compile it at once.
+async fn compile_into_cache(wasm: PathBuf) {
+    use switchboard::capabilities::{OperatorPolicy, ServiceLimits, Services};
+    use switchboard::runtime::{Runtime, RuntimeSettings};
+    let compile = tokio::task::spawn_blocking(move || {
+        let settings = RuntimeSettings {
+            cache_dir: Some(serve::shared_cache_dir()),
+            ..Default::default()
+        };
+        let services = Services::new(None, OperatorPolicy::default(), ServiceLimits::default());
+        let runtime = Runtime::new(settings, services).expect("runtime starts");
+        runtime
+            .load_file(&wasm)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    tokio::time::timeout(BUILD_LIMIT, compile)
+        .await
+        .unwrap_or_else(|_| panic!("compiling hello-js.wasm took over {BUILD_LIMIT:?}"))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the host refuses hello-js.wasm: {e}"));
 }
 
 /// Runs `switchboard <args>` from the workspace root with the built plugin's directory.
 async fn switchboard(plugins: &Path, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
     command
         .current_dir(repo())
         .arg("--plugins-dir")
@@ -95,11 +128,20 @@ async fn switchboard(plugins: &Path, args: &[&str]) -> Output {
         .args(args)
         .env_remove("SWITCHBOARD_PLUGINS_DIR")
         .env_remove("SWITCHBOARD_LOG")
-        .kill_on_drop(true);
-    tokio::time::timeout(WAIT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("switchboard {args:?} took over {WAIT:?}"))
-        .expect("the switchboard binary runs")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let shown = format!("{args:?}");
+    let child = command.spawn().expect("the switchboard binary runs");
+    let pid = child.id();
+    match tokio::time::timeout(WAIT, tokio::task::spawn_blocking(|| child.wait_with_output())).await {
+        Ok(output) => output.unwrap().unwrap(),
+        Err(_) => {
+            // Do not leave it running past the test.
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            panic!("switchboard {shown} took over {WAIT:?}")
+        }
+    }
 }
 
 fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
@@ -131,6 +173,10 @@ async fn the_js_plugin_loads_and_is_inspected() {
     assert_eq!(shown["channel"], "hello-js");
     assert_eq!(shown["contract"], "0.2.0");
     assert_eq!(shown["transports"]["webhook"], true);
+    assert_eq!(
+        shown["loaded_from_cache"], true,
+        "the child loads the artifact compiled before"
+    );
     assert_eq!(shown["capabilities"]["clock"], true);
     assert_eq!(
         shown["capabilities"]["http"],
@@ -212,7 +258,7 @@ async fn replay_reads_the_fixtures_through_the_js_plugin() {
     assert_eq!(signed["sender_name"], "Grace");
     assert_eq!(
         signed["command"],
-        json!({"name": "status", "args": "now please"}),
+        json!({"name": "deploy", "args": "staging now"}),
         "the bot suffix is dropped and the name lower-cased: {signed}"
     );
 
