@@ -134,11 +134,18 @@ async fn switchboard(plugins: &Path, args: &[&str]) -> Output {
     let shown = format!("{args:?}");
     let child = command.spawn().expect("the switchboard binary runs");
     let pid = child.id();
-    match tokio::time::timeout(WAIT, tokio::task::spawn_blocking(|| child.wait_with_output())).await {
+    match tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(|| child.wait_with_output()),
+    )
+    .await
+    {
         Ok(output) => output.unwrap().unwrap(),
         Err(_) => {
             // Do not leave it running past the test.
-            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
             panic!("switchboard {shown} took over {WAIT:?}")
         }
     }

@@ -357,10 +357,7 @@ mod tests {
         ];
         assert_eq!(
             unlinked_wasi(imports),
-            vec![
-                "wasi:sockets/tcp@0.2.6",
-                "wasi:http/outgoing-handler@0.2.6",
-            ]
+            vec!["wasi:sockets/tcp@0.2.6", "wasi:http/outgoing-handler@0.2.6",]
         );
     }
 }

@@ -270,7 +270,11 @@ mod tests {
         let mut state = HostState::new("fs".into(), Arc::default(), services, 1 << 20);
         // Preopens are the only way a guest gets a descriptor: none, so no file at all.
         let preopens = state.filesystem().get_directories().unwrap();
-        assert!(preopens.is_empty(), "{} preopened directories", preopens.len());
+        assert!(
+            preopens.is_empty(),
+            "{} preopened directories",
+            preopens.len()
+        );
     }
 
     #[test]
