@@ -65,9 +65,9 @@ mkdir -p "$work" "$out"
 rm -rf "$work/bindings"
 # The generated `wit_world` package (also what an editor or type checker reads).
 "$componentize" -d "$repo/wit" -w channel-plugin bindings "$work/bindings"
-# --stub-wasi: CPython's WASI build imports wasi:filesystem and wasi:sockets, which the host
-# never links (a plugin reaches nothing outside its call but through the host's imports), so
-# the component would be refused at load. The stubs replace every WASI import with a trap;
+# --stub-wasi: CPython's WASI build imports wasi:sockets, which the host never links (a plugin
+# reaches nothing outside its call but through the host's imports), so the component would be
+# refused at load. The stubs replace every WASI import with a trap;
 # the plugin uses only the switchboard imports (clock.now-ms, not time.time; no random).
 "$componentize" -d "$repo/wit" -w channel-plugin componentize --stub-wasi \
     -p "$here" -p "$sdk" -p "$work/bindings" app -o "$work/http.wasm"

@@ -238,10 +238,15 @@ impl Services {
 /// grant and reads the Unix epoch otherwise ([`clock::WasiWallClock`]); the monotonic clock and
 /// randomness (guest std seeds its hash maps from it) are the real ones.
 ///
-/// Not linked at all: `wasi:filesystem` (a std guest instantiates without it; only code that
-/// touches files imports it), `wasi:sockets` (egress goes through the `http` capability, under
-/// the policy), and anything else. A component importing them is refused at load, naming them
-/// ([`unlinked_wasi`]).
+/// `wasi:filesystem` is linked with no preopened directories: a guest can list the preopens
+/// (there are none) but can never hold a descriptor, so no file is reachable. It is linked at
+/// all because language runtimes import it whether the plugin touches files or not (the
+/// StarlingMonkey engine of componentize-js does), and refusing them would refuse every
+/// JavaScript plugin for an import that can do nothing.
+///
+/// Not linked at all: `wasi:sockets` (egress goes through the `http` capability, under the
+/// policy), `wasi:http`, and anything else. A component importing them is refused at load,
+/// naming them ([`unlinked_wasi`]).
 pub const WASI_INTERFACES: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
@@ -261,6 +266,8 @@ pub const WASI_INTERFACES: &[&str] = &[
     "wasi:cli/terminal-stdin",
     "wasi:cli/terminal-stdout",
     "wasi:cli/terminal-stderr",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
 ];
 
 /// The `wasi:` imports among `imports` (component import names such as
@@ -281,7 +288,8 @@ pub fn unlinked_wasi<'a>(imports: impl IntoIterator<Item = &'a str>) -> Vec<&'a 
 /// Links exactly [`WASI_INTERFACES`].
 fn link_wasi<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, filesystem, random};
     use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
     // wasi:io (error, poll, streams), both clocks, wasi:random/random, stdin, stdout, stderr.
@@ -296,6 +304,9 @@ fn link_wasi<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
     cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
+    // Over the store's WASI context, which preopens no directory (`HostState::new`).
+    filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+    filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
     Ok(())
 }
 
@@ -346,12 +357,7 @@ mod tests {
         ];
         assert_eq!(
             unlinked_wasi(imports),
-            vec![
-                "wasi:filesystem/types@0.2.6",
-                "wasi:filesystem/preopens@0.2.6",
-                "wasi:sockets/tcp@0.2.6",
-                "wasi:http/outgoing-handler@0.2.6",
-            ]
+            vec!["wasi:sockets/tcp@0.2.6", "wasi:http/outgoing-handler@0.2.6",]
         );
     }
 }

@@ -225,9 +225,10 @@ impl Runtime {
             return Err(LoadError::Mismatch {
                 origin,
                 problem: format!(
-                    "it imports {}, which plugins are not given: the host links no filesystem, \
-                     sockets or other WASI beyond stdio, clocks and randomness; reach the network \
-                     through the `http` capability and keep state in `kv`",
+                    "it imports {}, which plugins are not given: the host links no sockets or \
+                     other WASI beyond stdio, clocks, randomness and a filesystem without \
+                     directories; reach the network through the `http` capability and keep \
+                     state in `kv`",
                     unlinked
                         .iter()
                         .map(|name| format!("`{name}`"))

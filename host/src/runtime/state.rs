@@ -202,8 +202,9 @@ impl HostState {
         let stderr = StderrCapture::new();
         // A WASI context that grants nothing: no preopened directories, no environment variables,
         // no arguments, empty stdin, stdout dropped, stderr captured; the wall clock is the
-        // host's only with the `clock` grant. Filesystem and sockets are not even linked
-        // (`capabilities::WASI_INTERFACES`); socket use is refused here as well, in depth.
+        // host's only with the `clock` grant. The filesystem is linked over this context, so with
+        // no preopens no file is reachable; sockets are not even linked
+        // (`capabilities::WASI_INTERFACES`) and socket use is refused here as well, in depth.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .wall_clock(WasiWallClock::new(grants.clock, &services.clock))
@@ -254,6 +255,27 @@ impl WasiView for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_linked_filesystem_has_no_directories() {
+        use crate::capabilities::{OperatorPolicy, ServiceLimits};
+        use wasmtime_wasi::filesystem::WasiFilesystemView;
+        use wasmtime_wasi::p2::bindings::filesystem::preopens::Host;
+
+        let services = Arc::new(Services::new(
+            None,
+            OperatorPolicy::default(),
+            ServiceLimits::default(),
+        ));
+        let mut state = HostState::new("fs".into(), Arc::default(), services, 1 << 20);
+        // Preopens are the only way a guest gets a descriptor: none, so no file at all.
+        let preopens = state.filesystem().get_directories().unwrap();
+        assert!(
+            preopens.is_empty(),
+            "{} preopened directories",
+            preopens.len()
+        );
+    }
 
     #[test]
     fn stderr_is_captured_per_call_and_capped() {

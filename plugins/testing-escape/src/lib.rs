@@ -1,7 +1,8 @@
 //! A plugin that tries to leave its sandbox through plain Rust std: `fs:<path>` reads a file,
 //! `tcp:<addr>` opens a TCP connection, `udp:<addr>` sends a datagram. Using them makes the
-//! component import `wasi:filesystem` and `wasi:sockets`, which the host does not link: it must
-//! refuse to load the component and name those interfaces.
+//! component import `wasi:filesystem` (which the host links with no directory, so no file is
+//! reachable) and `wasi:sockets`, which the host does not link: it must refuse to load the
+//! component and name the sockets interfaces.
 //!
 //! Everything else about it is a well-formed plugin of contract 0.2 (its own copy of the WIT in
 //! `wit/`, so it does not go through the SDK): the WASI imports are the one reason to refuse it.
