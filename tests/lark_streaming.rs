@@ -8,8 +8,8 @@
 //! - a 200 KB streamed reply continues in follow-up cards, in order, with code fences closed and
 //!   reopened and no character cut; with `reply_mode = final` it arrives as ordered messages;
 //! - an interrupted run and a failed run both leave a closed card with the host's words;
-//! - a run whose worker vanished (no heartbeat) is recovered as stale and its typing reaction
-//!   removed (issue 20);
+//! - a run whose worker vanished (no heartbeat) is recovered as stale: its card is closed with
+//!   the host's words and its typing reaction removed (issue 20);
 //! - card creation failing falls back to one plain reply;
 //! - retried sends and a retried card end carry the same `uuid` and post once;
 //! - `reply_mode = final` sends one plain reply and no card; a bad `reply_mode` is refused.
@@ -588,7 +588,7 @@ async fn interrupted_and_failed_runs_leave_closed_cards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vanished_worker_s_run_is_recovered_and_its_typing_cleared() {
+async fn a_vanished_worker_s_run_is_recovered_with_its_card_closed_and_typing_cleared() {
     for test_db in db::test_databases().await {
         let name = &test_db.name;
         let world = World::start_with(&test_db.url, |config| {
@@ -615,6 +615,10 @@ async fn a_vanished_worker_s_run_is_recovered_and_its_typing_cleared() {
             .await;
         world.first_card().await;
 
+        let cards = world.closed_cards(1).await;
+        let words = NoticeTexts::default().stream_interrupted("en");
+        let expected = format!("{}\n\n{words}", word_parts(4).concat().trim_end());
+        assert_closed_card(&cards[0], &expected, name);
         eventually("the typing reaction removed", || {
             world
                 .fake

@@ -298,20 +298,13 @@ impl Streamer {
         );
     }
 
-    /// Run `run_id` of `session_id` was recovered as stale: clears the session's typing
-    /// indicator (never blocks the caller).
+    /// Run `run_id` of `session_id` was recovered as stale (its worker vanished): its stream,
+    /// begun by whichever replica, is ended with the text so far and the host's
+    /// `stream_interrupted` words, and the session's typing indicator is cleared (never blocks
+    /// the caller). The retry is a new run with a stream of its own: without this, the vanished
+    /// run's message would be left "generating" for good.
     pub fn recovered(&self, session_id: &str, run_id: &str) {
-        let this = self.clone();
-        let session_id = session_id.to_string();
-        let span = tracing::info_span!("run_recovered", session = %session_id, run = %run_id);
-        tokio::spawn(
-            async move {
-                if let Some((installation, target)) = this.session(&session_id).await {
-                    this.delivery.typing_off(&installation, &target).await;
-                }
-            }
-            .instrument(span),
-        );
+        self.stopped(session_id, run_id);
     }
 
     /// The session's installation and reply target.

@@ -413,8 +413,8 @@ impl RunService {
             tracing::warn!(session = %session_id, run = %run_id, "stale run (no heartbeat within the stale window) returned to pending");
             self.count_end(session_id, None, RunResult::Stale);
             self.hub.end_parts(session_id);
-            // Its worker is gone: clear the typing indicator. Its streamed message is left as
-            // it is: ending it here raced the retry into a second copy of the reply.
+            // Its worker is gone: close what it streamed and clear the typing indicator (the
+            // retry is a new run with its own stream and indicator).
             if let Some(observer) = &self.recovery_observer {
                 observer(session_id, run_id);
             }
