@@ -14,10 +14,12 @@
 //!   installation's cap leave `failed` placeholders with a reason (410 for the bytes), and the
 //!   message and its run still happen;
 //! - a reply quoting an image message and a forwarded bundle holding an image: the enricher
-//!   reports those images, they are stored as blobs of the reply/forward (marked
-//!   `origin = "context"`), downloaded through the message that carries them, and served to
-//!   the worker; a quoted image whose download fails leaves a `failed` placeholder while the
-//!   message (with its quoted block) is stored and its run happens;
+//!   reports those images as attachments of the reply/forward (marked `origin = "context"`);
+//!   the quoted one is downloaded through the message that carries it and served to the
+//!   worker; the forwarded one is tried once and left a `failed` placeholder, since Lark
+//!   serves no resource of a merged forward's sub-messages (234043); a quoted image whose
+//!   download fails leaves a `failed` placeholder while the message (with its quoted block)
+//!   is stored and its run happens;
 //! - a download still pending when its process was stopped — and one a killed process held
 //!   under a lease — is completed by the next process on the same database.
 
@@ -818,7 +820,7 @@ fn record_of(claim: &Value, reference: &str) -> Value {
 }
 
 #[tokio::test]
-async fn quoted_and_forwarded_images_are_downloaded_through_their_own_messages() {
+async fn quoted_images_are_downloaded_and_forwarded_ones_are_placeholders() {
     for test_db in db::test_databases().await {
         let name = test_db.name.clone();
         let dir = tempfile::tempdir().unwrap();
@@ -906,23 +908,28 @@ async fn quoted_and_forwarded_images_are_downloaded_through_their_own_messages()
         assert!(body.contains("quoted_message"), "{name}: {body}");
         world.complete(&run, "a picture").await;
 
-        // 2. A forwarded bundle with an image.
+        // 2. A forwarded bundle with an image. Lark serves no resource of a merged forward's
+        // sub-messages (234043): the image is reported, tried once through its own message,
+        // and left as a placeholder the agent sees; the message itself is stored.
         world
             .message(&installation, "om_fwd_1", "merge_forward", json!({}))
             .await;
         let run = world.claim().await;
         let record = record_of(&run.claim, "om_fwd_child_2/img_v3_forwarded");
-        assert_eq!(record["state"], "stored", "{name}: {record}");
+        assert_eq!(record["state"], "failed", "{name}: {record}");
         assert_eq!(record["origin"], "context", "{name}");
-        assert_eq!(record["mime"], "application/pdf", "{name}");
-        let (status, _, bytes) = world
+        assert_eq!(
+            record["error"], "the channel refused to hand out the file",
+            "{name}: {record}"
+        );
+        let (status, _, _) = world
             .get(record["url"].as_str().unwrap(), Some(WORKER_TOKEN))
             .await;
-        assert_eq!((status, bytes), (200, pdf()), "{name}");
+        assert_eq!(status, 410, "{name}: a placeholder has no bytes");
         assert_eq!(
             shared.fake.resource_download_messages("img_v3_forwarded"),
             ["om_fwd_child_2"],
-            "{name}: through the forwarded child"
+            "{name}: tried once, through the forwarded child, not retried"
         );
         let other = record["url"]
             .as_str()

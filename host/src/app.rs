@@ -503,7 +503,14 @@ impl App {
             agents,
             delivery,
             installations.clone(),
-            ExecutorSettings::default(),
+            ExecutorSettings {
+                // The period workers are told too: a tenth of the stale window, so a short
+                // window (tests, an impatient operator) never recovers a live built-in run.
+                heartbeat_interval: std::time::Duration::from_millis(
+                    (config.runs.stale_after_ms / 10).max(100),
+                ),
+                ..ExecutorSettings::default()
+            },
         )
         .with_compactor(compactor.clone())
         .with_outbox(outbox.clone())

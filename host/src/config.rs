@@ -552,7 +552,10 @@ pub struct RunsConfig {
 impl Default for RunsConfig {
     fn default() -> Self {
         RunsConfig {
-            stale_after_ms: 5 * 60_000,
+            // Workers are told to heartbeat every tenth of this (6 s): a minute of silence is
+            // ten missed beats, and a crashed worker's session is pending again within ~72 s
+            // instead of holding it for five minutes.
+            stale_after_ms: 60_000,
             window_sweep_ms: 1_000,
         }
     }

@@ -148,7 +148,8 @@ pub enum Route {
     CardUpdate,
     /// `PATCH /open-apis/im/v1/messages/{id}` (a sent card replaced).
     PatchMessage,
-    /// `GET /open-apis/im/v1/messages/{id}/resources/{key}?type=image|file` (a message's file).
+    /// `GET /open-apis/im/v1/messages/{id}/resources/{key}?type=image|file` (a message's file;
+    /// never one of a merged forward's sub-messages: Lark answers 234043).
     Resource,
 }
 
@@ -1360,6 +1361,21 @@ async fn rest(
                 .split('/')
                 .next()
                 .unwrap_or("");
+            // Lark serves no resource of a merged forward's sub-messages (error 234043),
+            // whichever key is asked for.
+            let forwarded_child = state.messages.values().flatten().any(|item| {
+                item["message_id"] == message_id
+                    && item["upper_message_id"]
+                        .as_str()
+                        .is_some_and(|up| !up.is_empty())
+            });
+            if forwarded_child {
+                return lark_error(
+                    400,
+                    234_043,
+                    "Unsupported message type: resources of a merged forward's sub-messages",
+                );
+            }
             if state
                 .resource_owners
                 .get(key)
