@@ -28,7 +28,7 @@ mod support;
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use switchboard::app::App;
@@ -412,6 +412,62 @@ async fn perimeter(database_url: &str) {
     let html = response.text().await.unwrap();
     assert!(html.contains("data-plugin=\"telegram\""), "{html}");
 
+    server.stop().await;
+}
+
+/// Guessing the admin token through the console is throttled per client address: after
+/// `SIGN_IN_FAILURES` wrong tokens the address gets 429 with `Retry-After` — even for the right
+/// token, so a guesser learns nothing more — while another address still signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_tokens_are_throttled_per_address() {
+    let t = db::sqlite_file_db().await;
+    let server = Server::start(&t.url, |_| {}).await;
+    for attempt in 1..=switchboard::console::SIGN_IN_FAILURES {
+        let response = server
+            .post_form("/console/login", None, &[("token", "a-guess")])
+            .await;
+        assert_eq!(response.status().as_u16(), 401, "wrong token {attempt}");
+    }
+    for token in ["another-guess", ADMIN] {
+        let response = server
+            .post_form("/console/login", None, &[("token", token)])
+            .await;
+        assert_eq!(
+            response.status().as_u16(),
+            429,
+            "throttled, whatever the token"
+        );
+        assert_eq!(set_cookie(&response), None, "no session while throttled");
+        let retry_after: u64 = response.headers()[RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("Too many wrong tokens"), "{html}");
+    }
+    // Another address (the loopback network is all local) is not held back, and the right
+    // token signs it in.
+    let other = reqwest::Client::builder()
+        .local_address(Some(std::net::IpAddr::from([127, 0, 0, 2])))
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let response = other
+        .post(format!("{}/console/login", server.base))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("token", ADMIN)
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303, "another address signs in");
+    assert!(set_cookie(&response).is_some());
     server.stop().await;
 }
 

@@ -87,9 +87,9 @@ pub async fn serve(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_error(e).await;
                     continue;
@@ -98,6 +98,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let connection = Connection {
+            peer,
             http: http.clone(),
             router: router.clone(),
             idle_timeout: limits.idle_timeout,
@@ -162,6 +163,9 @@ async fn accept_error(e: io::Error) {
 /// What one connection task needs.
 struct Connection {
     http: Arc<hyper::server::conn::http1::Builder>,
+    /// The client's address, handed to handlers as axum's `ConnectInfo` (the console's
+    /// sign-in throttle counts failures per address).
+    peer: std::net::SocketAddr,
     router: Router,
     idle_timeout: Duration,
     stop: CancellationToken,
@@ -176,9 +180,12 @@ impl Connection {
         });
         let router = self.router;
         let handlers = activity.clone();
+        let peer = axum::extract::ConnectInfo(self.peer);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_handler = InHandler::enter(&handlers);
-            let response = router.clone().oneshot(request.map(Body::new));
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(peer);
+            let response = router.clone().oneshot(request);
             async move {
                 let response = response.await;
                 drop(in_handler);

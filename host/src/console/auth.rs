@@ -54,7 +54,17 @@ pub struct ConsoleAuth {
     key: [u8; 32],
     secure: bool,
     revoked: Mutex<HashMap<String, i64>>,
+    /// Wrong sign-in tokens per client address: (failures, start of the window in epoch ms).
+    failures: Mutex<HashMap<std::net::IpAddr, (u32, i64)>>,
 }
+
+/// Wrong tokens one address may present per [`SIGN_IN_WINDOW_MS`] before sign-in answers 429
+/// without looking at the token (a guessing client learns nothing more until the window ends).
+pub const SIGN_IN_FAILURES: u32 = 5;
+/// The window of [`SIGN_IN_FAILURES`].
+pub const SIGN_IN_WINDOW_MS: i64 = 60_000;
+/// Addresses remembered at most; older windows are forgotten first when full.
+const SIGN_IN_ADDRESSES: usize = 10_000;
 
 impl std::fmt::Debug for ConsoleAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,7 +90,47 @@ impl ConsoleAuth {
                 .get(..8)
                 .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")),
             revoked: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `address` may try a sign-in at `now_ms`; `Err(seconds)` until its window of
+    /// failures ends.
+    pub fn sign_in_allowed(&self, address: std::net::IpAddr, now_ms: i64) -> Result<(), u64> {
+        let failures = self.failures.lock().expect("sign-in failures");
+        match failures.get(&address) {
+            Some(&(count, since))
+                if count >= SIGN_IN_FAILURES && now_ms < since + SIGN_IN_WINDOW_MS =>
+            {
+                let left_ms = since + SIGN_IN_WINDOW_MS - now_ms;
+                Err(u64::try_from(left_ms).unwrap_or(0).div_ceil(1_000).max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong token from `address` at `now_ms`.
+    pub fn sign_in_failed(&self, address: std::net::IpAddr, now_ms: i64) {
+        let mut failures = self.failures.lock().expect("sign-in failures");
+        if failures.len() >= SIGN_IN_ADDRESSES && !failures.contains_key(&address) {
+            failures.retain(|_, (_, since)| now_ms < *since + SIGN_IN_WINDOW_MS);
+            if failures.len() >= SIGN_IN_ADDRESSES {
+                return;
+            }
+        }
+        let entry = failures.entry(address).or_insert((0, now_ms));
+        if now_ms >= entry.1 + SIGN_IN_WINDOW_MS {
+            *entry = (0, now_ms);
+        }
+        entry.0 += 1;
+    }
+
+    /// A right token from `address`: its failures are forgotten.
+    pub fn sign_in_succeeded(&self, address: std::net::IpAddr) {
+        self.failures
+            .lock()
+            .expect("sign-in failures")
+            .remove(&address);
     }
 
     /// Whether an admin token is configured (else the console refuses every sign-in).

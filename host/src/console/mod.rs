@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-pub use auth::{ConsoleAuth, ConsoleSession};
+pub use auth::{ConsoleAuth, ConsoleSession, SIGN_IN_FAILURES, SIGN_IN_WINDOW_MS};
 
 use crate::api::{ApiError, AppState, admin};
 use crate::store::{Installation, NewInstallation, RunState};
@@ -303,14 +303,34 @@ async fn login_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
     html(pages::login(None))
 }
 
-async fn login(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn login(
+    State(s): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    body: axum::body::Bytes,
+) -> Response {
     if !s.console.enabled() {
         return disabled();
+    }
+    // Behind a reverse proxy every client shares the proxy's address: the throttle then
+    // guards the token for all of them together, which is the safe side.
+    let address = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| peer.0.0.ip());
+    let now_ms = s.clock.now_ms();
+    if let Err(retry_after_s) = s.console.sign_in_allowed(address, now_ms) {
+        tracing::warn!(%address, "console sign-in throttled: too many wrong tokens");
+        let message =
+            format!("Too many wrong tokens from your address. Try again in {retry_after_s} s.");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after_s.to_string())],
+            html(pages::login(Some(&message))),
+        )
+            .into_response();
     }
     let form = FormFields::parse(&body);
     let token = form.get("token").unwrap_or("");
     if !s.console.token_matches(token) {
-        tracing::warn!("console sign-in refused: wrong admin token");
+        s.console.sign_in_failed(address, now_ms);
+        tracing::warn!(%address, "console sign-in refused: wrong admin token");
         return (
             StatusCode::UNAUTHORIZED,
             html(pages::login(Some(
@@ -319,7 +339,8 @@ async fn login(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
         )
             .into_response();
     }
-    let (session, value) = s.console.issue(s.clock.now_ms());
+    s.console.sign_in_succeeded(address);
+    let (session, value) = s.console.issue(now_ms);
     tracing::info!(console_session = %&session.id[..8], "console sign-in");
     (
         [(header::SET_COOKIE, s.console.set_cookie(&value))],
