@@ -12,16 +12,17 @@
 
 #[path = "support/serve.rs"]
 mod serve;
+#[path = "support/signed_hook.rs"]
+mod signed_hook;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::mpsc;
+
+use signed_hook::{now_s, signature, start_receiver};
 
 const ADMIN: &str = "http-python-admin-token-0123456789abcdef";
 const SIGNING_SECRET: &str = "inbound-signing-secret-0123456789";
@@ -66,53 +67,6 @@ async fn build_plugin() -> PathBuf {
     );
     assert!(out.join("http.wasm").is_file() && out.join("http.toml").is_file());
     out
-}
-
-fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// One callback the receiver got.
-#[derive(Debug)]
-struct Callback {
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// A loopback receiver of callbacks; every request is answered 200 with a message id.
-async fn start_receiver() -> (String, mpsc::UnboundedReceiver<Callback>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new()
-        .route(
-            "/replies",
-            axum::routing::post(
-                |State(tx): State<mpsc::UnboundedSender<Callback>>,
-                 headers: HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    let _ = tx.send(Callback {
-                        headers,
-                        body: body.to_vec(),
-                    });
-                    axum::Json(json!({"message_id": "receiver-1"}))
-                },
-            ),
-        )
-        .with_state(tx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, rx)
 }
 
 fn config(port: u16, plugins: &Path, receiver: &str) -> String {
@@ -183,7 +137,7 @@ fn message(id: &str, text: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_http_channel_verifies_stores_and_calls_back_signed() {
     let plugins = build_plugin().await;
-    let (receiver, mut callbacks) = start_receiver().await;
+    let (receiver, mut callbacks) = start_receiver(json!({"ok": true})).await;
     let dir = tempfile::tempdir().unwrap();
     let serve = serve::ServeChild::start(dir.path(), |port| config(port, &plugins, &receiver))
         .await

@@ -17,17 +17,18 @@
 
 #[path = "support/serve.rs"]
 mod serve;
+#[path = "support/signed_hook.rs"]
+mod signed_hook;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::mpsc;
+
+use signed_hook::{now_s, signature, start_receiver};
 
 const ADMIN: &str = "hello-js-admin-token-0123456789abcdef";
 const SIGNING_SECRET: &str = "hello-js-signing-secret-0123456789";
@@ -151,21 +152,6 @@ async fn switchboard(plugins: &Path, args: &[&str]) -> Output {
     }
 }
 
-fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_js_plugin_loads_and_is_inspected() {
     let plugins = build_plugin().await;
@@ -274,38 +260,6 @@ async fn replay_reads_the_fixtures_through_the_js_plugin() {
     assert_eq!(tampered["body"], Value::Null);
 }
 
-/// One callback the receiver got.
-#[derive(Debug)]
-struct Callback {
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// A loopback receiver of callbacks; every request is answered 200.
-async fn start_receiver() -> (String, mpsc::UnboundedReceiver<Callback>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new()
-        .route(
-            "/replies",
-            axum::routing::post(
-                |State(tx): State<mpsc::UnboundedSender<Callback>>,
-                 headers: HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    let _ = tx.send(Callback {
-                        headers,
-                        body: body.to_vec(),
-                    });
-                    axum::Json(json!({"ok": true}))
-                },
-            ),
-        )
-        .with_state(tx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, rx)
-}
-
 fn config(port: u16, plugins: &Path, receiver: &str) -> String {
     format!(
         r#"[server]
@@ -372,7 +326,7 @@ fn message(id: &str, text: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_js_channel_verifies_stores_and_calls_back_signed() {
     let plugins = build_plugin().await;
-    let (receiver, mut callbacks) = start_receiver().await;
+    let (receiver, mut callbacks) = start_receiver(json!({"ok": true})).await;
     let dir = tempfile::tempdir().unwrap();
     let serve = serve::ServeChild::start(dir.path(), |port| config(port, &plugins, &receiver))
         .await

@@ -10,17 +10,16 @@
 
 #[path = "support/serve.rs"]
 mod serve;
+#[path = "support/signed_hook.rs"]
+mod signed_hook;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::HeaderMap;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use tokio::sync::mpsc;
+
+use signed_hook::{now_s, signature, start_receiver};
 
 const ADMIN: &str = "plugins-new-admin-token-0123456789abcdef";
 /// The secret the projects' `fixtures/webhook.json` is signed with.
@@ -295,56 +294,6 @@ fn replay(plugins: &Path, name: &str) {
     assert!(text.contains("from the agent"), "{name}: {text}");
 }
 
-fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// One callback a receiver got: the path, headers and body.
-#[derive(Debug)]
-struct Callback {
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// A loopback receiver of callbacks, answering 200.
-async fn start_receiver() -> (String, mpsc::UnboundedReceiver<Callback>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = axum::Router::new()
-        .route(
-            "/{channel}",
-            axum::routing::post(
-                |State(tx): State<mpsc::UnboundedSender<Callback>>,
-                 uri: axum::http::Uri,
-                 headers: HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    let _ = tx.send(Callback {
-                        path: uri.path().to_string(),
-                        headers,
-                        body: body.to_vec(),
-                    });
-                    axum::Json(json!({"ok": true}))
-                },
-            ),
-        )
-        .with_state(tx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, rx)
-}
-
 fn config(port: u16, plugins: &Path, receiver: &str) -> String {
     format!(
         r#"[server]
@@ -442,7 +391,7 @@ async fn new_rust_and_python_plugins_build_test_replay_and_answer_through_serve(
         replay(&plugins, name);
     }
 
-    let (receiver, mut callbacks) = start_receiver().await;
+    let (receiver, mut callbacks) = start_receiver(json!({"message_id": "receiver-1"})).await;
     let dir = tempfile::tempdir().unwrap();
     let serve = serve::ServeChild::start(dir.path(), |port| config(port, &plugins, &receiver))
         .await
